@@ -1,0 +1,1 @@
+"""S3 protocol support: request signing and upstream access."""
