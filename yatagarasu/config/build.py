@@ -1,0 +1,161 @@
+"""
+Build frozen configuration objects from parsed YAML, with dotted-path errors.
+
+The schema *is* the frozen dataclasses in :mod:`yatagarasu.config.schema`: their fields, type
+hints and defaults say what is accepted. Field metadata may carry ``aliases`` (other spellings
+of the same key). A class may list keys of features that are recognised but not built yet in
+``UNSUPPORTED`` (key → why), and may define ``check(path)`` for rules that span fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from yatagarasu.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def join(path: str, key: str) -> str:
+    """
+    Extend a dotted key path.
+
+    :param path: the parent path (``""`` for the document root).
+    :param key: the child key.
+    :returns: ``path.key`` (or ``key`` at the root).
+    """
+    return f"{path}.{key}" if path else key
+
+
+def unknown_key_message(key: str, known: typing.Iterable[str]) -> str:
+    """
+    Explain an unknown key, with a "did you mean" hint when a known key is close.
+
+    :param key: the key found in the document.
+    :param known: the keys accepted at that place.
+    :returns: the error message.
+    """
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key{hint}"
+
+
+def build(cls: type[T], raw: Any, path: str) -> T:
+    """
+    Turn a parsed YAML mapping into an instance of the dataclass ``cls``.
+
+    :param cls: a frozen dataclass of the schema.
+    :param raw: the parsed value (``None`` means an empty mapping).
+    :param path: dotted key path of ``raw``, for error messages.
+    :returns: the validated instance.
+    :raises ConfigError: naming the dotted path of the first problem found.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    spellings: dict[str, str] = {}
+    for f in fields.values():
+        spellings[f.name] = f.name
+        for alias in f.metadata.get("aliases", ()):
+            spellings[alias] = f.name
+    unsupported: Mapping[str, str] = getattr(cls, "UNSUPPORTED", {})
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        key_path = join(path, str(key))
+        if not isinstance(key, str):
+            raise ConfigError(key_path, "keys must be strings")
+        if key in unsupported:
+            raise ConfigError(key_path, f"not supported yet ({unsupported[key]})")
+        name = spellings.get(key)
+        if name is None:
+            raise ConfigError(key_path, unknown_key_message(key, [*spellings, *unsupported]))
+        if name in values:
+            raise ConfigError(key_path, f"given twice (also as '{name}' or one of its aliases)")
+        values[name] = convert(hints[name], value, key_path)
+    for f in fields.values():
+        if (
+            f.name not in values
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
+            raise ConfigError(join(path, f.name), "is required")
+    instance = cls(**values)
+    check = getattr(instance, "check", None)
+    if check is not None:
+        check(path)
+    return instance
+
+
+def convert(hint: Any, value: Any, path: str) -> Any:
+    """
+    Convert one parsed value to the type named by a type hint.
+
+    :param hint: the field's type hint.
+    :param value: the parsed YAML value.
+    :param path: dotted key path of the value.
+    :returns: the converted value.
+    :raises ConfigError: when the value does not fit the type.
+    """
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return convert(inner, value, path)
+    if origin is typing.Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(path, f"must be one of {choices}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected a list, got {_describe(value)}")
+        return tuple(convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+    if origin in (Mapping, dict) or hint is Mapping:
+        if value is None:
+            return types.MappingProxyType({})
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"expected a mapping, got {_describe(value)}")
+        return types.MappingProxyType(dict(value))
+    if dataclasses.is_dataclass(hint):
+        return build(typing.cast(type[Any], hint), value, path)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(path, f"expected a string, got {_describe(value)}")
+        return str(value)
+    if hint is Any:
+        return value
+    raise TypeError(f"unsupported schema type {hint!r} at {path}")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"

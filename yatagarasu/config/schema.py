@@ -1,0 +1,323 @@
+"""
+The configuration schema: frozen dataclasses built by :func:`yatagarasu.config.build.build`.
+
+Field names are the YAML keys (compatible with Yatagarasu v1.x); ``aliases`` metadata gives
+other accepted spellings. ``UNSUPPORTED`` lists keys that are recognised but belong to features
+this version does not have yet: they are rejected rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+from urllib.parse import urlsplit
+
+from yatagarasu.config.build import join
+from yatagarasu.errors import ConfigError
+
+RESERVED_PREFIXES = ("/health", "/ready", "/metrics", "/admin")
+_BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ORIGIN = re.compile(r"^https?://[^/\s]+$")
+
+_LATER_AUTH = "arrives with JWT authentication"
+_LATER_CACHE = "arrives with tiered caching"
+_LATER_AUDIT = "arrives with audit logging"
+_LATER_OBSERVABILITY = "arrives with metrics and tracing"
+_LATER_SECURITY = "arrives with rate limiting and IP access control"
+_LATER_HA = "arrives with replica failover and circuit breakers"
+
+
+def _positive(value: float, path: str, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Serve HTTPS with this certificate chain and private key (PEM files)."""
+
+    cert_path: str
+    key_path: str
+
+
+@dataclass(frozen=True)
+class SecurityLimits:
+    """Limits checked on the raw request before anything else happens."""
+
+    max_body_size: int = 10 * 1024 * 1024
+    max_header_size: int = 64 * 1024
+    max_uri_length: int = 8 * 1024
+
+    def check(self, path: str) -> None:
+        _positive(self.max_body_size, join(path, "max_body_size"), allow_zero=True)
+        _positive(self.max_header_size, join(path, "max_header_size"))
+        _positive(self.max_uri_length, join(path, "max_uri_length"))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how the proxy listens."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "trusted_proxies": _LATER_SECURITY,
+        "rate_limit": _LATER_SECURITY,
+        "request_timeout": "use buckets[].s3.timeout",
+    }
+
+    address: str = "127.0.0.1"
+    port: int | None = None
+    tls: TLSConfig | None = None
+    workers: int = 1
+    max_concurrent_requests: int = 1024
+    security_limits: SecurityLimits = field(default_factory=SecurityLimits)
+    shutdown_delay_seconds: float = 0.0
+    shutdown_grace_seconds: float = 30.0
+
+    @property
+    def host(self) -> str:
+        """The interface to listen on (``host`` of ``address``, brackets removed)."""
+        return _split_address(self.address)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """The port to listen on: ``port``, else the one in ``address``, else 8080."""
+        if self.port is not None:
+            return self.port
+        return _split_address(self.address)[1] or 8080
+
+    def check(self, path: str) -> None:
+        host, port_in_address = _split_address(self.address)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise ConfigError(
+                    join(path, "address"), f"expected an IP address (or localhost), got {host!r}"
+                ) from None
+        if port_in_address is not None and self.port is not None and port_in_address != self.port:
+            raise ConfigError(
+                join(path, "port"), f"conflicts with the port in address ({port_in_address})"
+            )
+        if not 0 <= self.listen_port <= 65535:
+            raise ConfigError(join(path, "port"), f"must be 0..65535, got {self.listen_port}")
+        if self.workers != 1:
+            raise ConfigError(join(path, "workers"), "not supported yet (only 1 worker process)")
+        _positive(self.max_concurrent_requests, join(path, "max_concurrent_requests"))
+        _positive(
+            self.shutdown_delay_seconds, join(path, "shutdown_delay_seconds"), allow_zero=True
+        )
+        _positive(
+            self.shutdown_grace_seconds, join(path, "shutdown_grace_seconds"), allow_zero=True
+        )
+
+
+def _split_address(address: str) -> tuple[str, int | None]:
+    """Split ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if address.count(":") == 1:
+        host, _, port = address.partition(":")
+        if port.isdigit():
+            return host, int(port)
+    return address, None
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Retries of one upstream request, with exponential backoff and full jitter."""
+
+    max_attempts: int = 3
+    initial_backoff_ms: int = 100
+    max_backoff_ms: int = 1000
+
+    def check(self, path: str) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(
+                join(path, "max_attempts"), "must be >= 1 (it counts the first attempt)"
+            )
+        _positive(self.initial_backoff_ms, join(path, "initial_backoff_ms"), allow_zero=True)
+        if self.max_backoff_ms < self.initial_backoff_ms:
+            raise ConfigError(join(path, "max_backoff_ms"), "must be >= initial_backoff_ms")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """The S3 bucket behind one URL prefix, and how to reach it."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "replicas": _LATER_HA,
+        "circuit_breaker": _LATER_HA,
+        "rate_limit": _LATER_SECURITY,
+    }
+
+    bucket: str
+    region: str = "us-east-1"
+    endpoint: str | None = None
+    access_key: str = ""
+    secret_key: str = ""
+    session_token: str | None = None
+    timeout: float = 20.0
+    connect_timeout: float | None = None
+    first_byte_timeout: float | None = None
+    idle_timeout: float | None = None
+    connection_pool_size: int = 50
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+    @property
+    def connect_seconds(self) -> float:
+        """Seconds allowed to open a connection (default: ``timeout``, at most 10)."""
+        return self.connect_timeout if self.connect_timeout is not None else min(self.timeout, 10.0)
+
+    @property
+    def first_byte_seconds(self) -> float:
+        """Seconds allowed from sending the request to the response headers."""
+        return self.first_byte_timeout if self.first_byte_timeout is not None else self.timeout
+
+    @property
+    def idle_seconds(self) -> float:
+        """Seconds the body may stall (while the client is keeping up) before we give up."""
+        return self.idle_timeout if self.idle_timeout is not None else self.timeout
+
+    def check(self, path: str) -> None:
+        if not self.bucket:
+            raise ConfigError(join(path, "bucket"), "must not be empty")
+        if bool(self.access_key) != bool(self.secret_key):
+            raise ConfigError(
+                join(path, "secret_key" if self.access_key else "access_key"),
+                "access_key and secret_key go together (leave both out for anonymous access)",
+            )
+        if self.endpoint is not None:
+            parts = urlsplit(self.endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    join(path, "endpoint"), f"expected http(s)://host[:port], got {self.endpoint!r}"
+                )
+            if parts.path not in ("", "/") or parts.query or parts.fragment:
+                raise ConfigError(join(path, "endpoint"), "must not have a path or query")
+        for key in ("timeout", "connect_timeout", "first_byte_timeout", "idle_timeout"):
+            value = getattr(self, key)
+            if value is not None:
+                _positive(value, join(path, key))
+        _positive(self.connection_pool_size, join(path, "connection_pool_size"))
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Client authentication for a bucket (only ``enabled: false`` in this version)."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {"jwt": _LATER_AUTH}
+
+    enabled: bool = False
+
+    def check(self, path: str) -> None:
+        if self.enabled:
+            raise ConfigError(join(path, "enabled"), f"true is not supported yet ({_LATER_AUTH})")
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    """Cross-origin access for browsers."""
+
+    allowed_origins: tuple[str, ...] = ()
+    allowed_headers: tuple[str, ...] = ()
+    max_age: int = 600
+
+    def check(self, path: str) -> None:
+        for i, origin in enumerate(self.allowed_origins):
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ConfigError(
+                    f"{join(path, 'allowed_origins')}[{i}]",
+                    f"expected scheme://host[:port] or '*', got {origin!r}",
+                )
+        _positive(self.max_age, join(path, "max_age"), allow_zero=True)
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """One URL prefix served from one S3 bucket."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "jwt": _LATER_AUTH,
+        "cache": _LATER_CACHE,
+        "ip_filter": _LATER_SECURITY,
+    }
+
+    name: str
+    path_prefix: str
+    s3: S3Config
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    cors: CorsConfig | None = None
+
+    @property
+    def prefix_segments(self) -> tuple[str, ...]:
+        """The prefix as path segments: ``/a/b/`` → ``("a", "b")``."""
+        return tuple(s for s in self.path_prefix.split("/") if s)
+
+    def check(self, path: str) -> None:
+        if not _BUCKET_NAME.match(self.name):
+            raise ConfigError(
+                join(path, "name"), "must be 1-63 characters of letters, digits, '.', '_' or '-'"
+            )
+        prefix = self.path_prefix
+        if not prefix.startswith("/"):
+            raise ConfigError(join(path, "path_prefix"), f"must start with '/', got {prefix!r}")
+        if any(c in prefix for c in "?#%\\\0") or ".." in self.prefix_segments:
+            raise ConfigError(
+                join(path, "path_prefix"), "must be a plain path ('?#%\\' and '..' not allowed)"
+            )
+        normalized = "/" + "/".join(self.prefix_segments)
+        for reserved in RESERVED_PREFIXES:
+            if normalized == reserved or normalized.startswith(reserved + "/"):
+                raise ConfigError(
+                    join(path, "path_prefix"), f"{reserved} is reserved for the proxy"
+                )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log level and format (twisted.logger events)."""
+
+    level: Literal["debug", "info", "warn", "warning", "error", "critical"] = "info"
+    format: Literal["text", "json"] = "text"
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration document."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "jwt": _LATER_AUTH,
+        "cache": _LATER_CACHE,
+        "audit_log": _LATER_AUDIT,
+        "observability": _LATER_OBSERVABILITY,
+        "metrics": _LATER_OBSERVABILITY,
+        "rate_limiting": _LATER_SECURITY,
+    }
+
+    buckets: tuple[BucketConfig, ...]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def check(self, path: str) -> None:
+        if not self.buckets:
+            raise ConfigError("buckets", "at least one bucket is required")
+        names: dict[str, int] = {}
+        prefixes: dict[tuple[str, ...], int] = {}
+        for i, bucket in enumerate(self.buckets):
+            if bucket.name in names:
+                raise ConfigError(
+                    f"buckets[{i}].name",
+                    f"{bucket.name!r} is already used by buckets[{names[bucket.name]}]",
+                )
+            names[bucket.name] = i
+            segments = bucket.prefix_segments
+            if segments in prefixes:
+                raise ConfigError(
+                    f"buckets[{i}].path_prefix",
+                    f"{bucket.path_prefix!r} is already used by buckets[{prefixes[segments]}]",
+                )
+            prefixes[segments] = i

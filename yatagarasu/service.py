@@ -1,0 +1,127 @@
+"""
+The root service: listeners and graceful shutdown.
+
+Shutdown order (SIGTERM): ``/ready`` answers 503 ``shutting_down`` at once; the listener keeps
+accepting for ``server.shutdown_delay_seconds`` so load balancers notice; then it stops
+listening; in-flight requests (long downloads included) get ``server.shutdown_grace_seconds``
+to finish, the rest are aborted; finally the upstream connection pools are closed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamServerEndpoint
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from yatagarasu.config.schema import Config, ServerConfig
+from yatagarasu.logs import is_default, make_observer
+from yatagarasu.s3.client import S3Client
+from yatagarasu.web.tree import build_site
+
+log = Logger()
+
+
+class Reactor(IReactorTime, IReactorTCP):
+    """What the proxy needs of a reactor (for type checking only)."""
+
+
+def listen_endpoint(reactor: Any, server: ServerConfig) -> IStreamServerEndpoint:
+    """
+    :param reactor: an ``IReactorTCP``.
+    :param server: the ``server`` section.
+    :returns: a TCP endpoint on ``server.address`` (IPv4 or IPv6) and the listen port.
+    """
+    host = server.host
+    if ":" in host:
+        return TCP6ServerEndpoint(reactor, server.listen_port, interface=host)
+    return TCP4ServerEndpoint(reactor, server.listen_port, interface=host)
+
+
+class ProxyService(MultiService):
+    """
+    The ``twistd yatagarasu`` service.
+
+    :param reactor: the reactor (time and TCP).
+    :param config: the validated configuration.
+    :param tls: server TLS options, when ``server.tls`` is configured.
+    """
+
+    def __init__(self, reactor: Any, config: Config, tls: CertificateOptions | None = None) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.config = config
+        self.draining = False
+        self.clients = {b.name: S3Client(reactor, b.s3) for b in config.buckets}
+        self.site = build_site(
+            reactor,
+            config,
+            self.clients,
+            started=reactor.seconds(),
+            draining=lambda: self.draining,
+        )
+        factory: Any = self.site
+        if tls is not None:
+            factory = TLSMemoryBIOFactory(tls, False, self.site)
+        self._listener = StreamServerEndpointService(
+            listen_endpoint(reactor, config.server), factory
+        )
+        # Fail twistd at start-up (port in use, permission) instead of logging and running on.
+        self._listener._raiseSynchronously = True
+        self._listener.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        # twistd asks the application for a log observer just after makeService: this is how
+        # logging.format/level/file take effect without extra command-line flags.
+        if not is_default(self.config.logging) and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, make_observer(self.config.logging))
+
+    def startService(self) -> None:
+        super().startService()
+        server = self.config.server
+        log.info(
+            "yatagarasu serving {buckets} bucket(s) on {scheme}://{address}:{port}",
+            buckets=len(self.config.buckets),
+            scheme="https" if server.tls else "http",
+            address=server.host,
+            port=server.listen_port,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._drain())
+
+    async def _drain(self) -> None:
+        server = self.config.server
+        self.draining = True
+        log.info(
+            "shutting down: {active} request(s) in flight",
+            active=self.site.active_count,
+        )
+        if server.shutdown_delay_seconds > 0:
+            await deferLater(self._reactor, server.shutdown_delay_seconds)
+        await super().stopService()
+        idle = self.site.wait_idle()
+        idle.addTimeout(server.shutdown_grace_seconds, self._reactor)
+        try:
+            await idle
+        except TimeoutError:
+            aborted = self.site.abort_all()
+            log.warn(
+                "aborted {aborted} request(s) still running after {grace:g}s",
+                aborted=aborted,
+                grace=server.shutdown_grace_seconds,
+            )
+        for client in self.clients.values():
+            await client.close()
+        log.info("shutdown complete")
+
+
+__all__ = ["IService", "ProxyService", "Reactor", "listen_endpoint"]

@@ -1,0 +1,211 @@
+"""
+The resource that serves one bucket prefix: method gate, CORS, key decoding, the upstream
+request and the streamed answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from yatagarasu.config.schema import BucketConfig
+from yatagarasu.errors import HTTPError
+from yatagarasu.s3.client import S3Client, read_s3_error
+from yatagarasu.web.cors import CorsPolicy
+from yatagarasu.web.responses import write_error
+from yatagarasu.web.site import ProxyRequest
+from yatagarasu.web.streaming import BodyRelay, BodyStalled
+
+log = Logger()
+
+ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
+
+# Request headers passed on to S3 (everything else, tokens included, stays here).
+FORWARDED_REQUEST_HEADERS = (
+    b"range",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-match",
+    b"if-unmodified-since",
+    b"if-range",
+)
+
+# Response headers passed back from S3 (x-amz-* and the rest are dropped).
+PASSED_RESPONSE_HEADERS = (
+    b"content-type",
+    b"content-length",
+    b"content-range",
+    b"content-encoding",
+    b"content-disposition",
+    b"content-language",
+    b"etag",
+    b"last-modified",
+    b"cache-control",
+    b"expires",
+    b"accept-ranges",
+)
+
+_S3_STATUS_MESSAGES = {
+    304: "not modified",
+    400: "S3 rejected the request",
+    403: "access denied by S3",
+    404: "object not found",
+    412: "precondition failed",
+    416: "requested range not satisfiable",
+}
+
+
+class _Discard(Protocol):
+    """Consume a body nobody needs, so the connection can go back to the pool."""
+
+
+class BucketResource(Resource):
+    """
+    Serve objects of one S3 bucket under one URL prefix.
+
+    :param bucket: the bucket's configuration.
+    :param client: the S3 client of that bucket.
+    :param clock: time source for the body idle timeout.
+    """
+
+    isLeaf = True
+
+    def __init__(self, bucket: BucketConfig, client: S3Client, clock: IReactorTime) -> None:
+        super().__init__()
+        self._bucket = bucket
+        self._client = client
+        self._clock = clock
+        self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
+
+    def render(self, request: Request) -> Any:
+        proxy_request = cast(ProxyRequest, request)
+        proxy_request.bucket = self._bucket.name
+        if self._cors is not None and request.method != b"OPTIONS":
+            self._cors.decorate(request)
+        if request.method not in (b"GET", b"HEAD", b"OPTIONS"):
+            method = request.method.decode("ascii", "replace")
+            error = HTTPError(
+                405,
+                f"method {method} is not allowed (read-only proxy)",
+                headers=[("Allow", ALLOWED_METHODS.decode())],
+            )
+            write_error(request, error, proxy_request.request_id)
+            return NOT_DONE_YET
+        return super().render(request)
+
+    def render_OPTIONS(self, request: Request) -> int:
+        proxy_request = cast(ProxyRequest, request)
+        request.setHeader(b"allow", ALLOWED_METHODS)
+        if self._cors is not None and request.getHeader(b"origin") is not None:
+            refused = self._cors.preflight(request)
+            if refused is not None:
+                write_error(
+                    request,
+                    HTTPError(403, f"CORS preflight refused: {refused}"),
+                    proxy_request.request_id,
+                )
+                return NOT_DONE_YET
+        request.setResponseCode(204)
+        request.finish()
+        return NOT_DONE_YET
+
+    def render_GET(self, request: Request) -> int:
+        return self._serve(cast(ProxyRequest, request))
+
+    def render_HEAD(self, request: Request) -> int:
+        # Explicit: twisted.web's HEAD-via-GET fallback does not work with NOT_DONE_YET.
+        return self._serve(cast(ProxyRequest, request))
+
+    def _serve(self, request: ProxyRequest) -> int:
+        handling = Deferred.fromCoroutine(self._handle(request))
+        request.notifyFinish().addErrback(lambda _: handling.cancel())
+        handling.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: ProxyRequest) -> None:
+        if request.finished or request._disconnected:
+            if not failure.check(CancelledError, BodyStalled):
+                log.failure("after the client went away", failure, request_id=request.request_id)
+            return
+        if request.startedWriting:
+            # Headers (and maybe part of the body) are out: the only honest signal left is to
+            # cut the connection, so the client never takes a truncated body for a whole one.
+            log.warn(
+                "aborting response of {bucket}/{key}: {reason}",
+                bucket=self._bucket.name,
+                key=request.object_key,
+                reason=failure.getErrorMessage(),
+                request_id=request.request_id,
+            )
+            transport: Any = request.channel.transport
+            transport.abortConnection()
+            return
+        if failure.check(HTTPError):
+            error = cast(HTTPError, failure.value)
+        elif failure.check(BodyStalled):
+            error = HTTPError(504, failure.getErrorMessage())
+        else:
+            log.failure("unexpected error", failure, request_id=request.request_id)
+            error = HTTPError(500, "internal error")
+        write_error(request, error, request.request_id)
+
+    def _object_key(self, request: ProxyRequest) -> str:
+        try:
+            key = b"/".join(request.postpath or ()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "object key is not valid UTF-8") from None
+        if not key:
+            raise HTTPError(404, "no object key in path (listing is not supported)")
+        return key
+
+    async def _handle(self, request: ProxyRequest) -> None:
+        key = self._object_key(request)
+        request.object_key = key
+        forwarded = Headers()
+        for name in FORWARDED_REQUEST_HEADERS:
+            values = request.requestHeaders.getRawHeaders(name)
+            if values:
+                forwarded.setRawHeaders(name, values)
+        response = await self._client.fetch(request.method, key, forwarded)
+        if response.code >= 400:
+            await self._upstream_error(response)
+        self._copy_response_head(request, response)
+        if request.method == b"HEAD" or response.code == 304:
+            response.deliverBody(_Discard())
+            request.finish()
+            return
+        relay = BodyRelay(request, self._clock, self._client.idle_seconds)
+        response.deliverBody(relay)
+        await relay.done
+        request.finish()
+
+    def _copy_response_head(self, request: ProxyRequest, response: IResponse) -> None:
+        request.setResponseCode(response.code)
+        upstream = response.headers
+        for name in PASSED_RESPONSE_HEADERS:
+            values = upstream.getRawHeaders(name)
+            if values:
+                request.responseHeaders.setRawHeaders(name, values)
+        if response.code == 304:
+            request.responseHeaders.removeHeader(b"content-length")
+        elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            # Twisted's client keeps Content-Length out of response.headers (except for HEAD).
+            request.setHeader(b"content-length", b"%d" % response.length)
+
+    async def _upstream_error(self, response: IResponse) -> None:
+        code, message = await read_s3_error(response)
+        text = message or _S3_STATUS_MESSAGES.get(response.code, f"S3 answered {response.code}")
+        headers: list[tuple[str, str]] = []
+        content_range = response.headers.getRawHeaders(b"content-range")
+        if response.code == 416 and content_range:
+            headers.append(("Content-Range", content_range[0].decode("ascii", "replace")))
+        raise HTTPError(response.code, text, s3_code=code, headers=headers)

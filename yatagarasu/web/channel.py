@@ -1,0 +1,115 @@
+"""
+An ``HTTPChannel`` that enforces the request limits on the raw bytes, before twisted.web
+builds a request: URI length (414), header bytes (431) and body size (413).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from twisted.internet.interfaces import ITransport
+from twisted.web.http import HTTPChannel
+
+from yatagarasu.config.schema import SecurityLimits
+from yatagarasu.web.responses import error_body
+
+_REASONS = {
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+class LimitedHTTPChannel(HTTPChannel):
+    """
+    HTTP/1.1 server channel with yatagarasu's request limits.
+
+    :ivar limits: the limits to enforce; set by the site when it builds the channel.
+    """
+
+    limits: SecurityLimits = SecurityLimits()
+    _expect_request_line = True
+    _header_bytes = 0
+    _rejected = False
+
+    def configure(self, limits: SecurityLimits, idle_timeout: float) -> None:
+        """
+        Apply limits, leaving room so that twisted.web's own generic limits never fire first.
+
+        :param limits: the limits to enforce.
+        :param idle_timeout: seconds a connection may sit idle between requests.
+        """
+        self.limits = limits
+        self.MAX_LENGTH = max(limits.max_uri_length, limits.max_header_size) + 1024
+        self.totalHeadersSize = limits.max_uri_length + limits.max_header_size + 4096
+        self.timeOut = int(idle_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._rejected:
+            super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._rejected:
+            return
+        if self._expect_request_line:
+            if line:
+                self._expect_request_line = False
+                self._header_bytes = 0
+                parts = line.split(b" ")
+                if len(parts) == 3 and len(parts[1]) > self.limits.max_uri_length:
+                    self.reject(
+                        414, f"request target longer than {self.limits.max_uri_length} bytes"
+                    )
+                    return
+        else:
+            self._header_bytes += len(line) + 2
+            if self._header_bytes > self.limits.max_header_size:
+                self.reject(431, f"request headers larger than {self.limits.max_header_size} bytes")
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._expect_request_line:
+            self.reject(414, f"request target longer than {self.limits.max_uri_length} bytes")
+        else:
+            self.reject(431, f"request headers larger than {self.limits.max_header_size} bytes")
+
+    def headerReceived(self, line: bytes) -> bool:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = value.strip()
+            if length.isdigit() and int(length) > self.limits.max_body_size:
+                self.reject(413, f"request body larger than {self.limits.max_body_size} bytes")
+                return False
+        ok: bool = super().headerReceived(line)
+        return ok
+
+    def allContentReceived(self) -> None:
+        self._expect_request_line = True
+        super().allContentReceived()
+
+    def reject(self, status: int, message: str) -> None:
+        """
+        Answer with a JSON error straight on the transport and close the connection.
+
+        Used while the request is still being parsed, so no ``Request`` exists yet.
+
+        :param status: 413, 414 or 431.
+        :param message: what was too large.
+        """
+        if self._rejected:
+            return
+        self._rejected = True
+        request_id = str(uuid.uuid4())
+        body = error_body(status, message, request_id)
+        head = [
+            b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % len(body),
+            b"X-Request-ID: " + request_id.encode(),
+            b"X-Correlation-ID: " + request_id.encode(),
+            b"Connection: close",
+        ]
+        transport: ITransport = self.transport  # type: ignore[assignment]
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.loseConnection()

@@ -1,0 +1,82 @@
+"""``GET /health`` (the process is up) and ``GET /ready`` (it can serve traffic)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from yatagarasu import __version__
+from yatagarasu.s3.health import UpstreamHealth
+from yatagarasu.web.responses import write_json
+
+
+class HealthResource(Resource):
+    """
+    Liveness: 200 ``{"status": "healthy", "version", "uptime_seconds"}`` while the process runs.
+
+    :param clock: time source.
+    :param started: when the process started (``clock.seconds()`` then).
+    """
+
+    isLeaf = True
+
+    def __init__(self, clock: IReactorTime, started: float) -> None:
+        super().__init__()
+        self._clock = clock
+        self._started = started
+
+    def render_GET(self, request: Request) -> int:
+        uptime = int(self._clock.seconds() - self._started)
+        write_json(
+            request, 200, {"status": "healthy", "version": __version__, "uptime_seconds": uptime}
+        )
+        return NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+
+class ReadyResource(Resource):
+    """
+    Readiness: 200 ``{"status": "ready", "backends": {...}}`` while at least one bucket's
+    upstream is usable; 503 ``unavailable`` when none is, ``shutting_down`` while draining.
+
+    :param backends: upstream health per bucket name.
+    :param draining: tells whether a graceful shutdown has begun.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, backends: Mapping[str, UpstreamHealth], draining: Callable[[], bool]
+    ) -> None:
+        super().__init__()
+        self._backends = backends
+        self._draining = draining
+
+    def render_GET(self, request: Request) -> int:
+        backends = {
+            name: {
+                "status": "healthy" if health.usable else "unhealthy",
+                "replicas": {
+                    "primary": {
+                        "status": health.status,
+                        "consecutive_failures": health.consecutive_failures,
+                        "last_error": health.last_error,
+                    }
+                },
+            }
+            for name, health in self._backends.items()
+        }
+        if self._draining():
+            status, code = "shutting_down", 503
+        elif not any(health.usable for health in self._backends.values()):
+            status, code = "unavailable", 503
+        else:
+            status, code = "ready", 200
+        write_json(request, code, {"status": status, "backends": backends})
+        return NOT_DONE_YET
+
+    render_HEAD = render_GET

@@ -1,0 +1,82 @@
+"""
+The root of the Resource tree: the proxy's own routes, then bucket prefixes.
+
+``/health`` and ``/ready`` are static children. Every other path goes to the bucket whose
+``path_prefix`` is the longest match at a segment boundary (``/products`` does not match
+``/products-old/x``); no match is a JSON 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import cast
+
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from yatagarasu.errors import HTTPError
+from yatagarasu.web.responses import write_error
+from yatagarasu.web.site import ProxyRequest
+
+
+class ErrorResource(Resource):
+    """Answer every method with one JSON error."""
+
+    isLeaf = True
+
+    def __init__(self, error: HTTPError) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: Request) -> int:
+        write_error(request, self._error, cast(ProxyRequest, request).request_id)
+        return NOT_DONE_YET
+
+
+NOT_FOUND = ErrorResource(HTTPError(404, "no bucket is configured for this path"))
+
+
+class RootResource(Resource):
+    """
+    Route to the proxy's own resources and to bucket resources.
+
+    :param special: the proxy's routes by first path segment (``b"health"``...); each is a
+        leaf that only answers its exact path.
+    :param buckets: ``(prefix segments, resource)`` for every bucket.
+    """
+
+    def __init__(
+        self,
+        special: Mapping[bytes, IResource],
+        buckets: Sequence[tuple[tuple[str, ...], IResource]],
+    ) -> None:
+        super().__init__()
+        self._special = dict(special)
+        self._routes = sorted(
+            ((tuple(s.encode("utf-8") for s in prefix), resource) for prefix, resource in buckets),
+            key=lambda route: len(route[0]),
+            reverse=True,
+        )
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        postpath = request.postpath
+        prepath = request.prepath
+        assert postpath is not None and prepath is not None
+        special = self._special.get(path)
+        if special is not None and (not postpath or postpath == [b""]):
+            return special
+        segments = [path, *postpath]
+        for prefix, resource in self._routes:
+            if tuple(segments[: len(prefix)]) == prefix:
+                if prefix:
+                    consumed = len(prefix) - 1
+                    prepath.extend(postpath[:consumed])
+                    del postpath[:consumed]
+                else:
+                    postpath.insert(0, prepath.pop())
+                return resource
+        return NOT_FOUND
+
+    def render(self, request: Request) -> int:
+        # Only reached for "/" itself when no bucket is mounted at the root.
+        return NOT_FOUND.render(request)

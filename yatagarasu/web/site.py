@@ -1,0 +1,193 @@
+"""
+The twisted.web ``Site`` of the proxy: request ids, raw-target checks, concurrency limit,
+in-flight tracking for graceful shutdown, and one access-log event per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from yatagarasu.config.schema import SecurityLimits
+from yatagarasu.errors import HTTPError
+from yatagarasu.web.channel import LimitedHTTPChannel
+from yatagarasu.web.request_id import request_id_for
+from yatagarasu.web.responses import write_error
+from yatagarasu.web.target import traversal_reason
+
+access_log = Logger(namespace="yatagarasu.access")
+
+
+class ProxyRequest(Request):
+    """
+    A request with an id, a start time and the bucket/key it addressed (for the access log).
+
+    :ivar request_id: echoed as ``X-Request-ID`` and ``X-Correlation-ID`` on every response.
+    """
+
+    defaultContentType = None
+    request_id = ""
+    started = 0.0
+    bucket: str | None = None
+    object_key: str | None = None
+    _body_bytes = 0
+    _accounted = False
+
+    @property
+    def proxy_site(self) -> ProxySite:
+        """The site this request arrived on."""
+        channel: Any = self.channel
+        return cast(ProxySite, channel.site)
+
+    def process(self) -> None:
+        site = self.proxy_site
+        self.started = site.clock.seconds()
+        self.request_id = request_id_for(self.requestHeaders)
+        rid = [self.request_id.encode("ascii")]
+        self.responseHeaders.setRawHeaders(b"x-request-id", rid)
+        self.responseHeaders.setRawHeaders(b"x-correlation-id", rid)
+        site.request_started(self)
+        reason = traversal_reason(self.uri)
+        if reason is not None:
+            self.site = site
+            write_error(self, HTTPError(400, f"rejected path: {reason}"), self.request_id)
+            return
+        if site.active_count > site.max_concurrent_requests:
+            self.site = site
+            error = HTTPError(503, "too many concurrent requests", headers=[("Retry-After", "1")])
+            write_error(self, error, self.request_id)
+            return
+        super().process()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        channel = cast(LimitedHTTPChannel, self.channel)
+        if self._body_bytes > channel.limits.max_body_size:
+            channel.reject(413, f"request body larger than {channel.limits.max_body_size} bytes")
+            return
+        super().handleContentChunk(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.started:
+            self.proxy_site.request_ended(self, aborted=True)
+
+    def client_ip(self) -> str:
+        """The peer's IP address (or the UNIX socket path)."""
+        address: IAddress = self.getClientAddress()
+        return str(getattr(address, "host", address))
+
+
+class ProxySite(Site):
+    """
+    The proxy's ``Site``.
+
+    :param resource: the root resource.
+    :param clock: time source for durations.
+    :param limits: request limits for every connection.
+    :param max_concurrent_requests: above this many in-flight requests, answer 503.
+    :param idle_timeout: seconds an idle keep-alive connection is kept.
+    """
+
+    protocol = LimitedHTTPChannel  # type: ignore[assignment]
+    requestFactory = ProxyRequest
+    displayTracebacks = False
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        clock: IReactorTime,
+        limits: SecurityLimits,
+        max_concurrent_requests: int,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(resource, reactor=clock)
+        self.clock = clock
+        self.limits = limits
+        self.max_concurrent_requests = max_concurrent_requests
+        self.idle_timeout = idle_timeout
+        self._active: set[ProxyRequest] = set()
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        channel = cast(LimitedHTTPChannel, super().buildProtocol(addr))
+        channel.configure(self.limits, self.idle_timeout)
+        return channel
+
+    @property
+    def active_count(self) -> int:
+        """Requests received and not yet finished."""
+        return len(self._active)
+
+    def request_started(self, request: ProxyRequest) -> None:
+        """
+        Track a request until it ends.
+
+        :param request: the request that started.
+        """
+        self._active.add(request)
+
+    def request_ended(self, request: ProxyRequest, *, aborted: bool) -> None:
+        """
+        Stop tracking a request and write its access-log event (once).
+
+        :param request: the request that ended.
+        :param aborted: whether the connection went away before the response was complete.
+        """
+        if request._accounted:
+            return
+        request._accounted = True
+        self._active.discard(request)
+        access_log.info(
+            "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
+            request_id=request.request_id,
+            client_ip=request.client_ip(),
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"),
+            status=request.code,
+            bytes_sent=request.sentLength,
+            duration_ms=round((self.clock.seconds() - request.started) * 1000, 3),
+            bucket=request.bucket,
+            object_key=request.object_key,
+            aborted=aborted,
+            user_agent=(request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
+        )
+        if not self._active:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def log(self, request: http.Request) -> None:
+        """Called by twisted.web when a request finished: account for it."""
+        self.request_ended(cast(ProxyRequest, request), aborted=False)
+
+    def wait_idle(self) -> Deferred[None]:
+        """
+        :returns: a Deferred that fires once no request is in flight.
+        """
+        if not self._active:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def abort_all(self) -> int:
+        """
+        Abort the connections of every in-flight request.
+
+        :returns: how many requests were aborted.
+        """
+        requests = list(self._active)
+        for request in requests:
+            transport: Any = request.channel.transport if request.channel else None
+            if transport is not None:
+                transport.abortConnection()
+        return len(requests)
