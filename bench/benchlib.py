@@ -1,0 +1,254 @@
+"""Shared helpers for the benchmark scripts: processes, wrk/curl runs, memory probes.
+
+Everything here talks to 127.0.0.1 only and every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+TWISTD = str(REPO / ".venv" / "bin" / "twistd")
+
+
+# -- tools and ports ---------------------------------------------------------------------------
+
+
+def require_tools() -> None:
+    """Install nginx-light and wrk with apt when they are missing (Debian, root)."""
+    missing = [
+        pkg
+        for tool, pkg in (("nginx", "nginx-light"), ("wrk", "wrk"))
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()
+    ]
+    if not missing:
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if subprocess.run(cmd, env=env, timeout=600).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, timeout=600, check=True)
+        subprocess.run(cmd, env=env, timeout=600, check=True)
+    # The Debian package may start the system nginx; we never use or touch it.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(
+    url: str, timeout: float = 5.0, method: str = "GET"
+) -> tuple[int, dict[str, str], int]:
+    """One request; returns (status, headers, body length).  Reads at most 1 MiB of body."""
+    m = re.match(r"http://([^/:]+):(\d+)(/.*)?$", url)
+    if not m:
+        raise ValueError(url)
+    conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=timeout)
+    try:
+        conn.request(method, m.group(3) or "/")
+        resp = conn.getresponse()
+        body = resp.read(1024 * 1024) if method != "HEAD" else b""
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, len(body)
+    finally:
+        conn.close()
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[Any] | None = None) -> int:
+    """Poll ``url`` until it answers (any status); returns the status.  Bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before serving {url}")
+        try:
+            return http_get(url, timeout=2.0, method="HEAD")[0]
+        except OSError as e:
+            last = e
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} not answering after {timeout}s: {last}")
+
+
+# -- server processes --------------------------------------------------------------------------
+
+
+class Server:
+    """A child process listening on ``port``; stopped with SIGTERM then SIGKILL."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        log: Path,
+        probe: str = "/bench/1k.bin",
+        timeout: float = 30.0,
+    ) -> None:
+        self.name, self.port, self.argv = name, port, list(argv)
+        self.logfile = open(log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=REPO,
+            stdout=self.logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_http(self.url + probe, timeout=timeout, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.logfile.close()
+
+
+# -- memory probes -----------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+def sockstat() -> dict[str, int]:
+    """/proc/net/sockstat TCP line: inuse, orphan, tw, alloc, mem (mem in pages -> bytes too)."""
+    out: dict[str, int] = {}
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            parts = line.split()[1:]
+            out = {parts[i]: int(parts[i + 1]) for i in range(0, len(parts), 2)}
+            out["mem_bytes"] = out.get("mem", 0) * os.sysconf("SC_PAGE_SIZE")
+    return out
+
+
+_SKMEM = re.compile(r"skmem:\(([^)]*)\)")
+
+
+def ss_skmem(filter_expr: str) -> dict[str, int]:
+    """Sum of ``ss -tmn`` skmem fields over established sockets matching ``filter_expr``.
+
+    r = receive queue memory, t = transmit memory, w = queued for transmit; all bytes.
+    """
+    out = subprocess.run(
+        ["ss", "-tmnH", "state", "established", filter_expr],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    ).stdout
+    total = {"sockets": 0, "r": 0, "t": 0, "w": 0}
+    for m in _SKMEM.finditer(out):
+        total["sockets"] += 1
+        for item in m.group(1).split(","):
+            key = item.rstrip("0123456789")
+            if key in ("r", "t", "w"):
+                total[key] += int(item[len(key) :])
+    return total
+
+
+# -- load generators ---------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    non2xx: int
+    raw: str = field(repr=False, default="")
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if not m:
+        return float("nan")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def run_wrk(url: str, threads: int, conns: int, seconds: int) -> WrkResult:
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", url]
+    raw = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+
+    def grab(pattern: str, conv: Any = float, default: Any = 0) -> Any:
+        m = re.search(pattern, raw, re.M)
+        return conv(m.group(1)) if m else default
+
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", raw)
+    if m:
+        errors = sum(int(x) for x in m.groups())
+    return WrkResult(
+        rps=grab(r"^Requests/sec:\s+([\d.]+)"),
+        p50_ms=grab(r"^\s+50%\s+(\S+)", _ms, float("nan")),
+        p99_ms=grab(r"^\s+99%\s+(\S+)", _ms, float("nan")),
+        requests=grab(r"^\s+(\d+) requests in", int),
+        errors=errors,
+        non2xx=grab(r"Non-2xx or 3xx responses: (\d+)", int),
+        raw=raw,
+    )
+
+
+def run_curl(url: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Full-speed download to /dev/null; returns status, bytes, seconds, MiB/s."""
+    fmt = "%{http_code} %{size_download} %{time_total} %{speed_download}"
+    cp = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)), "-w", fmt, url],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+    )
+    code, size, secs, speed = cp.stdout.split()
+    return {
+        "status": int(code),
+        "bytes": int(size),
+        "seconds": float(secs),
+        "mib_s": float(speed) / 1048576,
+        "exit": cp.returncode,
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    vals = [v for v in values if v == v]  # drop NaN
+    return statistics.median(vals) if vals else float("nan")
+
+
+def dump(path: Path, obj: Any) -> None:
+    def default(o: Any) -> Any:
+        return asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)
+
+    path.write_text(json.dumps(obj, indent=2, default=default))

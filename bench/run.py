@@ -1,0 +1,496 @@
+"""Run the Yatagarasu benchmark: origin, baselines and the proxy in one go; print a table.
+
+Targets (all on 127.0.0.1, each its own process):
+
+* ``nginx``  -- the origin itself (nginx serving the generated tree path-style, like S3)
+* ``bare``   -- ``bench/bare_resource.py``: a bare twisted.web resource returning 1 KiB
+* ``relay``  -- ``bench/bare_relay.py``: Agent + persistent pool + deliverBody, push producer
+* ``proxy``  -- ``twistd -n yatagarasu --config ...`` with nginx as its S3 endpoint
+* knob variants: ``relay_pool2`` (Twisted's default maxPersistentPerHost=2),
+  ``relay_accesslog`` and ``bare_accesslog`` (twisted.web's access-log line kept)
+
+Scenarios: ``small`` (wrk, 1 KiB GET), ``big`` (curl, full-speed 1 GiB GET), ``slow``
+(N slow clients on the 1 GiB object, RSS and socket memory, several rounds).
+
+Raw results go to ``bench/results/<UTC timestamp>/`` (git-ignored); the table is printed and
+written there as ``results.md``.  Examples::
+
+    .venv/bin/python bench/run.py                      # everything (proxy if installed)
+    .venv/bin/python bench/run.py --proxy skip         # baselines only
+    .venv/bin/python bench/run.py --quick              # short smoke run (~2 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import (
+    PYTHON,
+    REPO,
+    TWISTD,
+    Server,
+    dump,
+    free_port,
+    http_get,
+    median,
+    rss_kib,
+    run_curl,
+    run_wrk,
+    sockstat,
+    ss_skmem,
+)
+from origin import BUCKET, Origin
+
+SMALL_KEY = f"/{BUCKET}/1k.bin"
+BIG_KEY = f"/{BUCKET}/1g.bin"
+PROXY_CONFIG = """\
+server: {{address: 127.0.0.1, port: {port}}}
+{logging}buckets:
+  - name: bench
+    path_prefix: /bench
+    s3:
+      bucket: bench
+      region: us-east-1
+      endpoint: "{endpoint}"
+      access_key: AKIDBENCH
+      secret_key: benchsecretbenchsecretbenchsecret
+"""
+
+
+def proxy_installed() -> bool:
+    try:
+        out = subprocess.run(
+            [TWISTD, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "yatagarasu" in out
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+
+    def cmd(*argv: str) -> str:
+        try:
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return (cp.stdout + cp.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    twisted_v = subprocess.run(
+        [PYTHON, "-c", "import twisted; print(twisted.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    return {
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": cmd(PYTHON, "-V"),
+        "twisted": twisted_v,
+        "nginx": cmd("nginx", "-v"),
+        "wrk": cmd("wrk", "-v"),
+        "curl": cmd("curl", "--version"),
+        "git": cmd("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.out = REPO / "bench" / "results" / stamp
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.servers: dict[str, Server] = {}
+        self.urls: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
+        self.results: dict[str, Any] = {"args": vars(args), "machine": machine_facts(), "notes": []}
+        self.origin: Origin | None = None
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def start(self, targets: list[str]) -> None:
+        self.origin = Origin(workers=self.args.nginx_workers)
+        self.log(f"origin nginx on {self.origin.url} (data in {self.origin.tmp})")
+        self.urls["nginx"] = self.origin.url
+        self.pids["nginx"] = self.origin.proc.pid
+        for name in targets:
+            if name == "nginx":
+                continue
+            try:
+                self._start_one(name)
+            except Exception as e:  # one target failing must not lose the others
+                self.log(f"!! {name} did not start: {e}")
+                self.results["notes"].append(f"{name} did not start: {e}")
+
+    def _start_one(self, name: str) -> None:
+        assert self.origin is not None
+        port = free_port()
+        log = self.out / f"{name}.log"
+        if name in ("bare", "bare_accesslog"):
+            argv = [PYTHON, "bench/bare_resource.py", "--port", str(port)]
+            if name == "bare_accesslog":
+                argv.append("--access-log")
+        elif name.startswith("relay"):
+            argv = [
+                PYTHON,
+                "bench/bare_relay.py",
+                "--port",
+                str(port),
+                "--upstream",
+                self.origin.url,
+                "--pool-size",
+                "2" if name == "relay_pool2" else str(self.args.pool_size),
+            ]
+            if name == "relay_accesslog":
+                argv.append("--access-log")
+        elif name == "proxy":
+            argv = self._proxy_argv(port, with_logging=True)
+            try:
+                srv = Server(name, argv, port, log, probe=SMALL_KEY, timeout=60)
+            except RuntimeError as e:
+                text = log.read_text(errors="replace")
+                if "logging" not in text:
+                    raise RuntimeError(f"{e}; see {log}") from None
+                self.log("proxy rejected the 'logging' key; retrying without it")
+                self.results["notes"].append("proxy rejected `logging: {level: warn}`; dropped")
+                argv = self._proxy_argv(port, with_logging=False)
+                srv = Server(name, argv, port, log, probe=SMALL_KEY, timeout=60)
+            self._register(name, srv)
+            return
+        else:
+            raise ValueError(f"unknown target {name}")
+        self._register(name, Server(name, argv, port, log, probe=SMALL_KEY))
+
+    def _proxy_argv(self, port: int, with_logging: bool) -> list[str]:
+        assert self.origin is not None
+        cfg = self.out / "proxy.yaml"
+        cfg.write_text(
+            PROXY_CONFIG.format(
+                port=port,
+                endpoint=self.origin.url,
+                logging="logging: {level: warn}\n" if with_logging else "",
+            )
+        )
+        return [TWISTD, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg)]
+
+    def _register(self, name: str, srv: Server) -> None:
+        self.servers[name] = srv
+        self.urls[name] = srv.url
+        self.pids[name] = srv.pid
+        self.log(f"{name} on {srv.url} pid {srv.pid}: {' '.join(srv.argv)}")
+
+    def stop(self) -> None:
+        for srv in self.servers.values():
+            srv.stop()
+        if self.origin is not None:
+            self.origin.close()
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Each target answers the 1 KiB GET with 200 and the S3-ish headers."""
+        checks: dict[str, Any] = {}
+        for name, url in self.urls.items():
+            try:
+                status, headers, length = http_get(url + SMALL_KEY)
+                checks[name] = {
+                    "status": status,
+                    "length": length,
+                    **{
+                        h: headers.get(h)
+                        for h in (
+                            "etag",
+                            "last-modified",
+                            "content-length",
+                            "content-type",
+                            "x-request-id",
+                            "x-cache",
+                        )
+                    },
+                }
+            except OSError as e:
+                checks[name] = {"error": str(e)}
+            self.log(f"check {name}: {checks[name]}")
+        self.results["checks"] = checks
+
+    # -- scenarios -------------------------------------------------------------------------
+
+    def small(self, targets: list[str]) -> None:
+        a = self.args
+        runs: dict[str, list[Any]] = {t: [] for t in targets if t in self.urls}
+        for t in runs:  # warm-up: fills connection pools, JIT-free but caches/allocators warm
+            run_wrk(self.urls[t] + SMALL_KEY, a.wrk_threads, a.wrk_conns, 3)
+        for i in range(a.wrk_runs):
+            for t in runs:  # interleaved so drift hits every target alike
+                r = run_wrk(self.urls[t] + SMALL_KEY, a.wrk_threads, a.wrk_conns, a.wrk_seconds)
+                (self.out / f"wrk-{t}-{i}.txt").write_text(r.raw)
+                runs[t].append(r)
+                self.log(
+                    f"small {t} run {i}: {r.rps:.0f} req/s p50 {r.p50_ms:.2f} ms "
+                    f"p99 {r.p99_ms:.2f} ms errors {r.errors} non2xx {r.non2xx}"
+                )
+        self.results["small"] = {
+            t: {
+                "runs": rs,
+                "rps": median([r.rps for r in rs]),
+                "p50_ms": median([r.p50_ms for r in rs]),
+                "p99_ms": median([r.p99_ms for r in rs]),
+                "errors": sum(r.errors for r in rs),
+                "non2xx": sum(r.non2xx for r in rs),
+            }
+            for t, rs in runs.items()
+        }
+
+    def big(self, targets: list[str]) -> None:
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets if t in self.urls}
+        run_curl(self.urls["nginx"] + BIG_KEY)  # page cache warm-up, not counted
+        for i in range(self.args.big_runs):
+            for t in runs:
+                r = run_curl(self.urls[t] + BIG_KEY)
+                runs[t].append(r)
+                self.log(
+                    f"big {t} run {i}: {r['mib_s']:.0f} MiB/s status {r['status']} "
+                    f"bytes {r['bytes']}"
+                )
+        self.results["big"] = {
+            t: {
+                "runs": rs,
+                "mib_s": median([r["mib_s"] for r in rs]),
+                "complete": all(r["status"] == 200 and r["bytes"] == 1024**3 for r in rs),
+            }
+            for t, rs in runs.items()
+        }
+
+    def slow(self, targets: list[str]) -> None:
+        assert self.origin is not None
+        a = self.args
+        out: dict[str, Any] = {}
+        for t in targets:
+            if t not in self.urls:
+                continue
+            pid, port = self.pids[t], self.servers[t].port if t in self.servers else None
+            rounds = []
+            rss_before = rss_kib(pid)
+            sock_before = sockstat()
+            for i in range(a.slow_rounds):
+                cmd = [
+                    PYTHON,
+                    "bench/slow_clients.py",
+                    "--url",
+                    self.urls[t] + BIG_KEY,
+                    "--clients",
+                    str(a.slow_clients),
+                    "--rate",
+                    a.slow_rate,
+                    "--duration",
+                    str(a.slow_seconds),
+                ]
+                proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+                time.sleep(a.slow_seconds * 0.75)
+                during = {
+                    "rss_kib": rss_kib(pid),
+                    "sockstat": sockstat(),
+                    "client_side": ss_skmem(f"( sport = :{port} )") if port else None,
+                    "upstream_side": ss_skmem(f"( dport = :{self.origin.port} )"),
+                }
+                stdout, _ = proc.communicate(timeout=a.slow_seconds + 60)
+                time.sleep(3.0)  # let aborted connections and the pool settle
+                rnd = {
+                    "during": during,
+                    "clients": json.loads(stdout.strip().splitlines()[-1]),
+                    "rss_after_kib": rss_kib(pid),
+                    "sockstat_after": sockstat(),
+                }
+                rounds.append(rnd)
+                per_conn = (during["rss_kib"] - rss_before) / a.slow_clients
+                self.log(
+                    f"slow {t} round {i}: RSS before {rss_before} KiB, during "
+                    f"{during['rss_kib']} KiB ({per_conn:.1f} KiB/conn), after "
+                    f"{rnd['rss_after_kib']} KiB; clients {rnd['clients']['mib_s_total']} "
+                    f"MiB/s total, statuses {rnd['clients']['statuses']}; "
+                    f"kernel TCP mem {during['sockstat'].get('mem_bytes', 0) / 1048576:.1f}"
+                    f" MiB; client-side skmem {during['client_side']}; "
+                    f"upstream-side skmem {during['upstream_side']}"
+                )
+            out[t] = {
+                "rss_before_kib": rss_before,
+                "sockstat_before": sock_before,
+                "rounds": rounds,
+                "per_conn_kib": max(
+                    (r["during"]["rss_kib"] - rss_before) / a.slow_clients for r in rounds
+                ),
+                "rss_after_r1_kib": rounds[0]["rss_after_kib"],
+                "rss_after_last_kib": rounds[-1]["rss_after_kib"],
+            }
+        self.results["slow"] = out
+
+    # -- report ----------------------------------------------------------------------------
+
+    def table(self) -> str:
+        r = self.results
+        lines = [f"# Yatagarasu bench {r['machine']['date_utc']}", ""]
+        m = r["machine"]
+        lines.append(
+            f"{m['nproc']} cores, {m['cpu']}, kernel {m['kernel']}, {m['python']}, "
+            f"Twisted {m['twisted']}, {m['nginx']}, {m['wrk']}, git {m['git']}"
+        )
+        lines.append("")
+        a = self.args
+
+        def pct(x: float, y: float) -> str:
+            return f"{100 * x / y:.0f} %" if y and x == x and y == y else "n/a"
+
+        if "small" in r:
+            s = r["small"]
+            rel = s.get("relay", {}).get("rps", 0)
+            lines += [
+                f"## 1 KiB GET: wrk -t{a.wrk_threads} -c{a.wrk_conns} -d{a.wrk_seconds}s "
+                f"--latency, median of {a.wrk_runs}",
+                "",
+                "| target | req/s | p50 ms | p99 ms | errors | non-2xx | vs relay |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for t, v in s.items():
+                lines.append(
+                    f"| {t} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} "
+                    f"| {v['errors']} | {v['non2xx']} | {pct(v['rps'], rel)} |"
+                )
+            if "proxy" not in s:
+                lines.append("| proxy | pending | | | | | |")
+            lines.append("")
+        if "big" in r:
+            b = r["big"]
+            rel = b.get("relay", {}).get("mib_s", 0)
+            lines += [
+                f"## 1 GiB GET at full speed: curl -o /dev/null, median of {a.big_runs}",
+                "",
+                "| target | MiB/s | complete | vs relay |",
+                "|---|---:|---|---:|",
+            ]
+            for t, v in b.items():
+                lines.append(
+                    f"| {t} | {v['mib_s']:.0f} | {v['complete']} | {pct(v['mib_s'], rel)} |"
+                )
+            if "proxy" not in b:
+                lines.append("| proxy | pending | | |")
+            lines.append("")
+        if "slow" in r:
+            lines += [
+                f"## {a.slow_clients} slow clients x {a.slow_rate}B/s on 1 GiB, "
+                f"{a.slow_seconds:.0f} s x {a.slow_rounds} rounds",
+                "",
+                "| target | RSS before KiB | RSS during (per round) KiB | KiB/conn (max) "
+                "| RSS after r1 KiB | RSS after last KiB | client MiB/s (per round) "
+                "| kernel TCP mem MiB | server sockets skmem (client side r/t/w KiB; "
+                "upstream side r KiB) |",
+                "|---|---:|---|---:|---:|---:|---|---:|---|",
+            ]
+            for t, v in r["slow"].items():
+                rounds = v["rounds"]
+                during = ", ".join(str(x["during"]["rss_kib"]) for x in rounds)
+                mibs = ", ".join(str(x["clients"]["mib_s_total"]) for x in rounds)
+                last = rounds[-1]["during"]
+                tcp = last["sockstat"].get("mem_bytes", 0) / 1048576
+                cs, us = last["client_side"] or {}, last["upstream_side"]
+                sk = (
+                    f"{cs.get('r', 0) // 1024}/{cs.get('t', 0) // 1024}/"
+                    f"{cs.get('w', 0) // 1024} ({cs.get('sockets', 0)} socks); "
+                    f"{us['r'] // 1024} ({us['sockets']} socks)"
+                )
+                lines.append(
+                    f"| {t} | {v['rss_before_kib']} | {during} | "
+                    f"{v['per_conn_kib']:.1f} | {v['rss_after_r1_kib']} | "
+                    f"{v['rss_after_last_kib']} | {mibs} | {tcp:.1f} | {sk} |"
+                )
+            if "proxy" not in r["slow"]:
+                lines.append("| proxy | pending | | | | | | | |")
+            lines.append("")
+        if r["notes"]:
+            lines += ["Notes:", *[f"- {n}" for n in r["notes"]], ""]
+        lines.append(f"Raw results: {self.out.relative_to(REPO)}")
+        return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--proxy",
+        choices=("auto", "skip", "require"),
+        default="auto",
+        help="auto: include the proxy when `twistd --help` lists yatagarasu",
+    )
+    p.add_argument(
+        "--targets",
+        default="nginx,bare,relay",
+        help="baseline targets (proxy is added per --proxy); knob variants: "
+        "relay_pool2, relay_accesslog, bare_accesslog",
+    )
+    p.add_argument("--scenarios", default="small,big,slow")
+    p.add_argument("--quick", action="store_true", help="short runs for a smoke test")
+    p.add_argument("--wrk-threads", type=int, default=1)
+    p.add_argument("--wrk-conns", type=int, default=50)
+    p.add_argument("--wrk-seconds", type=int, default=15)
+    p.add_argument("--wrk-runs", type=int, default=3)
+    p.add_argument("--big-runs", type=int, default=3)
+    p.add_argument("--slow-clients", type=int, default=50)
+    p.add_argument("--slow-rate", default="2M")
+    p.add_argument("--slow-seconds", type=float, default=20.0)
+    p.add_argument("--slow-rounds", type=int, default=3)
+    p.add_argument("--pool-size", type=int, default=64, help="bare relay maxPersistentPerHost")
+    p.add_argument("--nginx-workers", type=int, default=1)
+    args = p.parse_args()
+    if args.quick:
+        args.wrk_seconds, args.wrk_runs, args.big_runs = 4, 1, 1
+        args.slow_seconds, args.slow_rounds = 8.0, 2
+    targets = [t for t in args.targets.split(",") if t]
+    if args.proxy == "require" or (args.proxy == "auto" and proxy_installed()):
+        targets.append("proxy")
+    scenarios = args.scenarios.split(",")
+
+    bench = Bench(args)
+    bench.log(f"results in {bench.out}; targets {targets}; scenarios {scenarios}")
+    try:
+        bench.start(targets)
+        bench.check()
+        if "small" in scenarios:
+            bench.small(targets)
+        if "big" in scenarios:
+            bench.big([t for t in targets if t in ("nginx", "relay", "proxy")])
+        if "slow" in scenarios:
+            bench.slow([t for t in targets if t in ("relay", "proxy")])
+    finally:
+        bench.stop()
+        dump(bench.out / "results.json", bench.results)
+        table = bench.table()
+        (bench.out / "results.md").write_text(table)
+        print()
+        print(table)
+    if args.proxy == "require" and "proxy" not in bench.servers:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
