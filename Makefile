@@ -1,0 +1,79 @@
+# Yatagarasu developer tasks (GNU make). Works on a fresh Debian 12 with Python 3.11, as root.
+#   make test   - venv + redis-server, then ruff, ruff format --check, mypy, pytest
+#   make demo   - moto S3 + the proxy on 127.0.0.1:8080 (Ctrl-C stops both)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test lint format typecheck pytest demo redis venv .venv clean
+
+# (Re)install when the packaging metadata changes. Editable *compat* mode is required: the default
+# editable mode hides twisted/plugins from twistd ("Unknown command: yatagarasu").
+$(STAMP): setup.cfg pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+	  rm -rf $(VENV); \
+	  if ! $(PYTHON) -m venv $(VENV); then \
+	    echo "python3 -m venv failed; installing python3-venv"; \
+	    rm -rf $(VENV); \
+	    $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv; \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]' --config-settings editable_mode=compat
+	touch $@
+
+venv .venv: $(STAMP)
+
+# redis-server for the integration tests; installed only when missing, the system service is not
+# started (policy-rc.d denies service starts during the install).
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+	  echo "redis-server not found; installing it with apt-get"; \
+	  policy=/usr/sbin/policy-rc.d; created=; \
+	  if [ ! -e $$policy ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $$policy >/dev/null; $(SUDO) chmod +x $$policy; created=1; \
+	  fi; \
+	  rc=0; \
+	  { $(SUDO) apt-get update && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; } || rc=$$?; \
+	  if [ -n "$$created" ]; then $(SUDO) rm -f $$policy; fi; \
+	  exit $$rc; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# pytest's exit code 5 (no tests collected) is non-zero, so it fails the target too.
+pytest: $(STAMP) redis
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test: $(STAMP) redis
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m yatagarasu.demo
+
+clean:
+	rm -rf $(VENV) .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -f twisted/plugins/dropin.cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

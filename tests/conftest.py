@@ -1,0 +1,171 @@
+"""Shared pytest fixtures: the Twisted reactor, moto S3, redis-server and the real proxy.
+
+Fixtures (see ``tests/harness.py`` and ``yatagarasu/demo.py`` for the objects they return):
+
+- ``reactor``: the global reactor pytest-twisted installed.
+- ``moto_s3`` (session): :class:`MotoS3Server` with SigV4 checking on and request recording.
+- ``s3_bucket``: a fresh, uniquely named bucket in ``moto_s3``.
+- ``redis_server``: a started :class:`RedisServer` (kill/restart/freeze/thaw), per test.
+- ``redis_factory``: ``redis_factory() -> RedisServer`` for more than one.
+- ``make_proxy_config``: ``make_proxy_config({"public": bucket}, port=0, **top_level) -> dict``.
+- ``proxy``: ``proxy(config, env=None, timeout=30.0, extra_args=()) -> ProxyProcess``; waits
+  for ``GET /health`` == 200; always killed at teardown (its log is printed when the test
+  failed).
+- ``twistd_check``: ``twistd_check(config_or_path, env=None) -> TwistdResult`` for
+  ``twistd yatagarasu --check --config X``.
+
+Nothing here skips: a tool that cannot start fails the test with an install hint.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import (
+    INSTALL_HINT,
+    MotoS3Server,
+    ProxyProcess,
+    RedisServer,
+    StartupError,
+    TwistdResult,
+    check_config,
+    http_request,
+    make_moto,
+    proxy_config,
+    start_proxy,
+)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Remember each phase's report on the item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"_report_{report.when}", report)
+    return report
+
+
+def _test_failed(request: pytest.FixtureRequest) -> bool:
+    return any(
+        getattr(getattr(request.node, f"_report_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
+
+
+@pytest.fixture
+def reactor() -> Any:
+    """The global reactor that pytest-twisted installed (pytest-twisted has no such fixture)."""
+    from twisted.internet import reactor as global_reactor
+
+    return global_reactor
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3Server]:
+    """A moto S3 server (subprocess) with an IAM user and SigV4 checking **on**."""
+    workdir = tmp_path_factory.mktemp("moto")
+    try:
+        server = make_moto(workdir)
+    except (StartupError, ImportError, OSError) as exc:
+        pytest.fail(f"could not start moto S3 with auth on: {exc}\n{INSTALL_HINT}")
+    try:
+        # make_moto() already verified this; assert it here too, visibly.
+        unsigned = http_request("GET", server.probe_url, timeout=10.0)
+        assert unsigned.status == 403, f"unsigned GET answered {unsigned.status}, not 403"
+        assert server.get_object(server.PROBE_BUCKET, server.PROBE_KEY) == b"probe"
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_s3: MotoS3Server) -> str:
+    """A new, empty, uniquely named bucket in ``moto_s3``."""
+    return moto_s3.create_bucket()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """``redis_factory()`` starts another private redis-server; all are stopped at teardown."""
+    servers: list[RedisServer] = []
+    counter = itertools.count()
+
+    def start() -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{next(counter)}")
+        servers.append(server)
+        try:
+            return server.start()
+        except StartupError as exc:
+            pytest.fail(f"could not start redis-server: {exc}\n{INSTALL_HINT}")
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def redis_server(redis_factory: Callable[[], RedisServer]) -> RedisServer:
+    """A started redis-server on a free 127.0.0.1 port; ``kill()``/``restart()`` for chaos."""
+    return redis_factory()
+
+
+@pytest.fixture
+def make_proxy_config(moto_s3: MotoS3Server) -> Callable[..., dict[str, Any]]:
+    """``make_proxy_config({"public": s3_bucket}, port=0, **top_level)`` → config dict."""
+
+    def make(
+        buckets: Mapping[str, str] | Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> dict[str, Any]:
+        return proxy_config(moto_s3, buckets, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., ProxyProcess]]:
+    """
+    ``proxy(config, env=None, timeout=30.0, extra_args=())`` runs the real
+    ``twistd -n yatagarasu --config <tmp>/proxyN/yatagarasu.yaml`` and waits for
+    ``/health``. Every proxy started is killed at teardown.
+    """
+    started: list[ProxyProcess] = []
+    counter = itertools.count()
+
+    def start(
+        config: Mapping[str, Any] | Path,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        extra_args: Sequence[str] = (),
+    ) -> ProxyProcess:
+        workdir = tmp_path / f"proxy{next(counter)}"
+        try:
+            process = start_proxy(config, workdir, env=env, timeout=timeout, extra_args=extra_args)
+        except StartupError as exc:
+            pytest.fail(str(exc))
+        started.append(process)
+        return process
+
+    yield start
+    failed = _test_failed(request)
+    for process in started:
+        process.kill()
+        if failed:
+            print(f"\n----- proxy log ({process.log_path}) -----\n{process.log_text()[-20000:]}")
+
+
+@pytest.fixture
+def twistd_check(tmp_path: Path) -> Callable[..., TwistdResult]:
+    """``twistd_check(config_or_path, env=None, timeout=30.0)`` → ``TwistdResult`` of
+    ``twistd yatagarasu --check --config X`` (run in ``tmp_path/check``)."""
+
+    def run(
+        config: Mapping[str, Any] | Path,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> TwistdResult:
+        return check_config(config, tmp_path / "check", env=env, timeout=timeout)
+
+    return run
