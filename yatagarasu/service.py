@@ -9,12 +9,15 @@ to finish, the rest are aborted; finally the upstream connection pools are close
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamServerEndpoint
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import deferLater
@@ -84,8 +87,22 @@ class ProxyService(MultiService):
         if not is_default(self.config.logging) and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, make_observer(self.config.logging))
 
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            server = self.config.server
+            log.critical(
+                "cannot listen on {address}:{port}: {reason}",
+                address=server.host,
+                port=server.listen_port,
+                reason=str(e.socketError),
+            )
+            raise SystemExit(1) from None
+
     def startService(self) -> None:
         super().startService()
+        self._handle_sighup()
         server = self.config.server
         log.info(
             "yatagarasu serving {buckets} bucket(s) on {scheme}://{address}:{port}",
@@ -94,6 +111,21 @@ class ProxyService(MultiService):
             address=server.host,
             port=server.listen_port,
         )
+
+    def _handle_sighup(self) -> None:
+        # Hot reload is not built yet. Until it is, SIGHUP (systemd's ExecReload) is logged
+        # instead of killing the process, which is what an unhandled SIGHUP would do.
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sighup(signum: int, frame: object) -> None:
+            self._reactor.callFromThread(
+                log.warn,
+                "SIGHUP received: hot reload is not supported yet; restart to apply"
+                " configuration changes",
+            )
+
+        signal.signal(signal.SIGHUP, on_sighup)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._drain())
