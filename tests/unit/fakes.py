@@ -59,7 +59,9 @@ class FakeResponse:
         self.code = code
         self.phrase = b"X"
         self.headers = Headers({k: [v] for k, v in (headers or {}).items()})
-        self.length: Any = length if length is not None else (len(body) if body is not None else UNKNOWN_LENGTH)
+        self.length: Any = (
+            length if length is not None else (len(body) if body is not None else UNKNOWN_LENGTH)
+        )
         self.body = body
         self.protocol: Protocol | None = None
         self.transport = FakeUpstreamTransport()
@@ -139,11 +141,15 @@ class Harness:
         self.clock = MemoryReactorClock()
         self.agents = {b.name: FakeAgent() for b in self.config.buckets}
         self.clients = {
-            b.name: S3Client(self.clock, b.s3, agent=self.agents[b.name]) for b in self.config.buckets
+            b.name: S3Client(self.clock, b.s3, agent=self.agents[b.name])
+            for b in self.config.buckets
         }
         self.draining = False
         self.site: ProxySite = build_site(
-            self.clock, self.config, self.clients, started=self.clock.seconds(),
+            self.clock,
+            self.config,
+            self.clients,
+            started=self.clock.seconds(),
             draining=lambda: self.draining,
         )
 

@@ -135,7 +135,9 @@ def test_duplicate_bucket_names() -> None:
 
 
 def test_credentials_go_together() -> None:
-    assert error_of(minimal(s3={"bucket": "b", "access_key": "A"})).path == "buckets[0].s3.secret_key"
+    assert (
+        error_of(minimal(s3={"bucket": "b", "access_key": "A"})).path == "buckets[0].s3.secret_key"
+    )
 
 
 def test_endpoint_must_be_http_url() -> None:

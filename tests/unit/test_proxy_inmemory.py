@@ -56,7 +56,7 @@ def test_only_range_and_conditional_headers_go_upstream() -> None:
     h.get(
         "/pub/k",
         "Range: bytes=0-9",
-        "If-None-Match: \"abc\"",
+        'If-None-Match: "abc"',
         "If-Modified-Since: Wed, 21 Oct 2026 07:28:00 GMT",
         "X-Auth-Token: secret",
         "Cookie: a=b",
@@ -74,7 +74,9 @@ def test_head_keeps_length_and_sends_no_body() -> None:
     _, transport = h.get("/pub/k", method="HEAD")
     sent = h.agents["pub"].sent[0]
     assert sent.method == b"HEAD"
-    h.agents["pub"].answer(FakeResponse(200, {**OBJECT_HEADERS, "Content-Length": "5000"}, body=b""))
+    h.agents["pub"].answer(
+        FakeResponse(200, {**OBJECT_HEADERS, "Content-Length": "5000"}, body=b"")
+    )
     raw = transport.value()
     response = parse_response(raw)
     assert response.status == 200
@@ -85,7 +87,9 @@ def test_head_keeps_length_and_sends_no_body() -> None:
 def test_s3_404_becomes_json_error_with_s3_code() -> None:
     h = harness()
     _, transport = h.get("/pub/missing", "X-Request-ID: my-id.1")
-    body = b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>"
+    body = (
+        b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>"
+    )
     h.agents["pub"].answer(FakeResponse(404, {"Content-Type": "application/xml"}, body=body))
     response = parse_response(transport.value())
     assert response.status == 404
@@ -181,8 +185,14 @@ def test_method_gate() -> None:
 
 def test_traversal_is_rejected_before_routing() -> None:
     h = harness()
-    for target in ("/pub/../etc/passwd", "/pub/%2e%2e/x", "/pub/..%2fx", "/pub/%252e%252e/x",
-                   "/pub/a%5c..%5cb", "/pub/a%00b"):
+    for target in (
+        "/pub/../etc/passwd",
+        "/pub/%2e%2e/x",
+        "/pub/..%2fx",
+        "/pub/%252e%252e/x",
+        "/pub/a%5c..%5cb",
+        "/pub/a%00b",
+    ):
         _, transport = h.get(target)
         response = parse_response(transport.value())
         assert response.status == 400, target
@@ -191,8 +201,11 @@ def test_traversal_is_rejected_before_routing() -> None:
 
 
 def test_uri_too_long_header_too_large_body_too_large() -> None:
-    h = harness(server={"security_limits": {"max_uri_length": 100, "max_header_size": 200,
-                                             "max_body_size": 10}})
+    h = harness(
+        server={
+            "security_limits": {"max_uri_length": 100, "max_header_size": 200, "max_body_size": 10}
+        }
+    )
     _, transport = h.get("/pub/" + "a" * 200)
     assert parse_response(transport.value()).status == 414
     assert transport.disconnecting
@@ -338,24 +351,39 @@ def test_first_byte_timeout_is_504() -> None:
 
 
 def test_cors_preflight_and_headers_on_errors() -> None:
-    cors = {"allowed_origins": ["https://app.example.com"], "allowed_headers": ["Range"],
-            "max_age": 120}
+    cors = {
+        "allowed_origins": ["https://app.example.com"],
+        "allowed_headers": ["Range"],
+        "max_age": 120,
+    }
     h = harness(bucket_entry(cors=cors))
-    _, transport = h.get("/pub/k", "Origin: https://app.example.com",
-                         "Access-Control-Request-Method: GET",
-                         "Access-Control-Request-Headers: range", method="OPTIONS")
+    _, transport = h.get(
+        "/pub/k",
+        "Origin: https://app.example.com",
+        "Access-Control-Request-Method: GET",
+        "Access-Control-Request-Headers: range",
+        method="OPTIONS",
+    )
     response = parse_response(transport.value())
     assert response.status == 204
     assert response.header("access-control-allow-origin") == "https://app.example.com"
     assert response.header("access-control-max-age") == "120"
     assert h.agents["pub"].sent == []
-    _, transport = h.get("/pub/k", "Origin: https://evil.example.com",
-                         "Access-Control-Request-Method: GET", method="OPTIONS")
+    _, transport = h.get(
+        "/pub/k",
+        "Origin: https://evil.example.com",
+        "Access-Control-Request-Method: GET",
+        method="OPTIONS",
+    )
     response = parse_response(transport.value())
     assert response.status == 403
     assert response.header("access-control-allow-origin") is None
-    _, transport = h.get("/pub/k", "Origin: https://app.example.com:8443",
-                         "Access-Control-Request-Method: GET", method="OPTIONS")
+    _, transport = h.get(
+        "/pub/k",
+        "Origin: https://app.example.com:8443",
+        "Access-Control-Request-Method: GET",
+        method="OPTIONS",
+    )
     assert parse_response(transport.value()).status == 403
     _, transport = h.get("/pub/k", "Origin: https://app.example.com")
     h.agents["pub"].answer(FakeResponse(404, {}, body=b"<Error><Code>NoSuchKey</Code></Error>"))
