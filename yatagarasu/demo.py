@@ -1185,8 +1185,8 @@ def curl_lines(base_url: str, seeded: Sequence[SeededObject]) -> list[str]:
     """
     hello = next(o for o in seeded if o.key == "hello.txt")
     q = shlex.quote
-    png_fmt = q("%{http_code} %{content_type} %{size_download}\n")
-    size_fmt = q("%{http_code} %{size_download} bytes\n")
+    png_fmt = q("%{http_code} %{content_type} %{size_download}\\n")
+    size_fmt = q("%{http_code} %{size_download} bytes\\n")
     return [
         f"curl -i {base_url}/public/hello.txt",
         f"curl -I {base_url}/public/hello.txt",

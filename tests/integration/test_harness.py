@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from harness import (
     MotoS3Server,
     RedisServer,
@@ -148,3 +149,22 @@ def test_proxy_serves_health_and_an_object(
     code = running.stop(signal.SIGTERM)
 
     assert clean_exit(code), f"exit code {code}\n{running.log_text()}"
+
+
+def test_twistd_check_reports_good_and_bad_configs(
+    twistd_check, make_proxy_config, s3_bucket: str
+) -> None:
+    good = twistd_check(make_proxy_config({"public": s3_bucket}, port=free_port()))
+    bad = twistd_check({"server": {"prot": 8080}})
+
+    assert (good.returncode, good.timed_out, good.daemonized_pid) == (0, False, None), good.output
+    assert bad.returncode not in (0, None), bad.output
+    assert "server.prot" in bad.output
+    assert bad.daemonized_pid is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactor_fixture_runs_deferreds(reactor) -> None:
+    from twisted.internet.task import deferLater
+
+    assert await deferLater(reactor, 0.01, lambda: 42) == 42
