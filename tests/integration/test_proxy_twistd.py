@@ -20,6 +20,7 @@ from harness import (
     wait_until,
     write_config,
 )
+
 from yatagarasu.demo import twistd_command
 
 BIG = 40 * 1024 * 1024
