@@ -791,8 +791,9 @@ class ProxyProcess:
 
     @property
     def base_url(self) -> str:
-        """:returns: ``http://127.0.0.1:<port>``."""
-        return f"http://{self.address}:{self.port}"
+        """:returns: ``http://127.0.0.1:<port>`` (``http://[::1]:<port>`` for IPv6)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -928,8 +929,10 @@ def start_proxy(
         config_path = write_config(data, workdir / "yatagarasu.yaml")
     port = int(server.get("port") or 8080)
     address = str(server.get("address") or LOOPBACK)
-    if address in ("0.0.0.0", "::", ""):
+    if address in ("0.0.0.0", ""):
         address = LOOPBACK
+    elif address == "::":
+        address = "::1"
     log_path = workdir / "proxy.log"
     argv = twistd_command("-n", "yatagarasu", "--config", str(config_path), *extra_args)
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the ProxyProcess
