@@ -1,0 +1,325 @@
+"""Operating the real process: --check, bad configs, graceful shutdown, TLS, packaging."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import sysconfig
+import venv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from harness import (
+    MotoS3Server,
+    ProxyProcess,
+    TwistdResult,
+    clean_exit,
+    free_port,
+    run_twistd,
+    wait_until,
+    write_config,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_check_prints_summary_and_exits_zero(
+    twistd_check: Callable[..., TwistdResult],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    s3_bucket: str,
+) -> None:
+    config = make_proxy_config({"pub": s3_bucket}, port=free_port())
+    result = twistd_check(config)
+    assert result.returncode == 0, result.output
+    assert "configuration OK" in result.output
+    assert f"/pub -> s3://{s3_bucket}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (
+            lambda c: c["buckets"][0]["s3"].update(timout=5),
+            "buckets[0].s3.timout: unknown key (did you mean 'timeout'?)",
+        ),
+        (lambda c: c.update(cache={"enabled": True}), "cache: not supported yet"),
+        (lambda c: c["buckets"][0].update(path_prefix="/health"), "buckets[0].path_prefix"),
+        (
+            lambda c: c["buckets"][0]["s3"].update(bucket="${NOT_SET_ANYWHERE}"),
+            "environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            lambda c: c["server"].update(tls={"cert_path": "/nonexistent.pem", "key_path": "/x"}),
+            "server.tls.cert_path: cannot load certificates",
+        ),
+    ],
+)
+def test_bad_config_stops_before_listening_with_one_line(
+    tmp_path: Path,
+    make_proxy_config: Callable[..., dict[str, Any]],
+    s3_bucket: str,
+    mutate: Callable[[dict[str, Any]], None],
+    needle: str,
+) -> None:
+    port = free_port()
+    config = make_proxy_config({"pub": s3_bucket}, port=port)
+    mutate(config)
+    path = write_config(config, tmp_path / "bad.yaml")
+    for args in (["--check"], []):
+        # Without -n twistd would daemonize: a bad config must stop it before that too.
+        result = run_twistd(["yatagarasu", "--config", str(path), *args], tmp_path, timeout=30)
+        assert result.returncode == 1, result.output
+        assert not result.timed_out and result.daemonized_pid is None
+        assert needle in result.output
+        assert "Traceback" not in result.output
+        error_lines = [
+            line for line in result.output.splitlines() if "invalid configuration" in line
+        ]
+        assert len(error_lines) == 1
+
+
+def test_port_in_use_fails_startup(
+    tmp_path: Path,
+    running_proxy: ProxyProcess,
+    make_proxy_config: Callable[..., dict[str, Any]],
+    s3_bucket: str,
+) -> None:
+    config = make_proxy_config({"pub": s3_bucket}, port=running_proxy.port)
+    path = write_config(config, tmp_path / "clash.yaml")
+    result = run_twistd(["-n", "--pidfile=", "yatagarasu", "--config", str(path)], tmp_path)
+    assert result.returncode == 1
+    assert "cannot listen on" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def running_proxy(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    s3_bucket: str,
+) -> ProxyProcess:
+    return proxy(make_proxy_config({"pub": s3_bucket}))
+
+
+def test_sigterm_drains_in_flight_download(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    body = os.urandom(1024 * 1024) * 24
+    moto_s3.put_object(s3_bucket, "slow.bin", body)
+    config = make_proxy_config({"pub": s3_bucket})
+    config["server"].update(shutdown_delay_seconds=2, shutdown_grace_seconds=60)
+    running = proxy(config)
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
+    conn.request("GET", "/pub/slow.bin")
+    response = conn.getresponse()
+    assert response.status == 200
+    first = response.read(64 * 1024)  # the rest waits in socket buffers: a slow client
+    running.send_signal(signal.SIGTERM)
+
+    def shutting_down() -> bool:
+        ready = running.get("/ready", timeout=5)
+        return ready.status == 503 and ready.json()["status"] == "shutting_down"
+
+    wait_until(shutting_down, timeout=10, what="/ready to report shutting_down")
+    rest = response.read()
+    conn.close()
+    assert first + rest == body
+    code = running.wait(timeout=60)
+    assert clean_exit(code), code
+    assert "shutdown complete" in running.log_text()
+
+
+def test_sigterm_aborts_downloads_that_outlive_the_grace(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    body = b"z" * (32 * 1024 * 1024)
+    moto_s3.put_object(s3_bucket, "huge.bin", body)
+    config = make_proxy_config({"pub": s3_bucket})
+    config["server"].update(shutdown_grace_seconds=1)
+    running = proxy(config)
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
+    conn.request("GET", "/pub/huge.bin")
+    response = conn.getresponse()
+    response.read(1024)
+    running.send_signal(signal.SIGTERM)
+    code = running.wait(timeout=60)
+    assert clean_exit(code), code
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        for _ in range(10_000):
+            if not response.read(1024 * 1024):
+                raise ConnectionError("closed")
+    conn.close()
+    assert "aborted 1 request(s)" in running.log_text()
+
+
+def test_sighup_is_logged_not_fatal(running_proxy: ProxyProcess) -> None:
+    running_proxy.send_signal(signal.SIGHUP)
+    running_proxy.wait_for_log("hot reload is not supported yet")
+    assert running_proxy.get("/health").status == 200
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_listener(
+    tmp_path: Path,
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "secure.txt", b"over tls\n")
+    cert_path, key_path = _self_signed(tmp_path)
+    port = free_port()
+    config = make_proxy_config({"pub": s3_bucket}, port=port)
+    config["server"]["tls"] = {"cert_path": str(cert_path), "key_path": str(key_path)}
+    path = write_config(config, tmp_path / "tls.yaml")
+    from yatagarasu.demo import twistd_command
+
+    with open(tmp_path / "tls.log", "wb") as log:
+        process = subprocess.Popen(
+            twistd_command("-n", "--pidfile=", "yatagarasu", "--config", str(path)),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    context = ssl.create_default_context(cafile=str(cert_path))
+    try:
+
+        def fetch() -> tuple[int, bytes]:
+            conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+            try:
+                conn.request("GET", "/pub/secure.txt")
+                response = conn.getresponse()
+                return response.status, response.read()
+            finally:
+                conn.close()
+
+        def serving() -> bool:
+            try:
+                return fetch()[0] == 200
+            except OSError:
+                return False
+
+        wait_until(serving, timeout=30, what="HTTPS listener")
+        assert fetch() == (200, b"over tls\n")
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/health")
+            plain.getresponse().read()
+        plain.close()
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def test_wheel_installs_plugin_into_fresh_venv(tmp_path: Path) -> None:
+    """A regular (non-editable) install exposes ``twistd yatagarasu``."""
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(dist),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    (wheel,) = dist.glob("yatagarasu-*.whl")
+    env_dir = tmp_path / "fresh"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    # Dependencies come from the test venv's site-packages, appended after the fresh venv's own
+    # (a path line in a .pth file is not itself scanned for .pth files, so the editable
+    # install of the working tree stays invisible).
+    fresh_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(fresh_site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    script = (
+        "import sys, yatagarasu; print(yatagarasu.__file__);"
+        "from twisted.scripts.twistd import run; sys.argv = ['twistd', '--help']; run()"
+    )
+    result = subprocess.run(
+        [str(python), "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.stdout.splitlines()[0].startswith(str(env_dir)), result.stdout
+    assert "yatagarasu" in result.stdout.split("Commands:", 1)[1], result.stdout + result.stderr
+
+
+def test_no_init_in_twisted_plugins() -> None:
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+
+
+def test_reactor_is_not_imported_at_module_level() -> None:
+    offenders = []
+    for path in (ROOT / "yatagarasu").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.startswith(
+                ("from twisted.internet import reactor", "import twisted.internet.reactor")
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}")
+    assert offenders == []
