@@ -323,3 +323,67 @@ def test_reactor_is_not_imported_at_module_level() -> None:
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}")
     assert offenders == []
+
+
+def test_https_upstream_certificate_is_verified(
+    tmp_path: Path,
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    """An https endpoint whose certificate is not trusted is refused (502), never used."""
+    moto_s3.put_object(s3_bucket, "k.txt", b"secret\n")
+    cert_path, key_path = _self_signed(tmp_path)
+    tls_port = free_port()
+    # An HTTPS "S3" with a self-signed certificate: another proxy in front of moto.
+    front = make_proxy_config({s3_bucket: s3_bucket}, port=tls_port)
+    front["server"]["tls"] = {"cert_path": str(cert_path), "key_path": str(key_path)}
+    path = write_config(front, tmp_path / "front.yaml")
+    from yatagarasu.demo import twistd_command
+
+    with open(tmp_path / "front.log", "wb") as log:
+        process = subprocess.Popen(
+            twistd_command("-n", "--pidfile=", "yatagarasu", "--config", str(path)),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        context = ssl.create_default_context(cafile=str(cert_path))
+
+        def serving() -> bool:
+            conn = http.client.HTTPSConnection("localhost", tls_port, context=context, timeout=5)
+            try:
+                conn.request("GET", "/health")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+            finally:
+                conn.close()
+
+        wait_until(serving, timeout=30, what="HTTPS front")
+        running = proxy(
+            {
+                "buckets": [
+                    {
+                        "name": "pub",
+                        "path_prefix": "/pub",
+                        "s3": {
+                            "bucket": s3_bucket,
+                            "endpoint": f"https://localhost:{tls_port}",
+                            "access_key": "AKID",
+                            "secret_key": "secret",
+                            "retry": {"max_attempts": 1},
+                        },
+                    }
+                ]
+            }
+        )
+        response = running.get("/pub/k.txt", timeout=30)
+        assert response.status == 502
+        assert b"secret" not in response.body
+        assert "certificate" in response.json()["message"].lower()
+    finally:
+        process.kill()
+        process.wait(10)
