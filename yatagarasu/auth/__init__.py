@@ -1,0 +1,1 @@
+"""Client authentication: identities, failures, token sources, the JWT scheme."""

@@ -1,0 +1,94 @@
+"""What a cache stores: keys and entries, shared by every layer."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """
+    Identifies one cached object. The one place cache keys are derived: get, set, purge and
+    stats all use it.
+
+    :ivar bucket: the configured bucket *name* (``buckets[].name``), not the S3 bucket.
+    :ivar key: the object key, decoded.
+    :ivar variant: reserved for representations of the same object (empty today).
+    """
+
+    bucket: str
+    key: str
+    variant: str = ""
+
+    @property
+    def text(self) -> str:
+        """Printable, unambiguous form: ``bucket/key`` (plus ``#variant`` when set)."""
+        base = f"{self.bucket}/{self.key}"
+        return f"{base}#{self.variant}" if self.variant else base
+
+    @property
+    def digest(self) -> str:
+        """Hex SHA-256 of :attr:`text`: safe as a file name or a Redis key suffix."""
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """
+    A body kept in a file (disk layer): served with a producer, never read whole.
+
+    :ivar path: the file; the body is ``length`` bytes starting at ``offset``.
+    """
+
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """
+    A complete ``200`` response to a GET, as stored.
+
+    :ivar headers: response headers to replay, lowercase names (content-type, etag,
+        last-modified, cache-control, content-encoding, content-disposition,
+        content-language, expires, accept-ranges) — never content-length, never x-amz-*.
+    :ivar body: the bytes, or a :class:`FileBody` for layers that keep bodies in files.
+    :ivar stored_at: wall-clock time (epoch seconds) the response was received from S3 or
+        last revalidated; ``Age`` is computed from it.
+    :ivar expires_at: wall-clock time until which the entry is fresh.
+    :ivar retain_until: wall-clock time after which layers may drop the entry (an expired
+        entry is kept a while for revalidation and ``stale_if_error``); layers with a TTL
+        (Redis) use ``retain_until - now``.
+    :ivar revalidate: ``Cache-Control: no-cache`` — always revalidate before serving.
+    """
+
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes | FileBody
+    stored_at: float
+    expires_at: float
+    retain_until: float
+    revalidate: bool = False
+    _index: dict[bytes, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update(self.headers)
+
+    def header(self, name: bytes) -> bytes | None:
+        """:returns: the value of a (lowercase) header, or ``None``."""
+        return self._index.get(name)
+
+    @property
+    def length(self) -> int:
+        """Body length in bytes."""
+        return self.body.length if isinstance(self.body, FileBody) else len(self.body)
+
+    @property
+    def size(self) -> int:
+        """Bytes this entry costs a layer: body plus headers (approximately)."""
+        return self.length + sum(len(k) + len(v) + 4 for k, v in self.headers) + 64
+
+    def is_fresh(self, now: float) -> bool:
+        """:returns: whether the entry may be served without asking S3."""
+        return not self.revalidate and now < self.expires_at

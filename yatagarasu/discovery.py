@@ -1,0 +1,48 @@
+"""Finding plugins by interface and name (``twisted.plugin.getPlugins``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.plugin import getPlugins
+from zope.interface.interface import InterfaceClass
+
+from yatagarasu import plugins
+from yatagarasu.errors import ConfigError
+
+
+def available(interface: InterfaceClass) -> dict[str, Any]:
+    """
+    Every installed plugin providing ``interface``, by name.
+
+    :param interface: e.g. ``ICacheLayerFactory``.
+    :returns: ``{name: plugin}``, sorted by name.
+    :raises ConfigError: when two installed plugins claim the same name.
+    """
+    found: dict[str, Any] = {}
+    plugin: Any
+    for plugin in getPlugins(interface, plugins):  # type: ignore[arg-type]
+        name = plugin.name
+        if name in found and found[name] is not plugin:
+            raise ConfigError(
+                "", f"two installed {interface.__name__} plugins are both named {name!r}"
+            )
+        found[name] = plugin
+    return dict(sorted(found.items()))
+
+
+def find(interface: InterfaceClass, name: str, path: str) -> Any:
+    """
+    The plugin providing ``interface`` with this name.
+
+    :param interface: e.g. ``IAuthSchemeFactory``.
+    :param name: the name from the configuration.
+    :param path: the dotted key path that named it, for errors.
+    :returns: the plugin.
+    :raises ConfigError: when there is none, listing the available names.
+    """
+    plugins_by_name = available(interface)
+    if name not in plugins_by_name:
+        names = ", ".join(plugins_by_name) or "none"
+        raise ConfigError(path, f"unknown {interface.__name__} {name!r} (available: {names})")
+    return plugins_by_name[name]

@@ -1,0 +1,148 @@
+"""
+The zope interfaces that plugins implement. Docstrings are the contract.
+
+Plugins are found with ``twisted.plugin.getPlugins`` (see :mod:`yatagarasu.discovery`): a
+package installed beside yatagarasu provides a module in ``yatagarasu/plugins/`` (a namespace
+extended with ``pluginPackagePaths``) holding objects that provide ``twisted.plugin.IPlugin``
+and one of the ``*Factory`` interfaces below. The configuration names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
+from zope.interface import Attribute, Interface
+
+from yatagarasu.auth.identity import Identity
+from yatagarasu.cache.entry import CacheEntry, CacheKey
+from yatagarasu.cache.stats import LayerStats
+
+
+class ICacheWriter(Interface):
+    """Streams one large body into a layer while it is being served."""
+
+    def write(data: bytes) -> None:
+        """
+        Append body bytes. Must not block; errors are remembered and reported by ``commit``.
+
+        :param data: the next body bytes.
+        """
+
+    def commit(entry: CacheEntry) -> Deferred[None]:
+        """
+        Make the written body visible under the writer's key, atomically.
+
+        :param entry: headers and freshness; its ``body`` is ignored.
+        :returns: fires once committed (or fails; the caller logs and counts it).
+        """
+
+    def abort() -> None:
+        """Throw away what was written (the response failed or grew too large)."""
+
+
+class ICacheLayer(Interface):
+    """
+    One cache layer (memory, disk, redis, or a third-party one).
+
+    A failure of any call is treated by the tiered cache as a miss (logged and counted), never
+    as a failed request. Entries past ``expires_at`` may still be returned: freshness is
+    decided by the caller (expired entries are revalidated, or served stale on S3 errors).
+    """
+
+    name = Attribute("The layer's name in the configuration, e.g. ``'memory'``.")
+    max_item_size = Attribute("Largest body, in bytes, this layer accepts.")
+
+    def get(key: CacheKey) -> Deferred[CacheEntry | None]:
+        """
+        :param key: what to look up.
+        :returns: the entry, or ``None`` on a miss.
+        """
+
+    def set(key: CacheKey, entry: CacheEntry) -> Deferred[None]:
+        """
+        Store (or replace) an entry. A layer may decline it (too large, admission policy).
+
+        :param key: the key.
+        :param entry: the entry; its ``body`` is ``bytes``.
+        """
+
+    def open_writer(key: CacheKey) -> ICacheWriter | None:
+        """
+        Start streaming a body too large to buffer.
+
+        :param key: the key.
+        :returns: a writer, or ``None`` when this layer does not stream.
+        """
+
+    def delete(key: CacheKey) -> Deferred[bool]:
+        """
+        :param key: the key.
+        :returns: whether an entry was there.
+        """
+
+    def purge(bucket: str | None, prefix: str | None) -> Deferred[int]:
+        """
+        Remove many entries.
+
+        :param bucket: a bucket name, or ``None`` for every bucket.
+        :param prefix: with a bucket, only keys starting with this prefix (``None``: all).
+        :returns: how many entries were removed.
+        """
+
+    def stats(bucket: str | None) -> LayerStats:
+        """
+        :param bucket: a bucket name, or ``None`` for the whole layer.
+        :returns: the counters, synchronously (kept in memory).
+        """
+
+    def close() -> Deferred[None]:
+        """Release connections and files."""
+
+
+class ICacheLayerFactory(Interface):
+    """Builds a cache layer from its configuration mapping (``cache.<name>``)."""
+
+    name = Attribute("The name used in ``cache.cache_layers``.")
+
+    def build(settings: Mapping[str, Any], path: str, reactor: Any) -> ICacheLayer:
+        """
+        Validate ``settings`` and build the layer. Nothing is connected or written yet.
+
+        :param settings: the layer's mapping from the configuration (may be empty).
+        :param path: its dotted key path (``cache.memory``), for errors.
+        :param reactor: the reactor (time, TCP).
+        :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
+        """
+
+
+class IAuthScheme(Interface):
+    """Turns a request into an identity, or refuses it."""
+
+    name = Attribute("The scheme's name in the configuration, e.g. ``'jwt'``.")
+
+    def authenticate(request: IRequest) -> Deferred[Identity]:
+        """
+        :param request: the request (read its headers and args; do not write to it).
+        :returns: the identity, or fails with ``AuthenticationRequired`` (401, no
+            credentials), ``InvalidCredentials`` (401 ``invalid_token``) or ``Forbidden``
+            (403: valid credentials, not allowed), from :mod:`yatagarasu.auth.identity`.
+        """
+
+
+class IAuthSchemeFactory(Interface):
+    """Builds an auth scheme for one bucket (or the admin API) from its settings."""
+
+    name = Attribute("The name used in ``auth.scheme``.")
+
+    def build(settings: Mapping[str, Any], path: str, reactor: Any) -> IAuthScheme:
+        """
+        Validate ``settings`` and build the scheme. Key files are read here, once.
+
+        :param settings: the scheme's mapping from the configuration.
+        :param path: its dotted key path, for errors.
+        :param reactor: the reactor (time, TCP for JWKS and the like).
+        :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
+        """
