@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import socket
 from typing import Any
 
 from twisted.internet import endpoints, reactor
@@ -44,11 +45,16 @@ FORWARDED = (b"range", b"if-none-match", b"if-modified-since")
 class BodyRelay(Protocol):
     """Write upstream body bytes to the client request, with backpressure."""
 
-    def __init__(self, request: server.Request) -> None:
+    def __init__(self, request: server.Request, recv_size: int | None = None) -> None:
         self.request = request
         self.clientGone = False
+        self.recv_size = recv_size
 
     def connectionMade(self) -> None:
+        upstream = getattr(self.transport, "_producer", None)  # None: body already complete
+        if self.recv_size and upstream is not None:
+            # recv() size of the upstream socket (FileDescriptor.bufferSize, default 64 KiB)
+            upstream.bufferSize = self.recv_size
         # self.transport is the Agent's TransportProxyProducer (an IPushProducer):
         # the client connection pauses/resumes the upstream socket.
         self.request.registerProducer(self.transport, True)
@@ -77,10 +83,20 @@ class BodyRelay(Protocol):
 class Relay(resource.Resource):
     isLeaf = True
 
-    def __init__(self, agent: Agent, upstream: bytes) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        upstream: bytes,
+        buffer_size: int | None = None,
+        sndbuf: int | None = None,
+        recv_size: int | None = None,
+    ) -> None:
         super().__init__()
         self._agent = agent
         self._upstream = upstream
+        self._buffer_size = buffer_size
+        self._sndbuf = sndbuf
+        self._recv_size = recv_size
 
     def render_GET(self, request: server.Request) -> Any:
         return self._relay(request, b"GET")
@@ -89,6 +105,12 @@ class Relay(resource.Resource):
         return self._relay(request, b"HEAD")
 
     def _relay(self, request: server.Request, method: bytes) -> Any:
+        client: Any = request.channel.transport  # type: ignore[union-attr]
+        if self._buffer_size:
+            # write-buffer level at which the client transport pauses its producer
+            client.bufferSize = self._buffer_size
+        if self._sndbuf:
+            client.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._sndbuf)
         headers = Headers()
         for name in FORWARDED:
             value = request.getHeader(name)
@@ -112,7 +134,7 @@ class Relay(resource.Resource):
                     request.setHeader(b"content-length", values[0])
             elif isinstance(response.length, int):
                 request.setHeader(b"content-length", b"%d" % response.length)
-            relay = BodyRelay(request)
+            relay = BodyRelay(request, self._recv_size)
             body.append(relay)
             response.deliverBody(relay)
 
@@ -156,13 +178,29 @@ def main() -> None:
     parser.add_argument(
         "--access-log", action="store_true", help="keep twisted.web's access-log formatting"
     )
+    parser.add_argument(
+        "--buffer-size",
+        type=int,
+        default=None,
+        help="client transport write-buffer bytes before it pauses upstream (default 64 KiB)",
+    )
+    parser.add_argument(
+        "--recv-size", type=int, default=None, help="upstream recv() size (default 64 KiB)"
+    )
+    parser.add_argument(
+        "--sndbuf", type=int, default=None, help="SO_SNDBUF for client sockets (caps kernel queue)"
+    )
     args = parser.parse_args()
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = args.pool_size
     agent = Agent(reactor, pool=pool)
     site_class = server.Site if args.access_log else QuietSite
-    site = site_class(Relay(agent, args.upstream.rstrip("/").encode()))
+    site = site_class(
+        Relay(
+            agent, args.upstream.rstrip("/").encode(), args.buffer_size, args.sndbuf, args.recv_size
+        )
+    )
     site.displayTracebacks = False
     ep = endpoints.TCP4ServerEndpoint(reactor, args.port, backlog=1024, interface=args.address)
     ep.listen(site)

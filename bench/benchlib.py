@@ -5,6 +5,7 @@ Everything here talks to 127.0.0.1 only and every wait is bounded in time.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -143,6 +144,21 @@ def rss_kib(pid: int) -> int:
     return -1
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its direct children (nginx workers)."""
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def sockstat() -> dict[str, int]:
     """/proc/net/sockstat TCP line: inuse, orphan, tw, alloc, mem (mem in pages -> bytes too)."""
     out: dict[str, int] = {}
@@ -157,25 +173,54 @@ def sockstat() -> dict[str, int]:
 _SKMEM = re.compile(r"skmem:\(([^)]*)\)")
 
 
-def ss_skmem(filter_expr: str) -> dict[str, int]:
-    """Sum of ``ss -tmn`` skmem fields over established sockets matching ``filter_expr``.
+def ss_skmem(
+    pid: int, local_port: int | None = None, peer_port: int | None = None
+) -> dict[str, int]:
+    """Sum ``ss -tmnp`` skmem over ``pid``'s established sockets, filtered by port.
 
+    ``local_port``: the server's client-facing sockets; ``peer_port``: its upstream sockets.
     r = receive queue memory, t = transmit memory, w = queued for transmit; all bytes.
+    Recv-Q/Send-Q (bytes not read by the app / not acked by the peer) are summed too.
     """
     out = subprocess.run(
-        ["ss", "-tmnH", "state", "established", filter_expr],
-        capture_output=True,
-        text=True,
-        timeout=20,
+        ["ss", "-tmnpH", "state", "established"], capture_output=True, text=True, timeout=20
     ).stdout
-    total = {"sockets": 0, "r": 0, "t": 0, "w": 0}
-    for m in _SKMEM.finditer(out):
+    total = {"sockets": 0, "r": 0, "t": 0, "w": 0, "recv_q": 0, "send_q": 0}
+    record: list[str] = []
+    records: list[str] = []
+    for line in out.splitlines():
+        if line and not line[0].isspace() and record:
+            records.append(" ".join(record))
+            record = []
+        record.append(line)
+    if record:
+        records.append(" ".join(record))
+    for rec in records:
+        if f"pid={pid}," not in rec:
+            continue
+        cols = rec.split()
+        local, peer = cols[2].rsplit(":", 1)[1], cols[3].rsplit(":", 1)[1]
+        if local_port is not None and local != str(local_port):
+            continue
+        if peer_port is not None and peer != str(peer_port):
+            continue
         total["sockets"] += 1
-        for item in m.group(1).split(","):
-            key = item.rstrip("0123456789")
-            if key in ("r", "t", "w"):
-                total[key] += int(item[len(key) :])
+        total["recv_q"] += int(cols[0])
+        total["send_q"] += int(cols[1])
+        m = _SKMEM.search(rec)
+        if m:
+            for item in m.group(1).split(","):
+                key = item.rstrip("0123456789")
+                if key in ("r", "t", "w"):
+                    total[key] += int(item[len(key) :])
     return total
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
 
 
 # -- load generators ---------------------------------------------------------------------------
@@ -190,6 +235,8 @@ class WrkResult:
     errors: int
     non2xx: int
     raw: str = field(repr=False, default="")
+    cpu_util: float = float("nan")
+    cpu_us_per_req: float = float("nan")
 
 
 def _ms(text: str) -> float:

@@ -6,8 +6,12 @@ Targets (all on 127.0.0.1, each its own process):
 * ``bare``   -- ``bench/bare_resource.py``: a bare twisted.web resource returning 1 KiB
 * ``relay``  -- ``bench/bare_relay.py``: Agent + persistent pool + deliverBody, push producer
 * ``proxy``  -- ``twistd -n yatagarasu --config ...`` with nginx as its S3 endpoint
-* knob variants: ``relay_pool2`` (Twisted's default maxPersistentPerHost=2),
-  ``relay_accesslog`` and ``bare_accesslog`` (twisted.web's access-log line kept)
+* knob variants, 1 KiB scenario only: ``relay_pool2`` (Twisted's default
+  maxPersistentPerHost=2), ``relay_accesslog`` and ``bare_accesslog`` (twisted.web's
+  access-log line kept); 1 GiB and slow-client scenarios only: ``relay_buf16k`` (16 KiB
+  client pause threshold and upstream recv size instead of 64 KiB), ``relay_pause16k``
+  (16 KiB pause threshold, 64 KiB recv), ``relay_sndbuf256k`` (SO_SNDBUF 256 KiB on
+  client sockets)
 
 Scenarios: ``small`` (wrk, 1 KiB GET), ``big`` (curl, full-speed 1 GiB GET), ``slow``
 (N slow clients on the 1 GiB object, RSS and socket memory, several rounds).
@@ -40,10 +44,12 @@ from benchlib import (
     REPO,
     TWISTD,
     Server,
+    cpu_seconds,
     dump,
     free_port,
     http_get,
     median,
+    open_fds,
     rss_kib,
     run_curl,
     run_wrk,
@@ -164,6 +170,12 @@ class Bench:
             ]
             if name == "relay_accesslog":
                 argv.append("--access-log")
+            if name == "relay_buf16k":
+                argv += ["--buffer-size", "16384", "--recv-size", "16384"]
+            if name == "relay_pause16k":
+                argv += ["--buffer-size", "16384"]
+            if name == "relay_sndbuf256k":
+                argv += ["--sndbuf", "262144"]
         elif name == "proxy":
             argv = self._proxy_argv(port, with_logging=True)
             try:
@@ -239,16 +251,21 @@ class Bench:
     def small(self, targets: list[str]) -> None:
         a = self.args
         runs: dict[str, list[Any]] = {t: [] for t in targets if t in self.urls}
-        for t in runs:  # warm-up: fills connection pools, JIT-free but caches/allocators warm
+        for t in runs:  # warm-up: fills connection pools, caches and allocators
             run_wrk(self.urls[t] + SMALL_KEY, a.wrk_threads, a.wrk_conns, 3)
         for i in range(a.wrk_runs):
             for t in runs:  # interleaved so drift hits every target alike
+                cpu0 = cpu_seconds(self.pids[t])
                 r = run_wrk(self.urls[t] + SMALL_KEY, a.wrk_threads, a.wrk_conns, a.wrk_seconds)
+                cpu = cpu_seconds(self.pids[t]) - cpu0
+                r.cpu_util = cpu / a.wrk_seconds
+                r.cpu_us_per_req = 1e6 * cpu / r.requests if r.requests else float("nan")
                 (self.out / f"wrk-{t}-{i}.txt").write_text(r.raw)
                 runs[t].append(r)
                 self.log(
                     f"small {t} run {i}: {r.rps:.0f} req/s p50 {r.p50_ms:.2f} ms "
-                    f"p99 {r.p99_ms:.2f} ms errors {r.errors} non2xx {r.non2xx}"
+                    f"p99 {r.p99_ms:.2f} ms errors {r.errors} non2xx {r.non2xx} "
+                    f"server CPU {100 * r.cpu_util:.0f} % = {r.cpu_us_per_req:.0f} us/req"
                 )
         self.results["small"] = {
             t: {
@@ -256,11 +273,69 @@ class Bench:
                 "rps": median([r.rps for r in rs]),
                 "p50_ms": median([r.p50_ms for r in rs]),
                 "p99_ms": median([r.p99_ms for r in rs]),
+                "cpu_util": median([r.cpu_util for r in rs]),
+                "cpu_us_per_req": median([r.cpu_us_per_req for r in rs]),
                 "errors": sum(r.errors for r in rs),
                 "non2xx": sum(r.non2xx for r in rs),
             }
             for t, rs in runs.items()
         }
+
+    def profile(self, targets: list[str]) -> None:
+        """py-spy (if installed in the venv) on each target under the 1 KiB wrk load."""
+        pyspy = Path(PYTHON).parent / "py-spy"
+        if not pyspy.exists():
+            self.results["notes"].append("profile skipped: .venv/bin/py-spy not installed")
+            return
+        a = self.args
+        out: dict[str, str] = {}
+        for t in targets:
+            if t not in self.urls:
+                continue
+            secs = a.profile_seconds
+            wrk = subprocess.Popen(
+                [
+                    "wrk",
+                    f"-t{a.wrk_threads}",
+                    f"-c{a.wrk_conns}",
+                    f"-d{secs + 4}s",
+                    self.urls[t] + SMALL_KEY,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            time.sleep(2)
+            folded = self.out / f"profile-{t}.folded"
+            subprocess.run(
+                [
+                    str(pyspy),
+                    "record",
+                    "--gil",
+                    "-p",
+                    str(self.pids[t]),
+                    "-d",
+                    str(secs),
+                    "-r",
+                    "100",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(folded),
+                ],
+                capture_output=True,
+                timeout=secs + 60,
+            )
+            wrk.wait(timeout=secs + 60)
+            summary = subprocess.run(
+                [PYTHON, "bench/fold_summary.py", str(folded), "--top", "30"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+            (self.out / f"profile-{t}.txt").write_text(summary)
+            out[t] = str((self.out / f"profile-{t}.txt").relative_to(REPO))
+            self.log(f"profile {t}: {out[t]}")
+        self.results["profile"] = out
 
     def big(self, targets: list[str]) -> None:
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets if t in self.urls}
@@ -287,32 +362,24 @@ class Bench:
         a = self.args
         out: dict[str, Any] = {}
         for t in targets:
-            if t not in self.urls:
+            if t not in self.servers:
                 continue
-            pid, port = self.pids[t], self.servers[t].port if t in self.servers else None
+            pid, port = self.pids[t], self.servers[t].port
             rounds = []
             rss_before = rss_kib(pid)
-            sock_before = sockstat()
+            fds_before = open_fds(pid)
             for i in range(a.slow_rounds):
-                cmd = [
-                    PYTHON,
-                    "bench/slow_clients.py",
-                    "--url",
-                    self.urls[t] + BIG_KEY,
-                    "--clients",
-                    str(a.slow_clients),
-                    "--rate",
-                    a.slow_rate,
-                    "--duration",
-                    str(a.slow_seconds),
-                ]
+                cmd = [PYTHON, "bench/slow_clients.py", "--url", self.urls[t] + BIG_KEY,
+                       "--clients", str(a.slow_clients), "--rate", a.slow_rate,
+                       "--duration", str(a.slow_seconds)]  # fmt: skip
                 proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
                 time.sleep(a.slow_seconds * 0.75)
                 during = {
                     "rss_kib": rss_kib(pid),
+                    "fds": open_fds(pid),
                     "sockstat": sockstat(),
-                    "client_side": ss_skmem(f"( sport = :{port} )") if port else None,
-                    "upstream_side": ss_skmem(f"( dport = :{self.origin.port} )"),
+                    "client_side": ss_skmem(pid, local_port=port),
+                    "upstream_side": ss_skmem(pid, peer_port=self.origin.port),
                 }
                 stdout, _ = proc.communicate(timeout=a.slow_seconds + 60)
                 time.sleep(3.0)  # let aborted connections and the pool settle
@@ -320,22 +387,24 @@ class Bench:
                     "during": during,
                     "clients": json.loads(stdout.strip().splitlines()[-1]),
                     "rss_after_kib": rss_kib(pid),
+                    "fds_after": open_fds(pid),
+                    "upstream_after": ss_skmem(pid, peer_port=self.origin.port),
                     "sockstat_after": sockstat(),
                 }
                 rounds.append(rnd)
                 per_conn = (during["rss_kib"] - rss_before) / a.slow_clients
+                cs, us = during["client_side"], during["upstream_side"]
                 self.log(
-                    f"slow {t} round {i}: RSS before {rss_before} KiB, during "
-                    f"{during['rss_kib']} KiB ({per_conn:.1f} KiB/conn), after "
-                    f"{rnd['rss_after_kib']} KiB; clients {rnd['clients']['mib_s_total']} "
-                    f"MiB/s total, statuses {rnd['clients']['statuses']}; "
-                    f"kernel TCP mem {during['sockstat'].get('mem_bytes', 0) / 1048576:.1f}"
-                    f" MiB; client-side skmem {during['client_side']}; "
-                    f"upstream-side skmem {during['upstream_side']}"
+                    f"slow {t} round {i}: RSS before {rss_before} during {during['rss_kib']} "
+                    f"({per_conn:.1f} KiB/conn) after {rnd['rss_after_kib']} KiB; fds "
+                    f"{fds_before}/{during['fds']}/{rnd['fds_after']}; clients "
+                    f"{rnd['clients']['mib_s_total']} MiB/s, statuses "
+                    f"{rnd['clients']['statuses']}; client socks {cs}; upstream socks {us}; "
+                    f"upstream after {rnd['upstream_after']['sockets']} socks"
                 )
             out[t] = {
                 "rss_before_kib": rss_before,
-                "sockstat_before": sock_before,
+                "fds_before": fds_before,
                 "rounds": rounds,
                 "per_conn_kib": max(
                     (r["during"]["rss_kib"] - rss_before) / a.slow_clients for r in rounds
@@ -368,16 +437,18 @@ class Bench:
                 f"## 1 KiB GET: wrk -t{a.wrk_threads} -c{a.wrk_conns} -d{a.wrk_seconds}s "
                 f"--latency, median of {a.wrk_runs}",
                 "",
-                "| target | req/s | p50 ms | p99 ms | errors | non-2xx | vs relay |",
-                "|---|---:|---:|---:|---:|---:|---:|",
+                "| target | req/s | p50 ms | p99 ms | errors | non-2xx | server CPU "
+                "| CPU us/req | vs relay |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for t, v in s.items():
                 lines.append(
                     f"| {t} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} "
-                    f"| {v['errors']} | {v['non2xx']} | {pct(v['rps'], rel)} |"
+                    f"| {v['errors']} | {v['non2xx']} | {100 * v['cpu_util']:.0f} % "
+                    f"| {v['cpu_us_per_req']:.0f} | {pct(v['rps'], rel)} |"
                 )
             if "proxy" not in s:
-                lines.append("| proxy | pending | | | | | |")
+                lines.append("| proxy | pending | | | | | | | |")
             lines.append("")
         if "big" in r:
             b = r["big"]
@@ -400,31 +471,30 @@ class Bench:
                 f"## {a.slow_clients} slow clients x {a.slow_rate}B/s on 1 GiB, "
                 f"{a.slow_seconds:.0f} s x {a.slow_rounds} rounds",
                 "",
-                "| target | RSS before KiB | RSS during (per round) KiB | KiB/conn (max) "
-                "| RSS after r1 KiB | RSS after last KiB | client MiB/s (per round) "
-                "| kernel TCP mem MiB | server sockets skmem (client side r/t/w KiB; "
-                "upstream side r KiB) |",
-                "|---|---:|---|---:|---:|---:|---|---:|---|",
+                "RSS in KiB. KiB/conn = (max RSS during a round - RSS before round 1) / clients. "
+                "Kernel columns (last round, during): the server's client-facing sockets "
+                "(send queue `w`) and upstream sockets (receive queue `r`), from `ss -tmp`.",
+                "",
+                "| target | RSS before | RSS during (rounds) | KiB/conn | RSS after r1 "
+                "| RSS after last | fds before/after last | client MiB/s (rounds) "
+                "| kernel: client-side w MiB | kernel: upstream r MiB |",
+                "|---|---:|---|---:|---:|---:|---|---|---:|---:|",
             ]
             for t, v in r["slow"].items():
                 rounds = v["rounds"]
                 during = ", ".join(str(x["during"]["rss_kib"]) for x in rounds)
                 mibs = ", ".join(str(x["clients"]["mib_s_total"]) for x in rounds)
-                last = rounds[-1]["during"]
-                tcp = last["sockstat"].get("mem_bytes", 0) / 1048576
-                cs, us = last["client_side"] or {}, last["upstream_side"]
-                sk = (
-                    f"{cs.get('r', 0) // 1024}/{cs.get('t', 0) // 1024}/"
-                    f"{cs.get('w', 0) // 1024} ({cs.get('sockets', 0)} socks); "
-                    f"{us['r'] // 1024} ({us['sockets']} socks)"
-                )
+                last = rounds[-1]
+                cs, us = last["during"]["client_side"], last["during"]["upstream_side"]
                 lines.append(
-                    f"| {t} | {v['rss_before_kib']} | {during} | "
-                    f"{v['per_conn_kib']:.1f} | {v['rss_after_r1_kib']} | "
-                    f"{v['rss_after_last_kib']} | {mibs} | {tcp:.1f} | {sk} |"
+                    f"| {t} | {v['rss_before_kib']} | {during} | {v['per_conn_kib']:.1f} "
+                    f"| {v['rss_after_r1_kib']} | {v['rss_after_last_kib']} "
+                    f"| {v['fds_before']}/{last['fds_after']} | {mibs} "
+                    f"| {cs['w'] / 1048576:.1f} ({cs['sockets']} socks) "
+                    f"| {us['r'] / 1048576:.1f} ({us['sockets']} socks) |"
                 )
             if "proxy" not in r["slow"]:
-                lines.append("| proxy | pending | | | | | | | |")
+                lines.append("| proxy | pending | | | | | | | | |")
             lines.append("")
         if r["notes"]:
             lines += ["Notes:", *[f"- {n}" for n in r["notes"]], ""]
@@ -446,15 +516,17 @@ def main() -> None:
         "--targets",
         default="nginx,bare,relay",
         help="baseline targets (proxy is added per --proxy); knob variants: "
-        "relay_pool2, relay_accesslog, bare_accesslog",
+        "relay_pool2, relay_accesslog, bare_accesslog, relay_buf16k, relay_pause16k, "
+        "relay_sndbuf256k",
     )
-    p.add_argument("--scenarios", default="small,big,slow")
+    p.add_argument("--scenarios", default="small,big,slow,profile")
+    p.add_argument("--profile-seconds", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="short runs for a smoke test")
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--wrk-conns", type=int, default=50)
     p.add_argument("--wrk-seconds", type=int, default=15)
     p.add_argument("--wrk-runs", type=int, default=3)
-    p.add_argument("--big-runs", type=int, default=3)
+    p.add_argument("--big-runs", type=int, default=5)
     p.add_argument("--slow-clients", type=int, default=50)
     p.add_argument("--slow-rate", default="2M")
     p.add_argument("--slow-seconds", type=float, default=20.0)
@@ -464,7 +536,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.wrk_seconds, args.wrk_runs, args.big_runs = 4, 1, 1
-        args.slow_seconds, args.slow_rounds = 8.0, 2
+        args.slow_seconds, args.slow_rounds, args.profile_seconds = 8.0, 2, 4
     targets = [t for t in args.targets.split(",") if t]
     if args.proxy == "require" or (args.proxy == "auto" and proxy_installed()):
         targets.append("proxy")
@@ -475,12 +547,20 @@ def main() -> None:
     try:
         bench.start(targets)
         bench.check()
+        small_only, big_only = (
+            ("relay_pool2", "relay_accesslog", "bare_accesslog"),
+            ("relay_buf16k", "relay_pause16k", "relay_sndbuf256k"),
+        )
         if "small" in scenarios:
-            bench.small(targets)
+            bench.small([t for t in targets if t not in big_only])
         if "big" in scenarios:
-            bench.big([t for t in targets if t in ("nginx", "relay", "proxy")])
+            bench.big([t for t in targets if not t.startswith("bare") and t not in small_only])
         if "slow" in scenarios:
-            bench.slow([t for t in targets if t in ("relay", "proxy")])
+            bench.slow(
+                [t for t in targets if t.startswith(("relay", "proxy")) and t not in small_only]
+            )
+        if "profile" in scenarios:
+            bench.profile([t for t in targets if t in ("relay", "proxy")])
     finally:
         bench.stop()
         dump(bench.out / "results.json", bench.results)
