@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
@@ -129,6 +130,12 @@ class IAuthScheme(Interface):
         :returns: the identity, or fails with ``AuthenticationRequired`` (401, no
             credentials), ``InvalidCredentials`` (401 ``invalid_token``) or ``Forbidden``
             (403: valid credentials, not allowed), from :mod:`yatagarasu.auth.identity`.
+        """
+
+    def services() -> list[IService]:
+        """
+        :returns: background services the scheme needs (key refresh timers...), started and
+            stopped with the proxy; usually ``[]``.
         """
 
 

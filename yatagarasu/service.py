@@ -24,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from yatagarasu.auth.setup import AccessControl
 from yatagarasu.config.schema import Config, ServerConfig
 from yatagarasu.logs import is_default, make_observer
 from yatagarasu.s3.client import S3Client
@@ -54,10 +55,17 @@ class ProxyService(MultiService):
 
     :param reactor: the reactor (time and TCP).
     :param config: the validated configuration.
+    :param access: client addresses, IP filters and auth schemes built from it.
     :param tls: server TLS options, when ``server.tls`` is configured.
     """
 
-    def __init__(self, reactor: Any, config: Config, tls: CertificateOptions | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        access: AccessControl,
+        tls: CertificateOptions | None = None,
+    ) -> None:
         super().__init__()
         self._reactor = reactor
         self.config = config
@@ -67,9 +75,12 @@ class ProxyService(MultiService):
             reactor,
             config,
             self.clients,
+            access,
             started=reactor.seconds(),
             draining=lambda: self.draining,
         )
+        for background in access.services:
+            background.setServiceParent(self)
         factory: Any = self.site
         if tls is not None:
             factory = TLSMemoryBIOFactory(tls, False, self.site)

@@ -15,6 +15,7 @@ from twisted.application.service import IService
 from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 
+from yatagarasu.auth.setup import AccessControl, build_access_control
 from yatagarasu.config import Config, ConfigError, load_config
 from yatagarasu.tls import server_tls_options
 
@@ -35,9 +36,14 @@ class Options(usage.Options):
         path = self["config"]
         if not path:
             raise usage.UsageError("--config PATH is required")
+        # The one place that touches the global reactor: twistd has chosen it by now (its
+        # --reactor option comes first), and everything below receives it as a parameter.
+        from twisted.internet import reactor
+
         try:
             config = load_config(path)
             tls = server_tls_options(config.server.tls) if config.server.tls else None
+            access = build_access_control(config, reactor)
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
@@ -46,6 +52,8 @@ class Options(usage.Options):
             raise SystemExit(0)
         self["loaded"] = config
         self["tls"] = tls
+        self["access"] = access
+        self["reactor"] = reactor
 
 
 def summary(path: str, config: Config) -> str:
@@ -78,12 +86,9 @@ def makeService(options: Options) -> IService:
     :param options: parsed (and validated) options.
     :returns: the root ``MultiService``.
     """
-    # The one place that touches the global reactor: twistd has installed it by now, and
-    # everything below receives it as a parameter.
-    from twisted.internet import reactor
-
     from yatagarasu.service import ProxyService
 
     config: Config = options["loaded"]
     tls: CertificateOptions | None = options["tls"]
-    return ProxyService(reactor, config, tls)
+    access: AccessControl = options["access"]
+    return ProxyService(options["reactor"], config, access, tls)

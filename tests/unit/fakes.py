@@ -16,6 +16,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from zope.interface import implementer
 
+from yatagarasu.auth.setup import build_access_control
+from yatagarasu.auth.setup import build_access_control
 from yatagarasu.config import parse_config
 from yatagarasu.config.schema import Config
 from yatagarasu.s3.client import S3Client
@@ -145,10 +147,12 @@ class Harness:
             for b in self.config.buckets
         }
         self.draining = False
+        self.access = build_access_control(self.config, self.clock)
         self.site: ProxySite = build_site(
             self.clock,
             self.config,
             self.clients,
+            self.access,
             started=self.clock.seconds(),
             draining=lambda: self.draining,
         )

@@ -76,12 +76,12 @@ def test_unknown_key_in_second_bucket() -> None:
     ("document", "path"),
     [
         ({"cache": {"enabled": True}, **minimal()}, "cache"),
-        ({"jwt": {}, **minimal()}, "jwt"),
+        ({"metrics": {}, **minimal()}, "metrics"),
         ({"audit_log": {}, **minimal()}, "audit_log"),
         (minimal(cache={"ttl_seconds": 5}), "buckets[0].cache"),
-        (minimal(ip_filter={"allowlist": []}), "buckets[0].ip_filter"),
+        ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),
         (minimal(s3={"bucket": "b", "replicas": []}), "buckets[0].s3.replicas"),
-        (minimal(auth={"enabled": True}), "buckets[0].auth.enabled"),
+        (minimal(s3={"bucket": "b", "circuit_breaker": {}}), "buckets[0].s3.circuit_breaker"),
         ({**minimal(), "server": {"workers": 2}}, "server.workers"),
     ],
 )

@@ -109,8 +109,13 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return convert(inner, value, path)
+        alternatives = [a for a in args if a is not type(None)]
+        for inner in alternatives[:-1]:
+            try:
+                return convert(inner, value, path)
+            except ConfigError:
+                continue
+        return convert(alternatives[-1], value, path)
     if origin is typing.Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
+from yatagarasu.auth.network import parse_networks
 from yatagarasu.config.build import join
 from yatagarasu.errors import ConfigError
 
@@ -21,11 +23,10 @@ RESERVED_PREFIXES = ("/health", "/ready", "/metrics", "/admin")
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
-_LATER_AUTH = "arrives with JWT authentication"
 _LATER_CACHE = "arrives with tiered caching"
 _LATER_AUDIT = "arrives with audit logging"
 _LATER_OBSERVABILITY = "arrives with metrics and tracing"
-_LATER_SECURITY = "arrives with rate limiting and IP access control"
+_LATER_SECURITY = "arrives with rate limiting"
 _LATER_HA = "arrives with replica failover and circuit breakers"
 
 
@@ -61,13 +62,13 @@ class ServerConfig:
     """Where and how the proxy listens."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "trusted_proxies": _LATER_SECURITY,
         "rate_limit": _LATER_SECURITY,
         "request_timeout": "use buckets[].s3.timeout",
     }
 
     address: str = "127.0.0.1"
     port: int | None = None
+    trusted_proxies: tuple[str, ...] = ()
     tls: TLSConfig | None = None
     workers: int = 1
     max_concurrent_requests: int = 1024
@@ -102,6 +103,7 @@ class ServerConfig:
             )
         if not 0 <= self.listen_port <= 65535:
             raise ConfigError(join(path, "port"), f"must be 0..65535, got {self.listen_port}")
+        parse_networks(self.trusted_proxies, join(path, "trusted_proxies"))
         if self.workers != 1:
             raise ConfigError(join(path, "workers"), "not supported yet (only 1 worker process)")
         _positive(self.max_concurrent_requests, join(path, "max_concurrent_requests"))
@@ -206,15 +208,30 @@ class S3Config:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """Client authentication for a bucket (only ``enabled: false`` in this version)."""
+    """
+    Client authentication for a bucket.
 
-    UNSUPPORTED: ClassVar[dict[str, str]] = {"jwt": _LATER_AUTH}
+    ``scheme`` names an auth scheme plugin (built-in: ``jwt``). JWT settings come from
+    ``auth.jwt``, else ``buckets[].jwt``, each merged over the top-level ``jwt``; another
+    scheme takes its settings from ``auth.settings``.
+    """
 
     enabled: bool = False
+    scheme: str = "jwt"
+    jwt: Mapping[str, Any] | None = None
+    settings: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class IpFilterConfig:
+    """Per-bucket client address filter, checked before authentication."""
+
+    allowlist: tuple[str, ...] = ()
+    blocklist: tuple[str, ...] = ()
 
     def check(self, path: str) -> None:
-        if self.enabled:
-            raise ConfigError(join(path, "enabled"), f"true is not supported yet ({_LATER_AUTH})")
+        parse_networks(self.allowlist, join(path, "allowlist"))
+        parse_networks(self.blocklist, join(path, "blocklist"))
 
 
 @dataclass(frozen=True)
@@ -240,15 +257,15 @@ class BucketConfig:
     """One URL prefix served from one S3 bucket."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "jwt": _LATER_AUTH,
         "cache": _LATER_CACHE,
-        "ip_filter": _LATER_SECURITY,
     }
 
     name: str
     path_prefix: str
     s3: S3Config
     auth: AuthConfig = field(default_factory=AuthConfig)
+    jwt: Mapping[str, Any] | None = None
+    ip_filter: IpFilterConfig | None = None
     cors: CorsConfig | None = None
 
     @property
@@ -290,7 +307,6 @@ class Config:
     """The whole configuration document."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "jwt": _LATER_AUTH,
         "cache": _LATER_CACHE,
         "audit_log": _LATER_AUDIT,
         "observability": _LATER_OBSERVABILITY,
@@ -301,6 +317,7 @@ class Config:
     buckets: tuple[BucketConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    jwt: Mapping[str, Any] | None = None
 
     def check(self, path: str) -> None:
         if not self.buckets:

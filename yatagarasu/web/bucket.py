@@ -17,8 +17,11 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from yatagarasu.auth.identity import Forbidden
+from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import HTTPError
+from yatagarasu.interfaces import IAuthScheme
 from yatagarasu.s3.client import S3Client, read_s3_error
 from yatagarasu.web.cors import CorsPolicy
 from yatagarasu.web.responses import write_error
@@ -75,15 +78,27 @@ class BucketResource(Resource):
     :param bucket: the bucket's configuration.
     :param client: the S3 client of that bucket.
     :param clock: time source for the body idle timeout.
+    :param ip_filter: the bucket's client address filter, if any.
+    :param scheme: the bucket's auth scheme (``None``: a public bucket).
     """
 
     isLeaf = True
 
-    def __init__(self, bucket: BucketConfig, client: S3Client, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        bucket: BucketConfig,
+        client: S3Client,
+        clock: IReactorTime,
+        *,
+        ip_filter: IpFilter | None = None,
+        scheme: IAuthScheme | None = None,
+    ) -> None:
         super().__init__()
         self._bucket = bucket
         self._client = client
         self._clock = clock
+        self._ip_filter = ip_filter
+        self._scheme = scheme
         self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
 
     def render(self, request: Request) -> Any:
@@ -170,6 +185,11 @@ class BucketResource(Resource):
     async def _handle(self, request: ProxyRequest) -> None:
         key = self._object_key(request)
         request.object_key = key
+        if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
+            raise Forbidden("client address not allowed for this bucket")
+        if self._scheme is not None:
+            identity = await self._scheme.authenticate(request)
+            request.subject = identity.subject
         forwarded = Headers()
         for name in FORWARDED_REQUEST_HEADERS:
             values = request.requestHeaders.getRawHeaders(name)

@@ -40,18 +40,21 @@ class RootResource(Resource):
     """
     Route to the proxy's own resources and to bucket resources.
 
-    :param special: the proxy's routes by first path segment (``b"health"``...); each is a
-        leaf that only answers its exact path.
+    :param exact: the proxy's leaf routes that answer only their exact path
+        (``{b"health": ...}`` serves ``/health``, not ``/health/x``).
+    :param subtrees: the proxy's routes that own everything below them (``b"admin"``).
     :param buckets: ``(prefix segments, resource)`` for every bucket.
     """
 
     def __init__(
         self,
-        special: Mapping[bytes, IResource],
+        exact: Mapping[bytes, IResource],
+        subtrees: Mapping[bytes, IResource],
         buckets: Sequence[tuple[tuple[str, ...], IResource]],
     ) -> None:
         super().__init__()
-        self._special = dict(special)
+        self._exact = dict(exact)
+        self._subtrees = dict(subtrees)
         self._routes = sorted(
             ((tuple(s.encode("utf-8") for s in prefix), resource) for prefix, resource in buckets),
             key=lambda route: len(route[0]),
@@ -62,9 +65,11 @@ class RootResource(Resource):
         postpath = request.postpath
         prepath = request.prepath
         assert postpath is not None and prepath is not None
-        special = self._special.get(path)
-        if special is not None and (not postpath or postpath == [b""]):
-            return special
+        if path in self._subtrees:
+            return self._subtrees[path]
+        exact = self._exact.get(path)
+        if exact is not None and (not postpath or postpath == [b""]):
+            return exact
         segments = [path, *postpath]
         for prefix, resource in self._routes:
             if tuple(segments[: len(prefix)]) == prefix:

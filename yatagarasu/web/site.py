@@ -15,6 +15,7 @@ from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
 from yatagarasu.web.channel import LimitedHTTPChannel
@@ -37,6 +38,8 @@ class ProxyRequest(Request):
     started = 0.0
     bucket: str | None = None
     object_key: str | None = None
+    client_address = ""
+    subject: str | None = None
     _body_bytes = 0
     _accounted = False
 
@@ -54,6 +57,9 @@ class ProxyRequest(Request):
         self.responseHeaders.setRawHeaders(b"x-request-id", rid)
         self.responseHeaders.setRawHeaders(b"x-correlation-id", rid)
         site.request_started(self)
+        self.client_address = site.addresses.client_ip(
+            self.client_ip(), self.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        )
         reason = traversal_reason(self.uri)
         if reason is not None:
             self.site = site
@@ -93,6 +99,7 @@ class ProxySite(Site):
     :param clock: time source for durations.
     :param limits: request limits for every connection.
     :param max_concurrent_requests: above this many in-flight requests, answer 503.
+    :param addresses: how to find the client address (trusted proxies).
     :param idle_timeout: seconds an idle keep-alive connection is kept.
     """
 
@@ -107,10 +114,12 @@ class ProxySite(Site):
         clock: IReactorTime,
         limits: SecurityLimits,
         max_concurrent_requests: int,
+        addresses: ClientAddressResolver,
         idle_timeout: float = 60.0,
     ) -> None:
         super().__init__(resource, reactor=clock)
         self.clock = clock
+        self.addresses = addresses
         self.limits = limits
         self.max_concurrent_requests = max_concurrent_requests
         self.idle_timeout = idle_timeout
@@ -149,7 +158,8 @@ class ProxySite(Site):
         access_log.info(
             "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
             request_id=request.request_id,
-            client_ip=request.client_ip(),
+            client_ip=request.client_address or request.client_ip(),
+            user=request.subject,
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
             status=request.code,

@@ -7,8 +7,10 @@ from collections.abc import Callable, Mapping
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 
+from yatagarasu.auth.setup import AccessControl
 from yatagarasu.config.schema import Config
 from yatagarasu.s3.client import S3Client
+from yatagarasu.web.admin import AdminResource
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.health import HealthResource, ReadyResource
 from yatagarasu.web.root import RootResource
@@ -19,6 +21,7 @@ def build_site(
     clock: IReactorTime,
     config: Config,
     clients: Mapping[str, S3Client],
+    access: AccessControl,
     *,
     started: float,
     draining: Callable[[], bool],
@@ -29,21 +32,33 @@ def build_site(
     :param clock: time source.
     :param config: the configuration.
     :param clients: the S3 client of every bucket, by bucket name.
+    :param access: client addresses, IP filters and auth schemes.
     :param started: process start time, for ``/health``.
     :param draining: tells ``/ready`` whether a graceful shutdown has begun.
     :returns: the site, ready to be listened on.
     """
-    special: dict[bytes, IResource] = {
+    exact: dict[bytes, IResource] = {
         b"health": HealthResource(clock, started),
         b"ready": ReadyResource({name: c.health for name, c in clients.items()}, draining),
     }
+    subtrees: dict[bytes, IResource] = {b"admin": AdminResource(access.admin, {})}
     buckets = [
-        (bucket.prefix_segments, BucketResource(bucket, clients[bucket.name], clock))
+        (
+            bucket.prefix_segments,
+            BucketResource(
+                bucket,
+                clients[bucket.name],
+                clock,
+                ip_filter=access.ip_filters.get(bucket.name),
+                scheme=access.schemes.get(bucket.name),
+            ),
+        )
         for bucket in config.buckets
     ]
     return ProxySite(
-        RootResource(special, buckets),
+        RootResource(exact, subtrees, buckets),
         clock=clock,
         limits=config.server.security_limits,
         max_concurrent_requests=config.server.max_concurrent_requests,
+        addresses=access.addresses,
     )

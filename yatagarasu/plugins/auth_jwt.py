@@ -1,0 +1,5 @@
+"""Built-in auth scheme: ``jwt``."""
+
+from yatagarasu.auth.jwt import JwtSchemeFactory
+
+jwt = JwtSchemeFactory()

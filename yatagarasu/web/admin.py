@@ -1,0 +1,79 @@
+"""
+``/admin/...``: the admin API, guarded by JWT with ``admin_claims``.
+
+With no admin auth configured (no ``jwt.admin_claims``) every admin route answers 403. No
+token → 401, a token without the admin claims → 403. Routes are added by the features that
+need them (cache purge and stats, reload).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from yatagarasu.errors import HTTPError
+from yatagarasu.interfaces import IAuthScheme
+from yatagarasu.web.responses import write_error, write_json
+from yatagarasu.web.site import ProxyRequest
+
+log = Logger()
+
+#: An admin route: gets the request and the path segments after its name, returns
+#: ``(status, document)``.
+AdminHandler = Callable[[ProxyRequest, list[str]], Awaitable[tuple[int, Any]]]
+
+
+class AdminResource(Resource):
+    """
+    Authenticate, then dispatch on ``(method, first segment)``.
+
+    :param scheme: the admin auth scheme, or ``None`` (admin API disabled: 403).
+    :param routes: ``{(b"POST", "reload"): handler, ...}``.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, scheme: IAuthScheme | None, routes: Mapping[tuple[bytes, str], AdminHandler]
+    ) -> None:
+        super().__init__()
+        self._scheme = scheme
+        self._routes = dict(routes)
+
+    def render(self, request: Request) -> int:
+        proxy_request = cast(ProxyRequest, request)
+        handling = Deferred.fromCoroutine(self._handle(proxy_request))
+        handling.addErrback(self._failed, proxy_request)
+        return NOT_DONE_YET
+
+    async def _handle(self, request: ProxyRequest) -> None:
+        if self._scheme is None:
+            raise HTTPError(403, "the admin API is disabled (no jwt.admin_claims configured)")
+        identity = await self._scheme.authenticate(request)
+        request.subject = identity.subject
+        segments = [s.decode("utf-8", "replace") for s in request.postpath or [] if s]
+        name = segments[0] if segments else ""
+        handler = self._routes.get((request.method, name))
+        if handler is None:
+            if any(route_name == name for _, route_name in self._routes):
+                raise HTTPError(405, f"{request.method.decode()} is not allowed here")
+            raise HTTPError(404, "no such admin route")
+        status, document = await handler(request, segments[1:])
+        if not request.finished and not request._disconnected:
+            write_json(request, status, document)
+
+    def _failed(self, failure: Failure, request: ProxyRequest) -> None:
+        if request.finished or request._disconnected:
+            return
+        if failure.check(HTTPError):
+            error = cast(HTTPError, failure.value)
+        else:
+            log.failure("admin request failed", failure, request_id=request.request_id)
+            error = HTTPError(500, "internal error")
+        write_error(request, error, request.request_id)
