@@ -17,7 +17,6 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from zope.interface import implementer
 
 from yatagarasu.auth.setup import build_access_control
-from yatagarasu.auth.setup import build_access_control
 from yatagarasu.config import parse_config
 from yatagarasu.config.schema import Config
 from yatagarasu.s3.client import S3Client
@@ -40,6 +39,9 @@ class FakeUpstreamTransport:
         self.paused = False
 
     def stopProducing(self) -> None:
+        self.stopped = True
+
+    def abortConnection(self) -> None:
         self.stopped = True
 
 

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
@@ -45,7 +45,7 @@ def parse_jwks(document: Any, default_algorithm: str | None) -> list[Verificatio
             continue
         try:
             jwk = PyJWK(entry)
-        except (PyJWKError, ValueError, TypeError, KeyError):
+        except (PyJWTError, ValueError, TypeError, KeyError):
             continue
         available = algorithms_of(jwk.key)
         alg = entry.get("alg")
@@ -113,12 +113,12 @@ class JwksKeySet:
 
         :returns: fires when done.
         """
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
         if self._in_flight is None:
             self._last_attempt = self._reactor.seconds()
             self._in_flight = Deferred.fromCoroutine(self._fetch())
             self._in_flight.addBoth(self._fetched)
-        waiter: Deferred[None] = Deferred()
-        self._waiters.append(waiter)
         return waiter
 
     def _fetched(self, result: None) -> None:
