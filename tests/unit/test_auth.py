@@ -638,7 +638,7 @@ def test_bucket_auth_401_403_and_tokens_stay_here() -> None:
     assert sent[0].headers.getRawHeaders(b"authorization")[0].startswith(b"AWS4-HMAC-SHA256")
     h.agents["pub"].answer(FakeResponse(200, {}, body=b"ok"))
     assert parse_response(transport.value()).status == 200
-    preflight_channel, transport = h.get(
+    _, transport = h.get(
         "/pub/k", "Origin: https://app.test", "Access-Control-Request-Method: GET", method="OPTIONS"
     )
     assert parse_response(transport.value()).status == 204  # no token needed
