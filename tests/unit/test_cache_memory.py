@@ -349,3 +349,16 @@ def test_plugin_is_discovered() -> None:
     layer = factory.build({"max_cache_size_mb": 8, "max_item_size_mb": 1}, "cache.memory", Clock())
     assert verifyObject(ICacheLayer, layer)
     assert layer.max_size == 8 * MIB
+
+
+def test_sketch_grows_with_the_number_of_entries() -> None:
+    layer = make_layer(max_cache_size_mb=1, max_item_size_mb=0.1)
+    width = layer._sketch.width
+    for i in range(width + 10):
+        key = CacheKey("b", f"tiny/{i}")
+        layer.lookup(key)
+        layer.store(key, entry(b""))
+    assert len(layer) > width
+    assert layer._sketch.width >= 2 * len(layer) - 20
+    assert layer._sample_size == layer._sketch.sample_size
+    assert layer.size <= layer.max_size

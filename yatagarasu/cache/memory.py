@@ -119,6 +119,7 @@ class FrequencySketch:
     """
 
     DEPTH = 4
+    MAX_WIDTH = 1 << 24
 
     def __init__(self, width: int, max_count: int = 255) -> None:
         """
@@ -135,18 +136,21 @@ class FrequencySketch:
         # Row r uses bits [r * step, r * step + bits) of the 64-bit hash.
         self._step = min(16, (64 - bits) // (self.DEPTH - 1))
         self._table = bytearray(self.DEPTH * self.width)
-        self._door = bytearray(self.width * 4)
+        self._door = bytearray(self.width * 2)
         self._door_mask = len(self._door) - 1
         self.sample_size = 10 * self.width
 
-    def ensure_capacity(self, items: int) -> None:
+    def ensure_capacity(self, items: int) -> bool:
         """
         Grow (and reset) the sketch when the cache holds more entries than it has counters.
 
         :param items: how many entries the cache holds.
+        :returns: whether the sketch was grown.
         """
-        if items > self.width:
-            self._resize(2 * items)
+        if items > self.width and self.width < self.MAX_WIDTH:
+            self._resize(min(2 * items, self.MAX_WIDTH))
+            return True
+        return False
 
     def increment(self, h: int) -> None:
         """
@@ -304,7 +308,7 @@ class MemoryCacheLayer:
         self.default_ttl_seconds = settings.default_ttl_seconds
         self.max_size = settings.max_cache_size
         self.max_item_size = settings.max_item_size
-        self._clock = clock
+        self._seconds = clock.seconds
         self._window_max = int(self.max_size * self.WINDOW_SHARE)
         self._main_max = self.max_size - self._window_max
         self._protected_max = int(self._main_max * self.PROTECTED_SHARE)
@@ -321,6 +325,7 @@ class MemoryCacheLayer:
         )
         self._epoch = 0
         self._accesses = 0
+        self._sample_size = self._sketch.sample_size
 
     # -- ICacheLayer ------------------------------------------------------------------------
 
@@ -404,7 +409,7 @@ class MemoryCacheLayer:
         :returns: the entry, or ``None``.
         """
         self._accesses += 1
-        if self._accesses >= self._sketch.sample_size:
+        if self._accesses >= self._sample_size:
             self._age()
         ikey = (key.bucket, key.key, key.variant)
         node = self._nodes.get(ikey)
@@ -416,7 +421,7 @@ class MemoryCacheLayer:
             index.misses += 1
             return None
         entry = node.entry
-        if entry.retain_until <= self._clock.seconds():
+        if entry.retain_until <= self._seconds():
             node.bucket.misses += 1
             self._remove(node)
             self._sketch.increment(hash(ikey))
@@ -470,8 +475,8 @@ class MemoryCacheLayer:
         self._window_bytes += size
         if self._window_bytes > self._window_max:
             self._evict_from_window()
-        if len(self._nodes) > sketch.width:
-            sketch.ensure_capacity(len(self._nodes))
+        if len(self._nodes) > sketch.width and sketch.ensure_capacity(len(self._nodes)):
+            self._sample_size = sketch.sample_size
             self._accesses = 0
         return ikey in self._nodes
 
@@ -534,7 +539,7 @@ class MemoryCacheLayer:
         need = self._main_bytes + candidate.size - self._main_max
         if need > 0:
             wanted = self._frequency(candidate)
-            now = self._clock.seconds()
+            now = self._seconds()
             victims: list[_Node] = []
             freed = 0
             worth = 0
