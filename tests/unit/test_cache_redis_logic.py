@@ -1,0 +1,301 @@
+"""
+The Redis layer's logic on a fake clock: the adapter's timeouts and breaker (with a fake pool),
+and the layer's TTLs, counters and purge events (with a fake adapter). The real thing, against
+redis-server, is in ``tests/integration/test_cache_redis.py``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from yatagarasu.cache.entry import CacheEntry, CacheKey
+from yatagarasu.cache.redis import RedisCacheLayer, decode_entry, encode_entry, redis_settings
+from yatagarasu.cache.redis_client import (
+    BACKOFF_MAX,
+    RedisClient,
+    RedisTarget,
+    RedisUnavailable,
+)
+
+NOW = 1_800_000_000.0
+
+
+def entry(body: bytes = b"hello", retain_until: float = NOW + 10_000) -> CacheEntry:
+    return CacheEntry(
+        headers=((b"etag", b'"e"'),),
+        body=body,
+        stored_at=NOW,
+        expires_at=NOW + 60,
+        retain_until=retain_until,
+    )
+
+
+# -- the adapter: timeouts and breaker ------------------------------------------------------
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.peekers: list[Deferred[Any]] = []
+        self.waiting: list[Deferred[Any]] = []
+
+
+class FakeHandler:
+    """Stands for txredisapi's ConnectionHandler: ``mode`` says how commands end."""
+
+    def __init__(self) -> None:
+        self.mode = "hang"
+        self.calls = 0
+
+    def get(self, key: bytes) -> Deferred[Any]:
+        self.calls += 1
+        if self.mode == "hang":
+            return Deferred()
+        if self.mode == "refused":
+            return fail(ConnectionRefusedError())
+        return succeed(b"value")
+
+
+class FakeFactory:
+    def __init__(self) -> None:
+        self.handler = FakeHandler()
+        self.size = 1
+        self.connections_made = 1
+        self.connectionQueue = FakeQueue()
+
+    def disconnect(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class BreakerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = RedisClient(
+            RedisTarget("redis.invalid", 6379), self.clock, timeout=0.5, pool_size=2
+        )
+        self.pool = FakeFactory()
+        self.client._factory = self.pool  # type: ignore[assignment]
+
+    def get(self) -> Deferred[bytes | None]:
+        return Deferred.fromCoroutine(self.client.get(b"k"))
+
+    def assert_fast_refusal(self) -> None:
+        calls = self.pool.handler.calls
+        failure = self.failureResultOf(self.get(), RedisUnavailable)
+        self.assertTrue(failure.value.fast)
+        self.assertEqual(self.pool.handler.calls, calls)
+
+    def fail_once_by_timeout(self) -> None:
+        self.pool.handler.mode = "hang"
+        d = self.get()
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        failure = self.failureResultOf(d, RedisUnavailable)
+        self.assertFalse(failure.value.fast)
+
+    def test_calls_are_bounded_by_the_timeout_on_the_clock(self) -> None:
+        d = self.get()
+        self.clock.advance(0.49)
+        self.assertNoResult(d)
+        self.clock.advance(0.01)
+        self.failureResultOf(d, RedisUnavailable)
+        self.assertFalse(self.client.healthy)
+
+    def test_backoff_grows_and_one_probe_at_a_time(self) -> None:
+        self.fail_once_by_timeout()
+        self.assert_fast_refusal()
+        self.clock.advance(1.0)
+        probe = self.get()  # backoff over, a live connection: one probe
+        self.assert_fast_refusal()
+        self.clock.advance(0.5)
+        self.failureResultOf(probe, RedisUnavailable)
+        self.clock.advance(1.9)  # the backoff has doubled to 2 s
+        self.assert_fast_refusal()
+        self.clock.advance(0.1)
+        self.pool.handler.mode = "ok"
+        self.assertEqual(self.successResultOf(self.get()), b"value")
+        self.assertTrue(self.client.healthy)
+        self.assertEqual(self.successResultOf(self.get()), b"value")
+
+    def test_backoff_is_capped(self) -> None:
+        for _ in range(12):
+            self.fail_once_by_timeout()
+            self.clock.advance(BACKOFF_MAX)
+        self.fail_once_by_timeout()
+        self.clock.advance(BACKOFF_MAX - 0.1)
+        self.assert_fast_refusal()
+        self.clock.advance(0.1)
+        self.pool.handler.mode = "ok"
+        self.successResultOf(self.get())
+
+    def test_no_connection_means_no_call_until_the_pool_reconnects(self) -> None:
+        self.pool.handler.mode = "refused"
+        self.failureResultOf(self.get(), RedisUnavailable)
+        self.pool.size = 0
+        self.clock.advance(10)
+        self.assert_fast_refusal()  # backoff over, but nothing to talk to
+        self.pool.size = 1
+        self.pool.connections_made += 1  # Redis is back: probe at once
+        self.pool.handler.mode = "ok"
+        self.successResultOf(self.get())
+
+    def test_calls_under_way_do_not_double_the_backoff(self) -> None:
+        first, second = self.get(), self.get()
+        self.clock.advance(0.5)
+        self.failureResultOf(first, RedisUnavailable)
+        self.failureResultOf(second, RedisUnavailable)
+        self.clock.advance(1.0)  # still the first backoff (1 s), not 2 s
+        self.pool.handler.mode = "ok"
+        self.successResultOf(self.get())
+
+    def test_closed_client_refuses_at_once(self) -> None:
+        self.successResultOf(self.client.close())
+        self.assert_fast_refusal()
+
+
+# -- the layer, on a fake adapter -----------------------------------------------------------
+
+
+class FakeClient:
+    """An in-memory stand-in for :class:`RedisClient` (no TTL expiry; TTLs are recorded)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.ttls: dict[bytes, int] = {}
+        self.published: list[tuple[bytes, bytes]] = []
+        self.on_message: Callable[[bytes], None] | None = None
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise RedisUnavailable("down")
+
+    async def get(self, key: bytes) -> bytes | None:
+        self._check()
+        return self.data.get(key)
+
+    async def setex(self, key: bytes, ttl: int, value: bytes) -> None:
+        self._check()
+        self.data[key] = value
+        self.ttls[key] = ttl
+
+    async def delete(self, keys: Sequence[bytes]) -> int:
+        self._check()
+        return sum(self.data.pop(k, None) is not None for k in keys)
+
+    async def scan(self, cursor: bytes, match: bytes, count: int) -> tuple[bytes, list[bytes]]:
+        self._check()
+        pattern = match.decode().replace("\\*", "\0").replace("\\", "")
+        found = [
+            k
+            for k in self.data
+            if fnmatch.fnmatchcase(k.decode(), pattern.replace("[", "[[]").replace("\0", "[*]"))
+        ]
+        return b"0", found
+
+    async def publish(self, channel: bytes, message: bytes) -> int:
+        self._check()
+        self.published.append((channel, message))
+        return 1
+
+    def subscriber(self, channel: bytes, on_message: Callable[[bytes], None]) -> Service:
+        self.on_message = on_message
+        return Service()
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class LayerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.fake = FakeClient()
+        settings = redis_settings(
+            {"enabled": True, "redis_url": "redis://h", "ttl_seconds": 100}, "cache.redis"
+        )
+        self.layer = RedisCacheLayer(settings, self.clock, client=self.fake)  # type: ignore[arg-type]
+
+    def test_ttl_is_min_of_setting_and_retention(self) -> None:
+        self.successResultOf(self.layer.set(CacheKey("b", "long"), entry()))
+        self.successResultOf(self.layer.set(CacheKey("b", "short"), entry(retain_until=NOW + 9.2)))
+        ttls = {k.decode().rsplit(":", 1)[1]: v for k, v in self.fake.ttls.items()}
+        self.assertEqual(ttls, {"long": 100, "short": 10})
+
+    def test_counters_follow_the_ttl_this_instance_set(self) -> None:
+        self.successResultOf(self.layer.set(CacheKey("b", "short"), entry(retain_until=NOW + 10)))
+        self.successResultOf(self.layer.set(CacheKey("b", "long"), entry()))
+        self.assertEqual(self.layer.stats("b").current_item_count, 2)
+        self.clock.advance(10)
+        self.assertEqual(self.layer.stats("b").current_item_count, 1)
+        self.clock.advance(90)
+        self.assertEqual(self.layer.stats(None).current_item_count, 0)
+        self.assertEqual(self.layer.stats(None).current_size_bytes, 0)
+
+    def test_failures_are_counted_misses_and_no_ops(self) -> None:
+        self.fake.down = True
+        key = CacheKey("b", "k")
+        self.assertIsNone(self.successResultOf(self.layer.get(key)))
+        self.successResultOf(self.layer.set(key, entry()))
+        self.assertFalse(self.successResultOf(self.layer.delete(key)))
+        self.assertEqual(self.successResultOf(self.layer.purge(None, None)), 0)
+        self.assertEqual(self.layer.errors, 4)
+        self.assertEqual(self.layer.stats("b").misses, 1)
+
+    def test_delete_and_purge_publish_events(self) -> None:
+        self.successResultOf(self.layer.delete(CacheKey("b", "k")))
+        self.successResultOf(self.layer.purge("b", "p/"))
+        self.successResultOf(self.layer.purge(None, "ignored"))
+        events = [json.loads(m) for c, m in self.fake.published]
+        self.assertEqual({c for c, m in self.fake.published}, {b"yatagarasu:purge"})
+        self.assertEqual(
+            [(e["bucket"], e["prefix"], e["key"]) for e in events],
+            [("b", None, "k"), ("b", "p/", None), (None, None, None)],
+        )
+        self.assertEqual({e["origin"] for e in events}, {self.layer.instance_id})
+
+    def test_remote_events_reach_the_callback_but_not_own_or_malformed_ones(self) -> None:
+        received: list[tuple[str | None, str | None, str | None]] = []
+        self.layer.subscribe_purges(lambda *event: received.append(event))
+        deliver = self.fake.on_message
+        assert deliver is not None
+        self.successResultOf(self.layer.set(CacheKey("b", "k"), entry()))
+        self.successResultOf(self.layer.set(CacheKey("b", "p/1"), entry()))
+
+        def event(origin: str, bucket: Any, prefix: Any, key: Any) -> bytes:
+            doc = {"origin": origin, "bucket": bucket, "prefix": prefix, "key": key}
+            return json.dumps(doc).encode()
+
+        deliver(event(self.layer.instance_id, "b", None, "k"))
+        deliver(b"{not json")
+        deliver(event("other", 1, None, None))
+        self.assertEqual(received, [])
+        self.assertEqual(self.layer.stats("b").current_item_count, 2)
+        deliver(event("other", "b", None, "k"))
+        self.assertEqual(self.layer.stats("b").current_item_count, 1)
+        deliver(event("other", "b", "p/", None))
+        self.assertEqual(self.layer.stats("b").current_item_count, 0)
+        self.assertEqual(received, [("b", None, "k"), ("b", "p/", None)])
+
+    def test_a_failing_callback_is_logged(self) -> None:
+        self.layer.subscribe_purges(lambda *event: 1 / 0)
+        assert self.fake.on_message is not None
+        self.fake.on_message(b'{"origin": "x", "bucket": null, "prefix": null, "key": null}')
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_file_bodies_and_large_bodies_are_declined(self) -> None:
+        key = CacheKey("b", "big")
+        self.successResultOf(self.layer.set(key, entry(b"x" * (self.layer.max_item_size + 1))))
+        self.assertEqual(self.fake.data, {})
+        self.assertIsNone(self.layer.open_writer(key))
+
+    def test_values_keep_floats_exact(self) -> None:
+        stored = entry()
+        self.assertEqual(decode_entry(encode_entry(stored)), stored)

@@ -1,0 +1,459 @@
+"""
+The Redis adapter: the only module that imports txredisapi.
+
+It gives the Redis cache layer a small, typed, *bounded* client:
+
+- a connection pool (``RedisFactory`` of txredisapi, ``charset=None`` so bytes stay bytes,
+  numbers not converted) created lazily by the first command, connecting through an endpoint
+  built on the injected reactor (TCP, or TLS verified against the host name for ``rediss://``).
+  The pool reconnects by itself (one ``ClientService`` per slot inside txredisapi); nothing
+  waits for it to connect at startup;
+- every command raced against ``timeout`` seconds on the injected clock
+  (``Deferred.addTimeout``): while Redis is down txredisapi would otherwise wait forever for a
+  connection;
+- a breaker: after a failure (timeout, lost connection) commands are refused at once with
+  :class:`RedisUnavailable` — without touching the pool, where cancelled waiters would pile up
+  — until the backoff (1 s, doubling up to 30 s) has passed *and* the pool holds a live
+  connection; or at once when the pool has made a new connection since the failure (Redis came
+  back). Then one command at a time probes Redis; its success closes the breaker;
+- a pub/sub subscriber (txredisapi's ``SubscriberProtocol``, ``charset = None`` set on its
+  factory after construction) run under ``ClientService`` so that it survives Redis restarts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import txredisapi
+from twisted.application.internet import ClientService
+from twisted.application.service import IService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger(namespace="yatagarasu.cache.redis")
+
+#: First breaker backoff after a failure, seconds.
+BACKOFF_INITIAL = 1.0
+#: Longest breaker backoff, seconds.
+BACKOFF_MAX = 30.0
+#: Longest wait between the pool's (and the subscriber's) reconnection attempts, seconds.
+RECONNECT_MAX_DELAY = 5.0
+
+
+class RedisError(Exception):
+    """Base class of what the adapter raises."""
+
+
+class RedisUnavailable(RedisError):
+    """
+    Redis could not be asked: down, timed out, backing off after a failure, or closed.
+
+    :ivar fast: ``True`` when refused without trying (breaker open, closed).
+    """
+
+    def __init__(self, message: str, *, fast: bool = False) -> None:
+        super().__init__(message)
+        self.fast = fast
+
+
+class RedisCommandFailed(RedisError):
+    """Redis answered with an error reply (``WRONGTYPE``, ``NOAUTH``...)."""
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """
+    Where Redis is and how to log in.
+
+    :ivar host: host name or IP address.
+    :ivar port: TCP port.
+    :ivar tls: ``rediss://``: TLS, the certificate verified against ``host``.
+    :ivar db: database number (``SELECT``).
+    :ivar username: ACL user name, or ``None``.
+    :ivar password: password, or ``None``.
+    """
+
+    host: str
+    port: int
+    tls: bool = False
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        return f"RedisTarget({scheme}://{self.host}:{self.port}/{self.db})"
+
+
+class _PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
+    """txredisapi's pool factory, counting the connections it has made (for the breaker)."""
+
+    connections_made = 0
+
+    def addConnection(self, conn: Any) -> None:
+        before = self.size
+        super().addConnection(conn)
+        if self.size > before:
+            self.connections_made += 1
+
+
+class _PurgeSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """Hands every message to the factory's ``on_message``."""
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        on_message: Callable[[bytes], None] = self.factory.on_message
+        if isinstance(message, bytes):
+            on_message(message)
+
+
+class _SubscriberFactory(txredisapi.SubscriberFactory):  # type: ignore[misc]
+    protocol = _PurgeSubscriberProtocol
+
+    def __init__(self, on_message: Callable[[bytes], None]) -> None:
+        super().__init__()
+        self.on_message = on_message
+
+
+def _retry_policy(attempt: int) -> float:
+    """Reconnection delay for ``ClientService``: 0.5 s doubling, up to ``RECONNECT_MAX_DELAY``."""
+    return float(min(RECONNECT_MAX_DELAY, 0.5 * 2 ** min(attempt - 1, 16)))
+
+
+class RedisClient:
+    """
+    A bounded Redis client (see the module docstring).
+
+    :param target: where Redis is.
+    :param reactor: the reactor: its clock bounds every call, its TCP connects.
+    :param timeout: seconds each command may take, waiting for a connection included.
+    :param pool_size: connections in the pool.
+    :param backoff_initial: first breaker backoff, seconds.
+    :param backoff_max: longest breaker backoff, seconds.
+    """
+
+    def __init__(
+        self,
+        target: RedisTarget,
+        reactor: Any,
+        *,
+        timeout: float,
+        pool_size: int,
+        backoff_initial: float = BACKOFF_INITIAL,
+        backoff_max: float = BACKOFF_MAX,
+    ) -> None:
+        self.target = target
+        self._reactor = reactor
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._factory: _PoolFactory | None = None
+        self._closed = False
+        # breaker state
+        self._failures = 0
+        self._open_until = 0.0
+        self._delay = backoff_initial
+        self._probing = False
+        self._connections_at_failure = 0
+        self._subscribers: list[ClientService] = []
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """:returns: whether the last command reached Redis (no failure since)."""
+        return self._failures == 0 and not self._closed
+
+    @property
+    def started(self) -> bool:
+        """:returns: whether the pool has been created (by the first command)."""
+        return self._factory is not None
+
+    def _endpoint(self) -> IStreamClientEndpoint:
+        connect_timeout = max(1, math.ceil(self._timeout * 4))
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, self.target.host, self.target.port, timeout=connect_timeout
+        )
+        if self.target.tls:
+            endpoint = wrapClientTLS(optionsForClientTLS(self.target.host), endpoint)
+        return endpoint
+
+    def _pool(self) -> Any:
+        if self._factory is None:
+            factory = _PoolFactory(
+                f"{self.target.host}:{self.target.port}",
+                self.target.db,
+                self._pool_size,
+                True,  # isLazy: the handler is ours at once, nobody waits for the pool
+                txredisapi.ConnectionHandler,
+                None,  # charset: bytes in, bytes out
+                self.target.password,
+                self._timeout,  # replyTimeout: a hung connection is dropped and remade
+                False,  # convertNumbers
+                self.target.username,
+            )
+            factory.maxDelay = RECONNECT_MAX_DELAY
+            factory.initialDelay = 0.5
+            # Fired (failed) by txredisapi when a connection cannot log in or select the db,
+            # or with the handler once the pool is full: nobody else listens to it.
+            factory.deferred.addErrback(self._pool_failed)
+            factory.startConnecting(self._endpoint())
+            self._factory = factory
+        return self._factory.handler
+
+    @property
+    def waiting(self) -> int:
+        """:returns: commands waiting inside the pool for a connection (cancelled ones too)."""
+        if self._factory is None:
+            return 0
+        queue = self._factory.connectionQueue
+        return len(queue.peekers) + len(queue.waiting)
+
+    def _pool_failed(self, failure: Failure) -> None:
+        log.error(
+            "Redis at {target} refused the connection: {error}",
+            target=repr(self.target),
+            error=failure.getErrorMessage(),
+        )
+
+    def _admit(self) -> bool:
+        """
+        :returns: whether this call is the probe of a failing Redis.
+        :raises RedisUnavailable: when the call must not reach the pool.
+        """
+        if self._closed:
+            raise RedisUnavailable("the Redis client is closed", fast=True)
+        if self._failures == 0:
+            return False
+        if self._probing:
+            raise RedisUnavailable("Redis is failing; a probe is under way", fast=True)
+        factory = self._factory
+        reconnected = (
+            factory is not None and factory.connections_made > self._connections_at_failure
+        )
+        live = factory is not None and factory.size > 0
+        now = self._reactor.seconds()
+        if not reconnected and (now < self._open_until or not live):
+            raise RedisUnavailable("Redis is failing; backing off", fast=True)
+        self._probing = True
+        return True
+
+    def _succeeded(self) -> None:
+        if self._failures:
+            log.info(
+                "Redis at {target} answers again (after {failures} failure(s))",
+                target=repr(self.target),
+                failures=self._failures,
+            )
+        self._failures = 0
+        self._delay = self._backoff_initial
+        self._probing = False
+
+    def _failed(self, why: BaseException, probe: bool) -> None:
+        if probe:
+            self._probing = False
+        now = self._reactor.seconds()
+        if not probe and self._failures and now < self._open_until:
+            return  # one more call that was under way when Redis failed
+        self._failures += 1
+        self._open_until = now + self._delay
+        self._connections_at_failure = (
+            self._factory.connections_made if self._factory is not None else 0
+        )
+        log.warn(
+            "Redis at {target} failed ({error}); not asking it for {delay:.1f}s",
+            target=repr(self.target),
+            error=_describe(why),
+            delay=self._delay,
+            failures=self._failures,
+        )
+        self._delay = min(self._delay * 2, self._backoff_max)
+
+    async def _call(self, command: str, *args: Any) -> Any:
+        probe = self._admit()
+        try:
+            d: Deferred[Any] = getattr(self._pool(), command)(*args)
+            d.addTimeout(self._timeout, self._reactor)
+            result = await d
+        except txredisapi.ResponseError as exc:
+            self._succeeded()  # Redis answered
+            raise RedisCommandFailed(f"{command}: {exc}") from exc
+        except Exception as exc:
+            self._failed(exc, probe)
+            raise RedisUnavailable(f"{command}: {_describe(exc)}") from exc
+        except BaseException:
+            if probe:
+                self._probing = False
+            raise
+        self._succeeded()
+        if isinstance(result, Exception):  # txredisapi hands some errors back as values
+            raise RedisCommandFailed(f"{command}: {result}")
+        return result
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> bytes | None:
+        """
+        :param key: the key.
+        :returns: its value, or ``None`` when there is none.
+        :raises RedisError: on any failure.
+        """
+        value = await self._call("get", key)
+        if value is not None and not isinstance(value, bytes):
+            raise RedisCommandFailed(f"GET answered {type(value).__name__}, not bytes")
+        return value
+
+    async def setex(self, key: bytes, ttl: int, value: bytes) -> None:
+        """
+        :param key: the key.
+        :param ttl: seconds to live, ≥ 1.
+        :param value: the value.
+        :raises RedisError: on any failure.
+        """
+        await self._call("setex", key, ttl, value)
+
+    async def delete(self, keys: Sequence[bytes]) -> int:
+        """
+        :param keys: the keys (none: nothing is sent).
+        :returns: how many existed.
+        :raises RedisError: on any failure.
+        """
+        if not keys:
+            return 0
+        return int(await self._call("delete", list(keys)))
+
+    async def scan(self, cursor: bytes, match: bytes, count: int) -> tuple[bytes, list[bytes]]:
+        """
+        One ``SCAN`` step.
+
+        :param cursor: ``b"0"`` to start, then the cursor returned.
+        :param match: a glob pattern (``MATCH``).
+        :param count: the ``COUNT`` hint.
+        :returns: the next cursor (``b"0"`` at the end) and this step's keys.
+        :raises RedisError: on any failure.
+        """
+        reply = await self._call("scan", cursor, match, count)
+        try:
+            next_cursor, keys = reply
+            next_cursor = next_cursor if isinstance(next_cursor, bytes) else str(next_cursor)
+            return (
+                next_cursor.encode() if isinstance(next_cursor, str) else next_cursor,
+                [k for k in keys if isinstance(k, bytes)],
+            )
+        except (TypeError, ValueError) as exc:
+            raise RedisCommandFailed(f"SCAN answered {reply!r}") from exc
+
+    async def ttl(self, key: bytes) -> int:
+        """
+        :param key: the key.
+        :returns: its TTL in seconds (-1: none, -2: no such key).
+        :raises RedisError: on any failure.
+        """
+        return int(await self._call("ttl", key))
+
+    async def publish(self, channel: bytes, message: bytes) -> int:
+        """
+        :param channel: the channel.
+        :param message: the message.
+        :returns: how many subscribers received it.
+        :raises RedisError: on any failure.
+        """
+        return int(await self._call("publish", channel, message))
+
+    # -- pub/sub ---------------------------------------------------------------------------
+
+    def subscriber(self, channel: bytes, on_message: Callable[[bytes], None]) -> IService:
+        """
+        A service that, while running, stays subscribed to ``channel`` (reconnecting and
+        subscribing again after Redis restarts) and calls ``on_message`` with each message.
+
+        :param channel: the channel.
+        :param on_message: called with each message's bytes, in the reactor thread.
+        :returns: the service (not started).
+        """
+        factory = _SubscriberFactory(on_message)
+        factory.deferred.addErrback(self._pool_failed)
+        # SubscriberFactory's constructor takes none of these: set them afterwards.
+        factory.charset = None
+        factory.convertNumbers = False
+        factory.password = self.target.password
+        factory.username = self.target.username
+        timeout = self._timeout
+        reactor = self._reactor
+        target = self.target
+
+        async def subscribe(protocol: Any) -> None:
+            try:
+                ready: Deferred[Any] = protocol.whenConnected()
+                await ready.addTimeout(max(timeout, 1.0) * 4, reactor)
+                reply: Deferred[Any] = protocol.subscribe([channel])
+                await reply.addTimeout(max(timeout, 1.0) * 4, reactor)
+            except Exception as exc:
+                log.warn(
+                    "could not subscribe to {channel} on Redis at {target}: {error}",
+                    channel=channel.decode("utf-8", "replace"),
+                    target=repr(target),
+                    error=_describe(exc),
+                )
+                protocol.transport.abortConnection()
+                raise
+            log.info(
+                "subscribed to {channel} on Redis at {target}",
+                channel=channel.decode("utf-8", "replace"),
+                target=repr(target),
+            )
+
+        def prepare(protocol: Any) -> Deferred[None]:
+            return Deferred.fromCoroutine(subscribe(protocol))
+
+        service = ClientService(
+            self._endpoint(),
+            factory,
+            retryPolicy=_retry_policy,
+            clock=self._reactor,
+            prepareConnection=prepare,
+        )
+        self._subscribers.append(service)
+        return service
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> Deferred[None]:
+        """
+        Refuse further commands, stop the pool and any running subscriber, close connections.
+
+        :returns: fires when the connections are closed (or after a few seconds regardless).
+        """
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> None:
+        self._closed = True
+        waits: list[Deferred[Any]] = []
+        if self._factory is not None:
+            waits.append(self._factory.disconnect())
+        for service in self._subscribers:
+            if service.running:
+                waits.append(defer.maybeDeferred(service.stopService))
+        self._subscribers.clear()
+        if waits:
+            done: Deferred[Any] = defer.DeferredList(waits, consumeErrors=True)
+            done.addTimeout(max(self._timeout * 4, 2.0), self._reactor)
+            try:
+                await done
+            except defer.TimeoutError:
+                log.warn("Redis connections did not close in time", target=repr(self.target))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, defer.TimeoutError | defer.CancelledError):
+        return "timed out"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
