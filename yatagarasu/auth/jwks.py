@@ -92,7 +92,7 @@ class JwksKeySet:
         self._timeout_seconds = timeout_seconds
         self._agent = Agent(reactor, connectTimeout=timeout_seconds)
         self._keys: list[VerificationKey] = []
-        self._last_attempt: float | None = None
+        self._last_forced: float | None = None
         self._in_flight: Deferred[None] | None = None
         self._waiters: list[Deferred[None]] = []
 
@@ -116,7 +116,6 @@ class JwksKeySet:
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
         if self._in_flight is None:
-            self._last_attempt = self._reactor.seconds()
             self._in_flight = Deferred.fromCoroutine(self._fetch())
             self._in_flight.addBoth(self._fetched)
         return waiter
@@ -129,17 +128,18 @@ class JwksKeySet:
 
     def refresh_for_unknown_kid(self) -> Deferred[None]:
         """
-        Refresh because a token named a ``kid`` we do not know, at most once per
-        ``min_refresh_seconds`` (so garbage ``kid`` values cannot make us hammer the issuer).
+        Refresh because a token named a ``kid`` we do not know (the issuer may have rotated its
+        keys), at most once per ``min_refresh_seconds``, so that garbage ``kid`` values cannot
+        make us hammer the issuer.
 
         :returns: fires when the refresh (if any) is done.
         """
-        recent = (
-            self._last_attempt is not None
-            and self._reactor.seconds() - self._last_attempt < self._min_refresh_seconds
-        )
-        if recent and self._in_flight is None:
+        now = self._reactor.seconds()
+        if self._in_flight is None and (
+            self._last_forced is not None and now - self._last_forced < self._min_refresh_seconds
+        ):
             return succeed(None)
+        self._last_forced = now
         return self.refresh()
 
     async def _fetch(self) -> None:

@@ -37,11 +37,28 @@ class AccessControl:
     services: list[IService] = field(default_factory=list)
 
 
+#: Settings that describe *which keys* verify tokens: a bucket that names any of them
+#: replaces the global ones as a group (a bucket's RSA key never mixes with a global secret).
+_KEY_MATERIAL = frozenset({
+    "algorithm", "secret", "public_key_path", "rsa_public_key_path", "ecdsa_public_key_path",
+    "keys", "jwks_url", "jwks_refresh_interval_seconds", "jwks_refresh_interval_secs",
+})  # fmt: skip
+
+
 def _merged_jwt(config: Config, bucket: BucketConfig) -> Mapping[str, Any] | None:
+    """
+    A bucket's JWT settings: its own (``auth.jwt`` or ``jwt``) over the global ``jwt``. Key
+    material is inherited only when the bucket names none; ``admin_claims`` never is.
+    """
     own = bucket.auth.jwt if bucket.auth.jwt is not None else bucket.jwt
     if own is None:
         return config.jwt
-    return {**(config.jwt or {}), **own}
+    inherited = {
+        k: v
+        for k, v in (config.jwt or {}).items()
+        if k != "admin_claims" and not (k in _KEY_MATERIAL and _KEY_MATERIAL & set(own))
+    }
+    return {**inherited, **own}
 
 
 def _jwt_path(bucket: BucketConfig, index: int) -> str:
