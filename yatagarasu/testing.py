@@ -10,8 +10,9 @@ of an already-fired ``Deferred``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -38,7 +39,7 @@ def fake_request(
     :param client_ip: the peer address.
     :returns: an ``IRequest`` (twisted.web's ``DummyRequest``).
     """
-    request = DummyRequest([p.encode("utf-8") for p in path.strip("/").split("/")])
+    request: Any = DummyRequest([p.encode("utf-8") for p in path.strip("/").split("/")])
     request.method = method.encode("ascii")
     request.path = path.encode("utf-8")
     request.uri = request.path
@@ -47,16 +48,8 @@ def fake_request(
     request.args = {
         k.encode("utf-8"): [v.encode("utf-8") for v in vs] for k, vs in (args or {}).items()
     }
-    request.client = _Address(client_ip)
-    return request  # type: ignore[no-any-return]
-
-
-class _Address:
-    type = "TCP"
-    port = 40000
-
-    def __init__(self, host: str) -> None:
-        self.host = host
+    request.client = IPv4Address("TCP", client_ip, 40000)
+    return cast(IRequest, request)
 
 
 def result_of(deferred: Deferred[T]) -> T:
