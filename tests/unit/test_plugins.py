@@ -1,0 +1,58 @@
+"""Plugin discovery, and the third-party ``apikey`` scheme tested the way docs/plugins.md says."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.plugin import IPlugin
+from zope.interface.verify import verifyObject
+
+from yatagarasu.auth.identity import AuthenticationRequired, InvalidCredentials
+from yatagarasu.config import ConfigError
+from yatagarasu.discovery import available, find
+from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory
+from yatagarasu.testing import fake_request, result_of
+
+
+def test_builtin_and_third_party_schemes_are_discovered() -> None:
+    schemes = available(IAuthSchemeFactory)
+    assert list(schemes) == sorted(schemes)
+    assert {"jwt", "apikey"} <= set(schemes)
+    for factory in schemes.values():
+        assert verifyObject(IAuthSchemeFactory, factory)
+        assert IPlugin.providedBy(factory)
+
+
+def test_apikey_scheme_with_public_fakes() -> None:
+    factory = find(IAuthSchemeFactory, "apikey", "auth.scheme")
+    scheme = factory.build({"keys": {"k-1": "robot"}}, "buckets[0].auth.settings", Clock())
+    assert verifyObject(IAuthScheme, scheme)
+    identity = result_of(scheme.authenticate(fake_request(headers={"X-API-Key": "k-1"})))
+    assert identity.subject == "robot"
+    with pytest.raises(InvalidCredentials):
+        result_of(scheme.authenticate(fake_request(headers={"X-API-Key": "k-2"})))
+    with pytest.raises(AuthenticationRequired):
+        result_of(scheme.authenticate(fake_request()))
+
+
+def test_apikey_settings_are_validated_with_dotted_paths() -> None:
+    factory = find(IAuthSchemeFactory, "apikey", "auth.scheme")
+    with pytest.raises(ConfigError) as info:
+        factory.build({"keys": {"a": "b"}, "hedaer": "X"}, "buckets[2].auth.settings", Clock())
+    assert info.value.path == "buckets[2].auth.settings.hedaer"
+
+
+def test_fake_request_carries_what_schemes_read() -> None:
+    request = fake_request(
+        "/b/k", headers={"Authorization": "Bearer t"}, args={"token": ["q"]}, client_ip="192.0.2.4"
+    )
+    assert request.getHeader(b"authorization") == b"Bearer t"
+    assert request.args == {b"token": [b"q"]}
+    assert request.getClientAddress().host == "192.0.2.4"
+
+
+def test_result_of_requires_a_fired_deferred() -> None:
+    from twisted.internet.defer import Deferred
+
+    with pytest.raises(AssertionError):
+        result_of(Deferred())
