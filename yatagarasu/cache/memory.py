@@ -20,7 +20,8 @@ Cache Admission Policy", and Caffeine):
   saturating counters behind a doorkeeper (the first sighting of a key only sets a doorkeeper
   slot). A cached entry carries its own exact counter, seeded from the sketch when it is
   stored and handed back to the sketch when it leaves, so a hit costs an attribute increment
-  instead of four sketch updates. Every ``10 x width`` accesses everything is halved ("aging",
+  instead of four sketch updates. Counters stop at 15, so that a formerly hot entry ages out
+  within four periods. Every ``10 x width`` accesses everything is halved ("aging",
   so that the counts follow changes in popularity): the sketch at once, the entries' counters
   lazily (an epoch number).
 
@@ -112,8 +113,9 @@ class MemoryCacheSettings:
 
 class FrequencySketch:
     """
-    Approximate access counts: a count-min sketch (4 rows of saturating byte counters) behind
-    a doorkeeper. The owner calls :meth:`age` every :attr:`sample_size` accesses.
+    Approximate access counts: a count-min sketch (4 rows of counters saturating at 15, one
+    byte each) behind a doorkeeper. The owner calls :meth:`age` every :attr:`sample_size`
+    accesses.
 
     Keys are given as their ``hash()``; the rows use different bit ranges of it.
     """
@@ -121,7 +123,7 @@ class FrequencySketch:
     DEPTH = 4
     MAX_WIDTH = 1 << 24
 
-    def __init__(self, width: int, max_count: int = 255) -> None:
+    def __init__(self, width: int, max_count: int = 15) -> None:
         """
         :param width: counters per row (rounded up to a power of two, at least 64).
         :param max_count: where counters saturate (at most 255).
@@ -295,6 +297,8 @@ class MemoryCacheLayer:
     WINDOW_SHARE = 0.01
     #: Share of the main region's bytes given to the protected segment.
     PROTECTED_SHARE = 0.80
+    #: Where an entry's access counter stops (so that a formerly hot entry ages out).
+    FREQUENCY_CAP = 15
     #: Assumed average entry size, to size the frequency sketch at first.
     ASSUMED_ENTRY_SIZE = 4096
 
@@ -326,6 +330,7 @@ class MemoryCacheLayer:
         self._epoch = 0
         self._accesses = 0
         self._sample_size = self._sketch.sample_size
+        self._freq_cap = self.FREQUENCY_CAP
 
     # -- ICacheLayer ------------------------------------------------------------------------
 
@@ -398,7 +403,9 @@ class MemoryCacheLayer:
         """Bytes currently held (never more than :attr:`max_size`)."""
         return self._window_bytes + self._main_bytes
 
-    def __len__(self) -> int:
+    @property
+    def item_count(self) -> int:
+        """Entries currently held."""
         return len(self._nodes)
 
     def lookup(self, key: CacheKey) -> CacheEntry | None:
@@ -430,7 +437,8 @@ class MemoryCacheLayer:
         if node.epoch != self._epoch:
             node.freq >>= min(self._epoch - node.epoch, 62)
             node.epoch = self._epoch
-        node.freq += 1
+        if node.freq < self._freq_cap:
+            node.freq += 1
         segment = node.segment
         if segment == _PROTECTED:
             self._protected.move_to_end(ikey)
