@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import secrets
 import shlex
 import signal
 import socket
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import jwt
 import yaml
 
 LOOPBACK = "127.0.0.1"
@@ -1160,13 +1162,16 @@ def seed_demo_objects(moto: MotoS3Server) -> list[SeededObject]:
     return seeded
 
 
-def demo_config(moto: MotoS3Server, *, port: int = DEMO_PROXY_PORT) -> dict[str, Any]:
+def demo_config(
+    moto: MotoS3Server, *, jwt_secret: str, port: int = DEMO_PROXY_PORT
+) -> dict[str, Any]:
     """
-    The demo proxy config: ``/public`` → :data:`PUBLIC_BUCKET`, ``/private`` →
-    :data:`PRIVATE_BUCKET`. This is the one place to extend the demo (auth for ``/private``,
-    caching, metrics…).
+    The demo proxy config: ``/public`` → :data:`PUBLIC_BUCKET` (no auth), ``/private`` →
+    :data:`PRIVATE_BUCKET` (JWT, HS256 with ``jwt_secret``). This is the one place to extend
+    the demo.
 
     :param moto: the S3 server.
+    :param jwt_secret: the HS256 secret tokens for ``/private`` are signed with.
     :param port: proxy port.
     :returns: the config dict.
     """
@@ -1174,16 +1179,33 @@ def demo_config(moto: MotoS3Server, *, port: int = DEMO_PROXY_PORT) -> dict[str,
         moto,
         [
             bucket_config(moto, "public", PUBLIC_BUCKET),
-            bucket_config(moto, "private", PRIVATE_BUCKET),
+            bucket_config(moto, "private", PRIVATE_BUCKET, auth={"enabled": True}),
         ],
         port=port,
+        jwt={
+            "secret": jwt_secret,
+            "algorithm": "HS256",
+            "admin_claims": [{"claim": "role", "operator": "equals", "value": "admin"}],
+        },
     )
 
 
-def curl_lines(base_url: str, seeded: Sequence[SeededObject]) -> list[str]:
+def demo_token(jwt_secret: str, *, hours: int = 24, **claims: Any) -> str:
+    """
+    :param jwt_secret: the demo's HS256 secret.
+    :param hours: validity.
+    :param claims: extra claims (``role="admin"`` for the admin API).
+    :returns: a signed token for ``/private`` (subject ``demo-user``).
+    """
+    payload = {"sub": "demo-user", "exp": int(time.time()) + hours * 3600, **claims}
+    return jwt.encode(payload, jwt_secret, algorithm="HS256")
+
+
+def curl_lines(base_url: str, seeded: Sequence[SeededObject], token: str) -> list[str]:
     """
     :param base_url: the proxy's URL.
     :param seeded: what :func:`seed_demo_objects` stored.
+    :param token: a valid token for ``/private``.
     :returns: ready-to-paste shell commands.
     """
     hello = next(o for o in seeded if o.key == "hello.txt")
@@ -1201,29 +1223,37 @@ def curl_lines(base_url: str, seeded: Sequence[SeededObject]) -> list[str]:
         f"curl -s -o /dev/null -w {size_fmt} {base_url}/public/large/5mib.bin",
         f"curl -i {base_url}/public/no-such-key.txt",
         f"curl -i {base_url}/private/secret.txt",
+        f"curl -i -H {q('Authorization: Bearer ' + token)} {base_url}/private/secret.txt",
         f"curl -i {base_url}/health",
         f"curl -i {base_url}/ready",
     ]
 
 
-def smoke_check(proxy: ProxyProcess, seeded: Sequence[SeededObject]) -> list[str]:
+def smoke_check(proxy: ProxyProcess, seeded: Sequence[SeededObject], token: str) -> list[str]:
     """
     Fetch a few URLs through the proxy and compare with what was stored.
 
     :param proxy: the running proxy.
     :param seeded: the demo objects.
+    :param token: a valid token for ``/private``.
     :returns: human-readable problems (empty when everything matched).
     """
     problems = []
+    auth = {"Authorization": f"Bearer {token}"}
     for obj in seeded:
-        prefix = "/public/" if obj.bucket == PUBLIC_BUCKET else "/private/"
-        path = prefix + urllib.parse.quote(obj.key)
-        resp = proxy.get(path, timeout=30.0)
+        private = obj.bucket != PUBLIC_BUCKET
+        path = ("/private/" if private else "/public/") + urllib.parse.quote(obj.key)
+        resp = proxy.get(path, timeout=30.0, headers=auth if private else None)
         print(f"  GET {path} -> {resp.status} ({len(resp.body)} bytes)")
         if resp.status != 200 or len(resp.body) != obj.size:
             problems.append(f"GET {path}: {resp.status}, {len(resp.body)} of {obj.size} bytes")
         elif resp.header("ETag") != obj.etag:
             problems.append(f"GET {path}: ETag {resp.header('ETag')} != {obj.etag}")
+        if private:
+            anonymous = proxy.get(path)
+            print(f"  GET {path} without a token -> {anonymous.status}")
+            if anonymous.status != 401:
+                problems.append(f"GET {path} without a token answered {anonymous.status}")
     resp = proxy.get("/public/no-such-key.txt")
     print(f"  GET /public/no-such-key.txt -> {resp.status}")
     if resp.status != 404:
@@ -1295,7 +1325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         moto.start()
         print(f"moto S3 at {moto.endpoint_url}, access key {moto.access_key}", flush=True)
         seeded = seed_demo_objects(moto)
-        config_path = write_config(demo_config(moto, port=args.port), workdir / "yatagarasu.yaml")
+        jwt_secret = secrets.token_urlsafe(48)
+        token = demo_token(jwt_secret)
+        config = demo_config(moto, jwt_secret=jwt_secret, port=args.port)
+        config_path = write_config(config, workdir / "yatagarasu.yaml")
         print(f"proxy config written to {config_path}", flush=True)
         log_path = workdir / "proxy.log"
         log_path.write_bytes(b"")
@@ -1310,11 +1343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix = "/public/" if obj.bucket == PUBLIC_BUCKET else "/private/"
             print(f"  {prefix}{obj.key:<20} {obj.size:>8} bytes  {obj.content_type}  {obj.etag}")
         print("\nTry:")
-        for line in curl_lines(base, seeded):
+        for line in curl_lines(base, seeded, token):
             print("  " + line)
+        print(f"\n/private needs a token (valid 24 h, HS256):\n  TOKEN={token}")
+        print(f'  curl -i -H "Authorization: Bearer $TOKEN" {base}/private/secret.txt')
         print(flush=True)
         if args.smoke:
-            problems = smoke_check(proxy, seeded)
+            problems = smoke_check(proxy, seeded, token)
             for problem in problems:
                 print(f"  PROBLEM: {problem}", file=sys.stderr)
             print("smoke check " + ("failed" if problems else "passed"), flush=True)
