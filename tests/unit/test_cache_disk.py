@@ -542,6 +542,31 @@ async def test_disk_full_on_write_is_counted_and_leaves_no_temp_file(
 
 
 @pytest_twisted.ensureDeferred
+async def test_io_error_in_a_streamed_flush_is_counted_and_fails_commit(
+    make_layer: Callable[..., DiskCacheLayer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cache"
+    layer = make_layer(root)
+    real_open = os.open
+
+    def eio_for_temp_files(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.path.basename(str(path)).startswith(".tmp-"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", eio_for_temp_files)
+    writer = layer.open_writer(CacheKey("b", "flush-fails"))
+    assert writer is not None
+    for _ in range(10):
+        writer.write(b"w" * 100_000)  # crosses FLUSH_AT: the first flush fails
+    with pytest.raises(DiskCacheError, match="Input/output error"):
+        await writer.commit(entry())
+    monkeypatch.undo()
+    assert layer.errors == 1
+    assert files_under(root) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_io_error_on_get_is_a_counted_miss(
     make_layer: Callable[..., DiskCacheLayer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -204,7 +204,13 @@ class DiskCacheError(YatagarasuError):
 
 
 class CorruptEntry(Exception):
-    """A file in the cache directory is not a valid entry."""
+    """
+    A file in the cache directory is not a valid entry.
+
+    :ivar inode: the file's inode number, when known (to remove that file and no newer one).
+    """
+
+    inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -342,7 +348,11 @@ def read_meta(path: str) -> tuple[_Meta, int, int]:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-        return read_meta_fd(fd, st.st_size), st.st_ino, st.st_size
+        try:
+            return read_meta_fd(fd, st.st_size), st.st_ino, st.st_size
+        except CorruptEntry as exc:
+            exc.inode = st.st_ino
+            raise
     finally:
         os.close(fd)
 
@@ -728,7 +738,7 @@ class DiskCacheLayer:
         """
         if self._scan is None:
             scanning = self.in_thread(scan, self.root, self._reactor.seconds())
-            self._scan = scanning.addCallbacks(self._scan_done, self._scan_failed)
+            self._scan = scanning.addCallback(self._scan_done).addErrback(self._scan_failed)
         if self._scanned:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -944,7 +954,7 @@ class DiskCacheLayer:
             return None
         except CorruptEntry as exc:
             log.info("disk cache: removing corrupt entry {path}: {reason}", path=path, reason=exc)
-            self._drop(digest, path, None, key)
+            self._drop(digest, path, exc.inode, key)
             return None
         except OSError as exc:
             self._error("get", exc, key)
@@ -1115,7 +1125,12 @@ class DiskCacheLayer:
     async def idle(self) -> None:
         """Wait until no thread-pool work of this layer is pending (tests, shutdown)."""
         while self._inflight:
-            await DeferredList(list(self._inflight), consumeErrors=True)
+            waiters: list[Deferred[None]] = []
+            for d in self._inflight:
+                waiter: Deferred[None] = Deferred()
+                d.addBoth(_fire_and_pass, waiter)  # leaves d's result alone
+                waiters.append(waiter)
+            await DeferredList(waiters)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1152,7 +1167,6 @@ class DiskCacheWriter:
         self._temp: _TempFile | None = None
         self._busy: Deferred[None] | None = None
         self._problem: str | None = None
-        self._io_error: BaseException | None = None
         self._finished = False
 
     def write(self, data: bytes) -> None:
@@ -1188,7 +1202,7 @@ class DiskCacheWriter:
         def done(result: Failure | None) -> None:
             self._busy = None
             if isinstance(result, Failure):
-                self._io_error = result.value
+                self._layer._error("write", result, self._key)
                 self._give_up(f"{type(result.value).__name__}: {result.value}")
                 return
             if (
@@ -1237,8 +1251,6 @@ class DiskCacheWriter:
                 self._problem = "entry already past retain_until"
             if self._problem is not None:
                 await layer.in_thread(self._discard)
-                if self._io_error is not None:
-                    layer._error("write", self._io_error, self._key)
                 raise DiskCacheError(f"not stored in the disk cache: {self._problem}")
             chunks, self._pending, self._pending_bytes = self._pending, [], 0
             trailer = encode_trailer(self._key, entry, self._length)
@@ -1284,6 +1296,11 @@ class DiskCacheWriter:
 
 def _fire(_: object, waiter: Deferred[None]) -> None:
     waiter.callback(None)
+
+
+def _fire_and_pass(result: T, waiter: Deferred[None]) -> T:
+    waiter.callback(None)
+    return result
 
 
 def _failed(message: str) -> Deferred[None]:
