@@ -362,3 +362,23 @@ def test_sketch_grows_with_the_number_of_entries() -> None:
     assert layer._sketch.width >= 2 * layer.item_count - 20
     assert layer._sample_size == layer._sketch.sample_size
     assert layer.size <= layer.max_size
+
+
+def test_entries_past_retention_are_free_victims() -> None:
+    """Popular entries that may no longer be served do not keep new entries out."""
+    clock = Clock()
+    clock.advance(NOW)
+    layer = make_layer(clock, max_cache_size_mb=1, max_item_size_mb=0.1)
+    item = 8 * 1024
+    old = [CacheKey("b", f"old/{i}") for i in range(120)]
+    for _ in range(5):
+        for key in old:
+            if layer.lookup(key) is None:
+                layer.store(key, sized(item, retain_until=NOW + 10))
+    clock.advance(20)
+    new = [CacheKey("b", f"new/{i}") for i in range(20)]
+    for key in new:
+        assert layer.lookup(key) is None
+        layer.store(key, sized(item))
+    assert sum(layer.lookup(key) is not None for key in new) == len(new)
+    assert layer.stats(None).evictions > 0
