@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
+import shutil
+import socket
+import ssl
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 import pytest_twisted
-from harness import RedisServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from harness import RedisServer, free_port
 from twisted.internet import task
 from unit.cache_contract import FAR_FUTURE, CacheLayerContract, entry
 from zope.interface.verify import verifyObject
@@ -148,6 +158,7 @@ def test_settings_seed_spellings_and_url_parts(reactor: Any) -> None:
     assert layer.max_item_size == 10 * 1024 * 1024
     assert layer.channel == b"edge:purge"
     assert "s@cret" not in repr(target)
+    assert "s@cret" not in repr(layer.settings)
     # Nothing connects in build().
     assert layer.client.started is False
     defaults = make_layer("redis://h", reactor)
@@ -317,6 +328,11 @@ async def test_redis_frozen_calls_time_out_as_misses(
         assert await layer.purge(None, None) == 0
         assert layer.errors >= 1
         assert layer.stats("b").misses >= 1
+        # A layer first used while Redis is frozen: it connects, never gets an answer, and
+        # still closes.
+        other = make_layer(redis_server.url, reactor)
+        assert await other.get(key) is None
+        await other.close()
     finally:
         redis_server.thaw()
 
@@ -328,8 +344,6 @@ async def test_redis_frozen_calls_time_out_as_misses(
 
 @pytest_twisted.ensureDeferred
 async def test_unreachable_redis_is_a_fast_miss(reactor: Any) -> None:
-    from harness import free_port
-
     layer = make_layer(f"redis://127.0.0.1:{free_port()}/0", reactor, timeout_ms=200)
     try:
         assert await layer.get(CacheKey("b", "k")) is None
@@ -392,3 +406,102 @@ async def test_close_stops_a_running_subscriber(redis_server: RedisServer, react
     assert not service.running
     # Closed: calls answer at once, as misses.
     assert await layer.get(CacheKey("b", "k")) is None
+
+
+# -- TLS (rediss://) ------------------------------------------------------------------------
+
+
+def _write_self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server speaking only TLS on 127.0.0.1 (self-signed ``localhost`` certificate)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not on PATH")
+    cert, key = _write_self_signed(tmp_path)
+    port = free_port()
+    argv = [exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    argv += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+                    context.wrap_socket(raw, server_hostname="localhost") as tls,
+                ):
+                    tls.sendall(b"PING\r\n")
+                    if tls.recv(100).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("redis-server with TLS did not start (built without TLS?)")
+            time.sleep(0.05)
+        yield port, cert
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_tls_ca_file_is_validated(tmp_path: Path, reactor: Any) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    for url, ca in [
+        ("rediss://localhost:1", str(junk)),
+        ("rediss://localhost:1", str(tmp_path / "missing.pem")),
+        ("redis://localhost:1", str(junk)),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            make_layer(url, reactor, tls_ca_file=ca)
+        assert caught.value.path == "cache.redis.tls_ca_file"
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_with_a_trusted_ca(tls_redis: tuple[int, Path], reactor: Any) -> None:
+    port, cert = tls_redis
+    layer = make_layer(f"rediss://localhost:{port}/0", reactor, tls_ca_file=str(cert))
+    untrusted = make_layer(f"rediss://localhost:{port}/0", reactor, timeout_ms=300)
+    try:
+        key = CacheKey("b", "secure")
+        await layer.set(key, entry(b"over tls"))
+        found = await layer.get(key)
+        assert found is not None and found.body == b"over tls"
+        assert layer.errors == 0
+        # The system's CAs do not vouch for this certificate: a counted miss, never a hit.
+        assert await untrusted.get(key) is None
+        assert untrusted.errors == 1
+    finally:
+        await layer.close()
+        await untrusted.close()

@@ -62,6 +62,7 @@ from yatagarasu.cache.redis_client import (
     RedisError,
     RedisTarget,
     RedisUnavailable,
+    check_ca_pem,
 )
 from yatagarasu.cache.stats import LayerStats
 from yatagarasu.config.build import build, join
@@ -91,6 +92,8 @@ class RedisSettings:
         (certificate checked against the host name). Required when enabled.
     :ivar redis_password: password (overrides none in the URL; both given must agree).
     :ivar redis_db: database number (default: the URL's, else 0; both given must agree).
+    :ivar tls_ca_file: with ``rediss://``: PEM file of the CA certificates to trust instead
+        of the system's (read once, when the layer is built).
     :ivar key_prefix: prefix of every key and of the purge channel.
     :ivar ttl_seconds: longest TTL given to an entry.
     :ivar max_item_size_mb: largest body stored, MiB.
@@ -99,11 +102,12 @@ class RedisSettings:
     """
 
     enabled: bool = field(default=False, metadata={"aliases": ("redis_enabled",)})
-    redis_url: str = ""
-    redis_password: str | None = None
+    redis_url: str = field(default="", repr=False)  # may hold a password
+    redis_password: str | None = field(default=None, repr=False)
     redis_db: int | None = None
     key_prefix: str = field(default="yatagarasu:", metadata={"aliases": ("redis_key_prefix",)})
     ttl_seconds: int = field(default=3600, metadata={"aliases": ("redis_ttl_seconds",)})
+    tls_ca_file: str | None = None
     max_item_size_mb: float = 10.0
     timeout_ms: int = 500
     pool_size: int = 4
@@ -165,6 +169,17 @@ class RedisSettings:
                 join(path, "redis_password"), "differs from the password in redis_url"
             )
         db = self.redis_db if self.redis_db is not None else (url_db or 0)
+        ca_pem = None
+        if self.tls_ca_file is not None:
+            ca_path = join(path, "tls_ca_file")
+            if parts.scheme != "rediss":
+                raise ConfigError(ca_path, "only applies to rediss:// URLs")
+            try:
+                with open(self.tls_ca_file, "rb") as f:
+                    ca_pem = f.read()
+                check_ca_pem(ca_pem)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(ca_path, f"cannot load CA certificates: {exc}") from None
         return RedisTarget(
             host=host,
             port=port,
@@ -172,6 +187,7 @@ class RedisSettings:
             db=db,
             username=username,
             password=password,
+            ca_pem=ca_pem,
         )
 
 

@@ -34,7 +34,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -79,6 +79,7 @@ class RedisTarget:
     :ivar db: database number (``SELECT``).
     :ivar username: ACL user name, or ``None``.
     :ivar password: password, or ``None``.
+    :ivar ca_pem: with TLS, PEM certificates of the CAs to trust instead of the system's.
     """
 
     host: str
@@ -87,6 +88,7 @@ class RedisTarget:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    ca_pem: bytes | None = None
 
     def __repr__(self) -> str:
         scheme = "rediss" if self.tls else "redis"
@@ -183,7 +185,13 @@ class RedisClient:
             self._reactor, self.target.host, self.target.port, timeout=connect_timeout
         )
         if self.target.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.target.host), endpoint)
+            trust = (
+                trustRootFromCertificates(_load_certificates(self.target.ca_pem))
+                if self.target.ca_pem
+                else None
+            )
+            options = optionsForClientTLS(self.target.host, trustRoot=trust)
+            endpoint = wrapClientTLS(options, endpoint)
         return endpoint
 
     def _pool(self) -> Any:
@@ -457,3 +465,29 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _load_certificates(pem: bytes) -> list[Certificate]:
+    """
+    :param pem: one or more PEM certificates.
+    :returns: them, for ``trustRootFromCertificates``.
+    :raises ValueError: when there is none, or one does not parse.
+    """
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + part for part in pem.split(marker)[1:]]
+    if not blocks:
+        raise ValueError("no PEM certificate found")
+    return [Certificate.loadPEM(block) for block in blocks]
+
+
+def check_ca_pem(pem: bytes) -> None:
+    """
+    :param pem: PEM certificates (``tls_ca_file``).
+    :raises ValueError: when they cannot be used as a trust root.
+    """
+    try:
+        trustRootFromCertificates(_load_certificates(pem))
+    except ValueError:
+        raise
+    except Exception as exc:  # pyOpenSSL errors
+        raise ValueError(str(exc) or type(exc).__name__) from exc
