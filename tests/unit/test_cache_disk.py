@@ -183,6 +183,54 @@ async def test_set_with_a_file_body_copies_it(
     assert found is not None and await body_of(found) == b"payload" * 1000
 
 
+@pytest_twisted.ensureDeferred
+async def test_refreshing_an_entry_with_its_own_file_body(
+    make_layer: Callable[..., DiskCacheLayer], tmp_path: Path
+) -> None:
+    """After a 304, the tiered cache stores the entry it got from this layer with new times."""
+    layer = make_layer(tmp_path / "cache")
+    key = CacheKey("b", "revalidated")
+    body = os.urandom(300_000)
+    await layer.set(key, entry(body, expires_at=10.0))
+    found = await layer.get(key)
+    assert found is not None
+    await layer.set(key, dataclasses.replace(found, stored_at=2e9, expires_at=3e9))
+    refreshed = await layer.get(key)
+    assert refreshed is not None
+    assert refreshed.expires_at == 3e9 and refreshed.stored_at == 2e9
+    assert await body_of(refreshed) == body
+    assert layer.stats(None).current_item_count == 1
+    assert layer.errors == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_utf8_cannot_encode_are_misses_not_exceptions(
+    make_layer: Callable[..., DiskCacheLayer], tmp_path: Path
+) -> None:
+    layer = make_layer(tmp_path / "cache")
+    key = CacheKey("b", "bad\udcff")
+    await layer.set(key, entry())
+    assert await layer.get(key) is None
+    assert await layer.delete(key) is False
+    assert layer.open_writer(key) is None
+    assert layer.errors == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_starts_the_scan_and_closes_the_layer(
+    make_layer: Callable[..., DiskCacheLayer], tmp_path: Path
+) -> None:
+    root = tmp_path / "cache"
+    write_raw_entry(root, CacheKey("b", "k"), b"body")
+    layer = make_layer(root)
+    (service,) = layer.services()
+    service.startService()
+    await layer.start()
+    assert layer.stats(None).current_item_count == 1
+    await service.stopService()
+    assert layer.open_writer(CacheKey("b", "x")) is None
+
+
 # --- restart and cleanup ---------------------------------------------------------------------
 
 

@@ -83,6 +83,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -933,10 +934,13 @@ class DiskCacheLayer:
             return succeed(None)
         if self._scan is None:
             self.start()
-        digest = key.digest
-        path = entry_path(self.root, digest)
         counters = self._counters(key.bucket)
-        found = self._lookup(key, digest, path)
+        try:
+            digest = key.digest
+            found = self._lookup(key, digest, entry_path(self.root, digest))
+        except Exception as exc:  # e.g. a key text UTF-8 cannot encode: a miss, never a raise
+            self._error("get", exc, key)
+            found = None
         if found is None:
             self._total.misses += 1
             counters.misses += 1
@@ -1047,9 +1051,20 @@ class DiskCacheLayer:
             return None
         if self._scan is None:
             self.start()
-        writer = DiskCacheWriter(self, key)
+        try:
+            writer = DiskCacheWriter(self, key)
+        except Exception as exc:  # e.g. a key text UTF-8 cannot encode
+            self._error("open_writer", exc, key)
+            return None
         self._writers.add(writer)
         return writer
+
+    def services(self) -> list[IService]:
+        """
+        :returns: a service whose start begins the scan and whose stop closes the layer
+            (optional: without it the scan starts on first use).
+        """
+        return [_LayerService(self)]
 
     def delete(self, key: CacheKey) -> Deferred[bool]:
         """
@@ -1131,6 +1146,20 @@ class DiskCacheLayer:
                 d.addBoth(_fire_and_pass, waiter)  # leaves d's result alone
                 waiters.append(waiter)
             await DeferredList(waiters)
+
+
+class _LayerService(Service):
+    def __init__(self, layer: DiskCacheLayer) -> None:
+        self.layer = layer
+        self.name = f"cache-{layer.name}"
+
+    def startService(self) -> None:
+        super().startService()
+        self.layer.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.layer.close()
 
 
 # --------------------------------------------------------------------------------------------
