@@ -382,3 +382,25 @@ def test_entries_past_retention_are_free_victims() -> None:
         layer.store(key, sized(item))
     assert sum(layer.lookup(key) is not None for key in new) == len(new)
     assert layer.stats(None).evictions > 0
+
+
+def test_a_popular_entry_dropped_past_retention_keeps_its_popularity() -> None:
+    clock = Clock()
+    clock.advance(NOW)
+    layer = make_layer(clock, max_cache_size_mb=1, max_item_size_mb=0.1)
+    item = 8 * 1024
+    hot = CacheKey("b", "hot")
+    for _ in range(20):
+        if layer.lookup(hot) is None:
+            layer.store(hot, sized(item, retain_until=NOW + 10))
+    warm = [CacheKey("b", f"warm/{i}") for i in range(140)]  # more than fits
+    for _ in range(3):
+        for key in warm:
+            if layer.lookup(key) is None:
+                layer.store(key, sized(item))
+    clock.advance(20)
+    assert layer.lookup(hot) is None  # past retention: dropped
+    layer.store(hot, sized(item))  # refetched
+    for i in range(3):  # push it out of the admission window
+        layer.store(CacheKey("b", f"cold/{i}"), sized(item))
+    assert layer.lookup(hot) is not None

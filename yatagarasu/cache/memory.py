@@ -235,12 +235,11 @@ class _Node:
     it is stored); it is halved lazily: ``freq >> (current epoch - epoch)``.
     """
 
-    __slots__ = ("bucket", "entry", "epoch", "freq", "ikey", "key", "segment", "size")
+    __slots__ = ("bucket", "entry", "epoch", "freq", "ikey", "segment", "size")
 
     def __init__(
         self,
         ikey: _IKey,
-        key: CacheKey,
         entry: CacheEntry,
         size: int,
         bucket: _Bucket,
@@ -248,7 +247,6 @@ class _Node:
         epoch: int,
     ) -> None:
         self.ikey = ikey
-        self.key = key
         self.entry = entry
         self.size = size
         self.segment = _WINDOW
@@ -369,7 +367,7 @@ class MemoryCacheLayer:
         else:
             doomed = [n for n in index.nodes.values() if n.ikey[1].startswith(prefix)]
         for node in doomed:
-            self._remove(node)
+            self._remove(node, remember=False)
         return succeed(len(doomed))
 
     def stats(self, bucket: str | None) -> LayerStats:
@@ -430,7 +428,7 @@ class MemoryCacheLayer:
         entry = node.entry
         if entry.retain_until <= self._seconds():
             node.bucket.misses += 1
-            self._remove(node)
+            self._remove(node)  # hands its count back to the sketch: it is still popular
             self._sketch.increment(hash(ikey))
             return None
         node.bucket.hits += 1
@@ -475,7 +473,7 @@ class MemoryCacheLayer:
         if index is None:
             index = self._buckets[key.bucket] = _Bucket()
         sketch = self._sketch
-        node = _Node(ikey, key, entry, size, index, sketch.frequency(hash(ikey)), self._epoch)
+        node = _Node(ikey, entry, size, index, sketch.frequency(hash(ikey)), self._epoch)
         self._nodes[ikey] = node
         index.nodes[ikey] = node
         index.size += size
@@ -589,12 +587,14 @@ class MemoryCacheLayer:
         index.evictions += 1
 
     def _evict(self, node: _Node) -> None:
-        self._sketch.raise_to(hash(node.ikey), self._frequency(node))
         self._remove(node)
         node.bucket.evictions += 1
 
-    def _remove(self, node: _Node) -> None:
+    def _remove(self, node: _Node, remember: bool = True) -> None:
+        """Unlink an entry; its access count goes back to the sketch if ``remember``."""
         ikey = node.ikey
+        if remember:
+            self._sketch.raise_to(hash(ikey), self._frequency(node))
         del self._nodes[ikey]
         index = node.bucket
         del index.nodes[ikey]
