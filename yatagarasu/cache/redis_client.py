@@ -10,7 +10,8 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   waits for it to connect at startup;
 - every command raced against ``timeout`` seconds on the injected clock
   (``Deferred.addTimeout``): while Redis is down txredisapi would otherwise wait forever for a
-  connection;
+  connection. txredisapi's own ``replyTimeout`` (90 % of ``timeout``, once a command is sent)
+  drops a connection that does not answer, so a frozen or vanished peer does not keep it;
 - a breaker: after a failure (timeout, lost connection) commands are refused at once with
   :class:`RedisUnavailable` — without touching the pool, where cancelled waiters would pile up
   — until the backoff (1 s, doubling up to 30 s) has passed *and* the pool holds a live
@@ -204,7 +205,11 @@ class RedisClient:
                 txredisapi.ConnectionHandler,
                 None,  # charset: bytes in, bytes out
                 self.target.password,
-                self._timeout,  # replyTimeout: a hung connection is dropped and remade
+                # replyTimeout, a little shorter than ours so that it fires first: a connection
+                # that does not answer in time is dropped (and remade by the pool) rather than
+                # kept with replies owed to cancelled calls, or kept forever when the peer
+                # vanished without a reset.
+                self._timeout * 0.9,
                 False,  # convertNumbers
                 self.target.username,
             )
