@@ -48,7 +48,7 @@ class Options(usage.Options):
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
         if self["check"]:
-            sys.stdout.write(summary(path, config))
+            sys.stdout.write(summary(path, config, access))
             raise SystemExit(0)
         self["loaded"] = config
         self["tls"] = tls
@@ -56,12 +56,13 @@ class Options(usage.Options):
         self["reactor"] = reactor
 
 
-def summary(path: str, config: Config) -> str:
+def summary(path: str, config: Config, access: AccessControl) -> str:
     """
     Describe a valid configuration in a few lines (for ``--check``).
 
     :param path: the file it came from.
     :param config: the configuration.
+    :param access: the auth schemes and filters built from it.
     :returns: the text to print.
     """
     server = config.server
@@ -73,9 +74,15 @@ def summary(path: str, config: Config) -> str:
     ]
     for bucket in config.buckets:
         endpoint = bucket.s3.endpoint or f"AWS {bucket.s3.region}"
+        auth_scheme = access.schemes.get(bucket.name)
+        extras = [f"auth: {auth_scheme.name}" if auth_scheme is not None else "public"]
+        if bucket.name in access.ip_filters:
+            extras.append("ip filter")
         lines.append(
-            f"  {bucket.path_prefix} -> s3://{bucket.s3.bucket} ({endpoint}) [{bucket.name}]"
+            f"  {bucket.path_prefix} -> s3://{bucket.s3.bucket} ({endpoint}) "
+            f"[{bucket.name}; {', '.join(extras)}]"
         )
+    lines.append(f"admin API: {'jwt with admin_claims' if access.admin else 'disabled (403)'}")
     return "\n".join(lines) + "\n"
 
 

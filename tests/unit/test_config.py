@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
+from twisted.internet.task import Clock
 
+from yatagarasu.auth.setup import build_access_control
 from yatagarasu.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,6 +191,10 @@ def test_there_are_example_files() -> None:
 def test_every_shipped_yaml_loads(path: str) -> None:
     with open(path, encoding="utf-8") as f:
         document = yaml.safe_load(f)
-    environ = {name: f"value-of-{name}" for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY")}
+    environ = {
+        name: f"value-of-{name}-with-enough-bytes-for-any-hmac-key-0123456789abcdef"
+        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET")
+    }
     config = parse_config(document, environ)
     assert config.buckets
+    build_access_control(config, Clock())  # auth settings are valid too (fail closed)
