@@ -317,7 +317,11 @@ def test_seed_example_settings_load() -> None:
     [
         ({"max_item_size_mbs": 1}, "cache.memory.max_item_size_mbs", "did you mean"),
         ({"max_cache_size": 1}, "cache.memory.max_cache_size", "did you mean"),
-        ({"max_item_size_mb": 20, "max_cache_size_mb": 10}, "cache.memory.max_item_size_mb", ""),
+        (
+            {"max_item_size_mb": 20, "max_cache_size_mb": 10},
+            "cache.memory.max_item_size_mb",
+            "larger",
+        ),
         ({"max_item_size_mb": 2000}, "cache.memory.max_item_size_mb", "max_cache_size_mb"),
         ({"max_cache_size_mb": 0}, "cache.memory.max_cache_size_mb", "positive"),
         ({"max_cache_size_mb": -5}, "cache.memory.max_cache_size_mb", "positive"),
