@@ -1,0 +1,167 @@
+"""
+RFC 9110 conditional requests and single byte ranges, evaluated by the proxy itself against a
+cached representation (S3 evaluates them on a miss).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from twisted.web.http_headers import Headers
+
+_RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+def _http_date(value: bytes | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _first(headers: Headers, name: bytes) -> bytes | None:
+    values = headers.getRawHeaders(name)
+    return values[0] if values else None
+
+
+def _etags(value: bytes) -> list[bytes]:
+    return [tag.strip() for tag in value.split(b",") if tag.strip()]
+
+
+def _opaque(tag: bytes) -> bytes:
+    return tag[2:] if tag.startswith(b"W/") else tag
+
+
+def weak_match(tags: bytes, etag: bytes | None) -> bool:
+    """
+    :param tags: an ``If-None-Match`` value (``*`` or a list of entity tags).
+    :param etag: the representation's ``ETag``.
+    :returns: whether any tag matches with the weak comparison.
+    """
+    if tags.strip() == b"*":
+        return etag is not None
+    if etag is None:
+        return False
+    return any(_opaque(tag) == _opaque(etag) for tag in _etags(tags))
+
+
+def strong_match(tags: bytes, etag: bytes | None) -> bool:
+    """
+    :param tags: an ``If-Match`` / ``If-Range`` value.
+    :param etag: the representation's ``ETag``.
+    :returns: whether any tag matches with the strong comparison (weak tags never do).
+    """
+    if tags.strip() == b"*":
+        return etag is not None
+    if etag is None or etag.startswith(b"W/"):
+        return False
+    return any(tag == etag for tag in _etags(tags))
+
+
+def precondition_status(
+    headers: Headers, etag: bytes | None, last_modified: bytes | None, *, safe: bool = True
+) -> int | None:
+    """
+    Evaluate ``If-Match``, ``If-Unmodified-Since``, ``If-None-Match`` and
+    ``If-Modified-Since`` in RFC 9110 §13.2.2 order.
+
+    :param headers: the request headers.
+    :param etag: the representation's ``ETag``.
+    :param last_modified: its ``Last-Modified``.
+    :param safe: GET/HEAD (a failed ``If-None-Match`` gives 304 rather than 412).
+    :returns: ``412``, ``304``, or ``None`` to go on.
+    """
+    modified = _http_date(last_modified)
+    if_match = headers.getRawHeaders(b"if-match")
+    if if_match:
+        if not strong_match(b",".join(if_match), etag):
+            return 412
+    else:
+        since = _http_date(_first(headers, b"if-unmodified-since"))
+        if since is not None and (modified is None or modified > since):
+            return 412
+    if_none_match = headers.getRawHeaders(b"if-none-match")
+    if if_none_match:
+        if weak_match(b",".join(if_none_match), etag):
+            return 304 if safe else 412
+        return None
+    since = _http_date(_first(headers, b"if-modified-since"))
+    if since is not None and modified is not None and modified <= since:
+        return 304
+    return None
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """A satisfiable single range: bytes ``first``..``last`` (inclusive) of ``total``."""
+
+    first: int
+    last: int
+    total: int
+
+    @property
+    def length(self) -> int:
+        """Bytes in the range."""
+        return self.last - self.first + 1
+
+    @property
+    def content_range(self) -> bytes:
+        """The ``Content-Range`` value."""
+        return b"bytes %d-%d/%d" % (self.first, self.last, self.total)
+
+
+class Unsatisfiable(Exception):
+    """The range does not overlap the representation: answer 416."""
+
+
+def requested_range(
+    headers: Headers, total: int, etag: bytes | None, last_modified: bytes | None
+) -> ByteRange | None:
+    """
+    The single byte range to serve, honouring ``If-Range``.
+
+    Multiple ranges and malformed values are ignored (the whole representation is served),
+    as RFC 9110 allows.
+
+    :param headers: the request headers.
+    :param total: the representation's length.
+    :param etag: its ``ETag``.
+    :param last_modified: its ``Last-Modified``.
+    :returns: the range, or ``None`` to serve everything.
+    :raises Unsatisfiable: when the range cannot be satisfied (416).
+    """
+    values = headers.getRawHeaders(b"range")
+    if not values or len(values) != 1:
+        return None
+    if_range = headers.getRawHeaders(b"if-range")
+    if if_range:
+        validator = if_range[0].strip()
+        if validator.startswith((b'"', b"W/")):
+            if not strong_match(validator, etag):
+                return None
+        else:
+            when, modified = _http_date(validator), _http_date(last_modified)
+            if when is None or modified is None or modified != when:
+                return None
+    match = _RANGE.match(values[0])
+    if match is None:
+        return None
+    start, end = match.group(1), match.group(2)
+    if not start and not end:
+        return None
+    if not start:
+        suffix = int(end)
+        if suffix == 0 or total == 0:
+            raise Unsatisfiable()
+        return ByteRange(max(0, total - suffix), total - 1, total)
+    first = int(start)
+    last = int(end) if end else total - 1
+    if last < first:
+        return None
+    if first >= total:
+        raise Unsatisfiable()
+    return ByteRange(first, min(last, total - 1), total)
