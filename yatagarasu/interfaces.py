@@ -9,7 +9,7 @@ and one of the ``*Factory`` interfaces below. The configuration names them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import IService
@@ -99,8 +99,31 @@ class ICacheLayer(Interface):
         :returns: the counters, synchronously (kept in memory).
         """
 
+    def services() -> list[IService]:
+        """
+        :returns: background services the layer needs (a start-up scan, a sweeper...),
+            started and stopped with the proxy; usually ``[]``.
+        """
+
     def close() -> Deferred[None]:
         """Release connections and files."""
+
+
+class IPurgeBroadcaster(Interface):
+    """
+    A shared cache layer (Redis) that tells the other proxy instances about purges, so they
+    drop what their own private layers (memory, disk) hold.
+    """
+
+    def subscribe_purges(
+        callback: Callable[[str | None, str | None, str | None], object],
+    ) -> IService:
+        """
+        :param callback: ``(bucket, prefix, key)`` of every purge made by *another* instance
+            (``bucket`` ``None``: everything; ``key`` set: one object; else keys starting
+            with ``prefix``, all when ``None``).
+        :returns: a service delivering events while it runs (not started yet).
+        """
 
 
 class ICacheLayerFactory(Interface):

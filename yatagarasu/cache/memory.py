@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
@@ -388,6 +389,10 @@ class MemoryCacheLayer:
             current_item_count=len(self._nodes),
             max_size_bytes=self.max_size,
         )
+
+    def services(self) -> list[IService]:
+        """:returns: ``[]``: the memory layer needs no background work."""
+        return []
 
     def close(self) -> Deferred[None]:
         """Drop every entry."""

@@ -67,7 +67,7 @@ from yatagarasu.cache.redis_client import (
 from yatagarasu.cache.stats import LayerStats
 from yatagarasu.config.build import build, join
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, ICacheWriter
+from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, ICacheWriter, IPurgeBroadcaster
 
 log = Logger(namespace="yatagarasu.cache.redis")
 
@@ -295,7 +295,7 @@ def decode_entry(raw: bytes) -> CacheEntry:
 # -- the layer -----------------------------------------------------------------------------
 
 
-@implementer(ICacheLayer)
+@implementer(ICacheLayer, IPurgeBroadcaster)
 class RedisCacheLayer:
     """
     The Redis cache layer (see the module docstring).
@@ -553,6 +553,10 @@ class RedisCacheLayer:
             current_size_bytes=self._bytes[bucket],
             current_item_count=self._items[bucket],
         )
+
+    def services(self) -> list[IService]:
+        """:returns: ``[]``: the pool connects lazily; see :meth:`subscribe_purges`."""
+        return []
 
     def close(self) -> Deferred[None]:
         """Close the pool and any purge subscriber; later calls answer misses."""
