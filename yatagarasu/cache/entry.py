@@ -30,7 +30,7 @@ class CacheKey:
     @property
     def digest(self) -> str:
         """Hex SHA-256 of :attr:`text`: safe as a file name or a Redis key suffix."""
-        return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
