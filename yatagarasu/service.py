@@ -19,13 +19,12 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamServerEndpoint
-from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from yatagarasu.auth.setup import AccessControl
-from yatagarasu.config.schema import Config, ServerConfig
+from yatagarasu.components import Components
+from yatagarasu.config.schema import ServerConfig
 from yatagarasu.logs import is_default, make_observer
 from yatagarasu.s3.client import S3Client
 from yatagarasu.web.tree import build_site
@@ -54,42 +53,37 @@ class ProxyService(MultiService):
     The ``twistd yatagarasu`` service.
 
     :param reactor: the reactor (time and TCP).
-    :param config: the validated configuration.
-    :param access: client addresses, IP filters and auth schemes built from it.
-    :param tls: server TLS options, when ``server.tls`` is configured.
+    :param components: what was built from the configuration.
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        config: Config,
-        access: AccessControl,
-        tls: CertificateOptions | None = None,
-    ) -> None:
+    def __init__(self, reactor: Any, components: Components) -> None:
         super().__init__()
         self._reactor = reactor
-        self.config = config
+        self.config = config = components.config
         self.draining = False
         self.clients = {b.name: S3Client(reactor, b.s3) for b in config.buckets}
+        self.cache = components.caching.cache
         self.site = build_site(
             reactor,
-            config,
+            components,
             self.clients,
-            access,
             started=reactor.seconds(),
             draining=lambda: self.draining,
         )
-        for background in access.services:
-            background.setServiceParent(self)
         factory: Any = self.site
-        if tls is not None:
-            factory = TLSMemoryBIOFactory(tls, False, self.site)
+        if components.tls is not None:
+            factory = TLSMemoryBIOFactory(components.tls, False, self.site)
         self._listener = StreamServerEndpointService(
             listen_endpoint(reactor, config.server), factory
         )
         # Fail twistd at start-up (port in use, permission) instead of logging and running on.
         self._listener._raiseSynchronously = True
         self._listener.setServiceParent(self)
+        background = list(components.access.services)
+        if self.cache is not None:
+            background.extend(self.cache.services())
+        for service in background:
+            service.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -164,6 +158,8 @@ class ProxyService(MultiService):
             )
         for client in self.clients.values():
             await client.close()
+        if self.cache is not None:
+            await self.cache.close()
         log.info("shutdown complete")
 
 

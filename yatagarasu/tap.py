@@ -12,12 +12,10 @@ import sys
 from typing import ClassVar
 
 from twisted.application.service import IService
-from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 
-from yatagarasu.auth.setup import AccessControl, build_access_control
-from yatagarasu.config import Config, ConfigError, load_config
-from yatagarasu.tls import server_tls_options
+from yatagarasu.components import Components, build_components
+from yatagarasu.config import ConfigError, load_config
 
 
 class Options(usage.Options):
@@ -41,30 +39,26 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            config = load_config(path)
-            tls = server_tls_options(config.server.tls) if config.server.tls else None
-            access = build_access_control(config, reactor)
+            components = build_components(load_config(path), reactor)
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
         if self["check"]:
-            sys.stdout.write(summary(path, config, access))
+            sys.stdout.write(summary(path, components))
             raise SystemExit(0)
-        self["loaded"] = config
-        self["tls"] = tls
-        self["access"] = access
+        self["components"] = components
         self["reactor"] = reactor
 
 
-def summary(path: str, config: Config, access: AccessControl) -> str:
+def summary(path: str, components: Components) -> str:
     """
     Describe a valid configuration in a few lines (for ``--check``).
 
     :param path: the file it came from.
-    :param config: the configuration.
-    :param access: the auth schemes and filters built from it.
+    :param components: what was built from it.
     :returns: the text to print.
     """
+    config, access, caching = components.config, components.access, components.caching
     server = config.server
     scheme = "https" if server.tls else "http"
     lines = [
@@ -78,10 +72,14 @@ def summary(path: str, config: Config, access: AccessControl) -> str:
         extras = [f"auth: {auth_scheme.name}" if auth_scheme is not None else "public"]
         if bucket.name in access.ip_filters:
             extras.append("ip filter")
+        if bucket.name in caching.policies:
+            extras.append("cached")
         lines.append(
             f"  {bucket.path_prefix} -> s3://{bucket.s3.bucket} ({endpoint}) "
             f"[{bucket.name}; {', '.join(extras)}]"
         )
+    if caching.cache is not None:
+        lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
     lines.append(f"admin API: {'jwt with admin_claims' if access.admin else 'disabled (403)'}")
     return "\n".join(lines) + "\n"
 
@@ -95,7 +93,4 @@ def makeService(options: Options) -> IService:
     """
     from yatagarasu.service import ProxyService
 
-    config: Config = options["loaded"]
-    tls: CertificateOptions | None = options["tls"]
-    access: AccessControl = options["access"]
-    return ProxyService(options["reactor"], config, access, tls)
+    return ProxyService(options["reactor"], options["components"])

@@ -16,7 +16,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from zope.interface import implementer
 
-from yatagarasu.auth.setup import build_access_control
+from yatagarasu.components import build_components
 from yatagarasu.config import parse_config
 from yatagarasu.config.schema import Config
 from yatagarasu.s3.client import S3Client
@@ -149,12 +149,12 @@ class Harness:
             for b in self.config.buckets
         }
         self.draining = False
-        self.access = build_access_control(self.config, self.clock)
+        self.components = build_components(self.config, self.clock)
+        self.access = self.components.access
         self.site: ProxySite = build_site(
             self.clock,
-            self.config,
+            self.components,
             self.clients,
-            self.access,
             started=self.clock.seconds(),
             draining=lambda: self.draining,
         )

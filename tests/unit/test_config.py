@@ -77,10 +77,10 @@ def test_unknown_key_in_second_bucket() -> None:
 @pytest.mark.parametrize(
     ("document", "path"),
     [
-        ({"cache": {"enabled": True}, **minimal()}, "cache"),
+        ({"observability": {}, **minimal()}, "observability"),
         ({"metrics": {}, **minimal()}, "metrics"),
         ({"audit_log": {}, **minimal()}, "audit_log"),
-        (minimal(cache={"ttl_seconds": 5}), "buckets[0].cache"),
+        (minimal(s3={"bucket": "b", "rate_limit": {}}), "buckets[0].s3.rate_limit"),
         ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),
         (minimal(s3={"bucket": "b", "replicas": []}), "buckets[0].s3.replicas"),
         (minimal(s3={"bucket": "b", "circuit_breaker": {}}), "buckets[0].s3.circuit_breaker"),

@@ -9,11 +9,8 @@ from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -22,53 +19,17 @@ from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import HTTPError
 from yatagarasu.interfaces import IAuthScheme
-from yatagarasu.s3.client import S3Client, read_s3_error
+from yatagarasu.s3.client import S3Client
+from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
-from yatagarasu.web.streaming import BodyRelay, BodyStalled
+from yatagarasu.web.streaming import BodyStalled
+from yatagarasu.web.upstream import forwarded_headers, relay_response
 
 log = Logger()
 
 ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
-
-# Request headers passed on to S3 (everything else, tokens included, stays here).
-FORWARDED_REQUEST_HEADERS = (
-    b"range",
-    b"if-none-match",
-    b"if-modified-since",
-    b"if-match",
-    b"if-unmodified-since",
-    b"if-range",
-)
-
-# Response headers passed back from S3 (x-amz-* and the rest are dropped).
-PASSED_RESPONSE_HEADERS = (
-    b"content-type",
-    b"content-length",
-    b"content-range",
-    b"content-encoding",
-    b"content-disposition",
-    b"content-language",
-    b"etag",
-    b"last-modified",
-    b"cache-control",
-    b"expires",
-    b"accept-ranges",
-)
-
-_S3_STATUS_MESSAGES = {
-    304: "not modified",
-    400: "S3 rejected the request",
-    403: "access denied by S3",
-    404: "object not found",
-    412: "precondition failed",
-    416: "requested range not satisfiable",
-}
-
-
-class _Discard(Protocol):
-    """Consume a body nobody needs, so the connection can go back to the pool."""
 
 
 class BucketResource(Resource):
@@ -80,6 +41,7 @@ class BucketResource(Resource):
     :param clock: time source for the body idle timeout.
     :param ip_filter: the bucket's client address filter, if any.
     :param scheme: the bucket's auth scheme (``None``: a public bucket).
+    :param cached: the bucket's cache side (``None``: the bucket does not cache).
     """
 
     isLeaf = True
@@ -92,6 +54,7 @@ class BucketResource(Resource):
         *,
         ip_filter: IpFilter | None = None,
         scheme: IAuthScheme | None = None,
+        cached: CachedObjects | None = None,
     ) -> None:
         super().__init__()
         self._bucket = bucket
@@ -99,6 +62,7 @@ class BucketResource(Resource):
         self._clock = clock
         self._ip_filter = ip_filter
         self._scheme = scheme
+        self._cached = cached
         self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
 
     def render(self, request: Request) -> Any:
@@ -190,42 +154,8 @@ class BucketResource(Resource):
         if self._scheme is not None:
             identity = await self._scheme.authenticate(request)
             request.subject = identity.subject
-        forwarded = Headers()
-        for name in FORWARDED_REQUEST_HEADERS:
-            values = request.requestHeaders.getRawHeaders(name)
-            if values:
-                forwarded.setRawHeaders(name, values)
-        response = await self._client.fetch(request.method, key, forwarded)
-        if response.code >= 400:
-            await self._upstream_error(response)
-        self._copy_response_head(request, response)
-        if request.method == b"HEAD" or response.code == 304:
-            response.deliverBody(_Discard())
-            request.finish()
+        if self._cached is not None:
+            await self._cached.serve(request, key)
             return
-        relay = BodyRelay(request, self._clock, self._client.idle_seconds)
-        response.deliverBody(relay)
-        await relay.done
-        request.finish()
-
-    def _copy_response_head(self, request: ProxyRequest, response: IResponse) -> None:
-        request.setResponseCode(response.code)
-        upstream = response.headers
-        for name in PASSED_RESPONSE_HEADERS:
-            values = upstream.getRawHeaders(name)
-            if values:
-                request.responseHeaders.setRawHeaders(name, values)
-        if response.code == 304:
-            request.responseHeaders.removeHeader(b"content-length")
-        elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-            # Twisted's client keeps Content-Length out of response.headers (except for HEAD).
-            request.setHeader(b"content-length", b"%d" % response.length)
-
-    async def _upstream_error(self, response: IResponse) -> None:
-        code, message = await read_s3_error(response)
-        text = message or _S3_STATUS_MESSAGES.get(response.code, f"S3 answered {response.code}")
-        headers: list[tuple[str, str]] = []
-        content_range = response.headers.getRawHeaders(b"content-range")
-        if response.code == 416 and content_range:
-            headers.append(("Content-Range", content_range[0].decode("ascii", "replace")))
-        raise HTTPError(response.code, text, s3_code=code, headers=headers)
+        response = await self._client.fetch(request.method, key, forwarded_headers(request))
+        await relay_response(request, response, self._clock, self._client.idle_seconds)

@@ -18,6 +18,7 @@ from twisted.web.server import Request, Site
 from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
+from yatagarasu.metrics import Metrics
 from yatagarasu.web.channel import LimitedHTTPChannel
 from yatagarasu.web.request_id import request_id_for
 from yatagarasu.web.responses import write_error
@@ -91,6 +92,11 @@ class ProxyRequest(Request):
         return str(getattr(address, "host", address))
 
 
+def _header_text(request: Request, name: bytes) -> str | None:
+    values = request.responseHeaders.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else None
+
+
 class ProxySite(Site):
     """
     The proxy's ``Site``.
@@ -100,6 +106,7 @@ class ProxySite(Site):
     :param limits: request limits for every connection.
     :param max_concurrent_requests: above this many in-flight requests, answer 503.
     :param addresses: how to find the client address (trusted proxies).
+    :param metrics: where finished requests are counted.
     :param idle_timeout: seconds an idle keep-alive connection is kept.
     """
 
@@ -115,11 +122,13 @@ class ProxySite(Site):
         limits: SecurityLimits,
         max_concurrent_requests: int,
         addresses: ClientAddressResolver,
+        metrics: Metrics,
         idle_timeout: float = 60.0,
     ) -> None:
         super().__init__(resource, reactor=clock)
         self.clock = clock
         self.addresses = addresses
+        self.metrics = metrics
         self.limits = limits
         self.max_concurrent_requests = max_concurrent_requests
         self.idle_timeout = idle_timeout
@@ -155,18 +164,22 @@ class ProxySite(Site):
             return
         request._accounted = True
         self._active.discard(request)
+        duration = self.clock.seconds() - request.started
+        method = request.method.decode("ascii", "replace")
+        self.metrics.request(request.bucket, method, request.code, duration, request.sentLength)
         access_log.info(
             "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
             request_id=request.request_id,
             client_ip=request.client_address or request.client_ip(),
             user=request.subject,
-            method=request.method.decode("ascii", "replace"),
+            method=method,
             path=request.path.decode("utf-8", "replace"),
             status=request.code,
             bytes_sent=request.sentLength,
-            duration_ms=round((self.clock.seconds() - request.started) * 1000, 3),
+            duration_ms=round(duration * 1000, 3),
             bucket=request.bucket,
             object_key=request.object_key,
+            cache=_header_text(request, b"x-cache"),
             aborted=aborted,
             user_agent=(request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
         )

@@ -10,10 +10,11 @@ longer than the idle timeout is given up on.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -29,14 +30,25 @@ class BodyStalled(Exception):
 @implementer(IPushProducer)
 class BodyRelay(Protocol):
     """
-    Copy an upstream body into ``request`` while honouring the client's flow control.
+    Copy an upstream body into ``request`` while honouring the client's flow control, and
+    hand every chunk to ``sink`` too (the cache filling itself).
+
+    With no request (the client needs no body: a 304 or 412 answered from the response
+    headers while the cache still wants the object), the body is read at S3's pace.
 
     :ivar done: fires with the number of body bytes relayed once the upstream body ended
         cleanly, or fails with the reason it did not (connection lost, stalled, cancelled).
     """
 
-    def __init__(self, request: Request, clock: IReactorTime, idle_seconds: float) -> None:
+    def __init__(
+        self,
+        request: Request | None,
+        clock: IReactorTime,
+        idle_seconds: float,
+        sink: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._request = request
+        self._sink = sink
         self._clock = clock
         self._idle_seconds = idle_seconds
         self._idle_call: IDelayedCall | None = None
@@ -48,18 +60,23 @@ class BodyRelay(Protocol):
     # Protocol: the upstream side.
 
     def connectionMade(self) -> None:
-        self._request.registerProducer(self, True)
+        if self._request is not None:
+            self._request.registerProducer(self, True)
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
         self.relayed += len(data)
-        self._request.write(data)
+        if self._sink is not None:
+            self._sink(data)
+        if self._request is not None:
+            self._request.write(data)
         if not self._paused:
             self._arm()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self._disarm()
-        self._request.unregisterProducer()
+        if self._request is not None:
+            self._request.unregisterProducer()
         if self.done.called:
             return
         if self._stalled:
@@ -136,3 +153,49 @@ class BoundedCollector(Protocol):
         transport: Any = self.transport
         if transport is not None:
             transport.stopProducing()
+
+
+@implementer(IPullProducer)
+class FileRangeProducer:
+    """
+    Send ``length`` bytes of an open file, from ``offset``, to a request, pulled at the
+    client's pace (64 KiB reads); finish the request at the end and close the file.
+
+    :param request: the request (headers already set).
+    :param body: the open file; the producer closes it.
+    :param offset: where the bytes start.
+    :param length: how many to send.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, request: Request, body: IO[bytes], offset: int, length: int) -> None:
+        self._request = request
+        self._body = body
+        self._remaining = length
+        body.seek(offset)
+
+    def start(self) -> None:
+        """Register with the request and send the first chunk."""
+        self._request.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self._body.closed:
+            return
+        data = self._body.read(min(self.CHUNK, self._remaining)) if self._remaining else b""
+        if data:
+            self._remaining -= len(data)
+            self._request.write(data)
+        if not data or self._remaining == 0:
+            self._body.close()
+            self._request.unregisterProducer()
+            if not data and self._remaining:
+                # The file is shorter than promised: never let a truncated body look whole.
+                transport: Any = self._request.channel.transport if self._request.channel else None
+                if transport is not None:
+                    transport.abortConnection()
+                return
+            self._request.finish()
+
+    def stopProducing(self) -> None:
+        self._body.close()

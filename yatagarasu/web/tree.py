@@ -7,11 +7,14 @@ from collections.abc import Callable, Mapping
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 
-from yatagarasu.auth.setup import AccessControl
-from yatagarasu.config.schema import Config
+from yatagarasu.cache.setup import CacheSetup
+from yatagarasu.components import Components
+from yatagarasu.metrics import MetricsResource
 from yatagarasu.s3.client import S3Client
 from yatagarasu.web.admin import AdminResource
+from yatagarasu.web.admin_cache import cache_admin_routes
 from yatagarasu.web.bucket import BucketResource
+from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
 from yatagarasu.web.root import RootResource
 from yatagarasu.web.site import ProxySite
@@ -19,9 +22,8 @@ from yatagarasu.web.site import ProxySite
 
 def build_site(
     clock: IReactorTime,
-    config: Config,
+    components: Components,
     clients: Mapping[str, S3Client],
-    access: AccessControl,
     *,
     started: float,
     draining: Callable[[], bool],
@@ -30,18 +32,20 @@ def build_site(
     Build the proxy's ``Site``.
 
     :param clock: time source.
-    :param config: the configuration.
+    :param components: what was built from the configuration.
     :param clients: the S3 client of every bucket, by bucket name.
-    :param access: client addresses, IP filters and auth schemes.
     :param started: process start time, for ``/health``.
     :param draining: tells ``/ready`` whether a graceful shutdown has begun.
     :returns: the site, ready to be listened on.
     """
+    config, access, caching = components.config, components.access, components.caching
     exact: dict[bytes, IResource] = {
+        b"metrics": MetricsResource(components.metrics),
         b"health": HealthResource(clock, started),
         b"ready": ReadyResource({name: c.health for name, c in clients.items()}, draining),
     }
-    subtrees: dict[bytes, IResource] = {b"admin": AdminResource(access.admin, {})}
+    routes = cache_admin_routes(caching, config) if caching.cache is not None else {}
+    subtrees: dict[bytes, IResource] = {b"admin": AdminResource(access.admin, routes)}
     buckets = [
         (
             bucket.prefix_segments,
@@ -51,6 +55,7 @@ def build_site(
                 clock,
                 ip_filter=access.ip_filters.get(bucket.name),
                 scheme=access.schemes.get(bucket.name),
+                cached=_cached_objects(bucket.name, caching, clients[bucket.name], clock),
             ),
         )
         for bucket in config.buckets
@@ -61,4 +66,14 @@ def build_site(
         limits=config.server.security_limits,
         max_concurrent_requests=config.server.max_concurrent_requests,
         addresses=access.addresses,
+        metrics=components.metrics,
     )
+
+
+def _cached_objects(
+    bucket: str, caching: CacheSetup, client: S3Client, clock: IReactorTime
+) -> CachedObjects | None:
+    policy = caching.policies.get(bucket)
+    if caching.cache is None or policy is None:
+        return None
+    return CachedObjects(bucket, caching.cache, policy, client, clock)

@@ -1,0 +1,147 @@
+"""
+The ``cache`` section: which layers, in which order, with which settings, and what each
+bucket gets. Layer sections (``cache.memory``, ``cache.disk``, ``cache.redis``, or a
+third-party layer's ``cache.<name>``) are validated by the layer's own plugin factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from yatagarasu.cache.tiered import TieredCache
+from yatagarasu.config.build import build, join, unknown_key_message
+from yatagarasu.config.schema import BucketConfig, Config
+from yatagarasu.discovery import available, find
+from yatagarasu.errors import ConfigError
+from yatagarasu.interfaces import ICacheLayerFactory
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The ``cache`` keys other than layer sections."""
+
+    enabled: bool = False
+    cache_layers: tuple[str, ...] = ("memory",)
+    ttl_seconds: float | None = field(default=None, metadata={"aliases": ("default_ttl_seconds",)})
+    stale_if_error_seconds: float = 0.0
+
+    def check(self, path: str) -> None:
+        if self.enabled and not self.cache_layers:
+            raise ConfigError(join(path, "cache_layers"), "at least one layer when enabled")
+        seen: set[str] = set()
+        for i, name in enumerate(self.cache_layers):
+            if name in seen:
+                raise ConfigError(f"{join(path, 'cache_layers')}[{i}]", f"{name!r} listed twice")
+            seen.add(name)
+        if self.ttl_seconds is not None and self.ttl_seconds < 0:
+            raise ConfigError(join(path, "ttl_seconds"), "must be >= 0")
+        if self.stale_if_error_seconds < 0:
+            raise ConfigError(join(path, "stale_if_error_seconds"), "must be >= 0")
+
+
+@dataclass(frozen=True)
+class BucketCachePolicy:
+    """
+    What one bucket's requests get from the cache.
+
+    :ivar ttl: freshness lifetime when S3 gives none.
+    :ivar max_item_size: the largest body stored for this bucket.
+    :ivar stale_if_error: seconds past expiry an entry may be served when S3 fails.
+    """
+
+    ttl: float
+    max_item_size: int
+    stale_if_error: float
+
+
+@dataclass
+class CacheSetup:
+    """
+    :ivar cache: the tiered cache (``None``: no bucket caches).
+    :ivar policies: per bucket name, for buckets that cache.
+    """
+
+    cache: TieredCache | None = None
+    policies: dict[str, BucketCachePolicy] = field(default_factory=dict)
+
+
+def build_cache(config: Config, reactor: Any, metrics: Any = None) -> CacheSetup:
+    """
+    :param config: the validated configuration.
+    :param reactor: time, threads, TCP.
+    :param metrics: a :class:`yatagarasu.metrics.Metrics` (optional).
+    :returns: the cache and each bucket's policy; nothing is connected or read yet.
+    :raises ConfigError: bad settings, unknown or duplicate layers, a listed layer that is
+        not enabled, an enabled one that is not listed.
+    """
+    raw: Mapping[str, Any] = config.cache or {}
+    factories = available(ICacheLayerFactory)
+    listed = raw.get("cache_layers", CacheSettings.cache_layers)
+    listed_names = set(listed) if isinstance(listed, list | tuple) else set()
+    sections = {k: v for k, v in raw.items() if k in factories or k in listed_names}
+    settings = _settings({k: v for k, v in raw.items() if k not in sections}, factories)
+    wanted = settings.enabled or any(
+        b.cache is not None and b.cache.enabled is True for b in config.buckets
+    )
+    if not wanted:
+        return CacheSetup()
+    layers = []
+    for i, name in enumerate(settings.cache_layers):
+        factory = find(ICacheLayerFactory, name, f"cache.cache_layers[{i}]")
+        section = sections.get(name) or {}
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"cache.{name}", "expected a mapping")
+        layer = factory.build(section, f"cache.{name}", reactor)
+        if getattr(layer, "enabled", True) is not True:
+            raise ConfigError(
+                f"cache.{name}.enabled", "must be true for a layer listed in cache.cache_layers"
+            )
+        layers.append(layer)
+    for name, section in sections.items():
+        unlisted = name not in settings.cache_layers
+        if unlisted and isinstance(section, Mapping) and section.get("enabled") is True:
+            raise ConfigError(
+                f"cache.{name}.enabled",
+                f"the {name} layer is enabled but not listed in cache.cache_layers",
+            )
+    cache = TieredCache(layers, reactor, metrics)
+    default_ttl = settings.ttl_seconds
+    if default_ttl is None:
+        default_ttl = float(getattr(layers[0], "default_ttl_seconds", 3600.0))
+    setup = CacheSetup(cache)
+    for bucket in config.buckets:
+        policy = _policy(bucket, settings, default_ttl, cache.max_item_size)
+        if policy is not None:
+            setup.policies[bucket.name] = policy
+    if metrics is not None:
+        metrics.watch_layers(layers)
+    return setup
+
+
+def _settings(raw: Mapping[str, Any], factories: Mapping[str, Any]) -> CacheSettings:
+    try:
+        return build(CacheSettings, raw, "cache")
+    except ConfigError as e:
+        if e.message.startswith("unknown key"):
+            key = e.path.rsplit(".", 1)[-1]
+            known = [*CacheSettings.__dataclass_fields__, "default_ttl_seconds", *factories]
+            raise ConfigError(e.path, unknown_key_message(key, known)) from None
+        raise
+
+
+def _policy(
+    bucket: BucketConfig, settings: CacheSettings, default_ttl: float, largest: int
+) -> BucketCachePolicy | None:
+    own = bucket.cache
+    enabled = settings.enabled if own is None or own.enabled is None else own.enabled
+    if not enabled:
+        return None
+    ttl = own.ttl_seconds if own is not None and own.ttl_seconds is not None else default_ttl
+    cap = largest
+    if own is not None and own.max_item_size_mb is not None:
+        cap = min(cap, int(own.max_item_size_mb * MIB))
+    return BucketCachePolicy(ttl, cap, settings.stale_if_error_seconds)

@@ -1,0 +1,329 @@
+"""
+The tiered cache: layers read in order, slower hits promoted to faster layers, writes to every
+layer that takes the entry. A failing layer is a logged and counted miss, never a failed
+request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from yatagarasu.cache.entry import CacheEntry, CacheKey, FileBody
+from yatagarasu.cache.stats import LayerStats
+from yatagarasu.interfaces import ICacheLayer, ICacheWriter, IPurgeBroadcaster
+
+log = Logger()
+
+
+@dataclass
+class _Counters:
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass
+class WritePlan:
+    """Where a response body goes: streamed into ``writers``, buffered for ``buffered``."""
+
+    writers: list[ICacheWriter] = field(default_factory=list)
+    buffered: list[ICacheLayer] = field(default_factory=list)
+
+    @property
+    def stores(self) -> bool:
+        """Whether any layer takes the body."""
+        return bool(self.writers or self.buffered)
+
+
+@dataclass
+class Lookup:
+    """A cache hit: the entry and the name of the layer that had it."""
+
+    entry: CacheEntry
+    layer: str
+
+
+def _read_body(body: FileBody) -> bytes:
+    with open(body.path, "rb") as f:
+        f.seek(body.offset)
+        return f.read(body.length)
+
+
+@dataclass
+class TieredCache:
+    """
+    :param layers: the layers, fastest first (``cache.cache_layers`` order).
+    :param reactor: time, and the thread pool used to read disk bodies for promotion.
+    :param metrics: receives ``hit(bucket, layer)``, ``miss(bucket)``, ``error(layer)`` and
+        timing callbacks (see :class:`yatagarasu.metrics.Metrics`).
+    """
+
+    layers: Sequence[ICacheLayer]
+    reactor: Any
+    metrics: Any = None
+    _buckets: dict[str, _Counters] = field(default_factory=dict)
+    _total: _Counters = field(default_factory=_Counters)
+    _pending: set[Deferred[Any]] = field(default_factory=set)
+
+    @property
+    def max_item_size(self) -> int:
+        """The largest body any layer takes."""
+        return max(int(layer.max_item_size) for layer in self.layers)
+
+    def _count(self, bucket: str, hit: bool) -> None:
+        counters = self._buckets.setdefault(bucket, _Counters())
+        if hit:
+            counters.hits += 1
+            self._total.hits += 1
+        else:
+            counters.misses += 1
+            self._total.misses += 1
+
+    def _failed(self, layer: ICacheLayer, operation: str, error: BaseException) -> None:
+        log.warn(
+            "cache layer {layer} failed to {operation}: {error}",
+            layer=layer.name,
+            operation=operation,
+            error=repr(error),
+        )
+        if self.metrics is not None:
+            self.metrics.cache_error(layer.name)
+
+    async def get(self, key: CacheKey) -> Lookup | None:
+        """
+        Look the key up in every layer, in order; promote a hit to the faster layers.
+
+        :param key: the key.
+        :returns: the hit, or ``None`` (counted as a miss).
+        """
+        for index, layer in enumerate(self.layers):
+            started = self.reactor.seconds()
+            try:
+                entry = await layer.get(key)
+            except Exception as e:
+                self._failed(layer, "get", e)
+                continue
+            finally:
+                if self.metrics is not None:
+                    self.metrics.cache_get_time(layer.name, self.reactor.seconds() - started)
+            if entry is None:
+                continue
+            self._count(key.bucket, True)
+            if self.metrics is not None:
+                self.metrics.cache_hit(key.bucket, layer.name)
+            if index > 0:
+                self._track(Deferred.fromCoroutine(self._promote(key, entry, self.layers[:index])))
+            return Lookup(entry, layer.name)
+        self._count(key.bucket, False)
+        if self.metrics is not None:
+            self.metrics.cache_miss(key.bucket)
+        return None
+
+    async def _promote(
+        self, key: CacheKey, entry: CacheEntry, faster: Sequence[ICacheLayer]
+    ) -> None:
+        takers = [layer for layer in faster if entry.length <= layer.max_item_size]
+        if not takers:
+            return
+        if isinstance(entry.body, FileBody):
+            try:
+                body = await deferToThreadPool(
+                    self.reactor, self.reactor.getThreadPool(), _read_body, entry.body
+                )
+            except OSError as e:
+                log.info("not promoting {key}: {error}", key=key.text, error=str(e))
+                return
+            if len(body) != entry.length:
+                return
+            entry = _with_body(entry, body)
+        await self._set_all(key, entry, takers)
+
+    def store(self, key: CacheKey, entry: CacheEntry) -> Deferred[None]:
+        """
+        Write an entry (body in memory) to every layer that takes it, in the background.
+
+        :param key: the key.
+        :param entry: the entry.
+        :returns: fires when every layer is done (failures are logged and counted).
+        """
+        takers = [layer for layer in self.layers if entry.length <= layer.max_item_size]
+        return self._track(Deferred.fromCoroutine(self._set_all(key, entry, takers)))
+
+    def refresh(self, key: CacheKey, entry: CacheEntry, source: str) -> Deferred[None]:
+        """
+        Write a revalidated entry back: to every layer when its body is in memory, else (a
+        disk body) only to the layer it came from.
+
+        :param key: the key.
+        :param entry: the refreshed entry.
+        :param source: the layer it was read from.
+        :returns: fires when done.
+        """
+        if isinstance(entry.body, FileBody):
+            takers = [layer for layer in self.layers if layer.name == source]
+            return self._track(Deferred.fromCoroutine(self._set_all(key, entry, takers)))
+        return self.store(key, entry)
+
+    async def _set_all(
+        self, key: CacheKey, entry: CacheEntry, layers: Sequence[ICacheLayer]
+    ) -> None:
+        for layer in layers:
+            started = self.reactor.seconds()
+            try:
+                await layer.set(key, entry)
+            except Exception as e:
+                self._failed(layer, "set", e)
+            finally:
+                if self.metrics is not None:
+                    self.metrics.cache_set_time(layer.name, self.reactor.seconds() - started)
+
+    def plan(self, key: CacheKey, length: int) -> WritePlan:
+        """
+        Decide how a body of ``length`` bytes will be stored, before reading it.
+
+        :param key: the key.
+        :param length: the body length (from ``Content-Length``).
+        :returns: streaming writers for layers that stream (disk), and the layers that need
+            the body buffered in memory (memory, Redis); both empty when nobody takes it.
+        """
+        plan = WritePlan()
+        for layer in self.layers:
+            if length > layer.max_item_size:
+                continue
+            try:
+                writer = layer.open_writer(key)
+            except Exception as e:
+                self._failed(layer, "open a writer", e)
+                continue
+            if writer is not None:
+                plan.writers.append(writer)
+            else:
+                plan.buffered.append(layer)
+        return plan
+
+    def store_in(
+        self, key: CacheKey, entry: CacheEntry, layers: Sequence[ICacheLayer]
+    ) -> Deferred[None]:
+        """
+        Write an entry to some layers in the background (see :meth:`plan`).
+
+        :param key: the key.
+        :param entry: the entry, body in memory.
+        :param layers: where.
+        :returns: fires when done (failures are logged and counted).
+        """
+        return self._track(Deferred.fromCoroutine(self._set_all(key, entry, layers)))
+
+    async def delete(self, key: CacheKey) -> bool:
+        """
+        :param key: the key.
+        :returns: whether any layer had it.
+        """
+        found = False
+        for layer in self.layers:
+            try:
+                found = bool(await layer.delete(key)) or found
+            except Exception as e:
+                self._failed(layer, "delete", e)
+        return found
+
+    async def purge(self, bucket: str | None, prefix: str | None) -> int:
+        """
+        Remove entries from every layer.
+
+        :param bucket: a bucket name, or ``None`` for everything.
+        :param prefix: with a bucket, keys starting with it (``None``: the whole bucket).
+        :returns: the largest count any layer removed (an object cached in several layers
+            counts once).
+        """
+        removed = 0
+        for layer in self.layers:
+            try:
+                removed = max(removed, int(await layer.purge(bucket, prefix)))
+            except Exception as e:
+                self._failed(layer, "purge", e)
+        return removed
+
+    def on_remote_purge(self, bucket: str | None, prefix: str | None, key: str | None) -> None:
+        """
+        Another instance purged: drop the same entries from this instance's private layers.
+
+        :param bucket: ``None``: everything.
+        :param prefix: with a bucket and no key, keys starting with it.
+        :param key: with a bucket, one object key.
+        """
+        for layer in self.layers:
+            if IPurgeBroadcaster.providedBy(layer):
+                continue
+            if bucket is not None and key is not None:
+                self._track(layer.delete(CacheKey(bucket, key)))
+            else:
+                self._track(layer.purge(bucket, prefix))
+
+    def services(self) -> list[IService]:
+        """:returns: the layers' services and the purge subscribers."""
+        services: list[IService] = []
+        for layer in self.layers:
+            services.extend(layer.services())
+            if IPurgeBroadcaster.providedBy(layer):
+                services.append(layer.subscribe_purges(self.on_remote_purge))
+        return services
+
+    def stats(self, bucket: str | None) -> tuple[LayerStats, dict[str, LayerStats]]:
+        """
+        :param bucket: a bucket name, or ``None`` for everything.
+        :returns: the totals (request-level hits and misses; sizes summed over layers) and
+            each layer's own counters.
+        """
+        per_layer = {layer.name: layer.stats(bucket) for layer in self.layers}
+        counters = self._total if bucket is None else self._buckets.get(bucket, _Counters())
+        total = LayerStats(
+            hits=counters.hits,
+            misses=counters.misses,
+            evictions=sum(s.evictions for s in per_layer.values()),
+            current_size_bytes=sum(s.current_size_bytes for s in per_layer.values()),
+            current_item_count=sum(s.current_item_count for s in per_layer.values()),
+            max_size_bytes=sum(s.max_size_bytes for s in per_layer.values()),
+        )
+        return total, per_layer
+
+    def _track(self, d: Deferred[Any]) -> Deferred[Any]:
+        self._pending.add(d)
+
+        def done(result: Any) -> None:
+            self._pending.discard(d)
+            if isinstance(result, BaseException) or hasattr(result, "value"):
+                log.failure("background cache work failed", result)
+
+        d.addBoth(done)
+        return d
+
+    def idle(self) -> Deferred[Any]:
+        """:returns: fires when background writes and promotions are done (for shutdown)."""
+        return DeferredList(list(self._pending), consumeErrors=True)
+
+    async def close(self) -> None:
+        """Wait for background work, then close every layer."""
+        await self.idle()
+        for layer in self.layers:
+            try:
+                await layer.close()
+            except Exception as e:
+                self._failed(layer, "close", e)
+
+
+def _with_body(entry: CacheEntry, body: bytes) -> CacheEntry:
+    return CacheEntry(
+        headers=entry.headers,
+        body=body,
+        stored_at=entry.stored_at,
+        expires_at=entry.expires_at,
+        retain_until=entry.retain_until,
+        revalidate=entry.revalidate,
+    )

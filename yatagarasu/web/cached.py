@@ -1,0 +1,398 @@
+"""
+Serving a caching bucket: fresh hits from the cache, expired entries revalidated with a
+conditional request, misses fetched once (request coalescing) and streamed to the client while
+the cache fills, large or uncacheable objects streamed through.
+
+``X-Cache``: ``HIT`` (fresh entry), ``MISS`` (fetched from S3 now, stored when it fits),
+``BYPASS`` (not storable: too large, ``no-store``/``private``, a ``Range`` or ``HEAD`` on a
+miss), ``STALE`` (expired entry served because S3 failed, within
+``cache.stale_if_error_seconds``), ``REVALIDATED`` (expired entry confirmed by S3's ``304``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+
+from yatagarasu.cache.entry import CacheEntry, CacheKey, FileBody
+from yatagarasu.cache.freshness import freshness
+from yatagarasu.cache.setup import BucketCachePolicy
+from yatagarasu.cache.tiered import Lookup, TieredCache, WritePlan
+from yatagarasu.errors import HTTPError, UpstreamError
+from yatagarasu.s3.client import S3Client
+from yatagarasu.web.conditional import Unsatisfiable, precondition_status, requested_range
+from yatagarasu.web.site import ProxyRequest
+from yatagarasu.web.streaming import BodyRelay, FileRangeProducer
+from yatagarasu.web.upstream import Discard, forwarded_headers, relay_response, upstream_error
+
+log = Logger()
+
+X_CACHE = b"x-cache"
+
+#: Response headers kept with a cached object and replayed on hits.
+STORED_HEADERS = (
+    b"content-type",
+    b"content-encoding",
+    b"content-disposition",
+    b"content-language",
+    b"etag",
+    b"last-modified",
+    b"cache-control",
+    b"expires",
+    b"accept-ranges",
+)
+_CONDITIONAL = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since")
+
+
+class _Flight:
+    """One upstream fetch that concurrent misses for the same key wait on."""
+
+    def __init__(self) -> None:
+        self._waiters: list[Deferred[CacheEntry | None]] = []
+
+    def wait(self) -> Deferred[CacheEntry | None]:
+        waiter: Deferred[CacheEntry | None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def settle(self, result: CacheEntry | BaseException | None) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.called:  # the follower's own client went away
+                continue
+            if isinstance(result, BaseException):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+
+@dataclass
+class _Fill:
+    """Collects a body for the cache while it streams."""
+
+    plan: WritePlan
+    limit: int
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    overflow: bool = False
+
+    def __call__(self, data: bytes) -> None:
+        for writer in self.plan.writers:
+            writer.write(data)
+        if self.plan.buffered and not self.overflow:
+            self.size += len(data)
+            if self.size > self.limit:
+                self.overflow = True
+                self.chunks.clear()
+            else:
+                self.chunks.append(data)
+
+    def abort(self) -> None:
+        for writer in self.plan.writers:
+            writer.abort()
+
+
+class CachedObjects:
+    """
+    The cache side of one bucket.
+
+    :param bucket: the bucket's name (the cache key's first part).
+    :param cache: the tiered cache.
+    :param policy: TTL, item cap and stale-if-error of this bucket.
+    :param client: the bucket's S3 client.
+    :param clock: time (freshness, ``Age``, timeouts).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        cache: TieredCache,
+        policy: BucketCachePolicy,
+        client: S3Client,
+        clock: IReactorTime,
+    ) -> None:
+        self._bucket = bucket
+        self._cache = cache
+        self._policy = policy
+        self._client = client
+        self._clock = clock
+        self._flights: dict[CacheKey, _Flight] = {}
+
+    async def serve(self, request: ProxyRequest, key: str) -> None:
+        """
+        Answer a GET or HEAD for ``key``.
+
+        :param request: the authorised request.
+        :param key: the object key.
+        """
+        cache_key = CacheKey(self._bucket, key)
+        lookup = await self._cache.get(cache_key)
+        if lookup is not None:
+            if lookup.entry.is_fresh(self._clock.seconds()) and self._answer(
+                request, lookup.entry, b"HIT"
+            ):
+                return
+            if not lookup.entry.is_fresh(self._clock.seconds()):
+                await self._revalidate(request, cache_key, lookup)
+                return
+        if request.method == b"HEAD" or request.requestHeaders.hasHeader(b"range"):
+            await self._pass_through(request, key)
+            return
+        flight = self._flights.get(cache_key)
+        if flight is not None:
+            entry = await flight.wait()
+            if entry is not None and self._answer(request, entry, b"MISS"):
+                return
+            await self._pass_through(request, key)
+            return
+        await self._lead(request, cache_key)
+
+    async def _lead(self, request: ProxyRequest, cache_key: CacheKey) -> None:
+        flight = self._flights[cache_key] = _Flight()
+        outcome: CacheEntry | BaseException | None = None
+        try:
+            response = await self._client.fetch(b"GET", cache_key.key, Headers())
+            outcome = await self._fill(request, cache_key, response)
+        except HTTPError as e:
+            outcome = e
+            raise
+        except BaseException as e:
+            # The leader's client went away (or a bug): followers fetch on their own.
+            outcome = None
+            raise e from None
+        finally:
+            del self._flights[cache_key]
+            flight.settle(outcome)
+
+    async def _fill(
+        self, request: ProxyRequest | None, cache_key: CacheKey, response: IResponse
+    ) -> CacheEntry | None:
+        """Serve a full upstream response (200 or an error) and store it when it fits."""
+        if response.code >= 400:
+            await raise_upstream_error(response)
+        now = self._clock.seconds()
+        upstream = response.headers
+        fresh = freshness(
+            upstream.getRawHeaders(b"cache-control") or (),
+            _first(upstream, b"expires"),
+            _first(upstream, b"date"),
+            self._policy.ttl,
+        )
+        length = response.length
+        fits = length is not UNKNOWN_LENGTH and length <= self._policy.max_item_size
+        plan = self._cache.plan(cache_key, int(length)) if fresh.storable and fits else WritePlan()
+        headers = tuple(
+            (name, value)
+            for name in STORED_HEADERS
+            for value in (upstream.getRawHeaders(name) or ())[:1]
+        )
+        client = request
+        if request is not None:
+            request.setHeader(X_CACHE, b"MISS" if plan.stores else b"BYPASS")
+            status = precondition_status(
+                request.requestHeaders,
+                _first(upstream, b"etag"),
+                _first(upstream, b"last-modified"),
+            )
+            if status is not None:
+                self._answer_condition(request, status, headers)
+                client = None  # the client is answered; the cache may still want the body
+                if not plan.stores:
+                    response.deliverBody(Discard())
+                    return None
+            else:
+                request.setResponseCode(200)
+                for name, value in headers:
+                    request.responseHeaders.setRawHeaders(name, [value])
+                if length is not UNKNOWN_LENGTH:
+                    request.setHeader(b"content-length", b"%d" % length)
+        fill = _Fill(plan, self._policy.max_item_size) if plan.stores else None
+        relay = BodyRelay(client, self._clock, self._client.idle_seconds, fill)
+        response.deliverBody(relay)
+        try:
+            await relay.done
+        except BaseException:
+            if fill is not None:
+                fill.abort()
+            raise
+        if client is not None:
+            client.finish()
+        if fill is None:
+            return None
+        retain = max(fresh.ttl, self._policy.stale_if_error)
+        entry = CacheEntry(
+            headers=headers,
+            body=b"".join(fill.chunks),
+            stored_at=now,
+            expires_at=now + fresh.ttl,
+            retain_until=now + fresh.ttl + retain,
+            revalidate=fresh.revalidate,
+        )
+        for writer in plan.writers:
+            writer.commit(entry).addErrback(self._commit_failed, cache_key)
+        if plan.buffered and not fill.overflow and fill.size == int(length):
+            self._cache.store_in(cache_key, entry, plan.buffered)
+            return entry
+        return None
+
+    def _commit_failed(self, failure: Failure, cache_key: CacheKey) -> None:
+        log.warn(
+            "streamed cache write of {key} failed: {error}",
+            key=cache_key.text,
+            error=failure.getErrorMessage(),
+        )
+
+    async def _revalidate(self, request: ProxyRequest, cache_key: CacheKey, lookup: Lookup) -> None:
+        entry = lookup.entry
+        conditions = Headers()
+        etag, modified = entry.header(b"etag"), entry.header(b"last-modified")
+        if etag is not None:
+            conditions.setRawHeaders(b"if-none-match", [etag])
+        if modified is not None:
+            conditions.setRawHeaders(b"if-modified-since", [modified])
+        try:
+            response = await self._client.fetch(b"GET", cache_key.key, conditions)
+        except UpstreamError:
+            if self._stale_allowed(entry) and self._answer(request, entry, b"STALE"):
+                return
+            raise
+        if response.code == 304:
+            response.deliverBody(Discard())
+            refreshed = self._refreshed(entry, response.headers)
+            self._cache.refresh(cache_key, refreshed, lookup.layer)
+            if self._answer(request, refreshed, b"REVALIDATED"):
+                return
+            await self._pass_through(request, cache_key.key)
+            return
+        if response.code in (403, 404, 410):
+            await self._cache.delete(cache_key)
+        await self._fill(request, cache_key, response)
+
+    def _stale_allowed(self, entry: CacheEntry) -> bool:
+        return self._clock.seconds() <= entry.expires_at + self._policy.stale_if_error
+
+    def _refreshed(self, entry: CacheEntry, upstream: Headers) -> CacheEntry:
+        now = self._clock.seconds()
+        cache_control = upstream.getRawHeaders(b"cache-control") or (
+            [v] if (v := entry.header(b"cache-control")) else []
+        )
+        fresh = freshness(
+            cache_control, _first(upstream, b"expires"), _first(upstream, b"date"), self._policy.ttl
+        )
+        updated = dict(entry.headers)
+        for name in (b"cache-control", b"expires", b"etag", b"last-modified"):
+            value = _first(upstream, name)
+            if value is not None:
+                updated[name] = value
+        retain = max(fresh.ttl, self._policy.stale_if_error)
+        return CacheEntry(
+            headers=tuple(updated.items()),
+            body=entry.body,
+            stored_at=now,
+            expires_at=now + fresh.ttl,
+            retain_until=now + fresh.ttl + retain,
+            revalidate=fresh.revalidate,
+        )
+
+    async def _pass_through(self, request: ProxyRequest, key: str) -> None:
+        """Fetch with the client's range/conditionals, stream, store nothing (``BYPASS``)."""
+        forwarded = forwarded_headers(request)
+        response = await self._client.fetch(request.method, key, forwarded)
+        request.setHeader(X_CACHE, b"BYPASS" if request.method == b"GET" else b"MISS")
+        await relay_response(request, response, self._clock, self._client.idle_seconds)
+
+    def _answer_condition(
+        self, request: ProxyRequest, status: int, headers: tuple[tuple[bytes, bytes], ...]
+    ) -> None:
+        if status == 412:
+            raise HTTPError(412, "precondition failed")
+        request.setResponseCode(304)
+        for name, value in headers:
+            if name in (b"etag", b"last-modified", b"cache-control", b"expires"):
+                request.responseHeaders.setRawHeaders(name, [value])
+        request.finish()
+
+    def _answer(self, request: ProxyRequest, entry: CacheEntry, label: bytes) -> bool:
+        """
+        Serve a cached entry (conditionals, range, HEAD).
+
+        :returns: ``False`` when its body file is gone (evicted meanwhile): then nothing was
+            written and the caller falls back to S3.
+        """
+        body_file: IO[bytes] | None = None
+        if isinstance(entry.body, FileBody):
+            try:
+                body_file = open(entry.body.path, "rb")  # noqa: SIM115 (closed by the producer)
+            except OSError:
+                return False
+        try:
+            self._write_entry(request, entry, label, body_file)
+        except BaseException:
+            if body_file is not None:
+                body_file.close()
+            raise
+        return True
+
+    def _write_entry(
+        self, request: ProxyRequest, entry: CacheEntry, label: bytes, body_file: IO[bytes] | None
+    ) -> None:
+        request.setHeader(X_CACHE, label)
+        etag, modified = entry.header(b"etag"), entry.header(b"last-modified")
+        status = precondition_status(request.requestHeaders, etag, modified)
+        if status is not None:
+            if body_file is not None:
+                body_file.close()
+            self._answer_condition(request, status, entry.headers)
+            return
+        total = entry.length
+        try:
+            wanted = requested_range(request.requestHeaders, total, etag, modified)
+        except Unsatisfiable:
+            raise HTTPError(
+                416,
+                "requested range not satisfiable",
+                headers=[("Content-Range", f"bytes */{total}")],
+            ) from None
+        for name, value in entry.headers:
+            request.responseHeaders.setRawHeaders(name, [value])
+        request.setHeader(b"age", b"%d" % max(0, int(self._clock.seconds() - entry.stored_at)))
+        if not request.responseHeaders.hasHeader(b"accept-ranges"):
+            request.setHeader(b"accept-ranges", b"bytes")
+        offset, size = 0, total
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", wanted.content_range)
+            offset, size = wanted.first, wanted.length
+        else:
+            request.setResponseCode(200)
+        request.setHeader(b"content-length", b"%d" % size)
+        if request.method == b"HEAD":
+            if body_file is not None:
+                body_file.close()
+            request.finish()
+            return
+        if body_file is not None:
+            assert isinstance(entry.body, FileBody)
+            FileRangeProducer(request, body_file, entry.body.offset + offset, size).start()
+            return
+        assert isinstance(entry.body, bytes)
+        body = entry.body if wanted is None else entry.body[offset : offset + size]
+        request.write(body)
+        request.finish()
+
+
+def _first(headers: Headers, name: bytes) -> bytes | None:
+    values = headers.getRawHeaders(name)
+    return values[0] if values else None
+
+
+async def raise_upstream_error(response: IResponse) -> None:
+    """Turn an S3 4xx answer into our JSON error (with ``s3_code``)."""
+    raise await upstream_error(response)
