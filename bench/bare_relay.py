@@ -19,13 +19,15 @@ from typing import Any
 
 from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import resource, server
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IResponse
+from zope.interface import implementer
 
 #: Response headers passed from upstream to the client (lower-case).
 PASSED = (
@@ -157,6 +159,28 @@ class Relay(resource.Resource):
         return server.NOT_DONE_YET
 
 
+@implementer(IAgentEndpointFactory)
+class CachedEndpointFactory:
+    """One endpoint per (scheme, host, port), reused for every request.
+
+    Agent's default factory builds a new ``HostnameEndpoint`` per request, and its
+    constructor IDNA-encodes the host name every time (~10 % of the relay's Python time).
+    http only (an https endpoint would wrap this one with ``wrapClientTLS``).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._cache: dict[tuple[bytes, bytes, int], HostnameEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> HostnameEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
+            self._cache[key] = endpoint
+        return endpoint
+
+
 class QuietSite(server.Site):
     """A ``Site`` without the per-request access-log line."""
 
@@ -190,11 +214,19 @@ def main() -> None:
     parser.add_argument(
         "--sndbuf", type=int, default=None, help="SO_SNDBUF for client sockets (caps kernel queue)"
     )
+    parser.add_argument(
+        "--cache-endpoint",
+        action="store_true",
+        help="reuse one client endpoint per origin instead of Agent's per-request one",
+    )
     args = parser.parse_args()
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = args.pool_size
-    agent = Agent(reactor, pool=pool)
+    if args.cache_endpoint:
+        agent = Agent.usingEndpointFactory(reactor, CachedEndpointFactory(reactor), pool=pool)
+    else:
+        agent = Agent(reactor, pool=pool)
     site_class = server.Site if args.access_log else QuietSite
     site = site_class(
         Relay(

@@ -26,6 +26,24 @@ PYTHON = str(REPO / ".venv" / "bin" / "python")
 TWISTD = str(REPO / ".venv" / "bin" / "twistd")
 
 
+# -- CPU pinning -------------------------------------------------------------------------------
+
+#: ``taskset`` prefixes: the server under test gets the last CPU to itself; nginx and the load
+#: generators (wrk, curl, slow clients) share the others.  Empty = no pinning.
+PIN: dict[str, list[str]] = {"server": [], "load": []}
+
+
+def set_pinning(enabled: bool) -> str:
+    n = os.cpu_count() or 1
+    if not enabled or n < 2 or shutil.which("taskset") is None:
+        PIN["server"], PIN["load"] = [], []
+        return "no CPU pinning"
+    last = n - 1
+    rest = f"0-{last - 1}" if last > 1 else "0"
+    PIN["server"], PIN["load"] = ["taskset", "-c", str(last)], ["taskset", "-c", rest]
+    return f"server under test on CPU {last}; nginx, wrk, curl and slow clients on CPU {rest}"
+
+
 # -- tools and ports ---------------------------------------------------------------------------
 
 
@@ -102,7 +120,7 @@ class Server:
         self.name, self.port, self.argv = name, port, list(argv)
         self.logfile = open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            self.argv,
+            [*PIN["server"], *self.argv],
             cwd=REPO,
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
@@ -157,6 +175,56 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat)."""
+    vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU of this process plus its reaped children (wrk, curl, slow clients)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """CPU used on the machine by processes that are not ours (other jobs sharing the box).
+
+    ``ours`` are the pids of our servers (and nginx, children included).
+    """
+
+    def __init__(self, ours: Sequence[int]) -> None:
+        self.ours = list(ours)
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        mine = own_cpu_seconds() + sum(cpu_seconds(p) for p in self.ours)
+        return time.monotonic(), busy_cpu_seconds(), mine
+
+    def cores(self) -> float:
+        """Average foreign cores busy since construction (or the last call)."""
+        now = self._sample()
+        wall = max(now[0] - self._start[0], 1e-3)
+        foreign = (now[1] - self._start[1]) - (now[2] - self._start[2])
+        self._start = now
+        return max(0.0, foreign / wall)
+
+
+def wait_quiet(ours: Sequence[int], threshold: float, max_wait: float) -> tuple[float, float]:
+    """Wait (bounded) until foreign CPU over 1 s is below ``threshold`` cores.
+
+    :returns: (seconds waited, foreign cores in the last sample)
+    """
+    t0 = time.monotonic()
+    probe = ForeignLoad(ours)
+    while True:
+        time.sleep(1.0)
+        load = probe.cores()
+        waited = time.monotonic() - t0
+        if load < threshold or waited >= max_wait:
+            return waited, load
 
 
 def sockstat() -> dict[str, int]:
@@ -237,6 +305,7 @@ class WrkResult:
     raw: str = field(repr=False, default="")
     cpu_util: float = float("nan")
     cpu_us_per_req: float = float("nan")
+    foreign_cores: float = float("nan")
 
 
 def _ms(text: str) -> float:
@@ -248,7 +317,7 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, threads: int, conns: int, seconds: int) -> WrkResult:
-    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", url]
+    cmd = [*PIN["load"], "wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", url]
     raw = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
 
     def grab(pattern: str, conv: Any = float, default: Any = 0) -> Any:
@@ -274,7 +343,18 @@ def run_curl(url: str, timeout: float = 120.0) -> dict[str, Any]:
     """Full-speed download to /dev/null; returns status, bytes, seconds, MiB/s."""
     fmt = "%{http_code} %{size_download} %{time_total} %{speed_download}"
     cp = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)), "-w", fmt, url],
+        [
+            *PIN["load"],
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            str(int(timeout)),
+            "-w",
+            fmt,
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=timeout + 10,

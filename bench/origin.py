@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port, require_tools, wait_http
+from benchlib import PIN, free_port, require_tools, wait_http
 
 BUCKET = "bench"
 #: key -> size in bytes.  The 1 GiB object is sparse (``truncate``), deleted at the end.
@@ -81,7 +81,7 @@ class Origin:
         self.conf = self.tmp / "nginx.conf"
         self.conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=self.port, workers=workers))
         self.proc = subprocess.Popen(
-            ["nginx", "-p", str(self.tmp), "-c", str(self.conf)],
+            [*PIN["load"], "nginx", "-p", str(self.tmp), "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=open(self.tmp / "nginx-stderr.log", "wb"),  # noqa: SIM115
         )

@@ -8,10 +8,11 @@ Targets (all on 127.0.0.1, each its own process):
 * ``proxy``  -- ``twistd -n yatagarasu --config ...`` with nginx as its S3 endpoint
 * knob variants, 1 KiB scenario only: ``relay_pool2`` (Twisted's default
   maxPersistentPerHost=2), ``relay_accesslog`` and ``bare_accesslog`` (twisted.web's
-  access-log line kept); 1 GiB and slow-client scenarios only: ``relay_buf16k`` (16 KiB
-  client pause threshold and upstream recv size instead of 64 KiB), ``relay_pause16k``
-  (16 KiB pause threshold, 64 KiB recv), ``relay_sndbuf256k`` (SO_SNDBUF 256 KiB on
-  client sockets)
+  access-log line kept), ``relay_epcache`` (one cached client endpoint instead of
+  Agent's per-request HostnameEndpoint); 1 GiB and slow-client scenarios only:
+  ``relay_buf16k`` (16 KiB client pause threshold and upstream recv size instead of
+  64 KiB), ``relay_pause16k`` (16 KiB pause threshold, 64 KiB recv), ``relay_sndbuf256k``
+  (SO_SNDBUF 256 KiB on client sockets)
 
 Scenarios: ``small`` (wrk, 1 KiB GET), ``big`` (curl, full-speed 1 GiB GET), ``slow``
 (N slow clients on the 1 GiB object, RSS and socket memory, several rounds).
@@ -40,9 +41,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (
+    PIN,
     PYTHON,
     REPO,
     TWISTD,
+    ForeignLoad,
     Server,
     cpu_seconds,
     dump,
@@ -53,8 +56,10 @@ from benchlib import (
     rss_kib,
     run_curl,
     run_wrk,
+    set_pinning,
     sockstat,
     ss_skmem,
+    wait_quiet,
 )
 from origin import BUCKET, Origin
 
@@ -172,6 +177,8 @@ class Bench:
                 argv.append("--access-log")
             if name == "relay_buf16k":
                 argv += ["--buffer-size", "16384", "--recv-size", "16384"]
+            if name == "relay_epcache":
+                argv.append("--cache-endpoint")
             if name == "relay_pause16k":
                 argv += ["--buffer-size", "16384"]
             if name == "relay_sndbuf256k":
@@ -255,9 +262,12 @@ class Bench:
             run_wrk(self.urls[t] + SMALL_KEY, a.wrk_threads, a.wrk_conns, 3)
         for i in range(a.wrk_runs):
             for t in runs:  # interleaved so drift hits every target alike
+                waited, before = self.quiet()
                 cpu0 = cpu_seconds(self.pids[t])
+                foreign = ForeignLoad(list(self.pids.values()))
                 r = run_wrk(self.urls[t] + SMALL_KEY, a.wrk_threads, a.wrk_conns, a.wrk_seconds)
                 cpu = cpu_seconds(self.pids[t]) - cpu0
+                r.foreign_cores = foreign.cores()
                 r.cpu_util = cpu / a.wrk_seconds
                 r.cpu_us_per_req = 1e6 * cpu / r.requests if r.requests else float("nan")
                 (self.out / f"wrk-{t}-{i}.txt").write_text(r.raw)
@@ -265,7 +275,9 @@ class Bench:
                 self.log(
                     f"small {t} run {i}: {r.rps:.0f} req/s p50 {r.p50_ms:.2f} ms "
                     f"p99 {r.p99_ms:.2f} ms errors {r.errors} non2xx {r.non2xx} "
-                    f"server CPU {100 * r.cpu_util:.0f} % = {r.cpu_us_per_req:.0f} us/req"
+                    f"server CPU {100 * r.cpu_util:.0f} % = {r.cpu_us_per_req:.0f} us/req; "
+                    f"foreign load {r.foreign_cores:.2f} cores (waited {waited:.0f} s, "
+                    f"{before:.2f} before)"
                 )
         self.results["small"] = {
             t: {
@@ -275,11 +287,19 @@ class Bench:
                 "p99_ms": median([r.p99_ms for r in rs]),
                 "cpu_util": median([r.cpu_util for r in rs]),
                 "cpu_us_per_req": median([r.cpu_us_per_req for r in rs]),
+                "foreign_cores_max": max(r.foreign_cores for r in rs),
                 "errors": sum(r.errors for r in rs),
                 "non2xx": sum(r.non2xx for r in rs),
             }
             for t, rs in runs.items()
         }
+
+    def quiet(self) -> tuple[float, float]:
+        """Wait (bounded by --quiet-max-wait) until other jobs on the box leave the CPU."""
+        a = self.args
+        if a.quiet_threshold <= 0:
+            return 0.0, float("nan")
+        return wait_quiet(list(self.pids.values()), a.quiet_threshold, a.quiet_max_wait)
 
     def profile(self, targets: list[str]) -> None:
         """py-spy (if installed in the venv) on each target under the 1 KiB wrk load."""
@@ -295,6 +315,7 @@ class Bench:
             secs = a.profile_seconds
             wrk = subprocess.Popen(
                 [
+                    *PIN["load"],
                     "wrk",
                     f"-t{a.wrk_threads}",
                     f"-c{a.wrk_conns}",
@@ -342,16 +363,20 @@ class Bench:
         run_curl(self.urls["nginx"] + BIG_KEY)  # page cache warm-up, not counted
         for i in range(self.args.big_runs):
             for t in runs:
+                self.quiet()
+                foreign = ForeignLoad(list(self.pids.values()))
                 r = run_curl(self.urls[t] + BIG_KEY)
+                r["foreign_cores"] = foreign.cores()
                 runs[t].append(r)
                 self.log(
                     f"big {t} run {i}: {r['mib_s']:.0f} MiB/s status {r['status']} "
-                    f"bytes {r['bytes']}"
+                    f"bytes {r['bytes']}; foreign load {r['foreign_cores']:.2f} cores"
                 )
         self.results["big"] = {
             t: {
                 "runs": rs,
                 "mib_s": median([r["mib_s"] for r in rs]),
+                "foreign_cores_max": max(r["foreign_cores"] for r in rs),
                 "complete": all(r["status"] == 200 and r["bytes"] == 1024**3 for r in rs),
             }
             for t, rs in runs.items()
@@ -369,9 +394,11 @@ class Bench:
             rss_before = rss_kib(pid)
             fds_before = open_fds(pid)
             for i in range(a.slow_rounds):
-                cmd = [PYTHON, "bench/slow_clients.py", "--url", self.urls[t] + BIG_KEY,
-                       "--clients", str(a.slow_clients), "--rate", a.slow_rate,
-                       "--duration", str(a.slow_seconds)]  # fmt: skip
+                self.quiet()
+                foreign = ForeignLoad(list(self.pids.values()))
+                cmd = [*PIN["load"], PYTHON, "bench/slow_clients.py",
+                       "--url", self.urls[t] + BIG_KEY, "--clients", str(a.slow_clients),
+                       "--rate", a.slow_rate, "--duration", str(a.slow_seconds)]  # fmt: skip
                 proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
                 time.sleep(a.slow_seconds * 0.75)
                 during = {
@@ -384,6 +411,7 @@ class Bench:
                 stdout, _ = proc.communicate(timeout=a.slow_seconds + 60)
                 time.sleep(3.0)  # let aborted connections and the pool settle
                 rnd = {
+                    "foreign_cores": foreign.cores(),
                     "during": during,
                     "clients": json.loads(stdout.strip().splitlines()[-1]),
                     "rss_after_kib": rss_kib(pid),
@@ -425,6 +453,8 @@ class Bench:
             f"Twisted {m['twisted']}, {m['nginx']}, {m['wrk']}, git {m['git']}"
         )
         lines.append("")
+        lines.append(f"CPU pinning: {m.get('pinning', 'n/a')}")
+        lines.append("")
         a = self.args
 
         def pct(x: float, y: float) -> str:
@@ -438,17 +468,18 @@ class Bench:
                 f"--latency, median of {a.wrk_runs}",
                 "",
                 "| target | req/s | p50 ms | p99 ms | errors | non-2xx | server CPU "
-                "| CPU us/req | vs relay |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| CPU us/req | vs relay | foreign cores (max) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for t, v in s.items():
                 lines.append(
                     f"| {t} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} "
                     f"| {v['errors']} | {v['non2xx']} | {100 * v['cpu_util']:.0f} % "
-                    f"| {v['cpu_us_per_req']:.0f} | {pct(v['rps'], rel)} |"
+                    f"| {v['cpu_us_per_req']:.0f} | {pct(v['rps'], rel)} "
+                    f"| {v['foreign_cores_max']:.2f} |"
                 )
             if "proxy" not in s:
-                lines.append("| proxy | pending | | | | | | | |")
+                lines.append("| proxy | pending | | | | | | | | |")
             lines.append("")
         if "big" in r:
             b = r["big"]
@@ -456,15 +487,16 @@ class Bench:
             lines += [
                 f"## 1 GiB GET at full speed: curl -o /dev/null, median of {a.big_runs}",
                 "",
-                "| target | MiB/s | complete | vs relay |",
-                "|---|---:|---|---:|",
+                "| target | MiB/s | complete | vs relay | foreign cores (max) |",
+                "|---|---:|---|---:|---:|",
             ]
             for t, v in b.items():
                 lines.append(
-                    f"| {t} | {v['mib_s']:.0f} | {v['complete']} | {pct(v['mib_s'], rel)} |"
+                    f"| {t} | {v['mib_s']:.0f} | {v['complete']} | {pct(v['mib_s'], rel)} "
+                    f"| {v['foreign_cores_max']:.2f} |"
                 )
             if "proxy" not in b:
-                lines.append("| proxy | pending | | |")
+                lines.append("| proxy | pending | | | |")
             lines.append("")
         if "slow" in r:
             lines += [
@@ -477,8 +509,8 @@ class Bench:
                 "",
                 "| target | RSS before | RSS during (rounds) | KiB/conn | RSS after r1 "
                 "| RSS after last | fds before/after last | client MiB/s (rounds) "
-                "| kernel: client-side w MiB | kernel: upstream r MiB |",
-                "|---|---:|---|---:|---:|---:|---|---|---:|---:|",
+                "| kernel: client-side w MiB | kernel: upstream r MiB | foreign cores (max) |",
+                "|---|---:|---|---:|---:|---:|---|---|---:|---:|---:|",
             ]
             for t, v in r["slow"].items():
                 rounds = v["rounds"]
@@ -491,10 +523,11 @@ class Bench:
                     f"| {v['rss_after_r1_kib']} | {v['rss_after_last_kib']} "
                     f"| {v['fds_before']}/{last['fds_after']} | {mibs} "
                     f"| {cs['w'] / 1048576:.1f} ({cs['sockets']} socks) "
-                    f"| {us['r'] / 1048576:.1f} ({us['sockets']} socks) |"
+                    f"| {us['r'] / 1048576:.1f} ({us['sockets']} socks) "
+                    f"| {max(x['foreign_cores'] for x in rounds):.2f} |"
                 )
             if "proxy" not in r["slow"]:
-                lines.append("| proxy | pending | | | | | | | | |")
+                lines.append("| proxy | pending | | | | | | | | | |")
             lines.append("")
         if r["notes"]:
             lines += ["Notes:", *[f"- {n}" for n in r["notes"]], ""]
@@ -516,7 +549,8 @@ def main() -> None:
         "--targets",
         default="nginx,bare,relay",
         help="baseline targets (proxy is added per --proxy); knob variants: "
-        "relay_pool2, relay_accesslog, bare_accesslog, relay_buf16k, relay_pause16k, "
+        "relay_pool2, relay_accesslog, bare_accesslog, relay_epcache, relay_buf16k, "
+        "relay_pause16k, "
         "relay_sndbuf256k",
     )
     p.add_argument("--scenarios", default="small,big,slow,profile")
@@ -533,6 +567,19 @@ def main() -> None:
     p.add_argument("--slow-rounds", type=int, default=3)
     p.add_argument("--pool-size", type=int, default=64, help="bare relay maxPersistentPerHost")
     p.add_argument("--nginx-workers", type=int, default=1)
+    p.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.25,
+        help="before each measurement wait until other processes use < this many cores "
+        "(0 = never wait)",
+    )
+    p.add_argument("--quiet-max-wait", type=float, default=90.0)
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the server under test to its own CPU (taskset)",
+    )
     args = p.parse_args()
     if args.quick:
         args.wrk_seconds, args.wrk_runs, args.big_runs = 4, 1, 1
@@ -542,13 +589,16 @@ def main() -> None:
         targets.append("proxy")
     scenarios = args.scenarios.split(",")
 
+    pinning = set_pinning(not args.no_pin)
     bench = Bench(args)
+    bench.results["machine"]["pinning"] = pinning
+    bench.log(pinning)
     bench.log(f"results in {bench.out}; targets {targets}; scenarios {scenarios}")
     try:
         bench.start(targets)
         bench.check()
         small_only, big_only = (
-            ("relay_pool2", "relay_accesslog", "bare_accesslog"),
+            ("relay_pool2", "relay_accesslog", "bare_accesslog", "relay_epcache"),
             ("relay_buf16k", "relay_pause16k", "relay_sndbuf256k"),
         )
         if "small" in scenarios:
