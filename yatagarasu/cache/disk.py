@@ -706,6 +706,7 @@ class DiskCacheLayer:
         :param reactor: provides ``seconds()`` and ``getThreadPool()``.
         """
         self.settings = settings
+        self.enabled = settings.enabled
         self.root = os.path.abspath(settings.cache_dir)
         self.max_size = settings.max_size
         self.max_item_size = settings.max_item_size

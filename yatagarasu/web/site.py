@@ -82,9 +82,10 @@ class ProxyRequest(Request):
         super().handleContentChunk(data)
 
     def connectionLost(self, reason: Failure) -> None:
+        site = self.proxy_site if self.channel is not None else None
         super().connectionLost(reason)
-        if self.started:
-            self.proxy_site.request_ended(self, aborted=True)
+        if self.started and site is not None:
+            site.request_ended(self, aborted=True)
 
     def client_ip(self) -> str:
         """The peer's IP address (or the UNIX socket path)."""
