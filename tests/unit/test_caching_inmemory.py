@@ -214,7 +214,7 @@ def test_ttl_precedence() -> None:
     fetch(h, "/pub/b", answer=obj(**{"Cache-Control": "max-age=10, s-maxage=1000"}))
     h.clock.advance(150)  # past a's ttl (100), within its retention (2 x ttl)
     assert fetch(h, "/pub/b").header("x-cache") == "HIT"
-    _, transport = h.get("/pub/a")
+    h.get("/pub/a")
     assert h.agents["pub"].sent[-1].headers.getRawHeaders(b"if-none-match") == [b'"v1"']
 
 
