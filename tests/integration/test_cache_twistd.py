@@ -1,0 +1,243 @@
+"""Tiered caching through the real twistd process: moto (SigV4 on), the tests' redis-server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from harness import MotoS3Server, ProxyProcess, RedisServer, bucket_config, wait_until
+
+SECRET = "cache-admin-secret-" + "y" * 48
+
+
+def admin() -> dict[str, str]:
+    tok = jwt.encode(
+        {"sub": "ops", "role": "admin", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256"
+    )
+    return {"Authorization": f"Bearer {tok}"}
+
+
+def config(moto: MotoS3Server, bucket: str, cache: dict[str, Any], **entry: Any) -> dict[str, Any]:
+    return {
+        "cache": cache,
+        "jwt": {
+            "secret": SECRET,
+            "admin_claims": [{"claim": "role", "operator": "equals", "value": "admin"}],
+        },
+        "buckets": [bucket_config(moto, "pub", bucket, **entry)],
+    }
+
+
+MEMORY = {"enabled": True, "memory": {"max_cache_size_mb": 64, "max_item_size_mb": 10}}
+
+
+def test_miss_hit_byte_exact_and_no_second_upstream_get(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    body = os.urandom(300_000)
+    etag = moto_s3.put_object(s3_bucket, "bin/data.bin", body, CacheControl="max-age=300")
+    running = proxy(config(moto_s3, s3_bucket, MEMORY))
+    moto_s3.clear_requests()
+    first = running.get("/pub/bin/data.bin")
+    second = running.get("/pub/bin/data.bin")
+    assert (first.header("X-Cache"), second.header("X-Cache")) == ("MISS", "HIT")
+    assert first.body == second.body == body
+    assert second.header("ETag") == etag
+    assert moto_s3.count_requests("GET", s3_bucket, "bin/data.bin") == 1
+    assert running.get("/pub/bin/data.bin", headers={"If-None-Match": etag}).status == 304
+    ranged = running.get("/pub/bin/data.bin", headers={"Range": "bytes=10-19"})
+    assert (ranged.status, ranged.body) == (206, body[10:20])
+    assert moto_s3.count_requests("GET", s3_bucket, "bin/data.bin") == 1
+
+
+def test_coalescing_twenty_concurrent_misses_one_upstream_get(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    body = os.urandom(2_000_000)
+    moto_s3.put_object(s3_bucket, "hot.bin", body)
+    running = proxy(config(moto_s3, s3_bucket, MEMORY))
+    moto_s3.clear_requests()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(lambda _: running.get("/pub/hot.bin", timeout=60), range(20)))
+    assert {r.status for r in responses} == {200}
+    assert all(r.body == body for r in responses)
+    assert moto_s3.count_requests("GET", s3_bucket, "hot.bin") == 1
+
+
+def test_large_object_bypasses_with_bounded_memory(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    body = hashlib.sha256(b"big").digest() * (40 * 1024 * 1024 // 32)
+    moto_s3.put_object(s3_bucket, "big.bin", body)
+    running = proxy(config(moto_s3, s3_bucket, MEMORY))
+    for _ in range(2):
+        response = running.get("/pub/big.bin", timeout=60)
+        assert response.header("X-Cache") == "BYPASS"
+        assert hashlib.sha256(response.body).digest() == hashlib.sha256(body).digest()
+
+
+def test_no_store_and_expiry_revalidation(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "nostore.txt", b"n", CacheControl="no-store")
+    moto_s3.put_object(s3_bucket, "short.txt", b"s", CacheControl="max-age=1")
+    running = proxy(config(moto_s3, s3_bucket, MEMORY))
+    assert running.get("/pub/nostore.txt").header("X-Cache") == "BYPASS"
+    assert running.get("/pub/nostore.txt").header("X-Cache") == "BYPASS"
+    assert running.get("/pub/short.txt").header("X-Cache") == "MISS"
+    wait_until(
+        lambda: running.get("/pub/short.txt").header("X-Cache") == "REVALIDATED",
+        timeout=15,
+        interval=0.5,
+        what="an expired entry to be revalidated",
+    )
+
+
+def test_disk_cache_survives_restart_and_ignores_corrupt_files(
+    tmp_path: Path,
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "keep.txt", b"kept on disk", CacheControl="max-age=600")
+    cache_dir = tmp_path / "disk-cache"
+    settings = {
+        "enabled": True,
+        "cache_layers": ["memory", "disk"],
+        "memory": {"max_cache_size_mb": 8, "max_item_size_mb": 1},
+        "disk": {"enabled": True, "cache_dir": str(cache_dir), "max_disk_cache_size_mb": 64},
+    }
+    first = proxy(config(moto_s3, s3_bucket, settings))
+    assert first.get("/pub/keep.txt").header("X-Cache") == "MISS"
+    wait_until(
+        lambda: any(p.is_file() and not p.name.startswith(".") for p in cache_dir.rglob("*")),
+        timeout=10,
+        what="the disk entry",
+    )
+    first.stop()
+    fan_out = next(p for p in cache_dir.rglob("*") if p.is_file()).parent
+    (fan_out / ("f" * 64)).write_bytes(b"garbage that is not an entry")
+    (fan_out / ".tmp-leftover").write_bytes(b"half written")
+    moto_s3.clear_requests()
+    second = proxy(config(moto_s3, s3_bucket, settings))
+    response = second.get("/pub/keep.txt")
+    assert (response.body, response.header("X-Cache")) == (b"kept on disk", "HIT")
+    assert moto_s3.count_requests("GET", s3_bucket, "keep.txt") == 0
+    wait_until(lambda: not (fan_out / ("f" * 64)).exists(), timeout=10, what="corrupt file removal")
+    assert not (fan_out / ".tmp-leftover").exists()
+
+
+def test_unusable_disk_keeps_serving(
+    tmp_path: Path,
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "x.txt", b"still served")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory should be")
+    settings = {
+        "enabled": True,
+        "cache_layers": ["disk"],
+        "disk": {"enabled": True, "cache_dir": str(blocker / "cache")},
+    }
+    running = proxy(config(moto_s3, s3_bucket, settings))
+    for _ in range(3):
+        response = running.get("/pub/x.txt")
+        assert (response.status, response.body) == (200, b"still served")
+
+
+def redis_cache(redis: RedisServer) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "cache_layers": ["memory", "redis"],
+        "memory": {"max_cache_size_mb": 8, "max_item_size_mb": 1},
+        "redis": {"enabled": True, "redis_url": redis.url, "timeout_ms": 300},
+    }
+
+
+def test_two_instances_share_redis_and_purges(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+    redis_server: RedisServer,
+) -> None:
+    moto_s3.put_object(s3_bucket, "shared.txt", b"shared", CacheControl="max-age=600")
+    a = proxy(config(moto_s3, s3_bucket, redis_cache(redis_server)))
+    b = proxy(config(moto_s3, s3_bucket, redis_cache(redis_server)))
+    moto_s3.clear_requests()
+    assert a.get("/pub/shared.txt").header("X-Cache") == "MISS"
+    wait_until(
+        lambda: b.get("/pub/shared.txt").header("X-Cache") == "HIT",
+        timeout=10,
+        what="B to hit what A stored in Redis",
+    )
+    assert b.get("/pub/shared.txt").header("X-Cache") == "HIT"  # now from B's memory too
+    assert moto_s3.count_requests("GET", s3_bucket, "shared.txt") == 1
+    purged = a.request("POST", "/admin/cache/purge/pub/shared.txt", headers=admin())
+    assert (purged.status, purged.json()["deleted"]) == (200, True)
+    wait_until(
+        lambda: b.get("/pub/shared.txt").header("X-Cache") == "MISS",
+        timeout=10,
+        what="A's purge to reach B's memory layer",
+    )
+
+
+def test_redis_killed_requests_keep_succeeding(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+    redis_server: RedisServer,
+) -> None:
+    moto_s3.put_object(s3_bucket, "r.txt", b"resilient", CacheControl="max-age=600")
+    running = proxy(config(moto_s3, s3_bucket, redis_cache(redis_server)))
+    assert running.get("/pub/r.txt").status == 200
+    redis_server.kill()
+    for _ in range(5):
+        response = running.get("/pub/r.txt")
+        assert (response.status, response.body) == (200, b"resilient")
+    moto_s3.put_object(s3_bucket, "new.txt", b"fresh from s3")
+    assert running.get("/pub/new.txt").body == b"fresh from s3"
+    stats = running.get("/admin/cache/stats", headers=admin()).json()["data"]
+    assert stats["layers"]["redis"]["misses"] >= 1
+    assert b'yatagarasu_cache_errors_total{layer="redis"}' in running.get("/metrics").body
+
+
+def test_admin_api_auth_and_stats(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "a/1", b"1")
+    moto_s3.put_object(s3_bucket, "a/2", b"2")
+    running = proxy(config(moto_s3, s3_bucket, MEMORY))
+    running.get("/pub/a/1")
+    running.get("/pub/a/2")
+    running.get("/pub/a/1")
+    assert running.get("/admin/cache/stats").status == 401
+    user = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    assert (
+        running.get("/admin/cache/stats", headers={"Authorization": f"Bearer {user}"}).status == 403
+    )
+    data = running.get("/admin/cache/stats", headers=admin()).json()["data"]
+    assert (data["hits"], data["misses"], data["current_item_count"]) == (1, 2, 2)
+    assert data["buckets"]["pub"]["hit_rate"] == pytest.approx(1 / 3)
+    assert running.get("/admin/cache/stats/other", headers=admin()).status == 404
+    purge = running.request("POST", "/admin/cache/purge/pub?prefix=a/", headers=admin())
+    assert purge.json()["purged"] == 2
+    assert running.get("/pub/a/1").header("X-Cache") == "MISS"
