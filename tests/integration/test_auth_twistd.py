@@ -14,10 +14,10 @@ from typing import Any
 
 import jwt
 import pytest
-from jwt.utils import base64url_encode
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from harness import MotoS3Server, ProxyProcess, bucket_config
+from jwt.utils import base64url_encode
 
 SECRET = "integration-secret-" + "x" * 48
 
