@@ -1167,8 +1167,8 @@ def demo_config(
 ) -> dict[str, Any]:
     """
     The demo proxy config: ``/public`` → :data:`PUBLIC_BUCKET` (no auth), ``/private`` →
-    :data:`PRIVATE_BUCKET` (JWT, HS256 with ``jwt_secret``). This is the one place to extend
-    the demo.
+    :data:`PRIVATE_BUCKET` (JWT, HS256 with ``jwt_secret``), both cached in memory. This is
+    the one place to extend the demo.
 
     :param moto: the S3 server.
     :param jwt_secret: the HS256 secret tokens for ``/private`` are signed with.
@@ -1182,6 +1182,11 @@ def demo_config(
             bucket_config(moto, "private", PRIVATE_BUCKET, auth={"enabled": True}),
         ],
         port=port,
+        cache={
+            "enabled": True,
+            "cache_layers": ["memory"],
+            "memory": {"max_cache_size_mb": 256, "max_item_size_mb": 10},
+        },
         jwt={
             "secret": jwt_secret,
             "algorithm": "HS256",
@@ -1254,6 +1259,10 @@ def smoke_check(proxy: ProxyProcess, seeded: Sequence[SeededObject], token: str)
             print(f"  GET {path} without a token -> {anonymous.status}")
             if anonymous.status != 401:
                 problems.append(f"GET {path} without a token answered {anonymous.status}")
+    again = proxy.get("/public/hello.txt")
+    print(f"  GET /public/hello.txt again -> X-Cache: {again.header('X-Cache')}")
+    if again.header("X-Cache") != "HIT":
+        problems.append(f"second GET of hello.txt: X-Cache {again.header('X-Cache')}, not HIT")
     resp = proxy.get("/public/no-such-key.txt")
     print(f"  GET /public/no-such-key.txt -> {resp.status}")
     if resp.status != 404:
@@ -1345,6 +1354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nTry:")
         for line in curl_lines(base, seeded, token):
             print("  " + line)
+        print("\nRun the first line twice: X-Cache says MISS, then HIT (served from memory).")
         print(f"\n/private needs a token (valid 24 h, HS256):\n  TOKEN={token}")
         print(f'  curl -i -H "Authorization: Bearer $TOKEN" {base}/private/secret.txt')
         print(flush=True)

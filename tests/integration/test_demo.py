@@ -29,3 +29,4 @@ def test_demo_smoke(tmp_path: Path) -> None:
     assert "smoke check passed" in result.stdout
     assert "GET /private/secret.txt without a token -> 401" in result.stdout
     assert "TOKEN=" in result.stdout
+    assert "GET /public/hello.txt again -> X-Cache: HIT" in result.stdout
