@@ -241,3 +241,18 @@ def test_admin_api_auth_and_stats(
     purge = running.request("POST", "/admin/cache/purge/pub?prefix=a/", headers=admin())
     assert purge.json()["purged"] == 2
     assert running.get("/pub/a/1").header("X-Cache") == "MISS"
+
+
+def test_third_party_cache_layer_plugin(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "d.txt", b"from a dict")
+    settings = {"enabled": True, "cache_layers": ["dict"], "dict": {"max_entries": 10}}
+    running = proxy(config(moto_s3, s3_bucket, settings))
+    assert running.get("/pub/d.txt").header("X-Cache") == "MISS"
+    hit = running.get("/pub/d.txt")
+    assert (hit.header("X-Cache"), hit.body) == ("HIT", b"from a dict")
+    stats = running.get("/admin/cache/stats", headers=admin()).json()["data"]
+    assert stats["layers"]["dict"]["current_item_count"] == 1

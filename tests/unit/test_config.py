@@ -11,7 +11,7 @@ import pytest
 import yaml
 from twisted.internet.task import Clock
 
-from yatagarasu.auth.setup import build_access_control
+from yatagarasu.components import build_components
 from yatagarasu.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,4 +197,4 @@ def test_every_shipped_yaml_loads(path: str) -> None:
     }
     config = parse_config(document, environ)
     assert config.buckets
-    build_access_control(config, Clock())  # auth settings are valid too (fail closed)
+    build_components(config, Clock())  # auth and cache settings are valid too (fail closed)
