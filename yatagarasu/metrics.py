@@ -109,6 +109,7 @@ class Metrics:
             registry=r,
         )
         self._cache_errors: dict[str, int] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._layers: list[ICacheLayer] = []
         r.register(_LayerCollector(lambda: self._layers, self._cache_errors))
 
@@ -118,23 +119,32 @@ class Metrics:
         """
         self._layers = list(layers)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # labels() costs microseconds; the label sets are bounded, so the children are kept.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def request(
         self, bucket: str | None, method: str, status: int, seconds: float, sent: int
     ) -> None:
-        """Count one finished request."""
+        """Count one finished request (``bucket`` ``None``: the proxy's own routes)."""
         label = bucket or "-"
-        self.requests.labels(label, method if method in _METHODS else "other", str(status)).inc()
-        self.request_seconds.labels(label).observe(seconds)
+        method = method if method in _METHODS else "other"
+        self._child(self.requests, label, method, str(status)).inc()
+        self._child(self.request_seconds, label).observe(seconds)
         if sent:
-            self.response_bytes.labels(label).inc(sent)
+            self._child(self.response_bytes, label).inc(sent)
 
     def cache_hit(self, bucket: str, layer: str) -> None:
         """A lookup found the entry in ``layer``."""
-        self._hits.labels(bucket, layer).inc()
+        self._child(self._hits, bucket, layer).inc()
 
     def cache_miss(self, bucket: str) -> None:
         """A lookup found nothing in any layer."""
-        self._misses.labels(bucket).inc()
+        self._child(self._misses, bucket).inc()
 
     def cache_error(self, layer: str) -> None:
         """A layer call failed (and was treated as a miss)."""
@@ -142,11 +152,11 @@ class Metrics:
 
     def cache_get_time(self, layer: str, seconds: float) -> None:
         """How long a layer lookup took."""
-        self._get_seconds.labels(layer).observe(seconds)
+        self._child(self._get_seconds, layer).observe(seconds)
 
     def cache_set_time(self, layer: str, seconds: float) -> None:
         """How long a layer write took."""
-        self._set_seconds.labels(layer).observe(seconds)
+        self._child(self._set_seconds, layer).observe(seconds)
 
     def render(self) -> bytes:
         """:returns: the Prometheus text exposition."""
