@@ -362,7 +362,7 @@ def test_metrics_endpoint() -> None:
         (
             {"enabled": True, "cache_layers": ["memory", "nvme"]},
             "cache.cache_layers[1]",
-            "available: disk, memory, redis",
+            "disk, memory, redis",
         ),
         (
             {"enabled": True, "cache_layers": ["memory", "memory"]},

@@ -62,8 +62,8 @@ class ClientAddressResolver:
         :param forwarded_for: every ``X-Forwarded-For`` header value, in order.
         :returns: the client address as text.
         """
-        if not self._trusted:
-            return peer  # the common case, kept cheap: no parsing
+        if not self._trusted:  # the common case, kept cheap: no parsing
+            return peer[7:] if peer.startswith("::ffff:") and "." in peer else peer
         peer_address = parse_address(peer)
         if peer_address is None or not _within(peer_address, self._trusted):
             return str(peer_address) if peer_address is not None else peer
