@@ -443,3 +443,36 @@ def test_in_flight_tracking_and_abort() -> None:
     h.agents["pub"].answer(FakeResponse(200, OBJECT_HEADERS, body=b"late"))
     assert waiter.called
     assert h.site.active_count == 0
+
+
+def test_aws_virtual_hosted_and_dotted_bucket_addressing() -> None:
+    h = Harness(
+        {
+            "buckets": [
+                {
+                    "name": "aws",
+                    "path_prefix": "/aws",
+                    "s3": {
+                        "bucket": "my-assets",
+                        "region": "eu-west-1",
+                        "access_key": "AKID",
+                        "secret_key": "s",
+                    },
+                },
+                {
+                    "name": "dots",
+                    "path_prefix": "/dots",
+                    "s3": {"bucket": "assets.example.com", "region": "us-west-2"},
+                },
+            ]
+        }
+    )
+    h.get("/aws/img/a%20b.png")
+    sent = h.agents["aws"].sent[0]
+    assert sent.uri == b"https://my-assets.s3.eu-west-1.amazonaws.com/img/a%20b.png"
+    assert sent.headers.getRawHeaders(b"host") == [b"my-assets.s3.eu-west-1.amazonaws.com"]
+    assert b"/eu-west-1/s3/aws4_request" in sent.headers.getRawHeaders(b"authorization")[0]
+    h.get("/dots/k")
+    anonymous = h.agents["dots"].sent[0]
+    assert anonymous.uri == b"https://s3.us-west-2.amazonaws.com/assets.example.com/k"
+    assert anonymous.headers.getRawHeaders(b"authorization") is None
