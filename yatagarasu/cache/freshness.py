@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+
+from yatagarasu.http_dates import http_date
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,6 @@ def _seconds(value: str | None) -> float | None:
     return float(value)
 
 
-def _date(value: bytes | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def freshness(
     cache_control: Iterable[bytes],
     expires: bytes | None,
@@ -73,9 +65,9 @@ def freshness(
         if name in directives:
             ttl = _seconds(directives[name])
             return Freshness(True, ttl if ttl is not None else 0.0, revalidate)
-    expires_at = _date(expires)
+    expires_at = http_date(expires)
     if expires is not None:
-        base = _date(date)
+        base = http_date(date)
         if expires_at is None or base is None:
             return Freshness(True, 0.0, revalidate)  # invalid Expires means "already expired"
         return Freshness(True, max(0.0, expires_at - base), revalidate)

@@ -30,25 +30,18 @@ from yatagarasu.s3.client import S3Client
 from yatagarasu.web.conditional import Unsatisfiable, precondition_status, requested_range
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import BodyRelay, FileRangeProducer
-from yatagarasu.web.upstream import Discard, forwarded_headers, relay_response, upstream_error
+from yatagarasu.web.upstream import (
+    STORED_RESPONSE_HEADERS,
+    Discard,
+    forwarded_headers,
+    relay_response,
+    upstream_error,
+)
 
 log = Logger()
 
 X_CACHE = b"x-cache"
 
-#: Response headers kept with a cached object and replayed on hits.
-STORED_HEADERS = (
-    b"content-type",
-    b"content-encoding",
-    b"content-disposition",
-    b"content-language",
-    b"etag",
-    b"last-modified",
-    b"cache-control",
-    b"expires",
-    b"accept-ranges",
-)
-_CONDITIONAL = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since")
 
 
 class _Flight:
@@ -190,7 +183,7 @@ class CachedObjects:
         plan = self._cache.plan(cache_key, int(length)) if fresh.storable and fits else WritePlan()
         headers = tuple(
             (name, value)
-            for name in STORED_HEADERS
+            for name in STORED_RESPONSE_HEADERS
             for value in (upstream.getRawHeaders(name) or ())[:1]
         )
         client = request

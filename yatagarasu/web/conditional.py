@@ -7,20 +7,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from twisted.web.http_headers import Headers
 
+from yatagarasu.http_dates import http_date
+
 _RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
-
-
-def _http_date(value: bytes | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 def _first(headers: Headers, name: bytes) -> bytes | None:
@@ -75,13 +67,13 @@ def precondition_status(
     :param safe: GET/HEAD (a failed ``If-None-Match`` gives 304 rather than 412).
     :returns: ``412``, ``304``, or ``None`` to go on.
     """
-    modified = _http_date(last_modified)
+    modified = http_date(last_modified)
     if_match = headers.getRawHeaders(b"if-match")
     if if_match:
         if not strong_match(b",".join(if_match), etag):
             return 412
     else:
-        since = _http_date(_first(headers, b"if-unmodified-since"))
+        since = http_date(_first(headers, b"if-unmodified-since"))
         if since is not None and (modified is None or modified > since):
             return 412
     if_none_match = headers.getRawHeaders(b"if-none-match")
@@ -89,7 +81,7 @@ def precondition_status(
         if weak_match(b",".join(if_none_match), etag):
             return 304 if safe else 412
         return None
-    since = _http_date(_first(headers, b"if-modified-since"))
+    since = http_date(_first(headers, b"if-modified-since"))
     if since is not None and modified is not None and modified <= since:
         return 304
     return None
@@ -144,7 +136,7 @@ def requested_range(
             if not strong_match(validator, etag):
                 return None
         else:
-            when, modified = _http_date(validator), _http_date(last_modified)
+            when, modified = http_date(validator), http_date(last_modified)
             if when is None or modified is None or modified != when:
                 return None
     match = _RANGE.match(values[0])

@@ -37,6 +37,12 @@ PASSED_RESPONSE_HEADERS = (
     b"accept-ranges",
 )
 
+# Response headers kept with a cached object and replayed on hits (lengths and ranges are
+# recomputed for each answer).
+STORED_RESPONSE_HEADERS = tuple(
+    name for name in PASSED_RESPONSE_HEADERS if name not in (b"content-length", b"content-range")
+)
+
 _S3_STATUS_MESSAGES = {
     400: "S3 rejected the request",
     403: "access denied by S3",
