@@ -154,13 +154,11 @@ class CachedObjects:
             response = await self._client.fetch(b"GET", cache_key.key, Headers())
             outcome = await self._fill(request, cache_key, response)
         except HTTPError as e:
-            outcome = e
+            outcome = e  # S3's answer (or a timeout) is the same for everyone waiting
             raise
-        except BaseException as e:
-            # The leader's client went away (or a bug): followers fetch on their own.
-            outcome = None
-            raise e from None
         finally:
+            # Any other failure (the leader's client went away) leaves ``None``: then the
+            # followers fetch on their own.
             del self._flights[cache_key]
             flight.settle(outcome)
 
