@@ -481,13 +481,17 @@ def build_settings(raw: dict[str, Any]) -> Any:
 
 def test_forwarded_for_only_from_trusted_proxies() -> None:
     resolver = ClientAddressResolver(parse_networks(["10.0.0.0/8", "::1"], "t"))
-    xff = [b"203.0.113.9, 198.51.100.7", b"10.1.1.1"]
-    assert resolver.client_ip("10.0.0.2", xff) == "198.51.100.7"
-    assert resolver.client_ip("192.0.2.1", xff) == "192.0.2.1"
-    assert resolver.client_ip("::1", [b"2001:db8::5"]) == "2001:db8::5"
-    assert resolver.client_ip("10.0.0.2", None) == "10.0.0.2"
-    assert resolver.client_ip("10.0.0.2", [b"garbage, 10.2.2.2"]) == "10.2.2.2"
-    assert ClientAddressResolver(()).client_ip("::ffff:192.0.2.1", xff) == "192.0.2.1"
+
+    def xff(*values: bytes) -> Any:
+        return lambda: list(values) or None
+
+    chain = xff(b"203.0.113.9, 198.51.100.7", b"10.1.1.1")
+    assert resolver.client_ip("10.0.0.2", chain) == "198.51.100.7"
+    assert resolver.client_ip("192.0.2.1", chain) == "192.0.2.1"
+    assert resolver.client_ip("::1", xff(b"2001:db8::5")) == "2001:db8::5"
+    assert resolver.client_ip("10.0.0.2", xff()) == "10.0.0.2"
+    assert resolver.client_ip("10.0.0.2", xff(b"garbage, 10.2.2.2")) == "10.2.2.2"
+    assert ClientAddressResolver(()).client_ip("::ffff:192.0.2.1", chain) == "192.0.2.1"
 
 
 def test_ip_filter_allow_wins_and_block() -> None:

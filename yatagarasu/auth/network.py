@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from yatagarasu.errors import ConfigError
 
@@ -56,10 +56,11 @@ class ClientAddressResolver:
     def __init__(self, trusted: Sequence[Network]) -> None:
         self._trusted = tuple(trusted)
 
-    def client_ip(self, peer: str, forwarded_for: Sequence[bytes] | None) -> str:
+    def client_ip(self, peer: str, forwarded_for: Callable[[], Sequence[bytes] | None]) -> str:
         """
         :param peer: the socket peer's address.
-        :param forwarded_for: every ``X-Forwarded-For`` header value, in order.
+        :param forwarded_for: returns every ``X-Forwarded-For`` header value, in order (only
+            called when the peer is a trusted proxy).
         :returns: the client address as text.
         """
         if not self._trusted:  # the common case, kept cheap: no parsing
@@ -69,7 +70,7 @@ class ClientAddressResolver:
             return str(peer_address) if peer_address is not None else peer
         hops = [
             hop.strip()
-            for value in forwarded_for or ()
+            for value in forwarded_for() or ()
             for hop in value.decode("latin-1").split(",")
             if hop.strip()
         ]

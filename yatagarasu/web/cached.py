@@ -43,7 +43,6 @@ log = Logger()
 X_CACHE = b"x-cache"
 
 
-
 class _Flight:
     """One upstream fetch that concurrent misses for the same key wait on."""
 

@@ -59,7 +59,7 @@ class ProxyRequest(Request):
         self.responseHeaders.setRawHeaders(b"x-correlation-id", rid)
         site.request_started(self)
         self.client_address = site.addresses.client_ip(
-            self.client_ip(), self.requestHeaders.getRawHeaders(b"x-forwarded-for")
+            self.client_ip(), lambda: self.requestHeaders.getRawHeaders(b"x-forwarded-for")
         )
         reason = traversal_reason(self.uri)
         if reason is not None:
@@ -108,6 +108,8 @@ class ProxySite(Site):
     :param max_concurrent_requests: above this many in-flight requests, answer 503.
     :param addresses: how to find the client address (trusted proxies).
     :param metrics: where finished requests are counted.
+    :param access_log_enabled: whether the per-request access event (level info) is wanted
+        at all; when the log level drops it anyway, building it is skipped.
     :param idle_timeout: seconds an idle keep-alive connection is kept.
     """
 
@@ -124,12 +126,14 @@ class ProxySite(Site):
         max_concurrent_requests: int,
         addresses: ClientAddressResolver,
         metrics: Metrics,
+        access_log_enabled: bool = True,
         idle_timeout: float = 60.0,
     ) -> None:
         super().__init__(resource, reactor=clock)
         self.clock = clock
         self.addresses = addresses
         self.metrics = metrics
+        self.access_log_enabled = access_log_enabled
         self.limits = limits
         self.max_concurrent_requests = max_concurrent_requests
         self.idle_timeout = idle_timeout
@@ -168,22 +172,23 @@ class ProxySite(Site):
         duration = self.clock.seconds() - request.started
         method = request.method.decode("ascii", "replace")
         self.metrics.request(request.bucket, method, request.code, duration, request.sentLength)
-        access_log.info(
-            "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
-            request_id=request.request_id,
-            client_ip=request.client_address or request.client_ip(),
-            user=request.subject,
-            method=method,
-            path=request.path.decode("utf-8", "replace"),
-            status=request.code,
-            bytes_sent=request.sentLength,
-            duration_ms=round(duration * 1000, 3),
-            bucket=request.bucket,
-            object_key=request.object_key,
-            cache=_header_text(request, b"x-cache"),
-            aborted=aborted,
-            user_agent=(request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
-        )
+        if self.access_log_enabled:
+            access_log.info(
+                "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
+                request_id=request.request_id,
+                client_ip=request.client_address or request.client_ip(),
+                user=request.subject,
+                method=method,
+                path=request.path.decode("utf-8", "replace"),
+                status=request.code,
+                bytes_sent=request.sentLength,
+                duration_ms=round(duration * 1000, 3),
+                bucket=request.bucket,
+                object_key=request.object_key,
+                cache=_header_text(request, b"x-cache"),
+                aborted=aborted,
+                user_agent=(request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
+            )
         if not self._active:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:

@@ -67,6 +67,7 @@ def build_site(
         max_concurrent_requests=config.server.max_concurrent_requests,
         addresses=access.addresses,
         metrics=components.metrics,
+        access_log_enabled=config.logging.level in ("debug", "info"),
     )
 
 
