@@ -1,0 +1,448 @@
+"""Cache hit benchmark: Yatagarasu's memory, disk and redis layers vs a bare twisted.web
+resource and nginx ``proxy_cache``, in one run, side by side.
+
+Targets (each its own process, all on 127.0.0.1; with pinning the server under test gets the
+last CPU, nginx origin / wrk / redis the others):
+
+* ``bare``     -- ``bench/bare_resource.py --size N`` (the twisted.web ceiling)
+* ``mem``      -- the proxy, ``cache_layers: [memory]``, ``logging: {level: warn}``
+* ``mem+log``  -- the same with ``logging: {level: info, file: /dev/null}`` (access log kept)
+* ``disk``     -- the proxy, ``cache_layers: [disk]`` (``cache_dir`` in a temp dir)
+* ``redis``    -- the proxy, ``cache_layers: [redis]`` on a private ``redis-server``
+* ``nginx``    -- nginx ``proxy_cache`` (1 worker) in front of the same origin
+
+Scenarios: wrk hits on 1 KiB and 100 KiB objects (warmed first, ``X-Cache: HIT`` checked
+with curl, origin access-log lines counted during the measurement), ``-c1`` latency of bare
+vs memory hits (cache lookup overhead), a 100-client thundering herd on cold objects
+(upstream GETs counted in the origin's access log), and an optional py-spy profile of
+memory hits.
+
+Raw output goes to ``bench/results/cache-<UTC stamp>/`` (git-ignored); the markdown table is
+printed and saved there as ``results.md``.  Examples::
+
+    .venv/bin/python bench/cache_bench.py                       # full run (~15 min)
+    .venv/bin/python bench/cache_bench.py --seconds 2 --runs 1 --no-wait   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import PYTHON, Server, dump, free_port, set_pinning
+from proxylib import (
+    BUCKET,
+    LoggedOrigin,
+    NginxCache,
+    Redis,
+    Run,
+    bucket_yaml,
+    facts_md,
+    fmt,
+    herd,
+    log,
+    machine_facts,
+    md_table,
+    pct,
+    profile,
+    results_dir,
+    run_wrk,
+    start_proxy,
+    summarize,
+    wait_for_foreign_bench,
+    warm,
+)
+
+SIZES = {"1k": 1024, "100k": 100 * 1024}
+HERD_SIZES = {"1k": 1024, "100k": 100 * 1024, "5m": 5 * 1024 * 1024}
+#: seconds after each wrk run before counting origin GETs: requests cut off when wrk stops
+#: end (a redis lookup times out after 0.5 s and may then go to S3)
+SETTLE = 1.5
+PROXIES = ("mem", "mem+log", "disk", "redis")
+ALL = ("bare", "mem", "mem+log", "disk", "redis", "nginx")
+LAYER = {
+    "bare": "— (no cache, fixed body)",
+    "mem": "memory",
+    "mem+log": "memory, access log on",
+    "disk": "disk",
+    "redis": "redis",
+    "nginx": "nginx proxy_cache",
+}
+
+
+def proxy_config(kind: str, port: int, endpoint: str, tmp: Path, redis_url: str) -> str:
+    logging = (
+        "logging: {level: info, file: /dev/null}\n"
+        if kind == "mem+log"
+        else "logging: {level: warn}\n"
+    )
+    if kind in ("mem", "mem+log"):
+        cache = (
+            "cache: {enabled: true, cache_layers: [memory], "
+            "memory: {max_cache_size_mb: 256, max_item_size_mb: 10}}\n"
+        )
+    elif kind == "disk":
+        cache = (
+            "cache: {enabled: true, cache_layers: [disk], disk: {enabled: true, "
+            f"cache_dir: {tmp / 'disk-cache'}, max_disk_cache_size_mb: 1024}}}}\n"
+        )
+    elif kind == "redis":
+        cache = (
+            "cache: {enabled: true, cache_layers: [redis], "
+            f"redis: {{enabled: true, redis_url: '{redis_url}'}}}}\n"
+        )
+    else:
+        raise ValueError(kind)
+    return (
+        f"server: {{address: 127.0.0.1, port: {port}}}\n"
+        + logging
+        + cache
+        + "buckets:\n"
+        + bucket_yaml(BUCKET, endpoint)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--conns", type=int, default=50)
+    parser.add_argument("--c1-seconds", type=int, default=10)
+    parser.add_argument("--warmup-seconds", type=int, default=3)
+    parser.add_argument("--targets", default=",".join(ALL))
+    parser.add_argument("--herd", type=int, default=100, help="clients (0: skip)")
+    parser.add_argument("--profile-seconds", type=int, default=10, help="0: skip py-spy")
+    parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
+    parser.add_argument("--wait-until", default="17:50", help="UTC HH:MM")
+    a = parser.parse_args()
+    targets = [t for t in a.targets.split(",") if t]
+
+    out = results_dir("cache")
+    notes: list[str] = []
+
+    def gate() -> None:
+        if a.no_wait:
+            return
+        note = wait_for_foreign_bench(a.wait_until)
+        if note and note not in notes:
+            notes.append(note)
+
+    gate()
+    pinning = set_pinning(not a.no_pin)
+    facts = machine_facts()
+    log(f"results in {out}; {pinning}")
+    herd_objects = {
+        f"herd-{t.replace('+', '')}-{s}.bin": n
+        for t in targets
+        if t != "bare"
+        for s, n in HERD_SIZES.items()
+    }
+    origin = LoggedOrigin(extra=herd_objects)
+    log(f"origin nginx {origin.url} (data in {origin.tmp}, access log {origin.access_log})")
+    servers: dict[str, Any] = {}  # target -> object with .url/.pid/.port
+    bare: dict[str, Server] = {}
+    redis: Redis | None = None
+    results: dict[str, Any] = {"args": vars(a), "machine": facts, "pinning": pinning}
+    configs: dict[str, str] = {}
+    commands: dict[str, str] = {}
+    try:
+        # -- start everything -----------------------------------------------------------------
+        if "bare" in targets:
+            for s, n in SIZES.items():
+                port = free_port()
+                argv = [PYTHON, "bench/bare_resource.py", "--port", str(port), "--size", str(n)]
+                bare[s] = Server(f"bare-{s}", argv, port, out / f"bare-{s}.log")
+                commands[f"bare-{s}"] = " ".join(argv[1:])
+                log(f"bare-{s} on {bare[s].url} pid {bare[s].pid}")
+        if "redis" in targets:
+            redis = Redis()
+            commands["redis-server"] = " ".join(redis.argv)
+            log(f"redis-server on {redis.url} pid {redis.proc.pid}")
+        for kind in PROXIES:
+            if kind not in targets:
+                continue
+            port = free_port()
+            cfg = proxy_config(
+                kind, port, origin.url, out, redis.url if redis else "redis://127.0.0.1:1"
+            )
+            configs[kind] = cfg
+            servers[kind] = start_proxy(kind.replace("+", "-"), cfg, out, f"/{BUCKET}/1k.bin", port)
+            commands[kind] = " ".join(servers[kind].argv[1:])
+        if "nginx" in targets:
+            servers["nginx"] = NginxCache(origin.port, f"/{BUCKET}/1k.bin")
+            configs["nginx"] = servers["nginx"].conf.read_text()
+            commands["nginx"] = f"nginx -p TMP -c TMP/nginx.conf (pid {servers['nginx'].pid})"
+            log(f"nginx proxy_cache on {servers['nginx'].url} pid {servers['nginx'].pid}")
+        ours = [origin.proc.pid] + [s.pid for s in [*servers.values(), *bare.values()]]
+        if redis:
+            ours.append(redis.proc.pid)
+
+        def url_pid(t: str, s: str) -> tuple[str, int]:
+            if t == "bare":
+                return bare[s].url + f"/{BUCKET}/{s}.bin", bare[s].pid
+            return servers[t].url + f"/{BUCKET}/{s}.bin", servers[t].pid
+
+        # -- warm the caches and check X-Cache: HIT ------------------------------------------
+        checks: dict[str, Any] = {}
+        for t in targets:
+            if t == "bare":
+                continue
+            for s in SIZES:
+                url, _ = url_pid(t, s)
+                _, xc, seen = warm(url)
+                checks[f"{t}-{s}"] = seen
+                log(f"warm {t}-{s}: {seen}")
+                if xc != "HIT":
+                    notes.append(f"{t}-{s}: no X-Cache: HIT after warming ({seen[-3:]})")
+        results["warm"] = checks
+        for t in targets:  # wrk warm-up (allocators, connection setup), not recorded
+            for s in SIZES:
+                url, pid = url_pid(t, s)
+                run_wrk(t, url, a.conns, a.warmup_seconds, pid, ours)
+        time.sleep(SETTLE)
+        for t in targets:  # still a HIT after the warm-up (nothing evicted / expired)
+            if t == "bare":
+                continue
+            for s in SIZES:
+                url, _ = url_pid(t, s)
+                _, _, seen = warm(url, tries=1)
+                checks[f"{t}-{s}-after-warmup"] = seen
+        # -- hits ------------------------------------------------------------------------------
+        runs: dict[str, list[Run]] = {f"{t}-{s}": [] for s in SIZES for t in targets}
+        for i in range(a.runs):
+            for s in SIZES:
+                for t in targets:
+                    gate()
+                    url, pid = url_pid(t, s)
+                    before = origin.count(f"{s}.bin")
+                    r = run_wrk(t, url, a.conns, a.seconds, pid, ours)
+                    time.sleep(SETTLE)  # requests cut off at wrk's end finish (or time out)
+                    r.origin_delta = origin.count(f"{s}.bin") - before
+                    (out / f"wrk-{t.replace('+', '')}-{s}-{i}.txt").write_text(r.result.raw)
+                    runs[f"{t}-{s}"].append(r)
+                    log(
+                        f"{t}-{s} run {i}: {r.result.rps:.0f} req/s p50 {r.result.p50_ms:.2f} "
+                        f"ms p99 {r.result.p99_ms:.2f} ms errors {r.result.errors} non2xx "
+                        f"{r.result.non2xx} server CPU {100 * r.cpu_util:.0f} % origin GETs "
+                        f"+{r.origin_delta} foreign {r.foreign_cores:.2f} cores"
+                    )
+        results["hits"] = {k: {"summary": summarize(v), "runs": v} for k, v in runs.items()}
+        # -- -c1 latency: the lookup overhead without queueing -----------------------------
+        lat: dict[str, list[Run]] = {}
+        lat_targets = [t for t in ("bare", "mem", "nginx") if t in targets]
+        if a.c1_seconds > 0:
+            for i in range(max(1, min(a.runs, 3))):
+                for t in lat_targets:
+                    gate()
+                    url, pid = url_pid(t, "1k")
+                    r = run_wrk(t, url, 1, a.c1_seconds, pid, ours)
+                    (out / f"wrk-c1-{t}-1k-{i}.txt").write_text(r.result.raw)
+                    lat.setdefault(t, []).append(r)
+                    log(
+                        f"c1 {t}-1k run {i}: {r.result.rps:.0f} req/s p50 "
+                        f"{r.result.p50_ms * 1000:.0f} us p99 {r.result.p99_ms * 1000:.0f} us"
+                    )
+        results["c1"] = {k: {"summary": summarize(v), "runs": v} for k, v in lat.items()}
+        # -- herd ------------------------------------------------------------------------------
+        herds: dict[str, Any] = {}
+        if a.herd > 0:
+            for t in targets:
+                if t == "bare":
+                    continue
+                for s in HERD_SIZES:
+                    gate()
+                    key = f"herd-{t.replace('+', '')}-{s}.bin"
+                    before = origin.count(key)
+                    h = herd(servers[t].port, f"/{BUCKET}/{key}", n=a.herd)
+                    time.sleep(0.5)  # let the origin flush its access log line(s)
+                    h["origin_gets"] = origin.count(key) - before
+                    _, xc, seen = warm(servers[t].url + f"/{BUCKET}/{key}", tries=1)
+                    if xc != "HIT":  # the store may still be in flight: once more, later
+                        time.sleep(2.0)
+                        _, xc2, _ = warm(servers[t].url + f"/{BUCKET}/{key}", tries=1)
+                        xc = f"{xc}, 2 s later {xc2}"
+                    h["next_request"] = xc
+                    herds[f"{t}-{s}"] = h
+                    log(f"herd {t}-{s}: {h}")
+        results["herd"] = herds
+        # -- profile ---------------------------------------------------------------------------
+        prof: dict[str, str] = {}
+        if a.profile_seconds > 0 and "mem" in targets:
+            gate()
+            for s in ("1k",):
+                url, pid = url_pid("mem", s)
+                summary = profile(f"mem-{s}", url, pid, out, a.profile_seconds)
+                if summary:
+                    prof[f"mem-{s}"] = summary
+                    log(f"profile mem-{s}: {out / f'profile-mem-{s}.txt'}")
+        results["profile"] = prof
+    finally:
+        for srv in servers.values():
+            if isinstance(srv, Server):
+                srv.stop()
+            else:
+                srv.close()
+        for b in bare.values():
+            b.stop()
+        if redis:
+            redis.close()
+        origin.close()
+    results["notes"] = notes
+    results["configs"] = configs
+    results["commands"] = commands
+    dump(out / "results.json", results)
+    md = table(results, a, targets, facts_md(facts, pinning))
+    (out / "results.md").write_text(md)
+    for kind, cfg in configs.items():
+        (out / f"config-{kind.replace('+', '')}.txt").write_text(cfg)
+    print(md)
+
+
+def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts: str) -> str:
+    hits = res["hits"]
+    lines = [
+        f"### Cache hits (wrk, 1 thread, {a.conns} connections, {a.seconds} s, median of {a.runs})",
+        "",
+        facts,
+        "",
+    ]
+    rows = []
+    for s in SIZES:
+        base = hits.get(f"bare-{s}", {}).get("summary", {}).get("rps", float("nan"))
+        for t in targets:
+            sm = hits[f"{t}-{s}"]["summary"]
+            deltas = [r.origin_delta for r in hits[f"{t}-{s}"]["runs"]]
+            rows.append(
+                [
+                    f"{t} {s}",
+                    LAYER[t],
+                    f"{sm['rps']:.0f}",
+                    fmt(sm["p50_ms"]),
+                    fmt(sm["p99_ms"]),
+                    pct(sm["rps"], base) if t != "bare" else "100 %",
+                    f"{100 * sm['cpu_util']:.0f} %",
+                    "-" if t == "bare" else "+".join(str(d) for d in deltas),
+                    f"{sm['errors']}/{sm['non2xx']}",
+                    fmt(sm["foreign_max"]),
+                ]
+            )
+    lines.append(
+        md_table(
+            [
+                "target",
+                "layer",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "vs bare",
+                "server CPU",
+                "origin GETs during runs",
+                "sock err/non-2xx",
+                "foreign cores (max)",
+            ],
+            rows,
+        )
+    )
+    c1 = res.get("c1", {})
+    if c1 or "bare-1k" in hits:
+        lines += ["", "### Cache lookup overhead (1 KiB memory hit p50 - bare p50)", ""]
+        rows = []
+
+        def p50(d: dict[str, Any], t: str) -> float:
+            return float(d.get(t, {}).get("summary", {}).get("p50_ms", float("nan")))
+
+        if "bare-1k" in hits and "mem-1k" in hits:
+            b, m = p50(hits, "bare-1k"), p50(hits, "mem-1k")
+            rows.append([f"-c{a.conns} (queueing included)", fmt(b, 3), fmt(m, 3), fmt(m - b, 3)])
+        if "bare" in c1 and "mem" in c1:
+            b, m = p50(c1, "bare"), p50(c1, "mem")
+            rows.append([f"-c1 ({a.c1_seconds} s)", fmt(b, 3), fmt(m, 3), fmt(m - b, 3)])
+            if "nginx" in c1:
+                rows.append(
+                    [
+                        "-c1 nginx proxy_cache p50 (reference)",
+                        "",
+                        fmt(p50(c1, "nginx"), 3),
+                        "",
+                    ]
+                )
+        lines.append(md_table(["wrk", "bare p50 ms", "memory hit p50 ms", "overhead ms"], rows))
+        if c1:
+            lines += [""]
+            lines.append(
+                md_table(
+                    ["-c1 target (1 KiB)", "req/s", "p50 ms", "p99 ms"],
+                    [
+                        [
+                            t,
+                            f"{v['summary']['rps']:.0f}",
+                            fmt(v["summary"]["p50_ms"], 3),
+                            fmt(v["summary"]["p99_ms"], 3),
+                        ]
+                        for t, v in c1.items()
+                    ],
+                )
+            )
+    herds = res.get("herd", {})
+    if herds:
+        lines += [
+            "",
+            f"### Thundering herd: {a.herd} concurrent GETs of one cold object",
+            "",
+        ]
+        rows = [
+            [
+                k,
+                h["origin_gets"],
+                f"{1000 * h['seconds']:.0f}",
+                json.dumps(h["status"]),
+                json.dumps(h["x_cache"]),
+                h["unfinished"],
+                h["next_request"],
+            ]
+            for k, h in herds.items()
+        ]
+        lines.append(
+            md_table(
+                [
+                    "target-size",
+                    "upstream GETs",
+                    "all done (ms)",
+                    "statuses",
+                    "X-Cache",
+                    "unfinished",
+                    "next request",
+                ],
+                rows,
+            )
+        )
+    lines += ["", "Commands:", "", "```"]
+    lines.append(
+        f"wrk -t1 -c{a.conns} -d{a.seconds}s --latency http://127.0.0.1:PORT/{BUCKET}/{{1k,100k}}.bin"
+        f"   # {a.runs} runs per target, interleaved; {a.warmup_seconds} s warm-up each"
+    )
+    if a.c1_seconds:
+        lines.append(
+            f"wrk -t1 -c1 -d{a.c1_seconds}s --latency http://127.0.0.1:PORT/{BUCKET}/1k.bin"
+        )
+    for k, v in res["commands"].items():
+        lines.append(f"{k}: {v}")
+    lines.append("")
+    for k, v in res["configs"].items():
+        if k != "nginx":
+            lines.append(f"# {k} config\n{v}")
+    lines += ["```"]
+    if res["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,582 @@
+"""Helpers shared by ``bench/cache_bench.py`` and ``bench/auth_bench.py``.
+
+On top of ``benchlib`` (processes, wrk parsing, CPU probes) this adds: an origin with an access
+log (to count upstream GETs), the proxy under a given YAML config, a caching nginx, a private
+redis-server, wrk with extra arguments (headers, Lua scripts), ``curl -D -`` header checks, a
+"thundering herd" client, waiting for the core benchmark (``bench/run.py``) to finish, machine
+facts and markdown helpers.
+
+Everything talks to 127.0.0.1 only; every wait and loop is bounded in time or count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import origin as _origin
+from benchlib import (
+    PIN,
+    PYTHON,
+    REPO,
+    TWISTD,
+    ForeignLoad,
+    Server,
+    WrkResult,
+    _ms,
+    cpu_seconds,
+    free_port,
+    median,
+    wait_http,
+)
+
+BUCKET = _origin.BUCKET
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def results_dir(name: str) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = REPO / "bench" / "results" / f"{name}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# -- the core benchmark must not run at the same time -------------------------------------------
+
+
+def foreign_bench_running(pattern: str = "bench/run.py") -> bool:
+    cp = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, timeout=10)
+    mine = {str(os.getpid()), str(os.getppid())}
+    return any(p and p not in mine for p in cp.stdout.split())
+
+
+def wait_for_foreign_bench(until_utc: str, poll: float = 30.0) -> str | None:
+    """Wait while ``bench/run.py`` runs, polling every ``poll`` s, at most until ``until_utc``
+    (``HH:MM``, today).  Returns a note when we gave up waiting (numbers under foreign load)."""
+    hh, mm = (int(x) for x in until_utc.split(":"))
+    now = dt.datetime.now(dt.UTC)
+    limit = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    announced = False
+    for _ in range(10_000):  # bounded: at most ~3.5 days of 30 s polls, limit comes first
+        if not foreign_bench_running():
+            return None
+        if dt.datetime.now(dt.UTC) >= limit:
+            note = f"bench/run.py still running at {until_utc} UTC: measured under foreign load"
+            log("!! " + note)
+            return note
+        if not announced:
+            log(f"bench/run.py is running; waiting (poll {poll:.0f} s, until {until_utc} UTC)")
+            announced = True
+        time.sleep(poll)
+    return "gave up waiting for bench/run.py"
+
+
+# -- machine facts -----------------------------------------------------------------------------
+
+
+def _first_line(*argv: str) -> str:
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return (cp.stdout + cp.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    twisted_v = subprocess.run(
+        [PYTHON, "-c", "import twisted; print(twisted.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    return {
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": _first_line(PYTHON, "-V"),
+        "twisted": twisted_v,
+        "nginx": _first_line("nginx", "-v"),
+        "redis": _first_line("redis-server", "--version"),
+        "wrk": _first_line("wrk", "-v"),
+        "git": _first_line("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+    }
+
+
+def facts_md(facts: dict[str, Any], pinning: str) -> str:
+    return (
+        f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), Linux {facts['kernel']}, "
+        f"{facts['python']}, Twisted {facts['twisted']}, {facts['nginx']}, "
+        f"{facts['redis'].split(' sha=')[0]}, git {facts['git']}, {facts['date_utc']}. "
+        f"Pinning: {pinning}."
+    )
+
+
+# -- origin with an access log -----------------------------------------------------------------
+
+
+class LoggedOrigin(_origin.Origin):
+    """``bench/origin.py``'s nginx, with an access log so upstream GETs can be counted."""
+
+    def __init__(self, extra: dict[str, int] | None = None, workers: int = 1) -> None:
+        saved = _origin.NGINX_CONF
+        if "access_log off;" in saved:
+            _origin.NGINX_CONF = saved.replace("access_log off;", "access_log {tmp}/access.log;")
+        try:
+            super().__init__(workers=workers)
+        finally:
+            _origin.NGINX_CONF = saved
+        data = self.tmp / "data" / BUCKET
+        for key, size in (extra or {}).items():
+            path = data / key
+            path.write_bytes(os.urandom(size))
+            os.chmod(path, 0o644)
+
+    @property
+    def access_log(self) -> Path:
+        return self.tmp / "access.log"
+
+    def count(self, key: str) -> int:
+        """Requests for ``/<bucket>/<key>`` in the access log so far (any method)."""
+        try:
+            text = self.access_log.read_text(errors="replace")
+        except OSError:
+            return -1
+        return len(re.findall(rf'"[A-Z]+ /{BUCKET}/{re.escape(key)}[ ?]', text))
+
+
+# -- the proxy ---------------------------------------------------------------------------------
+
+
+BUCKET_YAML = (
+    "  - {{name: {name}, path_prefix: /{name}, {extra}s3: {{bucket: {bucket}, region: us-east-1, "
+    'endpoint: "{endpoint}", access_key: AKIDBENCH, '
+    "secret_key: benchsecretbenchsecretbenchsecret}}}}\n"
+)
+
+
+def bucket_yaml(name: str, endpoint: str, extra: str = "", bucket: str = BUCKET) -> str:
+    return BUCKET_YAML.format(
+        name=name, endpoint=endpoint, bucket=bucket, extra=f"{extra}, " if extra else ""
+    )
+
+
+def start_proxy(name: str, config: str, out: Path, probe: str, port: int) -> Server:
+    cfg = out / f"{name}.yaml"
+    cfg.write_text(config)
+    check = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg), "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check.returncode != 0:
+        raise RuntimeError(f"{name}: config check failed: {check.stdout}{check.stderr}")
+    argv = [TWISTD, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg)]
+    srv = Server(name, argv, port, out / f"{name}.log", probe=probe, timeout=60)
+    log(f"{name} on {srv.url} pid {srv.pid}: {' '.join(argv)}")
+    return srv
+
+
+# -- a caching nginx ---------------------------------------------------------------------------
+
+NGINX_CACHE_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    # tcp_nopush on stalls proxy_cache hits of 100 KiB ~40 ms (delayed ACK): 6k vs 16k req/s
+    tcp_nopush off;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    proxy_cache_path {tmp}/cache levels=1:2 keys_zone=bench:10m max_size=1g inactive=1h
+                     use_temp_path=off;
+    upstream origin {{ server 127.0.0.1:{origin}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache $upstream_cache_status;
+        }}
+    }}
+}}
+"""
+
+
+class NginxCache:
+    """nginx ``proxy_cache`` (1 worker) in front of the origin, on the server CPU."""
+
+    def __init__(self, origin_port: int, probe: str) -> None:
+        self.port = free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="yatagarasu-nginxcache-"))
+        os.chmod(self.tmp, 0o755)
+        for sub in ("cache", "proxy", "client_body", "fastcgi", "uwsgi", "scgi"):
+            (self.tmp / sub).mkdir()
+            os.chmod(self.tmp / sub, 0o777)  # nginx workers run as "nobody"
+        self.conf = self.tmp / "nginx.conf"
+        self.conf.write_text(
+            NGINX_CACHE_CONF.format(tmp=self.tmp, port=self.port, origin=origin_port)
+        )
+        self.proc = subprocess.Popen(
+            [*PIN["server"], "nginx", "-p", str(self.tmp), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.tmp / "nginx-stderr.log", "wb"),  # noqa: SIM115
+        )
+        try:
+            wait_http(self.url + probe, timeout=10.0, proc=self.proc)
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- a private redis-server --------------------------------------------------------------------
+
+
+class Redis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="yatagarasu-redis-"))
+        self.argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.tmp),
+            "--daemonize",
+            "no",
+        ]
+        self.proc = subprocess.Popen(
+            [*PIN["load"], *self.argv],
+            stdout=open(self.tmp / "redis.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited: " + (self.tmp / "redis.log").read_text())
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise TimeoutError("redis-server did not answer PING")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- curl header checks ------------------------------------------------------------------------
+
+
+def curl_headers(url: str, headers: Sequence[str] = ()) -> tuple[int, dict[str, str], str]:
+    """``curl -s -o /dev/null -D -``: (status, lower-cased headers, the command line)."""
+    argv = ["curl", "-s", "-o", "/dev/null", "-D", "-", "--max-time", "20"]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append(url)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    lines = out.replace("\r", "").split("\n")
+    status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+    hdrs = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            hdrs[k.strip().lower()] = v.strip()
+    return status, hdrs, " ".join(a if " " not in a else repr(a) for a in argv)
+
+
+def warm(url: str, headers: Sequence[str] = (), tries: int = 50) -> tuple[int, str, list[str]]:
+    """GET until ``X-Cache: HIT`` (bounded: ``tries`` x 0.1 s); returns (status, x-cache, seen)."""
+    seen: list[str] = []
+    status, xc = 0, ""
+    for _ in range(tries):
+        status, hdrs, _cmd = curl_headers(url, headers)
+        xc = hdrs.get("x-cache", "")
+        seen.append(f"{status} {xc}")
+        if xc == "HIT":
+            break
+        time.sleep(0.1)
+    return status, xc, seen
+
+
+# -- wrk ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    target: str
+    cmd: str
+    result: WrkResult
+    cpu_util: float
+    foreign_cores: float
+    origin_delta: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def wrk_cmd(url: str, conns: int, seconds: int, extra: Sequence[str] = ()) -> list[str]:
+    return ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url]
+
+
+def parse_wrk(raw: str) -> WrkResult:
+    def grab(pattern: str, conv: Any = float, default: Any = 0) -> Any:
+        m = re.search(pattern, raw, re.M)
+        return conv(m.group(1)) if m else default
+
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", raw)
+    if m:
+        errors = sum(int(x) for x in m.groups())
+    return WrkResult(
+        rps=grab(r"^Requests/sec:\s+([\d.]+)"),
+        p50_ms=grab(r"^\s+50%\s+(\S+)", _ms, float("nan")),
+        p99_ms=grab(r"^\s+99%\s+(\S+)", _ms, float("nan")),
+        requests=grab(r"^\s+(\d+) requests in", int),
+        errors=errors,
+        non2xx=grab(r"Non-2xx or 3xx responses: (\d+)", int),
+        raw=raw,
+    )
+
+
+def run_wrk(
+    target: str,
+    url: str,
+    conns: int,
+    seconds: int,
+    server_pid: int,
+    ours: Sequence[int],
+    extra: Sequence[str] = (),
+) -> Run:
+    cmd = wrk_cmd(url, conns, seconds, extra)
+    cpu0 = cpu_seconds(server_pid)
+    foreign = ForeignLoad(list(ours))
+    raw = subprocess.run(
+        [*PIN["load"], *cmd], capture_output=True, text=True, timeout=seconds + 60
+    ).stdout
+    cpu = cpu_seconds(server_pid) - cpu0
+    return Run(target, shlex.join(cmd), parse_wrk(raw), cpu / seconds, foreign.cores())
+
+
+def summarize(runs: Sequence[Run]) -> dict[str, float]:
+    return {
+        "rps": median([r.result.rps for r in runs]),
+        "p50_ms": median([r.result.p50_ms for r in runs]),
+        "p99_ms": median([r.result.p99_ms for r in runs]),
+        "cpu_util": median([r.cpu_util for r in runs]),
+        "foreign_max": max(r.foreign_cores for r in runs),
+        "errors": sum(r.result.errors for r in runs),
+        "non2xx": sum(r.result.non2xx for r in runs),
+        "runs": len(runs),
+    }
+
+
+# -- thundering herd ---------------------------------------------------------------------------
+
+
+def herd(
+    port: int, path: str, n: int = 100, timeout: float = 60.0, headers: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Open ``n`` connections, then send one GET for ``path`` on each back to back.
+
+    :returns: elapsed seconds (first send to last complete response), statuses, X-Cache values,
+        body sizes.  Connections use ``Connection: close`` so EOF ends each response.
+    """
+    extra = "".join(f"{h}\r\n" for h in headers)
+    req = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    sel = selectors.DefaultSelector()
+    bufs: dict[int, bytearray] = {}
+    t0 = time.monotonic()
+    for s in socks:
+        s.sendall(req)
+    for s in socks:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        bufs[s.fileno()] = bytearray()
+    open_ = n
+    deadline = t0 + timeout
+    last = t0
+    while open_ and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                bufs[sock.fileno()] += data
+            else:
+                sel.unregister(sock)
+                open_ -= 1
+                last = time.monotonic()
+    elapsed = last - t0
+    statuses: Counter[str] = Counter()
+    xcache: Counter[str] = Counter()
+    sizes: Counter[int] = Counter()
+    for buf in bufs.values():
+        head, _, body = bytes(buf).partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        statuses[lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "none"] += 1
+        hdrs = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+        }
+        xcache[hdrs.get("x-cache", "-")] += 1
+        sizes[len(body)] += 1
+    for s in socks:
+        s.close()
+    sel.close()
+    return {
+        "n": n,
+        "unfinished": open_,
+        "seconds": round(elapsed, 4),
+        "status": dict(statuses),
+        "x_cache": dict(xcache),
+        "body_sizes": {str(k): v for k, v in sizes.items()},
+    }
+
+
+# -- py-spy ------------------------------------------------------------------------------------
+
+
+def profile(
+    name: str, url: str, pid: int, out: Path, seconds: int = 10, extra: Sequence[str] = ()
+) -> str | None:
+    """py-spy (``--gil``) on ``pid`` under ``wrk -c50``; returns the summary text."""
+    pyspy = Path(PYTHON).parent / "py-spy"
+    if not pyspy.exists():
+        return None
+    wrk = subprocess.Popen(
+        [*PIN["load"], *wrk_cmd(url, 50, seconds + 4, extra)], stdout=subprocess.DEVNULL
+    )
+    time.sleep(2)
+    folded = out / f"profile-{name}.folded"
+    subprocess.run(
+        [
+            str(pyspy),
+            "record",
+            "--gil",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "100",
+            "--format",
+            "raw",
+            "-o",
+            str(folded),
+        ],
+        capture_output=True,
+        timeout=seconds + 60,
+    )
+    wrk.wait(timeout=seconds + 60)
+    summary = subprocess.run(
+        [PYTHON, "bench/fold_summary.py", str(folded), "--top", "30"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    (out / f"profile-{name}.txt").write_text(summary)
+    return summary
+
+
+# -- markdown ----------------------------------------------------------------------------------
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "-" if x != x else f"{x:.{digits}f}"
+
+
+def pct(x: float, y: float) -> str:
+    return "-" if not y or x != x or y != y else f"{100 * x / y:.0f} %"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
