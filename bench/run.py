@@ -365,17 +365,23 @@ class Bench:
             for t in runs:
                 self.quiet()
                 foreign = ForeignLoad(list(self.pids.values()))
+                cpu0 = cpu_seconds(self.pids[t])
                 r = run_curl(self.urls[t] + BIG_KEY)
+                r["cpu_s_per_gib"] = (
+                    (cpu_seconds(self.pids[t]) - cpu0) * 1024**3 / max(r["bytes"], 1)
+                )
                 r["foreign_cores"] = foreign.cores()
                 runs[t].append(r)
                 self.log(
                     f"big {t} run {i}: {r['mib_s']:.0f} MiB/s status {r['status']} "
-                    f"bytes {r['bytes']}; foreign load {r['foreign_cores']:.2f} cores"
+                    f"bytes {r['bytes']}; server CPU {r['cpu_s_per_gib']:.2f} s/GiB; "
+                    f"foreign load {r['foreign_cores']:.2f} cores"
                 )
         self.results["big"] = {
             t: {
                 "runs": rs,
                 "mib_s": median([r["mib_s"] for r in rs]),
+                "cpu_s_per_gib": median([r["cpu_s_per_gib"] for r in rs]),
                 "foreign_cores_max": max(r["foreign_cores"] for r in rs),
                 "complete": all(r["status"] == 200 and r["bytes"] == 1024**3 for r in rs),
             }
@@ -487,16 +493,16 @@ class Bench:
             lines += [
                 f"## 1 GiB GET at full speed: curl -o /dev/null, median of {a.big_runs}",
                 "",
-                "| target | MiB/s | complete | vs relay | foreign cores (max) |",
-                "|---|---:|---|---:|---:|",
+                "| target | MiB/s | complete | vs relay | server CPU s/GiB | foreign cores (max) |",
+                "|---|---:|---|---:|---:|---:|",
             ]
             for t, v in b.items():
                 lines.append(
                     f"| {t} | {v['mib_s']:.0f} | {v['complete']} | {pct(v['mib_s'], rel)} "
-                    f"| {v['foreign_cores_max']:.2f} |"
+                    f"| {v['cpu_s_per_gib']:.2f} | {v['foreign_cores_max']:.2f} |"
                 )
             if "proxy" not in b:
-                lines.append("| proxy | pending | | | |")
+                lines.append("| proxy | pending | | | | |")
             lines.append("")
         if "slow" in r:
             lines += [
