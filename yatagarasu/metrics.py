@@ -23,10 +23,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from yatagarasu.interfaces import ICacheLayer
+from yatagarasu.web.responses import ReadOnlyResource
 
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -163,10 +163,8 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsResource(Resource):
+class MetricsResource(ReadOnlyResource):
     """``GET /metrics``: rendered synchronously (a scrape takes well under a millisecond)."""
-
-    isLeaf = True
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__()

@@ -144,7 +144,7 @@ class ProxyService(MultiService):
         )
         if server.shutdown_delay_seconds > 0:
             await deferLater(self._reactor, server.shutdown_delay_seconds)
-        await super().stopService()
+        await self._listener.stopService()
         idle = self.site.wait_idle()
         idle.addTimeout(server.shutdown_grace_seconds, self._reactor)
         try:
@@ -156,6 +156,9 @@ class ProxyService(MultiService):
                 aborted=aborted,
                 grace=server.shutdown_grace_seconds,
             )
+        # Only now the other services (JWKS timers, cache layers): in-flight requests may
+        # still have been filling the cache during the grace period.
+        await super().stopService()
         for client in self.clients.values():
             await client.close()
         if self.cache is not None:

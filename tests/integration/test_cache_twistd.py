@@ -256,3 +256,27 @@ def test_third_party_cache_layer_plugin(
     assert (hit.header("X-Cache"), hit.body) == ("HIT", b"from a dict")
     stats = running.get("/admin/cache/stats", headers=admin()).json()["data"]
     assert stats["layers"]["dict"]["current_item_count"] == 1
+
+
+def test_disk_only_cache_coalesces_concurrent_misses(
+    tmp_path: Path,
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    body = os.urandom(3_000_000)
+    moto_s3.put_object(s3_bucket, "disk-hot.bin", body)
+    settings = {
+        "enabled": True,
+        "cache_layers": ["disk"],
+        "disk": {"enabled": True, "cache_dir": str(tmp_path / "dc")},
+    }
+    running = proxy(config(moto_s3, s3_bucket, settings))
+    moto_s3.clear_requests()
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(
+            pool.map(lambda _: running.get("/pub/disk-hot.bin", timeout=60), range(10))
+        )
+    assert all(r.status == 200 and r.body == body for r in responses)
+    assert moto_s3.count_requests("GET", s3_bucket, "disk-hot.bin") == 1
+    assert running.get("/pub/disk-hot.bin").header("X-Cache") == "HIT"

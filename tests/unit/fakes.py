@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from zope.interface import implementer
@@ -112,7 +112,9 @@ class FakeAgent:
         sent = SentRequest(method, uri, headers or Headers())
 
         def cancel(d: Deferred[IResponse]) -> None:
+            # What twisted.web.client does when a request in flight is cancelled.
             sent.cancelled = True
+            d.errback(ResponseNeverReceived([Failure(CancelledError())]))
 
         sent.result = Deferred(cancel)
         self.sent.append(sent)

@@ -435,3 +435,42 @@ def test_seed_cache_example_loads() -> None:
     assert [layer.name for layer in setup.cache.layers] == ["memory"]
     policy = setup.policies["products"]
     assert (policy.ttl, policy.max_item_size) == (7200, 5 * 1024 * 1024)
+
+
+def test_slow_leader_client_does_not_hold_followers_back() -> None:
+    h = cached()
+    leader, _ = h.get("/pub/hot.txt")
+    _, follower = h.get("/pub/hot.txt")
+    upstream = FakeResponse(200, OBJECT, length=11)
+    h.agents["pub"].answer(upstream)
+    leader.pauseProducing()  # the first client stops reading
+    assert not upstream.transport.paused  # a cacheable body is read at S3's pace
+    upstream.push(b"hello world")
+    upstream.end()
+    assert parse_response(follower.value()).body == b"hello world"
+
+
+def test_uncacheable_object_releases_followers_at_once() -> None:
+    h = cached()
+    _, leader = h.get("/pub/big")
+    _, follower = h.get("/pub/big")
+    upstream = FakeResponse(200, {**OBJECT, "Cache-Control": "no-store"}, length=5)
+    h.agents["pub"].answer(upstream, index=0)
+    assert len(h.agents["pub"].sent) == 2  # the follower fetches on its own right away
+    h.agents["pub"].answer(FakeResponse(200, OBJECT, body=b"other"), index=1)
+    assert parse_response(follower.value()).body == b"other"
+    upstream.push(b"12345")
+    upstream.end()
+    assert parse_response(leader.value()).body == b"12345"
+
+
+def test_leaders_own_precondition_failure_is_not_shared() -> None:
+    h = cached()
+    _, leader = h.get("/pub/a.txt", 'If-Match: "other"')
+    _, follower = h.get("/pub/a.txt")
+    h.agents["pub"].answer(obj())
+    assert parse_response(leader.value()).status == 412
+    follower_response = parse_response(follower.value())
+    assert (follower_response.status, follower_response.body) == (200, b"hello world")
+    assert fetch(h, "/pub/a.txt").header("x-cache") == "HIT"
+    assert len(h.agents["pub"].sent) == 1

@@ -273,7 +273,7 @@ def test_failure_after_body_started_aborts_connection() -> None:
 
 
 def test_body_idle_timeout_aborts_but_not_while_client_is_slow() -> None:
-    h = harness(bucket_entry(s3={"idle_timeout": 5}))
+    h = harness(bucket_entry(s3={"idle_timeout": 5}), server={"send_timeout_seconds": 120})
     channel, transport = h.get("/pub/k")
     upstream = FakeResponse(200, OBJECT_HEADERS, length=100)
     h.agents["pub"].answer(upstream)
@@ -476,3 +476,50 @@ def test_aws_virtual_hosted_and_dotted_bucket_addressing() -> None:
     anonymous = h.agents["dots"].sent[0]
     assert anonymous.uri == b"https://s3.us-west-2.amazonaws.com/assets.example.com/k"
     assert anonymous.headers.getRawHeaders(b"authorization") is None
+
+
+def test_client_that_stops_reading_is_cut_after_send_timeout() -> None:
+    h = harness(bucket_entry(s3={"idle_timeout": 5}), server={"send_timeout_seconds": 30})
+    channel, transport = h.get("/pub/k")
+    upstream = FakeResponse(200, OBJECT_HEADERS, length=100)
+    h.agents["pub"].answer(upstream)
+    upstream.push(b"x" * 10)
+    channel.pauseProducing()
+    h.clock.advance(29)
+    assert not upstream.transport.stopped
+    assert not (transport.disconnecting or transport.disconnected)
+    h.clock.advance(2)
+    assert upstream.transport.stopped
+    upstream.end(ResponseFailed([ConnectionRefusedError()]))
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_health_and_metrics_answer_other_methods_with_json_405() -> None:
+    h = harness()
+    for path in ("/health", "/ready", "/metrics"):
+        _, transport = h.get(path, "Content-Length: 0", method="POST")
+        response = parse_response(transport.value())
+        assert response.status == 405, path
+        assert response.header("allow") == "GET, HEAD"
+        assert json.loads(response.body)["request_id"] == response.header("x-request-id")
+
+
+def test_twisted_parser_errors_are_json_400() -> None:
+    h = harness()
+    _, transport = h.send(b"GET /pub/k HTTP/1.1\r\nHost: p\r\nContent-Length: nope\r\n\r\n")
+    response = parse_response(transport.value())
+    assert response.status == 400
+    assert json.loads(response.body)["status"] == 400
+    assert response.header("x-request-id")
+    assert h.agents["pub"].sent == []
+
+
+def test_cancel_while_waiting_for_s3_is_not_an_upstream_failure() -> None:
+    h = harness(bucket_entry(s3={"retry": {"max_attempts": 3}}))
+    for _ in range(6):
+        channel, _ = h.get("/pub/k")
+        channel.connectionLost(ConnectionRefusedError())
+    assert all(sent.cancelled for sent in h.agents["pub"].sent)
+    assert len(h.agents["pub"].sent) == 6  # no retries for clients that are gone
+    _, transport = h.get("/ready")
+    assert parse_response(transport.value()).status == 200

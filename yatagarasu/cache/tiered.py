@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -106,6 +106,8 @@ class TieredCache:
             started = self.reactor.seconds()
             try:
                 entry = await layer.get(key)
+            except CancelledError:
+                raise  # the client went away: not the layer's failure
             except Exception as e:
                 self._failed(layer, "get", e)
                 continue
@@ -229,6 +231,8 @@ class TieredCache:
         for layer in self.layers:
             try:
                 found = bool(await layer.delete(key)) or found
+            except CancelledError:
+                raise
             except Exception as e:
                 self._failed(layer, "delete", e)
         return found

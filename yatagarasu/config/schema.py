@@ -74,6 +74,7 @@ class ServerConfig:
     security_limits: SecurityLimits = field(default_factory=SecurityLimits)
     shutdown_delay_seconds: float = 0.0
     shutdown_grace_seconds: float = 30.0
+    send_timeout_seconds: float = 60.0
 
     @property
     def host(self) -> str:
@@ -100,6 +101,7 @@ class ServerConfig:
             raise ConfigError(
                 join(path, "port"), f"conflicts with the port in address ({port_in_address})"
             )
+        _positive(self.send_timeout_seconds, join(path, "send_timeout_seconds"))
         if not 0 <= self.listen_port <= 65535:
             raise ConfigError(join(path, "port"), f"must be 0..65535, got {self.listen_port}")
         parse_networks(self.trusted_proxies, join(path, "trusted_proxies"))

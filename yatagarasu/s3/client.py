@@ -63,16 +63,22 @@ def s3_error_code(body: bytes) -> str | None:
     return match.group(1).decode("utf-8", "replace") if match else None
 
 
-async def read_s3_error(response: IResponse) -> tuple[str | None, str | None]:
+async def read_s3_error(
+    response: IResponse, clock: IReactorTime, timeout: float
+) -> tuple[str | None, str | None]:
     """
     Read a bounded S3 error body and return its code and message.
 
     :param response: an upstream response whose body has not been delivered yet.
+    :param clock: time source.
+    :param timeout: give up reading after this many seconds (the body is then ignored).
     :returns: ``(code, message)``, either possibly ``None``.
     """
     collector = BoundedCollector()
     response.deliverBody(collector)
-    body = await collector.done
+    reading = collector.done
+    reading.addTimeout(timeout, clock, onTimeoutCancel=lambda _result, _timeout: b"")
+    body = await reading
     match = _S3_MESSAGE.search(body)
     return s3_error_code(body), match.group(1).decode("utf-8", "replace") if match else None
 
@@ -208,10 +214,10 @@ class S3Client:
         timer = self._clock.callLater(timeout, give_up)
         try:
             return await pending
-        except CancelledError:
+        except (CancelledError, neterror.ConnectingCancelledError):
             if timed_out:
                 raise _timeout(f"S3 did not answer within {timeout:g}s") from None
-            raise
+            raise CancelledError() from None  # our client went away: not S3's failure
         except neterror.TimeoutError:
             raise _timeout(
                 f"cannot connect to S3 within {self._config.connect_seconds:g}s"
@@ -219,6 +225,8 @@ class S3Client:
         except (ResponseNeverReceived, ResponseFailed) as e:
             if timed_out:
                 raise _timeout(f"S3 did not answer within {timeout:g}s") from None
+            if any(r.check(CancelledError) for r in e.reasons):
+                raise CancelledError() from None  # Twisted wraps a cancel in flight like this
             reasons = ", ".join(r.getErrorMessage() for r in e.reasons)
             raise UpstreamError(
                 502, f"S3 closed the connection ({reasons})", retryable=True
@@ -230,7 +238,7 @@ class S3Client:
                 timer.cancel()
 
     async def _server_error(self, response: IResponse) -> UpstreamError:
-        code, message = await read_s3_error(response)
+        code, message = await read_s3_error(response, self._clock, self.idle_seconds)
         detail = f"S3 answered {response.code}" + (f" {code}" if code else "")
         if message:
             detail += f": {message}"

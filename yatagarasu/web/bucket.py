@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -24,7 +26,7 @@ from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
-from yatagarasu.web.streaming import BodyStalled
+from yatagarasu.web.streaming import BodyStalled, ClientStalled, StreamTimeouts
 from yatagarasu.web.upstream import forwarded_headers, relay_response
 
 log = Logger()
@@ -38,7 +40,8 @@ class BucketResource(Resource):
 
     :param bucket: the bucket's configuration.
     :param client: the S3 client of that bucket.
-    :param clock: time source for the body idle timeout.
+    :param clock: time source.
+    :param timeouts: how long S3 and clients may stall while streaming.
     :param ip_filter: the bucket's client address filter, if any.
     :param scheme: the bucket's auth scheme (``None``: a public bucket).
     :param cached: the bucket's cache side (``None``: the bucket does not cache).
@@ -51,6 +54,7 @@ class BucketResource(Resource):
         bucket: BucketConfig,
         client: S3Client,
         clock: IReactorTime,
+        timeouts: StreamTimeouts,
         *,
         ip_filter: IpFilter | None = None,
         scheme: IAuthScheme | None = None,
@@ -60,6 +64,7 @@ class BucketResource(Resource):
         self._bucket = bucket
         self._client = client
         self._clock = clock
+        self._timeouts = timeouts
         self._ip_filter = ip_filter
         self._scheme = scheme
         self._cached = cached
@@ -112,7 +117,7 @@ class BucketResource(Resource):
 
     def _failed(self, failure: Failure, request: ProxyRequest) -> None:
         if request.finished or request._disconnected:
-            if not failure.check(CancelledError, BodyStalled):
+            if not failure.check(CancelledError, BodyStalled, ClientStalled):
                 log.failure("after the client went away", failure, request_id=request.request_id)
             return
         if request.startedWriting:
@@ -132,6 +137,8 @@ class BucketResource(Resource):
             error = cast(HTTPError, failure.value)
         elif failure.check(BodyStalled):
             error = HTTPError(504, failure.getErrorMessage())
+        elif failure.check(ResponseFailed, ConnectionLost, ConnectionDone):
+            error = HTTPError(502, "S3 closed the connection before sending the body")
         else:
             log.failure("unexpected error", failure, request_id=request.request_id)
             error = HTTPError(500, "internal error")
@@ -158,4 +165,4 @@ class BucketResource(Resource):
             await self._cached.serve(request, key)
             return
         response = await self._client.fetch(request.method, key, forwarded_headers(request))
-        await relay_response(request, response, self._clock, self._client.idle_seconds)
+        await relay_response(request, response, self._clock, self._timeouts)

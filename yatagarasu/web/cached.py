@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import IO
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,8 +28,9 @@ from yatagarasu.cache.tiered import Lookup, TieredCache, WritePlan
 from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.s3.client import S3Client
 from yatagarasu.web.conditional import Unsatisfiable, precondition_status, requested_range
+from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
-from yatagarasu.web.streaming import BodyRelay, FileRangeProducer
+from yatagarasu.web.streaming import BodyRelay, FileRangeProducer, StreamTimeouts
 from yatagarasu.web.upstream import (
     STORED_RESPONSE_HEADERS,
     Discard,
@@ -43,18 +44,34 @@ log = Logger()
 X_CACHE = b"x-cache"
 
 
+#: A coalesced follower should look the key up again: the leader committed it to a layer
+#: that keeps bodies in files (disk).
+LOOK_AGAIN = object()
+
+#: Bodies up to this size that are being cached are read at S3's pace, not the leader
+#: client's: followers are not held back by a slow first client. Larger ones keep
+#: backpressure, and their followers fetch on their own.
+DECOUPLED_FILL_LIMIT = 16 * 1024 * 1024
+
+
 class _Flight:
     """One upstream fetch that concurrent misses for the same key wait on."""
 
     def __init__(self) -> None:
-        self._waiters: list[Deferred[CacheEntry | None]] = []
+        self._waiters: list[Deferred[object]] = []
 
-    def wait(self) -> Deferred[CacheEntry | None]:
-        waiter: Deferred[CacheEntry | None] = Deferred()
+    def wait(self) -> Deferred[object]:
+        waiter: Deferred[object] = Deferred()
         self._waiters.append(waiter)
         return waiter
 
-    def settle(self, result: CacheEntry | BaseException | None) -> None:
+    def settle(self, result: object) -> None:
+        """
+        Release every follower (once; later calls do nothing).
+
+        :param result: a ``CacheEntry`` to serve, :data:`LOOK_AGAIN`, ``None`` (fetch on
+            your own), or the ``HTTPError`` S3's answer became.
+        """
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if waiter.called:  # the follower's own client went away
@@ -100,6 +117,7 @@ class CachedObjects:
     :param policy: TTL, item cap and stale-if-error of this bucket.
     :param client: the bucket's S3 client.
     :param clock: time (freshness, ``Age``, timeouts).
+    :param timeouts: how long S3 and clients may stall while streaming.
     """
 
     def __init__(
@@ -109,7 +127,9 @@ class CachedObjects:
         policy: BucketCachePolicy,
         client: S3Client,
         clock: IReactorTime,
+        timeouts: StreamTimeouts,
     ) -> None:
+        self._timeouts = timeouts
         self._bucket = bucket
         self._cache = cache
         self._policy = policy
@@ -139,34 +159,45 @@ class CachedObjects:
             return
         flight = self._flights.get(cache_key)
         if flight is not None:
-            entry = await flight.wait()
-            if entry is not None and self._answer(request, entry, b"MISS"):
+            shared = await flight.wait()
+            if shared is LOOK_AGAIN:
+                again = await self._cache.get(cache_key)
+                if again is not None and self._answer(request, again.entry, b"HIT"):
+                    return
+            elif isinstance(shared, CacheEntry) and self._answer(request, shared, b"MISS"):
                 return
             await self._pass_through(request, key)
             return
         await self._lead(request, cache_key)
 
+    def _release(self, cache_key: CacheKey, flight: _Flight, result: object) -> None:
+        if self._flights.get(cache_key) is flight:
+            del self._flights[cache_key]
+        flight.settle(result)
+
     async def _lead(self, request: ProxyRequest, cache_key: CacheKey) -> None:
         flight = self._flights[cache_key] = _Flight()
-        outcome: CacheEntry | BaseException | None = None
         try:
             response = await self._client.fetch(b"GET", cache_key.key, Headers())
-            outcome = await self._fill(request, cache_key, response)
+            await self._fill(request, cache_key, response, flight)
         except HTTPError as e:
-            outcome = e  # S3's answer (or a timeout) is the same for everyone waiting
+            self._release(cache_key, flight, e)  # S3's answer is the same for everyone
             raise
         finally:
-            # Any other failure (the leader's client went away) leaves ``None``: then the
-            # followers fetch on their own.
-            del self._flights[cache_key]
-            flight.settle(outcome)
+            # Any other ending (the leader's client went away, nothing stored) leaves the
+            # followers to fetch on their own.
+            self._release(cache_key, flight, None)
 
     async def _fill(
-        self, request: ProxyRequest | None, cache_key: CacheKey, response: IResponse
-    ) -> CacheEntry | None:
+        self,
+        request: ProxyRequest | None,
+        cache_key: CacheKey,
+        response: IResponse,
+        flight: _Flight | None = None,
+    ) -> None:
         """Serve a full upstream response (200 or an error) and store it when it fits."""
         if response.code >= 400:
-            await raise_upstream_error(response)
+            await raise_upstream_error(response, self._clock, self._timeouts.idle_seconds)
         now = self._clock.seconds()
         upstream = response.headers
         fresh = freshness(
@@ -178,6 +209,9 @@ class CachedObjects:
         length = response.length
         fits = length is not UNKNOWN_LENGTH and length <= self._policy.max_item_size
         plan = self._cache.plan(cache_key, int(length)) if fresh.storable and fits else WritePlan()
+        decoupled = plan.stores and int(length) <= DECOUPLED_FILL_LIMIT
+        if flight is not None and not decoupled:
+            self._release(cache_key, flight, None)
         headers = tuple(
             (name, value)
             for name in STORED_RESPONSE_HEADERS
@@ -186,17 +220,19 @@ class CachedObjects:
         client = request
         if request is not None:
             request.setHeader(X_CACHE, b"MISS" if plan.stores else b"BYPASS")
-            status = precondition_status(
-                request.requestHeaders,
-                _first(upstream, b"etag"),
-                _first(upstream, b"last-modified"),
-            )
+            etag, modified = _first(upstream, b"etag"), _first(upstream, b"last-modified")
+            status = precondition_status(request.requestHeaders, etag, modified)
             if status is not None:
-                self._answer_condition(request, status, headers)
-                client = None  # the client is answered; the cache may still want the body
+                # This client is answered from the headers (its own conditions: other
+                # clients never see this 304/412); the cache may still want the body.
+                if status == 412:
+                    write_error(request, HTTPError(412, "precondition failed"), request.request_id)
+                else:
+                    self._answer_condition(request, status, headers)
+                client = None
                 if not plan.stores:
                     response.deliverBody(Discard())
-                    return None
+                    return
             else:
                 request.setResponseCode(200)
                 for name, value in headers:
@@ -204,7 +240,7 @@ class CachedObjects:
                 if length is not UNKNOWN_LENGTH:
                     request.setHeader(b"content-length", b"%d" % length)
         fill = _Fill(plan, self._policy.max_item_size) if plan.stores else None
-        relay = BodyRelay(client, self._clock, self._client.idle_seconds, fill)
+        relay = BodyRelay(client, self._clock, self._timeouts, fill, backpressure=not decoupled)
         response.deliverBody(relay)
         try:
             await relay.done
@@ -212,10 +248,10 @@ class CachedObjects:
             if fill is not None:
                 fill.abort()
             raise
-        if client is not None:
+        if client is not None and not client._disconnected:
             client.finish()
         if fill is None:
-            return None
+            return
         retain = max(fresh.ttl, self._policy.stale_if_error)
         entry = CacheEntry(
             headers=headers,
@@ -225,12 +261,16 @@ class CachedObjects:
             retain_until=now + fresh.ttl + retain,
             revalidate=fresh.revalidate,
         )
-        for writer in plan.writers:
-            writer.commit(entry).addErrback(self._commit_failed, cache_key)
+        commits = [writer.commit(entry) for writer in plan.writers]
+        for commit in commits:
+            commit.addErrback(self._commit_failed, cache_key)
         if plan.buffered and not fill.overflow and fill.size == int(length):
             self._cache.store_in(cache_key, entry, plan.buffered)
-            return entry
-        return None
+            if flight is not None:
+                self._release(cache_key, flight, entry)
+        elif commits and flight is not None:
+            await DeferredList(commits, consumeErrors=True)
+            self._release(cache_key, flight, LOOK_AGAIN)
 
     def _commit_failed(self, failure: Failure, cache_key: CacheKey) -> None:
         log.warn(
@@ -296,7 +336,7 @@ class CachedObjects:
         forwarded = forwarded_headers(request)
         response = await self._client.fetch(request.method, key, forwarded)
         request.setHeader(X_CACHE, b"BYPASS" if request.method == b"GET" else b"MISS")
-        await relay_response(request, response, self._clock, self._client.idle_seconds)
+        await relay_response(request, response, self._clock, self._timeouts)
 
     def _answer_condition(
         self, request: ProxyRequest, status: int, headers: tuple[tuple[bytes, bytes], ...]
@@ -370,7 +410,9 @@ class CachedObjects:
             return
         if body_file is not None:
             assert isinstance(entry.body, FileBody)
-            FileRangeProducer(request, body_file, entry.body.offset + offset, size).start()
+            start = entry.body.offset + offset
+            send = self._timeouts.send_seconds
+            FileRangeProducer(request, body_file, start, size, self._clock, send).start()
             return
         assert isinstance(entry.body, bytes)
         body = entry.body if wanted is None else entry.body[offset : offset + size]
@@ -383,6 +425,6 @@ def _first(headers: Headers, name: bytes) -> bytes | None:
     return values[0] if values else None
 
 
-async def raise_upstream_error(response: IResponse) -> None:
+async def raise_upstream_error(response: IResponse, clock: IReactorTime, timeout: float) -> None:
     """Turn an S3 4xx answer into our JSON error (with ``s3_code``)."""
-    raise await upstream_error(response)
+    raise await upstream_error(response, clock, timeout)

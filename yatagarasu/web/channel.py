@@ -14,6 +14,7 @@ from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.web.responses import error_body
 
 _REASONS = {
+    400: b"Bad Request",
     413: b"Content Too Large",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
@@ -88,13 +89,17 @@ class LimitedHTTPChannel(HTTPChannel):
         self._expect_request_line = True
         super().allContentReceived()
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own parser errors (bad Content-Length, too many headers...): our JSON.
+        self.reject(400, "malformed HTTP request")
+
     def reject(self, status: int, message: str) -> None:
         """
         Answer with a JSON error straight on the transport and close the connection.
 
         Used while the request is still being parsed, so no ``Request`` exists yet.
 
-        :param status: 413, 414 or 431.
+        :param status: 400, 413, 414 or 431.
         :param message: what was too large.
         """
         if self._rejected:

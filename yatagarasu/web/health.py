@@ -5,23 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from yatagarasu import __version__
 from yatagarasu.s3.health import UpstreamHealth
-from yatagarasu.web.responses import write_json
+from yatagarasu.web.responses import ReadOnlyResource, write_json
 
 
-class HealthResource(Resource):
+class HealthResource(ReadOnlyResource):
     """
     Liveness: 200 ``{"status": "healthy", "version", "uptime_seconds"}`` while the process runs.
 
     :param clock: time source.
     :param started: when the process started (``clock.seconds()`` then).
     """
-
-    isLeaf = True
 
     def __init__(self, clock: IReactorTime, started: float) -> None:
         super().__init__()
@@ -38,7 +35,7 @@ class HealthResource(Resource):
     render_HEAD = render_GET
 
 
-class ReadyResource(Resource):
+class ReadyResource(ReadOnlyResource):
     """
     Readiness: 200 ``{"status": "ready", "backends": {...}}`` while at least one bucket's
     upstream is usable; 503 ``unavailable`` when none is, ``shutting_down`` while draining.
@@ -46,8 +43,6 @@ class ReadyResource(Resource):
     :param backends: upstream health per bucket name.
     :param draining: tells whether a graceful shutdown has begun.
     """
-
-    isLeaf = True
 
     def __init__(
         self, backends: Mapping[str, UpstreamHealth], draining: Callable[[], bool]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.web.http import RESPONSES
-from twisted.web.server import Request
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from yatagarasu.errors import HTTPError
 
@@ -83,3 +85,19 @@ def write_json(request: Request, status: int, document: object) -> bytes:
         request.write(body)
     request.finish()
     return body
+
+
+class ReadOnlyResource(Resource):
+    """A leaf that answers GET and HEAD; any other method gets the JSON 405 with ``Allow``."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            method = request.method.decode("ascii", "replace")
+            error = HTTPError(
+                405, f"method {method} is not allowed here", headers=[("Allow", "GET, HEAD")]
+            )
+            write_error(request, error, getattr(request, "request_id", ""))
+            return NOT_DONE_YET
+        return super().render(request)

@@ -57,6 +57,9 @@ class ProxyRequest(Request):
         rid = [self.request_id.encode("ascii")]
         self.responseHeaders.setRawHeaders(b"x-request-id", rid)
         self.responseHeaders.setRawHeaders(b"x-correlation-id", rid)
+        channel = cast(LimitedHTTPChannel, self.channel)
+        if channel._rejected:  # a limit was hit while the body arrived: already answered
+            return
         site.request_started(self)
         self.client_address = site.addresses.client_ip(
             self.client_ip(), lambda: self.requestHeaders.getRawHeaders(b"x-forwarded-for")

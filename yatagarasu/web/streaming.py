@@ -11,9 +11,10 @@ longer than the idle timeout is given up on.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -27,14 +28,38 @@ class BodyStalled(Exception):
     """The upstream body sent nothing for longer than the idle timeout."""
 
 
+class ClientStalled(Exception):
+    """The client read nothing for longer than the send timeout; its connection was cut."""
+
+
+@dataclass(frozen=True)
+class StreamTimeouts:
+    """
+    :ivar idle_seconds: how long the upstream body may stall while the client keeps up.
+    :ivar send_seconds: how long a client may stop reading before it is disconnected.
+    """
+
+    idle_seconds: float
+    send_seconds: float
+
+
+def abort_client(request: Request) -> None:
+    """Cut a client connection (a response that cannot be completed must not look whole)."""
+    channel: Any = request.channel
+    if channel is not None and channel.transport is not None:
+        channel.transport.abortConnection()
+
+
 @implementer(IPushProducer)
 class BodyRelay(Protocol):
     """
     Copy an upstream body into ``request`` while honouring the client's flow control, and
     hand every chunk to ``sink`` too (the cache filling itself).
 
-    With no request (the client needs no body: a 304 or 412 answered from the response
-    headers while the cache still wants the object), the body is read at S3's pace.
+    With ``backpressure`` (the default) the relay is the client request's push producer: a
+    client that cannot keep up pauses the upstream transport. Without it (a body small enough
+    to buffer, being cached) the body is read at S3's pace. With no request at all (the client
+    was answered from the headers) the body only goes to ``sink``.
 
     :ivar done: fires with the number of body bytes relayed once the upstream body ended
         cleanly, or fails with the reason it did not (connection lost, stalled, cancelled).
@@ -44,43 +69,54 @@ class BodyRelay(Protocol):
         self,
         request: Request | None,
         clock: IReactorTime,
-        idle_seconds: float,
+        timeouts: StreamTimeouts,
         sink: Callable[[bytes], None] | None = None,
+        *,
+        backpressure: bool = True,
     ) -> None:
         self._request = request
         self._sink = sink
         self._clock = clock
-        self._idle_seconds = idle_seconds
-        self._idle_call: IDelayedCall | None = None
+        self._timeouts = timeouts
+        self._backpressure = backpressure and request is not None
+        self._timer: IDelayedCall | None = None
         self._paused = False
-        self._stalled = False
+        self._failure: Exception | None = None
         self.relayed = 0
         self.done: Deferred[int] = Deferred(lambda _: self.stopProducing())
 
     # Protocol: the upstream side.
 
     def connectionMade(self) -> None:
-        if self._request is not None:
-            self._request.registerProducer(self, True)
+        request = self._request
+        if request is not None and (request.finished or request._disconnected):
+            self._failure = CancelledError("the client went away")
+            self._upstream("stopProducing")
+            return
+        if self._backpressure:
+            assert request is not None
+            request.registerProducer(self, True)
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
         self.relayed += len(data)
         if self._sink is not None:
             self._sink(data)
-        if self._request is not None:
-            self._request.write(data)
+        request = self._request
+        if request is not None and not request._disconnected:
+            request.write(data)
         if not self._paused:
             self._arm()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self._disarm()
-        if self._request is not None:
-            self._request.unregisterProducer()
+        request = self._request
+        if self._backpressure and request is not None and request.channel is not None:
+            request.unregisterProducer()
         if self.done.called:
             return
-        if self._stalled:
-            self.done.errback(BodyStalled(f"no body bytes from S3 for {self._idle_seconds:g}s"))
+        if self._failure is not None:
+            self.done.errback(self._failure)
         elif reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(self.relayed)
         else:
@@ -90,8 +126,8 @@ class BodyRelay(Protocol):
 
     def pauseProducing(self) -> None:
         self._paused = True
-        self._disarm()
         self._upstream("pauseProducing")
+        self._arm()
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -108,19 +144,29 @@ class BodyRelay(Protocol):
             getattr(transport, method)()
 
     def _arm(self) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_seconds)
+        # One timer: S3 must keep sending while the client keeps up (idle), and the client
+        # must keep reading while S3 waits for it (send).
+        delay = self._timeouts.send_seconds if self._paused else self._timeouts.idle_seconds
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
         else:
-            self._idle_call = self._clock.callLater(self._idle_seconds, self._stall)
+            self._timer = self._clock.callLater(delay, self._expired)
 
     def _disarm(self) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
-    def _stall(self) -> None:
-        self._idle_call = None
-        self._stalled = True
+    def _expired(self) -> None:
+        self._timer = None
+        if self._paused:
+            seconds = self._timeouts.send_seconds
+            self._failure = ClientStalled(f"the client read nothing for {seconds:g}s")
+            if self._request is not None:
+                abort_client(self._request)
+        else:
+            seconds = self._timeouts.idle_seconds
+            self._failure = BodyStalled(f"no body bytes from S3 for {seconds:g}s")
         self._upstream("stopProducing")
 
 
@@ -159,20 +205,34 @@ class BoundedCollector(Protocol):
 class FileRangeProducer:
     """
     Send ``length`` bytes of an open file, from ``offset``, to a request, pulled at the
-    client's pace (64 KiB reads); finish the request at the end and close the file.
+    client's pace (64 KiB reads); finish the request at the end and close the file. A
+    client that reads nothing for ``send_seconds``, or a read error, cuts the connection.
 
     :param request: the request (headers already set).
     :param body: the open file; the producer closes it.
     :param offset: where the bytes start.
     :param length: how many to send.
+    :param clock: time source.
+    :param send_seconds: how long the client may stop reading.
     """
 
     CHUNK = 64 * 1024
 
-    def __init__(self, request: Request, body: IO[bytes], offset: int, length: int) -> None:
+    def __init__(
+        self,
+        request: Request,
+        body: IO[bytes],
+        offset: int,
+        length: int,
+        clock: IReactorTime,
+        send_seconds: float,
+    ) -> None:
         self._request = request
         self._body = body
         self._remaining = length
+        self._clock = clock
+        self._send_seconds = send_seconds
+        self._timer: IDelayedCall | None = None
         body.seek(offset)
 
     def start(self) -> None:
@@ -182,20 +242,36 @@ class FileRangeProducer:
     def resumeProducing(self) -> None:
         if self._body.closed:
             return
-        data = self._body.read(min(self.CHUNK, self._remaining)) if self._remaining else b""
+        try:
+            data = self._body.read(min(self.CHUNK, self._remaining)) if self._remaining else b""
+        except OSError:
+            data = b""
         if data:
             self._remaining -= len(data)
             self._request.write(data)
         if not data or self._remaining == 0:
-            self._body.close()
+            self._close()
             self._request.unregisterProducer()
-            if not data and self._remaining:
-                # The file is shorter than promised: never let a truncated body look whole.
-                transport: Any = self._request.channel.transport if self._request.channel else None
-                if transport is not None:
-                    transport.abortConnection()
+            if self._remaining:
+                abort_client(self._request)  # never let a truncated body look whole
                 return
             self._request.finish()
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._send_seconds)
+        else:
+            self._timer = self._clock.callLater(self._send_seconds, self._stalled)
 
     def stopProducing(self) -> None:
+        self._close()
+
+    def _stalled(self) -> None:
+        self._timer = None
+        self._close()
+        abort_client(self._request)
+
+    def _close(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         self._body.close()

@@ -9,6 +9,7 @@ from twisted.web.resource import IResource
 
 from yatagarasu.cache.setup import CacheSetup
 from yatagarasu.components import Components
+from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.metrics import MetricsResource
 from yatagarasu.s3.client import S3Client
 from yatagarasu.web.admin import AdminResource
@@ -18,6 +19,7 @@ from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
 from yatagarasu.web.root import RootResource
 from yatagarasu.web.site import ProxySite
+from yatagarasu.web.streaming import StreamTimeouts
 
 
 def build_site(
@@ -53,9 +55,10 @@ def build_site(
                 bucket,
                 clients[bucket.name],
                 clock,
+                _timeouts(config, bucket),
                 ip_filter=access.ip_filters.get(bucket.name),
                 scheme=access.schemes.get(bucket.name),
-                cached=_cached_objects(bucket.name, caching, clients[bucket.name], clock),
+                cached=_cached_objects(bucket, config, caching, clients[bucket.name], clock),
             ),
         )
         for bucket in config.buckets
@@ -71,10 +74,19 @@ def build_site(
     )
 
 
+def _timeouts(config: Config, bucket: BucketConfig) -> StreamTimeouts:
+    return StreamTimeouts(bucket.s3.idle_seconds, config.server.send_timeout_seconds)
+
+
 def _cached_objects(
-    bucket: str, caching: CacheSetup, client: S3Client, clock: IReactorTime
+    bucket: BucketConfig,
+    config: Config,
+    caching: CacheSetup,
+    client: S3Client,
+    clock: IReactorTime,
 ) -> CachedObjects | None:
-    policy = caching.policies.get(bucket)
+    policy = caching.policies.get(bucket.name)
     if caching.cache is None or policy is None:
         return None
-    return CachedObjects(bucket, caching.cache, policy, client, clock)
+    timeouts = _timeouts(config, bucket)
+    return CachedObjects(bucket.name, caching.cache, policy, client, clock, timeouts)

@@ -10,7 +10,7 @@ from twisted.web.server import Request
 
 from yatagarasu.errors import HTTPError
 from yatagarasu.s3.client import read_s3_error
-from yatagarasu.web.streaming import BodyRelay
+from yatagarasu.web.streaming import BodyRelay, StreamTimeouts
 
 # Request headers passed on to S3 (everything else, tokens included, stays here).
 FORWARDED_REQUEST_HEADERS = (
@@ -69,12 +69,14 @@ def forwarded_headers(request: Request) -> Headers:
     return forwarded
 
 
-async def upstream_error(response: IResponse) -> HTTPError:
+async def upstream_error(response: IResponse, clock: IReactorTime, timeout: float) -> HTTPError:
     """
     :param response: an S3 answer with status >= 400 (body not read yet).
+    :param clock: time source.
+    :param timeout: how long the error body may take to arrive.
     :returns: our JSON error for it: same status, ``s3_code`` from S3's XML.
     """
-    code, message = await read_s3_error(response)
+    code, message = await read_s3_error(response, clock, timeout)
     text = message or _S3_STATUS_MESSAGES.get(response.code, f"S3 answered {response.code}")
     headers: list[tuple[str, str]] = []
     content_range = response.headers.getRawHeaders(b"content-range")
@@ -84,7 +86,7 @@ async def upstream_error(response: IResponse) -> HTTPError:
 
 
 async def relay_response(
-    request: Request, response: IResponse, clock: IReactorTime, idle_seconds: float
+    request: Request, response: IResponse, clock: IReactorTime, timeouts: StreamTimeouts
 ) -> None:
     """
     Answer ``request`` with an S3 response as it is: status, passed headers, streamed body.
@@ -92,11 +94,11 @@ async def relay_response(
     :param request: the client request.
     :param response: S3's answer (below 500: retries are the client's business).
     :param clock: time, for the idle timeout.
-    :param idle_seconds: how long the body may stall while the client keeps up.
+    :param timeouts: how long S3 (idle) and the client (send) may stall.
     :raises HTTPError: for S3 4xx answers (the caller writes the JSON error).
     """
     if response.code >= 400:
-        raise await upstream_error(response)
+        raise await upstream_error(response, clock, timeouts.idle_seconds)
     request.setResponseCode(response.code)
     upstream = response.headers
     for name in PASSED_RESPONSE_HEADERS:
@@ -112,7 +114,7 @@ async def relay_response(
         response.deliverBody(Discard())
         request.finish()
         return
-    relay = BodyRelay(request, clock, idle_seconds)
+    relay = BodyRelay(request, clock, timeouts)
     response.deliverBody(relay)
     await relay.done
     request.finish()
