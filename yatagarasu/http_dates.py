@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 
@@ -13,6 +14,9 @@ def http_date(value: bytes | None) -> float | None:
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
+        when = parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # asctime dates carry no zone: HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
