@@ -8,6 +8,7 @@ import re
 from fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.testing import StringTransport
 from twisted.web.client import ResponseFailed
 
 OBJECT_HEADERS = {
@@ -523,3 +524,26 @@ def test_cancel_while_waiting_for_s3_is_not_an_upstream_failure() -> None:
     assert len(h.agents["pub"].sent) == 6  # no retries for clients that are gone
     _, transport = h.get("/ready")
     assert parse_response(transport.value()).status == 200
+
+
+def test_socket_send_buffer_and_stream_buffer_knobs() -> None:
+    import socket
+
+    from twisted.internet.address import IPv4Address
+
+    h = harness(server={"socket_send_buffer_bytes": 65536, "stream_buffer_bytes": 16384})
+    left, right = socket.socketpair()
+    try:
+        channel = h.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        transport.getHandle = lambda: left  # type: ignore[method-assign]
+        transport.bufferSize = 65536  # type: ignore[attr-defined]
+        channel.makeConnection(transport)
+        # Linux doubles the value it is given (bookkeeping overhead) and reports that.
+        assert left.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
+        channel.dataReceived(b"GET /pub/k HTTP/1.1\r\nHost: p\r\n\r\n")
+        h.agents["pub"].answer(FakeResponse(200, OBJECT_HEADERS, length=100))
+        assert transport.bufferSize == 16384  # type: ignore[attr-defined]
+    finally:
+        left.close()
+        right.close()

@@ -75,6 +75,8 @@ class ServerConfig:
     shutdown_delay_seconds: float = 0.0
     shutdown_grace_seconds: float = 30.0
     send_timeout_seconds: float = 60.0
+    socket_send_buffer_bytes: int | None = None
+    stream_buffer_bytes: int = 65536
 
     @property
     def host(self) -> str:
@@ -102,6 +104,10 @@ class ServerConfig:
                 join(path, "port"), f"conflicts with the port in address ({port_in_address})"
             )
         _positive(self.send_timeout_seconds, join(path, "send_timeout_seconds"))
+        if self.socket_send_buffer_bytes is not None and self.socket_send_buffer_bytes < 4096:
+            raise ConfigError(join(path, "socket_send_buffer_bytes"), "must be >= 4096")
+        if self.stream_buffer_bytes < 4096:
+            raise ConfigError(join(path, "stream_buffer_bytes"), "must be >= 4096")
         if not 0 <= self.listen_port <= 65535:
             raise ConfigError(join(path, "port"), f"must be 0..65535, got {self.listen_port}")
         parse_networks(self.trusted_proxies, join(path, "trusted_proxies"))

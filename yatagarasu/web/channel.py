@@ -5,7 +5,9 @@ builds a request: URI length (414), header bytes (431) and body size (413).
 
 from __future__ import annotations
 
+import socket
 import uuid
+from typing import Any
 
 from twisted.internet.interfaces import ITransport
 from twisted.web.http import HTTPChannel
@@ -29,21 +31,34 @@ class LimitedHTTPChannel(HTTPChannel):
     """
 
     limits: SecurityLimits = SecurityLimits()
+    send_buffer_bytes: int | None = None
     _expect_request_line = True
     _header_bytes = 0
     _rejected = False
 
-    def configure(self, limits: SecurityLimits, idle_timeout: float) -> None:
+    def configure(
+        self, limits: SecurityLimits, idle_timeout: float, send_buffer_bytes: int | None = None
+    ) -> None:
         """
         Apply limits, leaving room so that twisted.web's own generic limits never fire first.
 
         :param limits: the limits to enforce.
         :param idle_timeout: seconds a connection may sit idle between requests.
+        :param send_buffer_bytes: ``SO_SNDBUF`` for the client socket (``None``: the kernel's
+            autotuning, which lets a slow client pin megabytes of kernel memory).
         """
         self.limits = limits
+        self.send_buffer_bytes = send_buffer_bytes
         self.MAX_LENGTH = max(limits.max_uri_length, limits.max_header_size) + 1024
         self.totalHeadersSize = limits.max_uri_length + limits.max_header_size + 4096
         self.timeOut = int(idle_timeout)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.send_buffer_bytes is not None:
+            handle: Any = getattr(self.transport, "getHandle", lambda: None)()
+            if isinstance(handle, socket.socket):
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._rejected:

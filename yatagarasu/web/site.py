@@ -113,6 +113,7 @@ class ProxySite(Site):
     :param metrics: where finished requests are counted.
     :param access_log_enabled: whether the per-request access event (level info) is wanted
         at all; when the log level drops it anyway, building it is skipped.
+    :param send_buffer_bytes: ``SO_SNDBUF`` of accepted sockets (``None``: kernel default).
     :param idle_timeout: seconds an idle keep-alive connection is kept.
     """
 
@@ -130,6 +131,7 @@ class ProxySite(Site):
         addresses: ClientAddressResolver,
         metrics: Metrics,
         access_log_enabled: bool = True,
+        send_buffer_bytes: int | None = None,
         idle_timeout: float = 60.0,
     ) -> None:
         super().__init__(resource, reactor=clock)
@@ -137,6 +139,7 @@ class ProxySite(Site):
         self.addresses = addresses
         self.metrics = metrics
         self.access_log_enabled = access_log_enabled
+        self.send_buffer_bytes = send_buffer_bytes
         self.limits = limits
         self.max_concurrent_requests = max_concurrent_requests
         self.idle_timeout = idle_timeout
@@ -145,7 +148,7 @@ class ProxySite(Site):
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         channel = cast(LimitedHTTPChannel, super().buildProtocol(addr))
-        channel.configure(self.limits, self.idle_timeout)
+        channel.configure(self.limits, self.idle_timeout, self.send_buffer_bytes)
         return channel
 
     @property

@@ -37,10 +37,13 @@ class StreamTimeouts:
     """
     :ivar idle_seconds: how long the upstream body may stall while the client keeps up.
     :ivar send_seconds: how long a client may stop reading before it is disconnected.
+    :ivar buffer_bytes: bytes a streamed response may queue in user space for a client
+        before S3 is paused (the client transport's ``bufferSize``).
     """
 
     idle_seconds: float
     send_seconds: float
+    buffer_bytes: int = 65536
 
 
 def abort_client(request: Request) -> None:
@@ -95,6 +98,9 @@ class BodyRelay(Protocol):
             return
         if self._backpressure:
             assert request is not None
+            transport: Any = request.channel.transport if request.channel else None
+            if transport is not None and hasattr(transport, "bufferSize"):
+                transport.bufferSize = self._timeouts.buffer_bytes
             request.registerProducer(self, True)
         self._arm()
 

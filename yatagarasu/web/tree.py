@@ -71,11 +71,15 @@ def build_site(
         addresses=access.addresses,
         metrics=components.metrics,
         access_log_enabled=config.logging.level in ("debug", "info"),
+        send_buffer_bytes=config.server.socket_send_buffer_bytes,
     )
 
 
 def _timeouts(config: Config, bucket: BucketConfig) -> StreamTimeouts:
-    return StreamTimeouts(bucket.s3.idle_seconds, config.server.send_timeout_seconds)
+    server = config.server
+    return StreamTimeouts(
+        bucket.s3.idle_seconds, server.send_timeout_seconds, server.stream_buffer_bytes
+    )
 
 
 def _cached_objects(
