@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import socket
 import ssl
@@ -15,11 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from harness import RedisServer, free_port
+from harness import RedisServer, free_port, write_self_signed
 from twisted.internet import task
 from unit.cache_contract import FAR_FUTURE, CacheLayerContract, entry
 from zope.interface.verify import verifyObject
@@ -411,41 +406,13 @@ async def test_close_stops_a_running_subscriber(redis_server: RedisServer, react
 # -- TLS (rediss://) ------------------------------------------------------------------------
 
 
-def _write_self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A redis-server speaking only TLS on 127.0.0.1 (self-signed ``localhost`` certificate)."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server is not on PATH")
-    cert, key = _write_self_signed(tmp_path)
+    cert, key = write_self_signed(tmp_path)
     port = free_port()
     argv = [exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
     argv += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import os
 import signal
@@ -16,10 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from harness import (
     MotoS3Server,
     ProxyProcess,
@@ -29,6 +24,7 @@ from harness import (
     run_twistd,
     wait_until,
     write_config,
+    write_self_signed,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,33 +171,6 @@ def test_sighup_is_logged_not_fatal(running_proxy: ProxyProcess) -> None:
     assert running_proxy.get("/health").status == 200
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_https_listener(
     tmp_path: Path,
     make_proxy_config: Callable[..., dict[str, Any]],
@@ -209,7 +178,7 @@ def test_https_listener(
     s3_bucket: str,
 ) -> None:
     moto_s3.put_object(s3_bucket, "secure.txt", b"over tls\n")
-    cert_path, key_path = _self_signed(tmp_path)
+    cert_path, key_path = write_self_signed(tmp_path)
     port = free_port()
     config = make_proxy_config({"pub": s3_bucket}, port=port)
     config["server"]["tls"] = {"cert_path": str(cert_path), "key_path": str(key_path)}
@@ -334,7 +303,7 @@ def test_https_upstream_certificate_is_verified(
 ) -> None:
     """An https endpoint whose certificate is not trusted is refused (502), never used."""
     moto_s3.put_object(s3_bucket, "k.txt", b"secret\n")
-    cert_path, key_path = _self_signed(tmp_path)
+    cert_path, key_path = write_self_signed(tmp_path)
     tls_port = free_port()
     # An HTTPS "S3" with a self-signed certificate: another proxy in front of moto.
     front = make_proxy_config({s3_bucket: s3_bucket}, port=tls_port)
