@@ -43,6 +43,7 @@ from proxylib import (
     LoggedOrigin,
     Run,
     bucket_yaml,
+    exit_on_sigterm,
     facts_md,
     fmt,
     log,
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
     parser.add_argument("--wait-until", default="17:50", help="UTC HH:MM")
     a = parser.parse_args()
+    exit_on_sigterm()
     targets = [t for t in a.targets.split(",") if t]
     for t in targets:
         if t not in TARGETS:

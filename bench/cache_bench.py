@@ -43,6 +43,7 @@ from proxylib import (
     Redis,
     Run,
     bucket_yaml,
+    exit_on_sigterm,
     facts_md,
     fmt,
     herd,
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
     parser.add_argument("--wait-until", default="17:50", help="UTC HH:MM")
     a = parser.parse_args()
+    exit_on_sigterm()
     targets = [t for t in a.targets.split(",") if t]
 
     out = results_dir("cache")

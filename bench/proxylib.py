@@ -51,6 +51,15 @@ from benchlib import (
 BUCKET = _origin.BUCKET
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (``timeout``, ``kill``) raises SystemExit so ``finally`` stops our servers."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
