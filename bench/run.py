@@ -32,6 +32,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -595,6 +596,12 @@ def main() -> None:
         targets.append("proxy")
     scenarios = args.scenarios.split(",")
 
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C: servers, nginx and temp files are
+    # cleaned up and the partial results are still written.
+    signal.signal(signal.SIGTERM, interrupted)
     pinning = set_pinning(not args.no_pin)
     bench = Bench(args)
     bench.results["machine"]["pinning"] = pinning
