@@ -116,6 +116,13 @@ class BucketResource(Resource):
         return NOT_DONE_YET
 
     def _failed(self, failure: Failure, request: ProxyRequest) -> None:
+        try:
+            self._answer_failure(failure, request)
+        finally:
+            # Drop the traceback frames: they would keep the request in a reference cycle.
+            failure.cleanFailure()
+
+    def _answer_failure(self, failure: Failure, request: ProxyRequest) -> None:
         if request.finished or request._disconnected:
             if not failure.check(CancelledError, BodyStalled, ClientStalled):
                 log.failure("after the client went away", failure, request_id=request.request_id)

@@ -119,6 +119,10 @@ class BodyRelay(Protocol):
         request = self._request
         if self._backpressure and request is not None and request.channel is not None:
             request.unregisterProducer()
+        # Break the request <-> relay references now: an aborted stream must not wait for
+        # the cyclic garbage collector to release the request and its buffers.
+        self._request = None
+        self._sink = None
         if self.done.called:
             return
         if self._failure is not None:
@@ -126,6 +130,7 @@ class BodyRelay(Protocol):
         elif reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(self.relayed)
         else:
+            reason.cleanFailure()
             self.done.errback(reason)
 
     # IPushProducer: the client side.
