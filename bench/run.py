@@ -67,7 +67,7 @@ from origin import BUCKET, Origin
 SMALL_KEY = f"/{BUCKET}/1k.bin"
 BIG_KEY = f"/{BUCKET}/1g.bin"
 PROXY_CONFIG = """\
-server: {{address: 127.0.0.1, port: {port}}}
+server: {{address: 127.0.0.1, port: {port}{server_extra}}}
 {logging}buckets:
   - name: bench
     path_prefix: /bench
@@ -184,8 +184,8 @@ class Bench:
                 argv += ["--buffer-size", "16384"]
             if name == "relay_sndbuf256k":
                 argv += ["--sndbuf", "262144"]
-        elif name == "proxy":
-            argv = self._proxy_argv(port, with_logging=True)
+        elif name in ("proxy", "proxy_tuned"):
+            argv = self._proxy_argv(port, with_logging=True, tuned=name == "proxy_tuned")
             try:
                 srv = Server(name, argv, port, log, probe=SMALL_KEY, timeout=60)
             except RuntimeError as e:
@@ -194,7 +194,7 @@ class Bench:
                     raise RuntimeError(f"{e}; see {log}") from None
                 self.log("proxy rejected the 'logging' key; retrying without it")
                 self.results["notes"].append("proxy rejected `logging: {level: warn}`; dropped")
-                argv = self._proxy_argv(port, with_logging=False)
+                argv = self._proxy_argv(port, with_logging=False, tuned=name == "proxy_tuned")
                 srv = Server(name, argv, port, log, probe=SMALL_KEY, timeout=60)
             self._register(name, srv)
             return
@@ -202,12 +202,15 @@ class Bench:
             raise ValueError(f"unknown target {name}")
         self._register(name, Server(name, argv, port, log, probe=SMALL_KEY))
 
-    def _proxy_argv(self, port: int, with_logging: bool) -> list[str]:
+    def _proxy_argv(self, port: int, with_logging: bool, tuned: bool = False) -> list[str]:
         assert self.origin is not None
-        cfg = self.out / "proxy.yaml"
+        cfg = self.out / ("proxy_tuned.yaml" if tuned else "proxy.yaml")
+        # proxy_tuned: the memory knobs for many slow clients (docs/configuration.md).
+        extra = ", stream_buffer_bytes: 16384, socket_send_buffer_bytes: 262144" if tuned else ""
         cfg.write_text(
             PROXY_CONFIG.format(
                 port=port,
+                server_extra=extra,
                 endpoint=self.origin.url,
                 logging="logging: {level: warn}\n" if with_logging else "",
             )
@@ -558,7 +561,7 @@ def main() -> None:
         help="baseline targets (proxy is added per --proxy); knob variants: "
         "relay_pool2, relay_accesslog, bare_accesslog, relay_epcache, relay_buf16k, "
         "relay_pause16k, "
-        "relay_sndbuf256k",
+        "relay_sndbuf256k, proxy_tuned (stream_buffer_bytes 16 KiB + SO_SNDBUF 256 KiB)",
     )
     p.add_argument("--scenarios", default="small,big,slow,profile")
     p.add_argument("--profile-seconds", type=int, default=10)
