@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -123,6 +123,15 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.get()), b"value")
         self.assertTrue(self.client.healthy)
         self.assertEqual(self.successResultOf(self.get()), b"value")
+
+    def test_a_cancelled_call_is_not_a_redis_failure(self) -> None:
+        self.pool.handler.mode = "hang"
+        d = self.get()
+        d.cancel()  # the caller's client went away
+        self.failureResultOf(d, CancelledError)
+        self.assertTrue(self.client.healthy)
+        self.pool.handler.mode = "ok"
+        self.assertEqual(self.successResultOf(self.get()), b"value")  # no backoff
 
     def test_backoff_is_capped(self) -> None:
         for _ in range(12):

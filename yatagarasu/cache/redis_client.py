@@ -299,6 +299,11 @@ class RedisClient:
         except txredisapi.ResponseError as exc:
             self._succeeded()  # Redis answered
             raise RedisCommandFailed(f"{command}: {exc}") from exc
+        except defer.CancelledError:
+            # The caller gave up (its client went away): not a Redis failure, no backoff.
+            if probe:
+                self._probing = False
+            raise
         except Exception as exc:
             self._failed(exc, probe)
             raise RedisUnavailable(f"{command}: {_describe(exc)}") from exc

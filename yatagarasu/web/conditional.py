@@ -63,27 +63,30 @@ def precondition_status(
 
     :param headers: the request headers.
     :param etag: the representation's ``ETag``.
-    :param last_modified: its ``Last-Modified``.
+    :param last_modified: its ``Last-Modified`` (parsed only when a date condition needs it).
     :param safe: GET/HEAD (a failed ``If-None-Match`` gives 304 rather than 412).
     :returns: ``412``, ``304``, or ``None`` to go on.
     """
-    modified = http_date(last_modified)
     if_match = headers.getRawHeaders(b"if-match")
     if if_match:
         if not strong_match(b",".join(if_match), etag):
             return 412
     else:
         since = http_date(_first(headers, b"if-unmodified-since"))
-        if since is not None and (modified is None or modified > since):
-            return 412
+        if since is not None:
+            modified = http_date(last_modified)
+            if modified is None or modified > since:
+                return 412
     if_none_match = headers.getRawHeaders(b"if-none-match")
     if if_none_match:
         if weak_match(b",".join(if_none_match), etag):
             return 304 if safe else 412
         return None
     since = http_date(_first(headers, b"if-modified-since"))
-    if since is not None and modified is not None and modified <= since:
-        return 304
+    if since is not None:
+        modified = http_date(last_modified)
+        if modified is not None and modified <= since:
+            return 304
     return None
 
 
