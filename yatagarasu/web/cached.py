@@ -147,13 +147,12 @@ class CachedObjects:
         cache_key = CacheKey(self._bucket, key)
         lookup = await self._cache.get(cache_key)
         if lookup is not None:
-            if lookup.entry.is_fresh(self._clock.seconds()) and self._answer(
-                request, lookup.entry, b"HIT"
-            ):
-                return
             if not lookup.entry.is_fresh(self._clock.seconds()):
                 await self._revalidate(request, cache_key, lookup)
                 return
+            if self._answer(request, lookup.entry, b"HIT"):
+                return
+            # A fresh entry whose body file vanished (evicted meanwhile): go to S3.
         if request.method == b"HEAD" or request.requestHeaders.hasHeader(b"range"):
             await self._pass_through(request, key)
             return
