@@ -547,3 +547,16 @@ def test_socket_send_buffer_and_stream_buffer_knobs() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_connections_close_after_the_response_while_draining() -> None:
+    h = harness()
+    _, transport = h.get("/health")
+    assert parse_response(transport.value()).header("connection") is None
+    assert not transport.disconnecting
+    h.draining = True
+    _, transport = h.get("/health")
+    response = parse_response(transport.value())
+    assert response.status == 200
+    assert response.header("connection") == "close"
+    assert transport.disconnecting

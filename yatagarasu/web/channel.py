@@ -100,6 +100,15 @@ class LimitedHTTPChannel(HTTPChannel):
         ok: bool = super().headerReceived(line)
         return ok
 
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        site: Any = getattr(self, "site", None)
+        if site is not None and site.draining():
+            # Shutting down: answer this request, then close, so clients reconnect elsewhere.
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        persistent: bool = super().checkPersistence(request, version)
+        return persistent
+
     def allContentReceived(self) -> None:
         self._expect_request_line = True
         super().allContentReceived()

@@ -5,6 +5,7 @@ in-flight tracking for graceful shutdown, and one access-log event per request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -114,6 +115,8 @@ class ProxySite(Site):
     :param access_log_enabled: whether the per-request access event (level info) is wanted
         at all; when the log level drops it anyway, building it is skipped.
     :param send_buffer_bytes: ``SO_SNDBUF`` of accepted sockets (``None``: kernel default).
+    :param draining: whether a graceful shutdown has begun (responses then close their
+        connection instead of keeping it alive).
     :param idle_timeout: seconds an idle keep-alive connection is kept.
     """
 
@@ -132,6 +135,7 @@ class ProxySite(Site):
         metrics: Metrics,
         access_log_enabled: bool = True,
         send_buffer_bytes: int | None = None,
+        draining: Callable[[], bool] = lambda: False,
         idle_timeout: float = 60.0,
     ) -> None:
         super().__init__(resource, reactor=clock)
@@ -140,6 +144,7 @@ class ProxySite(Site):
         self.metrics = metrics
         self.access_log_enabled = access_log_enabled
         self.send_buffer_bytes = send_buffer_bytes
+        self.draining = draining
         self.limits = limits
         self.max_concurrent_requests = max_concurrent_requests
         self.idle_timeout = idle_timeout

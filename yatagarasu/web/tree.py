@@ -72,6 +72,7 @@ def build_site(
         metrics=components.metrics,
         access_log_enabled=config.logging.level in ("debug", "info"),
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
+        draining=draining,
     )
 
 
