@@ -379,3 +379,51 @@ def dump(path: Path, obj: Any) -> None:
         return asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)
 
     path.write_text(json.dumps(obj, indent=2, default=default))
+
+
+def profile_under_load(
+    name: str, pid: int, out: Path, seconds: int, load: Sequence[str]
+) -> str | None:
+    """
+    py-spy (``--gil``, 100 Hz) on ``pid`` for ``seconds`` while ``load`` (a wrk command,
+    run for ``seconds + 4`` s by the caller's choice of ``-d``) keeps it busy.
+
+    Writes ``profile-<name>.folded`` and ``profile-<name>.txt`` (the top frames) into ``out``.
+
+    :returns: the summary text, or ``None`` when py-spy is not installed in the venv.
+    """
+    pyspy = Path(PYTHON).parent / "py-spy"
+    if not pyspy.exists():
+        return None
+    wrk = subprocess.Popen([*PIN["load"], *load], stdout=subprocess.DEVNULL)
+    time.sleep(2)
+    folded = out / f"profile-{name}.folded"
+    subprocess.run(
+        [
+            str(pyspy),
+            "record",
+            "--gil",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "100",
+            "--format",
+            "raw",
+            "-o",
+            str(folded),
+        ],
+        capture_output=True,
+        timeout=seconds + 60,
+    )
+    wrk.wait(timeout=seconds + 60)
+    summary = subprocess.run(
+        [PYTHON, "bench/fold_summary.py", str(folded), "--top", "30"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    (out / f"profile-{name}.txt").write_text(summary)
+    return summary

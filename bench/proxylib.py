@@ -45,6 +45,7 @@ from benchlib import (
     cpu_seconds,
     free_port,
     median,
+    profile_under_load,
     wait_http,
 )
 
@@ -535,43 +536,7 @@ def profile(
     name: str, url: str, pid: int, out: Path, seconds: int = 10, extra: Sequence[str] = ()
 ) -> str | None:
     """py-spy (``--gil``) on ``pid`` under ``wrk -c50``; returns the summary text."""
-    pyspy = Path(PYTHON).parent / "py-spy"
-    if not pyspy.exists():
-        return None
-    wrk = subprocess.Popen(
-        [*PIN["load"], *wrk_cmd(url, 50, seconds + 4, extra)], stdout=subprocess.DEVNULL
-    )
-    time.sleep(2)
-    folded = out / f"profile-{name}.folded"
-    subprocess.run(
-        [
-            str(pyspy),
-            "record",
-            "--gil",
-            "-p",
-            str(pid),
-            "-d",
-            str(seconds),
-            "-r",
-            "100",
-            "--format",
-            "raw",
-            "-o",
-            str(folded),
-        ],
-        capture_output=True,
-        timeout=seconds + 60,
-    )
-    wrk.wait(timeout=seconds + 60)
-    summary = subprocess.run(
-        [PYTHON, "bench/fold_summary.py", str(folded), "--top", "30"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    (out / f"profile-{name}.txt").write_text(summary)
-    return summary
+    return profile_under_load(name, pid, out, seconds, wrk_cmd(url, 50, seconds + 4, extra))
 
 
 # -- markdown ----------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from benchlib import (
     http_get,
     median,
     open_fds,
+    profile_under_load,
     rss_kib,
     run_curl,
     run_wrk,
@@ -307,57 +308,22 @@ class Bench:
 
     def profile(self, targets: list[str]) -> None:
         """py-spy (if installed in the venv) on each target under the 1 KiB wrk load."""
-        pyspy = Path(PYTHON).parent / "py-spy"
-        if not pyspy.exists():
-            self.results["notes"].append("profile skipped: .venv/bin/py-spy not installed")
-            return
         a = self.args
         out: dict[str, str] = {}
         for t in targets:
             if t not in self.urls:
                 continue
             secs = a.profile_seconds
-            wrk = subprocess.Popen(
-                [
-                    *PIN["load"],
-                    "wrk",
-                    f"-t{a.wrk_threads}",
-                    f"-c{a.wrk_conns}",
-                    f"-d{secs + 4}s",
-                    self.urls[t] + SMALL_KEY,
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-            time.sleep(2)
-            folded = self.out / f"profile-{t}.folded"
-            subprocess.run(
-                [
-                    str(pyspy),
-                    "record",
-                    "--gil",
-                    "-p",
-                    str(self.pids[t]),
-                    "-d",
-                    str(secs),
-                    "-r",
-                    "100",
-                    "--format",
-                    "raw",
-                    "-o",
-                    str(folded),
-                ],
-                capture_output=True,
-                timeout=secs + 60,
-            )
-            wrk.wait(timeout=secs + 60)
-            summary = subprocess.run(
-                [PYTHON, "bench/fold_summary.py", str(folded), "--top", "30"],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout
-            (self.out / f"profile-{t}.txt").write_text(summary)
+            load = [
+                "wrk",
+                f"-t{a.wrk_threads}",
+                f"-c{a.wrk_conns}",
+                f"-d{secs + 4}s",
+                self.urls[t] + SMALL_KEY,
+            ]
+            if profile_under_load(t, self.pids[t], self.out, secs, load) is None:
+                self.results["notes"].append("profile skipped: .venv/bin/py-spy not installed")
+                return
             out[t] = str((self.out / f"profile-{t}.txt").relative_to(REPO))
             self.log(f"profile {t}: {out[t]}")
         self.results["profile"] = out
