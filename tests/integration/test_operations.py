@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,21 +172,21 @@ def test_sighup_is_logged_not_fatal(running_proxy: ProxyProcess) -> None:
     assert running_proxy.get("/health").status == 200
 
 
-def test_https_listener(
-    tmp_path: Path,
-    make_proxy_config: Callable[..., dict[str, Any]],
-    moto_s3: MotoS3Server,
-    s3_bucket: str,
-) -> None:
-    moto_s3.put_object(s3_bucket, "secure.txt", b"over tls\n")
+@contextlib.contextmanager
+def https_proxy(
+    tmp_path: Path, config: dict[str, Any], name: str
+) -> Iterator[tuple[int, ssl.SSLContext]]:
+    """
+    Run twistd with ``config`` behind a self-signed ``localhost`` certificate, wait until
+    ``GET /health`` answers 200 over HTTPS, and yield its port and a context trusting it.
+    """
     cert_path, key_path = write_self_signed(tmp_path)
-    port = free_port()
-    config = make_proxy_config({"pub": s3_bucket}, port=port)
+    port = config["server"]["port"]
     config["server"]["tls"] = {"cert_path": str(cert_path), "key_path": str(key_path)}
-    path = write_config(config, tmp_path / "tls.yaml")
+    path = write_config(config, tmp_path / f"{name}.yaml")
     from yatagarasu.demo import twistd_command
 
-    with open(tmp_path / "tls.log", "wb") as log:
+    with open(tmp_path / f"{name}.log", "wb") as log:
         process = subprocess.Popen(
             twistd_command("-n", "--pidfile=", "yatagarasu", "--config", str(path)),
             cwd=tmp_path,
@@ -195,31 +196,44 @@ def test_https_listener(
     context = ssl.create_default_context(cafile=str(cert_path))
     try:
 
-        def fetch() -> tuple[int, bytes]:
-            conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+        def serving() -> bool:
+            conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=5)
             try:
-                conn.request("GET", "/pub/secure.txt")
-                response = conn.getresponse()
-                return response.status, response.read()
+                conn.request("GET", "/health")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
             finally:
                 conn.close()
 
-        def serving() -> bool:
-            try:
-                return fetch()[0] == 200
-            except OSError:
-                return False
+        wait_until(serving, timeout=30, what=f"HTTPS listener ({name})")
+        yield port, context
+    finally:
+        process.kill()
+        process.wait(10)
 
-        wait_until(serving, timeout=30, what="HTTPS listener")
-        assert fetch() == (200, b"over tls\n")
+
+def test_https_listener(
+    tmp_path: Path,
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "secure.txt", b"over tls\n")
+    config = make_proxy_config({"pub": s3_bucket}, port=free_port())
+    with https_proxy(tmp_path, config, "tls") as (port, context):
+        conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+        try:
+            conn.request("GET", "/pub/secure.txt")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"over tls\n")
+        finally:
+            conn.close()
         plain = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         with pytest.raises((http.client.HTTPException, OSError)):
             plain.request("GET", "/health")
             plain.getresponse().read()
         plain.close()
-    finally:
-        process.kill()
-        process.wait(10)
 
 
 def test_wheel_installs_plugin_into_fresh_venv(tmp_path: Path) -> None:
@@ -303,35 +317,9 @@ def test_https_upstream_certificate_is_verified(
 ) -> None:
     """An https endpoint whose certificate is not trusted is refused (502), never used."""
     moto_s3.put_object(s3_bucket, "k.txt", b"secret\n")
-    cert_path, key_path = write_self_signed(tmp_path)
-    tls_port = free_port()
     # An HTTPS "S3" with a self-signed certificate: another proxy in front of moto.
-    front = make_proxy_config({s3_bucket: s3_bucket}, port=tls_port)
-    front["server"]["tls"] = {"cert_path": str(cert_path), "key_path": str(key_path)}
-    path = write_config(front, tmp_path / "front.yaml")
-    from yatagarasu.demo import twistd_command
-
-    with open(tmp_path / "front.log", "wb") as log:
-        process = subprocess.Popen(
-            twistd_command("-n", "--pidfile=", "yatagarasu", "--config", str(path)),
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        context = ssl.create_default_context(cafile=str(cert_path))
-
-        def serving() -> bool:
-            conn = http.client.HTTPSConnection("localhost", tls_port, context=context, timeout=5)
-            try:
-                conn.request("GET", "/health")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
-
-        wait_until(serving, timeout=30, what="HTTPS front")
+    front = make_proxy_config({s3_bucket: s3_bucket}, port=free_port())
+    with https_proxy(tmp_path, front, "front") as (tls_port, _):
         running = proxy(
             {
                 "buckets": [
@@ -353,6 +341,3 @@ def test_https_upstream_certificate_is_verified(
         assert response.status == 502
         assert b"secret" not in response.body
         assert "certificate" in response.json()["message"].lower()
-    finally:
-        process.kill()
-        process.wait(10)
