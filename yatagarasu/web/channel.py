@@ -6,13 +6,14 @@ builds a request: URI length (414), header bytes (431) and body size (413).
 from __future__ import annotations
 
 import socket
-import uuid
 from typing import Any
 
 from twisted.internet.interfaces import ITransport
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 
 from yatagarasu.config.schema import SecurityLimits
+from yatagarasu.web.request_id import new_request_id
 from yatagarasu.web.responses import error_body
 
 _REASONS = {
@@ -21,6 +22,28 @@ _REASONS = {
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
 }
+
+
+def encode_head(
+    version: bytes, code: bytes, reason: bytes, headers: Headers, extra: bytes = b""
+) -> bytes:
+    """
+    A response's status line and headers, ready for the transport.
+
+    twisted.web hands the transport a sequence of four items per header, which the transport
+    checks and buffers one by one; joining them first is several times cheaper, and most of
+    a small cached response's cost is its head.
+
+    :param headers: the headers (names as ``Headers`` canonicalised them).
+    :param extra: header lines already encoded (``Name: value\\r\\n`` each), written last.
+    :returns: everything up to and including the blank line.
+    """
+    head = [version, b" ", code, b" ", reason, b"\r\n"]
+    for name, values in headers.getAllRawHeaders():
+        for value in values:
+            head += (name, b": ", value, b"\r\n")
+    head += (extra, b"\r\n")
+    return b"".join(head)
 
 
 class LimitedHTTPChannel(HTTPChannel):
@@ -109,6 +132,15 @@ class LimitedHTTPChannel(HTTPChannel):
         persistent: bool = super().checkPersistence(request, version)
         return persistent
 
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """
+        Write the status line and headers as one piece (see :func:`encode_head`).
+
+        :param headers: the response headers (a ``Headers``, as twisted.web passes them).
+        """
+        transport: ITransport = self.transport  # type: ignore[assignment]
+        transport.write(encode_head(version, code, reason, headers))
+
     def allContentReceived(self) -> None:
         self._expect_request_line = True
         super().allContentReceived()
@@ -129,7 +161,7 @@ class LimitedHTTPChannel(HTTPChannel):
         if self._rejected:
             return
         self._rejected = True
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         body = error_body(status, message, request_id)
         head = [
             b"HTTP/1.1 %d %s" % (status, _REASONS[status]),

@@ -7,20 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request, Site, version
 
 from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
 from yatagarasu.metrics import Metrics
-from yatagarasu.web.channel import LimitedHTTPChannel
+from yatagarasu.web.channel import LimitedHTTPChannel, encode_head
 from yatagarasu.web.request_id import request_id_for
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.target import traversal_reason
@@ -40,8 +42,8 @@ class ProxyRequest(Request):
     started = 0.0
     bucket: str | None = None
     object_key: str | None = None
-    client_address = ""
     subject: str | None = None
+    _client_address: str | None = None
     _body_bytes = 0
     _accounted = False
 
@@ -52,7 +54,7 @@ class ProxyRequest(Request):
         return cast(ProxySite, channel.site)
 
     def process(self) -> None:
-        site = self.proxy_site
+        site = self.site = self.proxy_site
         self.started = site.clock.seconds()
         self.request_id = request_id_for(self.requestHeaders)
         rid = [self.request_id.encode("ascii")]
@@ -62,20 +64,27 @@ class ProxyRequest(Request):
         if channel._rejected:  # a limit was hit while the body arrived: already answered
             return
         site.request_started(self)
-        self.client_address = site.addresses.client_ip(
-            self.client_ip(), lambda: self.requestHeaders.getRawHeaders(b"x-forwarded-for")
-        )
         reason = traversal_reason(self.uri)
         if reason is not None:
-            self.site = site
             write_error(self, HTTPError(400, f"rejected path: {reason}"), self.request_id)
             return
         if site.active_count > site.max_concurrent_requests:
-            self.site = site
             error = HTTPError(503, "too many concurrent requests", headers=[("Retry-After", "1")])
             write_error(self, error, self.request_id)
             return
-        super().process()
+        if self.path == b"*":  # "OPTIONS *": twisted.web's own answer
+            super().process()
+            return
+        # twisted.web's Request.process, without content encoders (the proxy uses none) and
+        # with a Date value made once a second rather than for every request.
+        self.setHeader(b"server", version)
+        self.setHeader(b"date", site.date_header(self.started))
+        self.prepath = []
+        self.postpath = [unquote_to_bytes(segment) for segment in self.path[1:].split(b"/")]
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_bytes += len(data)
@@ -90,6 +99,42 @@ class ProxyRequest(Request):
         super().connectionLost(reason)
         if self.started and site is not None:
             site.request_ended(self, aborted=True)
+
+    @property
+    def client_address(self) -> str:
+        """The client's address: the peer, or what trusted proxies say in ``X-Forwarded-For``."""
+        if self._client_address is None:
+            site = cast(
+                ProxySite, self.site
+            )  # set first thing in process(); kept after a disconnect
+            self._client_address = site.addresses.client_ip(
+                self.client_ip(), lambda: self.requestHeaders.getRawHeaders(b"x-forwarded-for")
+            )
+        return self._client_address
+
+    def write_head(self, code: int, extra: bytes = b"") -> None:
+        """
+        Send the status line and the headers now: those set so far, then ``extra``.
+
+        The cheap way to start a response whose headers are known ahead (a cached entry's,
+        encoded once per entry): they never pass through ``responseHeaders``. Afterwards
+        ``write`` sends body bytes and ``finish`` ends the response, as usual. The headers
+        must include ``Content-Length`` (no chunked encoding is set up), and the caller
+        writes no body for HEAD.
+
+        :param code: the status code.
+        :param extra: header lines already encoded, ``Name: value\\r\\n`` each.
+        """
+        if self.finished:
+            raise RuntimeError("write_head called after the request finished")
+        self.setResponseCode(code)
+        if self._disconnected:
+            return
+        self.startedWriting = 1
+        head = encode_head(
+            self.clientproto, b"%d" % code, self.code_message, self.responseHeaders, extra
+        )
+        cast(LimitedHTTPChannel, self.channel).write(head)
 
     def client_ip(self) -> str:
         """The peer's IP address (or the UNIX socket path)."""
@@ -150,6 +195,18 @@ class ProxySite(Site):
         self.idle_timeout = idle_timeout
         self._active: set[ProxyRequest] = set()
         self._idle_waiters: list[Deferred[None]] = []
+        self._date_second = -1
+        self._date_value = b""
+
+    def date_header(self, now: float) -> bytes:
+        """
+        :param now: the current time (epoch seconds).
+        :returns: the ``Date`` header value for ``now`` (formatted once a second).
+        """
+        second = int(now)
+        if second != self._date_second:
+            self._date_second, self._date_value = second, datetimeToString(second)
+        return self._date_value
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         channel = cast(LimitedHTTPChannel, super().buildProtocol(addr))
@@ -187,7 +244,7 @@ class ProxySite(Site):
             access_log.info(
                 "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
                 request_id=request.request_id,
-                client_ip=request.client_address or request.client_ip(),
+                client_ip=request.client_address,
                 user=request.subject,
                 method=method,
                 path=request.path.decode("utf-8", "replace"),

@@ -20,6 +20,8 @@ def traversal_reason(raw_target: bytes) -> str | None:
     :returns: why the target is refused, or ``None`` when it is acceptable.
     """
     path = raw_target.split(b"?", 1)[0]
+    if b"%" not in path and b".." not in path and b"\\" not in path and b"\0" not in path:
+        return None  # the common case: nothing to decode, nothing to refuse
     candidate = path
     for _ in range(_DECODE_ROUNDS + 1):
         if b"\0" in candidate:
