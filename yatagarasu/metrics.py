@@ -8,38 +8,121 @@ address. The standard ``process_`` and ``python_`` collectors are included.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 from twisted.web.server import Request
 
-from yatagarasu.interfaces import ICacheLayer
+from yatagarasu.cache.tiered import TieredCache
 from yatagarasu.web.responses import ReadOnlyResource
 
+#: prometheus-client's default buckets (request durations).
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-class _LayerCollector(Collector):
-    """Reads the layers' own counters at scrape time."""
+class _Counter:
+    """A labelled counter: plain ``dict`` arithmetic on the request path, rendered on scrape."""
 
-    def __init__(self, layers: Callable[[], Sequence[ICacheLayer]], errors: dict[str, int]) -> None:
-        self._layers = layers
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.values: dict[tuple[Any, ...], float] = {}
+
+    def inc(self, labels: tuple[Any, ...], amount: float = 1) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, value in sorted(self.values.items(), key=_label_order):
+            family.add_metric([str(v) for v in labels], value)
+        return family
+
+
+class _Histogram:
+    """A labelled histogram with fixed buckets: one ``bisect`` and two additions per sample."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], bounds: Sequence[float]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.bounds = tuple(bounds)
+        #: per label set: a count per bucket (the last one is +Inf), then the sum
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [0.0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, value)] += 1
+        series[-1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        edges = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+        for labels, series in sorted(self.series.items(), key=_label_order):
+            cumulative, total = [], 0.0
+            for edge, count in zip(edges, series[:-1], strict=True):
+                total += count
+                cumulative.append((edge, total))
+            family.add_metric(list(labels), cumulative, sum_value=series[-1])
+        return family
+
+
+def _label_order(item: tuple[tuple[Any, ...], Any]) -> tuple[str, ...]:
+    return tuple(str(v) for v in item[0])
+
+
+class _RequestPathCollector(Collector):
+    """Renders the counters and histograms that the request path updates."""
+
+    def __init__(self, metrics: Sequence[_Counter | _Histogram]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        for metric in self._metrics:
+            yield metric.family()
+
+
+class _CacheCollector(Collector):
+    """Reads the tiered cache's and the layers' own counters at scrape time."""
+
+    def __init__(self, cache: Callable[[], TieredCache | None], errors: dict[str, int]) -> None:
+        self._cache = cache
         self._errors = errors
 
     def collect(self) -> Iterator[Any]:
+        cache = self._cache()
+        hits = CounterMetricFamily(
+            "yatagarasu_cache_hits", "Cache hits by layer.", labels=["bucket", "layer"]
+        )
+        misses = CounterMetricFamily("yatagarasu_cache_misses", "Cache misses.", labels=["bucket"])
+        if cache is not None:
+            for (bucket, layer_name), count in sorted(cache.hits.items()):
+                hits.add_metric([bucket, layer_name], count)
+            for bucket, count in sorted(cache.misses.items()):
+                misses.add_metric([bucket], count)
+        yield from (hits, misses)
         by_layer = ["layer"]
         evictions = CounterMetricFamily(
             "yatagarasu_cache_evictions",
@@ -55,7 +138,7 @@ class _LayerCollector(Collector):
             "Failed cache operations (served as misses).",
             labels=by_layer,
         )
-        for layer in self._layers():
+        for layer in cache.layers if cache is not None else ():
             stats = layer.stats(None)
             evictions.add_metric([layer.name], stats.evictions)
             size.add_metric([layer.name], stats.current_size_bytes)
@@ -69,7 +152,13 @@ class Metrics:
     """
     The proxy's metrics.
 
-    :ivar registry: the registry ``/metrics`` renders.
+    Counted on every request, so kept as plain numbers (the reactor thread is the only
+    writer) and turned into Prometheus families only when ``/metrics`` is scraped:
+    prometheus-client's own ``Counter``/``Histogram`` take a lock and a label lookup per call,
+    which cost more than the rest of a cached hit's bookkeeping.
+
+    :ivar registry: the registry ``/metrics`` renders (ours, plus the standard ``process_``,
+        ``python_`` and GC collectors).
     """
 
     def __init__(self) -> None:
@@ -77,74 +166,60 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        r = self.registry
-        self.requests = Counter(
-            "yatagarasu_requests", "Requests answered.", ["bucket", "method", "status"], registry=r
+        self._requests = _Counter(
+            "yatagarasu_requests", "Requests answered.", ["bucket", "method", "status"]
         )
-        self.request_seconds = Histogram(
+        self._request_seconds = _Histogram(
             "yatagarasu_request_duration_seconds",
             "Time from request to the end of the response.",
             ["bucket"],
-            registry=r,
+            _REQUEST_BUCKETS,
         )
-        self.response_bytes = Counter(
-            "yatagarasu_response_body_bytes", "Body bytes sent to clients.", ["bucket"], registry=r
+        self._response_bytes = _Counter(
+            "yatagarasu_response_body_bytes", "Body bytes sent to clients.", ["bucket"]
         )
-        self._hits = Counter(
-            "yatagarasu_cache_hits", "Cache hits by layer.", ["bucket", "layer"], registry=r
-        )
-        self._misses = Counter("yatagarasu_cache_misses", "Cache misses.", ["bucket"], registry=r)
-        self._get_seconds = Histogram(
+        self._get_seconds = _Histogram(
             "yatagarasu_cache_get_duration_seconds",
             "Cache layer lookups.",
             ["layer"],
-            buckets=_FAST_BUCKETS,
-            registry=r,
+            _FAST_BUCKETS,
         )
-        self._set_seconds = Histogram(
-            "yatagarasu_cache_set_duration_seconds",
-            "Cache layer writes.",
-            ["layer"],
-            buckets=_FAST_BUCKETS,
-            registry=r,
+        self._set_seconds = _Histogram(
+            "yatagarasu_cache_set_duration_seconds", "Cache layer writes.", ["layer"], _FAST_BUCKETS
         )
         self._cache_errors: dict[str, int] = {}
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._layers: list[ICacheLayer] = []
-        r.register(_LayerCollector(lambda: self._layers, self._cache_errors))
+        self._cache: TieredCache | None = None
+        self.registry.register(
+            _RequestPathCollector(
+                [
+                    self._requests,
+                    self._request_seconds,
+                    self._response_bytes,
+                    self._get_seconds,
+                    self._set_seconds,
+                ]
+            )
+        )
+        self.registry.register(_CacheCollector(lambda: self._cache, self._cache_errors))
 
-    def watch_layers(self, layers: Sequence[ICacheLayer]) -> None:
+    def watch_cache(self, cache: TieredCache) -> None:
         """
-        :param layers: cache layers whose size, items, evictions and errors to export.
+        :param cache: the cache whose hits and misses, and whose layers' size, items,
+            evictions and errors to export.
         """
-        self._layers = list(layers)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        # labels() costs microseconds; the label sets are bounded, so the children are kept.
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self._cache = cache
 
     def request(
         self, bucket: str | None, method: str, status: int, seconds: float, sent: int
     ) -> None:
         """Count one finished request (``bucket`` ``None``: the proxy's own routes)."""
         label = bucket or "-"
-        method = method if method in _METHODS else "other"
-        self._child(self.requests, label, method, str(status)).inc()
-        self._child(self.request_seconds, label).observe(seconds)
+        if method not in _METHODS:
+            method = "other"
+        self._requests.inc((label, method, status))
+        self._request_seconds.observe((label,), seconds)
         if sent:
-            self._child(self.response_bytes, label).inc(sent)
-
-    def cache_hit(self, bucket: str, layer: str) -> None:
-        """A lookup found the entry in ``layer``."""
-        self._child(self._hits, bucket, layer).inc()
-
-    def cache_miss(self, bucket: str) -> None:
-        """A lookup found nothing in any layer."""
-        self._child(self._misses, bucket).inc()
+            self._response_bytes.inc((label,), sent)
 
     def cache_error(self, layer: str) -> None:
         """A layer call failed (and was treated as a miss)."""
@@ -152,11 +227,11 @@ class Metrics:
 
     def cache_get_time(self, layer: str, seconds: float) -> None:
         """How long a layer lookup took."""
-        self._child(self._get_seconds, layer).observe(seconds)
+        self._get_seconds.observe((layer,), seconds)
 
     def cache_set_time(self, layer: str, seconds: float) -> None:
         """How long a layer write took."""
-        self._child(self._set_seconds, layer).observe(seconds)
+        self._set_seconds.observe((layer,), seconds)
 
     def render(self) -> bytes:
         """:returns: the Prometheus text exposition."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
+
+from twisted.web.http_headers import Headers
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,22 @@ class CacheEntry:
 
     def __post_init__(self) -> None:
         self._index.update(self.headers)
+
+    @cached_property
+    def head_lines(self) -> bytes:
+        """
+        The stored headers as HTTP/1.1 header lines (``Name: value\\r\\n`` each), names in
+        the usual capitalisation; encoded on first use and kept with the entry, so a hit
+        served again and again does not encode them again.
+        """
+        headers = Headers()
+        for name, value in self.headers:
+            headers.addRawHeader(name, value)
+        return b"".join(
+            b"%s: %s\r\n" % (name, value)
+            for name, values in headers.getAllRawHeaders()
+            for value in values
+        )
 
     def header(self, name: bytes) -> bytes | None:
         """:returns: the value of a (lowercase) header, or ``None``."""

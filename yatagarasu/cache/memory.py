@@ -49,7 +49,12 @@ from yatagarasu.cache.entry import CacheEntry, CacheKey
 from yatagarasu.cache.stats import LayerStats
 from yatagarasu.config.build import build, join
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, ICacheWriter
+from yatagarasu.interfaces import (
+    ICacheLayer,
+    ICacheLayerFactory,
+    ICacheWriter,
+    IImmediateCacheLayer,
+)
 
 MIB = 1024 * 1024
 
@@ -279,7 +284,7 @@ class _Bucket:
         )
 
 
-@implementer(ICacheLayer)
+@implementer(IImmediateCacheLayer)
 class MemoryCacheLayer:
     """
     The memory layer (see the module docstring for the policy).
@@ -399,7 +404,7 @@ class MemoryCacheLayer:
         self._clear()
         return succeed(None)
 
-    # -- synchronous API (benchmarks, tests) ----------------------------------------------
+    # -- synchronous API (IImmediateCacheLayer, benchmarks, tests) ------------------------
 
     @property
     def size(self) -> int:

@@ -118,7 +118,7 @@ def build_cache(config: Config, reactor: Any, metrics: Any = None) -> CacheSetup
         if policy is not None:
             setup.policies[bucket.name] = policy
     if metrics is not None:
-        metrics.watch_layers(layers)
+        metrics.watch_cache(cache)
     return setup
 
 

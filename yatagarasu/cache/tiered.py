@@ -8,24 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from yatagarasu.cache.entry import CacheEntry, CacheKey, FileBody
 from yatagarasu.cache.stats import LayerStats
-from yatagarasu.interfaces import ICacheLayer, ICacheWriter, IPurgeBroadcaster
+from yatagarasu.interfaces import (
+    ICacheLayer,
+    ICacheWriter,
+    IImmediateCacheLayer,
+    IPurgeBroadcaster,
+)
 
 log = Logger()
-
-
-@dataclass
-class _Counters:
-    hits: int = 0
-    misses: int = 0
 
 
 @dataclass
@@ -60,30 +60,31 @@ class TieredCache:
     """
     :param layers: the layers, fastest first (``cache.cache_layers`` order).
     :param reactor: time, and the thread pool used to read disk bodies for promotion.
-    :param metrics: receives ``hit(bucket, layer)``, ``miss(bucket)``, ``error(layer)`` and
-        timing callbacks (see :class:`yatagarasu.metrics.Metrics`).
+    :param metrics: receives ``cache_error(layer)`` and the timing callbacks (see
+        :class:`yatagarasu.metrics.Metrics`, which reads :attr:`hits` and :attr:`misses`).
     """
 
     layers: Sequence[ICacheLayer]
     reactor: Any
     metrics: Any = None
-    _buckets: dict[str, _Counters] = field(default_factory=dict)
-    _total: _Counters = field(default_factory=_Counters)
+    #: request-level lookups that hit, by (bucket, layer that had the entry)
+    hits: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
+    #: request-level lookups that missed in every layer, by bucket
+    misses: dict[str, int] = field(default_factory=dict, init=False)
     _pending: set[Deferred[Any]] = field(default_factory=set)
+    #: how many layers, from the first, answer at once (IImmediateCacheLayer)
+    _immediate: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        for layer in self.layers:
+            if not IImmediateCacheLayer.providedBy(layer):
+                break
+            self._immediate += 1
 
     @property
     def max_item_size(self) -> int:
         """The largest body any layer takes."""
         return max(int(layer.max_item_size) for layer in self.layers)
-
-    def _count(self, bucket: str, hit: bool) -> None:
-        counters = self._buckets.setdefault(bucket, _Counters())
-        if hit:
-            counters.hits += 1
-            self._total.hits += 1
-        else:
-            counters.misses += 1
-            self._total.misses += 1
 
     def _failed(self, layer: ICacheLayer, operation: str, error: BaseException) -> None:
         log.warn(
@@ -95,37 +96,94 @@ class TieredCache:
         if self.metrics is not None:
             self.metrics.cache_error(layer.name)
 
-    async def get(self, key: CacheKey) -> Lookup | None:
+    def get(self, key: CacheKey) -> Deferred[Lookup | None]:
         """
         Look the key up in every layer, in order; promote a hit to the faster layers.
 
         :param key: the key.
         :returns: the hit, or ``None`` (counted as a miss).
         """
-        for index, layer in enumerate(self.layers):
+        found = self.lookup(key)
+        return found if isinstance(found, Deferred) else succeed(found)
+
+    def lookup(self, key: CacheKey) -> Lookup | Deferred[Lookup | None] | None:
+        """
+        :meth:`get`, answered directly when the layers that decide it answer at once.
+
+        The leading :class:`IImmediateCacheLayer` layers (memory) are read synchronously: a
+        hit there, or a miss in every layer when all of them are immediate, comes back as a
+        value — a memory hit is served in the request's own call, without a Deferred. Past
+        them, the lookup goes on with Deferreds.
+
+        :param key: the key.
+        :returns: the hit or ``None``, or a Deferred of it.
+        """
+        for index in range(self._immediate):
+            layer = self.layers[index]
             started = self.reactor.seconds()
             try:
-                entry = await layer.get(key)
-            except CancelledError:
-                raise  # the client went away: not the layer's failure
+                entry = cast(IImmediateCacheLayer, layer).lookup(key)
             except Exception as e:
                 self._failed(layer, "get", e)
-                continue
-            finally:
-                if self.metrics is not None:
-                    self.metrics.cache_get_time(layer.name, self.reactor.seconds() - started)
-            if entry is None:
-                continue
-            self._count(key.bucket, True)
+                entry = None
             if self.metrics is not None:
-                self.metrics.cache_hit(key.bucket, layer.name)
-            if index > 0:
-                self._track(Deferred.fromCoroutine(self._promote(key, entry, self.layers[:index])))
-            return Lookup(entry, layer.name)
-        self._count(key.bucket, False)
+                self.metrics.cache_get_time(layer.name, self.reactor.seconds() - started)
+            if entry is not None:
+                return self._hit(key, index, entry)
+        if self._immediate == len(self.layers):
+            self._miss(key)
+            return None
+        return self._get_from(key, self._immediate)
+
+    def _hit(self, key: CacheKey, index: int, entry: CacheEntry) -> Lookup:
+        layer = self.layers[index]
+        counter = (key.bucket, layer.name)
+        self.hits[counter] = self.hits.get(counter, 0) + 1
+        if index > 0:
+            self._track(Deferred.fromCoroutine(self._promote(key, entry, self.layers[:index])))
+        return Lookup(entry, layer.name)
+
+    def _miss(self, key: CacheKey) -> None:
+        self.misses[key.bucket] = self.misses.get(key.bucket, 0) + 1
+
+    def _get_from(self, key: CacheKey, index: int) -> Deferred[Lookup | None]:
+        if index == len(self.layers):
+            self._miss(key)
+            return succeed(None)
+        layer = self.layers[index]
+        started = self.reactor.seconds()
+        try:
+            answer = layer.get(key)
+        except Exception:
+            answer = fail()
+        return answer.addCallbacks(
+            self._answered,
+            self._layer_failed,
+            callbackArgs=(key, index, started),
+            errbackArgs=(key, index, started),
+        )
+
+    def _answered(
+        self, entry: CacheEntry | None, key: CacheKey, index: int, started: float
+    ) -> Lookup | Deferred[Lookup | None]:
+        layer = self.layers[index]
         if self.metrics is not None:
-            self.metrics.cache_miss(key.bucket)
-        return None
+            self.metrics.cache_get_time(layer.name, self.reactor.seconds() - started)
+        if entry is None:
+            return self._get_from(key, index + 1)
+        return self._hit(key, index, entry)
+
+    def _layer_failed(
+        self, failure: Failure, key: CacheKey, index: int, started: float
+    ) -> Deferred[Lookup | None]:
+        failure.trap(Exception)
+        if failure.check(CancelledError):
+            return fail(failure)  # the client went away: not the layer's failure
+        layer = self.layers[index]
+        if self.metrics is not None:
+            self.metrics.cache_get_time(layer.name, self.reactor.seconds() - started)
+        self._failed(layer, "get", cast(Exception, failure.value))
+        return self._get_from(key, index + 1)
 
     async def _promote(
         self, key: CacheKey, entry: CacheEntry, faster: Sequence[ICacheLayer]
@@ -286,10 +344,11 @@ class TieredCache:
             each layer's own counters.
         """
         per_layer = {layer.name: layer.stats(bucket) for layer in self.layers}
-        counters = self._total if bucket is None else self._buckets.get(bucket, _Counters())
+        hits = sum(n for (b, _), n in self.hits.items() if bucket is None or b == bucket)
+        misses = sum(n for b, n in self.misses.items() if bucket is None or b == bucket)
         total = LayerStats(
-            hits=counters.hits,
-            misses=counters.misses,
+            hits=hits,
+            misses=misses,
             evictions=sum(s.evictions for s in per_layer.values()),
             current_size_bytes=sum(s.current_size_bytes for s in per_layer.values()),
             current_item_count=sum(s.current_item_count for s in per_layer.values()),

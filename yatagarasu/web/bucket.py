@@ -110,9 +110,14 @@ class BucketResource(Resource):
         return self._serve(cast(ProxyRequest, request))
 
     def _serve(self, request: ProxyRequest) -> int:
-        handling = Deferred.fromCoroutine(self._handle(request))
-        request.notifyFinish().addErrback(lambda _: handling.cancel())
-        handling.addErrback(self._failed, request)
+        try:
+            handling = self._handle(request)
+        except Exception:
+            self._failed(Failure(), request)
+            return NOT_DONE_YET
+        if handling is not None:  # (None: answered already, a memory hit)
+            request.notifyFinish().addErrback(lambda _: handling.cancel())
+            handling.addErrback(self._failed, request)
         return NOT_DONE_YET
 
     def _failed(self, failure: Failure, request: ProxyRequest) -> None:
@@ -160,16 +165,35 @@ class BucketResource(Resource):
             raise HTTPError(404, "no object key in path (listing is not supported)")
         return key
 
-    async def _handle(self, request: ProxyRequest) -> None:
-        key = self._object_key(request)
-        request.object_key = key
+    def _handle(self, request: ProxyRequest) -> Deferred[None] | None:
+        """
+        Answer a GET or HEAD.
+
+        Not one coroutine: a public bucket's memory hit is answered within this call, with no
+        coroutine or Deferred to drive (see :meth:`CachedObjects.serve`).
+
+        :returns: ``None`` when answered already, else a Deferred that fires when done.
+        :raises HTTPError: when the request is refused before anything was sent.
+        """
+        key = request.object_key = self._object_key(request)
         if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
             raise Forbidden("client address not allowed for this bucket")
         if self._scheme is not None:
-            identity = await self._scheme.authenticate(request)
-            request.subject = identity.subject
+            return Deferred.fromCoroutine(self._authenticated(request, self._scheme, key))
+        return self._respond(request, key)
+
+    async def _authenticated(self, request: ProxyRequest, scheme: IAuthScheme, key: str) -> None:
+        identity = await scheme.authenticate(request)
+        request.subject = identity.subject
+        responding = self._respond(request, key)
+        if responding is not None:
+            await responding
+
+    def _respond(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         if self._cached is not None:
-            await self._cached.serve(request, key)
-            return
+            return self._cached.serve(request, key)
+        return Deferred.fromCoroutine(self._relay(request, key))
+
+    async def _relay(self, request: ProxyRequest, key: str) -> None:
         response = await self._client.fetch(request.method, key, forwarded_headers(request))
         await relay_response(request, response, self._clock, self._timeouts)

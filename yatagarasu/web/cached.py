@@ -27,7 +27,12 @@ from yatagarasu.cache.setup import BucketCachePolicy
 from yatagarasu.cache.tiered import Lookup, TieredCache, WritePlan
 from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.s3.client import S3Client
-from yatagarasu.web.conditional import Unsatisfiable, precondition_status, requested_range
+from yatagarasu.web.conditional import (
+    Unsatisfiable,
+    is_conditional,
+    precondition_status,
+    requested_range,
+)
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import BodyRelay, FileRangeProducer, StreamTimeouts
@@ -137,24 +142,37 @@ class CachedObjects:
         self._clock = clock
         self._flights: dict[CacheKey, _Flight] = {}
 
-    async def serve(self, request: ProxyRequest, key: str) -> None:
+    def serve(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         """
         Answer a GET or HEAD for ``key``.
 
         :param request: the authorised request.
         :param key: the object key.
+        :returns: ``None`` when the response was written at once (a fresh hit in a layer that
+            answers at once, see :meth:`TieredCache.lookup`), else a Deferred that fires when
+            it is complete (or failed).
         """
         cache_key = CacheKey(self._bucket, key)
-        lookup = await self._cache.get(cache_key)
+        found = self._cache.lookup(cache_key)
+        if isinstance(found, Deferred):
+            return found.addCallback(self._looked_up, request, cache_key)
+        return self._looked_up(found, request, cache_key)
+
+    def _looked_up(
+        self, lookup: Lookup | None, request: ProxyRequest, cache_key: CacheKey
+    ) -> Deferred[None] | None:
         if lookup is not None:
             if not lookup.entry.is_fresh(self._clock.seconds()):
-                await self._revalidate(request, cache_key, lookup)
-                return
+                return Deferred.fromCoroutine(self._revalidate(request, cache_key, lookup))
             if self._answer(request, lookup.entry, b"HIT"):
-                return
+                return None
             # A fresh entry whose body file vanished (evicted meanwhile): go to S3.
+        return Deferred.fromCoroutine(self._fetch(request, cache_key))
+
+    async def _fetch(self, request: ProxyRequest, cache_key: CacheKey) -> None:
+        """A miss: fetch once for every concurrent request of the key (or pass through)."""
         if request.method == b"HEAD" or request.requestHeaders.hasHeader(b"range"):
-            await self._pass_through(request, key)
+            await self._pass_through(request, cache_key.key)
             return
         flight = self._flights.get(cache_key)
         if flight is not None:
@@ -165,7 +183,7 @@ class CachedObjects:
                     return
             elif isinstance(shared, CacheEntry) and self._answer(request, shared, b"MISS"):
                 return
-            await self._pass_through(request, key)
+            await self._pass_through(request, cache_key.key)
             return
         await self._lead(request, cache_key)
 
@@ -373,35 +391,34 @@ class CachedObjects:
         self, request: ProxyRequest, entry: CacheEntry, label: bytes, body_file: IO[bytes] | None
     ) -> None:
         request.setHeader(X_CACHE, label)
-        etag, modified = entry.header(b"etag"), entry.header(b"last-modified")
-        status = precondition_status(request.requestHeaders, etag, modified)
-        if status is not None:
-            if body_file is not None:
-                body_file.close()
-            self._answer_condition(request, status, entry.headers)
-            return
         total = entry.length
-        try:
-            wanted = requested_range(request.requestHeaders, total, etag, modified)
-        except Unsatisfiable:
-            raise HTTPError(
-                416,
-                "requested range not satisfiable",
-                headers=[("Content-Range", f"bytes */{total}")],
-            ) from None
-        for name, value in entry.headers:
-            request.responseHeaders.setRawHeaders(name, [value])
-        request.setHeader(b"age", b"%d" % max(0, int(self._clock.seconds() - entry.stored_at)))
-        if not request.responseHeaders.hasHeader(b"accept-ranges"):
-            request.setHeader(b"accept-ranges", b"bytes")
-        offset, size = 0, total
-        if wanted is not None:
-            request.setResponseCode(206)
-            request.setHeader(b"content-range", wanted.content_range)
-            offset, size = wanted.first, wanted.length
+        wanted = None
+        if is_conditional(request.requestHeaders):
+            etag, modified = entry.header(b"etag"), entry.header(b"last-modified")
+            status = precondition_status(request.requestHeaders, etag, modified)
+            if status is not None:
+                if body_file is not None:
+                    body_file.close()
+                self._answer_condition(request, status, entry.headers)
+                return
+            try:
+                wanted = requested_range(request.requestHeaders, total, etag, modified)
+            except Unsatisfiable:
+                raise HTTPError(
+                    416,
+                    "requested range not satisfiable",
+                    headers=[("Content-Range", f"bytes */{total}")],
+                ) from None
+        age = max(0, int(self._clock.seconds() - entry.stored_at))
+        lines = entry.head_lines
+        if entry.header(b"accept-ranges") is None:
+            lines += b"Accept-Ranges: bytes\r\n"
+        if wanted is None:
+            code, offset, size = 200, 0, total
         else:
-            request.setResponseCode(200)
-        request.setHeader(b"content-length", b"%d" % size)
+            code, offset, size = 206, wanted.first, wanted.length
+            lines += b"Content-Range: %s\r\n" % wanted.content_range
+        request.write_head(code, b"%sAge: %d\r\nContent-Length: %d\r\n" % (lines, age, size))
         if request.method == b"HEAD":
             if body_file is not None:
                 body_file.close()

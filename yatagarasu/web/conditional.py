@@ -13,6 +13,21 @@ from twisted.web.http_headers import Headers
 from yatagarasu.http_dates import http_date
 
 _RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_CONDITIONAL = frozenset(
+    {b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"range"}
+)
+
+
+def is_conditional(headers: Headers) -> bool:
+    """
+    :param headers: the request headers.
+    :returns: whether the request carries a precondition or a ``Range`` (``If-Range`` alone
+        means nothing): when not, the whole representation is answered without evaluating any.
+    """
+    for name, _ in headers.getAllRawHeaders():  # (a loop: any() of a generator costs more)
+        if name.lower() in _CONDITIONAL:
+            return True
+    return False
 
 
 def _first(headers: Headers, name: bytes) -> bytes | None:
