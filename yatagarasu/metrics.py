@@ -34,7 +34,7 @@ from yatagarasu.web.responses import ReadOnlyResource
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_METHODS = {b"GET": "GET", b"HEAD": "HEAD", b"OPTIONS": "OPTIONS"}
 
 
 class _Counter:
@@ -210,13 +210,11 @@ class Metrics:
         self._cache = cache
 
     def request(
-        self, bucket: str | None, method: str, status: int, seconds: float, sent: int
+        self, bucket: str | None, method: bytes, status: int, seconds: float, sent: int
     ) -> None:
         """Count one finished request (``bucket`` ``None``: the proxy's own routes)."""
         label = bucket or "-"
-        if method not in _METHODS:
-            method = "other"
-        self._requests.inc((label, method, status))
+        self._requests.inc((label, _METHODS.get(method, "other"), status))
         self._request_seconds.observe((label,), seconds)
         if sent:
             self._response_bytes.inc((label,), sent)

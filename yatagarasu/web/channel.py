@@ -24,6 +24,25 @@ _REASONS = {
 }
 
 
+class ResponseHeaders(Headers):
+    """
+    ``Headers`` plus header lines encoded ahead (:attr:`prefix`), written before the others.
+
+    Every response of the proxy carries four headers whose values are known as soon as the
+    request arrives: ``X-Request-ID``, ``X-Correlation-ID``, ``Server`` and ``Date``. Encoding
+    them in one step instead of four ``setRawHeaders`` calls is a measurable part of a cache
+    hit. They are not seen by ``getRawHeaders``.
+
+    :ivar prefix: ``Name: value\\r\\n`` lines.
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, rawHeaders: Any = None) -> None:
+        super().__init__(rawHeaders)
+        self.prefix = b""
+
+
 def encode_head(
     version: bytes, code: bytes, reason: bytes, headers: Headers, extra: bytes = b""
 ) -> bytes:
@@ -39,6 +58,8 @@ def encode_head(
     :returns: everything up to and including the blank line.
     """
     head = [version, b" ", code, b" ", reason, b"\r\n"]
+    if isinstance(headers, ResponseHeaders):
+        head.append(headers.prefix)
     for name, values in headers.getAllRawHeaders():
         for value in values:
             head += (name, b": ", value, b"\r\n")
@@ -53,6 +74,8 @@ class LimitedHTTPChannel(HTTPChannel):
     :ivar limits: the limits to enforce; set by the site when it builds the channel.
     """
 
+    #: the ``ProxySite`` (set by ``Site.buildProtocol``)
+    site: Any
     limits: SecurityLimits = SecurityLimits()
     send_buffer_bytes: int | None = None
     _expect_request_line = True
@@ -85,7 +108,7 @@ class LimitedHTTPChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if not self._rejected:
-            super().dataReceived(data)
+            HTTPChannel.dataReceived(self, data)
 
     def lineReceived(self, line: bytes) -> None:
         if self._rejected:
@@ -94,18 +117,21 @@ class LimitedHTTPChannel(HTTPChannel):
             if line:
                 self._expect_request_line = False
                 self._header_bytes = 0
-                parts = line.split(b" ")
-                if len(parts) == 3 and len(parts[1]) > self.limits.max_uri_length:
-                    self.reject(
-                        414, f"request target longer than {self.limits.max_uri_length} bytes"
-                    )
+                if len(line) > self.limits.max_uri_length and self._target_too_long(line):
                     return
         else:
             self._header_bytes += len(line) + 2
             if self._header_bytes > self.limits.max_header_size:
                 self.reject(431, f"request headers larger than {self.limits.max_header_size} bytes")
                 return
-        super().lineReceived(line)
+        HTTPChannel.lineReceived(self, line)
+
+    def _target_too_long(self, request_line: bytes) -> bool:
+        parts = request_line.split(b" ")
+        if len(parts) == 3 and len(parts[1]) > self.limits.max_uri_length:
+            self.reject(414, f"request target longer than {self.limits.max_uri_length} bytes")
+            return True
+        return False
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._expect_request_line:
@@ -114,13 +140,14 @@ class LimitedHTTPChannel(HTTPChannel):
             self.reject(431, f"request headers larger than {self.limits.max_header_size} bytes")
 
     def headerReceived(self, line: bytes) -> bool:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        if line[:14].lower() == b"content-length":
+            name, _, value = line.partition(b":")
             length = value.strip()
-            if length.isdigit() and int(length) > self.limits.max_body_size:
+            too_large = length.isdigit() and int(length) > self.limits.max_body_size
+            if too_large and name.strip().lower() == b"content-length":
                 self.reject(413, f"request body larger than {self.limits.max_body_size} bytes")
                 return False
-        ok: bool = super().headerReceived(line)
+        ok: bool = HTTPChannel.headerReceived(self, line)
         return ok
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:

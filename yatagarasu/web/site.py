@@ -22,7 +22,7 @@ from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
 from yatagarasu.metrics import Metrics
-from yatagarasu.web.channel import LimitedHTTPChannel, encode_head
+from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
 from yatagarasu.web.request_id import request_id_for
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.target import traversal_reason
@@ -53,14 +53,24 @@ class ProxyRequest(Request):
         channel: Any = self.channel
         return cast(ProxySite, channel.site)
 
+    #: identity, as in twisted.web, without a Python-level ``__hash__`` on every set operation
+    __hash__ = object.__hash__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.responseHeaders = self._fixed = ResponseHeaders()
+
     def process(self) -> None:
-        site = self.site = self.proxy_site
+        channel: LimitedHTTPChannel = self.channel  # type: ignore[assignment]
+        site: ProxySite = channel.site
+        self.site = site
         self.started = site.clock.seconds()
-        self.request_id = request_id_for(self.requestHeaders)
-        rid = [self.request_id.encode("ascii")]
-        self.responseHeaders.setRawHeaders(b"x-request-id", rid)
-        self.responseHeaders.setRawHeaders(b"x-correlation-id", rid)
-        channel = cast(LimitedHTTPChannel, self.channel)
+        self.request_id = rid = request_id_for(self.requestHeaders)
+        self._fixed.prefix = b"X-Request-Id: %s\r\nX-Correlation-Id: %s\r\n%s" % (
+            rid.encode("ascii"),
+            rid.encode("ascii"),
+            site.server_and_date(self.started),
+        )
         if channel._rejected:  # a limit was hit while the body arrived: already answered
             return
         site.request_started(self)
@@ -76,9 +86,7 @@ class ProxyRequest(Request):
             super().process()
             return
         # twisted.web's Request.process, without content encoders (the proxy uses none) and
-        # with a Date value made once a second rather than for every request.
-        self.setHeader(b"server", version)
-        self.setHeader(b"date", site.date_header(self.started))
+        # without Server and Date (in the prefix above, made once a second).
         self.prepath = []
         self.postpath = [unquote_to_bytes(segment) for segment in self.path[1:].split(b"/")]
         try:
@@ -196,17 +204,18 @@ class ProxySite(Site):
         self._active: set[ProxyRequest] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self._date_second = -1
-        self._date_value = b""
+        self._date_lines = b""
 
-    def date_header(self, now: float) -> bytes:
+    def server_and_date(self, now: float) -> bytes:
         """
         :param now: the current time (epoch seconds).
-        :returns: the ``Date`` header value for ``now`` (formatted once a second).
+        :returns: the ``Server`` and ``Date`` header lines for ``now`` (made once a second).
         """
         second = int(now)
         if second != self._date_second:
-            self._date_second, self._date_value = second, datetimeToString(second)
-        return self._date_value
+            self._date_second = second
+            self._date_lines = b"Server: %s\r\nDate: %s\r\n" % (version, datetimeToString(second))
+        return self._date_lines
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         channel = cast(LimitedHTTPChannel, super().buildProtocol(addr))
@@ -238,15 +247,16 @@ class ProxySite(Site):
         request._accounted = True
         self._active.discard(request)
         duration = self.clock.seconds() - request.started
-        method = request.method.decode("ascii", "replace")
-        self.metrics.request(request.bucket, method, request.code, duration, request.sentLength)
+        self.metrics.request(
+            request.bucket, request.method, request.code, duration, request.sentLength
+        )
         if self.access_log_enabled:
             access_log.info(
                 "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
                 request_id=request.request_id,
                 client_ip=request.client_address,
                 user=request.subject,
-                method=method,
+                method=request.method.decode("ascii", "replace"),
                 path=request.path.decode("utf-8", "replace"),
                 status=request.code,
                 bytes_sent=request.sentLength,
