@@ -16,7 +16,7 @@ from twisted.web.client import ResponseFailed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from yatagarasu.auth.identity import Forbidden
+from yatagarasu.auth.identity import Forbidden, Identity
 from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import HTTPError
@@ -113,7 +113,8 @@ class BucketResource(Resource):
             self._failed(Failure(), request)
             return NOT_DONE_YET
         if handling is not None:  # (None: answered already, a memory hit)
-            request.notifyFinish().addErrback(lambda _: handling.cancel())
+            if not request.finished:
+                request.notifyFinish().addErrback(lambda _: handling.cancel())
             handling.addErrback(self._failed, request)
         return NOT_DONE_YET
 
@@ -166,8 +167,9 @@ class BucketResource(Resource):
         """
         Answer a GET or HEAD.
 
-        Not one coroutine: a public bucket's memory hit is answered within this call, with no
-        coroutine or Deferred to drive (see :meth:`CachedObjects.serve`).
+        Not one coroutine: a memory hit is answered within this call — on a public bucket with
+        no Deferred at all (see :meth:`CachedObjects.serve`), on a bucket with auth through the
+        already-fired Deferred of a scheme that answers at once (a JWT seen before).
 
         :returns: ``None`` when answered already, else a Deferred that fires when done.
         :raises HTTPError: when the request is refused before anything was sent.
@@ -176,15 +178,15 @@ class BucketResource(Resource):
         if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
             raise Forbidden("client address not allowed for this bucket")
         if self._scheme is not None:
-            return Deferred.fromCoroutine(self._authenticated(request, self._scheme, key))
+            authenticating = self._scheme.authenticate(request)
+            return authenticating.addCallback(self._authenticated, request, key)
         return self._respond(request, key)
 
-    async def _authenticated(self, request: ProxyRequest, scheme: IAuthScheme, key: str) -> None:
-        identity = await scheme.authenticate(request)
+    def _authenticated(
+        self, identity: Identity, request: ProxyRequest, key: str
+    ) -> Deferred[None] | None:
         request.subject = identity.subject
-        responding = self._respond(request, key)
-        if responding is not None:
-            await responding
+        return self._respond(request, key)
 
     def _respond(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         if self._cached is not None:
