@@ -41,7 +41,7 @@ class WritePlan:
         return bool(self.writers or self.buffered)
 
 
-@dataclass
+@dataclass(slots=True)
 class Lookup:
     """A cache hit: the entry and the name of the layer that had it."""
 

@@ -88,7 +88,8 @@ class ProxyRequest(Request):
         # twisted.web's Request.process, without content encoders (the proxy uses none) and
         # without Server and Date (in the prefix above, made once a second).
         self.prepath = []
-        self.postpath = [unquote_to_bytes(segment) for segment in self.path[1:].split(b"/")]
+        segments = self.path[1:].split(b"/")
+        self.postpath = [unquote_to_bytes(s) for s in segments] if b"%" in self.path else segments
         try:
             self.render(site.getResourceFor(self))
         except BaseException:

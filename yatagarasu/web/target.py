@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_to_bytes
 
+#: what makes a target worth a closer look (anywhere in it: a query may hold it too)
+_SUSPECT = re.compile(rb"[%\\\x00]|\.\.")
 # Enough rounds to see through double and triple encoding (%252e%252e → %2e%2e → ..).
 _DECODE_ROUNDS = 3
 
@@ -19,10 +22,9 @@ def traversal_reason(raw_target: bytes) -> str | None:
     :param raw_target: the request target exactly as received (query string included).
     :returns: why the target is refused, or ``None`` when it is acceptable.
     """
-    path = raw_target.split(b"?", 1)[0]
-    if b"%" not in path and b".." not in path and b"\\" not in path and b"\0" not in path:
+    if _SUSPECT.search(raw_target) is None:
         return None  # the common case: nothing to decode, nothing to refuse
-    candidate = path
+    candidate = raw_target.split(b"?", 1)[0]
     for _ in range(_DECODE_ROUNDS + 1):
         if b"\0" in candidate:
             return "NUL byte in path"
