@@ -28,7 +28,7 @@ from yatagarasu.auth.setup import build_access_control
 from yatagarasu.config import ConfigError, parse_config
 from yatagarasu.config.build import build
 from yatagarasu.discovery import find
-from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory
+from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory, IImmediateAuthScheme
 
 SECRET = "s" * 64
 NOW = time.time()
@@ -381,6 +381,26 @@ def test_reused_token_is_verified_once_until_exp(monkeypatch: pytest.MonkeyPatch
     clock.advance(101)  # past the cached exp: verified again (PyJWT checks exp on wall time)
     accepted(s, tok)
     assert calls == ["decode", "decode"]
+
+
+def test_authenticate_now_answers_only_for_a_known_valid_allowed_token() -> None:
+    clock = Clock()
+    clock.advance(NOW)
+    s = scheme({"secret": SECRET}, clock)
+    assert verifyObject(IImmediateAuthScheme, s)
+    tok = token(SECRET, "HS256", {"exp": int(NOW) + 100, "role": "user"})
+    assert s.authenticate_now(request_with(f"Bearer {tok}")) is None  # not verified yet
+    assert s.authenticate_now(request_with()) is None  # no token
+    accepted(s, tok)
+    identity = s.authenticate_now(request_with(f"Bearer {tok}"))
+    assert identity is not None and identity.subject == "alice"
+    strict = s.with_rules(
+        [build(ClaimRule, {"claim": "role", "operator": "equals", "value": "admin"}, "r")]
+    )
+    assert strict.authenticate_now(request_with(f"Bearer {tok}")) is None  # refused: ask later
+    assert isinstance(refused(strict, tok), Forbidden)
+    clock.advance(101)
+    assert s.authenticate_now(request_with(f"Bearer {tok}")) is None  # expired
 
 
 def test_cached_token_still_checked_against_rules() -> None:

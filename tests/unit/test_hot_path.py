@@ -9,6 +9,7 @@ import os
 import uuid
 from typing import Any
 
+import jwt as pyjwt
 from cache_contract import FAR_FUTURE, entry
 from fakes import FakeResponse, Harness, bucket_entry, parse_response
 from prometheus_client.parser import text_string_to_metric_families
@@ -320,3 +321,38 @@ def test_metrics_are_counted_and_rendered_from_plain_numbers() -> None:
     lookups = families["yatagarasu_cache_get_duration_seconds"].samples
     assert any(s.name.endswith("_count") and s.value == 2 for s in lookups)
     assert not any(s.name.endswith("_created") for f in families.values() for s in f.samples)
+
+
+def test_an_authenticated_hit_with_a_known_token_and_the_refusals_around_it() -> None:
+    secret = "s" * 64
+    rules = [{"claim": "role", "operator": "equals", "value": "reader"}]
+    h = Harness(
+        {
+            "cache": {"enabled": True},
+            "buckets": [
+                bucket_entry(
+                    "hs", "/hs", auth={"enabled": True}, jwt={"secret": secret, "claims": rules}
+                )
+            ],
+        }
+    )
+    h.clock.advance(1_800_000_000)
+
+    def bearer(role: str) -> str:
+        claims = {"sub": "ann", "role": role, "exp": 1_800_000_000 + 3600}
+        return f"Authorization: Bearer {pyjwt.encode(claims, secret, algorithm='HS256')}"
+
+    reader, writer = bearer("reader"), bearer("writer")
+    h.get("/hs/k", reader)
+    h.agents["hs"].answer(FakeResponse(200, {}, body=b"secret-body"))
+    for _ in range(2):  # the token is known from the first request on
+        _, transport = h.get("/hs/k", reader)
+        response = parse_response(transport.value())
+        assert (response.status, response.header("x-cache")) == (200, "HIT")
+        assert response.body == b"secret-body"
+    for _ in range(2):  # valid but refused by the rules, also once it has been verified
+        _, transport = h.get("/hs/k", writer)
+        assert parse_response(transport.value()).status == 403
+    _, transport = h.get("/hs/k")
+    assert parse_response(transport.value()).status == 401
+    assert len(h.agents["hs"].sent) == 1

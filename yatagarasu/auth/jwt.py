@@ -25,7 +25,7 @@ from yatagarasu.auth.keys import VerificationKey, public_key_from_file, secret_k
 from yatagarasu.auth.tokens import TokenSource, find_token
 from yatagarasu.config.build import build, join
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory
+from yatagarasu.interfaces import IAuthSchemeFactory, IImmediateAuthScheme
 
 MAX_TOKEN_LENGTH = 8192
 _KEY_FILE_ALIASES = ("rsa_public_key_path", "ecdsa_public_key_path", "public_key_path")
@@ -134,7 +134,7 @@ def load_keys(settings: JwtSettings, path: str) -> list[VerificationKey]:
     return keys
 
 
-@implementer(IAuthScheme)
+@implementer(IImmediateAuthScheme)
 class JwtScheme:
     """
     Verify bearer tokens.
@@ -183,17 +183,33 @@ class JwtScheme:
         """
         return JwtScheme(self._settings, self._keys, self._jwks, self._clock, rules)
 
+    def _known(self, token: str) -> Identity | None:
+        """:returns: the identity of a token verified before and still valid, else ``None``."""
+        cached = self._verified.get(token)
+        if cached is None:
+            return None
+        valid_until, identity = cached
+        if self._clock.seconds() < valid_until:
+            self._verified.move_to_end(token)
+            return identity
+        del self._verified[token]
+        return None
+
+    def authenticate_now(self, request: IRequest) -> Identity | None:
+        """See :meth:`IImmediateAuthScheme.authenticate_now`: a token verified before."""
+        token = find_token(self._settings.token_sources, request)
+        identity = self._known(token) if token is not None else None
+        if identity is None or failing_rule(self._rules, identity.claims) is not None:
+            return None
+        return identity
+
     def authenticate(self, request: IRequest) -> Deferred[Identity]:
         token = find_token(self._settings.token_sources, request)
         if token is None:
             return fail(AuthenticationRequired("a bearer token is required"))
-        cached = self._verified.get(token)
-        if cached is not None:
-            valid_until, identity = cached
-            if self._clock.seconds() < valid_until:
-                self._verified.move_to_end(token)
-                return self._authorize(identity)
-            del self._verified[token]
+        identity = self._known(token)
+        if identity is not None:
+            return self._authorize(identity)
         if len(token) > MAX_TOKEN_LENGTH:
             return fail(InvalidCredentials("token too large"))
         try:

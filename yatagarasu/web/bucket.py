@@ -20,7 +20,7 @@ from yatagarasu.auth.identity import Forbidden, Identity
 from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import HTTPError
-from yatagarasu.interfaces import IAuthScheme
+from yatagarasu.interfaces import IAuthScheme, IImmediateAuthScheme
 from yatagarasu.s3.client import S3Client
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
@@ -67,6 +67,7 @@ class BucketResource(Resource):
         self._timeouts = timeouts
         self._ip_filter = ip_filter
         self._scheme = scheme
+        self._immediate = scheme if IImmediateAuthScheme.providedBy(scheme) else None
         self._cached = cached
         self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
 
@@ -167,9 +168,9 @@ class BucketResource(Resource):
         """
         Answer a GET or HEAD.
 
-        Not one coroutine: a memory hit is answered within this call — on a public bucket with
-        no Deferred at all (see :meth:`CachedObjects.serve`), on a bucket with auth through the
-        already-fired Deferred of a scheme that answers at once (a JWT seen before).
+        Not one coroutine: a memory hit is answered within this call, with no Deferred at all
+        (see :meth:`CachedObjects.serve`) — on a bucket with auth too, when the scheme knows
+        the credentials at once (:class:`IImmediateAuthScheme`, a JWT verified before).
 
         :returns: ``None`` when answered already, else a Deferred that fires when done.
         :raises HTTPError: when the request is refused before anything was sent.
@@ -178,8 +179,11 @@ class BucketResource(Resource):
         if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
             raise Forbidden("client address not allowed for this bucket")
         if self._scheme is not None:
-            authenticating = self._scheme.authenticate(request)
-            return authenticating.addCallback(self._authenticated, request, key)
+            identity = self._immediate.authenticate_now(request) if self._immediate else None
+            if identity is None:
+                authenticating = self._scheme.authenticate(request)
+                return authenticating.addCallback(self._authenticated, request, key)
+            request.subject = identity.subject
         return self._respond(request, key)
 
     def _authenticated(
