@@ -117,9 +117,10 @@ def test_every_kind_of_response_carries_ids_server_and_date_exactly_once() -> No
     _, unknown = h.get("/nowhere")
     _, traversal = h.get("/pub/%2e%2e/x")
     _, health = h.get("/health")
+    _, star = h.send(b"OPTIONS * HTTP/1.1\r\nHost: proxy\r\n\r\n")
     _, ok = h.get("/pub/k")
     h.agents["pub"].answer(FakeResponse(200, {"Content-Type": "text/plain"}, body=b"hi"))
-    for transport in (unknown, traversal, health, ok):
+    for transport in (unknown, traversal, health, star, ok):
         names = every_header(transport.value())
         for name in ("x-request-id", "x-correlation-id", "server", "date"):
             assert names.count(name) == 1, (name, transport.value())

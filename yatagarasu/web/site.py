@@ -65,12 +65,10 @@ class ProxyRequest(Request):
         site: ProxySite = channel.site
         self.site = site
         self.started = site.clock.seconds()
-        self.request_id = rid = request_id_for(self.requestHeaders)
-        self._fixed.prefix = b"X-Request-Id: %s\r\nX-Correlation-Id: %s\r\n%s" % (
-            rid.encode("ascii"),
-            rid.encode("ascii"),
-            site.server_and_date(self.started),
-        )
+        self.request_id = request_id_for(self.requestHeaders)
+        rid = self.request_id.encode("ascii")
+        ids = b"X-Request-Id: %s\r\nX-Correlation-Id: %s\r\n" % (rid, rid)
+        self._fixed.prefix = ids + site.server_and_date(self.started)
         if channel._rejected:  # a limit was hit while the body arrived: already answered
             return
         site.request_started(self)
@@ -82,7 +80,8 @@ class ProxyRequest(Request):
             error = HTTPError(503, "too many concurrent requests", headers=[("Retry-After", "1")])
             write_error(self, error, self.request_id)
             return
-        if self.path == b"*":  # "OPTIONS *": twisted.web's own answer
+        if self.path == b"*":  # "OPTIONS *": twisted.web's own answer (it adds Server, Date)
+            self._fixed.prefix = ids
             super().process()
             return
         # twisted.web's Request.process, without content encoders (the proxy uses none) and
@@ -113,9 +112,8 @@ class ProxyRequest(Request):
     def client_address(self) -> str:
         """The client's address: the peer, or what trusted proxies say in ``X-Forwarded-For``."""
         if self._client_address is None:
-            site = cast(
-                ProxySite, self.site
-            )  # set first thing in process(); kept after a disconnect
+            # self.site: set first thing in process(), and kept after a disconnect
+            site = cast(ProxySite, self.site)
             self._client_address = site.addresses.client_ip(
                 self.client_ip(), lambda: self.requestHeaders.getRawHeaders(b"x-forwarded-for")
             )
