@@ -29,6 +29,7 @@ from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.s3.client import S3Client
 from yatagarasu.web.conditional import (
     Unsatisfiable,
+    first_header,
     is_conditional,
     precondition_status,
     requested_range,
@@ -219,8 +220,8 @@ class CachedObjects:
         upstream = response.headers
         fresh = freshness(
             upstream.getRawHeaders(b"cache-control") or (),
-            _first(upstream, b"expires"),
-            _first(upstream, b"date"),
+            first_header(upstream, b"expires"),
+            first_header(upstream, b"date"),
             self._policy.ttl,
         )
         length = response.length
@@ -237,7 +238,10 @@ class CachedObjects:
         client = request
         if request is not None:
             request.setHeader(X_CACHE, b"MISS" if plan.stores else b"BYPASS")
-            etag, modified = _first(upstream, b"etag"), _first(upstream, b"last-modified")
+            etag, modified = (
+                first_header(upstream, b"etag"),
+                first_header(upstream, b"last-modified"),
+            )
             status = precondition_status(request.requestHeaders, etag, modified)
             if status is not None:
                 # This client is answered from the headers (its own conditions: other
@@ -331,11 +335,14 @@ class CachedObjects:
             [v] if (v := entry.header(b"cache-control")) else []
         )
         fresh = freshness(
-            cache_control, _first(upstream, b"expires"), _first(upstream, b"date"), self._policy.ttl
+            cache_control,
+            first_header(upstream, b"expires"),
+            first_header(upstream, b"date"),
+            self._policy.ttl,
         )
         updated = dict(entry.headers)
         for name in (b"cache-control", b"expires", b"etag", b"last-modified"):
-            value = _first(upstream, name)
+            value = first_header(upstream, name)
             if value is not None:
                 updated[name] = value
         retain = max(fresh.ttl, self._policy.stale_if_error)
@@ -434,11 +441,6 @@ class CachedObjects:
         body = entry.body if wanted is None else entry.body[offset : offset + size]
         request.write(body)
         request.finish()
-
-
-def _first(headers: Headers, name: bytes) -> bytes | None:
-    values = headers.getRawHeaders(name)
-    return values[0] if values else None
 
 
 async def raise_upstream_error(response: IResponse, clock: IReactorTime, timeout: float) -> None:

@@ -31,7 +31,8 @@ def is_conditional(headers: Headers) -> bool:
     return False
 
 
-def _first(headers: Headers, name: bytes) -> bytes | None:
+def first_header(headers: Headers, name: bytes) -> bytes | None:
+    """:returns: the first value of header ``name``, or ``None``."""
     values = headers.getRawHeaders(name)
     return values[0] if values else None
 
@@ -88,7 +89,7 @@ def precondition_status(
         if not strong_match(b",".join(if_match), etag):
             return 412
     else:
-        since = http_date(_first(headers, b"if-unmodified-since"))
+        since = http_date(first_header(headers, b"if-unmodified-since"))
         if since is not None:
             modified = http_date(last_modified)
             if modified is None or modified > since:
@@ -98,7 +99,7 @@ def precondition_status(
         if weak_match(b",".join(if_none_match), etag):
             return 304 if safe else 412
         return None
-    since = http_date(_first(headers, b"if-modified-since"))
+    since = http_date(first_header(headers, b"if-modified-since"))
     if since is not None:
         modified = http_date(last_modified)
         if modified is not None and modified <= since:
