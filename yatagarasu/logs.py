@@ -20,6 +20,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from yatagarasu.config.schema import LoggingConfig
+from yatagarasu.per_second import PerSecond
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -60,29 +61,16 @@ def _message(event: LogEvent) -> str:
     return formatEvent(event)
 
 
-class _Clock:
-    """``formatTime`` of the current second, formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._text = ""
-
-    def __call__(self, when: float | None) -> str:
-        if when is None:
-            return formatTime(when)
-        second = int(when)
-        if second != self._second:
-            self._second, self._text = second, formatTime(second)
-        return self._text
-
-
 def text_formatter() -> Any:
     """
     :returns: a formatter for ``FileLogObserver``: the lines of twisted.logger's
         ``textFileLogObserver`` (``<time> [<namespace>#<level>] <message>``), made faster for
         the access event written for every request.
     """
-    clock = _Clock()
+    stamps = PerSecond(formatTime)
+
+    def clock(when: float | None) -> str:
+        return formatTime(when) if when is None else stamps(when)
 
     def format_text(event: LogEvent) -> str | None:
         if "log_failure" in event or "log_system" in event:

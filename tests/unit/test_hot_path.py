@@ -25,6 +25,7 @@ from yatagarasu.cache.memory import MemoryCacheLayer, MemoryCacheSettings
 from yatagarasu.cache.tiered import Lookup, TieredCache
 from yatagarasu.interfaces import IImmediateCacheLayer
 from yatagarasu.metrics import Metrics
+from yatagarasu.per_second import PerSecond
 from yatagarasu.web import request_id
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
 from yatagarasu.web.conditional import is_conditional
@@ -141,6 +142,13 @@ def test_the_date_follows_the_injected_clock_second_by_second() -> None:
         "Fri, 15 Jan 2027 08:00:00 GMT",
         "Fri, 15 Jan 2027 08:00:01 GMT",
     ]
+
+
+def test_per_second_values_are_made_once_a_second() -> None:
+    made: list[int] = []
+    value = PerSecond(lambda second: made.append(second) or f"t{second}")
+    assert [value(10.0), value(10.9), value(11.2), value(11.0)] == ["t10", "t10", "t11", "t11"]
+    assert made == [10, 11]
 
 
 def test_raw_backslash_and_nul_are_refused_without_decoding() -> None:

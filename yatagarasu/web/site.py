@@ -22,6 +22,7 @@ from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
 from yatagarasu.metrics import Metrics
+from yatagarasu.per_second import PerSecond
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
 from yatagarasu.web.request_id import request_id_for
 from yatagarasu.web.responses import write_error
@@ -154,6 +155,10 @@ def _header_text(request: Request, name: bytes) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
+def _server_and_date(second: int) -> bytes:
+    return b"Server: %s\r\nDate: %s\r\n" % (version, datetimeToString(second))
+
+
 class ProxySite(Site):
     """
     The proxy's ``Site``.
@@ -202,19 +207,8 @@ class ProxySite(Site):
         self.idle_timeout = idle_timeout
         self._active: set[ProxyRequest] = set()
         self._idle_waiters: list[Deferred[None]] = []
-        self._date_second = -1
-        self._date_lines = b""
-
-    def server_and_date(self, now: float) -> bytes:
-        """
-        :param now: the current time (epoch seconds).
-        :returns: the ``Server`` and ``Date`` header lines for ``now`` (made once a second).
-        """
-        second = int(now)
-        if second != self._date_second:
-            self._date_second = second
-            self._date_lines = b"Server: %s\r\nDate: %s\r\n" % (version, datetimeToString(second))
-        return self._date_lines
+        #: the ``Server`` and ``Date`` header lines for a time (epoch seconds)
+        self.server_and_date = PerSecond(_server_and_date)
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         channel = cast(LimitedHTTPChannel, super().buildProtocol(addr))
