@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jwt
-from benchlib import dump, free_port, set_pinning
+from benchlib import dump, free_port, machine_facts, set_pinning
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from proxylib import (
@@ -47,7 +47,6 @@ from proxylib import (
     facts_md,
     fmt,
     log,
-    machine_facts,
     md_table,
     pct,
     profile,

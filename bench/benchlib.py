@@ -6,9 +6,11 @@ Everything here talks to 127.0.0.1 only and every wait is bounded in time.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import http.client
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -141,14 +143,58 @@ class Server:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, signal.SIGTERM, timeout=15)
         self.logfile.close()
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int, timeout: float = 10.0) -> None:
+    """Send ``sig`` to a running child, wait ``timeout`` s, then SIGKILL it."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+# -- machine facts -----------------------------------------------------------------------------
+
+
+def _first_line(*argv: str) -> str:
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return (cp.stdout + cp.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def machine_facts() -> dict[str, Any]:
+    """CPU, kernel, tool versions and the git commit, for the results of every benchmark."""
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    twisted_v = subprocess.run(
+        [PYTHON, "-c", "import twisted; print(twisted.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    return {
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": _first_line(PYTHON, "-V"),
+        "twisted": twisted_v,
+        "nginx": _first_line("nginx", "-v"),
+        "redis": _first_line("redis-server", "--version"),
+        "wrk": _first_line("wrk", "-v"),
+        "curl": _first_line("curl", "--version"),
+        "git": _first_line("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+    }
 
 
 # -- memory probes -----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import PYTHON, Server, dump, free_port, set_pinning
+from benchlib import PYTHON, Server, dump, free_port, machine_facts, set_pinning
 from proxylib import (
     BUCKET,
     LoggedOrigin,
@@ -48,7 +48,6 @@ from proxylib import (
     fmt,
     herd,
     log,
-    machine_facts,
     md_table,
     pct,
     profile,

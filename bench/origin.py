@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import PIN, free_port, require_tools, wait_http
+from benchlib import PIN, free_port, require_tools, stop_process, wait_http
 
 BUCKET = "bench"
 #: key -> size in bytes.  The 1 GiB object is sparse (``truncate``), deleted at the end.
@@ -96,13 +96,7 @@ class Origin:
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: master waits for workers
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, signal.SIGQUIT)  # graceful: master waits for workers
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Origin:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
 import re
 import selectors
 import shlex
@@ -35,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import origin as _origin
 from benchlib import (
     PIN,
-    PYTHON,
     REPO,
     TWISTD,
     ForeignLoad,
@@ -46,6 +44,7 @@ from benchlib import (
     free_port,
     median,
     profile_under_load,
+    stop_process,
     wait_http,
 )
 
@@ -103,40 +102,6 @@ def wait_for_foreign_bench(until_utc: str, poll: float = 30.0) -> str | None:
 
 
 # -- machine facts -----------------------------------------------------------------------------
-
-
-def _first_line(*argv: str) -> str:
-    try:
-        cp = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        return (cp.stdout + cp.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def machine_facts() -> dict[str, Any]:
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    twisted_v = subprocess.run(
-        [PYTHON, "-c", "import twisted; print(twisted.__version__)"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.strip()
-    return {
-        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": _first_line(PYTHON, "-V"),
-        "twisted": twisted_v,
-        "nginx": _first_line("nginx", "-v"),
-        "redis": _first_line("redis-server", "--version"),
-        "wrk": _first_line("wrk", "-v"),
-        "git": _first_line("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
-    }
 
 
 def facts_md(facts: dict[str, Any], pinning: str) -> str:
@@ -290,13 +255,7 @@ class NginxCache:
         return self.proc.pid
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, signal.SIGQUIT)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -346,13 +305,7 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}"
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, signal.SIGTERM)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

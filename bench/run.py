@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -52,6 +50,7 @@ from benchlib import (
     dump,
     free_port,
     http_get,
+    machine_facts,
     median,
     open_fds,
     profile_under_load,
@@ -89,40 +88,6 @@ def proxy_installed() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return "yatagarasu" in out
-
-
-def machine_facts() -> dict[str, Any]:
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-
-    def cmd(*argv: str) -> str:
-        try:
-            cp = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-            return (cp.stdout + cp.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            return "?"
-
-    twisted_v = subprocess.run(
-        [PYTHON, "-c", "import twisted; print(twisted.__version__)"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.strip()
-    return {
-        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": cmd(PYTHON, "-V"),
-        "twisted": twisted_v,
-        "nginx": cmd("nginx", "-v"),
-        "wrk": cmd("wrk", "-v"),
-        "curl": cmd("curl", "--version"),
-        "git": cmd("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
-    }
 
 
 class Bench:
