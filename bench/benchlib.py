@@ -364,7 +364,13 @@ def _ms(text: str) -> float:
 
 def run_wrk(url: str, threads: int, conns: int, seconds: int) -> WrkResult:
     cmd = [*PIN["load"], "wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", url]
-    raw = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    return parse_wrk(
+        subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    )
+
+
+def parse_wrk(raw: str) -> WrkResult:
+    """Requests/s, p50/p99, request and error counts from wrk's ``--latency`` output."""
 
     def grab(pattern: str, conv: Any = float, default: Any = 0) -> Any:
         m = re.search(pattern, raw, re.M)

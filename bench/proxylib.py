@@ -39,10 +39,10 @@ from benchlib import (
     ForeignLoad,
     Server,
     WrkResult,
-    _ms,
     cpu_seconds,
     free_port,
     median,
+    parse_wrk,
     profile_under_load,
     stop_process,
     wait_http,
@@ -359,26 +359,6 @@ class Run:
 
 def wrk_cmd(url: str, conns: int, seconds: int, extra: Sequence[str] = ()) -> list[str]:
     return ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url]
-
-
-def parse_wrk(raw: str) -> WrkResult:
-    def grab(pattern: str, conv: Any = float, default: Any = 0) -> Any:
-        m = re.search(pattern, raw, re.M)
-        return conv(m.group(1)) if m else default
-
-    errors = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", raw)
-    if m:
-        errors = sum(int(x) for x in m.groups())
-    return WrkResult(
-        rps=grab(r"^Requests/sec:\s+([\d.]+)"),
-        p50_ms=grab(r"^\s+50%\s+(\S+)", _ms, float("nan")),
-        p99_ms=grab(r"^\s+99%\s+(\S+)", _ms, float("nan")),
-        requests=grab(r"^\s+(\d+) requests in", int),
-        errors=errors,
-        non2xx=grab(r"Non-2xx or 3xx responses: (\d+)", int),
-        raw=raw,
-    )
 
 
 def run_wrk(
