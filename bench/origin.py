@@ -29,6 +29,8 @@ BUCKET = "bench"
 #: key -> size in bytes.  The 1 GiB object is sparse (``truncate``), deleted at the end.
 OBJECTS = {"1k.bin": 1024, "100k.bin": 100 * 1024, "1g.bin": 1024**3}
 
+#: an nginx of our own under ``{tmp}`` (pid file, logs, temp paths); ``{server}`` is the
+#: ``server`` block and whatever it needs in ``http``
 NGINX_CONF = """\
 daemon off;
 master_process on;
@@ -37,10 +39,10 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    access_log {access_log};
     default_type application/octet-stream;
     sendfile on;
-    tcp_nopush on;
+    tcp_nopush {tcp_nopush};
     keepalive_timeout 65;
     keepalive_requests 1000000;
     client_body_temp_path {tmp}/client_body;
@@ -48,20 +50,39 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
+{server}
+}}
+"""
+
+ORIGIN_SERVER = """\
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         root {tmp}/data;
         etag on;
         location / {{ }}
-    }}
-}}
-"""
+    }}"""
+
+
+def nginx_conf(
+    tmp: Path, server: str, *, workers: int = 1, access_log: bool = False, tcp_nopush: bool = True
+) -> str:
+    """
+    :param server: the ``server`` block (already formatted).
+    :returns: a whole nginx.conf running under ``tmp``.
+    """
+    return NGINX_CONF.format(
+        tmp=tmp,
+        workers=workers,
+        access_log=f"{tmp}/access.log" if access_log else "off",
+        tcp_nopush="on" if tcp_nopush else "off",
+        server=server,
+    )
 
 
 class Origin:
     """Generate the data tree, run nginx on ``port``; ``close()`` stops it and deletes all."""
 
-    def __init__(self, port: int | None = None, workers: int = 1) -> None:
+    def __init__(self, port: int | None = None, workers: int = 1, access_log: bool = False) -> None:
         require_tools()
         self.port = port or free_port()
         self.tmp = Path(tempfile.mkdtemp(prefix="yatagarasu-bench-"))
@@ -79,7 +100,8 @@ class Origin:
                 path.write_bytes(os.urandom(size))
             os.chmod(path, 0o644)
         self.conf = self.tmp / "nginx.conf"
-        self.conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=self.port, workers=workers))
+        server = ORIGIN_SERVER.format(tmp=self.tmp, port=self.port)
+        self.conf.write_text(nginx_conf(self.tmp, server, workers=workers, access_log=access_log))
         self.proc = subprocess.Popen(
             [*PIN["load"], "nginx", "-p", str(self.tmp), "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,

@@ -120,13 +120,7 @@ class LoggedOrigin(_origin.Origin):
     """``bench/origin.py``'s nginx, with an access log so upstream GETs can be counted."""
 
     def __init__(self, extra: dict[str, int] | None = None, workers: int = 1) -> None:
-        saved = _origin.NGINX_CONF
-        if "access_log off;" in saved:
-            _origin.NGINX_CONF = saved.replace("access_log off;", "access_log {tmp}/access.log;")
-        try:
-            super().__init__(workers=workers)
-        finally:
-            _origin.NGINX_CONF = saved
+        super().__init__(workers=workers, access_log=True)
         data = self.tmp / "data" / BUCKET
         for key, size in (extra or {}).items():
             path = data / key
@@ -182,26 +176,8 @@ def start_proxy(name: str, config: str, out: Path, probe: str, port: int) -> Ser
 
 # -- a caching nginx ---------------------------------------------------------------------------
 
-NGINX_CACHE_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    sendfile on;
-    # tcp_nopush on stalls proxy_cache hits of 100 KiB ~40 ms (delayed ACK): 6k vs 16k req/s
-    tcp_nopush off;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+# tcp_nopush on stalls proxy_cache hits of 100 KiB ~40 ms (delayed ACK): 6k vs 16k req/s
+NGINX_CACHE_SERVER = """\
     proxy_cache_path {tmp}/cache levels=1:2 keys_zone=bench:10m max_size=1g inactive=1h
                      use_temp_path=off;
     upstream origin {{ server 127.0.0.1:{origin}; keepalive 16; }}
@@ -216,9 +192,7 @@ http {{
             proxy_cache_lock on;
             add_header X-Cache $upstream_cache_status;
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 class NginxCache:
@@ -232,9 +206,8 @@ class NginxCache:
             (self.tmp / sub).mkdir()
             os.chmod(self.tmp / sub, 0o777)  # nginx workers run as "nobody"
         self.conf = self.tmp / "nginx.conf"
-        self.conf.write_text(
-            NGINX_CACHE_CONF.format(tmp=self.tmp, port=self.port, origin=origin_port)
-        )
+        server = NGINX_CACHE_SERVER.format(tmp=self.tmp, port=self.port, origin=origin_port)
+        self.conf.write_text(_origin.nginx_conf(self.tmp, server, tcp_nopush=False))
         self.proc = subprocess.Popen(
             [*PIN["server"], "nginx", "-p", str(self.tmp), "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
