@@ -1,4 +1,7 @@
-"""The disk cache layer: the layer contract, plus restart, cleanup, bound, streaming, errors."""
+"""
+The disk cache layer on the real reactor and its thread pool: the layer contract, plus the
+file layout, restart, cleanup, bound, streaming, errors.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +19,18 @@ import pytest_twisted
 from cache_contract import FAR_FUTURE, CacheLayerContract, body_of, entry
 from zope.interface.verify import verifyObject
 
-from yatagarasu.cache import disk as disk_module
-from yatagarasu.cache.disk import (
+from yatagarasu.cache.disk import DiskCacheFactory
+from yatagarasu.cache.disk.format import (
     FOOTER_SIZE,
     PRELUDE,
     PRELUDE_SIZE,
-    DiskCacheError,
-    DiskCacheLayer,
-    DiskCacheSettings,
-    DiskCacheWriter,
     encode_trailer,
     entry_path,
 )
+from yatagarasu.cache.disk.layer import DiskCacheLayer
+from yatagarasu.cache.disk.writer import DiskCacheError, DiskCacheWriter
 from yatagarasu.cache.entry import CacheKey, FileBody
-from yatagarasu.discovery import find
-from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, ICacheWriter
+from yatagarasu.interfaces import ICacheWriter
 
 MIB = 1024 * 1024
 
@@ -42,7 +41,7 @@ def make_layer(reactor: Any) -> Iterator[Callable[..., DiskCacheLayer]]:
     made: list[DiskCacheLayer] = []
 
     def make(cache_dir: Path | str, **settings: Any) -> DiskCacheLayer:
-        built = disk_module.DiskCacheFactory().build(
+        built = DiskCacheFactory().build(
             {"enabled": True, "cache_dir": str(cache_dir), **settings}, "cache.disk", reactor
         )
         assert isinstance(built, DiskCacheLayer)
@@ -62,66 +61,6 @@ class TestDiskContract(CacheLayerContract):
     @pytest.fixture
     def layer(self, make_layer: Callable[..., DiskCacheLayer], tmp_path: Path) -> Any:
         return make_layer(tmp_path / "cache", max_disk_cache_size_mb=4, max_item_size_mb=1)
-
-
-# --- settings and plugin -------------------------------------------------------------------
-
-
-def test_plugin_is_discoverable_and_builds_without_io(reactor: Any, tmp_path: Path) -> None:
-    from yatagarasu.plugins import cache_disk
-
-    factory = find(ICacheLayerFactory, "disk", "cache.cache_layers[1]")
-    assert factory is cache_disk.disk
-    assert verifyObject(ICacheLayerFactory, factory)
-    cache_dir = tmp_path / "not-yet"
-    layer = factory.build({"cache_dir": str(cache_dir)}, "cache.disk", reactor)
-    assert verifyObject(ICacheLayer, layer)
-    assert layer.name == "disk"
-    assert not cache_dir.exists()  # build() neither scans nor creates anything
-
-
-def test_settings_defaults_and_alias() -> None:
-    from yatagarasu.config.build import build
-
-    settings = build(DiskCacheSettings, None, "cache.disk")
-    assert settings.enabled is False
-    assert settings.cache_dir == "/var/cache/yatagarasu"
-    assert settings.max_size == 10240 * MIB
-    assert settings.max_item_size == settings.max_size
-    aliased = build(
-        DiskCacheSettings,
-        {"disk_cache_enabled": True, "max_disk_cache_size_mb": 1.5, "max_item_size_mb": 1},
-        "cache.disk",
-    )
-    assert aliased.enabled is True
-    assert aliased.max_size == int(1.5 * MIB)
-    assert aliased.max_item_size == MIB
-
-
-@pytest.mark.parametrize(
-    ("settings", "path"),
-    [
-        ({"cache_dir": ""}, "cache.disk.cache_dir"),
-        ({"cache_dir": "   "}, "cache.disk.cache_dir"),
-        ({"cache_dir": ["a"]}, "cache.disk.cache_dir"),
-        ({"max_disk_cache_size_mb": 0}, "cache.disk.max_disk_cache_size_mb"),
-        ({"max_disk_cache_size_mb": -5}, "cache.disk.max_disk_cache_size_mb"),
-        ({"max_disk_cache_size_mb": "big"}, "cache.disk.max_disk_cache_size_mb"),
-        ({"max_item_size_mb": 0}, "cache.disk.max_item_size_mb"),
-        (
-            {"max_disk_cache_size_mb": 10, "max_item_size_mb": 11},
-            "cache.disk.max_item_size_mb",
-        ),
-        ({"enabled": "yes"}, "cache.disk.enabled"),
-        ({"cache_directory": "/tmp/x"}, "cache.disk.cache_directory"),
-    ],
-)
-def test_factory_validation_errors_carry_dotted_paths(
-    reactor: Any, settings: dict[str, Any], path: str
-) -> None:
-    with pytest.raises(ConfigError) as caught:
-        disk_module.DiskCacheFactory().build(settings, "cache.disk", reactor)
-    assert caught.value.path == path
 
 
 # --- format --------------------------------------------------------------------------------
