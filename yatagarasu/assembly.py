@@ -17,6 +17,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
+from yatagarasu import plugins
 from yatagarasu.auth.setup import AccessControl, build_access_control
 from yatagarasu.cache.setup import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
@@ -105,8 +106,8 @@ def assemble(
         files or TLS files got wrong.
     """
     metrics = Metrics()
-    access = build_access_control(config, reactor)
-    caching = build_cache(config, reactor, metrics)
+    access = build_access_control(config, reactor, plugins)
+    caching = build_cache(config, reactor, plugins, metrics)
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
     clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}

@@ -16,6 +16,7 @@ import pytest_twisted
 from cache_contract import FAR_FUTURE, CacheLayerContract, body_of, entry
 from zope.interface.verify import verifyObject
 
+from yatagarasu import plugins
 from yatagarasu.cache import disk as disk_module
 from yatagarasu.cache.disk import (
     FOOTER_SIZE,
@@ -70,7 +71,7 @@ class TestDiskContract(CacheLayerContract):
 def test_plugin_is_discoverable_and_builds_without_io(reactor: Any, tmp_path: Path) -> None:
     from yatagarasu.plugins import cache_disk
 
-    factory = find(ICacheLayerFactory, "disk", "cache.cache_layers[1]")
+    factory = find(ICacheLayerFactory, "disk", "cache.cache_layers[1]", plugins)
     assert factory is cache_disk.disk
     assert verifyObject(ICacheLayerFactory, factory)
     cache_dir = tmp_path / "not-yet"
