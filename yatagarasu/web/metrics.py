@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from twisted.web.server import Request
 
 from yatagarasu.metrics import Metrics
-from yatagarasu.web.responses import ReadOnlyResource
+from yatagarasu.web.async_resource import ReadOnlyResource
+from yatagarasu.web.responses import write_body
+from yatagarasu.web.site import ProxyRequest
+
+_CONTENT_TYPE = CONTENT_TYPE_LATEST.encode("ascii")
 
 
 class MetricsResource(ReadOnlyResource):
@@ -20,8 +23,5 @@ class MetricsResource(ReadOnlyResource):
         super().__init__()
         self._metrics = metrics
 
-    def render_GET(self, request: Request) -> bytes:
-        body = self._metrics.render()
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return body
+    def answer(self, request: ProxyRequest) -> None:
+        write_body(request, 200, _CONTENT_TYPE, self._metrics.render())
