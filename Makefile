@@ -1,5 +1,5 @@
 # Yatagarasu developer tasks (GNU make). Works on a fresh Debian 12 with Python 3.11, as root.
-#   make test   - venv + redis-server, then ruff, ruff format --check, mypy, pytest
+#   make test   - venv + redis-server, then ruff, ruff format --check, mypy, import-linter, pytest
 #   make demo   - moto S3 + the proxy on 127.0.0.1:8080 (Ctrl-C stops both)
 
 SHELL := /bin/bash
@@ -63,6 +63,7 @@ format: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # pytest's exit code 5 (no tests collected) is non-zero, so it fails the target too.
 pytest: $(STAMP) redis
@@ -72,6 +73,7 @@ test: $(STAMP) redis
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
@@ -26,10 +25,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.registry import Collector
-from twisted.web.server import Request
 
 from yatagarasu.cache.tiered import TieredCache
-from yatagarasu.web.responses import ReadOnlyResource
 
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -234,17 +231,3 @@ class Metrics:
     def render(self) -> bytes:
         """:returns: the Prometheus text exposition."""
         return generate_latest(self.registry)
-
-
-class MetricsResource(ReadOnlyResource):
-    """``GET /metrics``: rendered synchronously (a scrape takes well under a millisecond)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__()
-        self._metrics = metrics
-
-    def render_GET(self, request: Request) -> bytes:
-        body = self._metrics.render()
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return body

@@ -23,11 +23,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from yatagarasu.components import Components
+from yatagarasu.assembly import Assembly
 from yatagarasu.config.schema import ServerConfig
 from yatagarasu.logs import is_default, make_observer
-from yatagarasu.s3.client import S3Client
-from yatagarasu.web.tree import build_site
 
 log = Logger()
 
@@ -53,36 +51,25 @@ class ProxyService(MultiService):
     The ``twistd yatagarasu`` service.
 
     :param reactor: the reactor (time and TCP).
-    :param components: what was built from the configuration.
+    :param assembly: everything built from the configuration (:func:`yatagarasu.assembly.assemble`).
     """
 
-    def __init__(self, reactor: Any, components: Components) -> None:
+    def __init__(self, reactor: Any, assembly: Assembly) -> None:
         super().__init__()
         self._reactor = reactor
-        self.config = config = components.config
-        self.draining = False
-        self.clients = {b.name: S3Client(reactor, b.s3) for b in config.buckets}
-        self.cache = components.caching.cache
-        self.site = build_site(
-            reactor,
-            components,
-            self.clients,
-            started=reactor.seconds(),
-            draining=lambda: self.draining,
-        )
+        self.assembly = assembly
+        self.config = config = assembly.config
+        self.site = assembly.site
         factory: Any = self.site
-        if components.tls is not None:
-            factory = TLSMemoryBIOFactory(components.tls, False, self.site)
+        if assembly.tls is not None:
+            factory = TLSMemoryBIOFactory(assembly.tls, False, self.site)
         self._listener = StreamServerEndpointService(
             listen_endpoint(reactor, config.server), factory
         )
         # Fail twistd at start-up (port in use, permission) instead of logging and running on.
         self._listener._raiseSynchronously = True
         self._listener.setServiceParent(self)
-        background = list(components.access.services)
-        if self.cache is not None:
-            background.extend(self.cache.services())
-        for service in background:
+        for service in assembly.services:
             service.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
@@ -137,7 +124,7 @@ class ProxyService(MultiService):
 
     async def _drain(self) -> None:
         server = self.config.server
-        self.draining = True
+        self.assembly.lifecycle.draining = True
         log.info(
             "shutting down: {active} request(s) in flight",
             active=self.site.active_count,
@@ -159,10 +146,7 @@ class ProxyService(MultiService):
         # Only now the other services (JWKS timers, cache layers): in-flight requests may
         # still have been filling the cache during the grace period.
         await super().stopService()
-        for client in self.clients.values():
-            await client.close()
-        if self.cache is not None:
-            await self.cache.close()
+        await self.assembly.close()
         log.info("shutdown complete")
 
 

@@ -1,9 +1,11 @@
 """
 The ``twistd yatagarasu`` command: options and ``makeService``.
 
-Everything that can fail because of the configuration (YAML, validation, TLS files) happens in
-:meth:`Options.postOptions`, before twistd listens or daemonizes: a bad configuration prints
-one line naming the dotted key path and exits with status 1.
+Everything that can fail because of the configuration (YAML, validation, plugins, key and TLS
+files) happens in :meth:`Options.postOptions`, which runs the composition root
+(:func:`yatagarasu.assembly.assemble`) before twistd listens or daemonizes: a bad configuration
+prints one line naming the dotted key path and exits with status 1. ``--check`` runs the same
+code and stops before the listeners.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from yatagarasu.components import Components, build_components
+from yatagarasu.assembly import Assembly, assemble
 from yatagarasu.config import ConfigError, load_config
 
 
@@ -27,7 +29,12 @@ class Options(usage.Options):
         ["config", "c", None, "Path to the YAML configuration file (required)."],
     ]
     optFlags: ClassVar[list[list[str | None]]] = [
-        ["check", None, "Load and validate the configuration, print a summary and exit."],
+        [
+            "check",
+            None,
+            "Validate the configuration, build everything but the listeners, print a summary"
+            " and exit.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -39,26 +46,26 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            components = build_components(load_config(path), reactor)
+            assembly = assemble(load_config(path), reactor)
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
         if self["check"]:
-            sys.stdout.write(summary(path, components))
+            sys.stdout.write(summary(path, assembly))
             raise SystemExit(0)
-        self["components"] = components
+        self["assembly"] = assembly
         self["reactor"] = reactor
 
 
-def summary(path: str, components: Components) -> str:
+def summary(path: str, assembly: Assembly) -> str:
     """
     Describe a valid configuration in a few lines (for ``--check``).
 
     :param path: the file it came from.
-    :param components: what was built from it.
+    :param assembly: what was built from it.
     :returns: the text to print.
     """
-    config, access, caching = components.config, components.access, components.caching
+    config, access, caching = assembly.config, assembly.access, assembly.caching
     server = config.server
     scheme = "https" if server.tls else "http"
     lines = [
@@ -93,4 +100,4 @@ def makeService(options: Options) -> IService:
     """
     from yatagarasu.service import ProxyService
 
-    return ProxyService(options["reactor"], options["components"])
+    return ProxyService(options["reactor"], options["assembly"])

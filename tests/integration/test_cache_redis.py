@@ -19,7 +19,7 @@ from twisted.internet import task
 from unit.cache_contract import FAR_FUTURE, CacheLayerContract, entry
 from zope.interface.verify import verifyObject
 
-from yatagarasu import discovery
+from yatagarasu import discovery, plugins
 from yatagarasu.cache.entry import CacheKey
 from yatagarasu.cache.redis import (
     RedisCacheLayer,
@@ -82,7 +82,7 @@ class TestContract(CacheLayerContract):
 
 
 def test_plugin_is_discovered() -> None:
-    plugin = discovery.find(ICacheLayerFactory, "redis", "cache.cache_layers[2]")
+    plugin = discovery.find(ICacheLayerFactory, "redis", "cache.cache_layers[2]", plugins)
     assert plugin.name == "redis"
     assert verifyObject(ICacheLayerFactory, plugin)
 

@@ -16,12 +16,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from zope.interface import implementer
 
-from yatagarasu.components import build_components
+from yatagarasu.assembly import assemble
 from yatagarasu.config import parse_config
 from yatagarasu.config.schema import Config
-from yatagarasu.s3.client import S3Client
 from yatagarasu.web.site import ProxySite
-from yatagarasu.web.tree import build_site
 
 
 @implementer(IPushProducer)
@@ -146,20 +144,19 @@ class Harness:
         self.config: Config = parse_config(document, {})
         self.clock = MemoryReactorClock()
         self.agents = {b.name: FakeAgent() for b in self.config.buckets}
-        self.clients = {
-            b.name: S3Client(self.clock, b.s3, agent=self.agents[b.name])
-            for b in self.config.buckets
-        }
-        self.draining = False
-        self.components = build_components(self.config, self.clock)
-        self.access = self.components.access
-        self.site: ProxySite = build_site(
-            self.clock,
-            self.components,
-            self.clients,
-            started=self.clock.seconds(),
-            draining=lambda: self.draining,
-        )
+        self.assembly = assemble(self.config, self.clock, agents=self.agents)
+        self.clients = self.assembly.clients
+        self.access = self.assembly.access
+        self.site: ProxySite = self.assembly.site
+
+    @property
+    def draining(self) -> bool:
+        """Whether the proxy behaves as during a graceful shutdown."""
+        return self.assembly.lifecycle.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.assembly.lifecycle.draining = value
 
     def connect(self) -> tuple[Any, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))

@@ -19,14 +19,16 @@ from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
+from yatagarasu import plugins
 from yatagarasu.auth.claims import ClaimRule
 from yatagarasu.auth.identity import AuthenticationRequired, Forbidden, Identity, InvalidCredentials
 from yatagarasu.auth.jwks import JwksKeySet, parse_jwks
 from yatagarasu.auth.jwt import JwtScheme, JwtSchemeFactory
-from yatagarasu.auth.network import ClientAddressResolver, IpFilter, parse_networks
+from yatagarasu.auth.network import ClientAddressResolver, IpFilter
 from yatagarasu.auth.setup import build_access_control
 from yatagarasu.config import ConfigError, parse_config
 from yatagarasu.config.build import build
+from yatagarasu.config.networks import parse_networks
 from yatagarasu.discovery import find
 from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory, IImmediateAuthScheme
 
@@ -92,12 +94,12 @@ def refused(s: JwtScheme, tok: str) -> BaseException:
 
 
 def test_plugin_and_interfaces() -> None:
-    factory = find(IAuthSchemeFactory, "jwt", "auth.scheme")
+    factory = find(IAuthSchemeFactory, "jwt", "auth.scheme", plugins)
     assert verifyObject(IAuthSchemeFactory, factory)
     assert IPlugin.providedBy(factory)
     assert verifyObject(IAuthScheme, scheme({"secret": SECRET}))
     with pytest.raises(ConfigError, match=r"unknown IAuthSchemeFactory 'nope' \(available: .*jwt"):
-        find(IAuthSchemeFactory, "nope", "buckets[0].auth.scheme")
+        find(IAuthSchemeFactory, "nope", "buckets[0].auth.scheme", plugins)
 
 
 @pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
@@ -533,7 +535,7 @@ def test_ip_filter_allow_wins_and_block() -> None:
 def test_auth_enabled_without_verifier_fails_closed() -> None:
     config = parse_config({"buckets": [bucket_entry(auth={"enabled": True})]}, {})
     with pytest.raises(ConfigError) as info:
-        build_access_control(config, Clock())
+        build_access_control(config, Clock(), plugins)
     assert info.value.path == "buckets[0].auth.enabled"
 
 
@@ -542,7 +544,7 @@ def test_unknown_scheme_lists_available() -> None:
         {"buckets": [bucket_entry(auth={"enabled": True, "scheme": "magic"})]}, {}
     )
     with pytest.raises(ConfigError) as info:
-        build_access_control(config, Clock())
+        build_access_control(config, Clock(), plugins)
     assert info.value.path == "buckets[0].auth.scheme"
     assert "jwt" in info.value.message
 
@@ -564,7 +566,7 @@ def test_per_bucket_jwt_overrides_global_and_admin(tmp_path: Path) -> None:
         },
         {},
     )
-    access = build_access_control(config, Clock())
+    access = build_access_control(config, Clock(), plugins)
     assert set(access.schemes) == {"global", "own"}
     accepted(access.schemes["global"], token(SECRET, "HS256"))  # type: ignore[arg-type]
     refused(access.schemes["own"], token(SECRET, "HS256"))  # type: ignore[arg-type]
@@ -622,7 +624,7 @@ def test_seed_phase31_examples_load(tmp_path: Path) -> None:
     for example in examples:
         example["s3"] = {"bucket": "b"}
     config = parse_config({"buckets": examples}, {"JWT_SECRET_1": SECRET})
-    access = build_access_control(config, Clock())
+    access = build_access_control(config, Clock(), plugins)
     assert set(access.schemes) == {"products", "api", "secure", "multi"}
     assert len(access.services) == 1  # the JWKS refresh timer
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from cache_contract import CacheLayerContract
 
+from yatagarasu import plugins
 from yatagarasu.discovery import available, find
 from yatagarasu.interfaces import ICacheLayerFactory
 
@@ -14,10 +15,10 @@ from yatagarasu.interfaces import ICacheLayerFactory
 class TestThirdPartyDictLayer(CacheLayerContract):
     @pytest.fixture
     def layer(self, reactor: Any) -> Any:
-        factory = find(ICacheLayerFactory, "dict", "cache.cache_layers[0]")
+        factory = find(ICacheLayerFactory, "dict", "cache.cache_layers[0]", plugins)
         settings = {"max_entries": 100, "max_item_size_kb": 128}
         return factory.build(settings, "cache.dict", reactor)
 
 
 def test_every_installed_layer_is_discovered() -> None:
-    assert {"memory", "disk", "redis", "dict"} <= set(available(ICacheLayerFactory))
+    assert {"memory", "disk", "redis", "dict"} <= set(available(ICacheLayerFactory, plugins))

@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
+from yatagarasu import plugins
 from yatagarasu.cache.disk import DiskCacheFactory
 from yatagarasu.cache.disk.settings import DiskCacheSettings
 from yatagarasu.config.build import build
@@ -22,7 +23,7 @@ MIB = 1024 * 1024
 def test_plugin_is_discoverable_and_builds_without_io(tmp_path: Path) -> None:
     from yatagarasu.plugins import cache_disk
 
-    factory = find(ICacheLayerFactory, "disk", "cache.cache_layers[1]")
+    factory = find(ICacheLayerFactory, "disk", "cache.cache_layers[1]", plugins)
     assert factory is cache_disk.disk
     assert verifyObject(ICacheLayerFactory, factory)
     cache_dir = tmp_path / "not-yet"

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
+from yatagarasu import plugins
 from yatagarasu.cache.entry import CacheEntry, CacheKey
 from yatagarasu.cache.memory import (
     MIB,
@@ -346,7 +347,7 @@ def test_fractional_sizes() -> None:
 
 
 def test_plugin_is_discovered() -> None:
-    factory = find(ICacheLayerFactory, "memory", "cache.cache_layers[0]")
+    factory = find(ICacheLayerFactory, "memory", "cache.cache_layers[0]", plugins)
     assert verifyObject(ICacheLayerFactory, factory)
     assert IPlugin.providedBy(factory)
     assert factory.name == "memory"

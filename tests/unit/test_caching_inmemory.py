@@ -11,6 +11,7 @@ from fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 
+from yatagarasu import plugins
 from yatagarasu.cache.setup import build_cache
 from yatagarasu.config import ConfigError, parse_config
 
@@ -391,7 +392,7 @@ def test_metrics_endpoint() -> None:
 def test_cache_config_errors(cache: dict[str, Any], path: str, needle: str) -> None:
     config = parse_config({"cache": cache, "buckets": [bucket_entry()]}, {})
     with pytest.raises(ConfigError) as info:
-        build_cache(config, Clock())
+        build_cache(config, Clock(), plugins)
     assert info.value.path.startswith(path)
     assert needle in str(info.value)
 
@@ -430,7 +431,7 @@ def test_seed_cache_example_loads() -> None:
         ],
     }
     config = parse_config(document, {"REDIS_URL": "", "REDIS_PASSWORD": ""})
-    setup = build_cache(config, Clock())
+    setup = build_cache(config, Clock(), plugins)
     assert setup.cache is not None
     assert [layer.name for layer in setup.cache.layers] == ["memory"]
     policy = setup.policies["products"]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
-from yatagarasu.components import build_components
+from yatagarasu.assembly import assemble
 from yatagarasu.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,4 +197,6 @@ def test_every_shipped_yaml_loads(path: str) -> None:
     }
     config = parse_config(document, environ)
     assert config.buckets
-    build_components(config, Clock())  # auth and cache settings are valid too (fail closed)
+    assemble(
+        config, MemoryReactorClock()
+    )  # auth, cache and TLS settings are valid too (fail closed)

@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
+from yatagarasu import plugins
 from yatagarasu.auth.identity import AuthenticationRequired, InvalidCredentials
 from yatagarasu.config import ConfigError
 from yatagarasu.discovery import available, find
@@ -15,7 +16,7 @@ from yatagarasu.testing import fake_request, result_of
 
 
 def test_builtin_and_third_party_schemes_are_discovered() -> None:
-    schemes = available(IAuthSchemeFactory)
+    schemes = available(IAuthSchemeFactory, plugins)
     assert list(schemes) == sorted(schemes)
     assert {"jwt", "apikey"} <= set(schemes)
     for factory in schemes.values():
@@ -24,7 +25,7 @@ def test_builtin_and_third_party_schemes_are_discovered() -> None:
 
 
 def test_apikey_scheme_with_public_fakes() -> None:
-    factory = find(IAuthSchemeFactory, "apikey", "auth.scheme")
+    factory = find(IAuthSchemeFactory, "apikey", "auth.scheme", plugins)
     scheme = factory.build({"keys": {"k-1": "robot"}}, "buckets[0].auth.settings", Clock())
     assert verifyObject(IAuthScheme, scheme)
     identity = result_of(scheme.authenticate(fake_request(headers={"X-API-Key": "k-1"})))
@@ -36,7 +37,7 @@ def test_apikey_scheme_with_public_fakes() -> None:
 
 
 def test_apikey_settings_are_validated_with_dotted_paths() -> None:
-    factory = find(IAuthSchemeFactory, "apikey", "auth.scheme")
+    factory = find(IAuthSchemeFactory, "apikey", "auth.scheme", plugins)
     with pytest.raises(ConfigError) as info:
         factory.build({"keys": {"a": "b"}, "hedaer": "X"}, "buckets[2].auth.settings", Clock())
     assert info.value.path == "buckets[2].auth.settings.hedaer"

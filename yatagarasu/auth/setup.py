@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from twisted.application.service import IService
 
 from yatagarasu.auth.jwt import JwtScheme
-from yatagarasu.auth.network import ClientAddressResolver, IpFilter, parse_networks
+from yatagarasu.auth.network import ClientAddressResolver, IpFilter
 from yatagarasu.config.build import join
+from yatagarasu.config.networks import parse_networks
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.discovery import find
 from yatagarasu.errors import ConfigError
@@ -76,10 +78,11 @@ def _auth_enabled(bucket: BucketConfig) -> bool:
     return bucket.auth.enabled
 
 
-def build_access_control(config: Config, reactor: Any) -> AccessControl:
+def build_access_control(config: Config, reactor: Any, plugins: ModuleType) -> AccessControl:
     """
     :param config: the validated configuration.
     :param reactor: time and TCP (JWKS).
+    :param plugins: the plugin package auth schemes are found in.
     :returns: the access control objects; key files have been read.
     :raises ConfigError: a scheme that cannot verify anything, an unknown scheme, bad keys.
     """
@@ -88,7 +91,7 @@ def build_access_control(config: Config, reactor: Any) -> AccessControl:
             parse_networks(config.server.trusted_proxies, "server.trusted_proxies")
         )
     )
-    jwt_factory = find(IAuthSchemeFactory, "jwt", "jwt")
+    jwt_factory = find(IAuthSchemeFactory, "jwt", "jwt", plugins)
     global_jwt: JwtScheme | None = None
     if config.jwt is not None:
         global_jwt = jwt_factory.build(config.jwt, "jwt", reactor)
@@ -120,7 +123,7 @@ def build_access_control(config: Config, reactor: Any) -> AccessControl:
                 access.services.extend(own.services())
                 scheme = own
         else:
-            factory = find(IAuthSchemeFactory, bucket.auth.scheme, scheme_path)
+            factory = find(IAuthSchemeFactory, bucket.auth.scheme, scheme_path, plugins)
             scheme = factory.build(bucket.auth.settings or {}, join(path, "auth.settings"), reactor)
             access.services.extend(scheme.services())
         access.schemes[bucket.name] = scheme

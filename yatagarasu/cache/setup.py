@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from yatagarasu.cache.tiered import TieredCache
@@ -69,17 +70,20 @@ class CacheSetup:
     policies: dict[str, BucketCachePolicy] = field(default_factory=dict)
 
 
-def build_cache(config: Config, reactor: Any, metrics: Any = None) -> CacheSetup:
+def build_cache(
+    config: Config, reactor: Any, plugins: ModuleType, metrics: Any = None
+) -> CacheSetup:
     """
     :param config: the validated configuration.
     :param reactor: time, threads, TCP.
+    :param plugins: the plugin package cache layers are found in.
     :param metrics: a :class:`yatagarasu.metrics.Metrics` (optional).
     :returns: the cache and each bucket's policy; nothing is connected or read yet.
     :raises ConfigError: bad settings, unknown or duplicate layers, a listed layer that is
         not enabled, an enabled one that is not listed.
     """
     raw: Mapping[str, Any] = config.cache or {}
-    factories = available(ICacheLayerFactory)
+    factories = available(ICacheLayerFactory, plugins)
     listed = raw.get("cache_layers", CacheSettings.cache_layers)
     listed_names = set(listed) if isinstance(listed, list | tuple) else set()
     sections = {k: v for k, v in raw.items() if k in factories or k in listed_names}
@@ -91,7 +95,7 @@ def build_cache(config: Config, reactor: Any, metrics: Any = None) -> CacheSetup
         return CacheSetup()
     layers = []
     for i, name in enumerate(settings.cache_layers):
-        factory = find(ICacheLayerFactory, name, f"cache.cache_layers[{i}]")
+        factory = find(ICacheLayerFactory, name, f"cache.cache_layers[{i}]", plugins)
         section = sections.get(name) or {}
         if not isinstance(section, Mapping):
             raise ConfigError(f"cache.{name}", "expected a mapping")

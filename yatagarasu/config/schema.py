@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from yatagarasu.auth.network import parse_networks
 from yatagarasu.config.build import join
+from yatagarasu.config.networks import parse_networks
 from yatagarasu.errors import ConfigError
 
 RESERVED_PREFIXES = ("/health", "/ready", "/metrics", "/admin")

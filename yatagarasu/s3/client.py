@@ -8,7 +8,6 @@ service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from random import Random
 from typing import Any, cast
@@ -36,15 +35,13 @@ from zope.interface import implementer
 from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
+from yatagarasu.s3.errors import read_s3_error
 from yatagarasu.s3.health import UpstreamHealth
 from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
-from yatagarasu.web.streaming import BoundedCollector
 
 log = Logger()
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
-_S3_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
-_S3_MESSAGE = re.compile(rb"<Message>([^<]{1,512})</Message>")
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -77,37 +74,6 @@ class _OneEndpoint:
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         return cast(IStreamClientEndpoint, self._endpoint)
-
-
-def s3_error_code(body: bytes) -> str | None:
-    """
-    Extract ``<Code>`` from an S3 XML error document.
-
-    :param body: the (possibly truncated) error body.
-    :returns: the code (``NoSuchKey``), or ``None`` when there is none.
-    """
-    match = _S3_CODE.search(body)
-    return match.group(1).decode("utf-8", "replace") if match else None
-
-
-async def read_s3_error(
-    response: IResponse, clock: IReactorTime, timeout: float
-) -> tuple[str | None, str | None]:
-    """
-    Read a bounded S3 error body and return its code and message.
-
-    :param response: an upstream response whose body has not been delivered yet.
-    :param clock: time source.
-    :param timeout: give up reading after this many seconds (the body is then ignored).
-    :returns: ``(code, message)``, either possibly ``None``.
-    """
-    collector = BoundedCollector()
-    response.deliverBody(collector)
-    reading = collector.done
-    reading.addTimeout(timeout, clock, onTimeoutCancel=lambda _result, _timeout: b"")
-    body = await reading
-    match = _S3_MESSAGE.search(body)
-    return s3_error_code(body), match.group(1).decode("utf-8", "replace") if match else None
 
 
 class S3Client:

@@ -9,27 +9,22 @@ need them (cache purge and stats, reload).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
 from yatagarasu.errors import HTTPError
 from yatagarasu.interfaces import IAuthScheme
-from yatagarasu.web.responses import write_error, write_json
+from yatagarasu.web.async_resource import AsyncResource
+from yatagarasu.web.responses import write_json
 from yatagarasu.web.site import ProxyRequest
-
-log = Logger()
 
 #: An admin route: gets the request and the path segments after its name, returns
 #: ``(status, document)``.
 AdminHandler = Callable[[ProxyRequest, list[str]], Awaitable[tuple[int, Any]]]
 
 
-class AdminResource(Resource):
+class AdminResource(AsyncResource):
     """
     Authenticate, then dispatch on ``(method, first segment)``.
 
@@ -37,7 +32,8 @@ class AdminResource(Resource):
     :param routes: ``{(b"POST", "reload"): handler, ...}``.
     """
 
-    isLeaf = True
+    #: a purge asked for completes even when the client does not wait for the answer
+    cancel_on_disconnect = False
 
     def __init__(
         self, scheme: IAuthScheme | None, routes: Mapping[tuple[bytes, str], AdminHandler]
@@ -46,11 +42,8 @@ class AdminResource(Resource):
         self._scheme = scheme
         self._routes = dict(routes)
 
-    def render(self, request: Request) -> int:
-        proxy_request = cast(ProxyRequest, request)
-        handling = Deferred.fromCoroutine(self._handle(proxy_request))
-        handling.addErrback(self._failed, proxy_request)
-        return NOT_DONE_YET
+    def handle(self, request: ProxyRequest) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._handle(request))
 
     async def _handle(self, request: ProxyRequest) -> None:
         if self._scheme is None:
@@ -67,13 +60,3 @@ class AdminResource(Resource):
         status, document = await handler(request, segments[1:])
         if not request.finished and not request._disconnected:
             write_json(request, status, document)
-
-    def _failed(self, failure: Failure, request: ProxyRequest) -> None:
-        if request.finished or request._disconnected:
-            return
-        if failure.check(HTTPError):
-            error = cast(HTTPError, failure.value)
-        else:
-            log.failure("admin request failed", failure, request_id=request.request_id)
-            error = HTTPError(500, "internal error")
-        write_error(request, error, request.request_id)

@@ -27,6 +27,7 @@ from yatagarasu.cache.setup import BucketCachePolicy
 from yatagarasu.cache.tiered import Lookup, TieredCache, WritePlan
 from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.s3.client import S3Client
+from yatagarasu.s3.errors import upstream_error
 from yatagarasu.web.conditional import (
     Unsatisfiable,
     first_header,
@@ -42,7 +43,6 @@ from yatagarasu.web.upstream import (
     Discard,
     forwarded_headers,
     relay_response,
-    upstream_error,
 )
 
 log = Logger()

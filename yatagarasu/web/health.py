@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.server import NOT_DONE_YET, Request
 
 from yatagarasu import __version__
 from yatagarasu.s3.health import UpstreamHealth
-from yatagarasu.web.responses import ReadOnlyResource, write_json
+from yatagarasu.web.async_resource import ReadOnlyResource
+from yatagarasu.web.responses import write_json
+from yatagarasu.web.site import ProxyRequest
 
 
 class HealthResource(ReadOnlyResource):
@@ -25,14 +26,11 @@ class HealthResource(ReadOnlyResource):
         self._clock = clock
         self._started = started
 
-    def render_GET(self, request: Request) -> int:
+    def answer(self, request: ProxyRequest) -> None:
         uptime = int(self._clock.seconds() - self._started)
         write_json(
             request, 200, {"status": "healthy", "version": __version__, "uptime_seconds": uptime}
         )
-        return NOT_DONE_YET
-
-    render_HEAD = render_GET
 
 
 class ReadyResource(ReadOnlyResource):
@@ -51,7 +49,7 @@ class ReadyResource(ReadOnlyResource):
         self._backends = backends
         self._draining = draining
 
-    def render_GET(self, request: Request) -> int:
+    def answer(self, request: ProxyRequest) -> None:
         backends = {
             name: {
                 "status": "healthy" if health.usable else "unhealthy",
@@ -72,6 +70,3 @@ class ReadyResource(ReadOnlyResource):
         else:
             status, code = "ready", 200
         write_json(request, code, {"status": status, "backends": backends})
-        return NOT_DONE_YET
-
-    render_HEAD = render_GET

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from twisted.web.http import RESPONSES
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from yatagarasu.errors import HTTPError
 
@@ -69,7 +67,7 @@ def write_error(request: Request, error: HTTPError, request_id: str) -> None:
 
 def write_json(request: Request, status: int, document: object) -> bytes:
     """
-    Answer ``request`` with a JSON document and finish it.
+    Answer ``request`` with a JSON document (``Cache-Control: no-store``) and finish it.
 
     :param request: the request to answer.
     :param status: the HTTP status code.
@@ -77,27 +75,23 @@ def write_json(request: Request, status: int, document: object) -> bytes:
     :returns: the body bytes (already written unless the request is a HEAD).
     """
     body = json.dumps(document).encode("utf-8")
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", b"%d" % len(body))
     request.setHeader(b"cache-control", b"no-store")
-    if request.method != b"HEAD":
-        request.write(body)
-    request.finish()
+    write_body(request, status, b"application/json", body)
     return body
 
 
-class ReadOnlyResource(Resource):
-    """A leaf that answers GET and HEAD; any other method gets the JSON 405 with ``Allow``."""
+def write_body(request: Request, status: int, content_type: bytes, body: bytes) -> None:
+    """
+    Answer ``request`` with a complete body (none for HEAD, same headers) and finish it.
 
-    isLeaf = True
-
-    def render(self, request: Request) -> Any:
-        if request.method not in (b"GET", b"HEAD"):
-            method = request.method.decode("ascii", "replace")
-            error = HTTPError(
-                405, f"method {method} is not allowed here", headers=[("Allow", "GET, HEAD")]
-            )
-            write_error(request, error, getattr(request, "request_id", ""))
-            return NOT_DONE_YET
-        return super().render(request)
+    :param request: the request to answer.
+    :param status: the HTTP status code.
+    :param content_type: the ``Content-Type``.
+    :param body: the body.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    if request.method != b"HEAD":
+        request.write(body)
+    request.finish()

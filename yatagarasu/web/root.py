@@ -9,31 +9,29 @@ The root of the Resource tree: the proxy's own routes, then bucket prefixes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Any
 
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from yatagarasu.errors import HTTPError
-from yatagarasu.web.responses import write_error
+from yatagarasu.web.async_resource import AsyncResource
 from yatagarasu.web.site import ProxyRequest
 
 
-class ErrorResource(Resource):
+class ErrorResource(AsyncResource):
     """Answer every method with one JSON error."""
 
-    isLeaf = True
-
-    def __init__(self, error: HTTPError) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__()
-        self._error = error
+        self._status = status
+        self._message = message
 
-    def render(self, request: Request) -> int:
-        write_error(request, self._error, cast(ProxyRequest, request).request_id)
-        return NOT_DONE_YET
+    def handle(self, request: ProxyRequest) -> None:
+        raise HTTPError(self._status, self._message)
 
 
-NOT_FOUND = ErrorResource(HTTPError(404, "no bucket is configured for this path"))
+NOT_FOUND = ErrorResource(404, "no bucket is configured for this path")
 
 
 class RootResource(Resource):
@@ -82,6 +80,6 @@ class RootResource(Resource):
                 return resource
         return NOT_FOUND
 
-    def render(self, request: Request) -> int:
+    def render(self, request: Request) -> Any:
         # Only reached for "/" itself when no bucket is mounted at the root.
         return NOT_FOUND.render(request)

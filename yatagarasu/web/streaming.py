@@ -181,37 +181,6 @@ class BodyRelay(Protocol):
         self._upstream("stopProducing")
 
 
-class BoundedCollector(Protocol):
-    """
-    Collect a small body (an S3 error document) up to ``limit`` bytes, then stop reading.
-
-    :ivar done: fires with the bytes collected (possibly truncated at ``limit``).
-    """
-
-    def __init__(self, limit: int = 64 * 1024) -> None:
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
-
-    def dataReceived(self, data: bytes) -> None:
-        room = self._limit - self._size
-        if room > 0:
-            self._chunks.append(data[:room])
-            self._size += min(room, len(data))
-        if self._size >= self._limit:
-            self._stop()
-
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        if not self.done.called:
-            self.done.callback(b"".join(self._chunks))
-
-    def _stop(self) -> None:
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
-
-
 @implementer(IPullProducer)
 class FileRangeProducer:
     """

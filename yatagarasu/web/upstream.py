@@ -8,8 +8,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.server import Request
 
-from yatagarasu.errors import HTTPError
-from yatagarasu.s3.client import read_s3_error
+from yatagarasu.s3.errors import upstream_error
 from yatagarasu.web.streaming import BodyRelay, StreamTimeouts
 
 # Request headers passed on to S3 (everything else, tokens included, stays here).
@@ -43,14 +42,6 @@ STORED_RESPONSE_HEADERS = tuple(
     name for name in PASSED_RESPONSE_HEADERS if name not in (b"content-length", b"content-range")
 )
 
-_S3_STATUS_MESSAGES = {
-    400: "S3 rejected the request",
-    403: "access denied by S3",
-    404: "object not found",
-    412: "precondition failed",
-    416: "requested range not satisfiable",
-}
-
 
 class Discard(Protocol):
     """Consume a body nobody needs, so the connection can go back to the pool."""
@@ -67,22 +58,6 @@ def forwarded_headers(request: Request) -> Headers:
         if values:
             forwarded.setRawHeaders(name, values)
     return forwarded
-
-
-async def upstream_error(response: IResponse, clock: IReactorTime, timeout: float) -> HTTPError:
-    """
-    :param response: an S3 answer with status >= 400 (body not read yet).
-    :param clock: time source.
-    :param timeout: how long the error body may take to arrive.
-    :returns: our JSON error for it: same status, ``s3_code`` from S3's XML.
-    """
-    code, message = await read_s3_error(response, clock, timeout)
-    text = message or _S3_STATUS_MESSAGES.get(response.code, f"S3 answered {response.code}")
-    headers: list[tuple[str, str]] = []
-    content_range = response.headers.getRawHeaders(b"content-range")
-    if response.code == 416 and content_range:
-        headers.append(("Content-Range", content_range[0].decode("ascii", "replace")))
-    return HTTPError(response.code, text, s3_code=code, headers=headers)
 
 
 async def relay_response(

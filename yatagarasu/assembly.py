@@ -1,0 +1,198 @@
+"""
+The composition root: one function turns a validated ``Config`` into everything the process
+runs — access control, caches, metrics, S3 clients, the Resource tree and its ``Site``, and
+the background services. Start-up, ``--check`` and the test harness all call
+:func:`assemble`; nothing is listened on, connected or read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.ssl import CertificateOptions
+from twisted.web.iweb import IAgent
+from twisted.web.resource import IResource
+
+from yatagarasu import plugins
+from yatagarasu.auth.setup import AccessControl, build_access_control
+from yatagarasu.cache.setup import CacheSetup, build_cache
+from yatagarasu.config.schema import BucketConfig, Config
+from yatagarasu.metrics import Metrics
+from yatagarasu.s3.client import S3Client
+from yatagarasu.tls import server_tls_options
+from yatagarasu.web.admin import AdminResource
+from yatagarasu.web.admin_cache import cache_admin_routes
+from yatagarasu.web.bucket import BucketResource
+from yatagarasu.web.cached import CachedObjects
+from yatagarasu.web.health import HealthResource, ReadyResource
+from yatagarasu.web.metrics import MetricsResource
+from yatagarasu.web.root import RootResource
+from yatagarasu.web.site import ProxySite
+from yatagarasu.web.streaming import StreamTimeouts
+
+
+@dataclass
+class Lifecycle:
+    """
+    What the process is doing, as the resources that report it see it.
+
+    :ivar draining: a graceful shutdown has begun (``/ready`` answers 503, responses close
+        their connections).
+    """
+
+    draining: bool = False
+
+    def is_draining(self) -> bool:
+        """:returns: whether a graceful shutdown has begun."""
+        return self.draining
+
+
+@dataclass
+class Assembly:
+    """
+    Everything built from one configuration.
+
+    :ivar config: the validated configuration.
+    :ivar access: client addresses, IP filters, auth schemes.
+    :ivar caching: the tiered cache and per-bucket cache policies.
+    :ivar metrics: the Prometheus metrics.
+    :ivar tls: server TLS options when ``server.tls`` is set.
+    :ivar clients: the S3 client of every bucket, by bucket name.
+    :ivar site: the HTTP site (the Resource tree behind it), ready to be listened on.
+    :ivar services: background services to run beside the listener (JWKS refresh timers,
+        cache maintenance), in start order.
+    :ivar lifecycle: the shutdown state the site and ``/ready`` read.
+    """
+
+    config: Config
+    access: AccessControl
+    caching: CacheSetup
+    metrics: Metrics
+    tls: CertificateOptions | None
+    clients: Mapping[str, S3Client]
+    site: ProxySite
+    services: Sequence[IService] = field(default_factory=list)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+    async def close(self) -> None:
+        """Close what holds connections or files: the S3 pools, then the cache layers."""
+        for client in self.clients.values():
+            await client.close()
+        if self.caching.cache is not None:
+            await self.caching.cache.close()
+
+
+def assemble(
+    config: Config,
+    reactor: Any,
+    *,
+    agents: Mapping[str, IAgent] | None = None,
+    lifecycle: Lifecycle | None = None,
+) -> Assembly:
+    """
+    Build everything the process runs from a configuration.
+
+    :param config: the validated configuration.
+    :param reactor: time, threads, TCP (stored; nothing connects yet).
+    :param agents: per bucket name, the HTTP agent its S3 client uses (tests); default: a
+        persistent connection pool per bucket.
+    :param lifecycle: the shutdown state to report (default: a new one, not draining).
+    :returns: the assembly.
+    :raises yatagarasu.errors.ConfigError: naming the dotted key path of what plugins, key
+        files or TLS files got wrong.
+    """
+    metrics = Metrics()
+    access = build_access_control(config, reactor, plugins)
+    caching = build_cache(config, reactor, plugins, metrics)
+    tls = server_tls_options(config.server.tls) if config.server.tls else None
+    agents = agents or {}
+    clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
+    lifecycle = lifecycle or Lifecycle()
+    root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle)
+    site = ProxySite(
+        root,
+        clock=reactor,
+        limits=config.server.security_limits,
+        max_concurrent_requests=config.server.max_concurrent_requests,
+        addresses=access.addresses,
+        metrics=metrics,
+        access_log_enabled=config.logging.level in ("debug", "info"),
+        send_buffer_bytes=config.server.socket_send_buffer_bytes,
+        draining=lifecycle.is_draining,
+    )
+    services = list(access.services)
+    if caching.cache is not None:
+        services.extend(caching.cache.services())
+    return Assembly(
+        config=config,
+        access=access,
+        caching=caching,
+        metrics=metrics,
+        tls=tls,
+        clients=clients,
+        site=site,
+        services=services,
+        lifecycle=lifecycle,
+    )
+
+
+def _resource_tree(
+    clock: IReactorTime,
+    config: Config,
+    access: AccessControl,
+    caching: CacheSetup,
+    metrics: Metrics,
+    clients: Mapping[str, S3Client],
+    lifecycle: Lifecycle,
+) -> IResource:
+    exact: dict[bytes, IResource] = {
+        b"metrics": MetricsResource(metrics),
+        b"health": HealthResource(clock, clock.seconds()),
+        b"ready": ReadyResource(
+            {name: c.health for name, c in clients.items()}, lifecycle.is_draining
+        ),
+    }
+    routes = cache_admin_routes(caching, config) if caching.cache is not None else {}
+    subtrees: dict[bytes, IResource] = {b"admin": AdminResource(access.admin, routes)}
+    buckets = [
+        (
+            bucket.prefix_segments,
+            BucketResource(
+                bucket,
+                clients[bucket.name],
+                clock,
+                _timeouts(config, bucket),
+                ip_filter=access.ip_filters.get(bucket.name),
+                scheme=access.schemes.get(bucket.name),
+                cached=_cached_objects(bucket, config, caching, clients[bucket.name], clock),
+            ),
+        )
+        for bucket in config.buckets
+    ]
+    return RootResource(exact, subtrees, buckets)
+
+
+def _timeouts(config: Config, bucket: BucketConfig) -> StreamTimeouts:
+    server = config.server
+    return StreamTimeouts(
+        bucket.s3.idle_seconds, server.send_timeout_seconds, server.stream_buffer_bytes
+    )
+
+
+def _cached_objects(
+    bucket: BucketConfig,
+    config: Config,
+    caching: CacheSetup,
+    client: S3Client,
+    clock: IReactorTime,
+) -> CachedObjects | None:
+    policy = caching.policies.get(bucket.name)
+    if caching.cache is None or policy is None:
+        return None
+    return CachedObjects(
+        bucket.name, caching.cache, policy, client, clock, _timeouts(config, bucket)
+    )

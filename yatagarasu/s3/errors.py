@@ -1,0 +1,107 @@
+"""
+S3's error answers: the bounded read of an XML error document, its ``<Code>`` and
+``<Message>``, and the proxy's JSON error (:class:`yatagarasu.errors.HTTPError`) for it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import IResponse
+
+from yatagarasu.errors import HTTPError
+
+_S3_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
+_S3_MESSAGE = re.compile(rb"<Message>([^<]{1,512})</Message>")
+
+_S3_STATUS_MESSAGES = {
+    400: "S3 rejected the request",
+    403: "access denied by S3",
+    404: "object not found",
+    412: "precondition failed",
+    416: "requested range not satisfiable",
+}
+
+
+class BoundedCollector(Protocol):
+    """
+    Collect a small body (an S3 error document) up to ``limit`` bytes, then stop reading.
+
+    :ivar done: fires with the bytes collected (possibly truncated at ``limit``).
+    """
+
+    def __init__(self, limit: int = 64 * 1024) -> None:
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
+
+    def dataReceived(self, data: bytes) -> None:
+        room = self._limit - self._size
+        if room > 0:
+            self._chunks.append(data[:room])
+            self._size += min(room, len(data))
+        if self._size >= self._limit:
+            self._stop()
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if not self.done.called:
+            self.done.callback(b"".join(self._chunks))
+
+    def _stop(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+
+def s3_error_code(body: bytes) -> str | None:
+    """
+    Extract ``<Code>`` from an S3 XML error document.
+
+    :param body: the (possibly truncated) error body.
+    :returns: the code (``NoSuchKey``), or ``None`` when there is none.
+    """
+    match = _S3_CODE.search(body)
+    return match.group(1).decode("utf-8", "replace") if match else None
+
+
+async def read_s3_error(
+    response: IResponse, clock: IReactorTime, timeout: float
+) -> tuple[str | None, str | None]:
+    """
+    Read a bounded S3 error body and return its code and message.
+
+    :param response: an upstream response whose body has not been delivered yet.
+    :param clock: time source.
+    :param timeout: give up reading after this many seconds (the body is then ignored).
+    :returns: ``(code, message)``, either possibly ``None``.
+    """
+    collector = BoundedCollector()
+    response.deliverBody(collector)
+    reading = collector.done
+    reading.addTimeout(timeout, clock, onTimeoutCancel=lambda _result, _timeout: b"")
+    body = await reading
+    match = _S3_MESSAGE.search(body)
+    return s3_error_code(body), match.group(1).decode("utf-8", "replace") if match else None
+
+
+async def upstream_error(response: IResponse, clock: IReactorTime, timeout: float) -> HTTPError:
+    """
+    :param response: an S3 answer with status >= 400 (body not read yet).
+    :param clock: time source.
+    :param timeout: how long the error body may take to arrive.
+    :returns: our JSON error for it: same status, ``s3_code`` from S3's XML.
+    """
+    code, message = await read_s3_error(response, clock, timeout)
+    text = message or _S3_STATUS_MESSAGES.get(response.code, f"S3 answered {response.code}")
+    headers: list[tuple[str, str]] = []
+    content_range = response.headers.getRawHeaders(b"content-range")
+    if response.code == 416 and content_range:
+        headers.append(("Content-Range", content_range[0].decode("ascii", "replace")))
+    return HTTPError(response.code, text, s3_code=code, headers=headers)
