@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from twisted.web.server import Request
 
 from yatagarasu.cache.tiered import TieredCache
+from yatagarasu.interfaces import IErrorCountingCacheLayer
 from yatagarasu.web.responses import ReadOnlyResource
 
 #: prometheus-client's default buckets (request durations).
@@ -143,7 +144,7 @@ class _CacheCollector(Collector):
             evictions.add_metric([layer.name], stats.evictions)
             size.add_metric([layer.name], stats.current_size_bytes)
             items.add_metric([layer.name], stats.current_item_count)
-            own = int(getattr(layer, "errors", 0))
+            own = int(layer.errors) if IErrorCountingCacheLayer.providedBy(layer) else 0
             errors.add_metric([layer.name], own + self._errors.get(layer.name, 0))
         yield from (evictions, size, items, errors)
 

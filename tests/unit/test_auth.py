@@ -20,7 +20,6 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
 from yatagarasu.auth.claims import ClaimRule
-from yatagarasu.auth.identity import AuthenticationRequired, Forbidden, Identity, InvalidCredentials
 from yatagarasu.auth.jwks import JwksKeySet, parse_jwks
 from yatagarasu.auth.jwt import JwtScheme, JwtSchemeFactory
 from yatagarasu.auth.network import ClientAddressResolver, IpFilter, parse_networks
@@ -28,7 +27,9 @@ from yatagarasu.auth.setup import build_access_control
 from yatagarasu.config import ConfigError, parse_config
 from yatagarasu.config.build import build
 from yatagarasu.discovery import find
+from yatagarasu.errors import AuthenticationRequired, Forbidden, InvalidCredentials
 from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory, IImmediateAuthScheme
+from yatagarasu.values import Identity
 
 SECRET = "s" * 64
 NOW = time.time()

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from cache_contract import FAR_FUTURE, CacheLayerContract, body_of, entry
 from zope.interface.verify import verifyObject
 
 from yatagarasu.cache import disk as disk_module
@@ -28,10 +27,12 @@ from yatagarasu.cache.disk import (
     encode_trailer,
     entry_path,
 )
-from yatagarasu.cache.entry import CacheKey, FileBody
 from yatagarasu.discovery import find
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, ICacheWriter
+from yatagarasu.testing import FAR_FUTURE, CacheLayerContract, body_of
+from yatagarasu.testing import sample_entry as entry
+from yatagarasu.values import CacheKey, FileBody
 
 MIB = 1024 * 1024
 
@@ -59,9 +60,9 @@ def files_under(root: Path) -> list[Path]:
 
 
 class TestDiskContract(CacheLayerContract):
-    @pytest.fixture
-    def layer(self, make_layer: Callable[..., DiskCacheLayer], tmp_path: Path) -> Any:
-        return make_layer(tmp_path / "cache", max_disk_cache_size_mb=4, max_item_size_mb=1)
+    @pytest.fixture(autouse=True)
+    def _layer(self, make_layer: Callable[..., DiskCacheLayer], tmp_path: Path) -> None:
+        self.layer = make_layer(tmp_path / "cache", max_disk_cache_size_mb=4, max_item_size_mb=1)
 
 
 # --- settings and plugin -------------------------------------------------------------------

@@ -91,11 +91,16 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey, FileBody
-from yatagarasu.cache.stats import LayerStats
 from yatagarasu.config.build import build, join
 from yatagarasu.errors import ConfigError, YatagarasuError
-from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, ICacheWriter
+from yatagarasu.interfaces import (
+    ICacheLayer,
+    ICacheLayerFactory,
+    ICacheWriter,
+    IErrorCountingCacheLayer,
+    ISwitchableCacheLayer,
+)
+from yatagarasu.values import CacheEntry, CacheKey, FileBody, LayerStats
 
 log = Logger()
 
@@ -689,7 +694,7 @@ class _Ticket:
     cancelled: bool = False
 
 
-@implementer(ICacheLayer)
+@implementer(ICacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer)
 class DiskCacheLayer:
     """
     The ``disk`` cache layer (see the module docstring for format, threads and errors).

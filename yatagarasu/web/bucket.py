@@ -16,12 +16,12 @@ from twisted.web.client import ResponseFailed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from yatagarasu.auth.identity import Forbidden, Identity
 from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
-from yatagarasu.errors import HTTPError
+from yatagarasu.errors import Forbidden, HTTPError
 from yatagarasu.interfaces import IAuthScheme, IImmediateAuthScheme
 from yatagarasu.s3.client import S3Client
+from yatagarasu.values import Identity
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
 from yatagarasu.web.responses import write_error
