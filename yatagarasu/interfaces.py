@@ -149,7 +149,7 @@ class IPurgeBroadcaster(Interface):
 
 
 class ISwitchableCacheLayer(Interface):
-    """A layer whose section has an ``enabled`` switch (the built-in ones: memory, disk, redis)."""
+    """A layer whose section has an ``enabled`` switch (the built-in memory and disk layers)."""
 
     enabled = Attribute(
         "Whether the layer's section turns it on. A layer listed in ``cache.cache_layers`` "

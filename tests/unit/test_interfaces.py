@@ -6,6 +6,7 @@ its purge broadcaster included: nothing connects until the first command).
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from twisted.plugin import IPlugin
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyClass, verifyObject
 
-from yatagarasu import interfaces
+from yatagarasu import errors, interfaces, values
 from yatagarasu.cache.disk import DiskCacheLayer, DiskCacheWriter
 from yatagarasu.cache.memory import MemoryCacheLayer
 from yatagarasu.cache.redis import RedisCacheLayer
@@ -173,3 +174,17 @@ def test_the_attributes_the_core_reads_have_their_documented_values(tmp_path: Pa
     assert IErrorCountingCacheLayer(on_disk).errors == 0
     assert IErrorCountingCacheLayer(redis_layer(reactor, tmp_path)).errors == 0
     assert IAdminAuthSource(jwt_scheme(reactor, tmp_path)).admin_scheme() is None
+
+
+@pytest.mark.parametrize("module", [errors, values, interfaces], ids=lambda m: m.__name__)
+def test_the_floor_imports_nothing_above_it(module: Any) -> None:
+    """The contracts and their values sit at the bottom: only each other, stdlib, Twisted."""
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    ours = {name for name in imported if name and name.partition(".")[0] == "yatagarasu"}
+    assert ours <= {"yatagarasu.errors", "yatagarasu.values"}
+    assert module.__name__ not in ours
+    allowed = {"__future__", "collections", "dataclasses", "functools", "hashlib", "typing"}
+    outside = {name.partition(".")[0] for name in imported if name} - {"yatagarasu"}
+    assert outside <= allowed | {"twisted", "zope"}
