@@ -3,6 +3,7 @@ The exception tree.
 
 Every error the proxy can turn into an HTTP response carries its status and, for errors that
 came from S3, the S3 error code; configuration errors carry the dotted key path they concern.
+The three refusals at the end are what an auth scheme (``IAuthScheme``) fails with.
 """
 
 from __future__ import annotations
@@ -78,3 +79,28 @@ class UpstreamError(HTTPError):
     ) -> None:
         super().__init__(status, message, s3_code=s3_code, headers=headers)
         self.retryable = retryable
+
+
+class AuthenticationRequired(HTTPError):
+    """No credentials at all: 401 with a ``Bearer`` challenge."""
+
+    def __init__(self, message: str = "authentication required") -> None:
+        super().__init__(401, message, headers=[("WWW-Authenticate", 'Bearer realm="yatagarasu"')])
+
+
+class InvalidCredentials(HTTPError):
+    """Credentials present but not acceptable (bad signature, expired...): 401 ``invalid_token``."""
+
+    def __init__(self, message: str = "invalid token") -> None:
+        super().__init__(
+            401,
+            message,
+            headers=[("WWW-Authenticate", 'Bearer realm="yatagarasu", error="invalid_token"')],
+        )
+
+
+class Forbidden(HTTPError):
+    """Valid credentials that are not allowed here (claims rules), or a blocked address: 403."""
+
+    def __init__(self, message: str = "forbidden") -> None:
+        super().__init__(403, message)

@@ -5,6 +5,12 @@ Plugins are found with ``twisted.plugin.getPlugins`` (see :mod:`yatagarasu.disco
 package installed beside yatagarasu provides a module in ``yatagarasu/plugins/`` (a namespace
 extended with ``pluginPackagePaths``) holding objects that provide ``twisted.plugin.IPlugin``
 and one of the ``*Factory`` interfaces below. The configuration names them.
+
+This module is the floor of the package: it imports only the values the contracts exchange
+(:mod:`yatagarasu.values`), Twisted and zope. The optional interfaces (``ISwitchableCacheLayer``,
+``IDefaultTtlCacheLayer``, ``IErrorCountingCacheLayer``, ``IPurgeBroadcaster``,
+``IImmediate*``, ``IAdminAuthSource``) declare everything else the proxy reads from a plugin
+when the plugin provides them.
 """
 
 from __future__ import annotations
@@ -17,9 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
 
-from yatagarasu.auth.identity import Identity
-from yatagarasu.cache.entry import CacheEntry, CacheKey
-from yatagarasu.cache.stats import LayerStats
+from yatagarasu.values import CacheEntry, CacheKey, Identity, LayerStats
 
 
 class ICacheWriter(Interface):
@@ -144,6 +148,34 @@ class IPurgeBroadcaster(Interface):
         """
 
 
+class ISwitchableCacheLayer(Interface):
+    """A layer whose section has an ``enabled`` switch (the built-in memory and disk layers)."""
+
+    enabled = Attribute(
+        "Whether the layer's section turns it on. A layer listed in ``cache.cache_layers`` "
+        "must have it ``True`` (else the configuration is refused, naming "
+        "``cache.<name>.enabled``); layers without this interface count as enabled."
+    )
+
+
+class IDefaultTtlCacheLayer(Interface):
+    """A layer that has its own default freshness lifetime (memory's ``default_ttl_seconds``)."""
+
+    default_ttl_seconds = Attribute(
+        "Seconds an entry stays fresh when S3 gives no lifetime and ``cache.ttl_seconds`` is "
+        "unset; read from the *first* layer only (3600 when it does not provide this)."
+    )
+
+
+class IErrorCountingCacheLayer(Interface):
+    """A layer that counts its own failures (I/O, connections) besides raising them."""
+
+    errors = Attribute(
+        "How many operations failed so far (an ``int``, only growing); added to the failures "
+        "the tiered cache counted in ``yatagarasu_cache_errors_total{layer}``."
+    )
+
+
 class ICacheLayerFactory(Interface):
     """Builds a cache layer from its configuration mapping (``cache.<name>``)."""
 
@@ -170,7 +202,7 @@ class IAuthScheme(Interface):
         :param request: the request (read its headers and args; do not write to it).
         :returns: the identity, or fails with ``AuthenticationRequired`` (401, no
             credentials), ``InvalidCredentials`` (401 ``invalid_token``) or ``Forbidden``
-            (403: valid credentials, not allowed), from :mod:`yatagarasu.auth.identity`.
+            (403: valid credentials, not allowed), from :mod:`yatagarasu.errors`.
         """
 
     def services() -> list[IService]:
@@ -195,6 +227,18 @@ class IImmediateAuthScheme(IAuthScheme):
         :param request: the incoming request (not to be written to).
         :returns: the identity, or ``None`` when ``authenticate`` must be asked (unknown or
             expired credentials, a refusal: ``authenticate`` reports those).
+        """
+
+
+class IAdminAuthSource(Interface):
+    """A scheme whose settings may also say who may use the admin API (jwt's ``admin_claims``)."""
+
+    def admin_scheme() -> IAuthScheme | None:
+        """
+        The scheme guarding ``/admin/...``, built from the same settings with the admin rules.
+
+        :returns: the admin scheme, or ``None`` when the settings grant no admin access (then
+            every admin route answers 403).
         """
 
 

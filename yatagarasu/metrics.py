@@ -27,6 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from yatagarasu.cache.tiered import TieredCache
+from yatagarasu.interfaces import IErrorCountingCacheLayer
 
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -140,7 +141,7 @@ class _CacheCollector(Collector):
             evictions.add_metric([layer.name], stats.evictions)
             size.add_metric([layer.name], stats.current_size_bytes)
             items.add_metric([layer.name], stats.current_item_count)
-            own = int(getattr(layer, "errors", 0))
+            own = int(layer.errors) if IErrorCountingCacheLayer.providedBy(layer) else 0
             errors.add_metric([layer.name], own + self._errors.get(layer.name, 0))
         yield from (evictions, size, items, errors)
 

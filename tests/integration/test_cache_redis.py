@@ -16,11 +16,9 @@ import pytest
 import pytest_twisted
 from harness import RedisServer, free_port, write_self_signed
 from twisted.internet import task
-from unit.cache_contract import FAR_FUTURE, CacheLayerContract, entry
 from zope.interface.verify import verifyObject
 
 from yatagarasu import discovery, plugins
-from yatagarasu.cache.entry import CacheKey
 from yatagarasu.cache.redis import (
     RedisCacheLayer,
     RedisLayerFactory,
@@ -31,6 +29,9 @@ from yatagarasu.cache.redis import (
 )
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import ICacheLayerFactory
+from yatagarasu.testing import FAR_FUTURE, CacheLayerContract
+from yatagarasu.testing import sample_entry as entry
+from yatagarasu.values import CacheKey
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,10 @@ async def layer(redis_server: RedisServer, reactor: Any) -> AsyncIterator[RedisC
 
 class TestContract(CacheLayerContract):
     """The shared layer contract, on a real Redis."""
+
+    @pytest.fixture(autouse=True)
+    def _bind(self, layer: RedisCacheLayer) -> None:
+        self.layer = layer
 
 
 # -- configuration and plugin ---------------------------------------------------------------

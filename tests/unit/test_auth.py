@@ -21,7 +21,6 @@ from zope.interface.verify import verifyObject
 
 from yatagarasu import plugins
 from yatagarasu.auth.claims import ClaimRule
-from yatagarasu.auth.identity import AuthenticationRequired, Forbidden, Identity, InvalidCredentials
 from yatagarasu.auth.jwks import JwksKeySet, parse_jwks
 from yatagarasu.auth.jwt import JwtScheme, JwtSchemeFactory
 from yatagarasu.auth.network import ClientAddressResolver, IpFilter
@@ -30,7 +29,9 @@ from yatagarasu.config import ConfigError, parse_config
 from yatagarasu.config.build import build
 from yatagarasu.config.networks import parse_networks
 from yatagarasu.discovery import find
+from yatagarasu.errors import AuthenticationRequired, Forbidden, InvalidCredentials
 from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory, IImmediateAuthScheme
+from yatagarasu.values import Identity
 
 SECRET = "s" * 64
 NOW = time.time()

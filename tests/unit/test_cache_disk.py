@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from cache_contract import FAR_FUTURE, CacheLayerContract, body_of, entry
 from zope.interface.verify import verifyObject
 
 from yatagarasu.cache.disk import DiskCacheFactory
@@ -29,8 +28,10 @@ from yatagarasu.cache.disk.format import (
 )
 from yatagarasu.cache.disk.layer import DiskCacheLayer
 from yatagarasu.cache.disk.writer import DiskCacheError, DiskCacheWriter
-from yatagarasu.cache.entry import CacheKey, FileBody
 from yatagarasu.interfaces import ICacheWriter
+from yatagarasu.testing import FAR_FUTURE, CacheLayerContract, body_of
+from yatagarasu.testing import sample_entry as entry
+from yatagarasu.values import CacheKey, FileBody
 
 MIB = 1024 * 1024
 
@@ -58,9 +59,9 @@ def files_under(root: Path) -> list[Path]:
 
 
 class TestDiskContract(CacheLayerContract):
-    @pytest.fixture
-    def layer(self, make_layer: Callable[..., DiskCacheLayer], tmp_path: Path) -> Any:
-        return make_layer(tmp_path / "cache", max_disk_cache_size_mb=4, max_item_size_mb=1)
+    @pytest.fixture(autouse=True)
+    def _layer(self, make_layer: Callable[..., DiskCacheLayer], tmp_path: Path) -> None:
+        self.layer = make_layer(tmp_path / "cache", max_disk_cache_size_mb=4, max_item_size_mb=1)
 
 
 # --- format --------------------------------------------------------------------------------

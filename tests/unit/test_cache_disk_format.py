@@ -9,7 +9,6 @@ import zlib
 from typing import Any
 
 import pytest
-from cache_contract import entry
 
 from yatagarasu.cache.disk.format import (
     FOOTER_SIZE,
@@ -26,7 +25,8 @@ from yatagarasu.cache.disk.format import (
     is_entry_name,
     is_fanout_name,
 )
-from yatagarasu.cache.entry import CacheKey
+from yatagarasu.testing import sample_entry as entry
+from yatagarasu.values import CacheKey
 
 KEY = CacheKey("b", "dir/ünï code.bin", "v1")
 HEADERS = (

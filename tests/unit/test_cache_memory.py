@@ -7,13 +7,11 @@ from collections import OrderedDict
 from typing import Any
 
 import pytest
-from cache_contract import FAR_FUTURE, CacheLayerContract, entry
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
 from yatagarasu import plugins
-from yatagarasu.cache.entry import CacheEntry, CacheKey
 from yatagarasu.cache.memory import (
     MIB,
     FrequencySketch,
@@ -24,6 +22,9 @@ from yatagarasu.cache.memory import (
 from yatagarasu.discovery import find
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory
+from yatagarasu.testing import FAR_FUTURE, CacheLayerContract
+from yatagarasu.testing import sample_entry as entry
+from yatagarasu.values import CacheEntry, CacheKey
 
 NOW = 1_750_000_000.0
 
@@ -42,9 +43,8 @@ def sized(total: int, **overrides: Any) -> CacheEntry:
 
 
 class TestMemoryLayerContract(CacheLayerContract):
-    @pytest.fixture
-    def layer(self) -> MemoryCacheLayer:
-        return make_layer(max_cache_size_mb=4, max_item_size_mb=1)
+    def setup_method(self) -> None:
+        self.layer = make_layer(max_cache_size_mb=4, max_item_size_mb=1)
 
 
 # -- the layer's own behaviour -------------------------------------------------------------

@@ -16,7 +16,6 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey
 from yatagarasu.cache.redis import RedisCacheLayer, decode_entry, encode_entry, redis_settings
 from yatagarasu.cache.redis_client import (
     BACKOFF_MAX,
@@ -24,6 +23,7 @@ from yatagarasu.cache.redis_client import (
     RedisTarget,
     RedisUnavailable,
 )
+from yatagarasu.values import CacheEntry, CacheKey
 
 NOW = 1_800_000_000.0
 

@@ -10,7 +10,6 @@ import uuid
 from typing import Any
 
 import jwt as pyjwt
-from cache_contract import FAR_FUTURE, entry
 from fakes import FakeResponse, Harness, bucket_entry, parse_response
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail
@@ -20,12 +19,14 @@ from twisted.web.http_headers import Headers
 from yatagarasu_dictlayer import DictLayer
 from zope.interface.verify import verifyObject
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey
 from yatagarasu.cache.memory import MemoryCacheLayer, MemoryCacheSettings
 from yatagarasu.cache.tiered import Lookup, TieredCache
 from yatagarasu.interfaces import IImmediateCacheLayer
 from yatagarasu.metrics import Metrics
 from yatagarasu.per_second import PerSecond
+from yatagarasu.testing import FAR_FUTURE
+from yatagarasu.testing import sample_entry as entry
+from yatagarasu.values import CacheEntry, CacheKey
 from yatagarasu.web import request_id
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
 from yatagarasu.web.conditional import is_conditional

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
+from twisted.trial.unittest import TestCase
+from twisted.web.iweb import IRequest
 from zope.interface.verify import verifyObject
 
 from yatagarasu import plugins
-from yatagarasu.auth.identity import AuthenticationRequired, InvalidCredentials
 from yatagarasu.config import ConfigError
 from yatagarasu.discovery import available, find
+from yatagarasu.errors import AuthenticationRequired, InvalidCredentials
 from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory
-from yatagarasu.testing import fake_request, result_of
+from yatagarasu.testing import AuthSchemeContract, fake_request, result_of
 
 
 def test_builtin_and_third_party_schemes_are_discovered() -> None:
@@ -57,3 +63,41 @@ def test_result_of_requires_a_fired_deferred() -> None:
 
     with pytest.raises(AssertionError):
         result_of(Deferred())
+
+
+class TestApiKeyContract(AuthSchemeContract, TestCase):
+    """The auth scheme contract, written as a trial test case (pytest runs those too)."""
+
+    def setUp(self) -> None:
+        factory = find(IAuthSchemeFactory, "apikey", "auth.scheme", plugins)
+        self.scheme = factory.build({"keys": {"k-1": "robot"}}, "auth.settings", Clock())
+
+    def accepted_request(self) -> IRequest:
+        return fake_request(headers={"X-API-Key": "k-1"})
+
+    def refused_request(self) -> IRequest:
+        return fake_request(headers={"X-API-Key": "k-2"})
+
+
+def test_the_kit_imports_without_pytest() -> None:
+    """The runtime install has no pytest: ``yatagarasu.testing`` must not need it."""
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class NoTestTools:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] in {"pytest", "_pytest", "pytest_twisted"}:
+                    raise ImportError(f"{name} is not installed here")
+
+        sys.meta_path.insert(0, NoTestTools())
+        import yatagarasu.testing
+
+        print(len(yatagarasu.testing.__all__))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 8

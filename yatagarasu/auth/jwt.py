@@ -19,13 +19,13 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from yatagarasu.auth.claims import ClaimRule, failing_rule
-from yatagarasu.auth.identity import AuthenticationRequired, Forbidden, Identity, InvalidCredentials
 from yatagarasu.auth.jwks import JwksKeySet
 from yatagarasu.auth.keys import VerificationKey, public_key_from_file, secret_key
 from yatagarasu.auth.tokens import TokenSource, find_token
 from yatagarasu.config.build import build, join
-from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import IAuthSchemeFactory, IImmediateAuthScheme
+from yatagarasu.errors import AuthenticationRequired, ConfigError, Forbidden, InvalidCredentials
+from yatagarasu.interfaces import IAdminAuthSource, IAuthSchemeFactory, IImmediateAuthScheme
+from yatagarasu.values import Identity
 
 MAX_TOKEN_LENGTH = 8192
 _KEY_FILE_ALIASES = ("rsa_public_key_path", "ecdsa_public_key_path", "public_key_path")
@@ -134,7 +134,7 @@ def load_keys(settings: JwtSettings, path: str) -> list[VerificationKey]:
     return keys
 
 
-@implementer(IImmediateAuthScheme)
+@implementer(IImmediateAuthScheme, IAdminAuthSource)
 class JwtScheme:
     """
     Verify bearer tokens.
@@ -167,11 +167,6 @@ class JwtScheme:
         if self._audience is None:
             self._options["verify_aud"] = False
 
-    @property
-    def settings(self) -> JwtSettings:
-        """The validated settings."""
-        return self._settings
-
     def services(self) -> list[IService]:
         """:returns: background services (the JWKS refresh timer)."""
         return [self._jwks.service()] if self._jwks is not None else []
@@ -182,6 +177,15 @@ class JwtScheme:
         :returns: a scheme sharing keys and JWKS, checking ``rules`` instead.
         """
         return JwtScheme(self._settings, self._keys, self._jwks, self._clock, rules)
+
+    def admin_scheme(self) -> JwtScheme | None:
+        """
+        See :meth:`IAdminAuthSource.admin_scheme`.
+
+        :returns: this scheme checking ``admin_claims``, or ``None`` when none are configured.
+        """
+        rules = self._settings.admin_claims
+        return self.with_rules(rules) if rules else None
 
     def _known(self, token: str) -> Identity | None:
         """:returns: the identity of a token verified before and still valid, else ``None``."""

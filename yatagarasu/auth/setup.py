@@ -9,14 +9,13 @@ from typing import Any
 
 from twisted.application.service import IService
 
-from yatagarasu.auth.jwt import JwtScheme
 from yatagarasu.auth.network import ClientAddressResolver, IpFilter
 from yatagarasu.config.build import join
 from yatagarasu.config.networks import parse_networks
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.discovery import find
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory
+from yatagarasu.interfaces import IAdminAuthSource, IAuthScheme, IAuthSchemeFactory
 
 
 @dataclass
@@ -92,13 +91,13 @@ def build_access_control(config: Config, reactor: Any, plugins: ModuleType) -> A
         )
     )
     jwt_factory = find(IAuthSchemeFactory, "jwt", "jwt", plugins)
-    global_jwt: JwtScheme | None = None
+    global_jwt: IAuthScheme | None = None
     if config.jwt is not None:
         global_jwt = jwt_factory.build(config.jwt, "jwt", reactor)
         access.services.extend(global_jwt.services())
-        admin_rules = global_jwt.settings.admin_claims
-        if admin_rules:
-            access.admin = global_jwt.with_rules(admin_rules)
+        admin_source = IAdminAuthSource(global_jwt, None)
+        if admin_source is not None:
+            access.admin = admin_source.admin_scheme()
     for index, bucket in enumerate(config.buckets):
         path = f"buckets[{index}]"
         if bucket.ip_filter is not None:

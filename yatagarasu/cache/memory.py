@@ -45,16 +45,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey
-from yatagarasu.cache.stats import LayerStats
 from yatagarasu.config.build import build, join
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import (
     ICacheLayer,
     ICacheLayerFactory,
     ICacheWriter,
+    IDefaultTtlCacheLayer,
     IImmediateCacheLayer,
+    ISwitchableCacheLayer,
 )
+from yatagarasu.values import CacheEntry, CacheKey, LayerStats
 
 MIB = 1024 * 1024
 
@@ -284,7 +285,7 @@ class _Bucket:
         )
 
 
-@implementer(IImmediateCacheLayer)
+@implementer(IImmediateCacheLayer, ISwitchableCacheLayer, IDefaultTtlCacheLayer)
 class MemoryCacheLayer:
     """
     The memory layer (see the module docstring for the policy).

@@ -56,7 +56,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey
 from yatagarasu.cache.redis_client import (
     RedisClient,
     RedisError,
@@ -64,10 +63,16 @@ from yatagarasu.cache.redis_client import (
     RedisUnavailable,
     check_ca_pem,
 )
-from yatagarasu.cache.stats import LayerStats
 from yatagarasu.config.build import build, join
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, ICacheWriter, IPurgeBroadcaster
+from yatagarasu.interfaces import (
+    ICacheLayer,
+    ICacheLayerFactory,
+    ICacheWriter,
+    IErrorCountingCacheLayer,
+    IPurgeBroadcaster,
+)
+from yatagarasu.values import CacheEntry, CacheKey, LayerStats
 
 log = Logger(namespace="yatagarasu.cache.redis")
 
@@ -295,7 +300,7 @@ def decode_entry(raw: bytes) -> CacheEntry:
 # -- the layer -----------------------------------------------------------------------------
 
 
-@implementer(ICacheLayer, IPurgeBroadcaster)
+@implementer(ICacheLayer, IPurgeBroadcaster, IErrorCountingCacheLayer)
 class RedisCacheLayer:
     """
     The Redis cache layer (see the module docstring).

@@ -16,9 +16,13 @@ from yatagarasu.config.build import build, join, unknown_key_message
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.discovery import available, find
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import ICacheLayerFactory
+from yatagarasu.interfaces import ICacheLayerFactory, IDefaultTtlCacheLayer, ISwitchableCacheLayer
 
 MIB = 1024 * 1024
+
+#: Freshness lifetime when S3 gives none and neither the configuration nor the first layer
+#: (:class:`IDefaultTtlCacheLayer`) says.
+DEFAULT_TTL_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def build_cache(
         if not isinstance(section, Mapping):
             raise ConfigError(f"cache.{name}", "expected a mapping")
         layer = factory.build(section, f"cache.{name}", reactor)
-        if getattr(layer, "enabled", True) is not True:
+        if ISwitchableCacheLayer.providedBy(layer) and layer.enabled is not True:
             raise ConfigError(
                 f"cache.{name}.enabled", "must be true for a layer listed in cache.cache_layers"
             )
@@ -115,7 +119,10 @@ def build_cache(
     cache = TieredCache(layers, reactor, metrics)
     default_ttl = settings.ttl_seconds
     if default_ttl is None:
-        default_ttl = float(getattr(layers[0], "default_ttl_seconds", 3600.0))
+        first = layers[0]
+        default_ttl = DEFAULT_TTL_SECONDS
+        if IDefaultTtlCacheLayer.providedBy(first):
+            default_ttl = float(first.default_ttl_seconds)
     setup = CacheSetup(cache)
     for bucket in config.buckets:
         policy = _policy(bucket, settings, default_ttl, cache.max_item_size)

@@ -16,14 +16,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey, FileBody
-from yatagarasu.cache.stats import LayerStats
 from yatagarasu.interfaces import (
     ICacheLayer,
     ICacheWriter,
     IImmediateCacheLayer,
     IPurgeBroadcaster,
 )
+from yatagarasu.values import CacheEntry, CacheKey, FileBody, LayerStats
 
 log = Logger()
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from yatagarasu.cache.entry import CacheKey
 from yatagarasu.cache.setup import CacheSetup
 from yatagarasu.cache.tiered import TieredCache
 from yatagarasu.config.schema import Config
 from yatagarasu.errors import HTTPError
+from yatagarasu.values import CacheKey
 from yatagarasu.web.admin import AdminHandler
 from yatagarasu.web.site import ProxyRequest
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from yatagarasu.auth.identity import Forbidden, Identity
 from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
-from yatagarasu.errors import HTTPError
+from yatagarasu.errors import Forbidden, HTTPError
 from yatagarasu.interfaces import IAuthScheme, IImmediateAuthScheme
 from yatagarasu.s3.client import S3Client
+from yatagarasu.values import Identity
 from yatagarasu.web.async_resource import AsyncResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy

@@ -21,13 +21,13 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey, FileBody
 from yatagarasu.cache.freshness import freshness
 from yatagarasu.cache.setup import BucketCachePolicy
 from yatagarasu.cache.tiered import Lookup, TieredCache, WritePlan
 from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.s3.client import S3Client
 from yatagarasu.s3.errors import upstream_error
+from yatagarasu.values import CacheEntry, CacheKey, FileBody
 from yatagarasu.web.conditional import (
     Unsatisfiable,
     first_header,

@@ -24,7 +24,7 @@ from yatagarasu.cache.disk.format import (
     entry_path,
 )
 from yatagarasu.cache.disk.settings import MIB
-from yatagarasu.cache.entry import FileBody
+from yatagarasu.values import FileBody
 
 _TAIL_READ = 8192
 _COPY_CHUNK = MIB

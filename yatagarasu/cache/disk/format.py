@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey
+from yatagarasu.values import CacheEntry, CacheKey
 
 VERSION = 1
 PRELUDE = b"YTGC" + struct.pack(">HH", VERSION, 0)

@@ -24,9 +24,13 @@ from yatagarasu.cache.disk.format import PRELUDE_SIZE, CorruptEntry, encode_trai
 from yatagarasu.cache.disk.scan import Counters, Record, ScanReport, matches, scan, sweep
 from yatagarasu.cache.disk.settings import DiskCacheSettings
 from yatagarasu.cache.disk.writer import DiskCacheWriter
-from yatagarasu.cache.entry import CacheEntry, CacheKey, FileBody
-from yatagarasu.cache.stats import LayerStats
-from yatagarasu.interfaces import ICacheLayer, ICacheWriter
+from yatagarasu.interfaces import (
+    ICacheLayer,
+    ICacheWriter,
+    IErrorCountingCacheLayer,
+    ISwitchableCacheLayer,
+)
+from yatagarasu.values import CacheEntry, CacheKey, FileBody, LayerStats
 
 #: The package's one log namespace (as when the layer was one module).
 log = Logger(namespace="yatagarasu.cache.disk")
@@ -48,7 +52,7 @@ class _Ticket:
     cancelled: bool = False
 
 
-@implementer(ICacheLayer)
+@implementer(ICacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer)
 class DiskCacheLayer:
     """
     The ``disk`` cache layer (format, threads and errors: docs/CACHING.md).

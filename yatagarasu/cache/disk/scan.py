@@ -25,7 +25,7 @@ from yatagarasu.cache.disk.format import (
     is_entry_name,
     is_fanout_name,
 )
-from yatagarasu.cache.entry import CacheKey
+from yatagarasu.values import CacheKey
 
 #: The package's one log namespace (as when the layer was one module).
 log = Logger(namespace="yatagarasu.cache.disk")

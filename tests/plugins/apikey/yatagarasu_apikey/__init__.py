@@ -23,9 +23,9 @@ from twisted.plugin import IPlugin
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from yatagarasu.auth.identity import AuthenticationRequired, Identity, InvalidCredentials
-from yatagarasu.errors import ConfigError
+from yatagarasu.errors import AuthenticationRequired, ConfigError, InvalidCredentials
 from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory
+from yatagarasu.values import Identity
 
 
 @implementer(IAuthScheme)

@@ -20,10 +20,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from yatagarasu.cache.entry import CacheEntry, CacheKey
-from yatagarasu.cache.stats import LayerStats
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, ICacheWriter
+from yatagarasu.values import CacheEntry, CacheKey, LayerStats
 
 
 @implementer(ICacheLayer)

@@ -1,24 +1,13 @@
-"""
-Public test helpers for plugin authors: build requests without a server, and read the result
-of an already-fired ``Deferred``.
-
-    from yatagarasu.testing import fake_request, result_of
-
-    identity = result_of(scheme.authenticate(fake_request(headers={"X-API-Key": "k1"})))
-"""
+"""Requests for unit tests, built without a server (what an auth scheme reads from one)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
-
-T = TypeVar("T")
 
 
 def fake_request(
@@ -50,22 +39,3 @@ def fake_request(
     }
     request.client = IPv4Address("TCP", client_ip, 40000)
     return cast(IRequest, request)
-
-
-def result_of(deferred: Deferred[T]) -> T:
-    """
-    The result of a Deferred that has already fired.
-
-    :param deferred: the Deferred.
-    :returns: its result.
-    :raises BaseException: the exception it failed with.
-    :raises AssertionError: when it has not fired yet.
-    """
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    if not results:
-        raise AssertionError(f"{deferred!r} has not fired")
-    result = results[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result  # type: ignore[no-any-return]

@@ -1,10 +1,17 @@
-"""What a cache stores: keys and entries, shared by every layer."""
+"""
+The values the plugin contracts (:mod:`yatagarasu.interfaces`) exchange: cache keys, entries
+and counters, and the identity an auth scheme vouches for. Plain frozen data, importing only
+the standard library and Twisted, so that every layer of the proxy (and every plugin) can use
+them.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from twisted.web.http_headers import Headers
 
@@ -111,3 +118,52 @@ class CacheEntry:
     def is_fresh(self, now: float) -> bool:
         """:returns: whether the entry may be served without asking S3."""
         return not self.revalidate and now < self.expires_at
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """
+    A snapshot of a cache's counters (the shape of the admin API's stats documents).
+
+    ``max_size_bytes`` is the configured bound (0 when the layer has none it can report).
+    """
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    current_size_bytes: int = 0
+    current_item_count: int = 0
+    max_size_bytes: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """``hits / (hits + misses)``, 0.0 before any lookup."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def as_json(self) -> dict[str, float | int]:
+        """:returns: the admin API document for these counters."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hit_rate,
+            "evictions": self.evictions,
+            "current_size_bytes": self.current_size_bytes,
+            "current_item_count": self.current_item_count,
+            "max_size_bytes": self.max_size_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Identity:
+    """
+    An authenticated client.
+
+    :ivar subject: who (JWT ``sub``), or ``None`` when the scheme has no notion of it.
+    :ivar claims: everything the scheme learned (JWT claims), for rules and later stages.
+    :ivar scheme: the name of the scheme that vouched for it.
+    """
+
+    subject: str | None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    scheme: str = ""

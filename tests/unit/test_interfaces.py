@@ -1,0 +1,191 @@
+"""
+Every built-in provider of every interface in :mod:`yatagarasu.interfaces`, checked with
+``verifyObject`` and ``verifyClass``, built on a ``MemoryReactorClock`` (the redis layer and
+its purge broadcaster included: nothing connects until the first command).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import IService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin
+from zope.interface.interface import InterfaceClass
+from zope.interface.verify import verifyClass, verifyObject
+
+from yatagarasu import errors, interfaces, plugins, values
+from yatagarasu.cache.disk.layer import DiskCacheLayer
+from yatagarasu.cache.disk.writer import DiskCacheWriter
+from yatagarasu.cache.memory import MemoryCacheLayer
+from yatagarasu.cache.redis import RedisCacheLayer
+from yatagarasu.discovery import available
+from yatagarasu.interfaces import (
+    IAdminAuthSource,
+    IAuthScheme,
+    IAuthSchemeFactory,
+    ICacheLayer,
+    ICacheLayerFactory,
+    ICacheWriter,
+    IDefaultTtlCacheLayer,
+    IErrorCountingCacheLayer,
+    IImmediateAuthScheme,
+    IImmediateCacheLayer,
+    IPurgeBroadcaster,
+    ISwitchableCacheLayer,
+)
+from yatagarasu.plugins.auth_jwt import jwt
+from yatagarasu.plugins.cache_disk import disk
+from yatagarasu.plugins.cache_memory import memory
+from yatagarasu.plugins.cache_redis import redis
+from yatagarasu.values import CacheKey
+
+SECRET = "s" * 64
+#: A port nothing listens on: the layer must not even try it while these tests run.
+REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+def memory_layer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return memory.build({}, "cache.memory", reactor)
+
+
+def disk_layer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return disk.build({"enabled": True, "cache_dir": str(tmp_path)}, "cache.disk", reactor)
+
+
+def disk_writer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return DiskCacheWriter(disk_layer(reactor, tmp_path), CacheKey("b", "k"))
+
+
+def redis_layer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return redis.build({"enabled": True, "redis_url": REDIS_URL}, "cache.redis", reactor)
+
+
+def jwt_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return jwt.build({"secret": SECRET}, "jwt", reactor)
+
+
+def jwt_admin_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {
+        "secret": SECRET,
+        "admin_claims": [{"claim": "role", "operator": "equals", "value": "admin"}],
+    }
+    return jwt.build(settings, "jwt", reactor).admin_scheme()
+
+
+def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
+    return lambda reactor, tmp_path: plugin
+
+
+#: (what, how to build it, every interface it must provide).
+PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[InterfaceClass]]] = [
+    ("memory factory", factory(memory), {IPlugin, ICacheLayerFactory}),
+    ("disk factory", factory(disk), {IPlugin, ICacheLayerFactory}),
+    ("redis factory", factory(redis), {IPlugin, ICacheLayerFactory}),
+    ("jwt factory", factory(jwt), {IPlugin, IAuthSchemeFactory}),
+    (
+        "memory layer",
+        memory_layer,
+        {ICacheLayer, IImmediateCacheLayer, ISwitchableCacheLayer, IDefaultTtlCacheLayer},
+    ),
+    ("disk layer", disk_layer, {ICacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer}),
+    ("disk writer", disk_writer, {ICacheWriter}),
+    ("redis layer", redis_layer, {ICacheLayer, IPurgeBroadcaster, IErrorCountingCacheLayer}),
+    ("jwt scheme", jwt_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
+    ("jwt admin scheme", jwt_admin_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
+]
+
+#: Optional interfaces: a provider that lacks one must not look as if it had it.
+OPTIONAL = [
+    IImmediateCacheLayer,
+    ISwitchableCacheLayer,
+    IDefaultTtlCacheLayer,
+    IErrorCountingCacheLayer,
+    IPurgeBroadcaster,
+    IImmediateAuthScheme,
+    IAdminAuthSource,
+]
+
+
+@pytest.mark.parametrize(("what", "build", "expected"), PROVIDERS, ids=[p[0] for p in PROVIDERS])
+def test_builtin_provider_verifies(
+    what: str,
+    build: Callable[[MemoryReactorClock, Path], Any],
+    expected: set[InterfaceClass],
+    tmp_path: Path,
+) -> None:
+    reactor = MemoryReactorClock()
+    provider = build(reactor, tmp_path)
+    for interface in expected:
+        assert interface.providedBy(provider), f"{what} does not provide {interface.__name__}"
+        assert verifyObject(interface, provider)
+        if interface.implementedBy(type(provider)):
+            assert verifyClass(interface, type(provider))
+    for interface in OPTIONAL:
+        if interface not in expected:
+            assert not interface.providedBy(provider), f"{what} provides {interface.__name__}"
+    assert reactor.tcpClients == []  # built, not connected
+
+
+def test_every_interface_has_a_builtin_provider_checked() -> None:
+    declared = {
+        value
+        for value in vars(interfaces).values()
+        if isinstance(value, InterfaceClass) and value.__module__ == interfaces.__name__
+    }
+    checked = set().union(*(expected for _, _, expected in PROVIDERS))
+    assert declared - checked == set()
+
+
+def test_every_installed_factory_verifies() -> None:
+    for interface in (ICacheLayerFactory, IAuthSchemeFactory):
+        found = available(interface, plugins)
+        assert found, interface.__name__
+        for name, plugin in found.items():
+            assert plugin.name == name
+            assert verifyObject(IPlugin, plugin)
+            assert verifyObject(interface, plugin)
+
+
+def test_redis_purge_broadcaster_builds_a_service_without_connecting(tmp_path: Path) -> None:
+    reactor = MemoryReactorClock()
+    layer = redis_layer(reactor, tmp_path)
+    assert isinstance(layer, RedisCacheLayer)
+    service = IPurgeBroadcaster(layer).subscribe_purges(lambda bucket, prefix, key: None)
+    assert verifyObject(IService, service)
+    assert not service.running
+    assert not layer.client.started
+    assert reactor.tcpClients == []
+
+
+def test_the_attributes_the_core_reads_have_their_documented_values(tmp_path: Path) -> None:
+    reactor = MemoryReactorClock()
+    memory_settings = {"default_ttl_seconds": 60, "enabled": False}
+    quiet = memory.build(memory_settings, "cache.memory", reactor)
+    assert isinstance(quiet, MemoryCacheLayer)
+    assert IDefaultTtlCacheLayer(quiet).default_ttl_seconds == 60
+    assert ISwitchableCacheLayer(quiet).enabled is False
+    on_disk = disk_layer(reactor, tmp_path)
+    assert isinstance(on_disk, DiskCacheLayer)
+    assert ISwitchableCacheLayer(on_disk).enabled is True
+    assert IErrorCountingCacheLayer(on_disk).errors == 0
+    assert IErrorCountingCacheLayer(redis_layer(reactor, tmp_path)).errors == 0
+    assert IAdminAuthSource(jwt_scheme(reactor, tmp_path)).admin_scheme() is None
+
+
+@pytest.mark.parametrize("module", [errors, values, interfaces], ids=lambda m: m.__name__)
+def test_the_floor_imports_nothing_above_it(module: Any) -> None:
+    """The contracts and their values sit at the bottom: only each other, stdlib, Twisted."""
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    ours = {name for name in imported if name and name.partition(".")[0] == "yatagarasu"}
+    assert ours <= {"yatagarasu.errors", "yatagarasu.values"}
+    assert module.__name__ not in ours
+    allowed = {"__future__", "collections", "dataclasses", "functools", "hashlib", "typing"}
+    outside = {name.partition(".")[0] for name in imported if name} - {"yatagarasu"}
+    assert outside <= allowed | {"twisted", "zope"}
