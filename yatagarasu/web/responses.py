@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.web.http import RESPONSES
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from yatagarasu.errors import HTTPError
+from yatagarasu.http.status import reason_phrase
 
 
 def error_body(status: int, message: str, request_id: str, s3_code: str | None = None) -> bytes:
@@ -20,10 +20,11 @@ def error_body(status: int, message: str, request_id: str, s3_code: str | None =
     :param message: what happened (no secrets).
     :param request_id: the request's id (also in ``X-Request-ID``).
     :param s3_code: the S3 error code, when the error came from S3.
-    :returns: ``{"error", "message", "status", "request_id"[, "s3_code"]}`` as UTF-8 JSON.
+    :returns: ``{"error", "message", "status", "request_id"[, "s3_code"]}`` as UTF-8 JSON;
+        ``error`` is the status's RFC 9110 reason phrase, as in the status line.
     """
     document: dict[str, object] = {
-        "error": RESPONSES.get(status, b"Error").decode("ascii"),
+        "error": reason_phrase(status),
         "message": message,
         "status": status,
         "request_id": request_id,
