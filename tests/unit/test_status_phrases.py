@@ -54,7 +54,7 @@ def test_the_phrases_that_changed_since_rfc_2616_are_the_new_ones() -> None:
     assert changed[504] == ("Gateway Time-out", "Gateway Timeout")
     assert changed[413] == ("Request Entity Too Large", "Content Too Large")
     assert changed[414] == ("Request-URI Too Long", "URI Too Long")
-    assert changed[416] == ("Requested Range Not Satisfiable", "Range Not Satisfiable")
+    assert changed[416] == ("Requested Range not satisfiable", "Range Not Satisfiable")
     assert PHRASES[422] == "Unprocessable Content"
 
 
@@ -66,7 +66,9 @@ def test_unregistered_codes_get_their_class_name() -> None:
 
 def _cached(h: Harness, *headers: str) -> bytes:
     _, first = h.get("/pub/k")
-    h.agents["pub"].answer(FakeResponse(200, {**OBJECT, "Cache-Control": "max-age=60"}, b"hello world"))
+    h.agents["pub"].answer(
+        FakeResponse(200, {**OBJECT, "Cache-Control": "max-age=60"}, b"hello world")
+    )
     assert first.value().startswith(b"HTTP/1.1 200 ")
     _, transport = h.get("/pub/k", *headers)
     return transport.value()

@@ -10,14 +10,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from yatagarasu.cache.memory import MemoryCacheLayer
 from yatagarasu.cache.tiered import TieredCache
 from yatagarasu.config.build import build, join, unknown_key_message
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.discovery import available, find
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import ICacheLayerFactory
+from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory
 
 MIB = 1024 * 1024
+#: Freshness of an object S3 gives none for, when no ``ttl_seconds`` is configured.
+DEFAULT_TTL_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def build_cache(config: Config, reactor: Any, metrics: Any = None) -> CacheSetup
     )
     if not wanted:
         return CacheSetup()
-    layers = []
+    layers: list[ICacheLayer] = []
     for i, name in enumerate(settings.cache_layers):
         factory = find(ICacheLayerFactory, name, f"cache.cache_layers[{i}]")
         section = sections.get(name) or {}
@@ -109,9 +112,7 @@ def build_cache(config: Config, reactor: Any, metrics: Any = None) -> CacheSetup
                 f"the {name} layer is enabled but not listed in cache.cache_layers",
             )
     cache = TieredCache(layers, reactor, metrics)
-    default_ttl = settings.ttl_seconds
-    if default_ttl is None:
-        default_ttl = float(getattr(layers[0], "default_ttl_seconds", 3600.0))
+    default_ttl = _default_ttl(settings, sections, layers)
     setup = CacheSetup(cache)
     for bucket in config.buckets:
         policy = _policy(bucket, settings, default_ttl, cache.max_item_size)
@@ -120,6 +121,30 @@ def build_cache(config: Config, reactor: Any, metrics: Any = None) -> CacheSetup
     if metrics is not None:
         metrics.watch_cache(cache)
     return setup
+
+
+def _default_ttl(
+    settings: CacheSettings, sections: Mapping[str, Any], layers: list[ICacheLayer]
+) -> float:
+    """
+    The default freshness of every caching bucket: ``cache.ttl_seconds``, else the seed's
+    ``cache.memory.default_ttl_seconds`` (wherever memory is in ``cache_layers``), else 3600.
+
+    :raises ConfigError: ``cache.memory.default_ttl_seconds`` while memory is not a layer.
+    """
+    memory = sections.get("memory")
+    seed_ttl = isinstance(memory, Mapping) and "default_ttl_seconds" in memory
+    if seed_ttl and "memory" not in settings.cache_layers:
+        raise ConfigError(
+            "cache.memory.default_ttl_seconds",
+            "the memory layer is not in cache.cache_layers; set cache.ttl_seconds instead",
+        )
+    if settings.ttl_seconds is not None:
+        return settings.ttl_seconds
+    for layer in layers:
+        if isinstance(layer, MemoryCacheLayer):
+            return layer.default_ttl_seconds
+    return DEFAULT_TTL_SECONDS
 
 
 def _settings(raw: Mapping[str, Any], factories: Mapping[str, Any]) -> CacheSettings:
