@@ -163,7 +163,8 @@ class IDefaultTtlCacheLayer(Interface):
 
     default_ttl_seconds = Attribute(
         "Seconds an entry stays fresh when S3 gives no lifetime and ``cache.ttl_seconds`` is "
-        "unset; read from the *first* layer only (3600 when it does not provide this)."
+        "unset; the first layer in ``cache.cache_layers`` that provides this interface decides "
+        "(3600 when none does)."
     )
 
 

@@ -421,7 +421,8 @@ def test_ready_is_503_when_every_upstream_keeps_failing() -> None:
     response = parse_response(transport.value())
     document = json.loads(response.body)
     assert (response.status, document["status"]) == (503, "unavailable")
-    assert document["backends"]["pub"]["replicas"]["primary"]["consecutive_failures"] == 5
+    replicas = document["backends"]["pub"]["replicas"]
+    assert replicas["http://127.0.0.1:9000"]["consecutive_failures"] == 5
     h.get("/pub/ok")
     h.agents["pub"].answer(FakeResponse(200, OBJECT_HEADERS, body=b"."))
     _, transport = h.get("/ready")

@@ -47,7 +47,13 @@ class JwtKeyConfig:
 
 @dataclass(frozen=True)
 class JwtSettings:
-    """The ``jwt`` section (global, per bucket, or ``auth.jwt``)."""
+    """
+    The ``jwt`` section (global, per bucket, or ``auth.jwt``).
+
+    :ivar enabled: read before these settings are built: at the top level ``false`` turns the
+        global verifier off (:func:`yatagarasu.auth.setup.global_jwt_settings`); in a
+        bucket's ``jwt`` it turns that bucket's authentication on.
+    """
 
     enabled: bool = True
     algorithm: str | None = None

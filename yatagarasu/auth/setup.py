@@ -46,18 +46,39 @@ _KEY_MATERIAL = frozenset({
 })  # fmt: skip
 
 
-def _merged_jwt(config: Config, bucket: BucketConfig) -> Mapping[str, Any] | None:
+def global_jwt_settings(config: Config) -> Mapping[str, Any] | None:
     """
-    A bucket's JWT settings: its own (``auth.jwt`` or ``jwt``) over the global ``jwt``. Key
-    material is inherited only when the bucket names none; ``admin_claims`` never is.
+    The top-level ``jwt`` section, unless ``jwt.enabled: false`` turns it off.
+
+    :param config: the validated configuration.
+    :returns: the section, or ``None`` when it is absent or disabled (then no bucket inherits
+        from it and the admin API is off).
+    :raises ConfigError: ``jwt.enabled`` is not a boolean.
+    """
+    if config.jwt is None:
+        return None
+    enabled = config.jwt.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("jwt.enabled", f"expected true or false, got {enabled!r}")
+    return config.jwt if enabled else None
+
+
+def _merged_jwt(
+    global_jwt: Mapping[str, Any] | None, bucket: BucketConfig
+) -> Mapping[str, Any] | None:
+    """
+    A bucket's JWT settings: its own (``auth.jwt`` or ``jwt``) over the global ``jwt``
+    (``None`` when disabled). Key material is inherited only when the bucket names none;
+    ``admin_claims`` and ``enabled`` never are.
     """
     own = bucket.auth.jwt if bucket.auth.jwt is not None else bucket.jwt
     if own is None:
-        return config.jwt
+        return global_jwt
     inherited = {
         k: v
-        for k, v in (config.jwt or {}).items()
-        if k != "admin_claims" and not (k in _KEY_MATERIAL and _KEY_MATERIAL & set(own))
+        for k, v in (global_jwt or {}).items()
+        if k not in ("admin_claims", "enabled")
+        and not (k in _KEY_MATERIAL and _KEY_MATERIAL & set(own))
     }
     return {**inherited, **own}
 
@@ -91,9 +112,10 @@ def build_access_control(config: Config, reactor: Any, plugins: ModuleType) -> A
         )
     )
     jwt_factory = find(IAuthSchemeFactory, "jwt", "jwt", plugins)
+    global_settings = global_jwt_settings(config)
     global_jwt: IAuthScheme | None = None
-    if config.jwt is not None:
-        global_jwt = jwt_factory.build(config.jwt, "jwt", reactor)
+    if global_settings is not None:
+        global_jwt = jwt_factory.build(global_settings, "jwt", reactor)
         access.services.extend(global_jwt.services())
         admin_source = IAdminAuthSource(global_jwt, None)
         if admin_source is not None:
@@ -109,13 +131,19 @@ def build_access_control(config: Config, reactor: Any, plugins: ModuleType) -> A
             continue
         scheme_path = join(path, "auth.scheme")
         if bucket.auth.scheme == "jwt":
-            settings = _merged_jwt(config, bucket)
+            settings = _merged_jwt(global_settings, bucket)
+            if settings is None and config.jwt is not None:
+                raise ConfigError(
+                    join(path, "auth.enabled"),
+                    "authentication is enabled but the top-level jwt is disabled "
+                    f"(jwt.enabled: false) and {path} has no jwt settings of its own",
+                )
             if settings is None:
                 raise ConfigError(
                     join(path, "auth.enabled"),
                     f"authentication is enabled but no jwt settings apply (set jwt or {path}.jwt)",
                 )
-            if settings is config.jwt and global_jwt is not None:
+            if settings is global_settings and global_jwt is not None:
                 scheme: IAuthScheme = global_jwt
             else:
                 own = jwt_factory.build(settings, _jwt_path(bucket, index), reactor)

@@ -77,7 +77,9 @@ class MemoryCacheSettings:
         when ``cache.cache_layers`` names it.
     :ivar max_cache_size_mb: the bound on the bytes of all entries (body plus headers), MiB.
     :ivar max_item_size_mb: the largest entry the layer accepts, MiB.
-    :ivar default_ttl_seconds: the default freshness lifetime (read by the tiered cache).
+    :ivar default_ttl_seconds: the default freshness of every caching bucket when
+        ``cache.ttl_seconds`` is not set, wherever memory is in ``cache_layers`` (read by
+        :mod:`yatagarasu.cache.setup`).
     """
 
     enabled: bool = True

@@ -16,7 +16,12 @@ from yatagarasu.config.build import build, join, unknown_key_message
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.discovery import available, find
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import ICacheLayerFactory, IDefaultTtlCacheLayer, ISwitchableCacheLayer
+from yatagarasu.interfaces import (
+    ICacheLayer,
+    ICacheLayerFactory,
+    IDefaultTtlCacheLayer,
+    ISwitchableCacheLayer,
+)
 
 MIB = 1024 * 1024
 
@@ -97,7 +102,7 @@ def build_cache(
     )
     if not wanted:
         return CacheSetup()
-    layers = []
+    layers: list[ICacheLayer] = []
     for i, name in enumerate(settings.cache_layers):
         factory = find(ICacheLayerFactory, name, f"cache.cache_layers[{i}]", plugins)
         section = sections.get(name) or {}
@@ -117,12 +122,7 @@ def build_cache(
                 f"the {name} layer is enabled but not listed in cache.cache_layers",
             )
     cache = TieredCache(layers, reactor, metrics)
-    default_ttl = settings.ttl_seconds
-    if default_ttl is None:
-        first = layers[0]
-        default_ttl = DEFAULT_TTL_SECONDS
-        if IDefaultTtlCacheLayer.providedBy(first):
-            default_ttl = float(first.default_ttl_seconds)
+    default_ttl = _default_ttl(settings, sections, layers)
     setup = CacheSetup(cache)
     for bucket in config.buckets:
         policy = _policy(bucket, settings, default_ttl, cache.max_item_size)
@@ -131,6 +131,31 @@ def build_cache(
     if metrics is not None:
         metrics.watch_cache(cache)
     return setup
+
+
+def _default_ttl(
+    settings: CacheSettings, sections: Mapping[str, Any], layers: list[ICacheLayer]
+) -> float:
+    """
+    The default freshness of every caching bucket: ``cache.ttl_seconds``, else the default
+    of the first layer that has one (:class:`IDefaultTtlCacheLayer`: the seed's
+    ``cache.memory.default_ttl_seconds``, wherever memory is in ``cache_layers``), else 3600.
+
+    :raises ConfigError: ``cache.memory.default_ttl_seconds`` while memory is not a layer.
+    """
+    memory = sections.get("memory")
+    seed_ttl = isinstance(memory, Mapping) and "default_ttl_seconds" in memory
+    if seed_ttl and "memory" not in settings.cache_layers:
+        raise ConfigError(
+            "cache.memory.default_ttl_seconds",
+            "the memory layer is not in cache.cache_layers; set cache.ttl_seconds instead",
+        )
+    if settings.ttl_seconds is not None:
+        return settings.ttl_seconds
+    for layer in layers:
+        if IDefaultTtlCacheLayer.providedBy(layer):
+            return float(layer.default_ttl_seconds)
+    return DEFAULT_TTL_SECONDS
 
 
 def _settings(raw: Mapping[str, Any], factories: Mapping[str, Any]) -> CacheSettings:

@@ -98,7 +98,6 @@ class S3Client:
         self._clock = reactor
         self._config = config
         self._random = random or Random()
-        self.health = UpstreamHealth()
         self._pool: HTTPConnectionPool | None = None
         if config.endpoint:
             parts = urlsplit(config.endpoint)
@@ -115,6 +114,7 @@ class S3Client:
                 self._host = f"{config.bucket}.s3.{config.region}.amazonaws.com"
                 self._path_prefix = "/"
         self._base = f"{self._scheme}://{self._host}".encode("ascii")
+        self.health = UpstreamHealth(self._base.decode("ascii"))
         if agent is None:
             self._pool = _QuietPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = config.connection_pool_size

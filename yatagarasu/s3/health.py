@@ -13,8 +13,11 @@ class UpstreamHealth:
     An upstream is ``unhealthy`` after ``threshold`` failed attempts in a row (connect errors,
     timeouts, 5xx) and ``healthy`` again after the next success. Until it has been used it is
     ``unknown``, which counts as usable.
+
+    :ivar upstream: the upstream's origin (``http://127.0.0.1:9000``), its name in ``/ready``.
     """
 
+    upstream: str = ""
     threshold: int = 5
     consecutive_failures: int = 0
     used: bool = False

@@ -1,9 +1,11 @@
 """
 ``/admin/...``: the admin API, guarded by JWT with ``admin_claims``.
 
-With no admin auth configured (no ``jwt.admin_claims``) every admin route answers 403. No
-token → 401, a token without the admin claims → 403. Routes are added by the features that
-need them (cache purge and stats, reload).
+With no admin auth configured (no ``jwt.admin_claims``, or ``jwt.enabled: false``) every
+admin route answers 403. No token → 401, a token without the admin claims → 403. The only
+routes are the cache's (``/admin/cache/...``, see :mod:`yatagarasu.web.admin_cache`), present
+when caching is configured; anything else, ``POST /admin/reload`` included (there is no hot
+reload), is a JSON 404.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class AdminResource(AsyncResource):
     Authenticate, then dispatch on ``(method, first segment)``.
 
     :param scheme: the admin auth scheme, or ``None`` (admin API disabled: 403).
-    :param routes: ``{(b"POST", "reload"): handler, ...}``.
+    :param routes: ``{(b"GET", "cache"): handler, ...}``: method and first path segment.
     """
 
     #: a purge asked for completes even when the client does not wait for the answer
@@ -47,7 +49,9 @@ class AdminResource(AsyncResource):
 
     async def _handle(self, request: ProxyRequest) -> None:
         if self._scheme is None:
-            raise HTTPError(403, "the admin API is disabled (no jwt.admin_claims configured)")
+            raise HTTPError(
+                403, "the admin API is disabled (it needs jwt.admin_claims, with jwt enabled)"
+            )
         identity = await self._scheme.authenticate(request)
         request.subject = identity.subject
         segments = [s.decode("utf-8", "replace") for s in request.postpath or [] if s]

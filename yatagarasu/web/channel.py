@@ -13,15 +13,9 @@ from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 
 from yatagarasu.config.schema import SecurityLimits
+from yatagarasu.http.status import reason_phrase_bytes
 from yatagarasu.web.request_id import new_request_id
 from yatagarasu.web.responses import error_body
-
-_REASONS = {
-    400: b"Bad Request",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-}
 
 
 class ResponseHeaders(Headers):
@@ -191,7 +185,7 @@ class LimitedHTTPChannel(HTTPChannel):
         request_id = new_request_id()
         body = error_body(status, message, request_id)
         head = [
-            b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
+            b"HTTP/1.1 %d %s" % (status, reason_phrase_bytes(status)),
             b"Content-Type: application/json",
             b"Content-Length: %d" % len(body),
             b"X-Request-ID: " + request_id.encode(),

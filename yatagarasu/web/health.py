@@ -38,6 +38,10 @@ class ReadyResource(ReadOnlyResource):
     Readiness: 200 ``{"status": "ready", "backends": {...}}`` while at least one bucket's
     upstream is usable; 503 ``unavailable`` when none is, ``shutting_down`` while draining.
 
+    Each bucket has one upstream (replicas are not built yet), listed under ``replicas`` by
+    its origin: ``{"pub": {"status": "healthy", "replicas": {"http://127.0.0.1:9000":
+    {"status", "consecutive_failures", "last_error"}}}}``.
+
     :param backends: upstream health per bucket name.
     :param draining: tells whether a graceful shutdown has begun.
     """
@@ -54,7 +58,7 @@ class ReadyResource(ReadOnlyResource):
             name: {
                 "status": "healthy" if health.usable else "unhealthy",
                 "replicas": {
-                    "primary": {
+                    health.upstream: {
                         "status": health.status,
                         "consecutive_failures": health.consecutive_failures,
                         "last_error": health.last_error,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from twisted.web.http import RESPONSES
 from twisted.web.server import Request
 
 from yatagarasu.errors import HTTPError
+from yatagarasu.http.status import reason_phrase
 
 
 def error_body(status: int, message: str, request_id: str, s3_code: str | None = None) -> bytes:
@@ -18,10 +18,11 @@ def error_body(status: int, message: str, request_id: str, s3_code: str | None =
     :param message: what happened (no secrets).
     :param request_id: the request's id (also in ``X-Request-ID``).
     :param s3_code: the S3 error code, when the error came from S3.
-    :returns: ``{"error", "message", "status", "request_id"[, "s3_code"]}`` as UTF-8 JSON.
+    :returns: ``{"error", "message", "status", "request_id"[, "s3_code"]}`` as UTF-8 JSON;
+        ``error`` is the status's RFC 9110 reason phrase, as in the status line.
     """
     document: dict[str, object] = {
-        "error": RESPONSES.get(status, b"Error").decode("ascii"),
+        "error": reason_phrase(status),
         "message": message,
         "status": status,
         "request_id": request_id,

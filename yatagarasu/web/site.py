@@ -21,6 +21,7 @@ from twisted.web.server import Request, Site, version
 from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
+from yatagarasu.http.status import reason_phrase_bytes
 from yatagarasu.metrics import Metrics
 from yatagarasu.per_second import PerSecond
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
@@ -94,6 +95,15 @@ class ProxyRequest(Request):
             self.render(site.getResourceFor(self))
         except BaseException:
             self.processingFailed(Failure())
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """
+        Set the status; its reason phrase comes from the RFC 9110 table, not Twisted's.
+
+        :param code: the status code.
+        :param message: a reason phrase; ``None`` (every caller in the proxy): the table's.
+        """
+        super().setResponseCode(code, reason_phrase_bytes(code) if message is None else message)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_bytes += len(data)
