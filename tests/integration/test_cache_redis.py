@@ -14,11 +14,13 @@ from typing import Any
 import msgpack
 import pytest
 import pytest_twisted
-from harness import RedisServer, free_port, write_self_signed
 from twisted.internet import task
 from unit.cache_contract import FAR_FUTURE, CacheLayerContract, entry
 from zope.interface.verify import verifyObject
 
+from devharness.certificates import write_self_signed
+from devharness.ports import free_port
+from devharness.redis_server import RedisServer
 from yatagarasu import discovery
 from yatagarasu.cache.entry import CacheKey
 from yatagarasu.cache.redis import (
