@@ -77,7 +77,7 @@ test: $(STAMP) redis
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m yatagarasu.demo
+	$(BIN)/python -m devharness.demo
 
 clean:
 	rm -rf $(VENV) .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
 import jwt
-from benchlib import dump, free_port, machine_facts, set_pinning
+from benchlib import dump, machine_facts, set_pinning
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from proxylib import (
@@ -57,6 +58,8 @@ from proxylib import (
     wait_for_foreign_bench,
     warm,
 )
+
+from devharness.ports import free_port
 
 KEY = "1k.bin"
 LUA = """\
@@ -180,7 +183,7 @@ def main() -> None:
             + bucket_yaml("rsnc", origin.url, f"{nc}, {rs_jwt}")
         )
         proxy = start_proxy("proxy", config, out, f"/pub/{KEY}", port)
-        ours = [origin.proc.pid, proxy.pid]
+        ours = [origin.process.pid, proxy.pid]
 
         def spec(t: str) -> tuple[str, list[str], list[str]]:
             prefix, kind, mode, _cached = TARGETS[t]

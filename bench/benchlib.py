@@ -14,14 +14,18 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
+
+from devharness.processes import LoggedProcess
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -64,12 +68,6 @@ def require_tools() -> None:
         subprocess.run(["apt-get", "update"], env=env, timeout=600, check=True)
         subprocess.run(cmd, env=env, timeout=600, check=True)
     # The Debian package may start the system nginx; we never use or touch it.
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(
@@ -120,16 +118,11 @@ class Server:
         timeout: float = 30.0,
     ) -> None:
         self.name, self.port, self.argv = name, port, list(argv)
-        self.logfile = open(log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [*PIN["server"], *self.argv],
-            cwd=REPO,
-            stdout=self.logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.process = LoggedProcess(
+            [*PIN["server"], *self.argv], log, cwd=REPO, append=False, new_session=True
         )
         try:
-            wait_http(self.url + probe, timeout=timeout, proc=self.proc)
+            wait_http(self.url + probe, timeout=timeout, proc=self.process.proc)
         except Exception:
             self.stop()
             raise
@@ -140,22 +133,10 @@ class Server:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.process.pid
 
     def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM, timeout=15)
-        self.logfile.close()
-
-
-def stop_process(proc: subprocess.Popen[Any], sig: int, timeout: float = 10.0) -> None:
-    """Send ``sig`` to a running child, wait ``timeout`` s, then SIGKILL it."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        self.process.stop(signal.SIGTERM, timeout=15)
 
 
 # -- machine facts -----------------------------------------------------------------------------

@@ -28,19 +28,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
-from benchlib import PYTHON, Server, dump, free_port, machine_facts, set_pinning
+from benchlib import PIN, PYTHON, Server, dump, machine_facts, set_pinning
 from proxylib import (
     BUCKET,
     LoggedOrigin,
     NginxCache,
-    Redis,
     Run,
     bucket_yaml,
     exit_on_sigterm,
@@ -58,6 +60,9 @@ from proxylib import (
     wait_for_foreign_bench,
     warm,
 )
+
+from devharness.ports import free_port
+from devharness.redis_server import RedisServer
 
 SIZES = {"1k": 1024, "100k": 100 * 1024}
 HERD_SIZES = {"1k": 1024, "100k": 100 * 1024, "5m": 5 * 1024 * 1024}
@@ -149,7 +154,7 @@ def main() -> None:
     log(f"origin nginx {origin.url} (data in {origin.tmp}, access log {origin.access_log})")
     servers: dict[str, Any] = {}  # target -> object with .url/.pid/.port
     bare: dict[str, Server] = {}
-    redis: Redis | None = None
+    redis: RedisServer | None = None
     results: dict[str, Any] = {"args": vars(a), "machine": facts, "pinning": pinning}
     configs: dict[str, str] = {}
     commands: dict[str, str] = {}
@@ -163,9 +168,10 @@ def main() -> None:
                 commands[f"bare-{s}"] = " ".join(argv[1:])
                 log(f"bare-{s} on {bare[s].url} pid {bare[s].pid}")
         if "redis" in targets:
-            redis = Redis()
+            redis_dir = Path(tempfile.mkdtemp(prefix="yatagarasu-redis-"))
+            redis = RedisServer(redis_dir, command_prefix=PIN["load"]).start()
             commands["redis-server"] = " ".join(redis.argv)
-            log(f"redis-server on {redis.url} pid {redis.proc.pid}")
+            log(f"redis-server on {redis.url} pid {redis.pid}")
         for kind in PROXIES:
             if kind not in targets:
                 continue
@@ -181,9 +187,9 @@ def main() -> None:
             configs["nginx"] = servers["nginx"].conf.read_text()
             commands["nginx"] = f"nginx -p TMP -c TMP/nginx.conf (pid {servers['nginx'].pid})"
             log(f"nginx proxy_cache on {servers['nginx'].url} pid {servers['nginx'].pid}")
-        ours = [origin.proc.pid] + [s.pid for s in [*servers.values(), *bare.values()]]
-        if redis:
-            ours.append(redis.proc.pid)
+        ours = [origin.process.pid] + [s.pid for s in [*servers.values(), *bare.values()]]
+        if redis and redis.pid is not None:
+            ours.append(redis.pid)
 
         def url_pid(t: str, s: str) -> tuple[str, int]:
             if t == "bare":
@@ -293,7 +299,8 @@ def main() -> None:
         for b in bare.values():
             b.stop()
         if redis:
-            redis.close()
+            redis.stop()
+            shutil.rmtree(redis.workdir, ignore_errors=True)
         origin.close()
     results["notes"] = notes
     results["configs"] = configs

@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
-from benchlib import PYTHON, REPO, Server, free_port, rss_kib
+from benchlib import PYTHON, REPO, Server, rss_kib
 from origin import Origin
 from run import PROXY_CONFIG
+
+from devharness.ports import free_port
 
 
 def main() -> None:

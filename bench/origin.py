@@ -18,12 +18,17 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import PIN, free_port, require_tools, stop_process, wait_http
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
+
+from benchlib import PIN, require_tools, wait_http
+
+from devharness.ports import free_port
+from devharness.processes import LoggedProcess
 
 BUCKET = "bench"
 #: key -> size in bytes.  The 1 GiB object is sparse (``truncate``), deleted at the end.
@@ -102,10 +107,10 @@ class Origin:
         self.conf = self.tmp / "nginx.conf"
         server = ORIGIN_SERVER.format(tmp=self.tmp, port=self.port)
         self.conf.write_text(nginx_conf(self.tmp, server, workers=workers, access_log=access_log))
-        self.proc = subprocess.Popen(
+        self.process = LoggedProcess(
             [*PIN["load"], "nginx", "-p", str(self.tmp), "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.tmp / "nginx-stderr.log", "wb"),  # noqa: SIM115
+            self.tmp / "nginx-stderr.log",
+            cwd=self.tmp,
         )
         try:
             wait_http(f"{self.url}/{BUCKET}/1k.bin", timeout=10.0)
@@ -118,7 +123,7 @@ class Origin:
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
-        stop_process(self.proc, signal.SIGQUIT)  # graceful: master waits for workers
+        self.process.stop(signal.SIGQUIT, 10.0)  # graceful: master waits for workers
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Origin:
@@ -138,7 +143,7 @@ def main() -> None:
         print(f"origin: {origin.url}/{BUCKET}/{{{','.join(OBJECTS)}}} (data in {origin.tmp})")
         deadline = time.monotonic() + args.max_seconds
         try:
-            while time.monotonic() < deadline and origin.proc.poll() is None:
+            while time.monotonic() < deadline and origin.process.is_running():
                 time.sleep(1.0)
         except KeyboardInterrupt:
             pass

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
 import origin as _origin
 from benchlib import (
@@ -40,13 +41,14 @@ from benchlib import (
     Server,
     WrkResult,
     cpu_seconds,
-    free_port,
     median,
     parse_wrk,
     profile_under_load,
-    stop_process,
     wait_http,
 )
+
+from devharness.ports import free_port
+from devharness.processes import LoggedProcess
 
 BUCKET = _origin.BUCKET
 
@@ -208,13 +210,13 @@ class NginxCache:
         self.conf = self.tmp / "nginx.conf"
         server = NGINX_CACHE_SERVER.format(tmp=self.tmp, port=self.port, origin=origin_port)
         self.conf.write_text(_origin.nginx_conf(self.tmp, server, tcp_nopush=False))
-        self.proc = subprocess.Popen(
+        self.process = LoggedProcess(
             [*PIN["server"], "nginx", "-p", str(self.tmp), "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.tmp / "nginx-stderr.log", "wb"),  # noqa: SIM115
+            self.tmp / "nginx-stderr.log",
+            cwd=self.tmp,
         )
         try:
-            wait_http(self.url + probe, timeout=10.0, proc=self.proc)
+            wait_http(self.url + probe, timeout=10.0, proc=self.process.proc)
         except Exception:
             self.close()
             raise
@@ -225,60 +227,10 @@ class NginxCache:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.process.pid
 
     def close(self) -> None:
-        stop_process(self.proc, signal.SIGQUIT)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-# -- a private redis-server --------------------------------------------------------------------
-
-
-class Redis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.tmp = Path(tempfile.mkdtemp(prefix="yatagarasu-redis-"))
-        self.argv = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.tmp),
-            "--daemonize",
-            "no",
-        ]
-        self.proc = subprocess.Popen(
-            [*PIN["load"], *self.argv],
-            stdout=open(self.tmp / "redis.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("redis-server exited: " + (self.tmp / "redis.log").read_text())
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.close()
-        raise TimeoutError("redis-server did not answer PING")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        stop_process(self.proc, signal.SIGTERM)
+        self.process.stop(signal.SIGQUIT, 10.0)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
 from benchlib import (
     PIN,
@@ -48,7 +49,6 @@ from benchlib import (
     Server,
     cpu_seconds,
     dump,
-    free_port,
     http_get,
     machine_facts,
     median,
@@ -63,6 +63,8 @@ from benchlib import (
     wait_quiet,
 )
 from origin import BUCKET, Origin
+
+from devharness.ports import free_port
 
 SMALL_KEY = f"/{BUCKET}/1k.bin"
 BIG_KEY = f"/{BUCKET}/1g.bin"
@@ -111,7 +113,7 @@ class Bench:
         self.origin = Origin(workers=self.args.nginx_workers)
         self.log(f"origin nginx on {self.origin.url} (data in {self.origin.tmp})")
         self.urls["nginx"] = self.origin.url
-        self.pids["nginx"] = self.origin.proc.pid
+        self.pids["nginx"] = self.origin.process.pid
         for name in targets:
             if name == "nginx":
                 continue

@@ -1,6 +1,6 @@
 """Shared pytest fixtures: the Twisted reactor, moto S3, redis-server and the real proxy.
 
-Fixtures (see ``tests/harness.py`` and ``yatagarasu/demo.py`` for the objects they return):
+Fixtures (the objects they return come from the ``devharness`` package at the repository root):
 
 - ``reactor``: the global reactor pytest-twisted installed.
 - ``moto_s3`` (session): :class:`MotoS3Server` with SigV4 checking on and request recording.
@@ -25,19 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
-    INSTALL_HINT,
-    MotoS3Server,
-    ProxyProcess,
-    RedisServer,
-    StartupError,
-    TwistdResult,
-    check_config,
-    http_request,
-    make_moto,
-    proxy_config,
-    start_proxy,
-)
+
+from devharness.http_client import http_request
+from devharness.install_hint import INSTALL_HINT
+from devharness.moto_s3 import MotoS3Server, make_moto
+from devharness.proxy_config import proxy_config
+from devharness.redis_server import RedisServer
+from devharness.twistd import ProxyProcess, TwistdResult, check_config, start_proxy
+from devharness.waiting import StartupError
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -16,8 +16,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from harness import MotoS3Server, ProxyProcess, bucket_config
 from jwt.utils import base64url_encode
+
+from devharness.moto_s3 import MotoS3Server
+from devharness.proxy_config import bucket_config
+from devharness.twistd import ProxyProcess
 
 SECRET = "integration-secret-" + "x" * 48
 

@@ -14,10 +14,12 @@ from typing import Any
 import msgpack
 import pytest
 import pytest_twisted
-from harness import RedisServer, free_port, write_self_signed
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
+from devharness.certificates import write_self_signed
+from devharness.ports import free_port
+from devharness.redis_server import RedisServer
 from yatagarasu import discovery, plugins
 from yatagarasu.cache.redis import (
     RedisCacheLayer,

@@ -12,7 +12,12 @@ from typing import Any
 
 import jwt
 import pytest
-from harness import MotoS3Server, ProxyProcess, RedisServer, bucket_config, wait_until
+
+from devharness.moto_s3 import MotoS3Server
+from devharness.proxy_config import bucket_config
+from devharness.redis_server import RedisServer
+from devharness.twistd import ProxyProcess
+from devharness.waiting import wait_until
 
 SECRET = "cache-admin-secret-" + "y" * 48
 

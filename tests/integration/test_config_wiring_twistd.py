@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from harness import MotoS3Server, ProxyProcess, TwistdResult, bucket_config, wait_until
+
+from devharness.moto_s3 import MotoS3Server
+from devharness.proxy_config import bucket_config
+from devharness.twistd import ProxyProcess, TwistdResult
+from devharness.waiting import wait_until
 
 SECRET = "wiring-secret-" + "z" * 48
 ADMIN_CLAIMS = [{"claim": "role", "operator": "equals", "value": "admin"}]

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import free_port
+from devharness.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_smoke(tmp_path: Path) -> None:
@@ -14,13 +16,14 @@ def test_demo_smoke(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "yatagarasu.demo",
+            "devharness.demo",
             "--smoke",
             "--port",
             str(free_port()),
             "--workdir",
             str(tmp_path / "demo"),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

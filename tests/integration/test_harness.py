@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from harness import (
-    MotoS3Server,
-    RedisServer,
-    clean_exit,
-    free_port,
-    http_request,
-    wait_until,
-)
+
+from devharness.http_client import http_request
+from devharness.moto_s3 import MotoS3Server
+from devharness.ports import free_port
+from devharness.redis_server import RedisServer
+from devharness.twistd import clean_exit
+from devharness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Operating the real process: --check, bad configs, graceful shutdown, TLS, packaging."""
+"""Operating the real process: --check, bad configs, graceful shutdown, TLS."""
 
 from __future__ import annotations
 
@@ -8,25 +8,24 @@ import os
 import signal
 import ssl
 import subprocess
-import sys
-import sysconfig
-import venv
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
-    MotoS3Server,
+
+from devharness.certificates import write_self_signed
+from devharness.moto_s3 import MotoS3Server
+from devharness.ports import free_port
+from devharness.proxy_config import write_config
+from devharness.twistd import (
     ProxyProcess,
     TwistdResult,
     clean_exit,
-    free_port,
     run_twistd,
-    wait_until,
-    write_config,
-    write_self_signed,
+    twistd_command,
 )
+from devharness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,8 +183,6 @@ def https_proxy(
     port = config["server"]["port"]
     config["server"]["tls"] = {"cert_path": str(cert_path), "key_path": str(key_path)}
     path = write_config(config, tmp_path / f"{name}.yaml")
-    from yatagarasu.demo import twistd_command
-
     with open(tmp_path / f"{name}.log", "wb") as log:
         process = subprocess.Popen(
             twistd_command("-n", "--pidfile=", "yatagarasu", "--config", str(path)),
@@ -234,62 +231,6 @@ def test_https_listener(
             plain.request("GET", "/health")
             plain.getresponse().read()
         plain.close()
-
-
-def test_wheel_installs_plugin_into_fresh_venv(tmp_path: Path) -> None:
-    """A regular (non-editable) install exposes ``twistd yatagarasu``."""
-    dist = tmp_path / "dist"
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(dist),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    (wheel,) = dist.glob("yatagarasu-*.whl")
-    env_dir = tmp_path / "fresh"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
-    # Dependencies come from the test venv's site-packages, appended after the fresh venv's own
-    # (a path line in a .pth file is not itself scanned for .pth files, so the editable
-    # install of the working tree stays invisible).
-    fresh_site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    Path(fresh_site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    script = (
-        "import sys, yatagarasu; print(yatagarasu.__file__);"
-        "from twisted.scripts.twistd import run; sys.argv = ['twistd', '--help']; run()"
-    )
-    result = subprocess.run(
-        [str(python), "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert result.stdout.splitlines()[0].startswith(str(env_dir)), result.stdout
-    assert "yatagarasu" in result.stdout.split("Commands:", 1)[1], result.stdout + result.stderr
 
 
 def test_no_init_in_twisted_plugins() -> None:

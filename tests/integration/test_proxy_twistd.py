@@ -12,16 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
-    MotoS3Server,
-    ProxyProcess,
-    bucket_config,
-    http_request,
-    wait_until,
-    write_config,
-)
 
-from yatagarasu.demo import twistd_command
+from devharness.http_client import http_request
+from devharness.moto_s3 import MotoS3Server
+from devharness.proxy_config import bucket_config, write_config
+from devharness.twistd import ProxyProcess, twistd_command
+from devharness.waiting import wait_until
 
 BIG = 40 * 1024 * 1024
 
