@@ -84,7 +84,8 @@ def drain_service(**server: Any) -> tuple[ProxyService, MemoryReactorClock, list
 
 
 def messages(events: list[LogEvent]) -> list[str]:
-    return [e.get("log_format", "") for e in events if e.get("log_namespace") == "yatagarasu.service"]
+    service = [e for e in events if e.get("log_namespace") == "yatagarasu.service"]
+    return [e.get("log_format", "") for e in service]
 
 
 def test_drain_waits_for_every_connection_to_close() -> None:

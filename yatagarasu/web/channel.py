@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
@@ -108,7 +109,7 @@ class LimitedHTTPChannel(HTTPChannel):
             if isinstance(handle, socket.socket):
                 handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.site.channel_closed(self)
 
