@@ -12,13 +12,27 @@ import hashlib
 import os
 import signal
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LOOPBACK, MotoS3Server, ProxyProcess, clean_exit, wait_until
+from harness import (
+    LOOPBACK,
+    MotoS3Server,
+    ProxyProcess,
+    clean_exit,
+    free_port,
+    wait_until,
+    write_config,
+    write_self_signed,
+)
+
+from yatagarasu.demo import twistd_command
 
 #: small enough that the kernel buffers on the client side hold little of a response
 RECEIVE_BUFFER = 16 * 1024
@@ -33,14 +47,22 @@ class RawDownload:
     :param port: the proxy's port.
     :param path: the request target.
     :param keep_alive: send an HTTP/1.1 request without ``Connection: close``.
+    :param tls: speak TLS (``localhost``) with this context.
     """
 
-    def __init__(self, port: int, path: str, *, keep_alive: bool = True) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def __init__(
+        self, port: int, path: str, *, keep_alive: bool = True, tls: ssl.SSLContext | None = None
+    ) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # Set before connect(): the window the client announces depends on it.
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        self.sock.settimeout(SOCKET_TIMEOUT)
-        self.sock.connect((LOOPBACK, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sock.settimeout(SOCKET_TIMEOUT)
+        try:
+            sock.connect((LOOPBACK, port))
+            self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname="localhost")
+        except OSError:
+            sock.close()
+            raise
         connection = b"" if keep_alive else b"Connection: close\r\n"
         self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: proxy\r\n%s\r\n" % (path.encode(), connection))
         self.head = b""
@@ -218,3 +240,62 @@ def test_concurrent_downloads_during_sigterm_are_all_complete(
     assert [_digest(d.body) for d in downloads] == [_digest(b) for b in bodies]
     assert all(d.closed for d in downloads)
     _assert_clean_shutdown(running)
+
+
+def test_slow_reader_over_tls_gets_every_byte_after_sigterm(
+    tmp_path: Path,
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    """The TLS listener wraps the site: its connections are drained the same way."""
+    body = os.urandom(8 * 1024 * 1024)
+    moto_s3.put_object(s3_bucket, "tls.bin", body)
+    port = free_port()
+    config = make_proxy_config({"pub": s3_bucket}, port=port)
+    cert_path, key_path = write_self_signed(tmp_path)
+    config["server"].update(
+        shutdown_grace_seconds=120, tls={"cert_path": str(cert_path), "key_path": str(key_path)}
+    )
+    path = write_config(config, tmp_path / "tls.yaml")
+    context = ssl.create_default_context(cafile=str(cert_path))
+    log_path = tmp_path / "tls.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            twistd_command("-n", "--pidfile=", "yatagarasu", "--config", str(path)),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def serving() -> bool:
+            try:
+                probe = RawDownload(port, "/health", tls=context)
+            except OSError:
+                return False
+            try:
+                probe.read_head()
+                return probe.status == 200
+            finally:
+                probe.close()
+
+        wait_until(serving, timeout=30, what="the HTTPS listener")
+        download = RawDownload(port, "/pub/tls.bin", tls=context)
+        try:
+            download.read_head()
+            download.read(1024 * 1024)
+            process.send_signal(signal.SIGTERM)
+            download.read_to_end(pause=0.001)
+        finally:
+            download.close()
+        assert _digest(download.body) == _digest(body)
+        assert download.closed
+        code = process.wait(timeout=60)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert clean_exit(code), code
+    text = log_path.read_text(errors="replace")
+    assert "shutdown complete" in text
+    assert "aborted" not in text
