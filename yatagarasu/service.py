@@ -1,10 +1,12 @@
 """
 The root service: listeners and graceful shutdown.
 
-Shutdown order (SIGTERM): ``/ready`` answers 503 ``shutting_down`` at once; the listener keeps
-accepting for ``server.shutdown_delay_seconds`` so load balancers notice; then it stops
-listening; in-flight requests (long downloads included) get ``server.shutdown_grace_seconds``
-to finish, the rest are aborted; finally the upstream connection pools are closed.
+Shutdown order (SIGTERM): ``/ready`` answers 503 ``shutting_down`` at once, idle keep-alive
+connections are closed and busy ones close after their current response; the listener keeps
+accepting for ``server.shutdown_delay_seconds`` so load balancers notice (those responses close
+their connection too); then it stops listening. Every client connection then gets
+``server.shutdown_grace_seconds`` to flush its last byte and close (long downloads included);
+the rest are aborted. Only then the other services stop and the upstream pools and caches close.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from yatagarasu.config.schema import ServerConfig
 from yatagarasu.logs import is_default, make_observer
 
 log = Logger()
+
+#: seconds the drain waits, after aborting connections, for their ``connectionLost``
+ABORT_SETTLE_SECONDS = 1.0
 
 
 class Reactor(IReactorTime, IReactorTCP):
@@ -125,24 +130,44 @@ class ProxyService(MultiService):
     async def _drain(self) -> None:
         server = self.config.server
         self.assembly.lifecycle.draining = True
+        idle = self.site.close_connections()
         log.info(
-            "shutting down: {active} request(s) in flight",
+            "shutting down: {active} request(s) in flight, {connections} connection(s) open,"
+            " {idle} idle closed",
             active=self.site.active_count,
+            connections=self.site.connection_count,
+            idle=idle,
         )
         if server.shutdown_delay_seconds > 0:
             await deferLater(self._reactor, server.shutdown_delay_seconds)
         await self._listener.stopService()
-        idle = self.site.wait_idle()
-        idle.addTimeout(server.shutdown_grace_seconds, self._reactor)
+        # Connections accepted during the delay may be idle (no request sent yet).
+        self.site.close_connections()
+        closed = self.site.wait_closed()
+        closed.addTimeout(server.shutdown_grace_seconds, self._reactor)
         try:
-            await idle
+            await closed
         except TimeoutError:
-            aborted = self.site.abort_all()
+            requests = self.site.active_count
+            aborted = self.site.abort_connections()
             log.warn(
-                "aborted {aborted} request(s) still running after {grace:g}s",
+                "aborted {aborted} connection(s) still open after {grace:g}s"
+                " ({requests} request(s) in flight)",
                 aborted=aborted,
+                requests=requests,
                 grace=server.shutdown_grace_seconds,
             )
+            # An aborted transport reports connectionLost on the next reactor turn: let the
+            # requests see it (access log, cache fills) before their services stop.
+            settled = self.site.wait_closed()
+            settled.addTimeout(ABORT_SETTLE_SECONDS, self._reactor)
+            try:
+                await settled
+            except TimeoutError:
+                log.warn(
+                    "{left} connection(s) not closed after the abort",
+                    left=self.site.connection_count,
+                )
         # Only now the other services (JWKS timers, cache layers): in-flight requests may
         # still have been filling the cache during the grace period.
         await super().stopService()

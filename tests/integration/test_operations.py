@@ -162,7 +162,8 @@ def test_sigterm_aborts_downloads_that_outlive_the_grace(
             if not response.read(1024 * 1024):
                 raise ConnectionError("closed")
     conn.close()
-    assert "aborted 1 request(s)" in running.log_text()
+    expected = "aborted 1 connection(s) still open after 1s (1 request(s) in flight)"
+    assert expected in running.log_text()
 
 
 def test_sighup_is_logged_not_fatal(running_proxy: ProxyProcess) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -45,6 +46,16 @@ def run(
 
 
 def test_wheel_in_a_runtime_only_venv(tmp_path: Path) -> None:
+    # Built from a copy without build/ and *.egg-info: setuptools would reuse a stale
+    # build/lib left by an earlier build and ship modules that no longer exist.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".demo"
+        ),
+    )
     dist = tmp_path / "dist"
     build = run(
         [
@@ -55,7 +66,7 @@ def test_wheel_in_a_runtime_only_venv(tmp_path: Path) -> None:
             "--no-isolation",
             "--outdir",
             str(dist),
-            str(ROOT),
+            str(source),
         ],
         tmp_path,
         300,

@@ -86,7 +86,8 @@ def test_encode_head_writes_the_prefix_then_the_headers_then_the_extra_lines() -
 
 
 def test_the_channel_writes_a_head_in_one_piece() -> None:
-    channel = LimitedHTTPChannel()
+    channel = Harness({"buckets": [bucket_entry()]}).site.buildProtocol(None)
+    assert isinstance(channel, LimitedHTTPChannel)
     transport = StringTransport()
     channel.makeConnection(transport)
     writes: list[bytes] = []

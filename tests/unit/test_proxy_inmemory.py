@@ -435,18 +435,6 @@ def test_health_subpath_is_not_health() -> None:
     assert parse_response(transport.value()).status == 404
 
 
-def test_in_flight_tracking_and_abort() -> None:
-    h = harness()
-    h.get("/pub/slow")
-    assert h.site.active_count == 1
-    waiter = h.site.wait_idle()
-    assert not waiter.called
-    assert h.site.abort_all() == 1
-    h.agents["pub"].answer(FakeResponse(200, OBJECT_HEADERS, body=b"late"))
-    assert waiter.called
-    assert h.site.active_count == 0
-
-
 def test_aws_virtual_hosted_and_dotted_bucket_addressing() -> None:
     h = Harness(
         {

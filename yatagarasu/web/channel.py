@@ -9,6 +9,8 @@ import socket
 from typing import Any
 
 from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 
@@ -95,10 +97,33 @@ class LimitedHTTPChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.site.channel_opened(self)
         if self.send_buffer_bytes is not None:
             handle: Any = getattr(self.transport, "getHandle", lambda: None)()
             if isinstance(handle, socket.socket):
                 handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.site.channel_closed(self)
+
+    def close_when_done(self) -> bool:
+        """
+        Shutting down: close now when idle, else once the response in progress is complete.
+
+        An idle keep-alive connection is closed at once (the transport still flushes what it
+        holds); a busy one stops being persistent, so twisted.web closes it after the
+        response's last byte instead of waiting for another request.
+
+        :returns: whether the connection was idle (and is now closing).
+        """
+        if not self.requests:
+            transport: Any = self.transport
+            if not transport.disconnecting:
+                self.loseConnection()
+            return True
+        self.persistent = False
+        return False
 
     def dataReceived(self, data: bytes) -> None:
         if not self._rejected:

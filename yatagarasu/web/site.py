@@ -1,6 +1,6 @@
 """
 The twisted.web ``Site`` of the proxy: request ids, raw-target checks, concurrency limit,
-in-flight tracking for graceful shutdown, and one access-log event per request.
+connection tracking for graceful shutdown, and one access-log event per request.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class ProxyRequest(Request):
     def connectionLost(self, reason: Failure) -> None:
         site = self.proxy_site if self.channel is not None else None
         super().connectionLost(reason)
-        if self.started and site is not None:
+        if self.request_id and site is not None:  # process() ran (a clock may read 0.0)
             site.request_ended(self, aborted=True)
 
     @property
@@ -216,7 +216,8 @@ class ProxySite(Site):
         self.max_concurrent_requests = max_concurrent_requests
         self.idle_timeout = idle_timeout
         self._active: set[ProxyRequest] = set()
-        self._idle_waiters: list[Deferred[None]] = []
+        self._channels: set[LimitedHTTPChannel] = set()
+        self._closed_waiters: list[Deferred[None]] = []
         #: the ``Server`` and ``Date`` header lines for a time (epoch seconds)
         self.server_and_date = PerSecond(_server_and_date)
 
@@ -270,34 +271,65 @@ class ProxySite(Site):
                 aborted=aborted,
                 user_agent=(request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
             )
-        if not self._active:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
     def log(self, request: http.Request) -> None:
         """Called by twisted.web when a request finished: account for it."""
         self.request_ended(cast(ProxyRequest, request), aborted=False)
 
-    def wait_idle(self) -> Deferred[None]:
+    @property
+    def connection_count(self) -> int:
+        """Client connections open (idle keep-alive ones included)."""
+        return len(self._channels)
+
+    def channel_opened(self, channel: LimitedHTTPChannel) -> None:
         """
-        :returns: a Deferred that fires once no request is in flight.
+        Track a client connection until it is closed.
+
+        :param channel: the channel whose connection was made.
         """
-        if not self._active:
+        self._channels.add(channel)
+
+    def channel_closed(self, channel: LimitedHTTPChannel) -> None:
+        """
+        Stop tracking a client connection (its ``connectionLost`` ran).
+
+        :param channel: the channel whose connection is gone.
+        """
+        self._channels.discard(channel)
+        if not self._channels:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_connections(self) -> int:
+        """
+        Close idle connections now and every other one after its current response.
+
+        Safe to call more than once (again after the listener stopped, for connections
+        accepted in between).
+
+        :returns: how many connections were idle and are closing now.
+        """
+        return sum(channel.close_when_done() for channel in list(self._channels))
+
+    def wait_closed(self) -> Deferred[None]:
+        """
+        :returns: a Deferred that fires once every client connection has flushed and closed.
+        """
+        if not self._channels:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
+        self._closed_waiters.append(waiter)
         return waiter
 
-    def abort_all(self) -> int:
+    def abort_connections(self) -> int:
         """
-        Abort the connections of every in-flight request.
+        Abort every connection still open, dropping what its buffers hold.
 
-        :returns: how many requests were aborted.
+        :returns: how many connections were aborted.
         """
-        requests = list(self._active)
-        for request in requests:
-            transport: Any = request.channel.transport if request.channel else None
-            if transport is not None:
-                transport.abortConnection()
-        return len(requests)
+        channels = list(self._channels)
+        for channel in channels:
+            transport: Any = channel.transport
+            transport.abortConnection()
+        return len(channels)
