@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from random import Random
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import error as neterror
@@ -45,6 +45,7 @@ log = Logger()
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
 _S3_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
 _S3_MESSAGE = re.compile(rb"<Message>([^<]{1,512})</Message>")
+_S3_OBJECT_SIZE = re.compile(rb"<ActualObjectSize>([0-9]{1,19})</ActualObjectSize>")
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -90,24 +91,43 @@ def s3_error_code(body: bytes) -> str | None:
     return match.group(1).decode("utf-8", "replace") if match else None
 
 
+class S3ErrorDocument(NamedTuple):
+    """
+    What an S3 XML error body says (each part ``None`` when it says nothing about it).
+
+    :ivar code: ``<Code>`` (``NoSuchKey``).
+    :ivar message: ``<Message>``.
+    :ivar object_size: ``<ActualObjectSize>``, sent with ``InvalidRange`` (416).
+    """
+
+    code: str | None
+    message: str | None
+    object_size: int | None
+
+
 async def read_s3_error(
     response: IResponse, clock: IReactorTime, timeout: float
-) -> tuple[str | None, str | None]:
+) -> S3ErrorDocument:
     """
-    Read a bounded S3 error body and return its code and message.
+    Read a bounded S3 error body and return what it says.
 
     :param response: an upstream response whose body has not been delivered yet.
     :param clock: time source.
     :param timeout: give up reading after this many seconds (the body is then ignored).
-    :returns: ``(code, message)``, either possibly ``None``.
+    :returns: its code, message and object size.
     """
     collector = BoundedCollector()
     response.deliverBody(collector)
     reading = collector.done
     reading.addTimeout(timeout, clock, onTimeoutCancel=lambda _result, _timeout: b"")
     body = await reading
-    match = _S3_MESSAGE.search(body)
-    return s3_error_code(body), match.group(1).decode("utf-8", "replace") if match else None
+    message = _S3_MESSAGE.search(body)
+    size = _S3_OBJECT_SIZE.search(body)
+    return S3ErrorDocument(
+        s3_error_code(body),
+        message.group(1).decode("utf-8", "replace") if message else None,
+        int(size.group(1)) if size else None,
+    )
 
 
 class S3Client:
@@ -266,7 +286,7 @@ class S3Client:
                 timer.cancel()
 
     async def _server_error(self, response: IResponse) -> UpstreamError:
-        code, message = await read_s3_error(response, self._clock, self.idle_seconds)
+        code, message, _ = await read_s3_error(response, self._clock, self.idle_seconds)
         detail = f"S3 answered {response.code}" + (f" {code}" if code else "")
         if message:
             detail += f": {message}"

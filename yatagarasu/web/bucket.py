@@ -27,7 +27,7 @@ from yatagarasu.web.cors import CorsPolicy
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import BodyStalled, ClientStalled, StreamTimeouts
-from yatagarasu.web.upstream import forwarded_headers, relay_response
+from yatagarasu.web.upstream import fetch_object, relay_response
 
 log = Logger()
 
@@ -198,5 +198,5 @@ class BucketResource(Resource):
         return Deferred.fromCoroutine(self._relay(request, key))
 
     async def _relay(self, request: ProxyRequest, key: str) -> None:
-        response = await self._client.fetch(request.method, key, forwarded_headers(request))
+        response = await fetch_object(self._client, request.method, key, request.conditions)
         await relay_response(request, response, self._clock, self._timeouts)

@@ -21,6 +21,7 @@ from twisted.web.server import Request, Site, version
 from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
+from yatagarasu.http.conditionals import Conditions, parse_conditions
 from yatagarasu.metrics import Metrics
 from yatagarasu.per_second import PerSecond
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
@@ -45,6 +46,7 @@ class ProxyRequest(Request):
     object_key: str | None = None
     subject: str | None = None
     _client_address: str | None = None
+    _conditions: Conditions | None = None
     _body_bytes = 0
     _accounted = False
 
@@ -53,6 +55,13 @@ class ProxyRequest(Request):
         """The site this request arrived on."""
         channel: Any = self.channel
         return cast(ProxySite, channel.site)
+
+    @property
+    def conditions(self) -> Conditions:
+        """The request's conditional and range fields, parsed once (on first use)."""
+        if self._conditions is None:
+            self._conditions = parse_conditions(self.requestHeaders)
+        return self._conditions
 
     #: identity, as in twisted.web, without a Python-level ``__hash__`` on every set operation
     __hash__ = object.__hash__

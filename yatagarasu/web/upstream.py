@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.server import Request
 
 from yatagarasu.errors import HTTPError
-from yatagarasu.s3.client import read_s3_error
+from yatagarasu.http.conditionals import Conditions
+from yatagarasu.http.fields import first_header
+from yatagarasu.s3.client import S3Client, read_s3_error
 from yatagarasu.web.streaming import BodyRelay, StreamTimeouts
-
-# Request headers passed on to S3 (everything else, tokens included, stays here).
-FORWARDED_REQUEST_HEADERS = (
-    b"range",
-    b"if-none-match",
-    b"if-modified-since",
-    b"if-match",
-    b"if-unmodified-since",
-    b"if-range",
-)
 
 # Response headers passed back from S3 (x-amz-* and the rest are dropped).
 PASSED_RESPONSE_HEADERS = (
@@ -56,17 +47,40 @@ class Discard(Protocol):
     """Consume a body nobody needs, so the connection can go back to the pool."""
 
 
-def forwarded_headers(request: Request) -> Headers:
+async def fetch_object(
+    client: S3Client, method: bytes, key: str, conditions: Conditions
+) -> IResponse:
     """
-    :param request: the client request.
-    :returns: its range and conditional headers, to send to S3.
+    Fetch an object with the client's well-formed conditions (nothing else of the client's
+    request goes to S3).
+
+    S3 does not evaluate ``If-Range``: when it answers ``206`` with a validator that does not
+    match, that answer is dropped and the whole representation fetched, as RFC 9110 §13.1.5
+    wants.
+
+    :param client: the bucket's S3 client.
+    :param method: ``b"GET"`` or ``b"HEAD"``.
+    :param key: the object key.
+    :param conditions: the request's parsed conditional and range fields.
+    :returns: S3's response (body not read).
+    :raises UpstreamError: when S3 could not be reached or kept failing.
     """
-    forwarded = Headers()
-    for name in FORWARDED_REQUEST_HEADERS:
-        values = request.requestHeaders.getRawHeaders(name)
-        if values:
-            forwarded.setRawHeaders(name, values)
-    return forwarded
+    response = await client.fetch(method, key, conditions.upstream_headers())
+    if response.code == 206 and not conditions.if_range_holds(
+        first_header(response.headers, b"etag"), first_header(response.headers, b"last-modified")
+    ):
+        response.deliverBody(Discard())
+        response = await client.fetch(method, key, conditions.without_range().upstream_headers())
+    return response
+
+
+def range_not_satisfiable(total: int | None) -> HTTPError:
+    """
+    :param total: the representation's length, when known.
+    :returns: the 416 answer, the same for cached and uncached objects.
+    """
+    headers = [("Content-Range", f"bytes */{total}")] if total is not None else []
+    return HTTPError(416, _S3_STATUS_MESSAGES[416], headers=headers)
 
 
 async def upstream_error(response: IResponse, clock: IReactorTime, timeout: float) -> HTTPError:
@@ -74,15 +88,23 @@ async def upstream_error(response: IResponse, clock: IReactorTime, timeout: floa
     :param response: an S3 answer with status >= 400 (body not read yet).
     :param clock: time source.
     :param timeout: how long the error body may take to arrive.
-    :returns: our JSON error for it: same status, ``s3_code`` from S3's XML.
+    :returns: our JSON error for it: same status, ``s3_code`` from S3's XML; a 416 is ours
+        (:func:`range_not_satisfiable`, with the length S3 reported).
     """
-    code, message = await read_s3_error(response, clock, timeout)
+    code, message, object_size = await read_s3_error(response, clock, timeout)
+    if response.code == 416:
+        content_range = first_header(response.headers, b"content-range")
+        total = _unsatisfied_length(content_range) if content_range else object_size
+        return range_not_satisfiable(total)
     text = message or _S3_STATUS_MESSAGES.get(response.code, f"S3 answered {response.code}")
-    headers: list[tuple[str, str]] = []
-    content_range = response.headers.getRawHeaders(b"content-range")
-    if response.code == 416 and content_range:
-        headers.append(("Content-Range", content_range[0].decode("ascii", "replace")))
-    return HTTPError(response.code, text, s3_code=code, headers=headers)
+    return HTTPError(response.code, text, s3_code=code)
+
+
+def _unsatisfied_length(content_range: bytes) -> int | None:
+    """:returns: the length in a ``bytes */<length>`` value, or ``None``."""
+    unit, _, length = content_range.partition(b"*/")
+    well_formed = unit.strip() == b"bytes" and length.isdigit() and len(length) <= 19
+    return int(length) if well_formed else None
 
 
 async def relay_response(

@@ -1,0 +1,1 @@
+"""HTTP semantics (RFC 9110/9111): dates, ranges, conditionals, freshness, status phrases."""
