@@ -38,6 +38,7 @@ from yatagarasu.web.upstream import (
     STORED_RESPONSE_HEADERS,
     Discard,
     fetch_object,
+    precondition_failed,
     range_not_satisfiable,
     relay_response,
     upstream_error,
@@ -245,7 +246,7 @@ class CachedObjects:
                 # This client is answered from the headers (its own conditions: other
                 # clients never see this 304/412); the cache may still want the body.
                 if status == 412:
-                    write_error(request, HTTPError(412, "precondition failed"), request.request_id)
+                    write_error(request, precondition_failed(), request.request_id)
                 else:
                     self._answer_condition(request, status, headers)
                 client = None
@@ -363,7 +364,7 @@ class CachedObjects:
         self, request: ProxyRequest, status: int, headers: tuple[tuple[bytes, bytes], ...]
     ) -> None:
         if status == 412:
-            raise HTTPError(412, "precondition failed")
+            raise precondition_failed()
         request.setResponseCode(304)
         for name, value in headers:
             if name in (b"etag", b"last-modified", b"cache-control", b"expires"):

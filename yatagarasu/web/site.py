@@ -91,6 +91,11 @@ class ProxyRequest(Request):
             write_error(self, error, self.request_id)
             return
         if self.path == b"*":  # "OPTIONS *": twisted.web's own answer (it adds Server, Date)
+            if self.method != b"OPTIONS":  # asterisk-form is for OPTIONS only (RFC 9112 §3.2.4)
+                allow = [("Allow", "OPTIONS")]
+                error = HTTPError(405, "the target * is for OPTIONS only", headers=allow)
+                write_error(self, error, self.request_id)
+                return
             self._fixed.prefix = ids
             super().process()
             return

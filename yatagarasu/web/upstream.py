@@ -74,6 +74,11 @@ async def fetch_object(
     return response
 
 
+def precondition_failed() -> HTTPError:
+    """:returns: the 412 answer, the same for cached and uncached objects."""
+    return HTTPError(412, _S3_STATUS_MESSAGES[412])
+
+
 def range_not_satisfiable(total: int | None) -> HTTPError:
     """
     :param total: the representation's length, when known.
@@ -88,10 +93,13 @@ async def upstream_error(response: IResponse, clock: IReactorTime, timeout: floa
     :param response: an S3 answer with status >= 400 (body not read yet).
     :param clock: time source.
     :param timeout: how long the error body may take to arrive.
-    :returns: our JSON error for it: same status, ``s3_code`` from S3's XML; a 416 is ours
-        (:func:`range_not_satisfiable`, with the length S3 reported).
+    :returns: our JSON error for it: same status, ``s3_code`` from S3's XML; a 412 or 416 is
+        the same answer the cache gives (:func:`precondition_failed`,
+        :func:`range_not_satisfiable` with the length S3 reported).
     """
     code, message, object_size = await read_s3_error(response, clock, timeout)
+    if response.code == 412:
+        return precondition_failed()
     if response.code == 416:
         content_range = first_header(response.headers, b"content-range")
         total = _unsatisfied_length(content_range) if content_range else object_size
