@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -188,3 +190,65 @@ def test_obsolete_dates_are_forwarded_as_imf_fixdate(
     (request,) = moto_s3.requests("GET", s3_bucket, "old.bin")
     headers = {name.lower(): v for name, v in request.headers.items()}
     assert headers["if-modified-since"] == sent
+
+
+MALFORMED = [
+    b"GET /pub/obj HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: not a date\r\n\r\n",
+    b'GET /pub/obj HTTP/1.1\r\nHost: x\r\nIf-Match: bogus\r\nIf-None-Match: "a\r\n\r\n',
+    b"GET /pub/obj HTTP/1.1\r\nHost: x\r\nRange: bytes=" + b"9" * 5000 + b"-\r\n\r\n",
+    b'GET /pub/obj HTTP/1.1\r\nHost: x\r\nRange: items=0-9\r\nIf-Range: W/"x"\r\n\r\n',
+    b"GET /pub/%2e%2e/%2E%2e/etc HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /pub/%c0%ae%c0%ae/x HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /pub/a%00b HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /pub/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET http://other/pub/obj HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /pub/obj HTTP/1.1\r\nHost: x\r\nX-A: one\r\n folded\r\n\r\n",
+    b"GET /pub/obj HTTP/1.1\r\nHost: x\r\nX-\xff: \xfe\xfd\r\n\r\n",
+    b"GET /pub/obj HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /pub/obj HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"GET /pub/obj HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a.b\r\n\r\n",
+    b"GET /pub/obj HTTP/9.9\r\n\r\n",
+    b"\x00\x01\x02 / HTTP/1.1\r\n\r\n",
+    b"GET\r\n\r\n",
+]
+
+
+def _send_raw(port: int, raw: bytes) -> bytes:
+    """Send ``raw``, read until the proxy closes or 5 s pass; :returns: what came back."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw)
+        try:
+            for _ in range(100):  # bounded: a response is a few chunks
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+                if b"\r\n\r\n" in received and b"Connection: close" not in received:
+                    head, _, rest = received.partition(b"\r\n\r\n")
+                    length = re.search(rb"(?i)content-length: *(\d+)", head)
+                    if length and len(rest) >= int(length.group(1)):
+                        break
+        except TimeoutError:
+            pass
+    return received
+
+
+def test_malformed_requests_through_twistd_leave_it_serving(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    body = os.urandom(SIZE)
+    moto_s3.put_object(s3_bucket, "obj", body)
+    running = proxy({"buckets": [bucket_config(moto_s3, "pub", s3_bucket)]})
+    answers = []
+    for raw in MALFORMED:
+        received = _send_raw(running.port, raw)
+        status = int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/1.") else None
+        answers.append((raw[:50], status))
+    assert [a for a in answers if a[1] is not None and a[1] >= 500] == []
+    assert answers[0][1] == 200  # the invalid If-Modified-Since is ignored (was 502)
+    assert running.is_running()
+    assert "Traceback" not in running.log_text()
+    after = running.get("/pub/obj")
+    assert (after.status, after.body) == (200, body)
