@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from twisted.web.http_headers import Headers
 
+import yatagarasu.http
 from yatagarasu.http.conditionals import NO_CONDITIONS, parse_conditions, parse_entity_tags
 from yatagarasu.http.dates import format_http_date, http_date
 from yatagarasu.http.ranges import MAX_POSITION, ByteRange, RangeSpec, Unsatisfiable, parse_range
@@ -116,3 +120,17 @@ def test_duplicate_date_fields_are_invalid_and_dates_round_trip() -> None:
     assert parse_conditions(twice).if_modified_since is None
     when = http_date(b"Sun Nov  6 08:49:37 1994")
     assert when is not None and format_http_date(when) == b"Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+def test_http_package_imports_nothing_above_it() -> None:
+    """yatagarasu.http sits below web/, cache/, s3/ and auth/ (issue 9)."""
+    package = Path(yatagarasu.http.__file__).parent
+    imported = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    ours = {name for name in imported if name.startswith("yatagarasu")}
+    assert ours and all(name.startswith("yatagarasu.http.") for name in ours)
