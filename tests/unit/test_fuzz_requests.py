@@ -159,10 +159,17 @@ def raw_requests(draw: st.DrawFn) -> bytes:
 # --- the proxy and its fake S3 -----------------------------------------------------------
 
 
+class ErrorLog(list[LogEvent]):
+    """Log events with a failure or at error level (short repr: hypothesis prints it)."""
+
+    def __repr__(self) -> str:
+        return f"<ErrorLog of {len(self)} events>"
+
+
 @pytest.fixture(scope="module")
-def errors() -> Iterator[list[LogEvent]]:
+def errors() -> Iterator[ErrorLog]:
     """Every log event with a failure or at error level, from the whole run."""
-    seen: list[LogEvent] = []
+    seen = ErrorLog()
 
     def observe(event: LogEvent) -> None:
         level = event.get("log_level")
@@ -260,7 +267,7 @@ def _check_answer(raw: bytes, transport: Any) -> list[str]:
 
 @BUDGET
 @given(raw=raw_requests())
-def test_malformed_requests_never_become_our_5xx(raw: bytes, errors: list[LogEvent]) -> None:
+def test_malformed_requests_never_become_our_5xx(raw: bytes, errors: ErrorLog) -> None:
     h = _harness()
     before = len(errors)
     channel, transport = h.send(raw)
@@ -283,7 +290,7 @@ def test_malformed_requests_never_become_our_5xx(raw: bytes, errors: list[LogEve
 )
 def test_conditionals_hit_and_miss_answer_alike(
     range_value: bytes, since: bytes, tags: bytes, if_range: bytes, bucket: str,
-    errors: list[LogEvent],
+    errors: ErrorLog,
 ) -> None:  # fmt: skip
     """Well-formed or not, the fields reach S3 only in canonical form; no 5xx, no error log."""
     h = _harness()
