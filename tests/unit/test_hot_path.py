@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 
 from yatagarasu.cache.memory import MemoryCacheLayer, MemoryCacheSettings
 from yatagarasu.cache.tiered import Lookup, TieredCache
+from yatagarasu.http.conditionals import is_conditional
 from yatagarasu.interfaces import IImmediateCacheLayer
 from yatagarasu.metrics import Metrics
 from yatagarasu.per_second import PerSecond
@@ -29,7 +30,6 @@ from yatagarasu.testing import sample_entry as entry
 from yatagarasu.values import CacheEntry, CacheKey
 from yatagarasu.web import request_id
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
-from yatagarasu.web.conditional import is_conditional
 
 KEY = CacheKey("pub", "k")
 

@@ -549,3 +549,15 @@ def test_connections_close_after_the_response_while_draining() -> None:
     assert response.status == 200
     assert response.header("connection") == "close"
     assert transport.disconnecting
+
+
+def test_asterisk_target_is_for_options_only() -> None:
+    h = harness()
+    _, transport = h.send(b"GET * HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    response = parse_response(transport.value())
+    assert response.status == 405
+    assert response.header("allow") == "OPTIONS"
+    assert json.loads(response.body)["status"] == 405
+    _, transport = h.send(b"OPTIONS * HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    assert parse_response(transport.value()).status == 200
+    assert h.agents["pub"].sent == []

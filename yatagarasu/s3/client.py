@@ -232,7 +232,7 @@ class S3Client:
                 timer.cancel()
 
     async def _server_error(self, response: IResponse) -> UpstreamError:
-        code, message = await read_s3_error(response, self._clock, self.idle_seconds)
+        code, message, _ = await read_s3_error(response, self._clock, self.idle_seconds)
         detail = f"S3 answered {response.code}" + (f" {code}" if code else "")
         if message:
             detail += f": {message}"

@@ -19,7 +19,7 @@ from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import StreamTimeouts
-from yatagarasu.web.upstream import forwarded_headers, relay_response
+from yatagarasu.web.upstream import fetch_object, relay_response
 
 ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
 
@@ -126,5 +126,5 @@ class BucketResource(AsyncResource):
         return Deferred.fromCoroutine(self._relay(request, key))
 
     async def _relay(self, request: ProxyRequest, key: str) -> None:
-        response = await self._client.fetch(request.method, key, forwarded_headers(request))
+        response = await fetch_object(self._client, request.method, key, request.conditions)
         await relay_response(request, response, self._clock, self._timeouts)

@@ -21,27 +21,24 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from yatagarasu.cache.freshness import freshness
 from yatagarasu.cache.setup import BucketCachePolicy
 from yatagarasu.cache.tiered import Lookup, TieredCache, WritePlan
 from yatagarasu.errors import HTTPError, UpstreamError
+from yatagarasu.http.conditionals import NO_CONDITIONS, Conditions, parse_entity_tags
+from yatagarasu.http.dates import http_date
+from yatagarasu.http.fields import first_header
+from yatagarasu.http.freshness import freshness
+from yatagarasu.http.ranges import Unsatisfiable
 from yatagarasu.s3.client import S3Client
-from yatagarasu.s3.errors import upstream_error
+from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
 from yatagarasu.values import CacheEntry, CacheKey, FileBody
-from yatagarasu.web.conditional import (
-    Unsatisfiable,
-    first_header,
-    is_conditional,
-    precondition_status,
-    requested_range,
-)
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import BodyRelay, FileRangeProducer, StreamTimeouts
 from yatagarasu.web.upstream import (
     STORED_RESPONSE_HEADERS,
     Discard,
-    forwarded_headers,
+    fetch_object,
     relay_response,
 )
 
@@ -172,7 +169,7 @@ class CachedObjects:
 
     async def _fetch(self, request: ProxyRequest, cache_key: CacheKey) -> None:
         """A miss: fetch once for every concurrent request of the key (or pass through)."""
-        if request.method == b"HEAD" or request.requestHeaders.hasHeader(b"range"):
+        if request.method == b"HEAD" or request.conditions.range is not None:
             await self._pass_through(request, cache_key.key)
             return
         flight = self._flights.get(cache_key)
@@ -242,12 +239,12 @@ class CachedObjects:
                 first_header(upstream, b"etag"),
                 first_header(upstream, b"last-modified"),
             )
-            status = precondition_status(request.requestHeaders, etag, modified)
+            status = request.conditions.precondition_status(etag, modified)
             if status is not None:
                 # This client is answered from the headers (its own conditions: other
                 # clients never see this 304/412); the cache may still want the body.
                 if status == 412:
-                    write_error(request, HTTPError(412, "precondition failed"), request.request_id)
+                    write_error(request, precondition_failed(), request.request_id)
                 else:
                     self._answer_condition(request, status, headers)
                 client = None
@@ -302,14 +299,14 @@ class CachedObjects:
 
     async def _revalidate(self, request: ProxyRequest, cache_key: CacheKey, lookup: Lookup) -> None:
         entry = lookup.entry
-        conditions = Headers()
         etag, modified = entry.header(b"etag"), entry.header(b"last-modified")
-        if etag is not None:
-            conditions.setRawHeaders(b"if-none-match", [etag])
-        if modified is not None:
-            conditions.setRawHeaders(b"if-modified-since", [modified])
+        # Through the same parser as clients' fields: only well-formed validators go to S3.
+        conditions = Conditions(
+            if_none_match=parse_entity_tags([etag] if etag is not None else None),
+            if_modified_since=http_date(modified),
+        )
         try:
-            response = await self._client.fetch(b"GET", cache_key.key, conditions)
+            response = await fetch_object(self._client, b"GET", cache_key.key, conditions)
         except UpstreamError:
             if self._stale_allowed(entry) and self._answer(request, entry, b"STALE"):
                 return
@@ -357,8 +354,7 @@ class CachedObjects:
 
     async def _pass_through(self, request: ProxyRequest, key: str) -> None:
         """Fetch with the client's range/conditionals, stream, store nothing (``BYPASS``)."""
-        forwarded = forwarded_headers(request)
-        response = await self._client.fetch(request.method, key, forwarded)
+        response = await fetch_object(self._client, request.method, key, request.conditions)
         request.setHeader(X_CACHE, b"BYPASS" if request.method == b"GET" else b"MISS")
         await relay_response(request, response, self._clock, self._timeouts)
 
@@ -366,7 +362,7 @@ class CachedObjects:
         self, request: ProxyRequest, status: int, headers: tuple[tuple[bytes, bytes], ...]
     ) -> None:
         if status == 412:
-            raise HTTPError(412, "precondition failed")
+            raise precondition_failed()
         request.setResponseCode(304)
         for name, value in headers:
             if name in (b"etag", b"last-modified", b"cache-control", b"expires"):
@@ -400,22 +396,19 @@ class CachedObjects:
         request.setHeader(X_CACHE, label)
         total = entry.length
         wanted = None
-        if is_conditional(request.requestHeaders):
+        conditions = request.conditions
+        if conditions is not NO_CONDITIONS:
             etag, modified = entry.header(b"etag"), entry.header(b"last-modified")
-            status = precondition_status(request.requestHeaders, etag, modified)
+            status = conditions.precondition_status(etag, modified)
             if status is not None:
                 if body_file is not None:
                     body_file.close()
                 self._answer_condition(request, status, entry.headers)
                 return
             try:
-                wanted = requested_range(request.requestHeaders, total, etag, modified)
+                wanted = conditions.range_for(total, etag, modified)
             except Unsatisfiable:
-                raise HTTPError(
-                    416,
-                    "requested range not satisfiable",
-                    headers=[("Content-Range", f"bytes */{total}")],
-                ) from None
+                raise range_not_satisfiable(total) from None
         age = max(0, int(self._clock.seconds() - entry.stored_at))
         lines = entry.head_lines
         if entry.header(b"accept-ranges") is None:

@@ -21,6 +21,7 @@ from twisted.web.server import Request, Site, version
 from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
+from yatagarasu.http.conditionals import Conditions, parse_conditions
 from yatagarasu.http.status import reason_phrase_bytes
 from yatagarasu.metrics import Metrics
 from yatagarasu.per_second import PerSecond
@@ -46,6 +47,7 @@ class ProxyRequest(Request):
     object_key: str | None = None
     subject: str | None = None
     _client_address: str | None = None
+    _conditions: Conditions | None = None
     _body_bytes = 0
     _accounted = False
 
@@ -54,6 +56,13 @@ class ProxyRequest(Request):
         """The site this request arrived on."""
         channel: Any = self.channel
         return cast(ProxySite, channel.site)
+
+    @property
+    def conditions(self) -> Conditions:
+        """The request's conditional and range fields, parsed once (on first use)."""
+        if self._conditions is None:
+            self._conditions = parse_conditions(self.requestHeaders)
+        return self._conditions
 
     #: identity, as in twisted.web, without a Python-level ``__hash__`` on every set operation
     __hash__ = object.__hash__
@@ -83,6 +92,11 @@ class ProxyRequest(Request):
             write_error(self, error, self.request_id)
             return
         if self.path == b"*":  # "OPTIONS *": twisted.web's own answer (it adds Server, Date)
+            if self.method != b"OPTIONS":  # asterisk-form is for OPTIONS only (RFC 9112 §3.2.4)
+                allow = [("Allow", "OPTIONS")]
+                error = HTTPError(405, "the target * is for OPTIONS only", headers=allow)
+                write_error(self, error, self.request_id)
+                return
             self._fixed.prefix = ids
             super().process()
             return

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.server import Request
 
+from yatagarasu.http.conditionals import Conditions
+from yatagarasu.http.fields import first_header
+from yatagarasu.s3.client import S3Client
 from yatagarasu.s3.errors import upstream_error
 from yatagarasu.web.streaming import BodyRelay, StreamTimeouts
-
-# Request headers passed on to S3 (everything else, tokens included, stays here).
-FORWARDED_REQUEST_HEADERS = (
-    b"range",
-    b"if-none-match",
-    b"if-modified-since",
-    b"if-match",
-    b"if-unmodified-since",
-    b"if-range",
-)
 
 # Response headers passed back from S3 (x-amz-* and the rest are dropped).
 PASSED_RESPONSE_HEADERS = (
@@ -47,17 +39,31 @@ class Discard(Protocol):
     """Consume a body nobody needs, so the connection can go back to the pool."""
 
 
-def forwarded_headers(request: Request) -> Headers:
+async def fetch_object(
+    client: S3Client, method: bytes, key: str, conditions: Conditions
+) -> IResponse:
     """
-    :param request: the client request.
-    :returns: its range and conditional headers, to send to S3.
+    Fetch an object with the client's well-formed conditions (nothing else of the client's
+    request goes to S3).
+
+    S3 does not evaluate ``If-Range``: when it answers ``206`` with a validator that does not
+    match, that answer is dropped and the whole representation fetched, as RFC 9110 §13.1.5
+    wants.
+
+    :param client: the bucket's S3 client.
+    :param method: ``b"GET"`` or ``b"HEAD"``.
+    :param key: the object key.
+    :param conditions: the request's parsed conditional and range fields.
+    :returns: S3's response (body not read).
+    :raises UpstreamError: when S3 could not be reached or kept failing.
     """
-    forwarded = Headers()
-    for name in FORWARDED_REQUEST_HEADERS:
-        values = request.requestHeaders.getRawHeaders(name)
-        if values:
-            forwarded.setRawHeaders(name, values)
-    return forwarded
+    response = await client.fetch(method, key, conditions.upstream_headers())
+    if response.code == 206 and not conditions.if_range_holds(
+        first_header(response.headers, b"etag"), first_header(response.headers, b"last-modified")
+    ):
+        response.deliverBody(Discard())
+        response = await client.fetch(method, key, conditions.without_range().upstream_headers())
+    return response
 
 
 async def relay_response(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from yatagarasu.http_dates import http_date
+from yatagarasu.http.dates import http_date
 
 
 @dataclass(frozen=True)
