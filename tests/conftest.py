@@ -22,6 +22,7 @@ proves that no test depends on how long the suite has run (tokens or deadlines c
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -87,7 +88,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     stash[_slowed_down] = True
     seconds = _slowdown_seconds()
     if seconds:
-        print(f"\n{SLOWDOWN_ENV}: sleeping {seconds:g}s before the first unit test")
+        capture = item.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(f"\n{SLOWDOWN_ENV}: sleeping {seconds:g}s before the first unit test")
         time.sleep(seconds)
 
 

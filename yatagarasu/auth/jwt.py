@@ -310,9 +310,10 @@ class JwtScheme:
 
 def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> str | None:
     """
-    The time checks PyJWT makes, with its messages, but against ``now`` rather than the wall
-    clock: ``iat`` and ``nbf`` not after ``now + leeway``, ``exp`` after ``now - leeway`` (each
-    only when present; whether ``exp`` must be present is PyJWT's ``require``).
+    The time checks PyJWT makes (and the messages the scheme gave for its errors), but against
+    ``now`` rather than the wall clock: ``iat`` and ``nbf`` not after ``now + leeway``, ``exp``
+    after ``now - leeway`` (each only when present; PyJWT's ``require`` says whether ``exp``
+    must be).
 
     :param claims: the claims, signature already verified.
     :param now: the injected clock's time, epoch seconds.
