@@ -15,11 +15,17 @@ Fixtures (the objects they return come from the ``devharness`` package at the re
   ``twistd yatagarasu --check --config X``.
 
 Nothing here skips: a tool that cannot start fails the test with an install hint.
+
+``YATAGARASU_TEST_SLOWDOWN_SECONDS=N`` sleeps N seconds once, before the first unit test: it
+proves that no test depends on how long the suite has run (tokens or deadlines computed early).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,46 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"_report_{report.when}", report)
     return report
+
+
+SLOWDOWN_ENV = "YATAGARASU_TEST_SLOWDOWN_SECONDS"
+_UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+_slowed_down = pytest.StashKey[bool]()
+
+
+def _slowdown_seconds() -> float:
+    """
+    :returns: ``$YATAGARASU_TEST_SLOWDOWN_SECONDS`` (0 when unset).
+    :raises pytest.UsageError: when it is not a number >= 0.
+    """
+    raw = os.environ.get(SLOWDOWN_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else 0.0
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise pytest.UsageError(f"{SLOWDOWN_ENV} must be a number of seconds >= 0, not {raw!r}")
+    return seconds
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check ``$YATAGARASU_TEST_SLOWDOWN_SECONDS`` before anything runs."""
+    _slowdown_seconds()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Sleep ``$YATAGARASU_TEST_SLOWDOWN_SECONDS`` once, before the first unit test."""
+    stash = item.config.stash
+    if stash.get(_slowed_down, False) or _UNIT_TESTS not in item.path.parents:
+        return
+    stash[_slowed_down] = True
+    seconds = _slowdown_seconds()
+    if seconds:
+        capture = item.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(f"\n{SLOWDOWN_ENV}: sleeping {seconds:g}s before the first unit test")
+        time.sleep(seconds)
 
 
 def _test_failed(request: pytest.FixtureRequest) -> bool:

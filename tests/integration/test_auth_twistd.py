@@ -173,7 +173,7 @@ def setup(
 def forge_hs256(secret: bytes) -> str:
     """An HS256 token signed with a public key PEM as the HMAC secret (algorithm confusion)."""
     header = base64url_encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = base64url_encode(json.dumps({"sub": "mallory", "exp": int(time.time()) + 60}).encode())
+    body = base64url_encode(json.dumps({"sub": "mallory", "exp": int(time.time()) + 3600}).encode())
     signature = base64url_encode(hmac.new(secret, header + b"." + body, hashlib.sha256).digest())
     return (header + b"." + body + b"." + signature).decode()
 

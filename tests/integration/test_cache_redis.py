@@ -29,6 +29,7 @@ from yatagarasu.cache.redis import (
     glob_escape,
     redis_settings,
 )
+from yatagarasu.cache.redis_client import BACKOFF_MAX, RECONNECT_MAX_DELAY
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import ICacheLayerFactory
 from yatagarasu.testing import FAR_FUTURE, CacheLayerContract
@@ -199,10 +200,14 @@ async def test_setex_ttl_is_bounded_by_settings_and_retention(
     layer = make_layer(redis_server.url, reactor, ttl_seconds=600)
     try:
         far, soon, gone = CacheKey("b", "far"), CacheKey("b", "soon"), CacheKey("b", "gone")
+        before = reactor.seconds()
         await layer.set(far, entry(retain_until=FAR_FUTURE))
         await layer.set(soon, entry(retain_until=reactor.seconds() + 100))
-        assert 590 <= ttl_of(redis_server, layer, far) <= 600
-        assert 90 <= ttl_of(redis_server, layer, soon) <= 101
+        far_ttl, soon_ttl = ttl_of(redis_server, layer, far), ttl_of(redis_server, layer, soon)
+        # Redis counts down from the TTL set; allow what has passed since (a loaded machine).
+        passed = reactor.seconds() - before
+        assert 600 - passed - 1 <= far_ttl <= 600
+        assert 100 - passed - 1 <= soon_ttl <= 100
         # No time left: not written, and an old value under the key is removed.
         await layer.set(gone, entry(retain_until=FAR_FUTURE))
         await layer.set(gone, entry(retain_until=reactor.seconds() - 1))
@@ -293,13 +298,13 @@ async def test_redis_killed_then_restarted(
     await layer.set(key, entry(b"before"))
     assert await layer.get(key) is not None
     redis_server.kill()
-    started = time.monotonic()
+    # Each call ends (by timeout_ms, or refused at once): the bound itself is asserted on a fake
+    # clock in unit/test_cache_redis_logic.py, not timed here.
     assert await layer.get(key) is None
     await layer.set(key, entry(b"during"))
     assert await layer.delete(key) is False
     assert await layer.purge("b", None) == 0
     await layer.publish_purge("b", None, None)
-    assert time.monotonic() - started < 10  # each call is bounded (by timeout_ms, or fails fast)
     assert layer.errors >= 1
     assert layer.client.healthy is False
     # Many calls while down return at once (the breaker), without queueing on the pool.
@@ -313,7 +318,10 @@ async def test_redis_killed_then_restarted(
         found = await layer.get(key)
         return found is not None and found.body == b"after"
 
-    await eventually(reactor, works_again, timeout=30)
+    # The pool reconnects within RECONNECT_MAX_DELAY (plus txredisapi's jitter, well under 2x),
+    # and a reconnection lets a probe through at once; should that probe fail (a loaded
+    # machine), the next comes BACKOFF_INITIAL later, and any later one within BACKOFF_MAX.
+    await eventually(reactor, works_again, timeout=2 * RECONNECT_MAX_DELAY + 2 * BACKOFF_MAX)
     assert layer.client.healthy
 
 

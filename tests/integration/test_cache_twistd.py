@@ -24,7 +24,7 @@ SECRET = "cache-admin-secret-" + "y" * 48
 
 def admin() -> dict[str, str]:
     tok = jwt.encode(
-        {"sub": "ops", "role": "admin", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256"
+        {"sub": "ops", "role": "admin", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256"
     )
     return {"Authorization": f"Bearer {tok}"}
 
@@ -235,7 +235,7 @@ def test_admin_api_auth_and_stats(
     running.get("/pub/a/2")
     running.get("/pub/a/1")
     assert running.get("/admin/cache/stats").status == 401
-    user = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    user = jwt.encode({"sub": "u", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
     assert (
         running.get("/admin/cache/stats", headers={"Authorization": f"Bearer {user}"}).status == 403
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,15 @@ from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory, IImmediateAut
 from yatagarasu.values import Identity
 
 SECRET = "s" * 64
-NOW = time.time()
+#: The injected clock's time in these tests; tokens are built from it, never from wall time.
+NOW = 1_800_000_000.0
+
+
+def clock_at(now: float = NOW) -> Clock:
+    """:returns: a fake clock reading ``now``."""
+    clock = Clock()
+    clock.advance(now)
+    return clock
 
 
 def rsa_key() -> rsa.RSAPrivateKey:
@@ -59,7 +66,7 @@ def token(key: Any, alg: str, claims: dict[str, Any] | None = None, **headers: A
 
 
 def scheme(settings: dict[str, Any], clock: Any = None) -> JwtScheme:
-    return JwtSchemeFactory().build(settings, "jwt", clock or Clock())
+    return JwtSchemeFactory().build(settings, "jwt", clock or clock_at())
 
 
 def request_with(
@@ -189,7 +196,48 @@ def test_time_checks_and_leeway() -> None:
     early = refused(s, token(SECRET, "HS256", {"nbf": int(NOW) + 600}))
     assert isinstance(early, InvalidCredentials) and early.message == "token not yet valid"
     lenient = scheme({"secret": SECRET, "leeway_seconds": 60})
-    accepted(lenient, token(SECRET, "HS256", {"exp": int(time.time()) - 10}))
+    accepted(lenient, token(SECRET, "HS256", {"exp": int(NOW) - 10}))
+    accepted(lenient, token(SECRET, "HS256", {"nbf": int(NOW) + 50, "iat": int(NOW) + 50}))
+    assert refused(lenient, token(SECRET, "HS256", {"exp": int(NOW) - 61})).message == (
+        "token expired"
+    )
+    assert refused(lenient, token(SECRET, "HS256", {"iat": int(NOW) + 61})).message == (
+        "token not yet valid"
+    )
+
+
+def test_time_claims_are_checked_against_the_injected_clock_only() -> None:
+    clock = clock_at()
+    s = scheme({"secret": SECRET, "verified_token_cache_size": 0}, clock)
+    in_window = token(SECRET, "HS256", {"nbf": int(NOW) + 100, "exp": int(NOW) + 200})
+    assert refused(s, in_window).message == "token not yet valid"
+    clock.advance(100)  # nbf == now: valid
+    accepted(s, in_window)
+    clock.advance(99)
+    accepted(s, in_window)
+    clock.advance(1)  # exp == now: expired
+    assert refused(s, in_window).message == "token expired"
+    # Long expired by the wall clock (1970), valid by the injected clock...
+    old = scheme({"secret": SECRET}, clock_at(1000.0))
+    accepted(old, token(SECRET, "HS256", {"iat": 900, "exp": 1100}))
+    # ... and valid by the wall clock (exp in 2096), expired by the injected clock.
+    late = scheme({"secret": SECRET}, clock_at(4_100_000_000.0))
+    assert refused(late, token(SECRET, "HS256", {"exp": 4_000_000_000})).message == (
+        "token expired"
+    )
+
+
+@pytest.mark.parametrize(
+    ("claim", "message"),
+    [
+        ("exp", "invalid token (DecodeError)"),
+        ("nbf", "invalid token (DecodeError)"),
+        ("iat", "invalid token (InvalidIssuedAtError)"),
+    ],
+)
+def test_time_claim_that_is_not_a_number(claim: str, message: str) -> None:
+    error = refused(scheme({"secret": SECRET}), token(SECRET, "HS256", {claim: "soon"}))
+    assert isinstance(error, InvalidCredentials) and error.message == message
 
 
 def test_exp_required_unless_relaxed() -> None:
@@ -366,8 +414,7 @@ def test_token_source_needs_name() -> None:
 
 
 def test_reused_token_is_verified_once_until_exp(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    clock.advance(NOW)
+    clock = clock_at()
     s = scheme({"secret": SECRET}, clock)
     calls: list[str] = []
     real_decode = jwt.decode
@@ -381,14 +428,14 @@ def test_reused_token_is_verified_once_until_exp(monkeypatch: pytest.MonkeyPatch
     for _ in range(5):
         accepted(s, tok)
     assert calls == ["decode"]
-    clock.advance(101)  # past the cached exp: verified again (PyJWT checks exp on wall time)
-    accepted(s, tok)
+    clock.advance(100)  # at the exp: no longer cached, verified again, and expired
+    error = refused(s, tok)
+    assert isinstance(error, InvalidCredentials) and error.message == "token expired"
     assert calls == ["decode", "decode"]
 
 
 def test_authenticate_now_answers_only_for_a_known_valid_allowed_token() -> None:
-    clock = Clock()
-    clock.advance(NOW)
+    clock = clock_at()
     s = scheme({"secret": SECRET}, clock)
     assert verifyObject(IImmediateAuthScheme, s)
     tok = token(SECRET, "HS256", {"exp": int(NOW) + 100, "role": "user"})
@@ -462,8 +509,7 @@ class JwksAgent:
 
 
 def test_jwks_refresh_rotation_and_failures() -> None:
-    clock = Clock()
-    clock.advance(NOW)
+    clock = clock_at()
     keyset = JwksKeySet(clock, "https://issuer/jwks.json", 3600, None, min_refresh_seconds=10)
     agent = JwksAgent()
     keyset._agent = agent  # type: ignore[assignment]
@@ -489,7 +535,7 @@ def test_jwks_refresh_rotation_and_failures() -> None:
     agent.document = None
     clock.advance(3600)
     assert agent.fetches == fetches + 1
-    accepted(s, token(first, "RS256", kid="k1"))
+    accepted(s, token(first, "RS256", {"exp": int(clock.seconds()) + 60}, kid="k1"))
     service.stopService()
 
 
@@ -536,7 +582,7 @@ def test_ip_filter_allow_wins_and_block() -> None:
 def test_auth_enabled_without_verifier_fails_closed() -> None:
     config = parse_config({"buckets": [bucket_entry(auth={"enabled": True})]}, {})
     with pytest.raises(ConfigError) as info:
-        build_access_control(config, Clock(), plugins)
+        build_access_control(config, clock_at(), plugins)
     assert info.value.path == "buckets[0].auth.enabled"
 
 
@@ -545,7 +591,7 @@ def test_unknown_scheme_lists_available() -> None:
         {"buckets": [bucket_entry(auth={"enabled": True, "scheme": "magic"})]}, {}
     )
     with pytest.raises(ConfigError) as info:
-        build_access_control(config, Clock(), plugins)
+        build_access_control(config, clock_at(), plugins)
     assert info.value.path == "buckets[0].auth.scheme"
     assert "jwt" in info.value.message
 
@@ -567,7 +613,7 @@ def test_per_bucket_jwt_overrides_global_and_admin(tmp_path: Path) -> None:
         },
         {},
     )
-    access = build_access_control(config, Clock(), plugins)
+    access = build_access_control(config, clock_at(), plugins)
     assert set(access.schemes) == {"global", "own"}
     accepted(access.schemes["global"], token(SECRET, "HS256"))  # type: ignore[arg-type]
     refused(access.schemes["own"], token(SECRET, "HS256"))  # type: ignore[arg-type]
@@ -625,7 +671,7 @@ def test_seed_phase31_examples_load(tmp_path: Path) -> None:
     for example in examples:
         example["s3"] = {"bucket": "b"}
     config = parse_config({"buckets": examples}, {"JWT_SECRET_1": SECRET})
-    access = build_access_control(config, Clock(), plugins)
+    access = build_access_control(config, clock_at(), plugins)
     assert set(access.schemes) == {"products", "api", "secure", "multi"}
     assert len(access.services) == 1  # the JWKS refresh timer
 
@@ -649,6 +695,7 @@ def test_bucket_auth_401_403_and_tokens_stay_here() -> None:
             ]
         }
     )
+    h.clock.advance(NOW)  # the tokens are built from NOW
     _, transport = h.get("/pub/k", "Origin: https://app.test")
     response = parse_response(transport.value())
     assert response.status == 401
@@ -704,6 +751,7 @@ def test_admin_routes() -> None:
             "buckets": [bucket_entry()],
         }
     )
+    h.clock.advance(NOW)  # the tokens are built from NOW
     _, transport = h.get("/admin/anything")
     assert parse_response(transport.value()).status == 401
     _, transport = h.get("/admin/anything", f"Authorization: Bearer {token(SECRET, 'HS256')}")

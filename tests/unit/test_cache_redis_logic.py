@@ -155,6 +155,24 @@ class BreakerTests(SynchronousTestCase):
         self.pool.handler.mode = "ok"
         self.successResultOf(self.get())
 
+    def test_a_reconnection_restarts_the_backoff_and_its_failed_probe_does_not_double_it(
+        self,
+    ) -> None:
+        for _ in range(4):  # backoff now 16 s
+            self.fail_once_by_timeout()
+            self.clock.advance(BACKOFF_MAX)
+        self.fail_once_by_timeout()
+        self.clock.advance(1.0)
+        self.assert_fast_refusal()  # within the 16 s backoff
+        self.pool.connections_made += 1  # the pool reconnected: probe at once...
+        self.fail_once_by_timeout()  # ... which times out (a loaded machine)
+        self.clock.advance(0.9)
+        self.assert_fast_refusal()
+        self.clock.advance(0.1)  # 1 s (BACKOFF_INITIAL) later, not 16 or 32 s
+        self.pool.handler.mode = "ok"
+        self.assertEqual(self.successResultOf(self.get()), b"value")
+        self.assertTrue(self.client.healthy)
+
     def test_calls_under_way_do_not_double_the_backoff(self) -> None:
         first, second = self.get(), self.get()
         self.clock.advance(0.5)

@@ -1,6 +1,10 @@
 """
 The built-in ``jwt`` auth scheme (PyJWT): HS/RS/PS/ES/EdDSA, key ids, JWKS, standard checks,
 claims rules, and a bounded cache of tokens already verified (valid until their ``exp``).
+
+One clock: PyJWT verifies the signature, ``iss``, ``aud`` and the required claims, with its own
+time checks off (it would read the wall clock); ``exp``, ``nbf`` and ``iat`` are checked here
+against the injected clock, the same one the verified-token cache expires on.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from yatagarasu.values import Identity
 
 MAX_TOKEN_LENGTH = 8192
 _KEY_FILE_ALIASES = ("rsa_public_key_path", "ecdsa_public_key_path", "public_key_path")
+#: The time claims in PyJWT's order, with the error PyJWT names when one is not a number.
+_TIME_CLAIMS = (("iat", "InvalidIssuedAtError"), ("nbf", "DecodeError"), ("exp", "DecodeError"))
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ class JwtScheme:
     :param settings: validated settings.
     :param keys: keys from the configuration.
     :param jwks: the JWKS key set, when ``jwks_url`` is configured.
-    :param clock: time source (token cache expiry).
+    :param clock: the one time source: ``exp``/``nbf``/``iat`` checks and token cache expiry.
     :param rules: the claims rules that must pass (``claims`` or, for admin, ``admin_claims``).
     """
 
@@ -168,7 +174,13 @@ class JwtScheme:
         self._clock = clock
         self._rules = tuple(rules)
         self._verified: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
-        self._options: Any = {"require": ["exp"] if settings.require_exp else []}
+        self._options: Any = {
+            "require": ["exp"] if settings.require_exp else [],
+            # checked by check_times() against self._clock instead of the wall clock
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+        }
         self._audience = settings.audience
         if self._audience is None:
             self._options["verify_aud"] = False
@@ -273,10 +285,6 @@ class JwtScheme:
                 )
             except jwt.InvalidSignatureError:
                 continue
-            except jwt.ExpiredSignatureError:
-                return fail(InvalidCredentials("token expired"))
-            except jwt.ImmatureSignatureError:
-                return fail(InvalidCredentials("token not yet valid"))
             except jwt.MissingRequiredClaimError as e:
                 return fail(InvalidCredentials(f"token has no {e.claim} claim"))
             except jwt.InvalidAudienceError:
@@ -286,6 +294,9 @@ class JwtScheme:
             except jwt.PyJWTError as e:
                 last_error = f"invalid token ({type(e).__name__})"
                 continue
+            problem = check_times(claims, self._clock.seconds(), settings.leeway_seconds)
+            if problem is not None:
+                return fail(InvalidCredentials(problem))
             identity = _identity(claims)
             self._remember(token, claims, identity)
             return self._authorize(identity)
@@ -305,6 +316,32 @@ class JwtScheme:
         if rule is not None:
             return fail(Forbidden(f"token claim {rule.claim!r} does not satisfy the rules"))
         return succeed(identity)
+
+
+def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> str | None:
+    """
+    The time checks PyJWT makes (and the messages the scheme gave for its errors), but against
+    ``now`` rather than the wall clock: ``iat`` and ``nbf`` not after ``now + leeway``, ``exp``
+    after ``now - leeway`` (each only when present; PyJWT's ``require`` says whether ``exp``
+    must be).
+
+    :param claims: the claims, signature already verified.
+    :param now: the injected clock's time, epoch seconds.
+    :param leeway: seconds of tolerance for clock skew.
+    :returns: why the token is refused, or ``None`` when it is valid at ``now``.
+    """
+    for claim, malformed in _TIME_CLAIMS:
+        if claim not in claims:
+            continue
+        try:
+            value = int(claims[claim])
+        except (ValueError, TypeError, OverflowError):
+            return f"invalid token ({malformed})"
+        if claim == "exp" and value <= now - leeway:
+            return "token expired"
+        if claim != "exp" and value > now + leeway:
+            return "token not yet valid"
+    return None
 
 
 def _identity(claims: Mapping[str, Any]) -> Identity:

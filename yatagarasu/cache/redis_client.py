@@ -16,7 +16,9 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   :class:`RedisUnavailable` — without touching the pool, where cancelled waiters would pile up
   — until the backoff (1 s, doubling up to 30 s) has passed *and* the pool holds a live
   connection; or at once when the pool has made a new connection since the failure (Redis came
-  back). Then one command at a time probes Redis; its success closes the breaker;
+  back: the backoff starts again from 1 s, and a probe failing on the fresh connection, e.g. a
+  timeout on a loaded machine, does not double it). Then one command at a time probes Redis;
+  its success closes the breaker;
 - a pub/sub subscriber (txredisapi's ``SubscriberProtocol``, ``charset = None`` set on its
   factory after construction) run under ``ClientService`` so that it survives Redis restarts.
 """
@@ -165,6 +167,7 @@ class RedisClient:
         self._open_until = 0.0
         self._delay = backoff_initial
         self._probing = False
+        self._probe_after_reconnect = False
         self._connections_at_failure = 0
         self._subscribers: list[ClientService] = []
 
@@ -256,7 +259,10 @@ class RedisClient:
         now = self._reactor.seconds()
         if not reconnected and (now < self._open_until or not live):
             raise RedisUnavailable("Redis is failing; backing off", fast=True)
+        if reconnected:
+            self._delay = self._backoff_initial  # Redis is back: its backoff starts again
         self._probing = True
+        self._probe_after_reconnect = reconnected
         return True
 
     def _succeeded(self) -> None:
@@ -288,7 +294,8 @@ class RedisClient:
             delay=self._delay,
             failures=self._failures,
         )
-        self._delay = min(self._delay * 2, self._backoff_max)
+        if not (probe and self._probe_after_reconnect):
+            self._delay = min(self._delay * 2, self._backoff_max)
 
     async def _call(self, command: str, *args: Any) -> Any:
         probe = self._admit()
