@@ -18,8 +18,8 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from yatagarasu import plugins
-from yatagarasu.auth.setup import AccessControl, build_access_control
-from yatagarasu.cache.setup import CacheSetup, build_cache
+from yatagarasu.auth.from_config import AccessControl, build_access_control
+from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.metrics import Metrics
 from yatagarasu.s3.client import S3Client

@@ -20,13 +20,13 @@ from zope.interface.verify import verifyObject
 
 from yatagarasu import plugins
 from yatagarasu.auth.claims import ClaimRule
+from yatagarasu.auth.from_config import build_access_control
 from yatagarasu.auth.jwks import JwksKeySet, parse_jwks
 from yatagarasu.auth.jwt import JwtScheme, JwtSchemeFactory
 from yatagarasu.auth.network import ClientAddressResolver, IpFilter
-from yatagarasu.auth.setup import build_access_control
 from yatagarasu.config import ConfigError, parse_config
-from yatagarasu.config.build import build
 from yatagarasu.config.networks import parse_networks
+from yatagarasu.config.typed import from_raw
 from yatagarasu.discovery import find
 from yatagarasu.errors import AuthenticationRequired, Forbidden, InvalidCredentials
 from yatagarasu.interfaces import IAuthScheme, IAuthSchemeFactory, IImmediateAuthScheme
@@ -339,7 +339,7 @@ CLAIMS = {
     ],
 )
 def test_claim_operators(rule: dict[str, Any], expected: bool) -> None:
-    parsed = build(ClaimRule, rule, "claims[0]")
+    parsed = from_raw(ClaimRule, rule, "claims[0]")
     assert parsed.matches({"sub": "alice", **CLAIMS}) is expected
 
 
@@ -356,7 +356,7 @@ def test_claim_operators(rule: dict[str, Any], expected: bool) -> None:
 )
 def test_malformed_rules_are_config_errors(rule: dict[str, Any], path: str) -> None:
     with pytest.raises(ConfigError) as info:
-        build(ClaimRule, rule, "claims[0]")
+        from_raw(ClaimRule, rule, "claims[0]")
     assert info.value.path == path
 
 
@@ -445,7 +445,7 @@ def test_authenticate_now_answers_only_for_a_known_valid_allowed_token() -> None
     identity = s.authenticate_now(request_with(f"Bearer {tok}"))
     assert identity is not None and identity.subject == "alice"
     strict = s.with_rules(
-        [build(ClaimRule, {"claim": "role", "operator": "equals", "value": "admin"}, "r")]
+        [from_raw(ClaimRule, {"claim": "role", "operator": "equals", "value": "admin"}, "r")]
     )
     assert strict.authenticate_now(request_with(f"Bearer {tok}")) is None  # refused: ask later
     assert isinstance(refused(strict, tok), Forbidden)
@@ -458,7 +458,7 @@ def test_cached_token_still_checked_against_rules() -> None:
     tok = token(SECRET, "HS256", {"role": "user"})
     accepted(s, tok)
     strict = s.with_rules(
-        [build(ClaimRule, {"claim": "role", "operator": "equals", "value": "admin"}, "r")]
+        [from_raw(ClaimRule, {"claim": "role", "operator": "equals", "value": "admin"}, "r")]
     )
     assert isinstance(refused(strict, tok), Forbidden)
 

@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 from yatagarasu import plugins
 from yatagarasu.cache.disk import DiskCacheFactory
 from yatagarasu.cache.disk.settings import DiskCacheSettings
-from yatagarasu.config.build import build
+from yatagarasu.config.typed import from_raw
 from yatagarasu.discovery import find
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory
@@ -30,16 +30,16 @@ def test_plugin_is_discoverable_and_builds_without_io(tmp_path: Path) -> None:
     layer = factory.build({"cache_dir": str(cache_dir)}, "cache.disk", MemoryReactorClock())
     assert verifyObject(ICacheLayer, layer)
     assert layer.name == "disk"
-    assert not cache_dir.exists()  # build() neither scans nor creates anything
+    assert not cache_dir.exists()  # from_raw() neither scans nor creates anything
 
 
 def test_settings_defaults_and_alias() -> None:
-    settings = build(DiskCacheSettings, None, "cache.disk")
+    settings = from_raw(DiskCacheSettings, None, "cache.disk")
     assert settings.enabled is False
     assert settings.cache_dir == "/var/cache/yatagarasu"
     assert settings.max_size == 10240 * MIB
     assert settings.max_item_size == settings.max_size
-    aliased = build(
+    aliased = from_raw(
         DiskCacheSettings,
         {"disk_cache_enabled": True, "max_disk_cache_size_mb": 1.5, "max_item_size_mb": 1},
         "cache.disk",

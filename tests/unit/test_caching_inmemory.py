@@ -12,7 +12,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 
 from yatagarasu import plugins
-from yatagarasu.cache.setup import build_cache
+from yatagarasu.cache.from_config import build_cache
 from yatagarasu.config import ConfigError, parse_config
 
 START = 1_800_000_000.0

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from yatagarasu.config.build import join
+from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
 
 OPERATORS = (

@@ -26,7 +26,7 @@ from yatagarasu.auth.claims import ClaimRule, failing_rule
 from yatagarasu.auth.jwks import JwksKeySet
 from yatagarasu.auth.keys import VerificationKey, public_key_from_file, secret_key
 from yatagarasu.auth.tokens import TokenSource, find_token
-from yatagarasu.config.build import build, join
+from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import AuthenticationRequired, ConfigError, Forbidden, InvalidCredentials
 from yatagarasu.interfaces import IAdminAuthSource, IAuthSchemeFactory, IImmediateAuthScheme
 from yatagarasu.values import Identity
@@ -57,7 +57,7 @@ class JwtSettings:
     The ``jwt`` section (global, per bucket, or ``auth.jwt``).
 
     :ivar enabled: read before these settings are built: at the top level ``false`` turns the
-        global verifier off (:func:`yatagarasu.auth.setup.global_jwt_settings`); in a
+        global verifier off (:func:`yatagarasu.auth.from_config.global_jwt_settings`); in a
         bucket's ``jwt`` it turns that bucket's authentication on.
     """
 
@@ -356,7 +356,7 @@ def jwt_settings(raw: Mapping[str, Any], path: str) -> JwtSettings:
     :returns: validated settings.
     :raises ConfigError: naming the dotted path of the problem.
     """
-    return build(JwtSettings, raw, path)
+    return from_raw(JwtSettings, raw, path)
 
 
 @implementer(IPlugin, IAuthSchemeFactory)

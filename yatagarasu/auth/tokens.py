@@ -7,7 +7,7 @@ from typing import Literal
 
 from twisted.web.iweb import IRequest
 
-from yatagarasu.config.build import join
+from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
 
 

@@ -45,7 +45,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from yatagarasu.config.build import build, join
+from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import (
     ICacheLayer,
@@ -79,7 +79,7 @@ class MemoryCacheSettings:
     :ivar max_item_size_mb: the largest entry the layer accepts, MiB.
     :ivar default_ttl_seconds: the default freshness of every caching bucket when
         ``cache.ttl_seconds`` is not set, wherever memory is in ``cache_layers`` (read by
-        :mod:`yatagarasu.cache.setup`).
+        :mod:`yatagarasu.cache.from_config`).
     """
 
     enabled: bool = True
@@ -643,4 +643,4 @@ class MemoryCacheFactory:
 
     def build(self, settings: Mapping[str, Any], path: str, reactor: Any) -> ICacheLayer:
         """See :meth:`ICacheLayerFactory.build`."""
-        return MemoryCacheLayer(build(MemoryCacheSettings, settings, path), reactor)
+        return MemoryCacheLayer(from_raw(MemoryCacheSettings, settings, path), reactor)

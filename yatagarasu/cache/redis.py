@@ -63,7 +63,7 @@ from yatagarasu.cache.redis_client import (
     RedisUnavailable,
     check_ca_pem,
 )
-from yatagarasu.config.build import build, join
+from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import (
     ICacheLayer,
@@ -205,7 +205,7 @@ def redis_settings(settings: Mapping[str, Any] | None, path: str) -> RedisSettin
     :returns: the settings.
     :raises ConfigError: naming the dotted path of a bad value.
     """
-    return build(RedisSettings, settings, path)
+    return from_raw(RedisSettings, settings, path)
 
 
 # -- keys ----------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from yatagarasu.config.build import build
 from yatagarasu.config.environ import expand_tree
 from yatagarasu.config.schema import Config
+from yatagarasu.config.typed import from_raw
 from yatagarasu.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
@@ -30,7 +30,7 @@ def parse_config(document: Any, environ: Mapping[str, str] | None = None) -> Con
     if not isinstance(document, Mapping):
         raise ConfigError("", "the configuration must be a YAML mapping with a 'buckets' list")
     expanded = expand_tree(dict(document), os.environ if environ is None else environ)
-    return build(Config, expanded, "")
+    return from_raw(Config, expanded, "")
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:

@@ -1,5 +1,5 @@
 """
-The configuration schema: frozen dataclasses built by :func:`yatagarasu.config.build.build`.
+The configuration schema: frozen dataclasses built by :func:`yatagarasu.config.typed.build`.
 
 Field names are the YAML keys (compatible with Yatagarasu v1.x); ``aliases`` metadata gives
 other accepted spellings. ``UNSUPPORTED`` lists keys that are recognised but belong to features
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from yatagarasu.config.build import join
 from yatagarasu.config.networks import parse_networks
+from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
 
 RESERVED_PREFIXES = ("/health", "/ready", "/metrics", "/admin")

@@ -36,8 +36,8 @@ from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
 from yatagarasu.s3.errors import read_s3_error
-from yatagarasu.s3.health import UpstreamHealth
 from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
+from yatagarasu.s3.upstream_health import UpstreamHealth
 
 log = Logger()
 

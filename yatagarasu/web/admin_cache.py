@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from yatagarasu.cache.setup import CacheSetup
+from yatagarasu.cache.from_config import CacheSetup
 from yatagarasu.cache.tiered import TieredCache
 from yatagarasu.config.schema import Config
 from yatagarasu.errors import HTTPError

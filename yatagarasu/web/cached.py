@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from yatagarasu.cache.setup import BucketCachePolicy
+from yatagarasu.cache.from_config import BucketCachePolicy
 from yatagarasu.cache.tiered import Lookup, TieredCache, WritePlan
 from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.http.conditionals import NO_CONDITIONS, Conditions, parse_entity_tags

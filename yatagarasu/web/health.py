@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from twisted.internet.interfaces import IReactorTime
 
 from yatagarasu import __version__
-from yatagarasu.s3.health import UpstreamHealth
+from yatagarasu.s3.upstream_health import UpstreamHealth
 from yatagarasu.web.async_resource import ReadOnlyResource
 from yatagarasu.web.responses import write_json
 from yatagarasu.web.site import ProxyRequest

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from yatagarasu.cache.disk.layer import DiskCacheLayer
 from yatagarasu.cache.disk.settings import DiskCacheSettings
-from yatagarasu.config.build import build
+from yatagarasu.config.typed import from_raw
 from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory
 
 
@@ -33,4 +33,4 @@ class DiskCacheFactory:
         :returns: the layer; nothing is read or written yet.
         :raises ConfigError: naming the dotted path of a bad value.
         """
-        return DiskCacheLayer(build(DiskCacheSettings, settings, path), reactor)
+        return DiskCacheLayer(from_raw(DiskCacheSettings, settings, path), reactor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from yatagarasu.config.build import join
+from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
 
 MIB = 1024 * 1024

@@ -10,9 +10,9 @@ from typing import Any
 from twisted.application.service import IService
 
 from yatagarasu.auth.network import ClientAddressResolver, IpFilter
-from yatagarasu.config.build import join
 from yatagarasu.config.networks import parse_networks
 from yatagarasu.config.schema import BucketConfig, Config
+from yatagarasu.config.typed import join
 from yatagarasu.discovery import find
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import IAdminAuthSource, IAuthScheme, IAuthSchemeFactory

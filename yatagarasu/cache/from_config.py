@@ -12,8 +12,8 @@ from types import ModuleType
 from typing import Any
 
 from yatagarasu.cache.tiered import TieredCache
-from yatagarasu.config.build import build, join, unknown_key_message
 from yatagarasu.config.schema import BucketConfig, Config
+from yatagarasu.config.typed import from_raw, join, unknown_key_message
 from yatagarasu.discovery import available, find
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import (
@@ -160,7 +160,7 @@ def _default_ttl(
 
 def _settings(raw: Mapping[str, Any], factories: Mapping[str, Any]) -> CacheSettings:
     try:
-        return build(CacheSettings, raw, "cache")
+        return from_raw(CacheSettings, raw, "cache")
     except ConfigError as e:
         if e.message.startswith("unknown key"):
             key = e.path.rsplit(".", 1)[-1]

@@ -1,5 +1,6 @@
 """
-Build frozen configuration objects from parsed YAML, with dotted-path errors.
+Typed configuration: parsed YAML values turned into frozen dataclasses (:func:`from_raw`),
+with dotted-path errors and "did you mean" hints for unknown keys.
 
 The schema *is* the frozen dataclasses in :mod:`yatagarasu.config.schema`: their fields, type
 hints and defaults say what is accepted. Field metadata may carry ``aliases`` (other spellings
@@ -45,7 +46,7 @@ def unknown_key_message(key: str, known: typing.Iterable[str]) -> str:
     return f"unknown key{hint}"
 
 
-def build(cls: type[T], raw: Any, path: str) -> T:
+def from_raw(cls: type[T], raw: Any, path: str) -> T:
     """
     Turn a parsed YAML mapping into an instance of the dataclass ``cls``.
 
@@ -132,7 +133,7 @@ def convert(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(path, f"expected a mapping, got {_describe(value)}")
         return types.MappingProxyType(dict(value))
     if dataclasses.is_dataclass(hint):
-        return build(typing.cast(type[Any], hint), value, path)
+        return from_raw(typing.cast(type[Any], hint), value, path)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(path, f"expected true or false, got {_describe(value)}")
