@@ -27,7 +27,7 @@ from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.http.conditionals import NO_CONDITIONS, Conditions, parse_entity_tags
 from yatagarasu.http.dates import http_date
 from yatagarasu.http.fields import first_header
-from yatagarasu.http.freshness import freshness
+from yatagarasu.http.freshness import Freshness, freshness
 from yatagarasu.http.ranges import Unsatisfiable
 from yatagarasu.s3.client import S3Client
 from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
@@ -109,6 +109,16 @@ class _Fill:
     def abort(self) -> None:
         for writer in self.plan.writers:
             writer.abort()
+
+
+@dataclass(frozen=True)
+class _Admission:
+    """What a fill decided from S3's headers: freshness, where to store, how to read."""
+
+    fresh: Freshness
+    plan: WritePlan
+    #: read the body at S3's pace, not the client's (see :data:`DECOUPLED_FILL_LIMIT`)
+    decoupled: bool
 
 
 class CachedObjects:
@@ -210,10 +220,36 @@ class CachedObjects:
         response: IResponse,
         flight: _Flight | None = None,
     ) -> None:
-        """Serve a full upstream response (200 or an error) and store it when it fits."""
+        """
+        Serve a full upstream response (200 or an error) and store it when it fits, in four
+        steps: admission (:meth:`_admit`), the client's head (:meth:`_start_answer`), the
+        streamed body (:meth:`_relay`), the cache write (:meth:`_commit`).
+        """
         if response.code >= 400:
             await raise_upstream_error(response, self._clock, self._timeouts.idle_seconds)
         now = self._clock.seconds()
+        admission = self._admit(cache_key, response)
+        if flight is not None and not admission.decoupled:
+            self._release(cache_key, flight, None)
+        headers = tuple(
+            (name, value)
+            for name in STORED_RESPONSE_HEADERS
+            for value in (response.headers.getRawHeaders(name) or ())[:1]
+        )
+        client = request
+        if request is not None:
+            client = self._start_answer(request, response, headers, admission.plan.stores)
+            if client is None and not admission.plan.stores:
+                response.deliverBody(Discard())
+                return
+        fill = _Fill(admission.plan, self._policy.max_item_size) if admission.plan.stores else None
+        await self._relay(response, client, fill, admission.decoupled)
+        if fill is not None:
+            entry = self._entry(headers, b"".join(fill.chunks), now, admission.fresh)
+            await self._commit(cache_key, entry, admission.plan, fill, int(response.length), flight)
+
+    def _admit(self, cache_key: CacheKey, response: IResponse) -> _Admission:
+        """Decide from the headers alone (before any body byte) whether and where to store."""
         upstream = response.headers
         fresh = freshness(
             upstream.getRawHeaders(b"cache-control") or (),
@@ -225,39 +261,48 @@ class CachedObjects:
         fits = length is not UNKNOWN_LENGTH and length <= self._policy.max_item_size
         plan = self._cache.plan(cache_key, int(length)) if fresh.storable and fits else WritePlan()
         decoupled = plan.stores and int(length) <= DECOUPLED_FILL_LIMIT
-        if flight is not None and not decoupled:
-            self._release(cache_key, flight, None)
-        headers = tuple(
-            (name, value)
-            for name in STORED_RESPONSE_HEADERS
-            for value in (upstream.getRawHeaders(name) or ())[:1]
-        )
-        client = request
-        if request is not None:
-            request.setHeader(X_CACHE, b"MISS" if plan.stores else b"BYPASS")
-            etag, modified = (
-                first_header(upstream, b"etag"),
-                first_header(upstream, b"last-modified"),
-            )
-            status = request.conditions.precondition_status(etag, modified)
-            if status is not None:
-                # This client is answered from the headers (its own conditions: other
-                # clients never see this 304/412); the cache may still want the body.
-                if status == 412:
-                    write_error(request, precondition_failed(), request.request_id)
-                else:
-                    self._answer_condition(request, status, headers)
-                client = None
-                if not plan.stores:
-                    response.deliverBody(Discard())
-                    return
+        return _Admission(fresh, plan, decoupled)
+
+    def _start_answer(
+        self,
+        request: ProxyRequest,
+        response: IResponse,
+        headers: tuple[tuple[bytes, bytes], ...],
+        stores: bool,
+    ) -> ProxyRequest | None:
+        """
+        Start the client's answer: ``X-Cache``, then either its own 304/412 (its conditions
+        hold against S3's validators) or the 200 head.
+
+        :returns: the client to stream the body to, or ``None`` when it was answered from
+            the headers (the cache may still want the body).
+        """
+        request.setHeader(X_CACHE, b"MISS" if stores else b"BYPASS")
+        upstream = response.headers
+        etag, modified = first_header(upstream, b"etag"), first_header(upstream, b"last-modified")
+        status = request.conditions.precondition_status(etag, modified)
+        if status is not None:
+            # Other clients never see this client's 304/412.
+            if status == 412:
+                write_error(request, precondition_failed(), request.request_id)
             else:
-                request.setResponseCode(200)
-                for name, value in headers:
-                    request.responseHeaders.setRawHeaders(name, [value])
-                if length is not UNKNOWN_LENGTH:
-                    request.setHeader(b"content-length", b"%d" % length)
-        fill = _Fill(plan, self._policy.max_item_size) if plan.stores else None
+                self._answer_condition(request, status, headers)
+            return None
+        request.setResponseCode(200)
+        for name, value in headers:
+            request.responseHeaders.setRawHeaders(name, [value])
+        if response.length is not UNKNOWN_LENGTH:
+            request.setHeader(b"content-length", b"%d" % response.length)
+        return request
+
+    async def _relay(
+        self,
+        response: IResponse,
+        client: ProxyRequest | None,
+        fill: _Fill | None,
+        decoupled: bool,
+    ) -> None:
+        """Stream the body to the client (if any) while ``fill`` collects it for the cache."""
         relay = BodyRelay(client, self._clock, self._timeouts, fill, backpressure=not decoupled)
         response.deliverBody(relay)
         try:
@@ -268,21 +313,38 @@ class CachedObjects:
             raise
         if client is not None and not client._disconnected:
             client.finish()
-        if fill is None:
-            return
+
+    def _entry(
+        self,
+        headers: tuple[tuple[bytes, bytes], ...],
+        body: bytes | FileBody,
+        now: float,
+        fresh: Freshness,
+    ) -> CacheEntry:
         retain = max(fresh.ttl, self._policy.stale_if_error)
-        entry = CacheEntry(
+        return CacheEntry(
             headers=headers,
-            body=b"".join(fill.chunks),
+            body=body,
             stored_at=now,
             expires_at=now + fresh.ttl,
             retain_until=now + fresh.ttl + retain,
             revalidate=fresh.revalidate,
         )
+
+    async def _commit(
+        self,
+        cache_key: CacheKey,
+        entry: CacheEntry,
+        plan: WritePlan,
+        fill: _Fill,
+        length: int,
+        flight: _Flight | None,
+    ) -> None:
+        """Commit the streamed writers and store the buffered body; release the followers."""
         commits = [writer.commit(entry) for writer in plan.writers]
         for commit in commits:
             commit.addErrback(self._commit_failed, cache_key)
-        if plan.buffered and not fill.overflow and fill.size == int(length):
+        if plan.buffered and not fill.overflow and fill.size == length:
             self._cache.store_in(cache_key, entry, plan.buffered)
             if flight is not None:
                 self._release(cache_key, flight, entry)
@@ -342,15 +404,7 @@ class CachedObjects:
             value = first_header(upstream, name)
             if value is not None:
                 updated[name] = value
-        retain = max(fresh.ttl, self._policy.stale_if_error)
-        return CacheEntry(
-            headers=tuple(updated.items()),
-            body=entry.body,
-            stored_at=now,
-            expires_at=now + fresh.ttl,
-            retain_until=now + fresh.ttl + retain,
-            revalidate=fresh.revalidate,
-        )
+        return self._entry(tuple(updated.items()), entry.body, now, fresh)
 
     async def _pass_through(self, request: ProxyRequest, key: str) -> None:
         """Fetch with the client's range/conditionals, stream, store nothing (``BYPASS``)."""
