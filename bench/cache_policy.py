@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 
 from twisted.internet.task import Clock
 
-from yatagarasu.cache.memory import MIB, MemoryCacheLayer, MemoryCacheSettings
-from yatagarasu.values import CacheEntry, CacheKey
+from yatagarasu.cache.memory import MemoryCacheLayer, MemoryCacheSettings
+from yatagarasu.values import MIB, CacheEntry, CacheKey
 
 KIB = 1024
 N_OBJECTS = 10_000

@@ -15,6 +15,9 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
+#: bytes in a mebibyte (the ``*_mb`` settings are MiB)
+MIB = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class CacheKey:

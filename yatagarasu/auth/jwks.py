@@ -18,10 +18,11 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
 
 from yatagarasu.auth.keys import VerificationKey, algorithms_of
+from yatagarasu.values import MIB
 
 log = Logger()
 
-_MAX_JWKS_BYTES = 1024 * 1024
+_MAX_JWKS_BYTES = MIB
 
 
 def parse_jwks(document: Any, default_algorithm: str | None) -> list[VerificationKey]:

@@ -22,8 +22,7 @@ from yatagarasu.interfaces import (
     IDefaultTtlCacheLayer,
     ISwitchableCacheLayer,
 )
-
-MIB = 1024 * 1024
+from yatagarasu.values import MIB
 
 #: Freshness lifetime when S3 gives none and neither the configuration nor the first layer
 #: (:class:`IDefaultTtlCacheLayer`) says.

@@ -55,9 +55,7 @@ from yatagarasu.interfaces import (
     IImmediateCacheLayer,
     ISwitchableCacheLayer,
 )
-from yatagarasu.values import CacheEntry, CacheKey, LayerStats
-
-MIB = 1024 * 1024
+from yatagarasu.values import MIB, CacheEntry, CacheKey, LayerStats
 
 _WINDOW = 0
 _PROBATION = 1

@@ -72,11 +72,10 @@ from yatagarasu.interfaces import (
     IErrorCountingCacheLayer,
     IPurgeBroadcaster,
 )
-from yatagarasu.values import CacheEntry, CacheKey, LayerStats
+from yatagarasu.values import MIB, CacheEntry, CacheKey, LayerStats
 
 log = Logger(namespace="yatagarasu.cache.redis")
 
-MIB = 1024 * 1024
 #: Keys asked for per ``SCAN`` step (and deleted per ``DEL``) in purges.
 SCAN_COUNT = 500
 #: Format version stored in every value.

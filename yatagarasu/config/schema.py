@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from yatagarasu.config.networks import parse_networks
 from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
+from yatagarasu.values import MIB
 
 RESERVED_PREFIXES = ("/health", "/ready", "/metrics", "/admin")
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -46,7 +47,7 @@ class TLSConfig:
 class SecurityLimits:
     """Limits checked on the raw request before anything else happens."""
 
-    max_body_size: int = 10 * 1024 * 1024
+    max_body_size: int = 10 * MIB
     max_header_size: int = 64 * 1024
     max_uri_length: int = 8 * 1024
 

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from yatagarasu.errors import HTTPError
+from yatagarasu.http.methods import READ_METHODS
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import BodyStalled, ClientStalled
@@ -111,7 +112,7 @@ class ReadOnlyResource(AsyncResource):
     """A leaf that answers GET and HEAD at once; other methods get the JSON 405 with ``Allow``."""
 
     def handle(self, request: ProxyRequest) -> None:
-        if request.method not in (b"GET", b"HEAD"):
+        if request.method not in READ_METHODS:
             method = request.method.decode("ascii", "replace")
             raise HTTPError(
                 405, f"method {method} is not allowed here", headers=[("Allow", "GET, HEAD")]

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import Forbidden, HTTPError
+from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
 from yatagarasu.interfaces import IAuthScheme, IImmediateAuthScheme
 from yatagarasu.s3.client import S3Client
 from yatagarasu.values import Identity
@@ -20,8 +21,6 @@ from yatagarasu.web.cors import CorsPolicy
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import StreamTimeouts
 from yatagarasu.web.upstream import fetch_object, relay_response
-
-ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
 
 
 class BucketResource(AsyncResource):
@@ -79,11 +78,11 @@ class BucketResource(AsyncResource):
         if method == b"OPTIONS":
             self._preflight(request)
             return None
-        if method != b"GET" and method != b"HEAD":
+        if method not in READ_METHODS:
             raise HTTPError(
                 405,
                 f"method {method.decode('ascii', 'replace')} is not allowed (read-only proxy)",
-                headers=[("Allow", ALLOWED_METHODS.decode())],
+                headers=[("Allow", BUCKET_METHODS.decode())],
             )
         key = request.object_key = self._object_key(request)
         if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
@@ -97,7 +96,7 @@ class BucketResource(AsyncResource):
         return self._respond(request, key)
 
     def _preflight(self, request: ProxyRequest) -> None:
-        request.setHeader(b"allow", ALLOWED_METHODS)
+        request.setHeader(b"allow", BUCKET_METHODS)
         if self._cors is not None and request.getHeader(b"origin") is not None:
             refused = self._cors.preflight(request)
             if refused is not None:

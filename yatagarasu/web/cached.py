@@ -31,7 +31,7 @@ from yatagarasu.http.freshness import Freshness, freshness
 from yatagarasu.http.ranges import Unsatisfiable
 from yatagarasu.s3.client import S3Client
 from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
-from yatagarasu.values import CacheEntry, CacheKey, FileBody
+from yatagarasu.values import MIB, CacheEntry, CacheKey, FileBody
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import BodyRelay, FileRangeProducer, StreamTimeouts
@@ -54,7 +54,7 @@ LOOK_AGAIN = object()
 #: Bodies up to this size that are being cached are read at S3's pace, not the leader
 #: client's: followers are not held back by a slow first client. Larger ones keep
 #: backpressure, and their followers fetch on their own.
-DECOUPLED_FILL_LIMIT = 16 * 1024 * 1024
+DECOUPLED_FILL_LIMIT = 16 * MIB
 
 
 class _Flight:

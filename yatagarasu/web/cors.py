@@ -5,12 +5,12 @@ from __future__ import annotations
 from twisted.web.server import Request
 
 from yatagarasu.config.schema import CorsConfig
+from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
 
 _EXPOSED = (
     b"ETag, Content-Length, Content-Range, Content-Type, Last-Modified, "
     b"X-Request-ID, X-Correlation-ID, X-Cache"
 )
-_METHODS = b"GET, HEAD, OPTIONS"
 
 
 class CorsPolicy:
@@ -63,14 +63,14 @@ class CorsPolicy:
         if origin is None:
             return "origin not allowed"
         method = (request.getHeader(b"access-control-request-method") or b"").strip()
-        if method not in (b"GET", b"HEAD"):
+        if method not in READ_METHODS:
             return "method not allowed"
         requested = request.getHeader(b"access-control-request-headers") or b""
         names = [n.strip().lower() for n in requested.split(b",") if n.strip()]
         if any(n not in self._headers for n in names):
             return "request headers not allowed"
         request.setHeader(b"access-control-allow-origin", origin)
-        request.setHeader(b"access-control-allow-methods", _METHODS)
+        request.setHeader(b"access-control-allow-methods", BUCKET_METHODS)
         if names:
             request.setHeader(b"access-control-allow-headers", b", ".join(names))
         request.setHeader(b"access-control-max-age", self._max_age)

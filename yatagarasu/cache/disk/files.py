@@ -23,8 +23,7 @@ from yatagarasu.cache.disk.format import (
     decode_trailer,
     entry_path,
 )
-from yatagarasu.cache.disk.settings import MIB
-from yatagarasu.values import FileBody
+from yatagarasu.values import MIB, FileBody
 
 _TAIL_READ = 8192
 _COPY_CHUNK = MIB

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
-
-MIB = 1024 * 1024
+from yatagarasu.values import MIB
 
 
 @dataclass(frozen=True)

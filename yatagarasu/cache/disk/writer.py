@@ -14,10 +14,9 @@ from zope.interface import implementer
 
 from yatagarasu.cache.disk.files import TempFile
 from yatagarasu.cache.disk.format import encode_trailer, entry_path
-from yatagarasu.cache.disk.settings import MIB
 from yatagarasu.errors import YatagarasuError
 from yatagarasu.interfaces import ICacheWriter
-from yatagarasu.values import CacheEntry, CacheKey
+from yatagarasu.values import MIB, CacheEntry, CacheKey
 
 if TYPE_CHECKING:
     from yatagarasu.cache.disk.layer import DiskCacheLayer
