@@ -627,6 +627,31 @@ def test_per_bucket_jwt_overrides_global_and_admin(tmp_path: Path) -> None:
     assert isinstance(outcome(admin.authenticate(request_with(f"Bearer {admin_token}"))), Identity)
 
 
+@pytest.mark.parametrize("own", ["jwt", "auth.jwt"])
+def test_bucket_jwt_enabled_false_contradicting_auth_enabled_is_refused(own: str) -> None:
+    jwt_section = {"enabled": False, "secret": SECRET}
+    auth: dict[str, Any] = {"enabled": True}
+    extra: dict[str, Any] = {"auth": auth}
+    if own == "jwt":
+        extra["jwt"] = jwt_section
+    else:
+        auth["jwt"] = jwt_section
+    config = parse_config({"buckets": [bucket_entry("b", "/b", **extra)]}, {})
+    with pytest.raises(ConfigError) as info:
+        build_access_control(config, clock_at(), plugins)
+    assert info.value.path == f"buckets[0].{own}.enabled"
+    assert "contradicts auth.enabled" in info.value.message
+
+
+def test_bucket_auth_jwt_enabled_true_turns_auth_on() -> None:
+    config = parse_config(
+        {"buckets": [bucket_entry("b", "/b", auth={"jwt": {"enabled": True, "secret": SECRET}})]},
+        {},
+    )
+    access = build_access_control(config, clock_at(), plugins)
+    accepted(access.schemes["b"], token(SECRET, "HS256"))  # type: ignore[arg-type]
+
+
 def test_seed_phase31_examples_load(tmp_path: Path) -> None:
     rsa_path = write(tmp_path, "rsa.pem", public_pem(rsa_key()))
     ec_path = write(tmp_path, "ec.pem", public_pem(ec.generate_private_key(ec.SECP256R1())))

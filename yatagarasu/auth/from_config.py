@@ -91,10 +91,25 @@ def _jwt_path(bucket: BucketConfig, index: int) -> str:
     return "jwt"
 
 
-def _auth_enabled(bucket: BucketConfig) -> bool:
-    if bucket.jwt is not None and "enabled" in bucket.jwt:
-        # The seed's spelling: ``buckets[].jwt: {enabled: true, ...}``.
-        return bool(bucket.jwt["enabled"]) or bucket.auth.enabled
+def _auth_enabled(bucket: BucketConfig, path: str) -> bool:
+    """
+    Whether the bucket authenticates: ``auth.enabled``, or the seed's spelling
+    ``buckets[].jwt: {enabled: true}`` (or ``auth.jwt.enabled``).
+
+    :raises ConfigError: the bucket's own ``jwt.enabled`` is not a boolean, or is ``false``
+        while ``auth.enabled`` is ``true`` (which would silently leave auth on).
+    """
+    for own, own_path in ((bucket.auth.jwt, "auth.jwt"), (bucket.jwt, "jwt")):
+        if own is None or "enabled" not in own:
+            continue
+        enabled = own["enabled"]
+        key = join(path, f"{own_path}.enabled")
+        if not isinstance(enabled, bool):
+            raise ConfigError(key, f"expected true or false, got {enabled!r}")
+        if enabled:
+            return True
+        if bucket.auth.enabled:
+            raise ConfigError(key, "false contradicts auth.enabled: true (remove one of the two)")
     return bucket.auth.enabled
 
 
@@ -127,7 +142,7 @@ def build_access_control(config: Config, reactor: Any, plugins: ModuleType) -> A
                 parse_networks(bucket.ip_filter.allowlist, join(path, "ip_filter.allowlist")),
                 parse_networks(bucket.ip_filter.blocklist, join(path, "ip_filter.blocklist")),
             )
-        if not _auth_enabled(bucket):
+        if not _auth_enabled(bucket, path):
             continue
         scheme_path = join(path, "auth.scheme")
         if bucket.auth.scheme == "jwt":
