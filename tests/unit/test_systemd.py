@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakes import bucket_entry
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 
-from fakes import bucket_entry
 from yatagarasu.assembly import assemble
 from yatagarasu.config import parse_config
 from yatagarasu.service import ProxyService
@@ -96,7 +96,7 @@ def test_failure_is_logged_once_and_never_raises(tmp_path: Path) -> None:
 
 
 def test_a_full_socket_does_not_block(receiver: tuple[str, socket.socket]) -> None:
-    path, sock = receiver
+    path, _ = receiver
     notifier = SystemdNotifier(path)
     sent = 0
     # Nobody reads: the receive queue fills and sendto fails with EAGAIN instead of waiting.
