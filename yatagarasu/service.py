@@ -122,8 +122,8 @@ class ProxyService(MultiService):
             address=server.host,
             port=server.listen_port,
         )
-        # privilegedStartService has bound the port (synchronously, or twistd stopped): the
-        # kernel queues connections from now on, so the proxy is ready for systemd.
+        # privilegedStartService has bound the port (synchronously: a failure there stops
+        # twistd), so the kernel queues connections from now on and systemd may send traffic.
         self._notifier.notify(
             "READY=1",
             f"STATUS=serving {buckets} bucket(s) on {scheme}://{server.host}:{server.listen_port}",
