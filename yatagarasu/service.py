@@ -7,10 +7,16 @@ accepting for ``server.shutdown_delay_seconds`` so load balancers notice (those 
 their connection too); then it stops listening. Every client connection then gets
 ``server.shutdown_grace_seconds`` to flush its last byte and close (long downloads included);
 the rest are aborted. Only then the other services stop and the upstream pools and caches close.
+
+systemd (``Type=notify``) hears of it through the injected :class:`SystemdNotifier`:
+``READY=1`` once the listener is bound, ``STOPPING=1`` when the drain begins, a ``STATUS=`` line
+at each step. ``RELOADING=1`` belongs to hot reload, which is not built yet: SIGHUP is only
+logged, so nothing is sent for it.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -28,6 +34,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from yatagarasu.assembly import Assembly
 from yatagarasu.config.schema import ServerConfig
 from yatagarasu.logs import is_default, make_observer
+from yatagarasu.systemd import SystemdNotifier
 
 log = Logger()
 
@@ -57,11 +64,16 @@ class ProxyService(MultiService):
 
     :param reactor: the reactor (time and TCP).
     :param assembly: everything built from the configuration (:func:`yatagarasu.assembly.assemble`).
+    :param notifier: tells systemd when the proxy is ready and when it stops (default: tells
+        no one).
     """
 
-    def __init__(self, reactor: Any, assembly: Assembly) -> None:
+    def __init__(
+        self, reactor: Any, assembly: Assembly, notifier: SystemdNotifier | None = None
+    ) -> None:
         super().__init__()
         self._reactor = reactor
+        self._notifier = notifier or SystemdNotifier(None)
         self.assembly = assembly
         self.config = config = assembly.config
         self.site = assembly.site
@@ -101,12 +113,21 @@ class ProxyService(MultiService):
         super().startService()
         self._handle_sighup()
         server = self.config.server
+        scheme = "https" if server.tls else "http"
+        buckets = len(self.config.buckets)
         log.info(
             "yatagarasu serving {buckets} bucket(s) on {scheme}://{address}:{port}",
-            buckets=len(self.config.buckets),
-            scheme="https" if server.tls else "http",
+            buckets=buckets,
+            scheme=scheme,
             address=server.host,
             port=server.listen_port,
+        )
+        # privilegedStartService has bound the port (synchronously: a failure there stops
+        # twistd), so the kernel queues connections from now on and systemd may send traffic.
+        self._notifier.notify(
+            "READY=1",
+            f"STATUS=serving {buckets} bucket(s) on {scheme}://{server.host}:{server.listen_port}",
+            f"MAINPID={os.getpid()}",
         )
 
     def _handle_sighup(self) -> None:
@@ -138,11 +159,20 @@ class ProxyService(MultiService):
             connections=self.site.connection_count,
             idle=idle,
         )
+        self._notifier.notify(
+            "STOPPING=1",
+            f"STATUS=draining {self.site.active_count} request(s),"
+            f" {self.site.connection_count} connection(s)",
+        )
         if server.shutdown_delay_seconds > 0:
             await deferLater(self._reactor, server.shutdown_delay_seconds)
         await self._listener.stopService()
         # Connections accepted during the delay may be idle (no request sent yet).
         self.site.close_connections()
+        self._notifier.notify(
+            f"STATUS=not listening; waiting up to {server.shutdown_grace_seconds:g}s for"
+            f" {self.site.connection_count} connection(s) to close"
+        )
         closed = self.site.wait_closed()
         closed.addTimeout(server.shutdown_grace_seconds, self._reactor)
         try:
@@ -173,6 +203,8 @@ class ProxyService(MultiService):
         await super().stopService()
         await self.assembly.close()
         log.info("shutdown complete")
+        self._notifier.notify("STATUS=shutdown complete")
+        self._notifier.close()
 
 
 __all__ = ["IService", "ProxyService", "Reactor", "listen_endpoint"]

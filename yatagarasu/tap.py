@@ -10,6 +10,7 @@ code and stops before the listeners.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import ClassVar
 
@@ -99,5 +100,7 @@ def makeService(options: Options) -> IService:
     :returns: the root ``MultiService``.
     """
     from yatagarasu.service import ProxyService
+    from yatagarasu.systemd import SystemdNotifier
 
-    return ProxyService(options["reactor"], options["assembly"])
+    notifier = SystemdNotifier.from_environ(os.environ)
+    return ProxyService(options["reactor"], options["assembly"], notifier)
