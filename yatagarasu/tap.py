@@ -96,7 +96,7 @@ def _metrics_summary(config: Config) -> str:
     listener = config.metrics.listener(config.server)
     if listener is not None:
         host, port = listener
-        return f"http://{host}:{port}/metrics (a listener of their own; not on the main port)"
+        return f"http://{host}:{port}/metrics (its own listener; 404 on the main port)"
     return "/metrics on the main listener" if config.metrics.enabled else "disabled"
 
 
