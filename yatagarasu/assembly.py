@@ -1,8 +1,9 @@
 """
 The composition root: one function turns a validated ``Config`` into everything the process
-runs — access control, caches, metrics, S3 clients, the Resource tree and its ``Site``, and
-the background services. Start-up, ``--check`` and the test harness all call
-:func:`assemble`; nothing is listened on, connected or read here.
+runs — access control, caches, metrics, S3 clients, the Resource tree and its ``Site`` (and
+the metrics listener's ``Site`` when ``metrics.port`` is set), and the background services.
+Start-up, ``--check`` and the test harness all call :func:`assemble`; nothing is listened on,
+connected or read here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
 from yatagarasu.web.metrics import MetricsResource
-from yatagarasu.web.root import RootResource
+from yatagarasu.web.root import NOT_FOUND, RootResource
 from yatagarasu.web.site import ProxySite
 from yatagarasu.web.streaming import StreamTimeouts
 
@@ -63,6 +64,8 @@ class Assembly:
     :ivar tls: server TLS options when ``server.tls`` is set.
     :ivar clients: the S3 client of every bucket, by bucket name.
     :ivar site: the HTTP site (the Resource tree behind it), ready to be listened on.
+    :ivar metrics_site: the site of the metrics listener (``/metrics`` only), when
+        ``metrics.port`` is set and metrics are enabled; ``None`` otherwise.
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance), in start order.
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
@@ -75,6 +78,7 @@ class Assembly:
     tls: CertificateOptions | None
     clients: Mapping[str, S3Client]
     site: ProxySite
+    metrics_site: ProxySite | None = None
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
@@ -113,17 +117,11 @@ def assemble(
     clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
     lifecycle = lifecycle or Lifecycle()
     root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle)
-    site = ProxySite(
-        root,
-        clock=reactor,
-        limits=config.server.security_limits,
-        max_concurrent_requests=config.server.max_concurrent_requests,
-        addresses=access.addresses,
-        metrics=metrics,
-        access_log_enabled=config.logging.level in ("debug", "info"),
-        send_buffer_bytes=config.server.socket_send_buffer_bytes,
-        draining=lifecycle.is_draining,
-    )
+    site = _site(root, reactor, config, access, metrics, lifecycle)
+    metrics_site = None
+    if config.metrics.listener(config.server) is not None:
+        metrics_root = RootResource({b"metrics": MetricsResource(metrics)}, {}, [])
+        metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle)
     services = list(access.services)
     if caching.cache is not None:
         services.extend(caching.cache.services())
@@ -135,8 +133,30 @@ def assemble(
         tls=tls,
         clients=clients,
         site=site,
+        metrics_site=metrics_site,
         services=services,
         lifecycle=lifecycle,
+    )
+
+
+def _site(
+    root: IResource,
+    clock: IReactorTime,
+    config: Config,
+    access: AccessControl,
+    metrics: Metrics,
+    lifecycle: Lifecycle,
+) -> ProxySite:
+    return ProxySite(
+        root,
+        clock=clock,
+        limits=config.server.security_limits,
+        max_concurrent_requests=config.server.max_concurrent_requests,
+        addresses=access.addresses,
+        metrics=metrics,
+        access_log_enabled=config.logging.level in ("debug", "info"),
+        send_buffer_bytes=config.server.socket_send_buffer_bytes,
+        draining=lifecycle.is_draining,
     )
 
 
@@ -149,8 +169,10 @@ def _resource_tree(
     clients: Mapping[str, S3Client],
     lifecycle: Lifecycle,
 ) -> IResource:
+    # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
+    # bucket at "/" must not receive it.
     exact: dict[bytes, IResource] = {
-        b"metrics": MetricsResource(metrics),
+        b"metrics": MetricsResource(metrics) if config.metrics.on_main_listener else NOT_FOUND,
         b"health": HealthResource(clock, clock.seconds()),
         b"ready": ReadyResource(
             {name: c.health for name, c in clients.items()}, lifecycle.is_draining

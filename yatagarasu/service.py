@@ -1,12 +1,14 @@
 """
-The root service: listeners and graceful shutdown.
+The root service: listeners (the proxy's, and the metrics listener when ``metrics.port`` is
+set) and graceful shutdown.
 
 Shutdown order (SIGTERM): ``/ready`` answers 503 ``shutting_down`` at once, idle keep-alive
-connections are closed and busy ones close after their current response; the listener keeps
+connections are closed and busy ones close after their current response; the listeners keep
 accepting for ``server.shutdown_delay_seconds`` so load balancers notice (those responses close
-their connection too); then it stops listening. Every client connection then gets
-``server.shutdown_grace_seconds`` to flush its last byte and close (long downloads included);
-the rest are aborted. Only then the other services stop and the upstream pools and caches close.
+their connection too); then they stop listening. Every client connection of either listener
+then gets ``server.shutdown_grace_seconds`` to flush its last byte and close (long downloads
+included); the rest are aborted. Only then the other services stop and the upstream pools and
+caches close.
 
 systemd (``Type=notify``) hears of it through the injected :class:`SystemdNotifier`:
 ``READY=1`` once the listener is bound, ``STOPPING=1`` when the drain begins, a ``STATUS=`` line
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -32,9 +35,9 @@ from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from yatagarasu.assembly import Assembly
-from yatagarasu.config.schema import ServerConfig
 from yatagarasu.logs import is_default, make_observer
 from yatagarasu.systemd import SystemdNotifier
+from yatagarasu.web.site import ProxySite
 
 log = Logger()
 
@@ -46,16 +49,44 @@ class Reactor(IReactorTime, IReactorTCP):
     """What the proxy needs of a reactor (for type checking only)."""
 
 
-def listen_endpoint(reactor: Any, server: ServerConfig) -> IStreamServerEndpoint:
+def listen_endpoint(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
     """
     :param reactor: an ``IReactorTCP``.
-    :param server: the ``server`` section.
-    :returns: a TCP endpoint on ``server.address`` (IPv4 or IPv6) and the listen port.
+    :param host: the interface: an IPv4 or IPv6 address, or ``localhost``.
+    :param port: the TCP port.
+    :returns: a TCP endpoint on that interface (IPv6 when ``host`` has a colon).
     """
-    host = server.host
     if ":" in host:
-        return TCP6ServerEndpoint(reactor, server.listen_port, interface=host)
-    return TCP4ServerEndpoint(reactor, server.listen_port, interface=host)
+        return TCP6ServerEndpoint(reactor, port, interface=host)
+    return TCP4ServerEndpoint(reactor, port, interface=host)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """
+    One client-facing listener: what it serves and where.
+
+    :ivar name: ``proxy`` (buckets and the proxy's routes) or ``metrics``.
+    :ivar site: the site its connections belong to (tracked for the drain).
+    :ivar service: the listening service.
+    :ivar host: the interface.
+    :ivar port: the TCP port.
+    """
+
+    name: str
+    site: ProxySite
+    service: StreamServerEndpointService
+    host: str
+    port: int
+
+
+def _listener(
+    reactor: Any, name: str, site: ProxySite, host: str, port: int, factory: Any
+) -> Listener:
+    service = StreamServerEndpointService(listen_endpoint(reactor, host, port), factory)
+    # Fail twistd at start-up (port in use, permission) instead of logging and running on.
+    service._raiseSynchronously = True
+    return Listener(name, site, service, host, port)
 
 
 class ProxyService(MultiService):
@@ -80,12 +111,18 @@ class ProxyService(MultiService):
         factory: Any = self.site
         if assembly.tls is not None:
             factory = TLSMemoryBIOFactory(assembly.tls, False, self.site)
-        self._listener = StreamServerEndpointService(
-            listen_endpoint(reactor, config.server), factory
-        )
-        # Fail twistd at start-up (port in use, permission) instead of logging and running on.
-        self._listener._raiseSynchronously = True
-        self._listener.setServiceParent(self)
+        server = config.server
+        #: the client-facing listeners: the proxy's, then the metrics listener (when set)
+        self.listeners = [
+            _listener(reactor, "proxy", self.site, server.host, server.listen_port, factory)
+        ]
+        metrics_listener = config.metrics.listener(server)
+        if assembly.metrics_site is not None and metrics_listener is not None:
+            host, port = metrics_listener
+            site = assembly.metrics_site
+            self.listeners.append(_listener(reactor, "metrics", site, host, port, site))
+        for listener in self.listeners:
+            listener.service.setServiceParent(self)
         for service in assembly.services:
             service.setServiceParent(self)
 
@@ -100,11 +137,13 @@ class ProxyService(MultiService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            server = self.config.server
+            # The two listeners never share a port (the configuration check refuses it).
+            name = next((lst.name for lst in self.listeners if lst.port == e.port), "proxy")
             log.critical(
-                "cannot listen on {address}:{port}: {reason}",
-                address=server.host,
-                port=server.listen_port,
+                "cannot listen on {address}:{port} ({listener}): {reason}",
+                address=e.interface,
+                port=e.port,
+                listener=name,
                 reason=str(e.socketError),
             )
             raise SystemExit(1) from None
@@ -122,7 +161,13 @@ class ProxyService(MultiService):
             address=server.host,
             port=server.listen_port,
         )
-        # privilegedStartService has bound the port (synchronously: a failure there stops
+        for listener in self.listeners[1:]:
+            log.info(
+                "metrics served on http://{address}:{port}/metrics only",
+                address=listener.host,
+                port=listener.port,
+            )
+        # privilegedStartService has bound the ports (synchronously: a failure there stops
         # twistd), so the kernel queues connections from now on and systemd may send traffic.
         self._notifier.notify(
             "READY=1",
@@ -150,36 +195,35 @@ class ProxyService(MultiService):
 
     async def _drain(self) -> None:
         server = self.config.server
+        sites = [listener.site for listener in self.listeners]
         self.assembly.lifecycle.draining = True
-        idle = self.site.close_connections()
+        idle = sum(site.close_connections() for site in sites)
         log.info(
             "shutting down: {active} request(s) in flight, {connections} connection(s) open,"
             " {idle} idle closed",
-            active=self.site.active_count,
-            connections=self.site.connection_count,
+            active=sum(site.active_count for site in sites),
+            connections=sum(site.connection_count for site in sites),
             idle=idle,
         )
         self._notifier.notify(
             "STOPPING=1",
-            f"STATUS=draining {self.site.active_count} request(s),"
-            f" {self.site.connection_count} connection(s)",
+            f"STATUS=draining {sum(site.active_count for site in sites)} request(s),"
+            f" {sum(site.connection_count for site in sites)} connection(s)",
         )
         if server.shutdown_delay_seconds > 0:
             await deferLater(self._reactor, server.shutdown_delay_seconds)
-        await self._listener.stopService()
+        for listener in self.listeners:
+            await listener.service.stopService()
         # Connections accepted during the delay may be idle (no request sent yet).
-        self.site.close_connections()
+        for site in sites:
+            site.close_connections()
         self._notifier.notify(
             f"STATUS=not listening; waiting up to {server.shutdown_grace_seconds:g}s for"
-            f" {self.site.connection_count} connection(s) to close"
+            f" {sum(site.connection_count for site in sites)} connection(s) to close"
         )
-        closed = self.site.wait_closed()
-        closed.addTimeout(server.shutdown_grace_seconds, self._reactor)
-        try:
-            await closed
-        except TimeoutError:
-            requests = self.site.active_count
-            aborted = self.site.abort_connections()
+        if not await self._all_closed(sites, server.shutdown_grace_seconds):
+            requests = sum(site.active_count for site in sites)
+            aborted = sum(site.abort_connections() for site in sites)
             log.warn(
                 "aborted {aborted} connection(s) still open after {grace:g}s"
                 " ({requests} request(s) in flight)",
@@ -189,14 +233,10 @@ class ProxyService(MultiService):
             )
             # An aborted transport reports connectionLost on the next reactor turn: let the
             # requests see it (access log, cache fills) before their services stop.
-            settled = self.site.wait_closed()
-            settled.addTimeout(ABORT_SETTLE_SECONDS, self._reactor)
-            try:
-                await settled
-            except TimeoutError:
+            if not await self._all_closed(sites, ABORT_SETTLE_SECONDS):
                 log.warn(
                     "{left} connection(s) not closed after the abort",
-                    left=self.site.connection_count,
+                    left=sum(site.connection_count for site in sites),
                 )
         # Only now the other services (JWKS timers, cache layers): in-flight requests may
         # still have been filling the cache during the grace period.
@@ -206,5 +246,24 @@ class ProxyService(MultiService):
         self._notifier.notify("STATUS=shutdown complete")
         self._notifier.close()
 
+    async def _all_closed(self, sites: list[ProxySite], seconds: float) -> bool:
+        """
+        Wait until every connection of ``sites`` has flushed and closed, for at most
+        ``seconds`` in all.
 
-__all__ = ["IService", "ProxyService", "Reactor", "listen_endpoint"]
+        :param sites: the sites whose connections to wait for.
+        :param seconds: how long to wait.
+        :returns: whether they all closed in time.
+        """
+        deadline = self._reactor.seconds() + seconds
+        for site in sites:
+            closed = site.wait_closed()
+            closed.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
+            try:
+                await closed
+            except TimeoutError:
+                return False
+        return True
+
+
+__all__ = ["IService", "Listener", "ProxyService", "Reactor", "listen_endpoint"]

@@ -18,7 +18,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from yatagarasu.assembly import Assembly, assemble
-from yatagarasu.config import ConfigError, load_config
+from yatagarasu.config import Config, ConfigError, load_config
 
 
 class Options(usage.Options):
@@ -72,6 +72,7 @@ def summary(path: str, assembly: Assembly) -> str:
     lines = [
         f"configuration OK: {path}",
         f"listener: {scheme}://{server.host}:{server.listen_port}",
+        f"metrics: {_metrics_summary(config)}",
         f"buckets: {len(config.buckets)}",
     ]
     for bucket in config.buckets:
@@ -90,6 +91,14 @@ def summary(path: str, assembly: Assembly) -> str:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
     lines.append(f"admin API: {'jwt with admin_claims' if access.admin else 'disabled (403)'}")
     return "\n".join(lines) + "\n"
+
+
+def _metrics_summary(config: Config) -> str:
+    listener = config.metrics.listener(config.server)
+    if listener is not None:
+        host, port = listener
+        return f"http://{host}:{port}/metrics (its own listener; 404 on the main port)"
+    return "/metrics on the main listener" if config.metrics.enabled else "disabled"
 
 
 def makeService(options: Options) -> IService:

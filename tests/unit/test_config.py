@@ -58,6 +58,67 @@ def test_conflicting_ports_rejected() -> None:
     assert error.path == "server.port"
 
 
+def test_metrics_defaults_serve_on_the_main_listener() -> None:
+    config = parse_config(minimal(), {})
+    assert (config.metrics.enabled, config.metrics.address, config.metrics.port) == (
+        True,
+        None,
+        None,
+    )
+    assert config.metrics.on_main_listener
+    assert config.metrics.listener(config.server) is None
+
+
+def test_rust_metrics_section_loads_as_a_listener_of_its_own() -> None:
+    document = {**minimal(), "server": {"address": "0.0.0.0", "port": 8080}}
+    config = parse_config({**document, "metrics": {"enabled": True, "port": 9090}}, {})
+    # The metrics listener listens where the main one does unless metrics.address says else.
+    assert config.metrics.listener(config.server) == ("0.0.0.0", 9090)
+    assert not config.metrics.on_main_listener
+    private = parse_config({**document, "metrics": {"address": "127.0.0.1", "port": 9090}}, {})
+    assert private.metrics.listener(private.server) == ("127.0.0.1", 9090)
+
+
+def test_metrics_address_forms() -> None:
+    bare = parse_config({**minimal(), "metrics": {"address": "::1", "port": 9091}}, {})
+    assert bare.metrics.listener(bare.server) == ("::1", 9091)
+    bracketed = parse_config({**minimal(), "metrics": {"address": "[::]:9092"}}, {})
+    assert bracketed.metrics.listener(bracketed.server) == ("::", 9092)
+    with_port = parse_config({**minimal(), "metrics": {"address": "127.0.0.2:9093"}}, {})
+    assert with_port.metrics.listener(with_port.server) == ("127.0.0.2", 9093)
+
+
+def test_metrics_disabled_serves_nowhere() -> None:
+    config = parse_config({**minimal(), "metrics": {"enabled": False, "port": 9090}}, {})
+    assert config.metrics.listener(config.server) is None
+    assert not config.metrics.on_main_listener
+
+
+@pytest.mark.parametrize(
+    ("section", "server", "path", "needle"),
+    [
+        ({"port": 8080}, {}, "metrics.port", "is the main listener's port"),
+        ({"port": 9000}, {"address": "0.0.0.0:9000"}, "metrics.port", "main listener's port"),
+        ({"address": "[::1]:8081"}, {"port": 8081}, "metrics.address", "main listener's port"),
+        ({"enabled": False, "port": 8080}, {}, "metrics.port", "main listener's port"),
+        ({"address": "127.0.0.1"}, {}, "metrics.address", "needs metrics.port"),
+        ({"address": "metrics.local", "port": 9090}, {}, "metrics.address", "IP address"),
+        ({"address": "127.0.0.1:9090", "port": 9091}, {}, "metrics.port", "conflicts"),
+        ({"port": 0}, {}, "metrics.port", "1..65535"),
+        ({"port": 70000}, {}, "metrics.port", "1..65535"),
+        ({"port": "9090"}, {}, "metrics.port", "expected an integer"),
+        ({"enabled": "yes"}, {}, "metrics.enabled", "expected true or false"),
+        ({"prot": 9090}, {}, "metrics.prot", "did you mean 'port'"),
+    ],
+)
+def test_metrics_errors_name_the_key(
+    section: dict[str, Any], server: dict[str, Any], path: str, needle: str
+) -> None:
+    error = error_of({**minimal(), "server": server, "metrics": section})
+    assert error.path == path
+    assert needle in error.message
+
+
 def test_unknown_key_has_dotted_path_and_hint() -> None:
     document = minimal(s3={"bucket": "b", "timout": 5})
     error = error_of(document)
@@ -78,7 +139,6 @@ def test_unknown_key_in_second_bucket() -> None:
     ("document", "path"),
     [
         ({"observability": {}, **minimal()}, "observability"),
-        ({"metrics": {}, **minimal()}, "metrics"),
         ({"audit_log": {}, **minimal()}, "audit_log"),
         (minimal(s3={"bucket": "b", "rate_limit": {}}), "buckets[0].s3.rate_limit"),
         ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),

@@ -92,18 +92,7 @@ class ServerConfig:
         return _split_address(self.address)[1] or 8080
 
     def check(self, path: str) -> None:
-        host, port_in_address = _split_address(self.address)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            if host != "localhost":
-                raise ConfigError(
-                    join(path, "address"), f"expected an IP address (or localhost), got {host!r}"
-                ) from None
-        if port_in_address is not None and self.port is not None and port_in_address != self.port:
-            raise ConfigError(
-                join(path, "port"), f"conflicts with the port in address ({port_in_address})"
-            )
+        _check_address(self.address, self.port, path)
         _positive(self.send_timeout_seconds, join(path, "send_timeout_seconds"))
         if self.socket_send_buffer_bytes is not None and self.socket_send_buffer_bytes < 4096:
             raise ConfigError(join(path, "socket_send_buffer_bytes"), "must be >= 4096")
@@ -121,6 +110,80 @@ class ServerConfig:
         _positive(
             self.shutdown_grace_seconds, join(path, "shutdown_grace_seconds"), allow_zero=True
         )
+
+
+def _check_address(address: str, port: int | None, path: str) -> None:
+    """
+    Check a listener's ``address`` (IP address or ``localhost``, maybe with a port) and that
+    ``port``, when given, agrees with a port in the address.
+    """
+    host, port_in_address = _split_address(address)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(
+                join(path, "address"), f"expected an IP address (or localhost), got {host!r}"
+            ) from None
+    if port_in_address is not None and port is not None and port_in_address != port:
+        raise ConfigError(
+            join(path, "port"), f"conflicts with the port in address ({port_in_address})"
+        )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """
+    Where ``GET /metrics`` is served (the v1.x ``metrics`` section).
+
+    Without a port of its own, ``/metrics`` is served on the main listener. With one, it is
+    served on a listener of its own (plain HTTP, ``/metrics`` only) and not on the main one.
+    ``enabled: false`` serves it nowhere.
+    """
+
+    enabled: bool = True
+    address: str | None = None
+    port: int | None = None
+
+    @property
+    def listen_port(self) -> int | None:
+        """The port of the metrics listener: ``port``, else the one in ``address``, else none."""
+        if self.port is not None or self.address is None:
+            return self.port
+        return _split_address(self.address)[1]
+
+    @property
+    def on_main_listener(self) -> bool:
+        """Whether ``/metrics`` is served on the main listener (enabled, no port of its own)."""
+        return self.enabled and self.listen_port is None
+
+    def listener(self, server: ServerConfig) -> tuple[str, int] | None:
+        """
+        :param server: the ``server`` section (its interface is the default one).
+        :returns: ``(host, port)`` of the metrics listener, or ``None`` when ``/metrics`` is
+            disabled or served on the main listener.
+        """
+        port = self.listen_port
+        if not self.enabled or port is None:
+            return None
+        host = _split_address(self.address)[0] if self.address is not None else server.host
+        return host, port
+
+    def check(self, path: str) -> None:
+        if self.address is not None:
+            _check_address(self.address, self.port, path)
+        port = self.listen_port
+        if port is None:
+            if self.address is not None:
+                raise ConfigError(
+                    join(path, "address"),
+                    "needs metrics.port (without a port of their own, metrics are served on"
+                    " the main listener)",
+                )
+            return
+        if not 1 <= port <= 65535:
+            key = "port" if self.port is not None else "address"
+            raise ConfigError(join(path, key), f"port must be 1..65535, got {port}")
 
 
 def _split_address(address: str) -> tuple[str, int | None]:
@@ -329,7 +392,6 @@ class Config:
     UNSUPPORTED: ClassVar[dict[str, str]] = {
         "audit_log": _LATER_AUDIT,
         "observability": _LATER_OBSERVABILITY,
-        "metrics": "GET /metrics is always served; there is nothing to configure",
         "rate_limiting": _LATER_SECURITY,
     }
 
@@ -338,10 +400,18 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     jwt: Mapping[str, Any] | None = None
     cache: Mapping[str, Any] | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def check(self, path: str) -> None:
         if not self.buckets:
             raise ConfigError("buckets", "at least one bucket is required")
+        if self.metrics.listen_port == self.server.listen_port:
+            key = "port" if self.metrics.port is not None else "address"
+            raise ConfigError(
+                f"metrics.{key}",
+                f"{self.server.listen_port} is the main listener's port (server.port): choose"
+                " another one, or leave metrics.port out to serve /metrics on the main port",
+            )
         names: dict[str, int] = {}
         prefixes: dict[tuple[str, ...], int] = {}
         for i, bucket in enumerate(self.buckets):
