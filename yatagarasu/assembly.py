@@ -1,7 +1,8 @@
 """
 The composition root: one function turns a validated ``Config`` into everything the process
-runs — access control, caches, metrics, S3 clients, the Resource tree and its ``Site`` (and
-the metrics listener's ``Site`` when ``metrics.port`` is set), and the background services.
+runs — access control, caches, the audit trail, metrics, S3 clients, the Resource tree and its
+``Site`` (and the metrics listener's ``Site`` when ``metrics.port`` is set), and the background
+services.
 Start-up, ``--check`` and the test harness all call :func:`assemble`; nothing is listened on,
 connected or read here.
 """
@@ -19,6 +20,8 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 
 from yatagarasu import plugins
+from yatagarasu.audit.from_config import build_audit
+from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
@@ -66,8 +69,9 @@ class Assembly:
     :ivar site: the HTTP site (the Resource tree behind it), ready to be listened on.
     :ivar metrics_site: the site of the metrics listener (``/metrics`` only), when
         ``metrics.port`` is set and metrics are enabled; ``None`` otherwise.
+    :ivar audit: the audit trail when ``audit_log.enabled`` (``None``: no records are built).
     :ivar services: background services to run beside the listener (JWKS refresh timers,
-        cache maintenance), in start order.
+        cache maintenance, audit sinks), in start order.
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
     """
 
@@ -79,6 +83,7 @@ class Assembly:
     clients: Mapping[str, S3Client]
     site: ProxySite
     metrics_site: ProxySite | None = None
+    audit: AuditTrail | None = None
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
@@ -112,19 +117,24 @@ def assemble(
     metrics = Metrics()
     access = build_access_control(config, reactor, plugins)
     caching = build_cache(config, reactor, plugins, metrics)
+    audit = build_audit(config, reactor, plugins)
+    if audit is not None:
+        metrics.watch_audit(audit.sinks)
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
     clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
     lifecycle = lifecycle or Lifecycle()
     root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle)
-    site = _site(root, reactor, config, access, metrics, lifecycle)
+    site = _site(root, reactor, config, access, metrics, lifecycle, audit)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
         metrics_root = RootResource({b"metrics": MetricsResource(metrics)}, {}, [])
-        metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle)
+        metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle, audit)
     services = list(access.services)
     if caching.cache is not None:
         services.extend(caching.cache.services())
+    if audit is not None:  # last: stopped after the drain, they flush every record
+        services.extend(audit.services())
     return Assembly(
         config=config,
         access=access,
@@ -134,6 +144,7 @@ def assemble(
         clients=clients,
         site=site,
         metrics_site=metrics_site,
+        audit=audit,
         services=services,
         lifecycle=lifecycle,
     )
@@ -146,6 +157,7 @@ def _site(
     access: AccessControl,
     metrics: Metrics,
     lifecycle: Lifecycle,
+    audit: AuditTrail | None,
 ) -> ProxySite:
     return ProxySite(
         root,
@@ -157,6 +169,7 @@ def _site(
         access_log_enabled=config.logging.level in ("debug", "info"),
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
+        audit=audit,
     )
 
 

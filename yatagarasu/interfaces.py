@@ -4,7 +4,8 @@ The zope interfaces that plugins implement. Docstrings are the contract.
 Plugins are found with ``twisted.plugin.getPlugins`` (see :mod:`yatagarasu.discovery`): a
 package installed beside yatagarasu provides a module in ``yatagarasu/plugins/`` (a namespace
 extended with ``pluginPackagePaths``) holding objects that provide ``twisted.plugin.IPlugin``
-and one of the ``*Factory`` interfaces below. The configuration names them.
+and one of the ``*Factory`` interfaces below (cache layers, auth schemes, audit sinks). The
+configuration names them.
 
 This module is the floor of the package: it imports only the values the contracts exchange
 (:mod:`yatagarasu.values`), Twisted and zope. The optional interfaces (``ISwitchableCacheLayer``,
@@ -23,7 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
 
-from yatagarasu.values import CacheEntry, CacheKey, Identity, LayerStats
+from yatagarasu.values import AuditRecord, CacheEntry, CacheKey, Identity, LayerStats
 
 
 class ICacheWriter(Interface):
@@ -255,5 +256,59 @@ class IAuthSchemeFactory(Interface):
         :param settings: the scheme's mapping from the configuration.
         :param path: its dotted key path, for errors.
         :param reactor: the reactor (time, TCP for JWKS and the like).
+        :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
+        """
+
+
+class IAuditSink(Interface):
+    """
+    Where audit records go (a file, syslog, or a third-party destination).
+
+    ``write`` is called on the reactor thread once per request, after the response ended: it
+    must only queue the record (no I/O, no serialization of consequence). The sink's services
+    deliver what was queued; stopping them (at shutdown, after the drain) delivers the rest.
+    A failure to deliver is logged and counted, never raised to the request.
+    """
+
+    name = Attribute("The sink's name in ``audit_log.outputs``, e.g. ``'file'``.")
+    counts = Attribute(
+        "Records by result so far: a mapping of ``'written'``, ``'failed'`` and ``'dropped'``"
+        " to ``int`` (only growing), read at scrape time for"
+        " ``yatagarasu_audit_records_total{sink,result}``."
+    )
+
+    def write(record: AuditRecord) -> None:
+        """
+        Queue one record. Must not block.
+
+        :param record: the request's record, already redacted.
+        """
+
+    def reopen() -> None:
+        """
+        Reopen files or connections (``SIGUSR1``, for logrotate users); a no-op for sinks
+        with nothing to reopen.
+        """
+
+    def services() -> list[IService]:
+        """
+        :returns: the services that deliver queued records (a flush timer, a connection),
+            started with the proxy and stopped after the drain; stopping them delivers what is
+            still queued.
+        """
+
+
+class IAuditSinkFactory(Interface):
+    """Builds an audit sink from its configuration mapping (``audit_log.<name>``)."""
+
+    name = Attribute("The name used in ``audit_log.outputs``.")
+
+    def build(settings: Mapping[str, Any], path: str, reactor: Any) -> IAuditSink:
+        """
+        Validate ``settings`` and build the sink. Nothing is opened or connected yet.
+
+        :param settings: the sink's mapping from the configuration (may be empty).
+        :param path: its dotted key path (``audit_log.file``), for errors.
+        :param reactor: the reactor (time, threads, TCP/UDP).
         :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
         """

@@ -27,7 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from yatagarasu.cache.tiered import TieredCache
-from yatagarasu.interfaces import IErrorCountingCacheLayer
+from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer
 
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -146,6 +146,24 @@ class _CacheCollector(Collector):
         yield from (evictions, size, items, errors)
 
 
+class _AuditCollector(Collector):
+    """Reads the audit sinks' own counters at scrape time."""
+
+    def __init__(self, sinks: Callable[[], Sequence[IAuditSink]]) -> None:
+        self._sinks = sinks
+
+    def collect(self) -> Iterator[Any]:
+        records = CounterMetricFamily(
+            "yatagarasu_audit_records",
+            "Audit records by sink and result (written, failed, dropped).",
+            labels=["sink", "result"],
+        )
+        for sink in self._sinks():
+            for result, count in sorted(sink.counts.items()):
+                records.add_metric([sink.name, result], count)
+        yield records
+
+
 class Metrics:
     """
     The proxy's metrics.
@@ -199,6 +217,8 @@ class Metrics:
             )
         )
         self.registry.register(_CacheCollector(lambda: self._cache, self._cache_errors))
+        self._audit_sinks: Sequence[IAuditSink] = ()
+        self.registry.register(_AuditCollector(lambda: self._audit_sinks))
 
     def watch_cache(self, cache: TieredCache) -> None:
         """
@@ -206,6 +226,10 @@ class Metrics:
             evictions and errors to export.
         """
         self._cache = cache
+
+    def watch_audit(self, sinks: Sequence[IAuditSink]) -> None:
+        """:param sinks: the audit sinks whose record counts to export."""
+        self._audit_sinks = sinks
 
     def request(
         self, bucket: str | None, method: bytes, status: int, seconds: float, sent: int

@@ -8,7 +8,9 @@ accepting for ``server.shutdown_delay_seconds`` so load balancers notice (those 
 their connection too); then they stop listening. Every client connection of either listener
 then gets ``server.shutdown_grace_seconds`` to flush its last byte and close (long downloads
 included); the rest are aborted. Only then the other services stop and the upstream pools and
-caches close.
+caches close (the audit sinks flush what they still hold as they stop).
+
+SIGUSR1 reopens the audit sinks' files and connections (for logrotate).
 
 systemd (``Type=notify``) hears of it through the injected :class:`SystemdNotifier`:
 ``READY=1`` once the listener is bound, ``STOPPING=1`` when the drain begins, a ``STATUS=`` line
@@ -151,6 +153,7 @@ class ProxyService(MultiService):
     def startService(self) -> None:
         super().startService()
         self._handle_sighup()
+        self._handle_sigusr1()
         server = self.config.server
         scheme = "https" if server.tls else "http"
         buckets = len(self.config.buckets)
@@ -189,6 +192,20 @@ class ProxyService(MultiService):
             )
 
         signal.signal(signal.SIGHUP, on_sighup)
+
+    def _handle_sigusr1(self) -> None:
+        audit = self.assembly.audit
+        if audit is None or threading.current_thread() is not threading.main_thread():
+            return
+
+        def reopen() -> None:
+            log.info("SIGUSR1 received: reopening the audit sinks")
+            audit.reopen()
+
+        def on_sigusr1(signum: int, frame: object) -> None:
+            self._reactor.callFromThread(reopen)
+
+        signal.signal(signal.SIGUSR1, on_sigusr1)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._drain())

@@ -89,6 +89,8 @@ def summary(path: str, assembly: Assembly) -> str:
         )
     if caching.cache is not None:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
+    if assembly.audit is not None:
+        lines.append("audit outputs: " + ", ".join(sink.name for sink in assembly.audit.sinks))
     lines.append(f"admin API: {'jwt with admin_claims' if access.admin else 'disabled (403)'}")
     return "\n".join(lines) + "\n"
 

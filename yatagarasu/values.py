@@ -170,3 +170,46 @@ class Identity:
     subject: str | None
     claims: Mapping[str, Any] = field(default_factory=dict)
     scheme: str = ""
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """
+    One request as the audit trail records it (DESIGN.md §3), built once the response ended.
+
+    Handed to every audit sink (:class:`yatagarasu.interfaces.IAuditSink`) already redacted:
+    no token, ``Authorization`` value, token or secret-looking query parameter, or configured
+    sensitive header is in it. Sinks serialize it with
+    :func:`yatagarasu.audit.record.to_json` (or their own way) off the request path.
+
+    :ivar started: when the request arrived (epoch seconds); the record's ``timestamp``.
+    :ivar correlation_id: the response's ``X-Request-ID``.
+    :ivar client_ip: the client address (``X-Forwarded-For`` only from trusted proxies).
+    :ivar user: the authenticated subject (JWT ``sub``, a plugin identity's), else ``None``.
+    :ivar bucket: the configured bucket name, ``None`` off bucket routes.
+    :ivar object_key: the decoded object key, when the request got that far.
+    :ivar http_method: ``GET``, ``HEAD``...
+    :ivar request_path: the path, without the query string.
+    :ivar response_status: the status sent.
+    :ivar response_size_bytes: body bytes actually sent (less than the length when the client
+        went away mid-body).
+    :ivar duration_ms: from arrival to the last byte handed to the connection.
+    :ivar cache_status: ``hit|miss|bypass|stale|revalidated``, ``None`` where nothing caches.
+    :ivar user_agent: the ``User-Agent`` header.
+    :ivar referer: the ``Referer`` header, with secret-looking query parameters redacted.
+    """
+
+    started: float
+    correlation_id: str
+    client_ip: str
+    user: str | None
+    bucket: str | None
+    object_key: str | None
+    http_method: str
+    request_path: str
+    response_status: int
+    response_size_bytes: int
+    duration_ms: float
+    cache_status: str | None
+    user_agent: str | None
+    referer: str | None

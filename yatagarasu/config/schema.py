@@ -24,7 +24,6 @@ RESERVED_PREFIXES = ("/health", "/ready", "/metrics", "/admin")
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
-_LATER_AUDIT = "arrives with audit logging"
 _LATER_OBSERVABILITY = "arrives with metrics and tracing"
 _LATER_SECURITY = "arrives with rate limiting"
 _LATER_HA = "arrives with replica failover and circuit breakers"
@@ -390,7 +389,6 @@ class Config:
     """The whole configuration document."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "audit_log": _LATER_AUDIT,
         "observability": _LATER_OBSERVABILITY,
         "rate_limiting": _LATER_SECURITY,
     }
@@ -400,6 +398,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     jwt: Mapping[str, Any] | None = None
     cache: Mapping[str, Any] | None = None
+    audit_log: Mapping[str, Any] | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def check(self, path: str) -> None:

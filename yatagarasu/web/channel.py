@@ -220,3 +220,11 @@ class LimitedHTTPChannel(HTTPChannel):
         transport: ITransport = self.transport  # type: ignore[assignment]
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.loseConnection()
+        peer: Any = transport.getPeer()
+        method = getattr(self, "_command", b"")
+        target = getattr(self, "_path", b"").split(b"?", 1)[0]
+        if not method and self.requests:  # the body was too large: the request exists
+            method, target = self.requests[-1].method, self.requests[-1].path
+        self.site.request_refused(
+            str(getattr(peer, "host", peer)), method, target, status, request_id, len(body)
+        )

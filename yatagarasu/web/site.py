@@ -1,6 +1,7 @@
 """
 The twisted.web ``Site`` of the proxy: request ids, raw-target checks, concurrency limit,
-connection tracking for graceful shutdown, and one access-log event per request.
+connection tracking for graceful shutdown, and, once each response has ended, the metrics,
+one access-log event and one audit record per request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site, version
 
+from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.auth.network import ClientAddressResolver
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
@@ -25,6 +27,7 @@ from yatagarasu.http.conditionals import Conditions, parse_conditions
 from yatagarasu.http.status import reason_phrase_bytes
 from yatagarasu.metrics import Metrics
 from yatagarasu.per_second import PerSecond
+from yatagarasu.values import AuditRecord
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
 from yatagarasu.web.request_id import request_id_for
 from yatagarasu.web.responses import write_error
@@ -50,6 +53,8 @@ class ProxyRequest(Request):
     _conditions: Conditions | None = None
     _body_bytes = 0
     _accounted = False
+    #: answered by the channel while the request was parsed (it audits those itself)
+    _refused = False
 
     @property
     def proxy_site(self) -> ProxySite:
@@ -81,6 +86,7 @@ class ProxyRequest(Request):
         ids = b"X-Request-Id: %s\r\nX-Correlation-Id: %s\r\n" % (rid, rid)
         self._fixed.prefix = ids + site.server_and_date(self.started)
         if channel._rejected:  # a limit was hit while the body arrived: already answered
+            self._refused = True
             return
         site.request_started(self)
         reason = traversal_reason(self.uri)
@@ -179,6 +185,36 @@ def _header_text(request: Request, name: bytes) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
+def _request_header(request: Request, name: bytes) -> str | None:
+    values = request.requestHeaders.getRawHeaders(name)
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
+    """
+    :param request: a request whose response ended (completely or not).
+    :param duration: seconds from its arrival to the end of the response.
+    :returns: its audit record, not redacted yet.
+    """
+    cache = _header_text(request, b"x-cache")
+    return AuditRecord(
+        started=request.started,
+        correlation_id=request.request_id,
+        client_ip=request.client_address,
+        user=request.subject,
+        bucket=request.bucket,
+        object_key=request.object_key,
+        http_method=request.method.decode("ascii", "replace"),
+        request_path=request.path.decode("utf-8", "replace"),
+        response_status=request.code,
+        response_size_bytes=request.sentLength,
+        duration_ms=round(duration * 1000, 3),
+        cache_status=cache.lower() if cache is not None else None,
+        user_agent=_request_header(request, b"user-agent"),
+        referer=_request_header(request, b"referer"),
+    )
+
+
 def _server_and_date(second: int) -> bytes:
     return b"Server: %s\r\nDate: %s\r\n" % (version, datetimeToString(second))
 
@@ -199,6 +235,8 @@ class ProxySite(Site):
     :param draining: whether a graceful shutdown has begun (responses then close their
         connection instead of keeping it alive).
     :param idle_timeout: seconds an idle keep-alive connection is kept.
+    :param audit: where each request's audit record goes (``None``: no audit trail, and no
+        record is built).
     """
 
     protocol = LimitedHTTPChannel  # type: ignore[assignment]
@@ -218,6 +256,7 @@ class ProxySite(Site):
         send_buffer_bytes: int | None = None,
         draining: Callable[[], bool] = lambda: False,
         idle_timeout: float = 60.0,
+        audit: AuditTrail | None = None,
     ) -> None:
         super().__init__(resource, reactor=clock)
         self.clock = clock
@@ -229,6 +268,7 @@ class ProxySite(Site):
         self.limits = limits
         self.max_concurrent_requests = max_concurrent_requests
         self.idle_timeout = idle_timeout
+        self.audit = audit
         self._active: set[ProxyRequest] = set()
         self._channels: set[LimitedHTTPChannel] = set()
         self._closed_waiters: list[Deferred[None]] = []
@@ -255,7 +295,8 @@ class ProxySite(Site):
 
     def request_ended(self, request: ProxyRequest, *, aborted: bool) -> None:
         """
-        Stop tracking a request and write its access-log event (once).
+        Stop tracking a request, count it, write its access-log event and its audit record
+        (once).
 
         :param request: the request that ended.
         :param aborted: whether the connection went away before the response was complete.
@@ -285,6 +326,44 @@ class ProxySite(Site):
                 aborted=aborted,
                 user_agent=(request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
             )
+        audit = self.audit
+        if audit is not None and not request._refused and audit.records(request.path):
+            audit.emit(audit_record(request, duration))
+
+    def request_refused(
+        self, peer: str, method: bytes, path: bytes, status: int, request_id: str, sent: int
+    ) -> None:
+        """
+        Audit a request the channel answered while parsing it (400, 413, 414, 431), before a
+        request object existed or was processed.
+
+        :param peer: the client's address (the socket's: headers were not trusted yet).
+        :param method: the method, when the request line was read (else ``b""``).
+        :param path: the target without its query string, when read (else ``b""``).
+        :param status: the status sent.
+        :param request_id: the response's ``X-Request-ID``.
+        :param sent: the body bytes sent.
+        """
+        if self.audit is None:
+            return
+        now = self.clock.seconds()
+        record = AuditRecord(
+            started=now,
+            correlation_id=request_id,
+            client_ip=peer,
+            user=None,
+            bucket=None,
+            object_key=None,
+            http_method=method.decode("ascii", "replace"),
+            request_path=path.decode("utf-8", "replace"),
+            response_status=status,
+            response_size_bytes=sent,
+            duration_ms=0.0,
+            cache_status=None,
+            user_agent=None,
+            referer=None,
+        )
+        self.audit.emit(record)
 
     def log(self, request: http.Request) -> None:
         """Called by twisted.web when a request finished: account for it."""

@@ -1,0 +1,210 @@
+"""
+The built-in ``file`` audit sink: JSON lines, buffered, written by a thread, rotated.
+
+Records are queued on the reactor thread (a list append) and written in batches: every
+``flush_interval_seconds``, as soon as ``batch_records`` are queued, on ``SIGUSR1`` (which
+reopens the file first) and at shutdown. Serializing and writing a batch happen in the
+reactor's thread pool, one batch at a time, so a slow disk never blocks the reactor; while a
+batch is being written the queue keeps growing up to ``max_queue_records``, beyond which
+records are dropped and counted. A failed write is logged and its records counted as failed;
+the proxy goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from yatagarasu.audit.record import to_json
+from yatagarasu.audit.rotating_file import RotatingFile
+from yatagarasu.config.typed import from_raw, join
+from yatagarasu.errors import ConfigError
+from yatagarasu.interfaces import IAuditSink, IAuditSinkFactory
+from yatagarasu.values import MIB, AuditRecord
+
+log = Logger()
+
+#: runs a blocking function somewhere (a thread) and reports its end
+Runner = Callable[[Callable[[], None]], Deferred[None]]
+
+
+def run_now(work: Callable[[], None]) -> Deferred[None]:
+    """A :data:`Runner` for reactors without threads (tests): runs ``work`` at once."""
+    work()
+    return succeed(None)
+
+
+def thread_runner(reactor: Any) -> Runner:
+    """
+    :param reactor: the reactor.
+    :returns: a runner using the reactor's thread pool, or :func:`run_now` when it has none.
+    """
+    if not IReactorThreads.providedBy(reactor):
+        return run_now
+
+    def run(work: Callable[[], None]) -> Deferred[None]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+
+    return run
+
+
+@dataclass(frozen=True)
+class FileSinkSettings:
+    """The ``audit_log.file`` keys (``path`` is also accepted as the seed's ``file_path``)."""
+
+    path: str = field(metadata={"aliases": ("file_path",)})
+    max_file_size_mb: float = 100.0
+    max_backup_files: int = 5
+    rotation_policy: Literal["size", "daily"] = "size"
+    flush_interval_seconds: float = 1.0
+    batch_records: int = 1000
+    max_queue_records: int = 100_000
+
+    def check(self, path: str) -> None:
+        if not self.path:
+            raise ConfigError(join(path, "path"), "must not be empty")
+        for key in ("max_file_size_mb", "flush_interval_seconds"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(join(path, key), "must be > 0")
+        for key in ("batch_records", "max_queue_records"):
+            if getattr(self, key) < 1:
+                raise ConfigError(join(path, key), "must be >= 1")
+        if self.max_backup_files < 0:
+            raise ConfigError(join(path, "max_backup_files"), "must be >= 0")
+
+
+@implementer(IAuditSink)
+class FileSink:
+    """
+    :param settings: the validated ``audit_log.file`` section.
+    :param clock: time (the flush timer, daily rotation, backup names).
+    :param run: where batches are written (:func:`thread_runner`).
+    """
+
+    name = "file"
+
+    def __init__(self, settings: FileSinkSettings, clock: IReactorTime, run: Runner) -> None:
+        self.settings = settings
+        self.counts = {"written": 0, "failed": 0, "dropped": 0}
+        self._clock = clock
+        self._run = run
+        self._file = RotatingFile(
+            Path(settings.path),
+            int(settings.max_file_size_mb * MIB),
+            daily=settings.rotation_policy == "daily",
+            max_backups=settings.max_backup_files,
+        )
+        self._queue: list[AuditRecord] = []
+        self._reopen = False
+        self._writing = False
+        self._waiters: list[Deferred[None]] = []
+        self._service = _FlushService(self, clock, settings.flush_interval_seconds)
+
+    def write(self, record: AuditRecord) -> None:
+        queue = self._queue
+        if len(queue) >= self.settings.max_queue_records:
+            self.counts["dropped"] += 1
+            return
+        queue.append(record)
+        if len(queue) >= self.settings.batch_records and not self._writing:
+            self.flush()
+
+    def reopen(self) -> None:
+        self._reopen = True
+        self.flush()
+
+    def services(self) -> list[IService]:
+        return [self._service]
+
+    def flush(self) -> Deferred[None]:
+        """
+        Write everything queued (in batches, one at a time).
+
+        :returns: fires once the queue is empty and no batch is being written.
+        """
+        done: Deferred[None] = Deferred()
+        self._waiters.append(done)
+        if not self._writing:
+            self._writing = True
+            Deferred.fromCoroutine(self._write_all())
+        return done
+
+    def close(self) -> Deferred[None]:
+        """:returns: fires once the file is closed."""
+        return self._run(self._file.close)
+
+    async def _write_all(self) -> None:
+        try:
+            while self._queue or self._reopen:
+                batch, self._queue = self._queue, []
+                reopen, self._reopen = self._reopen, False
+                work = partial(self._write_batch, batch, reopen, self._clock.seconds())
+                try:
+                    await self._run(work)
+                except Exception as e:
+                    self.counts["failed"] += len(batch)
+                    log.error(
+                        "audit file {path}: write failed ({error}); {count} record(s) lost",
+                        path=str(self._file.path),
+                        error=str(e),
+                        count=len(batch),
+                    )
+                else:
+                    self.counts["written"] += len(batch)
+        finally:
+            self._writing = False
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _write_batch(self, batch: list[AuditRecord], reopen: bool, now: float) -> None:
+        # In the writer thread: serialize, then append (rotating when due).
+        if reopen:
+            self._file.reopen()
+        data = "".join([to_json(record) + "\n" for record in batch]).encode("utf-8")
+        self._file.write(data, now)
+
+
+class _FlushService(Service):
+    """Flushes the sink on an interval while running; stopping it flushes the rest."""
+
+    def __init__(self, sink: FileSink, clock: IReactorTime, interval: float) -> None:
+        self._sink = sink
+        self._interval = interval
+        self._loop = LoopingCall(sink.flush)
+        self._loop.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        flushed = self._sink.flush()
+        flushed.addCallback(lambda _: self._sink.close())
+        return flushed
+
+
+@implementer(IPlugin, IAuditSinkFactory)
+class FileSinkFactory:
+    """The ``file`` sink's plugin factory."""
+
+    name = "file"
+
+    def build(self, settings: Mapping[str, Any], path: str, reactor: Any) -> FileSink:
+        parsed = from_raw(FileSinkSettings, settings, path)
+        return FileSink(parsed, reactor, thread_runner(reactor))
