@@ -49,7 +49,10 @@ def test_check_prints_summary_and_exits_zero(
             lambda c: c["buckets"][0]["s3"].update(timout=5),
             "buckets[0].s3.timout: unknown key (did you mean 'timeout'?)",
         ),
-        (lambda c: c.update(audit_log={"enabled": True}), "audit_log: not supported yet"),
+        (
+            lambda c: c.update(audit_log={"enabled": True, "outputs": ["s3"]}),
+            "audit_log.outputs[0]: not supported yet",
+        ),
         (lambda c: c["buckets"][0].update(path_prefix="/health"), "buckets[0].path_prefix"),
         (
             lambda c: c["buckets"][0]["s3"].update(bucket="${NOT_SET_ANYWHERE}"),

@@ -26,6 +26,8 @@ from yatagarasu.cache.redis import RedisCacheLayer
 from yatagarasu.discovery import available
 from yatagarasu.interfaces import (
     IAdminAuthSource,
+    IAuditSink,
+    IAuditSinkFactory,
     IAuthScheme,
     IAuthSchemeFactory,
     ICacheLayer,
@@ -38,6 +40,7 @@ from yatagarasu.interfaces import (
     IPurgeBroadcaster,
     ISwitchableCacheLayer,
 )
+from yatagarasu.plugins.audit_file import file
 from yatagarasu.plugins.auth_jwt import jwt
 from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
@@ -77,6 +80,10 @@ def jwt_admin_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return jwt.build(settings, "jwt", reactor).admin_scheme()
 
 
+def file_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return file.build({"path": str(tmp_path / "audit.log")}, "audit_log.file", reactor)
+
+
 def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
     return lambda reactor, tmp_path: plugin
 
@@ -87,6 +94,8 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("disk factory", factory(disk), {IPlugin, ICacheLayerFactory}),
     ("redis factory", factory(redis), {IPlugin, ICacheLayerFactory}),
     ("jwt factory", factory(jwt), {IPlugin, IAuthSchemeFactory}),
+    ("file sink factory", factory(file), {IPlugin, IAuditSinkFactory}),
+    ("file sink", file_sink, {IAuditSink}),
     (
         "memory layer",
         memory_layer,
@@ -142,7 +151,7 @@ def test_every_interface_has_a_builtin_provider_checked() -> None:
 
 
 def test_every_installed_factory_verifies() -> None:
-    for interface in (ICacheLayerFactory, IAuthSchemeFactory):
+    for interface in (ICacheLayerFactory, IAuthSchemeFactory, IAuditSinkFactory):
         found = available(interface, plugins)
         assert found, interface.__name__
         for name, plugin in found.items():
