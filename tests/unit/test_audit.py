@@ -234,7 +234,8 @@ def test_user_is_the_jwt_subject(tmp_path: Path) -> None:
 
 def test_requests_refused_while_parsed_are_recorded(tmp_path: Path) -> None:
     h = harness(tmp_path, server={"security_limits": {"max_header_size": 100}})
-    _, transport = h.send(b"GET /pub/k?token=t HTTP/1.1\r\nHost: p\r\nX-Big: " + b"a" * 200 + b"\r\n")
+    big = b"X-Big: " + b"a" * 200 + b"\r\n"
+    _, transport = h.send(b"GET /pub/k?token=t HTTP/1.1\r\nHost: p\r\n" + big)
     response = parse_response(transport.value())
     [record] = lines(h, tmp_path)
     assert record["response_status"] == response.status == 431
@@ -247,7 +248,7 @@ def test_duration_includes_the_transfer_and_a_disconnect_records_what_was_sent(
     tmp_path: Path,
 ) -> None:
     h = harness(tmp_path)
-    channel, transport = h.get("/pub/big")
+    channel, _ = h.get("/pub/big")
     upstream = FakeResponse(200, {"Content-Length": "10"}, None, length=10)
     h.agents["pub"].answer(upstream)
     upstream.push(b"abcd")
@@ -262,7 +263,7 @@ def test_duration_includes_the_transfer_and_a_disconnect_records_what_was_sent(
 
 def test_complete_transfer_duration(tmp_path: Path) -> None:
     h = harness(tmp_path)
-    _, transport = h.get("/pub/big")
+    h.get("/pub/big")
     upstream = FakeResponse(200, {"Content-Length": "6"}, None, length=6)
     h.agents["pub"].answer(upstream)
     upstream.push(b"abc")
