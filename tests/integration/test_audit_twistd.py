@@ -180,3 +180,34 @@ def test_rotation_by_size_and_sigusr1_reopen(
     assert after not in moved.read_text()
     assert running.is_running()
     assert clean_exit(running.stop(signal.SIGTERM))
+
+
+def test_a_pip_installed_third_party_sink_beside_the_file_sink(
+    tmp_path: Path,
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "a.txt", b"abc")
+    csv_path = tmp_path / "audit.csv"
+    config = make_proxy_config(
+        {"pub": s3_bucket},
+        audit_log={
+            "enabled": True,
+            "outputs": ["csv", "file"],
+            "skip_probes": True,
+            "csv": {"path": str(csv_path), "fields": ["correlation_id", "response_status"]},
+            "file": {"path": str(tmp_path / "audit" / "audit.log")},
+        },
+    )
+    running = proxy(config)
+    expected = []
+    for path in ("/pub/a.txt", "/pub/none.txt", "/nowhere"):
+        response = running.get(path)
+        expected.append(f"{response.header('x-request-id')},{response.status}")
+    assert clean_exit(running.stop(signal.SIGTERM))
+    assert csv_path.read_text().splitlines() == expected
+    records = read_records(tmp_path / "audit")
+    from_file = [f"{r['correlation_id']},{r['response_status']}" for r in records]
+    assert from_file == expected

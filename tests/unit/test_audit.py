@@ -17,7 +17,9 @@ import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, globalLogPublisher
+from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
 
 from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu import plugins
@@ -28,7 +30,7 @@ from yatagarasu.audit.rotating_file import RotatingFile
 from yatagarasu.config import parse_config
 from yatagarasu.discovery import available
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import IAuditSinkFactory
+from yatagarasu.interfaces import IAuditSink, IAuditSinkFactory
 from yatagarasu.values import AuditRecord
 
 SECRET = "s" * 64
@@ -483,3 +485,22 @@ def test_reopen_follows_logrotate(tmp_path: Path) -> None:
     sink.reopen()
     assert read_ids(moved) == ["id-1"]
     assert read_ids(path) == ["id-2"]
+
+
+# --- a third-party sink (tests/plugins/csvsink, pip-installed) -------------------------------
+
+
+def test_third_party_sink_is_found_validated_and_fed(tmp_path: Path) -> None:
+    factory = available(IAuditSinkFactory, plugins)["csv"]
+    assert verifyObject(IPlugin, factory) and verifyObject(IAuditSinkFactory, factory)
+    bad = {"enabled": True, "outputs": ["csv"], "csv": {"path": "/x", "fields": ["nope"]}}
+    assert build_error(tmp_path, bad).path == "audit_log.csv.fields[0]"
+    target = tmp_path / "audit.csv"
+    section = {"path": str(target), "fields": ["correlation_id", "response_status", "referer"]}
+    h = harness(tmp_path, audit_log={"enabled": True, "outputs": ["csv"], "csv": section})
+    [sink] = h.assembly.audit.sinks if h.assembly.audit is not None else []
+    assert verifyObject(IAuditSink, sink)
+    _, transport = h.get("/nowhere", "Referer: /p?token=LEAK")
+    h.clock.advance(1)
+    request_id = parse_response(transport.value()).header("x-request-id")
+    assert target.read_text() == f"{request_id},404,/p?token={REDACTED}\n"
