@@ -41,6 +41,7 @@ from yatagarasu.interfaces import (
     ISwitchableCacheLayer,
 )
 from yatagarasu.plugins.audit_file import file
+from yatagarasu.plugins.audit_syslog import syslog
 from yatagarasu.plugins.auth_jwt import jwt
 from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
@@ -84,6 +85,10 @@ def file_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return file.build({"path": str(tmp_path / "audit.log")}, "audit_log.file", reactor)
 
 
+def syslog_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return syslog.build({"address": "127.0.0.1:1", "protocol": "tcp"}, "audit_log.syslog", reactor)
+
+
 def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
     return lambda reactor, tmp_path: plugin
 
@@ -96,6 +101,8 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("jwt factory", factory(jwt), {IPlugin, IAuthSchemeFactory}),
     ("file sink factory", factory(file), {IPlugin, IAuditSinkFactory}),
     ("file sink", file_sink, {IAuditSink}),
+    ("syslog sink factory", factory(syslog), {IPlugin, IAuditSinkFactory}),
+    ("syslog sink", syslog_sink, {IAuditSink}),
     (
         "memory layer",
         memory_layer,
