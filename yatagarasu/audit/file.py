@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from yatagarasu.audit.record import to_json
+from yatagarasu.audit.record import JsonEncoder
 from yatagarasu.audit.rotating_file import RotatingFile
 from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import ConfigError
@@ -106,6 +106,7 @@ class FileSink:
             daily=settings.rotation_policy == "daily",
             max_backups=settings.max_backup_files,
         )
+        self._encode = JsonEncoder()  # used in the writer thread only
         self._queue: list[AuditRecord] = []
         self._reopen = False
         self._writing = False
@@ -173,7 +174,8 @@ class FileSink:
         # In the writer thread: serialize, then append (rotating when due).
         if reopen:
             self._file.reopen()
-        data = "".join([to_json(record) + "\n" for record in batch]).encode("utf-8")
+        encode = self._encode
+        data = "".join([encode(record) + "\n" for record in batch]).encode("utf-8")
         self._file.write(data, now)
 
 

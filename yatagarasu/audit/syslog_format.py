@@ -5,12 +5,12 @@ A message is ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD] MSG``: ``PRI
 ``facility * 8 + severity``, the severity comes from the status class (below 400:
 informational, 4xx: warning, 5xx: error), ``MSGID`` is ``audit``, the structured data element
 ``[audit@32473 correlation_id="..." status="..."]`` lets a collector index without parsing the
-JSON, and ``MSG`` is the record as JSON (:func:`yatagarasu.audit.record.to_json`).
+JSON, and ``MSG`` is the record as JSON (:class:`yatagarasu.audit.record.JsonEncoder`).
 """
 
 from __future__ import annotations
 
-from yatagarasu.audit.record import rfc3339, to_json
+from yatagarasu.audit.record import JsonEncoder
 from yatagarasu.values import AuditRecord
 
 #: RFC 5424 §6.2.1 facility names
@@ -83,6 +83,7 @@ class SyslogFormatter:
 
     def __init__(self, facility: int, hostname: str, app_name: str, procid: str) -> None:
         self._facility = facility
+        self._encode = JsonEncoder()
         self._head = (
             f"{_header_field(hostname, 255)} {_header_field(app_name, 48)}"
             f" {_header_field(procid, 128)} audit"
@@ -98,7 +99,8 @@ class SyslogFormatter:
             f'[{SD_ID} correlation_id="{_param(record.correlation_id)}"'
             f' status="{record.response_status}"]'
         )
-        text = f"<{pri}>1 {rfc3339(record.started)} {self._head} {sd} {to_json(record)}"
+        stamp = self._encode.timestamp(record.started)
+        text = f"<{pri}>1 {stamp} {self._head} {sd} {self._encode(record)}"
         return text.encode("utf-8")
 
 
