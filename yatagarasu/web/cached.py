@@ -44,8 +44,6 @@ from yatagarasu.web.upstream import (
 
 log = Logger()
 
-X_CACHE = b"x-cache"
-
 
 #: A coalesced follower should look the key up again: the leader committed it to a layer
 #: that keeps bodies in files (disk).
@@ -277,7 +275,7 @@ class CachedObjects:
         :returns: the client to stream the body to, or ``None`` when it was answered from
             the headers (the cache may still want the body).
         """
-        request.setHeader(X_CACHE, b"MISS" if stores else b"BYPASS")
+        request.set_cache_status(b"MISS" if stores else b"BYPASS")
         upstream = response.headers
         etag, modified = first_header(upstream, b"etag"), first_header(upstream, b"last-modified")
         status = request.conditions.precondition_status(etag, modified)
@@ -409,7 +407,7 @@ class CachedObjects:
     async def _pass_through(self, request: ProxyRequest, key: str) -> None:
         """Fetch with the client's range/conditionals, stream, store nothing (``BYPASS``)."""
         response = await fetch_object(self._client, request.method, key, request.conditions)
-        request.setHeader(X_CACHE, b"BYPASS" if request.method == b"GET" else b"MISS")
+        request.set_cache_status(b"BYPASS" if request.method == b"GET" else b"MISS")
         await relay_response(request, response, self._clock, self._timeouts)
 
     def _answer_condition(
@@ -447,7 +445,7 @@ class CachedObjects:
     def _write_entry(
         self, request: ProxyRequest, entry: CacheEntry, label: bytes, body_file: IO[bytes] | None
     ) -> None:
-        request.setHeader(X_CACHE, label)
+        request.set_cache_status(label)
         total = entry.length
         wanted = None
         conditions = request.conditions

@@ -49,6 +49,8 @@ class ProxyRequest(Request):
     bucket: str | None = None
     object_key: str | None = None
     subject: str | None = None
+    #: the ``X-Cache`` value sent (``b"HIT"``...), ``None`` where nothing caches
+    cache_status: bytes | None = None
     _client_address: str | None = None
     _conditions: Conditions | None = None
     _body_bytes = 0
@@ -125,6 +127,15 @@ class ProxyRequest(Request):
         """
         super().setResponseCode(code, reason_phrase_bytes(code) if message is None else message)
 
+    def set_cache_status(self, label: bytes) -> None:
+        """
+        Send ``X-Cache: <label>`` and remember it for the access log and the audit record.
+
+        :param label: ``HIT``, ``MISS``, ``BYPASS``, ``STALE`` or ``REVALIDATED``.
+        """
+        self.cache_status = label
+        self.setHeader(b"x-cache", label)
+
     def handleContentChunk(self, data: bytes) -> None:
         self._body_bytes += len(data)
         channel = cast(LimitedHTTPChannel, self.channel)
@@ -180,11 +191,6 @@ class ProxyRequest(Request):
         return str(getattr(address, "host", address))
 
 
-def _header_text(request: Request, name: bytes) -> str | None:
-    values = request.responseHeaders.getRawHeaders(name)
-    return values[0].decode("latin-1") if values else None
-
-
 def _request_header(request: Request, name: bytes) -> str | None:
     values = request.requestHeaders.getRawHeaders(name)
     return values[0].decode("utf-8", "replace") if values else None
@@ -196,23 +202,29 @@ def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
     :param duration: seconds from its arrival to the end of the response.
     :returns: its audit record, not redacted yet.
     """
-    cache = _header_text(request, b"x-cache")
+    method = request.method
+    label = request.cache_status
     return AuditRecord(
-        started=request.started,
-        correlation_id=request.request_id,
-        client_ip=request.client_address,
-        user=request.subject,
-        bucket=request.bucket,
-        object_key=request.object_key,
-        http_method=request.method.decode("ascii", "replace"),
-        request_path=request.path.decode("utf-8", "replace"),
-        response_status=request.code,
-        response_size_bytes=request.sentLength,
-        duration_ms=round(duration * 1000, 3),
-        cache_status=cache.lower() if cache is not None else None,
-        user_agent=_request_header(request, b"user-agent"),
-        referer=_request_header(request, b"referer"),
+        request.started,
+        request.request_id,
+        request.client_address,
+        request.subject,
+        request.bucket,
+        request.object_key,
+        _METHODS.get(method) or method.decode("ascii", "replace"),
+        request.path.decode("utf-8", "replace"),
+        request.code,
+        request.sentLength,
+        round(duration * 1000, 3),
+        _CACHE_STATUS.get(label) or label.decode("latin-1").lower() if label else None,
+        _request_header(request, b"user-agent"),
+        _request_header(request, b"referer"),
     )
+
+
+_METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"OPTIONS")}
+_LABELS = (b"HIT", b"MISS", b"BYPASS", b"STALE", b"REVALIDATED")
+_CACHE_STATUS = {label: label.decode().lower() for label in _LABELS}
 
 
 def _server_and_date(second: int) -> bytes:
@@ -322,7 +334,7 @@ class ProxySite(Site):
                 duration_ms=round(duration * 1000, 3),
                 bucket=request.bucket,
                 object_key=request.object_key,
-                cache=_header_text(request, b"x-cache"),
+                cache=request.cache_status.decode() if request.cache_status else None,
                 aborted=aborted,
                 user_agent=(request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
             )
