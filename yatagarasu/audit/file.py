@@ -21,15 +21,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from twisted.application.service import IService, Service
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from yatagarasu.audit.flushing import FlushingService
 from yatagarasu.audit.record import JsonEncoder
 from yatagarasu.audit.rotating_file import RotatingFile
 from yatagarasu.config.typed import from_raw, join
@@ -114,7 +114,9 @@ class FileSink:
         self._reopen = False
         self._writing = False
         self._waiters: list[Deferred[None]] = []
-        self._service = _FlushService(self, clock, settings.flush_interval_seconds)
+        self._service = FlushingService(
+            clock, settings.flush_interval_seconds, self.flush, self._flush_and_close
+        )
 
     def write(self, record: AuditRecord) -> None:
         queue = self._queue
@@ -145,9 +147,10 @@ class FileSink:
             Deferred.fromCoroutine(self._write_all())
         return done
 
-    def close(self) -> Deferred[None]:
-        """:returns: fires once the file is closed."""
-        return self._run(self._file.close)
+    def _flush_and_close(self) -> Deferred[None]:
+        flushed = self.flush()
+        flushed.addCallback(lambda _: self._run(self._file.close))
+        return flushed
 
     async def _write_all(self) -> None:
         try:
@@ -180,28 +183,6 @@ class FileSink:
         if reopen:
             self._file.reopen()
         self._file.write(data, now)
-
-
-class _FlushService(Service):
-    """Flushes the sink on an interval while running; stopping it flushes the rest."""
-
-    def __init__(self, sink: FileSink, clock: IReactorTime, interval: float) -> None:
-        self._sink = sink
-        self._interval = interval
-        self._loop = LoopingCall(sink.flush)
-        self._loop.clock = clock
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self._interval, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        flushed = self._sink.flush()
-        flushed.addCallback(lambda _: self._sink.close())
-        return flushed
 
 
 @implementer(IPlugin, IAuditSinkFactory)

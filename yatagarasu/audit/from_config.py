@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from yatagarasu.audit.record import Redaction
 from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.config.schema import Config
-from yatagarasu.config.typed import from_raw, join, unknown_key_message
+from yatagarasu.config.typed import from_raw_beside, join
 from yatagarasu.discovery import available, find
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import IAuditSink, IAuditSinkFactory
@@ -83,11 +83,4 @@ def build_audit(config: Config, reactor: Any, plugins: ModuleType) -> AuditTrail
 
 
 def _settings(raw: Mapping[str, Any], factories: Mapping[str, Any]) -> AuditSettings:
-    try:
-        return from_raw(AuditSettings, raw, "audit_log")
-    except ConfigError as e:
-        if e.message.startswith("unknown key"):
-            key = e.path.rsplit(".", 1)[-1]
-            known = [*AuditSettings.__dataclass_fields__, "output", *factories]
-            raise ConfigError(e.path, unknown_key_message(key, known)) from None
-        raise
+    return from_raw_beside(AuditSettings, raw, "audit_log", factories)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from typing import Protocol as TypingProtocol
 
 from twisted.application.internet import ClientService
-from twisted.application.service import IService, Service
+from twisted.application.service import IService
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import (
@@ -31,12 +31,12 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from yatagarasu.audit.flushing import FlushingService
 from yatagarasu.audit.syslog_format import FACILITIES, SyslogFormatter, octet_counted
 from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import ConfigError
@@ -230,7 +230,9 @@ class SyslogSink:
             settings.facility_code, hostname, settings.app_name, str(os.getpid())
         )
         self._queue: list[AuditRecord] = []
-        self._service = _SyslogService(self, reactor, settings.flush_interval_seconds)
+        self._service = FlushingService(
+            reactor, settings.flush_interval_seconds, self.flush, self._stop, connection.start
+        )
 
     def write(self, record: AuditRecord) -> None:
         if len(self._queue) >= self.settings.max_queue_records:
@@ -266,8 +268,9 @@ class SyslogSink:
         else:
             self.counts["written"] += len(batch)
 
-    def give_up(self) -> None:
-        """At shutdown: count what could not be sent as dropped."""
+    def _stop(self) -> Deferred[None]:
+        # At shutdown: send what can be sent, count the rest as dropped, disconnect.
+        self.flush()
         if self._queue:
             log.warn(
                 "syslog audit sink: not connected at shutdown; {count} record(s) dropped",
@@ -275,29 +278,7 @@ class SyslogSink:
             )
             self.counts["dropped"] += len(self._queue)
             self._queue = []
-
-
-class _SyslogService(Service):
-    """Connects, sends queued records on an interval; stopping sends the rest, then closes."""
-
-    def __init__(self, sink: SyslogSink, clock: Any, interval: float) -> None:
-        self._sink = sink
-        self._interval = interval
-        self._loop = LoopingCall(sink.flush)
-        self._loop.clock = clock
-
-    def startService(self) -> None:
-        super().startService()
-        self._sink.connection.start()
-        self._loop.start(self._interval, now=False)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        self._sink.flush()
-        self._sink.give_up()
-        return self._sink.connection.stop()
+        return self.connection.stop()
 
 
 def _stream_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:

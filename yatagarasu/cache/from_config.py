@@ -13,7 +13,7 @@ from typing import Any
 
 from yatagarasu.cache.tiered import TieredCache
 from yatagarasu.config.schema import BucketConfig, Config
-from yatagarasu.config.typed import from_raw, join, unknown_key_message
+from yatagarasu.config.typed import from_raw_beside, join
 from yatagarasu.discovery import available, find
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import (
@@ -158,14 +158,7 @@ def _default_ttl(
 
 
 def _settings(raw: Mapping[str, Any], factories: Mapping[str, Any]) -> CacheSettings:
-    try:
-        return from_raw(CacheSettings, raw, "cache")
-    except ConfigError as e:
-        if e.message.startswith("unknown key"):
-            key = e.path.rsplit(".", 1)[-1]
-            known = [*CacheSettings.__dataclass_fields__, "default_ttl_seconds", *factories]
-            raise ConfigError(e.path, unknown_key_message(key, known)) from None
-        raise
+    return from_raw_beside(CacheSettings, raw, "cache", factories)
 
 
 def _policy(

@@ -95,6 +95,32 @@ def from_raw(cls: type[T], raw: Any, path: str) -> T:
     return instance
 
 
+def from_raw_beside(cls: type[T], raw: Any, path: str, others: typing.Iterable[str]) -> T:
+    """
+    :func:`from_raw` for a section that also holds keys validated elsewhere (plugin sections
+    such as ``cache.memory``): an unknown key's hint considers those too.
+
+    :param cls: a frozen dataclass of the schema.
+    :param raw: the section without the other keys.
+    :param path: its dotted key path.
+    :param others: the other keys the section may hold.
+    :returns: the validated instance.
+    :raises ConfigError: naming the dotted path of the first problem found.
+    """
+    try:
+        return from_raw(cls, raw, path)
+    except ConfigError as e:
+        if not e.message.startswith("unknown key"):
+            raise
+        key = e.path.rsplit(".", 1)[-1]
+        spellings = [
+            name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            for name in (f.name, *f.metadata.get("aliases", ()))
+        ]
+        raise ConfigError(e.path, unknown_key_message(key, [*spellings, *others])) from None
+
+
 def convert(hint: Any, value: Any, path: str) -> Any:
     """
     Convert one parsed value to the type named by a type hint.
