@@ -31,6 +31,7 @@ from yatagarasu.config import parse_config
 from yatagarasu.discovery import available
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import IAuditSink, IAuditSinkFactory
+from yatagarasu.tap import summary
 from yatagarasu.values import AuditRecord
 
 SECRET = "s" * 64
@@ -504,3 +505,10 @@ def test_third_party_sink_is_found_validated_and_fed(tmp_path: Path) -> None:
     h.clock.advance(1)
     request_id = parse_response(transport.value()).header("x-request-id")
     assert target.read_text() == f"{request_id},404,/p?token={REDACTED}\n"
+
+
+def test_check_summary_names_the_outputs(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    assert "audit outputs: file\n" in summary("yatagarasu.yaml", h.assembly)
+    plain = Harness({"buckets": [bucket_entry()]})
+    assert "audit" not in summary("yatagarasu.yaml", plain.assembly)
