@@ -539,6 +539,49 @@ def test_jwks_refresh_rotation_and_failures() -> None:
     service.stopService()
 
 
+class PendingJwksAgent(JwksAgent):
+    """Holds each JWKS fetch until the test answers it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Deferred[Any]] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, body: Any = None) -> Any:
+        self.fetches += 1
+        waiting: Deferred[Any] = Deferred()
+        self.pending.append(waiting)
+        return waiting
+
+    def answer(self) -> None:
+        body = json.dumps(self.document).encode()
+        self.pending.pop(0).callback(FakeResponse(200, {}, body=body))
+
+
+def test_unknown_kid_during_the_first_fetch_keeps_the_rotation_budget() -> None:
+    # A token arriving while the fetch at start is under way joins it; the next rotation (a kid
+    # published a moment later) must still refresh at once, not wait min_refresh_seconds.
+    clock = clock_at()
+    keyset = JwksKeySet(clock, "https://issuer/jwks.json", 3600, None, min_refresh_seconds=10)
+    agent = PendingJwksAgent()
+    keyset._agent = agent  # type: ignore[assignment]
+    first, second = rsa_key(), rsa_key()
+    agent.document = {"keys": [jwk_of(first, "k1", "RS256")]}
+    service = keyset.service()
+    service.startService()
+    s = JwtScheme(build_settings({"jwks_url": "https://issuer/jwks.json"}), [], keyset, clock, ())
+    early = s.authenticate(request_with(f"Bearer {token(first, 'RS256', kid='k1')}"))
+    assert agent.fetches == 1  # joined the fetch at start instead of starting another
+    agent.answer()
+    assert isinstance(outcome(early), Identity)
+    agent.document = {"keys": [jwk_of(first, "k1", "RS256"), jwk_of(second, "k2", "RS256")]}
+    clock.advance(1)
+    rotated = s.authenticate(request_with(f"Bearer {token(second, 'RS256', kid='k2')}"))
+    assert agent.fetches == 2
+    agent.answer()
+    assert isinstance(outcome(rotated), Identity)
+    service.stopService()
+
+
 def build_settings(raw: dict[str, Any]) -> Any:
     from yatagarasu.auth.jwt import jwt_settings
 
