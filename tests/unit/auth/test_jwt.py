@@ -10,7 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from fakes import FakeResponse, Harness, bucket_entry, parse_response
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from fakes import FakeResponse, Harness, bucket_entry
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry
 from twisted.internet.error import ConnectionRefusedError
 from twisted.web.http import RESPONSES
 

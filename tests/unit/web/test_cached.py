@@ -7,7 +7,7 @@ from typing import Any
 
 import jwt
 import pytest
-from fakes import FakeResponse, Harness, bucket_entry, parse_response
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 

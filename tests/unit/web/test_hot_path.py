@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import jwt as pyjwt
-from fakes import FakeResponse, Harness, bucket_entry, parse_response
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock

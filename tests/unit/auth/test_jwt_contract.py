@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jwt as pyjwt
-import pytest
+from twisted.internet.task import Clock
 from twisted.web.iweb import IRequest
 
 from yatagarasu import plugins
@@ -17,11 +15,11 @@ SECRET = "s" * 64
 
 
 class TestJwtSchemeContract(AuthSchemeContract):
-    @pytest.fixture(autouse=True)
-    def _scheme(self, reactor: Any) -> None:
-        self.reactor = reactor
+    def setup_method(self) -> None:
+        self.reactor = Clock()
+        self.reactor.advance(1_700_000_000)
         factory = find(IAuthSchemeFactory, "jwt", "jwt", plugins)
-        self.scheme = factory.build({"secret": SECRET}, "jwt", reactor)
+        self.scheme = factory.build({"secret": SECRET}, "jwt", self.reactor)
 
     def _bearer(self, secret: str) -> IRequest:
         # Valid for an hour from the test's own clock (the reactor the scheme uses).

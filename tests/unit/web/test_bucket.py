@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from fakes import FakeResponse, Harness, bucket_entry, parse_response
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.testing import StringTransport

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from fakes import FakeResponse, Harness, Parsed, bucket_entry, parse_response
+from tests.unit.fakes import FakeResponse, Harness, Parsed, bucket_entry, parse_response
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport

@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from yatagarasu.assembly import assemble
 from yatagarasu.config import ConfigError, load_config, parse_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def minimal(**bucket: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 import pytest
-from fakes import FakeResponse, Harness, bucket_entry, parse_response
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
