@@ -7,10 +7,10 @@ from typing import Any
 
 import jwt
 import pytest
-from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu import plugins
 from yatagarasu.cache.from_config import build_cache
 from yatagarasu.config import ConfigError, parse_config

@@ -17,13 +17,13 @@ from typing import Any
 
 import jwt
 import pytest
-from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu.http.conditionals import parse_entity_tags
 from yatagarasu.http.dates import format_http_date, http_date
 from yatagarasu.http.ranges import parse_range

@@ -10,7 +10,6 @@ import uuid
 from typing import Any
 
 import jwt as pyjwt
-from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -19,6 +18,7 @@ from twisted.web.http_headers import Headers
 from yatagarasu_dictlayer import DictLayer
 from zope.interface.verify import verifyObject
 
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu.cache.memory import MemoryCacheLayer, MemoryCacheSettings
 from yatagarasu.cache.tiered import Lookup, TieredCache
 from yatagarasu.http.conditionals import is_conditional

@@ -6,13 +6,13 @@ import json
 from typing import Any
 
 import pytest
-from tests.unit.fakes import FakeResponse, Harness, Parsed, bucket_entry, parse_response
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import FakeResponse, Harness, Parsed, bucket_entry, parse_response
 from yatagarasu.service import ProxyService
 from yatagarasu.web.site import ProxySite
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu.assembly import assemble
 from yatagarasu.config import parse_config
 from yatagarasu.service import ProxyService
