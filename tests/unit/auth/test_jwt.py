@@ -10,7 +10,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
@@ -18,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu import plugins
 from yatagarasu.auth.claims import ClaimRule
 from yatagarasu.auth.from_config import build_access_control

@@ -6,10 +6,10 @@ import json
 from collections.abc import Callable
 
 import pytest
-from tests.unit.fakes import FakeResponse, Harness, bucket_entry
 from twisted.internet.error import ConnectionRefusedError
 from twisted.web.http import RESPONSES
 
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry
 from yatagarasu.http.status import PHRASES, reason_phrase, reason_phrase_bytes
 from yatagarasu.web.responses import error_body
 
