@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import yatagarasu.http
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Top-level packages only the ``dev`` extra or the checkout provide.
@@ -47,3 +49,17 @@ def test_no_module_under_yatagarasu_imports_dev_only_packages() -> None:
         for line, name in dev_only_imports(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_http_package_imports_nothing_above_it() -> None:
+    """yatagarasu.http sits below web/, cache/, s3/ and auth/ (issue 9)."""
+    package = Path(yatagarasu.http.__file__).parent
+    imported = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    ours = {name for name in imported if name.startswith("yatagarasu")}
+    assert ours and all(name.startswith("yatagarasu.http.") for name in ours)

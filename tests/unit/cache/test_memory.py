@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
 from zope.interface.verify import verifyObject
 
+from tests.unit.tiered_harness import memory
 from yatagarasu import plugins
 from yatagarasu.cache.memory import (
     MIB,
@@ -21,7 +22,7 @@ from yatagarasu.cache.memory import (
 )
 from yatagarasu.discovery import find
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory
+from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, IImmediateCacheLayer
 from yatagarasu.testing import FAR_FUTURE, CacheLayerContract
 from yatagarasu.testing import sample_entry as entry
 from yatagarasu.values import CacheEntry, CacheKey
@@ -409,3 +410,7 @@ def test_a_popular_entry_dropped_past_retention_keeps_its_popularity() -> None:
     for i in range(3):  # push it out of the admission window
         layer.store(CacheKey("b", f"cold/{i}"), sized(item))
     assert layer.lookup(hot) is not None
+
+
+def test_the_memory_layer_answers_at_once() -> None:
+    assert verifyObject(IImmediateCacheLayer, memory(Clock()))

@@ -4,8 +4,11 @@ Range requests (yatagarasu.http.ranges): the Range grammar and ranges answered f
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.cache_harness import OBJECT, cached, fetch, obj
 from tests.unit.fakes import FakeResponse
+from yatagarasu.http.ranges import MAX_POSITION, ByteRange, RangeSpec, Unsatisfiable, parse_range
 
 
 def test_ranges_from_cache() -> None:
@@ -37,3 +40,48 @@ def test_range_on_miss_goes_to_s3_and_stores_nothing() -> None:
     assert (response.status, response.header("x-cache")) == (206, "BYPASS")
     assert h.agents["pub"].sent[0].headers.getRawHeaders(b"range") == [b"bytes=0-4"]
     fetch(h, "/pub/a.txt", answer=obj())  # still a miss
+
+
+# Range value, length, expected: a ByteRange, None (serve the whole), or Unsatisfiable.
+RESOLVE_TABLE: list[tuple[bytes, int, ByteRange | type[Unsatisfiable] | None]] = [
+    (b"bytes=0-9", 100, ByteRange(0, 9, 100)),
+    (b"bytes=99-", 100, ByteRange(99, 99, 100)),
+    (b"bytes=100-", 100, Unsatisfiable),
+    (b"bytes=110-", 100, Unsatisfiable),  # issue 8 item 3: was None (200 from the cache)
+    (b"bytes=110-120", 100, Unsatisfiable),
+    (b"bytes=-0", 100, Unsatisfiable),
+    (b"bytes=-200", 100, ByteRange(0, 99, 100)),
+    (b"bytes=0-", 0, Unsatisfiable),
+    (b"bytes=-5", 0, None),
+    (b"bytes=0-" + b"9" * 40, 100, ByteRange(0, 99, 100)),
+    (b"bytes=" + b"9" * 5000 + b"-", 100, Unsatisfiable),
+]
+
+
+@pytest.mark.parametrize(("value", "total", "expected"), RESOLVE_TABLE)
+def test_resolve_table(
+    value: bytes, total: int, expected: ByteRange | type[Unsatisfiable] | None
+) -> None:
+    spec = parse_range([value])
+    assert spec is not None
+    if expected is Unsatisfiable:
+        with pytest.raises(Unsatisfiable):
+            spec.resolve(total)
+    else:
+        assert spec.resolve(total) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"bytes = 0-9", b"bytes=0 - 9", b"bytes=0-1,5-6", b"items=0-9", b"bytes=9-5", b"bytes=",
+     b"bytes=-", b"garbage", b"bytes=0x1-2", b"bytes=\xff-1", b"bytes=1-2\x00"],
+)  # fmt: skip
+def test_values_outside_the_grammar_are_ignored(value: bytes) -> None:
+    assert parse_range([value]) is None
+
+
+def test_two_range_lines_are_ignored_and_numbers_are_clamped() -> None:
+    assert parse_range([b"bytes=0-1", b"bytes=2-3"]) is None
+    spec = parse_range([b"bytes=-" + b"9" * 100])
+    assert spec == RangeSpec(None, MAX_POSITION)
+    assert spec.value == b"bytes=-%d" % MAX_POSITION
