@@ -1,4 +1,4 @@
-"""Plugin discovery, and the third-party ``apikey`` scheme tested the way docs/plugins.md says."""
+"""Plugin discovery (yatagarasu.discovery): ``available`` and ``find`` in a plugin package."""
 
 from __future__ import annotations
 

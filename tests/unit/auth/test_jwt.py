@@ -1,4 +1,4 @@
-"""JWT scheme, claims rules, token sources, client addresses and IP filters."""
+"""The JWT scheme (yatagarasu.auth.jwt): algorithms, keys, time claims, issuer and audience."""
 
 from __future__ import annotations
 

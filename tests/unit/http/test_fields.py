@@ -1,4 +1,4 @@
-"""yatagarasu.http: the range grammar, entity-tag lists and what is sent to S3."""
+"""What is sent to S3: only well-formed Range and conditional fields, in canonical form."""
 
 from __future__ import annotations
 

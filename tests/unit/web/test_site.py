@@ -1,4 +1,4 @@
-"""Graceful shutdown: the site tracks connections, closes idle ones, waits for the rest."""
+"""The site (yatagarasu.web.site) tracks connections, closes idle ones, aborts what is left."""
 
 from __future__ import annotations
 
