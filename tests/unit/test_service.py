@@ -133,3 +133,22 @@ def test_drain_aborts_connections_left_after_the_grace() -> None:
         assert "shutdown complete" in messages(events)
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+def test_one_listener_on_the_configured_address_and_an_idle_stop_completes_at_once() -> None:
+    config = parse_config({"buckets": [bucket_entry()], "server": {"port": 8085}}, {})
+    reactor = MemoryReactorClock()
+    service = ProxyService(reactor, assemble(config, reactor))
+    assert [(listener.name, listener.host, listener.port) for listener in service.listeners] == [
+        ("proxy", "127.0.0.1", 8085)
+    ]
+    service.privilegedStartService()
+    service.startService()
+    assert [(port, factory, interface) for port, factory, _, interface in reactor.tcpServers] == [
+        (8085, service.site, "127.0.0.1")
+    ]
+    assert service.listeners[0].service.running
+    stopped = service.stopService()
+    assert stopped.called  # no connection to wait for
+    assert not service.listeners[0].service.running
+    assert not service.running
