@@ -33,6 +33,8 @@ from yatagarasu.testing import FAR_FUTURE, CacheLayerContract, body_of
 from yatagarasu.testing import sample_entry as entry
 from yatagarasu.values import CacheKey, FileBody
 
+pytestmark = pytest.mark.integration
+
 MIB = 1024 * 1024
 
 
