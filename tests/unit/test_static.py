@@ -78,11 +78,22 @@ def test_http_package_imports_nothing_above_it() -> None:
 GLOBAL_REACTOR_ALLOWED = frozenset({("yatagarasu/tap.py", "Options.postOptions")})
 
 
-class _Scoped(ast.NodeVisitor):
+def imports_global_reactor(node: ast.Import | ast.ImportFrom) -> bool:
+    """:returns: whether this import statement imports the global reactor."""
+    if isinstance(node, ast.Import):
+        return any(alias.name.startswith("twisted.internet.reactor") for alias in node.names)
+    module = node.module or ""
+    return module.startswith("twisted.internet.reactor") or (
+        module == "twisted.internet" and any(alias.name == "reactor" for alias in node.names)
+    )
+
+
+class _Scan(ast.NodeVisitor):
     """Walks a module keeping the dotted name of the enclosing classes and functions."""
 
     def __init__(self) -> None:
         self.scope: list[str] = []
+        self.found: list[tuple[int, str]] = []
 
     def _enter(self, node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         self.scope.append(node.name)
@@ -91,22 +102,19 @@ class _Scoped(ast.NodeVisitor):
 
     visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = _enter
 
+    @classmethod
+    def scan(cls, source: str) -> list[tuple[int, str]]:
+        visitor = cls()
+        visitor.visit(ast.parse(source))
+        return visitor.found
 
-class _ReactorImports(_Scoped):
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[tuple[int, str]] = []
 
-    def visit_Import(self, node: ast.Import) -> None:
-        if any(alias.name.startswith("twisted.internet.reactor") for alias in node.names):
+class _ReactorImports(_Scan):
+    def _import(self, node: ast.Import | ast.ImportFrom) -> None:
+        if imports_global_reactor(node):
             self.found.append((node.lineno, ".".join(self.scope)))
 
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        module = node.module or ""
-        if (module == "twisted.internet" and any(a.name == "reactor" for a in node.names)) or (
-            module.startswith("twisted.internet.reactor")
-        ):
-            self.found.append((node.lineno, ".".join(self.scope)))
+    visit_Import = visit_ImportFrom = _import
 
 
 def global_reactor_imports(source: str) -> list[tuple[int, str]]:
@@ -115,9 +123,7 @@ def global_reactor_imports(source: str) -> list[tuple[int, str]]:
     :returns: ``(line, enclosing scope)`` of every import of the global reactor, at any depth
         (the scope is ``""`` at module level, ``"Class.method"`` inside one).
     """
-    visitor = _ReactorImports()
-    visitor.visit(ast.parse(source))
-    return visitor.found
+    return _ReactorImports.scan(source)
 
 
 def test_the_reactor_scan_finds_indented_imports_with_their_scope() -> None:
@@ -156,32 +162,24 @@ def test_no_init_under_twisted() -> None:
     assert sorted((ROOT / "twisted").rglob("__init__.py")) == []
 
 
-class _RealReactorUse(_Scoped):
+class _RealReactorUse(_Scan):
     """pytest-twisted, the global reactor, trial's reactor-spinning ``TestCase``, or the
     ``reactor`` fixture (requested by a test or fixture, or defined as one)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[tuple[int, str]] = []
-
-    def visit_Import(self, node: ast.Import) -> None:
-        for alias in node.names:
-            if alias.name.split(".")[0] == "pytest_twisted":
-                self.found.append((node.lineno, f"import {alias.name}"))
-            elif alias.name.startswith("twisted.internet.reactor"):
-                self.found.append((node.lineno, "the global reactor"))
-
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        module = node.module or ""
+    def _import(self, node: ast.Import | ast.ImportFrom) -> None:
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        else:
+            modules = [node.module or ""]
         names = {alias.name for alias in node.names}
-        if module.split(".")[0] == "pytest_twisted":
-            self.found.append((node.lineno, f"from {module} import"))
-        elif (module == "twisted.internet" and "reactor" in names) or module.startswith(
-            "twisted.internet.reactor"
-        ):
+        if any(module.split(".")[0] == "pytest_twisted" for module in modules):
+            self.found.append((node.lineno, "pytest-twisted"))
+        elif imports_global_reactor(node):
             self.found.append((node.lineno, "the global reactor"))
-        elif module == "twisted.trial.unittest" and "TestCase" in names:
+        elif modules == ["twisted.trial.unittest"] and "TestCase" in names:
             self.found.append((node.lineno, "trial TestCase runs the reactor"))
+
+    visit_Import = visit_ImportFrom = _import
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         fixture = any("fixture" in ast.unparse(d) for d in node.decorator_list)
@@ -201,9 +199,7 @@ def real_reactor_uses(source: str) -> list[tuple[int, str]]:
     :param source: Python source of a test module.
     :returns: ``(line, what)`` for every use of pytest-twisted or the real reactor.
     """
-    visitor = _RealReactorUse()
-    visitor.visit(ast.parse(source))
-    return visitor.found
+    return _RealReactorUse.scan(source)
 
 
 def test_the_test_scan_finds_each_kind_of_real_reactor_use() -> None:
