@@ -15,10 +15,14 @@ import sys
 from typing import ClassVar
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from yatagarasu.assembly import Assembly, assemble
 from yatagarasu.config import Config, ConfigError, load_config
+from yatagarasu.config.migrate import explain_file
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -47,13 +51,18 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            assembly = assemble(load_config(path), reactor)
+            config = load_config(path)
+            assembly = assemble(config, reactor)
         except ConfigError as e:
-            sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
+            error = explain_file(e, path)  # the plugins' errors too (cache layers, keys)
+            sys.stderr.write(f"yatagarasu: invalid configuration {path}: {error}\n")
             raise SystemExit(1) from None
         if self["check"]:
             sys.stdout.write(summary(path, assembly))
             raise SystemExit(0)
+        for warning in config.deprecations:
+            # buffered until twistd starts logging, then written first
+            log.warn("deprecated configuration key: {warning}", warning=warning)
         self["assembly"] = assembly
         self["reactor"] = reactor
 
@@ -75,6 +84,7 @@ def summary(path: str, assembly: Assembly) -> str:
         f"metrics: {_metrics_summary(config)}",
         f"buckets: {len(config.buckets)}",
     ]
+    lines[1:1] = [f"deprecated: {warning}" for warning in config.deprecations]
     for bucket in config.buckets:
         endpoint = bucket.s3.endpoint or f"AWS {bucket.s3.region}"
         auth_scheme = access.schemes.get(bucket.name)
@@ -89,7 +99,8 @@ def summary(path: str, assembly: Assembly) -> str:
         )
     if caching.cache is not None:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
-    lines.append(f"admin API: {'jwt with admin_claims' if access.admin else 'disabled (403)'}")
+    admin = "jwt with admin_claims" if access.admin else "disabled (403)"
+    lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin})")
     return "\n".join(lines) + "\n"
 
 
