@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.logger import Logger
@@ -51,20 +51,32 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            config = load_config(path)
-            assembly = assemble(config, reactor)
+            assembly = load_and_assemble(path, reactor)
         except ConfigError as e:
-            error = explain_file(e, path)  # the plugins' errors too (cache layers, keys)
-            sys.stderr.write(f"yatagarasu: invalid configuration {path}: {error}\n")
+            sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
         if self["check"]:
             sys.stdout.write(summary(path, assembly))
             raise SystemExit(0)
-        for warning in config.deprecations:
+        for warning in assembly.config.deprecations:
             # buffered until twistd starts logging, then written first
             log.warn("deprecated configuration key: {warning}", warning=warning)
         self["assembly"] = assembly
         self["reactor"] = reactor
+
+
+def load_and_assemble(path: str, reactor: Any) -> Assembly:
+    """
+    :param path: the configuration file.
+    :param reactor: what :func:`yatagarasu.assembly.assemble` builds with.
+    :returns: everything built from the file.
+    :raises ConfigError: the first problem, naming ``yatagarasu-config migrate`` when a Rust
+        Yatagarasu spelling caused it (whether the loader or a plugin found it).
+    """
+    try:
+        return assemble(load_config(path), reactor)
+    except ConfigError as e:
+        raise explain_file(e, path) from None
 
 
 def summary(path: str, assembly: Assembly) -> str:
