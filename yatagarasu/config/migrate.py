@@ -110,14 +110,11 @@ def migrate(document: Any) -> Migration:
         _rename(
             metrics, "metrics", "addr", "address", f"{IGNORED} (it had no metrics section)", note
         )
-        note(
-            Note(
-                "metrics",
-                "kept",
-                "",
-                f"{IGNORED} (it served /metrics on the main port):"
-                " metrics.port now moves /metrics to a listener of its own",
-            )
+        _kept(
+            "metrics",
+            f"{IGNORED} (it served /metrics on the main port):"
+            " metrics.port now moves /metrics to a listener of its own",
+            note,
         )
     logging = _section(doc, "logging")
     if logging is not None:
@@ -126,14 +123,11 @@ def migrate(document: Any) -> Migration:
     if cache is not None:
         _cache(cache, _bucket_caching(doc), note)
     if "authorization" in doc:
-        note(
-            Note(
-                "authorization",
-                "kept",
-                "",
-                f"{IGNORED} (it read authorization per bucket);"
-                " this version refuses it until OPA/OpenFGA authorization is built",
-            )
+        _kept(
+            "authorization",
+            f"{IGNORED} (it read authorization per bucket);"
+            " this version refuses it until OPA/OpenFGA authorization is built",
+            note,
         )
     for path, jwt in _jwt_sections(doc):
         _jwt(jwt, path, note)
@@ -235,6 +229,19 @@ def _rename(
     note(Note(old_path, "renamed", f"to {new_path}{shown}", rust, new_path))
 
 
+def _convert(
+    mapping: dict[str, Any], key: str, value: Any, path: str, rust: str, note: Emit
+) -> None:
+    """Replace the value of ``key`` (at ``path``) in place."""
+    detail = f"{mapping[key]!r} to {value!r}"
+    mapping[key] = value
+    note(Note(path, "converted", detail, rust, path))
+
+
+def _kept(path: str, rust: str, note: Emit) -> None:
+    note(Note(path, "kept", "", rust))
+
+
 def _drop(mapping: dict[str, Any], path: str, key: str, why: str, rust: str, note: Emit) -> None:
     if key in mapping:
         del mapping[key]
@@ -262,26 +269,10 @@ def _server(server: dict[str, Any], note: Emit) -> None:
 
 
 def _logging(logging: dict[str, Any], note: Emit) -> None:
+    unread = f"{IGNORED} (it did not read the logging section)"
     if logging.get("format") == "pretty":
-        logging["format"] = "text"
-        note(
-            Note(
-                "logging.format",
-                "converted",
-                "'pretty' to 'text'",
-                f"{IGNORED} (it did not read the logging section)",
-                "logging.format",
-            )
-        )
-    note(
-        Note(
-            "logging",
-            "kept",
-            "",
-            f"{IGNORED} (it did not read the logging section):"
-            " level, format and file now take effect",
-        )
-    )
+        _convert(logging, "format", "text", "logging.format", unread, note)
+    _kept("logging", f"{unread}: level, format and file now take effect", note)
 
 
 def _mib(value: Any, path: str) -> float | int:
@@ -412,15 +403,11 @@ def _jwt_sections(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _jwt(jwt: dict[str, Any], path: str, note: Emit) -> None:
     if path != "jwt":
-        note(
-            Note(
-                path,
-                "kept",
-                "",
-                f"{IGNORED} (it read only auth.enabled per bucket and"
-                " verified every bucket with the top-level jwt): these settings now apply"
-                " to this bucket",
-            )
+        _kept(
+            path,
+            f"{IGNORED} (it read only auth.enabled per bucket and verified every bucket with"
+            " the top-level jwt): these settings now apply to this bucket",
+            note,
         )
     claims = (
         "claims_verification" if "claims" not in jwt and "claims_verification" in jwt else "claims"
@@ -452,45 +439,18 @@ def _listed_value(rule: dict[str, Any], path: str, note: Emit) -> None:
     if rule.get("operator") not in ("in", "not_in") or isinstance(value, list) or value is None:
         return
     items = [s.strip() for s in value.split(",")] if isinstance(value, str) else [value]
-    rule["value"] = items
-    note(
-        Note(
-            f"{path}.value",
-            "converted",
-            f"{value!r} to the list {items!r}",
-            "a value that is not a list never matched in the Rust version (the rule refused"
-            " every token)",
-            f"{path}.value",
-        )
-    )
+    rust = "a value that is not a list never matched in the Rust version (the rule refused"
+    _convert(rule, "value", items, f"{path}.value", f"{rust} every token)", note)
 
 
 def _token_source(source: dict[str, Any], path: str, note: Emit) -> None:
     _rename(
         source, path, "source_type", "type", "not a Rust key (the Rust version read type)", note
     )
-    if source.get("type") == "bearer_header":
-        source["type"] = "bearer"
-        note(
-            Note(
-                f"{path}.type",
-                "converted",
-                "'bearer_header' to 'bearer'",
-                "not a Rust token source type (it never found a token there)",
-                f"{path}.type",
-            )
-        )
-    if source.get("type") == "query_param":
-        source["type"] = "query"
-        note(
-            Note(
-                f"{path}.type",
-                "converted",
-                "'query_param' to 'query'",
-                "not a Rust token source type (it never found a token there)",
-                f"{path}.type",
-            )
-        )
+    canonical = {"bearer_header": "bearer", "query_param": "query"}.get(source.get("type"))
+    if canonical is not None:
+        rust = "not a Rust token source type (it never found a token there)"
+        _convert(source, "type", canonical, f"{path}.type", rust, note)
     _rename(source, path, "param_name", "name", "not a Rust key (the Rust version read name)", note)
 
 
@@ -506,14 +466,11 @@ def _bucket(bucket: dict[str, Any], path: str, note: Emit) -> None:
             note,
         )
     if "authorization" in bucket:
-        note(
-            Note(
-                f"{path}.authorization",
-                "kept",
-                "",
-                "the Rust version enforced it; this version does not build OPA/OpenFGA"
-                " authorization yet, and refuses the file until it does",
-            )
+        _kept(
+            f"{path}.authorization",
+            "the Rust version enforced it; this version does not build OPA/OpenFGA"
+            " authorization yet, and refuses the file until it does",
+            note,
         )
 
 
