@@ -117,11 +117,15 @@ def test_bucket_at_admin_serves_objects_and_admin_api_moves(
     moto_s3: MotoS3Server,
     s3_bucket: str,
     proxy: Callable[..., ProxyProcess],
+    twistd_check: Callable[..., TwistdResult],
 ) -> None:
     out = tmp_path / "migrated.yaml"
     assert migrate(FIXTURES / "admin_bucket.yaml", out).returncode == 0
     config: dict[str, Any] = yaml.safe_load(out.read_text())
     assert config["server"]["admin_path_prefix"] == "/_admin"
+    check = twistd_check(out, env=env)
+    assert "admin API: /_admin/... (jwt with admin_claims)" in check.output, check.output
+    assert "  /admin -> s3://" in check.output
     config["server"]["address"] = LOOPBACK  # start_proxy picks the port
     moto_s3.put_object(s3_bucket, "report.txt", b"quarterly\n")
     moto_s3.put_object(s3_bucket, "cache/stats", b"an object, not the admin API\n")

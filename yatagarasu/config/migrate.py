@@ -447,7 +447,7 @@ def _token_source(source: dict[str, Any], path: str, note: Emit) -> None:
     _rename(
         source, path, "source_type", "type", "not a Rust key (the Rust version read type)", note
     )
-    canonical = {"bearer_header": "bearer", "query_param": "query"}.get(source.get("type"))
+    canonical = {"bearer_header": "bearer", "query_param": "query"}.get(str(source.get("type")))
     if canonical is not None:
         rust = "not a Rust token source type (it never found a token there)"
         _convert(source, "type", canonical, f"{path}.type", rust, note)
