@@ -179,7 +179,7 @@ def _resource_tree(
         ),
     }
     routes = cache_admin_routes(caching, config) if caching.cache is not None else {}
-    subtrees: dict[bytes, IResource] = {b"admin": AdminResource(access.admin, routes)}
+    subtrees = {config.server.admin_segments: AdminResource(access.admin, routes)}
     buckets = [
         (
             bucket.prefix_segments,

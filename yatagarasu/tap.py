@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from yatagarasu.assembly import Assembly, assemble
 from yatagarasu.config import Config, ConfigError, load_config
+from yatagarasu.config.migrate import explain_file
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -47,15 +51,32 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            assembly = assemble(load_config(path), reactor)
+            assembly = load_and_assemble(path, reactor)
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
         if self["check"]:
             sys.stdout.write(summary(path, assembly))
             raise SystemExit(0)
+        for warning in assembly.config.deprecations:
+            # buffered until twistd starts logging, then written first
+            log.warn("deprecated configuration key: {warning}", warning=warning)
         self["assembly"] = assembly
         self["reactor"] = reactor
+
+
+def load_and_assemble(path: str, reactor: Any) -> Assembly:
+    """
+    :param path: the configuration file.
+    :param reactor: what :func:`yatagarasu.assembly.assemble` builds with.
+    :returns: everything built from the file.
+    :raises ConfigError: the first problem, naming ``yatagarasu-config migrate`` when a Rust
+        Yatagarasu spelling caused it (whether the loader or a plugin found it).
+    """
+    try:
+        return assemble(load_config(path), reactor)
+    except ConfigError as e:
+        raise explain_file(e, path) from None
 
 
 def summary(path: str, assembly: Assembly) -> str:
@@ -75,6 +96,7 @@ def summary(path: str, assembly: Assembly) -> str:
         f"metrics: {_metrics_summary(config)}",
         f"buckets: {len(config.buckets)}",
     ]
+    lines[1:1] = [f"deprecated: {warning}" for warning in config.deprecations]
     for bucket in config.buckets:
         endpoint = bucket.s3.endpoint or f"AWS {bucket.s3.region}"
         auth_scheme = access.schemes.get(bucket.name)
@@ -89,7 +111,8 @@ def summary(path: str, assembly: Assembly) -> str:
         )
     if caching.cache is not None:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
-    lines.append(f"admin API: {'jwt with admin_claims' if access.admin else 'disabled (403)'}")
+    admin = "jwt with admin_claims" if access.admin else "disabled (403)"
+    lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin})")
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 """
-``/admin/...``: the admin API, guarded by JWT with ``admin_claims``.
+``/admin/...``: the admin API, guarded by JWT with ``admin_claims``. ``/admin`` is the default
+of ``server.admin_path_prefix``; the composition root mounts this resource at that prefix.
 
 With no admin auth configured (no ``jwt.admin_claims``, or ``jwt.enabled: false``) every
 admin route answers 403. No token → 401, a token without the admin claims → 403. The only
