@@ -111,7 +111,7 @@ def summary(path: str, assembly: Assembly) -> str:
         )
     if caching.cache is not None:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
-    admin = "jwt with admin_claims" if access.admin else "disabled (403)"
+    admin = "jwt with admin_claims" if access.admin else "disabled, answers 403"
     lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin})")
     return "\n".join(lines) + "\n"
 

@@ -67,7 +67,7 @@ def test_summary_of_a_public_bucket_on_the_main_listener() -> None:
         "metrics: /metrics on the main listener",
         "buckets: 1",
         "  /pub -> s3://pub-bucket (http://127.0.0.1:9000) [pub; public]",
-        "admin API: disabled (403)",
+        "admin API: /admin/... (disabled, answers 403)",
     ]
 
 
@@ -99,7 +99,7 @@ def test_summary_names_auth_ip_filter_cache_layers_metrics_port_and_admin() -> N
     assert lines[4].endswith("[pub; public, cached]")
     assert lines[5].endswith("[priv; auth: jwt, ip filter, cached]")
     assert lines[6] == "cache layers: memory"
-    assert lines[7] == "admin API: jwt with admin_claims"
+    assert lines[7] == "admin API: /admin/... (jwt with admin_claims)"
 
 
 def test_make_service_builds_the_proxy_service_from_the_parsed_options(
