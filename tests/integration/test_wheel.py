@@ -123,5 +123,5 @@ def test_wheel_in_a_runtime_only_venv(tmp_path: Path) -> None:
         [str(env_dir / "bin" / "yatagarasu-config"), "migrate", str(rust)], tmp_path, 120
     )
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    assert "cache.layers: converted [] to cache.enabled: false" in migrated.stderr
-    assert "enabled: false" in migrated.stdout
+    assert "cache.layers: dropped (an empty list" in migrated.stderr
+    assert "layers" not in migrated.stdout and "enabled: true" in migrated.stdout

@@ -283,22 +283,16 @@ def _mib(value: Any, path: str) -> float | int:
 
 
 def _cache(cache: dict[str, Any], bucket_caching: bool, note: Emit) -> None:
-    if (
-        "layers" in cache
-        and "cache_layers" not in cache
-        and cache["layers"] == []
-        and (cache.get("enabled") is True)
-    ):
-        del cache["layers"]
-        cache["enabled"] = False
-        note(
-            Note(
-                "cache.layers",
-                "converted",
-                "[] to cache.enabled: false (no layers, no cache)",
-                f"{IGNORED} (it cached in memory, the default cache_layers)",
-                "cache.enabled",
-            )
+    if "layers" in cache and "cache_layers" not in cache and cache["layers"] == []:
+        # An empty list would be refused here; the Rust version never read it and cached in
+        # memory, which the default cache_layers keeps doing.
+        _drop(
+            cache,
+            "cache",
+            "layers",
+            "an empty list: cache_layers keeps its default, [memory], as the Rust version did",
+            f"{IGNORED} (it cached in memory, the default cache_layers)",
+            note,
         )
     _rename(
         cache,

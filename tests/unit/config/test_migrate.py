@@ -103,11 +103,13 @@ def test_cache_layers_spelled_layers() -> None:
     ] == {"cache_layers": ["memory"]}
 
 
-def test_empty_layers_turn_the_cache_off() -> None:
+def test_empty_layers_keep_the_memory_cache_the_rust_version_used() -> None:
     migration = migrate(doc(cache={"enabled": True, "layers": []}))
-    assert migration.document["cache"] == {"enabled": False}
-    assert note_at(migration, "cache.layers").action == "converted"
-    parse_config(migration.document, {})
+    assert migration.document["cache"] == {"enabled": True}
+    assert note_at(migration, "cache.layers").action == "dropped"
+    assert "cached in memory" in note_at(migration, "cache.layers").rust
+    config = parse_config(migration.document, {})
+    assert config.cache is not None and config.cache.get("enabled") is True
 
 
 @pytest.mark.parametrize(
