@@ -2,23 +2,27 @@
 The ``twistd yatagarasu`` command: options and ``makeService``.
 
 Everything that can fail because of the configuration (YAML, validation, plugins, key and TLS
-files) happens in :meth:`Options.postOptions`, which runs the composition root
-(:func:`yatagarasu.assembly.assemble`) before twistd listens or daemonizes: a bad configuration
+files) happens in :meth:`Options.postOptions`, which builds the first configuration generation
+(:meth:`yatagarasu.reload.Reloader.first`, i.e. ``load_config`` + the composition root
+:func:`yatagarasu.assembly.assemble`) before twistd listens or daemonizes: a bad configuration
 prints one line naming the dotted key path and exits with status 1. ``--check`` runs the same
-code and stops before the listeners.
+code and stops before the listeners; ``SIGHUP`` and ``POST /admin/reload`` run it again on the
+same file (hot reload).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from typing import ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from yatagarasu.assembly import Assembly, assemble
+from yatagarasu.assembly import Assembly
 from yatagarasu.config import Config, ConfigError, load_config
+from yatagarasu.reload import Reloader
 
 
 class Options(usage.Options):
@@ -46,8 +50,9 @@ class Options(usage.Options):
         # --reactor option comes first), and everything below receives it as a parameter.
         from twisted.internet import reactor
 
+        reloader = Reloader(reactor, partial(load_config, path))
         try:
-            assembly = assemble(load_config(path), reactor)
+            assembly = reloader.first()
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
@@ -55,6 +60,7 @@ class Options(usage.Options):
             sys.stdout.write(summary(path, assembly))
             raise SystemExit(0)
         self["assembly"] = assembly
+        self["reloader"] = reloader
         self["reactor"] = reactor
 
 
@@ -112,4 +118,4 @@ def makeService(options: Options) -> IService:
     from yatagarasu.systemd import SystemdNotifier
 
     notifier = SystemdNotifier.from_environ(os.environ)
-    return ProxyService(options["reactor"], options["assembly"], notifier)
+    return ProxyService(options["reactor"], options["assembly"], notifier, options["reloader"])
