@@ -20,6 +20,7 @@ from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 
@@ -234,6 +235,11 @@ class Reloader(Service):
         """The number of the current generation (1 at start-up)."""
         return self._generation.number if self._generation is not None else 0
 
+    @property
+    def retiring(self) -> int:
+        """Older generations still serving requests that started on them."""
+        return len(self._retiring)
+
     # -- background services of the current generation ------------------------------------
 
     def startService(self) -> None:
@@ -298,7 +304,7 @@ class Reloader(Service):
         status = f"STATUS=serving {len(self.current.config.buckets)} bucket(s), generation"
         status += f" {self.generation}"
         if not report.ok:
-            status += f" (last reload failed: {report.message})"
+            status += f" (last reload failed: {' '.join(report.message.splitlines())})"
         self.notifier.notify("READY=1", status)
         return report
 
@@ -369,6 +375,9 @@ class Reloader(Service):
     async def _retire(self, old: _Generation, kept: list[Any], services: list[IService]) -> None:
         for served in old.served:
             await served.wait_idle()
+        # The last request has just ended: let what runs after its finish() (a cache fill
+        # completing) run before its layers close.
+        await deferLater(self._reactor, 0)
         await self._stop(list(reversed(services)))
         await old.assembly.close(kept)
         log.info("configuration generation {generation} retired", generation=old.number)
