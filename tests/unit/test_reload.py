@@ -279,14 +279,16 @@ def test_systemd_hears_reloading_then_ready(tmp_path: Path) -> None:
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(path)
     receiver.setblocking(False)
+    notifier = SystemdNotifier(path)
     try:
         h = harness(document())
-        h.reloader.notifier = SystemdNotifier(path)
+        h.reloader.notifier = notifier
         h.reloader._clock_usec = lambda: 1234
         assert h.reload(document(bucket_entry(), bucket_entry("two", "/two"))).ok
         assert not h.reload(document(bucket_entry(bogus=1))).ok
         messages = [receiver.recv(4096).decode() for _ in range(4)]
     finally:
+        notifier.close()
         receiver.close()
     assert messages == [
         "RELOADING=1\nMONOTONIC_USEC=1234\nSTATUS=reloading the configuration\n",
