@@ -1,0 +1,230 @@
+"""Hot reload through the real twistd and moto: SIGHUP, ``POST /admin/reload``, and under load."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import yaml
+
+from devharness.moto_s3 import MotoS3Server
+from devharness.proxy_config import bucket_config, write_config
+from devharness.twistd import ProxyProcess
+from devharness.waiting import wait_until
+
+SECRET = "reload-secret-" + "r" * 48
+ADMIN_CLAIMS = [{"claim": "role", "operator": "equals", "value": "admin"}]
+RELOADED = "configuration reloaded: generation"
+FAILED = "configuration reload failed"
+
+
+def admin() -> dict[str, str]:
+    payload = {"sub": "ops", "role": "admin", "exp": int(time.time()) + 3600}
+    return {"Authorization": f"Bearer {jwt.encode(payload, SECRET, algorithm='HS256')}"}
+
+
+def rewrite(running: ProxyProcess, change: Callable[[dict[str, Any]], None]) -> None:
+    """Edit the running proxy's configuration file in place (its port stays)."""
+    document = yaml.safe_load(running.config_path.read_text())
+    change(document)
+    write_config(document, running.config_path)
+
+
+def metric(running: ProxyProcess, series: str) -> float:
+    text = running.get("/metrics").body.decode()
+    (line,) = [line for line in text.splitlines() if line.startswith(series + " ")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def outcomes(running: ProxyProcess) -> float:
+    """:returns: how many reloads have finished (applied or failed), from ``/metrics``."""
+    series = "yatagarasu_config_reloads_total{result="
+    return metric(running, series + '"ok"}') + metric(running, series + '"error"}')
+
+
+def sighup_and_wait(running: ProxyProcess) -> None:
+    before = outcomes(running)
+    running.send_signal(signal.SIGHUP)
+    wait_until(lambda: outcomes(running) > before, timeout=30, what="the reload to finish")
+
+
+def base_config(moto: MotoS3Server, s3_bucket: str) -> dict[str, Any]:
+    return {
+        "jwt": {"secret": SECRET, "admin_claims": ADMIN_CLAIMS},
+        "cache": {"enabled": True, "memory": {"max_cache_size_mb": 16}},
+        "buckets": [
+            bucket_config(moto, "pub", s3_bucket),
+            bucket_config(moto, "raw", s3_bucket, cache={"enabled": False}),
+        ],
+    }
+
+
+def test_sighup_applies_a_new_bucket_and_logs_the_dotted_path_of_an_error(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "a.txt", b"alpha")
+    running = proxy(base_config(moto_s3, s3_bucket))
+    assert running.get("/two/a.txt").status == 404
+    assert running.get("/pub/a.txt").header("X-Cache") == "MISS"
+
+    rewrite(running, lambda d: d["buckets"].append(bucket_config(moto_s3, "two", s3_bucket)))
+    sighup_and_wait(running)
+    assert f"{RELOADED} 2; buckets added ['two']" in running.log_text()
+    assert running.get("/two/a.txt").body == b"alpha"
+    assert running.get("/pub/a.txt").header("X-Cache") == "HIT"  # the memory layer was kept
+
+    rewrite(running, lambda d: d["buckets"][1].update(bogus=1))
+    sighup_and_wait(running)
+    (line,) = [line for line in running.log_text().splitlines() if FAILED in line]
+    assert "still serving generation 2: buckets[1].bogus: unknown key" in line
+    assert running.get("/two/a.txt").body == b"alpha"  # generation 2 still serves
+    assert metric(running, 'yatagarasu_config_reloads_total{result="error"}') == 1.0
+    assert metric(running, 'yatagarasu_config_reloads_total{result="ok"}') == 1.0
+    assert metric(running, "yatagarasu_config_generation") == 2.0
+
+
+def test_admin_reload_reports_changes_and_refuses_a_listener_change(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    running = proxy(base_config(moto_s3, s3_bucket))
+    assert running.request("POST", "/admin/reload").status == 401
+
+    def swap(document: dict[str, Any]) -> None:
+        document["buckets"][0]["path_prefix"] = "/moved"
+        document["buckets"][1] = bucket_config(moto_s3, "new", s3_bucket)
+
+    rewrite(running, swap)
+    applied = running.request("POST", "/admin/reload", headers=admin())
+    assert applied.status == 200, applied.body
+    assert applied.json() == {
+        "status": "success",
+        "generation": 2,
+        "buckets": {"added": ["new"], "removed": ["raw"], "changed": ["pub"]},
+    }
+    moto_s3.put_object(s3_bucket, "m.txt", b"moved")
+    assert running.get("/moved/m.txt").body == b"moved"
+    assert running.get("/pub/m.txt").status == 404
+
+    port = running.port
+    rewrite(running, lambda d: d["server"].update(port=port + 1))
+    refused = running.request("POST", "/admin/reload", headers=admin())
+    assert refused.status == 400
+    assert refused.json()["message"] == (
+        f"server.port: changed from {port} to {port + 1}; listener changes need a restart"
+    )
+    assert refused.json()["request_id"] == refused.header("X-Request-ID")
+    assert running.get("/moved/m.txt").body == b"moved"
+
+
+class Load:
+    """A few client threads sending GETs over keep-alive connections, bounded by count and time."""
+
+    def __init__(self, running: ProxyProcess, paths: list[str], clients: int = 4) -> None:
+        self.running = running
+        self.paths = paths
+        self.statuses: Counter[int] = Counter()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.statuses.values())
+
+    def _run(self, index: int) -> None:
+        deadline = time.monotonic() + 240  # bounded in time ...
+        conn: http.client.HTTPConnection | None = None
+        for n in range(20_000):  # ... and in count
+            if self.stop.is_set() or time.monotonic() > deadline:
+                break
+            path = self.paths[(index + n) % len(self.paths)]
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(
+                        self.running.address, self.running.port, timeout=30
+                    )
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                with self._lock:
+                    self.statuses[response.status] += 1
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                with self._lock:
+                    self.errors.append(f"{path}: {e!r}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def test_twenty_reloads_under_load_fail_no_request(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    for name in ("cached.txt", "other.txt"):
+        moto_s3.put_object(s3_bucket, name, name.encode() * 100)
+    # No access log: the log stays small however many requests the load sends.
+    running = proxy({**base_config(moto_s3, s3_bucket), "logging": {"level": "warning"}})
+    original = yaml.safe_load(running.config_path.read_text())
+
+    def valid_a(document: dict[str, Any]) -> None:
+        document.clear()
+        document.update(original)
+
+    def valid_b(document: dict[str, Any]) -> None:
+        valid_a(document)
+        document["buckets"] = [
+            *original["buckets"],
+            bucket_config(moto_s3, "extra", s3_bucket, cache={"enabled": False}),
+        ]
+        document["cache"] = {"enabled": True, "memory": {"max_cache_size_mb": 32}}
+
+    def invalid(document: dict[str, Any]) -> None:
+        valid_a(document)
+        document["buckets"] = [*original["buckets"], {"name": "broken"}]
+
+    paths = ["/pub/cached.txt", "/raw/other.txt", "/extra/other.txt", "/pub/other.txt"]
+    plan = [valid_b, invalid, valid_a] * 7
+    with Load(running, paths) as load:
+        wait_until(lambda: load.total >= 50, timeout=60, what="the load to start")
+        for i, change in enumerate(plan[:20]):
+            rewrite(running, change)
+            if i % 2:
+                answer = running.request("POST", "/admin/reload", headers=admin(), timeout=30)
+                assert answer.status == (400 if change is invalid else 200), answer.body
+            else:
+                sighup_and_wait(running)
+            seen = load.total
+            wait_until(
+                lambda seen=seen: load.total >= seen + 20, timeout=60, what="load between reloads"
+            )
+    print(f"load: {load.statuses} over 20 reloads")
+    assert load.errors == []
+    assert set(load.statuses) <= {200, 404}, load.statuses
+    assert load.statuses[200] > 100
+    assert 404 in load.statuses  # /extra answered 404 in the generations without it
+    invalid_count = sum(1 for change in plan[:20] if change is invalid)
+    assert metric(running, 'yatagarasu_config_reloads_total{result="error"}') == invalid_count
+    assert metric(running, 'yatagarasu_config_reloads_total{result="ok"}') == 20 - invalid_count
+    assert metric(running, "yatagarasu_config_generation") == 21 - invalid_count
