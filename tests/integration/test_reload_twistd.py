@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import http.client
 import signal
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import jwt
 import yaml
 
+from devharness.get_load import GetLoad
 from devharness.moto_s3 import MotoS3Server
 from devharness.proxy_config import bucket_config, write_config
 from devharness.twistd import ProxyProcess
@@ -122,63 +120,6 @@ def test_admin_reload_reports_changes_and_refuses_a_listener_change(
     assert running.get("/moved/m.txt").body == b"moved"
 
 
-class Load:
-    """A few client threads sending GETs over keep-alive connections, bounded by count and time."""
-
-    def __init__(self, running: ProxyProcess, paths: list[str], clients: int = 4) -> None:
-        self.running = running
-        self.paths = paths
-        self.statuses: Counter[int] = Counter()
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return sum(self.statuses.values())
-
-    def _run(self, index: int) -> None:
-        deadline = time.monotonic() + 240  # bounded in time ...
-        conn: http.client.HTTPConnection | None = None
-        for n in range(20_000):  # ... and in count
-            if self.stop.is_set() or time.monotonic() > deadline:
-                break
-            path = self.paths[(index + n) % len(self.paths)]
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(
-                        self.running.address, self.running.port, timeout=30
-                    )
-                conn.request("GET", path)
-                response = conn.getresponse()
-                response.read()
-                with self._lock:
-                    self.statuses[response.status] += 1
-                if response.getheader("Connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException) as e:
-                with self._lock:
-                    self.errors.append(f"{path}: {e!r}")
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-
 def test_twenty_reloads_under_load_fail_no_request(
     proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
 ) -> None:
@@ -206,7 +147,7 @@ def test_twenty_reloads_under_load_fail_no_request(
 
     paths = ["/pub/cached.txt", "/raw/other.txt", "/extra/other.txt", "/pub/other.txt"]
     plan = [valid_b, invalid, valid_a] * 7
-    with Load(running, paths) as load:
+    with GetLoad(running.address, running.port, paths) as load:
         wait_until(lambda: load.total >= 50, timeout=60, what="the load to start")
         for i, change in enumerate(plan[:20]):
             rewrite(running, change)
