@@ -85,7 +85,8 @@ def refuse_restart_changes(old: Config, new: Config) -> None:
     :param old: the running configuration.
     :param new: the one a reload would apply.
     :raises ConfigError: naming the first key that only a restart can change: the listener's
-        address, port and TLS, the metrics listener, the logging setup.
+        address, port and TLS on/off, the metrics listener, the logging setup. (TLS files
+        are read again: new connections get the new certificate.)
     """
     s, n = old.server, new.server
     changes: list[tuple[str, object, object]] = [
@@ -96,8 +97,6 @@ def refuse_restart_changes(old: Config, new: Config) -> None:
     for key, before, after in changes:
         if before != after:
             raise ConfigError(key, f"changed from {before} to {after}; {RESTART}")
-    if s.tls != n.tls:
-        raise ConfigError("server.tls", f"certificate or key paths changed; {RESTART}")
     before_metrics, after_metrics = old.metrics.listener(s), new.metrics.listener(n)
     if before_metrics != after_metrics:
         raise ConfigError(
@@ -179,6 +178,9 @@ class Reloader(Service):
         self._retiring: set[Deferred[None]] = set()
         self._busy = False
         self._sites: list[ProxySite] = []
+        #: called with each new generation's assembly right after it is swapped in (the
+        #: service swaps the listener's TLS options this way)
+        self.on_swap: list[Callable[[Assembly], None]] = []
 
     @classmethod
     def around(cls, reactor: Any, assembly: Assembly) -> Reloader:
@@ -351,6 +353,8 @@ class Reloader(Service):
             site.serve(built.served)
         self._generation = _Generation(old.number + 1, new, [s.served for s in fresh])
         self.metrics.generation = self._generation.number
+        for callback in self.on_swap:
+            callback(new)
         kept = old.assembly.caching.kept_by(new.caching)
         dropped = [
             layer

@@ -42,6 +42,7 @@ from yatagarasu.config.schema import Config
 from yatagarasu.logs import is_default, make_observer
 from yatagarasu.reload import Reloader
 from yatagarasu.systemd import SystemdNotifier
+from yatagarasu.tls import ReloadableServerTLS
 from yatagarasu.web.site import ProxySite
 
 log = Logger()
@@ -122,7 +123,9 @@ class ProxyService(MultiService):
         self.site = assembly.site
         factory: Any = self.site
         if assembly.tls is not None:
-            factory = TLSMemoryBIOFactory(assembly.tls, False, self.site)
+            tls = ReloadableServerTLS(assembly.tls)
+            factory = TLSMemoryBIOFactory(tls, False, self.site)
+            self.reloader.on_swap.append(lambda new: setattr(tls, "options", new.tls))
         server = config.server
         #: the client-facing listeners: the proxy's, then the metrics listener (when set)
         self.listeners = [

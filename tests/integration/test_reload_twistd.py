@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
 import yaml
 
+from devharness.certificates import write_self_signed
 from devharness.get_load import GetLoad
 from devharness.moto_s3 import MotoS3Server
+from devharness.ports import LOOPBACK, free_port
+from devharness.processes import LoggedProcess, child_env
 from devharness.proxy_config import bucket_config, write_config
-from devharness.twistd import ProxyProcess
+from devharness.twistd import ProxyProcess, twistd_command
 from devharness.waiting import wait_until
 
 SECRET = "reload-secret-" + "r" * 48
@@ -169,3 +175,41 @@ def test_twenty_reloads_under_load_fail_no_request(
     assert metric(running, 'yatagarasu_config_reloads_total{result="error"}') == invalid_count
     assert metric(running, 'yatagarasu_config_reloads_total{result="ok"}') == 20 - invalid_count
     assert metric(running, "yatagarasu_config_generation") == 21 - invalid_count
+
+
+def served_certificate(port: int) -> bytes:
+    """:returns: the DER certificate a new TLS connection to the proxy gets."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # we only look at which certificate it is
+    with (
+        socket.create_connection((LOOPBACK, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_sighup_reads_the_tls_files_again(
+    tmp_path: Path, make_proxy_config: Callable[..., dict[str, Any]], s3_bucket: str
+) -> None:
+    cert_path, key_path = write_self_signed(tmp_path)
+    port = free_port()
+    config = make_proxy_config({"pub": s3_bucket}, port=port)
+    config["server"]["tls"] = {"cert_path": str(cert_path), "key_path": str(key_path)}
+    config_path = write_config(config, tmp_path / "yatagarasu.yaml")
+    argv = twistd_command("-n", "--pidfile=", "yatagarasu", "--config", str(config_path))
+    process = LoggedProcess(argv, tmp_path / "proxy.log", cwd=tmp_path, env=child_env(None))
+    running = ProxyProcess(port, LOOPBACK, config_path, tmp_path, process)
+    try:
+        wait_until(lambda: bool(served_certificate(port)), timeout=30, what="the TLS listener")
+        first = served_certificate(port)
+        write_self_signed(tmp_path)  # a new key and certificate at the same paths
+        running.send_signal(signal.SIGHUP)
+        wait_until(lambda: f"{RELOADED} 2" in running.log_text(), timeout=30, what="reload")
+        second = served_certificate(port)
+        assert second != first
+        assert second == ssl.PEM_cert_to_DER_cert(cert_path.read_text())
+    finally:
+        running.kill()

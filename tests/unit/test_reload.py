@@ -173,15 +173,22 @@ def test_listener_change_is_refused() -> None:
     assert report.message == (
         "server.port: changed from 8080 to 8081; listener changes need a restart"
     )
+    elsewhere = document()
+    elsewhere["server"]["address"] = "127.0.0.2"
+    assert h.reload(elsewhere).message.startswith(
+        "server.address: changed from 127.0.0.1 to 127.0.0.2"
+    )
     tls = document()
-    tls["server"]["address"] = "127.0.0.2"
-    assert h.reload(tls).message.startswith("server.address: changed from 127.0.0.1 to 127.0.0.2")
+    tls["server"]["tls"] = {"cert_path": "/nonexistent/c.pem", "key_path": "/nonexistent/k.pem"}
+    assert h.reload(tls).message == (
+        "server.tls: changed from off to on; listener changes need a restart"
+    )
     metrics = document()
     metrics["metrics"] = {"enabled": True, "port": 9091}
     assert h.reload(metrics).message.startswith(
         "metrics.port: the metrics listener changed from none to 127.0.0.1:9091"
     )
-    assert metric(h, 'yatagarasu_config_reloads_total{result="error"}') == 3.0
+    assert metric(h, 'yatagarasu_config_reloads_total{result="error"}') == 4.0
 
 
 def test_admin_reload_needs_admin_claims() -> None:
