@@ -234,22 +234,6 @@ def test_https_listener(
         plain.close()
 
 
-def test_no_init_in_twisted_plugins() -> None:
-    assert not (ROOT / "twisted" / "__init__.py").exists()
-    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
-
-
-def test_reactor_is_not_imported_at_module_level() -> None:
-    offenders = []
-    for path in (ROOT / "yatagarasu").rglob("*.py"):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if line.startswith(
-                ("from twisted.internet import reactor", "import twisted.internet.reactor")
-            ):
-                offenders.append(f"{path.relative_to(ROOT)}:{number}")
-    assert offenders == []
-
-
 def test_https_upstream_certificate_is_verified(
     tmp_path: Path,
     proxy: Callable[..., ProxyProcess],

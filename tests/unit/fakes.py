@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -244,3 +245,8 @@ def parse_response(raw: bytes) -> Parsed:
     else:
         body = rest
     return Parsed(status, headers, body)
+
+
+def lose(channel: Any) -> None:
+    """What the reactor does once a transport has flushed and closed."""
+    channel.connectionLost(Failure(ConnectionDone()))
