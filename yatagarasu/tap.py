@@ -118,4 +118,6 @@ def makeService(options: Options) -> IService:
     from yatagarasu.systemd import SystemdNotifier
 
     notifier = SystemdNotifier.from_environ(os.environ)
-    return ProxyService(options["reactor"], options["assembly"], notifier, options["reloader"])
+    # postOptions sets "reloader"; without one, the service reloads the assembly's config.
+    reloader = options.get("reloader")
+    return ProxyService(options["reactor"], options["assembly"], notifier, reloader)

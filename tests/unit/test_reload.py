@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from fakes import FakeResponse, Harness, bucket_entry, parse_response
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu.reload import ReloadReport
 from yatagarasu.service import ProxyService
 from yatagarasu.systemd import SystemdNotifier
