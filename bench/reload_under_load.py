@@ -41,17 +41,6 @@ SECRET = "bench-reload-" + "b" * 48
 ADMIN = [{"claim": "role", "operator": "equals", "value": "admin"}]
 
 
-def metric(proxy: ProxyProcess, series: str) -> float:
-    text = proxy.get("/metrics").body.decode()
-    (line,) = [line for line in text.splitlines() if line.startswith(series + " ")]
-    return float(line.rsplit(" ", 1)[1])
-
-
-def finished_reloads(proxy: ProxyProcess) -> float:
-    series = "yatagarasu_config_reloads_total{result="
-    return metric(proxy, series + '"ok"}') + metric(proxy, series + '"error"}')
-
-
 def configs(moto: MotoS3Server, bucket: str) -> list[tuple[str, dict[str, Any]]]:
     a = {
         "logging": {"level": "warning"},
@@ -72,14 +61,14 @@ def configs(moto: MotoS3Server, bucket: str) -> list[tuple[str, dict[str, Any]]]
 
 
 def reload_once(proxy: ProxyProcess, use_admin: bool) -> None:
-    before = finished_reloads(proxy)
+    before = proxy.reloads_finished()
     if use_admin:
         claims = {"sub": "bench", "role": "admin", "exp": int(time.time()) + 600}
         token = jwt.encode(claims, SECRET, algorithm="HS256")
         proxy.request("POST", "/admin/reload", headers={"Authorization": f"Bearer {token}"})
     else:
         proxy.send_signal(signal.SIGHUP)
-    wait_until(lambda: finished_reloads(proxy) > before, timeout=60, what="the reload")
+    wait_until(lambda: proxy.reloads_finished() > before, timeout=60, what="the reload")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -114,9 +103,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     applied.append(name)
                 time.sleep(max(0.0, started + args.seconds - time.monotonic()))
             elapsed = time.monotonic() - started
-            ok = metric(proxy, 'yatagarasu_config_reloads_total{result="ok"}')
-            refused = metric(proxy, 'yatagarasu_config_reloads_total{result="error"}')
-            generation = metric(proxy, "yatagarasu_config_generation")
+            ok = proxy.metric('yatagarasu_config_reloads_total{result="ok"}')
+            refused = proxy.metric('yatagarasu_config_reloads_total{result="error"}')
+            generation = proxy.metric("yatagarasu_config_generation")
         finally:
             proxy.stop()
     finally:

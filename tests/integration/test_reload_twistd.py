@@ -17,9 +17,8 @@ from devharness.certificates import write_self_signed
 from devharness.get_load import GetLoad
 from devharness.moto_s3 import MotoS3Server
 from devharness.ports import LOOPBACK, free_port
-from devharness.processes import LoggedProcess, child_env
 from devharness.proxy_config import bucket_config, write_config
-from devharness.twistd import ProxyProcess, twistd_command
+from devharness.twistd import ProxyProcess, launch_proxy
 from devharness.waiting import wait_until
 
 SECRET = "reload-secret-" + "r" * 48
@@ -40,22 +39,10 @@ def rewrite(running: ProxyProcess, change: Callable[[dict[str, Any]], None]) -> 
     write_config(document, running.config_path)
 
 
-def metric(running: ProxyProcess, series: str) -> float:
-    text = running.get("/metrics").body.decode()
-    (line,) = [line for line in text.splitlines() if line.startswith(series + " ")]
-    return float(line.rsplit(" ", 1)[1])
-
-
-def outcomes(running: ProxyProcess) -> float:
-    """:returns: how many reloads have finished (applied or failed), from ``/metrics``."""
-    series = "yatagarasu_config_reloads_total{result="
-    return metric(running, series + '"ok"}') + metric(running, series + '"error"}')
-
-
 def sighup_and_wait(running: ProxyProcess) -> None:
-    before = outcomes(running)
+    before = running.reloads_finished()
     running.send_signal(signal.SIGHUP)
-    wait_until(lambda: outcomes(running) > before, timeout=30, what="the reload to finish")
+    wait_until(lambda: running.reloads_finished() > before, timeout=30, what="the reload")
 
 
 def base_config(moto: MotoS3Server, s3_bucket: str) -> dict[str, Any]:
@@ -88,9 +75,9 @@ def test_sighup_applies_a_new_bucket_and_logs_the_dotted_path_of_an_error(
     (line,) = [line for line in running.log_text().splitlines() if FAILED in line]
     assert "still serving generation 2: buckets[1].bogus: unknown key" in line
     assert running.get("/two/a.txt").body == b"alpha"  # generation 2 still serves
-    assert metric(running, 'yatagarasu_config_reloads_total{result="error"}') == 1.0
-    assert metric(running, 'yatagarasu_config_reloads_total{result="ok"}') == 1.0
-    assert metric(running, "yatagarasu_config_generation") == 2.0
+    assert running.metric('yatagarasu_config_reloads_total{result="error"}') == 1.0
+    assert running.metric('yatagarasu_config_reloads_total{result="ok"}') == 1.0
+    assert running.metric("yatagarasu_config_generation") == 2.0
 
 
 def test_admin_reload_reports_changes_and_refuses_a_listener_change(
@@ -172,9 +159,9 @@ def test_twenty_reloads_under_load_fail_no_request(
     assert load.statuses[200] > 100
     assert 404 in load.statuses  # /extra answered 404 in the generations without it
     invalid_count = sum(1 for change in plan[:20] if change is invalid)
-    assert metric(running, 'yatagarasu_config_reloads_total{result="error"}') == invalid_count
-    assert metric(running, 'yatagarasu_config_reloads_total{result="ok"}') == 20 - invalid_count
-    assert metric(running, "yatagarasu_config_generation") == 21 - invalid_count
+    assert running.metric('yatagarasu_config_reloads_total{result="error"}') == invalid_count
+    assert running.metric('yatagarasu_config_reloads_total{result="ok"}') == 20 - invalid_count
+    assert running.metric("yatagarasu_config_generation") == 21 - invalid_count
 
 
 def served_certificate(port: int) -> bytes:
@@ -198,10 +185,7 @@ def test_sighup_reads_the_tls_files_again(
     port = free_port()
     config = make_proxy_config({"pub": s3_bucket}, port=port)
     config["server"]["tls"] = {"cert_path": str(cert_path), "key_path": str(key_path)}
-    config_path = write_config(config, tmp_path / "yatagarasu.yaml")
-    argv = twistd_command("-n", "--pidfile=", "yatagarasu", "--config", str(config_path))
-    process = LoggedProcess(argv, tmp_path / "proxy.log", cwd=tmp_path, env=child_env(None))
-    running = ProxyProcess(port, LOOPBACK, config_path, tmp_path, process)
+    running = launch_proxy(config, tmp_path)
     try:
         wait_until(lambda: bool(served_certificate(port)), timeout=30, what="the TLS listener")
         first = served_certificate(port)

@@ -13,9 +13,8 @@ import pytest
 
 from devharness.moto_s3 import MotoS3Server
 from devharness.ports import LOOPBACK, free_port
-from devharness.processes import LoggedProcess, child_env
 from devharness.proxy_config import write_config
-from devharness.twistd import ProxyProcess, clean_exit, twistd_command
+from devharness.twistd import clean_exit, launch_proxy
 
 
 @pytest.fixture
@@ -62,12 +61,7 @@ def test_ready_when_listening_then_stopping_at_drain(
     port = free_port()
     config = make_proxy_config({"pub": s3_bucket}, port=port)
     config["server"]["address"] = LOOPBACK
-    config_path = write_config(config, tmp_path / "yatagarasu.yaml")
-    argv = twistd_command("-n", "yatagarasu", "--config", str(config_path))
-    process = LoggedProcess(
-        argv, tmp_path / "proxy.log", cwd=tmp_path, env=child_env({"NOTIFY_SOCKET": path})
-    )
-    running = ProxyProcess(port, LOOPBACK, config_path, tmp_path, process)
+    running = launch_proxy(config, tmp_path, {"NOTIFY_SOCKET": path})
     try:
         ready = receive(sock)
         # Checked as soon as READY=1 arrives, without waiting for /health first.
@@ -114,14 +108,9 @@ def test_reloading_then_ready_around_a_reload(
     s3_bucket: str,
 ) -> None:
     path, sock = notify_socket
-    port = free_port()
-    config = make_proxy_config({"pub": s3_bucket}, port=port)
-    config_path = write_config(config, tmp_path / "yatagarasu.yaml")
-    argv = twistd_command("-n", "yatagarasu", "--config", str(config_path))
-    process = LoggedProcess(
-        argv, tmp_path / "proxy.log", cwd=tmp_path, env=child_env({"NOTIFY_SOCKET": path})
-    )
-    running = ProxyProcess(port, LOOPBACK, config_path, tmp_path, process)
+    config = make_proxy_config({"pub": s3_bucket}, port=free_port())
+    running = launch_proxy(config, tmp_path, {"NOTIFY_SOCKET": path})
+    config_path = running.config_path
     try:
         assert fields(receive(sock))["READY"] == "1"
         config["buckets"].append(dict(config["buckets"][0], name="two", path_prefix="/two"))
