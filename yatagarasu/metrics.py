@@ -226,10 +226,10 @@ class Metrics:
         self.registry.register(_GenerationCollector(lambda: self.generation))
         self.registry.register(_CacheCollector(lambda: self._cache, self._cache_errors))
 
-    def watch_cache(self, cache: TieredCache) -> None:
+    def watch_cache(self, cache: TieredCache | None) -> None:
         """
         :param cache: the cache whose hits and misses, and whose layers' size, items,
-            evictions and errors to export.
+            evictions and errors to export (``None``: no cache any more, after a reload).
         """
         self._cache = cache
 

@@ -304,3 +304,13 @@ def test_systemd_hears_reloading_then_ready(tmp_path: Path) -> None:
         "READY=1\nSTATUS=serving 2 bucket(s), generation 2 (last reload failed:"
         " buckets[0].bogus: unknown key)\n",
     ]
+
+
+def test_turning_the_cache_off_stops_exporting_the_old_layers() -> None:
+    h = harness(document(cache_mb=4))
+    get(h, "/pub/a")
+    assert metric(h, 'yatagarasu_cache_items{layer="memory"}') == 1.0
+    assert h.reload(document()).ok
+    assert h.assembly.caching.cache is None
+    assert "yatagarasu_cache_items{" not in h.assembly.metrics.render().decode()
+    assert get(h, "/pub/a").header("x-cache") is None

@@ -147,6 +147,8 @@ def build_cache(
         b.cache is not None and b.cache.enabled is True for b in config.buckets
     )
     if not wanted:
+        if metrics is not None:
+            metrics.watch_cache(None)  # a reload that turned caching off
         return CacheSetup()
     layers: list[ICacheLayer] = []
     built: dict[str, Mapping[str, Any]] = {}
