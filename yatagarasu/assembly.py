@@ -2,13 +2,14 @@
 The composition root: one function turns a validated ``Config`` into everything the process
 runs — access control, caches, metrics, S3 clients, the Resource tree and its ``Site`` (and
 the metrics listener's ``Site`` when ``metrics.port`` is set), and the background services.
-Start-up, ``--check`` and the test harness all call :func:`assemble`; nothing is listened on,
-connected or read here.
+Start-up, ``--check``, hot reload (:mod:`yatagarasu.reload`, which passes the running
+assembly as ``previous`` so that unchanged cache layers are kept) and the test harness all call
+:func:`assemble`; nothing is listened on, connected or read here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +23,13 @@ from yatagarasu import plugins
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
+from yatagarasu.interfaces import ICacheLayer
 from yatagarasu.metrics import Metrics
 from yatagarasu.s3.client import S3Client
 from yatagarasu.tls import server_tls_options
 from yatagarasu.web.admin import AdminResource
 from yatagarasu.web.admin_cache import cache_admin_routes
+from yatagarasu.web.admin_reload import ReloadHandler, reload_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
@@ -43,9 +46,12 @@ class Lifecycle:
 
     :ivar draining: a graceful shutdown has begun (``/ready`` answers 503, responses close
         their connections).
+    :ivar started_at: when the first generation was built (``/health`` uptime; a reload
+        keeps it).
     """
 
     draining: bool = False
+    started_at: float | None = None
 
     def is_draining(self) -> bool:
         """:returns: whether a graceful shutdown has begun."""
@@ -82,12 +88,16 @@ class Assembly:
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
-    async def close(self) -> None:
-        """Close what holds connections or files: the S3 pools, then the cache layers."""
+    async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
+        """
+        Close what holds connections or files: the S3 pools, then the cache layers.
+
+        :param keep: cache layers a newer generation took over (a hot reload): left open.
+        """
         for client in self.clients.values():
             await client.close()
         if self.caching.cache is not None:
-            await self.caching.cache.close()
+            await self.caching.cache.close(keep)
 
 
 def assemble(
@@ -96,6 +106,9 @@ def assemble(
     *,
     agents: Mapping[str, IAgent] | None = None,
     lifecycle: Lifecycle | None = None,
+    metrics: Metrics | None = None,
+    previous: Assembly | None = None,
+    reload: ReloadHandler | None = None,
 ) -> Assembly:
     """
     Build everything the process runs from a configuration.
@@ -105,26 +118,33 @@ def assemble(
     :param agents: per bucket name, the HTTP agent its S3 client uses (tests); default: a
         persistent connection pool per bucket.
     :param lifecycle: the shutdown state to report (default: a new one, not draining).
+    :param metrics: the process's metrics (a reload passes the running ones: counters never
+        reset); default: new ones.
+    :param previous: the running assembly (a reload): its cache layers whose configuration
+        section is unchanged are reused with their contents and their services.
+    :param reload: what ``POST /admin/reload`` calls (default: no such route).
     :returns: the assembly.
     :raises yatagarasu.errors.ConfigError: naming the dotted key path of what plugins, key
         files or TLS files got wrong.
     """
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     access = build_access_control(config, reactor, plugins)
-    caching = build_cache(config, reactor, plugins, metrics)
+    caching = build_cache(
+        config, reactor, plugins, metrics, previous.caching if previous is not None else None
+    )
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
     clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
     lifecycle = lifecycle or Lifecycle()
-    root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle)
+    if lifecycle.started_at is None:
+        lifecycle.started_at = reactor.seconds()
+    root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle, reload)
     site = _site(root, reactor, config, access, metrics, lifecycle)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
         metrics_root = RootResource({b"metrics": MetricsResource(metrics)}, {}, [])
         metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle)
-    services = list(access.services)
-    if caching.cache is not None:
-        services.extend(caching.cache.services())
+    services = [*access.services, *caching.services()]
     return Assembly(
         config=config,
         access=access,
@@ -168,17 +188,20 @@ def _resource_tree(
     metrics: Metrics,
     clients: Mapping[str, S3Client],
     lifecycle: Lifecycle,
+    reload: ReloadHandler | None,
 ) -> IResource:
     # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
     # bucket at "/" must not receive it.
     exact: dict[bytes, IResource] = {
         b"metrics": MetricsResource(metrics) if config.metrics.on_main_listener else NOT_FOUND,
-        b"health": HealthResource(clock, clock.seconds()),
+        b"health": HealthResource(clock, _started(lifecycle, clock)),
         b"ready": ReadyResource(
             {name: c.health for name, c in clients.items()}, lifecycle.is_draining
         ),
     }
     routes = cache_admin_routes(caching, config) if caching.cache is not None else {}
+    if reload is not None:
+        routes.update(reload_admin_routes(reload))
     subtrees = {config.server.admin_segments: AdminResource(access.admin, routes)}
     buckets = [
         (
@@ -196,6 +219,10 @@ def _resource_tree(
         for bucket in config.buckets
     ]
     return RootResource(exact, subtrees, buckets)
+
+
+def _started(lifecycle: Lifecycle, clock: IReactorTime) -> float:
+    return clock.seconds() if lifecycle.started_at is None else lifecycle.started_at
 
 
 def _timeouts(config: Config, bucket: BucketConfig) -> StreamTimeouts:

@@ -102,6 +102,21 @@ class _RequestPathCollector(Collector):
             yield metric.family()
 
 
+class _GenerationCollector(Collector):
+    """The configuration generation, as a gauge."""
+
+    def __init__(self, generation: Callable[[], int]) -> None:
+        self._generation = generation
+
+    def collect(self) -> Iterator[Any]:
+        gauge = GaugeMetricFamily(
+            "yatagarasu_config_generation",
+            "The configuration generation served to new requests (1 at start-up).",
+        )
+        gauge.add_metric([], self._generation())
+        yield gauge
+
+
 class _CacheCollector(Collector):
     """Reads the tiered cache's and the layers' own counters at scrape time."""
 
@@ -185,8 +200,17 @@ class Metrics:
         self._set_seconds = _Histogram(
             "yatagarasu_cache_set_duration_seconds", "Cache layer writes.", ["layer"], _FAST_BUCKETS
         )
+        self._reloads = _Counter(
+            "yatagarasu_config_reloads",
+            "Configuration reloads (SIGHUP, POST /admin/reload) by result (ok, error).",
+            ["result"],
+        )
+        for result in ("ok", "error"):  # both series exist from the start
+            self._reloads.inc((result,), 0)
         self._cache_errors: dict[str, int] = {}
         self._cache: TieredCache | None = None
+        #: the configuration generation being served (1 at start-up, +1 per applied reload)
+        self.generation = 0
         self.registry.register(
             _RequestPathCollector(
                 [
@@ -195,15 +219,17 @@ class Metrics:
                     self._response_bytes,
                     self._get_seconds,
                     self._set_seconds,
+                    self._reloads,
                 ]
             )
         )
+        self.registry.register(_GenerationCollector(lambda: self.generation))
         self.registry.register(_CacheCollector(lambda: self._cache, self._cache_errors))
 
-    def watch_cache(self, cache: TieredCache) -> None:
+    def watch_cache(self, cache: TieredCache | None) -> None:
         """
         :param cache: the cache whose hits and misses, and whose layers' size, items,
-            evictions and errors to export.
+            evictions and errors to export (``None``: no cache any more, after a reload).
         """
         self._cache = cache
 
@@ -216,6 +242,10 @@ class Metrics:
         self._request_seconds.observe((label,), seconds)
         if sent:
             self._response_bytes.inc((label,), sent)
+
+    def config_reload(self, result: str) -> None:
+        """Count one reload attempt (``result``: ``ok`` or ``error``)."""
+        self._reloads.inc((result,))
 
     def cache_error(self, layer: str) -> None:
         """A layer call failed (and was treated as a miss)."""

@@ -10,10 +10,13 @@ then gets ``server.shutdown_grace_seconds`` to flush its last byte and close (lo
 included); the rest are aborted. Only then the other services stop and the upstream pools and
 caches close.
 
+``SIGHUP`` reloads the configuration file (:class:`yatagarasu.reload.Reloader`, which also
+runs the background services of the current generation and serves ``POST /admin/reload``); the
+listeners stay, what their sites serve is swapped.
+
 systemd (``Type=notify``) hears of it through the injected :class:`SystemdNotifier`:
-``READY=1`` once the listener is bound, ``STOPPING=1`` when the drain begins, a ``STATUS=`` line
-at each step. ``RELOADING=1`` belongs to hot reload, which is not built yet: SIGHUP is only
-logged, so nothing is sent for it.
+``READY=1`` once the listener is bound, ``RELOADING=1`` ... ``READY=1`` around a reload,
+``STOPPING=1`` when the drain begins, a ``STATUS=`` line at each step.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from yatagarasu.assembly import Assembly
+from yatagarasu.config.schema import Config
 from yatagarasu.logs import is_default, make_observer
+from yatagarasu.reload import Reloader
 from yatagarasu.systemd import SystemdNotifier
+from yatagarasu.tls import ReloadableServerTLS
 from yatagarasu.web.site import ProxySite
 
 log = Logger()
@@ -95,22 +101,31 @@ class ProxyService(MultiService):
 
     :param reactor: the reactor (time and TCP).
     :param assembly: everything built from the configuration (:func:`yatagarasu.assembly.assemble`).
-    :param notifier: tells systemd when the proxy is ready and when it stops (default: tells
+    :param notifier: tells systemd when the proxy is ready, reloads and stops (default: tells
         no one).
+    :param reloader: the reloader that built ``assembly`` (``Reloader.first``); default: one
+        that reloads ``assembly.config`` again (embedding, tests).
     """
 
     def __init__(
-        self, reactor: Any, assembly: Assembly, notifier: SystemdNotifier | None = None
+        self,
+        reactor: Any,
+        assembly: Assembly,
+        notifier: SystemdNotifier | None = None,
+        reloader: Reloader | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
         self._notifier = notifier or SystemdNotifier(None)
-        self.assembly = assembly
-        self.config = config = assembly.config
+        self.reloader = reloader or Reloader.around(reactor, assembly)
+        self.reloader.notifier = self._notifier
+        config = assembly.config
         self.site = assembly.site
         factory: Any = self.site
         if assembly.tls is not None:
-            factory = TLSMemoryBIOFactory(assembly.tls, False, self.site)
+            tls = ReloadableServerTLS(assembly.tls)
+            factory = TLSMemoryBIOFactory(tls, False, self.site)
+            self.reloader.on_swap.append(lambda new: setattr(tls, "options", new.tls))
         server = config.server
         #: the client-facing listeners: the proxy's, then the metrics listener (when set)
         self.listeners = [
@@ -123,8 +138,17 @@ class ProxyService(MultiService):
             self.listeners.append(_listener(reactor, "metrics", site, host, port, site))
         for listener in self.listeners:
             listener.service.setServiceParent(self)
-        for service in assembly.services:
-            service.setServiceParent(self)
+        self.reloader.setServiceParent(self)
+
+    @property
+    def assembly(self) -> Assembly:
+        """The current generation's assembly (a reload replaces it)."""
+        return self.reloader.current
+
+    @property
+    def config(self) -> Config:
+        """The current generation's configuration."""
+        return self.reloader.current.config
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -176,25 +200,31 @@ class ProxyService(MultiService):
         )
 
     def _handle_sighup(self) -> None:
-        # Hot reload is not built yet. Until it is, SIGHUP (systemd's ExecReload) is logged
-        # instead of killing the process, which is what an unhandled SIGHUP would do.
+        # SIGHUP (systemd's ExecReload) reloads the configuration file, in the reactor thread.
         if threading.current_thread() is not threading.main_thread():
             return
 
         def on_sighup(signum: int, frame: object) -> None:
-            self._reactor.callFromThread(
-                log.warn,
-                "SIGHUP received: hot reload is not supported yet; restart to apply"
-                " configuration changes",
-            )
+            self._reactor.callFromThread(self.reload)
 
         signal.signal(signal.SIGHUP, on_sighup)
+
+    def reload(self) -> Deferred[None]:
+        """
+        Reload the configuration file (what SIGHUP does); the outcome is logged.
+
+        :returns: fires when the reload is over (applied or refused).
+        """
+        log.info("SIGHUP received: reloading the configuration")
+        done = Deferred.fromCoroutine(self.reloader.reload())
+        done.addErrback(lambda f: log.failure("configuration reload crashed", f))
+        return done.addCallback(lambda _: None)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._drain())
 
     async def _drain(self) -> None:
-        server = self.config.server
+        server = self.assembly.config.server
         sites = [listener.site for listener in self.listeners]
         self.assembly.lifecycle.draining = True
         idle = sum(site.close_connections() for site in sites)
@@ -241,7 +271,7 @@ class ProxyService(MultiService):
         # Only now the other services (JWKS timers, cache layers): in-flight requests may
         # still have been filling the cache during the grace period.
         await super().stopService()
-        await self.assembly.close()
+        await self.reloader.close()
         log.info("shutdown complete")
         self._notifier.notify("STATUS=shutdown complete")
         self._notifier.close()

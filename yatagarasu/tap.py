@@ -2,25 +2,29 @@
 The ``twistd yatagarasu`` command: options and ``makeService``.
 
 Everything that can fail because of the configuration (YAML, validation, plugins, key and TLS
-files) happens in :meth:`Options.postOptions`, which runs the composition root
-(:func:`yatagarasu.assembly.assemble`) before twistd listens or daemonizes: a bad configuration
+files) happens in :meth:`Options.postOptions`, which builds the first configuration generation
+(:meth:`yatagarasu.reload.Reloader.first`, i.e. ``load_config`` + the composition root
+:func:`yatagarasu.assembly.assemble`) before twistd listens or daemonizes: a bad configuration
 prints one line naming the dotted key path and exits with status 1. ``--check`` runs the same
-code and stops before the listeners.
+code and stops before the listeners; ``SIGHUP`` and ``POST /admin/reload`` run it again on the
+same file (hot reload).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from yatagarasu.assembly import Assembly, assemble
+from yatagarasu.assembly import Assembly
 from yatagarasu.config import Config, ConfigError, load_config
 from yatagarasu.config.migrate import explain_file
+from yatagarasu.reload import Reloader
 
 log = Logger()
 
@@ -51,7 +55,7 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            assembly = load_and_assemble(path, reactor)
+            reloader, assembly = first_generation(path, reactor)
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
@@ -62,19 +66,29 @@ class Options(usage.Options):
             # buffered until twistd starts logging, then written first
             log.warn("deprecated configuration key: {warning}", warning=warning)
         self["assembly"] = assembly
+        self["reloader"] = reloader
         self["reactor"] = reactor
 
 
-def load_and_assemble(path: str, reactor: Any) -> Assembly:
+def first_generation(path: str, reactor: Any) -> tuple[Reloader, Assembly]:
     """
     :param path: the configuration file.
     :param reactor: what :func:`yatagarasu.assembly.assemble` builds with.
-    :returns: everything built from the file.
+    :returns: the reloader of that file (hot reload) and the first generation built from it.
     :raises ConfigError: the first problem, naming ``yatagarasu-config migrate`` when a Rust
         Yatagarasu spelling caused it (whether the loader or a plugin found it).
     """
+    reloader = Reloader(reactor, partial(_load, path))
     try:
-        return assemble(load_config(path), reactor)
+        return reloader, reloader.first()
+    except ConfigError as e:
+        raise explain_file(e, path) from None
+
+
+def _load(path: str) -> Config:
+    # Reloads name the migrate command too when a Rust spelling is what the loader refused.
+    try:
+        return load_config(path)
     except ConfigError as e:
         raise explain_file(e, path) from None
 
@@ -135,4 +149,6 @@ def makeService(options: Options) -> IService:
     from yatagarasu.systemd import SystemdNotifier
 
     notifier = SystemdNotifier.from_environ(os.environ)
-    return ProxyService(options["reactor"], options["assembly"], notifier)
+    # postOptions sets "reloader"; without one, the service reloads the assembly's config.
+    reloader = options.get("reloader")
+    return ProxyService(options["reactor"], options["assembly"], notifier, reloader)

@@ -166,9 +166,9 @@ def test_sigterm_aborts_downloads_that_outlive_the_grace(
     assert expected in running.log_text()
 
 
-def test_sighup_is_logged_not_fatal(running_proxy: ProxyProcess) -> None:
+def test_sighup_reloads_and_is_not_fatal(running_proxy: ProxyProcess) -> None:
     running_proxy.send_signal(signal.SIGHUP)
-    running_proxy.wait_for_log("hot reload is not supported yet")
+    running_proxy.wait_for_log("configuration reloaded: generation 2")
     assert running_proxy.get("/health").status == 200
 
 

@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from yatagarasu.config import ConfigError, load_config, parse_config
 from yatagarasu.config.migrate import Migration, Note, accept_synonyms, explain, migrate
 from yatagarasu.config_command import main
-from yatagarasu.tap import load_and_assemble
+from yatagarasu.tap import first_generation
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "rust_configs"
 BUCKET = {"name": "b", "path_prefix": "/b", "s3": {"bucket": "b"}}
@@ -347,7 +347,7 @@ def test_load_errors_caused_by_rust_keys_name_the_migrate_command(
     file = tmp_path / "rust.yaml"
     file.write_text(yaml.safe_dump(doc(**sections)))
     with pytest.raises(ConfigError) as caught:
-        load_and_assemble(str(file), MemoryReactorClock())
+        first_generation(str(file), MemoryReactorClock())
     assert caught.value.path == path
     assert caught.value.message.endswith(f"; {hint}; run: yatagarasu-config migrate {file}")
 
