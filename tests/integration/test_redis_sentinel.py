@@ -190,3 +190,42 @@ def test_failover_misses_then_caches_into_the_promoted_replica(
 def memory_items(running: ProxyProcess) -> int:
     stats = running.get("/admin/cache/stats", headers=admin()).json()["data"]
     return int(stats["layers"]["memory"]["current_item_count"])
+
+
+def test_manual_failover_moves_the_proxy_to_the_new_master(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+    topology: Topology,
+) -> None:
+    master, replica, sentinel = topology.master, topology.replica, topology.sentinel
+    a = proxy(config(moto_s3, s3_bucket, sentinel, ["redis"]))
+    moto_s3.put_object(s3_bucket, "one.txt", b"one", CacheControl="max-age=600")
+    wait_until(
+        lambda: a.get("/pub/one.txt").header("X-Cache") == "HIT",
+        timeout=PHASE_TIMEOUT,
+        what="A to cache one.txt",
+    )
+    assert master.query("EXISTS", redis_key("one.txt")) == 1
+    # Both nodes stay up: the old master is demoted to a replica of the new one.
+    assert sentinel.query("SENTINEL", "FAILOVER", sentinel.master_name) == "OK"
+    wait_until(
+        lambda: (
+            sentinel.master_address() == (replica.host, replica.port)
+            and master.query("ROLE")[0] == b"slave"
+        ),
+        timeout=PHASE_TIMEOUT,
+        what="the manual failover",
+    )
+    # Entries written from now on are written to the new master (and replicated back).
+    moto_s3.put_object(s3_bucket, "two.txt", b"two", CacheControl="max-age=600")
+
+    def hit_two() -> bool:
+        response = a.get("/pub/two.txt")
+        assert (response.status, response.body) == (200, b"two")
+        return response.header("X-Cache") == "HIT"
+
+    wait_until(hit_two, timeout=PHASE_TIMEOUT, what="A to cache two.txt in the new master")
+    assert replica.query("EXISTS", redis_key("two.txt")) == 1
+    assert replica.query("ROLE")[0] == b"master"
+    assert a.get("/pub/one.txt").status == 200

@@ -14,6 +14,7 @@ import txredisapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -224,6 +225,38 @@ class AdapterTests(SynchronousTestCase):
         self.failureResultOf(Deferred.fromCoroutine(self.client.setex(b"k", 10, b"v")))
         self.assertTrue(self.client.healthy)
         self.assertFalse(any(conn.transport.lost for conn in self.pool.pool))
+
+
+class SwitchMasterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        target = RedisTarget("", 0, sentinel=SentinelTarget("main", (("s1", 1), ("s2", 2))))
+        self.client = RedisClient(target, MemoryReactorClock(), timeout=0.5, pool_size=2)
+        self.watchers = self.client.master_watchers()
+        self.pool = FakePool()
+        self.client._factory = self.pool  # type: ignore[assignment]
+        resolver = self.client._resolver
+        assert resolver is not None
+        resolver.current = ("h", 1)
+
+    def dropped(self) -> bool:
+        lost = [conn.transport.lost for conn in self.pool.pool]
+        self.assertEqual(len(set(lost)), 1)
+        return lost[0]
+
+    def test_one_watcher_per_sentinel_and_none_without_sentinel(self) -> None:
+        self.assertEqual(len(self.watchers), 2)
+        self.assertFalse(any(w.running for w in self.watchers))
+        direct = RedisClient(RedisTarget("h", 1), MemoryReactorClock(), timeout=0.5, pool_size=1)
+        self.assertEqual(direct.master_watchers(), [])
+
+    def test_another_master_announced_drops_the_connections(self) -> None:
+        self.client._switch_announced(b"main h 1 h 2")
+        self.assertTrue(self.dropped())
+
+    def test_other_announcements_are_ignored(self) -> None:
+        for message in [b"other h 1 h 2", b"main h 2 h 1", b"main h 1 h port", b"garbage"]:
+            self.client._switch_announced(message)
+        self.assertFalse(self.dropped())
 
 
 # -- settings -----------------------------------------------------------------------------

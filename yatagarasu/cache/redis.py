@@ -650,8 +650,11 @@ class RedisCacheLayer:
         )
 
     def services(self) -> list[IService]:
-        """:returns: ``[]``: the pool connects lazily; see :meth:`subscribe_purges`."""
-        return []
+        """
+        :returns: with Sentinel, the watchers of ``+switch-master``; else ``[]``. The pool
+            connects lazily; see :meth:`subscribe_purges`.
+        """
+        return self.client.master_watchers()
 
     def close(self) -> Deferred[None]:
         """Close the pool and any purge subscriber; later calls answer misses."""

@@ -114,7 +114,8 @@ class RedisTarget:
         if self.sentinel is not None:
             return f"RedisTarget(redis+sentinel://{self.sentinel!r}/{self.db})"
         scheme = "rediss" if self.tls else "redis"
-        return f"RedisTarget({scheme}://{self.host}:{self.port}/{self.db})"
+        db = "" if self.db is None else f"/{self.db}"
+        return f"RedisTarget({scheme}://{self.host}:{self.port}{db})"
 
 
 class _PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
@@ -264,6 +265,41 @@ class RedisClient:
                 on_change=self._master_changed,
             )
         return self._resolver
+
+    def master_watchers(self) -> list[IService]:
+        """
+        With Sentinel: services (not started) subscribed to each sentinel's ``+switch-master``
+        channel; an announced master other than the one connected to drops every connection,
+        so that they reconnect to it at once (the old master may still be reachable, e.g.
+        after ``SENTINEL FAILOVER``). ``close`` stops them.
+
+        :returns: one per sentinel, or ``[]`` without Sentinel.
+        """
+        if self.target.sentinel is None:
+            return []
+        self._sentinel_resolver(self.target.sentinel)
+        announced = self._switch_announced
+        return [c.subscriber(b"+switch-master", announced) for c in self._sentinel_clients]
+
+    def _switch_announced(self, message: bytes) -> None:
+        """``+switch-master``: ``<name> <old host> <old port> <new host> <new port>``."""
+        fields = message.decode("utf-8", "replace").split()
+        resolver = self._resolver
+        if resolver is None or len(fields) != 5 or fields[0] != resolver.master_name:
+            return
+        try:
+            address = (fields[3], int(fields[4]))
+        except ValueError:
+            return
+        if address == resolver.current:
+            return
+        log.info(
+            "a sentinel announced {host}:{port} as master of {master_name}; reconnecting",
+            host=address[0],
+            port=address[1],
+            master_name=resolver.master_name,
+        )
+        self._drop_connections()
 
     def _master_changed(self, address: Address) -> None:
         """The sentinels name another master: drop every connection (they reconnect there)."""
