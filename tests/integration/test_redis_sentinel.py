@@ -58,6 +58,17 @@ def config(moto: MotoS3Server, bucket: str, sentinel: RedisSentinel, layers: lis
     }
 
 
+def wait_for_hit(running: ProxyProcess, key: str, body: bytes) -> None:
+    """GET ``/pub/<key>`` (always a 200 with ``body``) until it is served from the cache."""
+
+    def hit() -> bool:
+        response = running.get(f"/pub/{key}")
+        assert (response.status, response.body) == (200, body)
+        return response.header("X-Cache") == "HIT"
+
+    wait_until(hit, timeout=PHASE_TIMEOUT, what=f"a cache hit for {key}")
+
+
 def redis_key(key: str) -> str:
     return f"yatagarasu:obj:pub::{key}"
 
@@ -122,12 +133,7 @@ def test_failover_misses_then_caches_into_the_promoted_replica(
     assert sentinel.master_address() == (master.host, master.port)
 
     # Entries go to the master the sentinel names.
-    def hit_before() -> bool:
-        response = a.get("/pub/before.txt")
-        assert (response.status, response.body) == (200, b"before.txt")
-        return response.header("X-Cache") == "HIT"
-
-    wait_until(hit_before, timeout=PHASE_TIMEOUT, what="A to serve before.txt from Redis")
+    wait_for_hit(a, "before.txt", b"before.txt")
     assert master.query("EXISTS", redis_key("before.txt")) == 1
 
     # The master dies; until the sentinel has promoted the replica every request is a
@@ -139,10 +145,9 @@ def test_failover_misses_then_caches_into_the_promoted_replica(
         nonlocal answered
         if sentinel.master_address() == (replica.host, replica.port):
             return True
-        for running in (a, b):
-            response = running.get("/pub/during.txt")
-            assert (response.status, response.body) == (200, b"during.txt")
-        assert a.get("/pub/during.txt").header("X-Cache") == "MISS"
+        answers = [running.get("/pub/during.txt") for running in (a, b)]
+        assert [(r.status, r.body) for r in answers] == [(200, b"during.txt")] * 2
+        assert answers[0].header("X-Cache") == "MISS"
         answered += 1
         return False
 
@@ -153,22 +158,12 @@ def test_failover_misses_then_caches_into_the_promoted_replica(
     assert b'yatagarasu_cache_errors_total{layer="redis"}' in metrics
 
     # The proxies find the new master by themselves: new entries are cached there.
-    def hit_after() -> bool:
-        response = a.get("/pub/after.txt")
-        assert (response.status, response.body) == (200, b"after.txt")
-        return response.header("X-Cache") == "HIT"
-
-    wait_until(hit_after, timeout=PHASE_TIMEOUT, what="A to serve after.txt from the new master")
+    wait_for_hit(a, "after.txt", b"after.txt")
     assert replica.query("EXISTS", redis_key("after.txt")) == 1
 
     # B too: an object too large for its memory layer is cached in, and served from, the
     # promoted node.
-    def b_hits_big() -> bool:
-        response = b.get("/pub/big.bin")
-        assert (response.status, response.body) == (200, BIG)
-        return response.header("X-Cache") == "HIT"
-
-    wait_until(b_hits_big, timeout=PHASE_TIMEOUT, what="B to serve big.bin from the new master")
+    wait_for_hit(b, "big.bin", BIG)
     assert replica.query("EXISTS", redis_key("big.bin")) == 1
 
     # The purge channel follows the master too: A's purge of the bucket empties B's memory
@@ -201,11 +196,7 @@ def test_manual_failover_moves_the_proxy_to_the_new_master(
     master, replica, sentinel = topology.master, topology.replica, topology.sentinel
     a = proxy(config(moto_s3, s3_bucket, sentinel, ["redis"]))
     moto_s3.put_object(s3_bucket, "one.txt", b"one", CacheControl="max-age=600")
-    wait_until(
-        lambda: a.get("/pub/one.txt").header("X-Cache") == "HIT",
-        timeout=PHASE_TIMEOUT,
-        what="A to cache one.txt",
-    )
+    wait_for_hit(a, "one.txt", b"one")
     assert master.query("EXISTS", redis_key("one.txt")) == 1
     # Both nodes stay up: the old master is demoted to a replica of the new one.
     assert sentinel.query("SENTINEL", "FAILOVER", sentinel.master_name) == "OK"
@@ -220,12 +211,7 @@ def test_manual_failover_moves_the_proxy_to_the_new_master(
     # Entries written from now on are written to the new master (and replicated back).
     moto_s3.put_object(s3_bucket, "two.txt", b"two", CacheControl="max-age=600")
 
-    def hit_two() -> bool:
-        response = a.get("/pub/two.txt")
-        assert (response.status, response.body) == (200, b"two")
-        return response.header("X-Cache") == "HIT"
-
-    wait_until(hit_two, timeout=PHASE_TIMEOUT, what="A to cache two.txt in the new master")
+    wait_for_hit(a, "two.txt", b"two")
     assert replica.query("EXISTS", redis_key("two.txt")) == 1
     assert replica.query("ROLE")[0] == b"master"
     assert a.get("/pub/one.txt").status == 200
