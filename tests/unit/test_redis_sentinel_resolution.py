@@ -2,7 +2,8 @@
 Finding the Redis master through Sentinel, on fakes and a fake clock: the resolver's order and
 fallbacks, the endpoint that resolves before every connection, the sentinel query of the
 adapter, ``READONLY`` handling and the ``cache.redis`` settings for Sentinel. The failover with
-real processes is in ``tests/integration/test_redis_sentinel.py``.
+real processes is in ``tests/integration/test_redis_sentinel.py`` (this module has another name:
+the two would clash in pytest's rootdir import mode).
 """
 
 from __future__ import annotations
