@@ -22,6 +22,7 @@ from yatagarasu import plugins
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
+from yatagarasu.interfaces import ISiblings
 from yatagarasu.metrics import Metrics
 from yatagarasu.s3.client import S3Client
 from yatagarasu.tls import server_tls_options
@@ -30,7 +31,7 @@ from yatagarasu.web.admin_cache import cache_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
-from yatagarasu.web.metrics import MetricsResource
+from yatagarasu.web.metrics import metrics_resource
 from yatagarasu.web.root import NOT_FOUND, RootResource
 from yatagarasu.web.site import ProxySite
 from yatagarasu.web.streaming import StreamTimeouts
@@ -69,6 +70,8 @@ class Assembly:
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance), in start order.
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
+    :ivar siblings: the other worker processes when this is one of ``server.workers`` > 1
+        (``announce_reload`` tells the parent to reload them); ``None`` otherwise.
     """
 
     config: Config
@@ -81,6 +84,7 @@ class Assembly:
     metrics_site: ProxySite | None = None
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    siblings: ISiblings | None = None
 
     async def close(self) -> None:
         """Close what holds connections or files: the S3 pools, then the cache layers."""
@@ -96,6 +100,7 @@ def assemble(
     *,
     agents: Mapping[str, IAgent] | None = None,
     lifecycle: Lifecycle | None = None,
+    siblings: ISiblings | None = None,
 ) -> Assembly:
     """
     Build everything the process runs from a configuration.
@@ -105,6 +110,9 @@ def assemble(
     :param agents: per bucket name, the HTTP agent its S3 client uses (tests); default: a
         persistent connection pool per bucket.
     :param lifecycle: the shutdown state to report (default: a new one, not draining).
+    :param siblings: when this process is one worker of several, the channel to the others
+        (``/metrics``, stats and ``/ready`` then speak for the whole instance, purges reach
+        every worker, responses carry ``X-Yatagarasu-Worker``).
     :returns: the assembly.
     :raises yatagarasu.errors.ConfigError: naming the dotted key path of what plugins, key
         files or TLS files got wrong.
@@ -116,12 +124,13 @@ def assemble(
     agents = agents or {}
     clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
     lifecycle = lifecycle or Lifecycle()
-    root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle)
-    site = _site(root, reactor, config, access, metrics, lifecycle)
+    root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle, siblings)
+    extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
+    site = _site(root, reactor, config, access, metrics, lifecycle, extra)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
-        metrics_root = RootResource({b"metrics": MetricsResource(metrics)}, {}, [])
-        metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle)
+        metrics_root = RootResource({b"metrics": metrics_resource(metrics, siblings)}, {}, [])
+        metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle, extra)
     services = list(access.services)
     if caching.cache is not None:
         services.extend(caching.cache.services())
@@ -136,6 +145,7 @@ def assemble(
         metrics_site=metrics_site,
         services=services,
         lifecycle=lifecycle,
+        siblings=siblings,
     )
 
 
@@ -146,6 +156,7 @@ def _site(
     access: AccessControl,
     metrics: Metrics,
     lifecycle: Lifecycle,
+    extra_headers: bytes,
 ) -> ProxySite:
     return ProxySite(
         root,
@@ -157,6 +168,7 @@ def _site(
         access_log_enabled=config.logging.level in ("debug", "info"),
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
+        extra_headers=extra_headers,
     )
 
 
@@ -168,17 +180,22 @@ def _resource_tree(
     metrics: Metrics,
     clients: Mapping[str, S3Client],
     lifecycle: Lifecycle,
+    siblings: ISiblings | None,
 ) -> IResource:
     # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
     # bucket at "/" must not receive it.
     exact: dict[bytes, IResource] = {
-        b"metrics": MetricsResource(metrics) if config.metrics.on_main_listener else NOT_FOUND,
+        b"metrics": (
+            metrics_resource(metrics, siblings) if config.metrics.on_main_listener else NOT_FOUND
+        ),
         b"health": HealthResource(clock, clock.seconds()),
         b"ready": ReadyResource(
-            {name: c.health for name, c in clients.items()}, lifecycle.is_draining
+            {name: c.health for name, c in clients.items()},
+            lifecycle.is_draining,
+            siblings.all_up if siblings is not None else None,
         ),
     }
-    routes = cache_admin_routes(caching, config) if caching.cache is not None else {}
+    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
     subtrees: dict[bytes, IResource] = {b"admin": AdminResource(access.admin, routes)}
     buckets = [
         (

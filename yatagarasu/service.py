@@ -10,6 +10,10 @@ then gets ``server.shutdown_grace_seconds`` to flush its last byte and close (lo
 included); the rest are aborted. Only then the other services stop and the upstream pools and
 caches close.
 
+As one worker of several (``server.workers`` > 1, :class:`WorkerMode`), the listeners adopt
+the sockets the parent bound, the control channel to the parent is opened, and the parent
+(:mod:`yatagarasu.workers.supervisor`) is the one that talks to systemd and passes signals on.
+
 systemd (``Type=notify``) hears of it through the injected :class:`SystemdNotifier`:
 ``READY=1`` once the listener is bound, ``STOPPING=1`` when the drain begins, a ``STATUS=`` line
 at each step. ``RELOADING=1`` belongs to hot reload, which is not built yet: SIGHUP is only
@@ -21,11 +25,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
+from twisted.internet import stdio
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
@@ -35,9 +41,11 @@ from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from yatagarasu.assembly import Assembly
-from yatagarasu.logs import is_default, make_observer
+from yatagarasu.logs import is_default, make_observer, with_fields
 from yatagarasu.systemd import SystemdNotifier
 from yatagarasu.web.site import ProxySite
+from yatagarasu.workers.child import WorkerChannel
+from yatagarasu.workers.sockets import AdoptedEndpoint, cannot_listen, family_of
 
 log = Logger()
 
@@ -80,10 +88,37 @@ class Listener:
     port: int
 
 
+@dataclass(frozen=True)
+class WorkerMode:
+    """
+    How a worker process (``twistd yatagarasu --worker N``) differs from a single process.
+
+    :ivar channel: the control channel to the parent (the assembly's siblings).
+    :ivar listen_fds: the inherited listening sockets: the proxy's, then the metrics
+        listener's (when set).
+    :ivar control_fds: the control channel's pipes: read from the parent, write to it.
+    """
+
+    channel: WorkerChannel
+    listen_fds: Sequence[int]
+    control_fds: tuple[int, int]
+
+
 def _listener(
-    reactor: Any, name: str, site: ProxySite, host: str, port: int, factory: Any
+    reactor: Any,
+    name: str,
+    site: ProxySite,
+    host: str,
+    port: int,
+    factory: Any,
+    fd: int | None,
 ) -> Listener:
-    service = StreamServerEndpointService(listen_endpoint(reactor, host, port), factory)
+    endpoint = (
+        listen_endpoint(reactor, host, port)
+        if fd is None
+        else AdoptedEndpoint(reactor, fd, family_of(host))
+    )
+    service = StreamServerEndpointService(endpoint, factory)
     # Fail twistd at start-up (port in use, permission) instead of logging and running on.
     service._raiseSynchronously = True
     return Listener(name, site, service, host, port)
@@ -97,14 +132,24 @@ class ProxyService(MultiService):
     :param assembly: everything built from the configuration (:func:`yatagarasu.assembly.assemble`).
     :param notifier: tells systemd when the proxy is ready and when it stops (default: tells
         no one).
+    :param worker: set when this process is one worker of several.
     """
 
     def __init__(
-        self, reactor: Any, assembly: Assembly, notifier: SystemdNotifier | None = None
+        self,
+        reactor: Any,
+        assembly: Assembly,
+        notifier: SystemdNotifier | None = None,
+        worker: WorkerMode | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
         self._notifier = notifier or SystemdNotifier(None)
+        self.worker = worker
+        self._stop_requested = False
+        if worker is not None:
+            worker.channel.parent_gone = self._parent_gone
+        fds: list[int | None] = list(worker.listen_fds) if worker is not None else [None, None]
         self.assembly = assembly
         self.config = config = assembly.config
         self.site = assembly.site
@@ -114,13 +159,13 @@ class ProxyService(MultiService):
         server = config.server
         #: the client-facing listeners: the proxy's, then the metrics listener (when set)
         self.listeners = [
-            _listener(reactor, "proxy", self.site, server.host, server.listen_port, factory)
+            _listener(reactor, "proxy", self.site, server.host, server.listen_port, factory, fds[0])
         ]
         metrics_listener = config.metrics.listener(server)
         if assembly.metrics_site is not None and metrics_listener is not None:
             host, port = metrics_listener
             site = assembly.metrics_site
-            self.listeners.append(_listener(reactor, "metrics", site, host, port, site))
+            self.listeners.append(_listener(reactor, "metrics", site, host, port, site, fds[1]))
         for listener in self.listeners:
             listener.service.setServiceParent(self)
         for service in assembly.services:
@@ -129,8 +174,16 @@ class ProxyService(MultiService):
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
         # twistd asks the application for a log observer just after makeService: this is how
-        # logging.format/level/file take effect without extra command-line flags.
-        if not is_default(self.config.logging) and hasattr(parent, "setComponent"):
+        # logging.format/level/file take effect without extra command-line flags. A worker
+        # always writes through ours (to the stdout the parent gave it, or logging.file), each
+        # event carrying its worker number.
+        if not hasattr(parent, "setComponent"):
+            return
+        if self.worker is not None:
+            observer = make_observer(self.config.logging)
+            worker_id = self.worker.channel.worker_id
+            parent.setComponent(ILogObserver, with_fields(observer, worker=worker_id))
+        elif not is_default(self.config.logging):
             parent.setComponent(ILogObserver, make_observer(self.config.logging))
 
     def privilegedStartService(self) -> None:
@@ -139,14 +192,7 @@ class ProxyService(MultiService):
         except CannotListenError as e:
             # The two listeners never share a port (the configuration check refuses it).
             name = next((lst.name for lst in self.listeners if lst.port == e.port), "proxy")
-            log.critical(
-                "cannot listen on {address}:{port} ({listener}): {reason}",
-                address=e.interface,
-                port=e.port,
-                listener=name,
-                reason=str(e.socketError),
-            )
-            raise SystemExit(1) from None
+            raise cannot_listen(e, name) from None
 
     def startService(self) -> None:
         super().startService()
@@ -161,6 +207,8 @@ class ProxyService(MultiService):
             address=server.host,
             port=server.listen_port,
         )
+        if self.worker is not None:
+            self._start_worker(self.worker)
         for listener in self.listeners[1:]:
             log.info(
                 "metrics served on http://{address}:{port}/metrics only",
@@ -174,6 +222,43 @@ class ProxyService(MultiService):
             f"STATUS=serving {buckets} bucket(s) on {scheme}://{server.host}:{server.listen_port}",
             f"MAINPID={os.getpid()}",
         )
+
+    def _start_worker(self, worker: WorkerMode) -> None:
+        read_fd, write_fd = worker.control_fds
+        standard_io: Any = stdio.StandardIO  # (typed as the Windows one, without the fds)
+        standard_io(worker.channel.protocol, stdin=read_fd, stdout=write_fd, reactor=self._reactor)
+        worker.channel.connected()
+        worker.channel.announce_up()
+        log.info(
+            "worker {worker} (pid {worker_pid}) up",
+            worker=worker.channel.worker_id,
+            worker_pid=os.getpid(),
+        )
+        # after the reactor's own handlers, installed when it starts running
+        self._reactor.callWhenRunning(self._worker_signals)
+
+    def _worker_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        # The parent handles Ctrl-C (a terminal sends SIGINT to the whole process group) and
+        # passes SIGTERM on; a second SIGTERM (systemd's KillMode=control-group sends one to
+        # every process) changes nothing.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(
+            signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop_process)
+        )
+
+    def _parent_gone(self) -> None:
+        if not self._stop_requested:
+            log.warn("the parent process has gone: stopping this worker")
+            self.stop_process()
+
+    def stop_process(self) -> None:
+        """Stop the reactor (and so drain) once, however many times it is asked."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            log.info("SIGTERM received: shutting down")
+            self._reactor.stop()
 
     def _handle_sighup(self) -> None:
         # Hot reload is not built yet. Until it is, SIGHUP (systemd's ExecReload) is logged
@@ -194,6 +279,7 @@ class ProxyService(MultiService):
         return Deferred.fromCoroutine(self._drain())
 
     async def _drain(self) -> None:
+        self._stop_requested = True
         server = self.config.server
         sites = [listener.site for listener in self.listeners]
         self.assembly.lifecycle.draining = True

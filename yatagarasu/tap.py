@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from yatagarasu.assembly import Assembly, assemble
 from yatagarasu.config import Config, ConfigError, load_config
+from yatagarasu.workers.child import WorkerChannel
 
 
 class Options(usage.Options):
@@ -28,6 +29,8 @@ class Options(usage.Options):
     longdesc = "Serve S3 buckets over HTTP: a read-only, caching, authenticating proxy."
     optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", None, "Path to the YAML configuration file (required)."],
+        ["worker", None, None, "Internal: run as worker N of a parent (server.workers > 1)."],
+        ["worker-fds", None, None, "Internal: a worker's inherited descriptors (sockets, pipes)."],
     ]
     optFlags: ClassVar[list[list[str | None]]] = [
         [
@@ -47,7 +50,8 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            assembly = assemble(load_config(path), reactor)
+            config = load_config(path)
+            assembly = assemble(config, reactor, siblings=self._worker_channel(config, reactor))
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
@@ -56,6 +60,17 @@ class Options(usage.Options):
             raise SystemExit(0)
         self["assembly"] = assembly
         self["reactor"] = reactor
+
+    def _worker_channel(self, config: Config, reactor: Any) -> WorkerChannel | None:
+        if self["worker"] is None:
+            return None
+        try:
+            worker_id = int(self["worker"])
+            fds = [int(fd) for fd in (self["worker-fds"] or "").split(",")]
+        except ValueError:
+            raise usage.UsageError("--worker N needs --worker-fds FD,FD,...") from None
+        self["worker-fds"] = fds
+        return WorkerChannel(reactor, worker_id, config.server.workers)
 
 
 def summary(path: str, assembly: Assembly) -> str:
@@ -72,6 +87,7 @@ def summary(path: str, assembly: Assembly) -> str:
     lines = [
         f"configuration OK: {path}",
         f"listener: {scheme}://{server.host}:{server.listen_port}",
+        *([f"workers: {server.workers} processes"] if server.workers > 1 else []),
         f"metrics: {_metrics_summary(config)}",
         f"buckets: {len(config.buckets)}",
     ]
@@ -108,8 +124,42 @@ def makeService(options: Options) -> IService:
     :param options: parsed (and validated) options.
     :returns: the root ``MultiService``.
     """
-    from yatagarasu.service import ProxyService
+    from yatagarasu.service import ProxyService, WorkerMode
     from yatagarasu.systemd import SystemdNotifier
 
+    reactor, assembly = options["reactor"], options["assembly"]
+    if assembly.siblings is not None:
+        fds = options["worker-fds"]
+        worker = WorkerMode(assembly.siblings, fds[:-2], (fds[-2], fds[-1]))
+        return ProxyService(reactor, assembly, SystemdNotifier(None), worker)
     notifier = SystemdNotifier.from_environ(os.environ)
-    return ProxyService(options["reactor"], options["assembly"], notifier)
+    if assembly.config.server.workers > 1:
+        return supervisor(options["config"], reactor, assembly.config, notifier)
+    return ProxyService(reactor, assembly, notifier)
+
+
+def supervisor(path: str, reactor: Any, config: Config, notifier: Any) -> IService:
+    """
+    :param path: the configuration file (the workers read it again).
+    :param reactor: the reactor (processes, time).
+    :param config: the validated configuration.
+    :param notifier: the systemd notifier.
+    :returns: the parent's service: it binds the listeners and runs ``server.workers``
+        worker processes.
+    """
+    from functools import partial
+
+    from yatagarasu.workers.sockets import bind
+    from yatagarasu.workers.supervisor import Supervisor, worker_command
+
+    server = config.server
+    listeners = [("proxy", server.host, server.listen_port)]
+    metrics = config.metrics.listener(server)
+    if metrics is not None:
+        listeners.append(("metrics", *metrics))
+
+    def spawn(protocol: Any, executable: str, args: list[str], env: Any, fds: Any) -> Any:
+        return reactor.spawnProcess(protocol, executable, args, env=env, childFDs=fds)
+
+    command = partial(worker_command, path)
+    return Supervisor(reactor, config, listeners, command, spawn, bind, notifier)

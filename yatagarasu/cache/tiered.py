@@ -327,6 +327,11 @@ class TieredCache:
             else:
                 self._track(layer.purge(bucket, prefix))
 
+    @property
+    def broadcasts_purges(self) -> bool:
+        """Whether a shared layer (Redis) tells the other instances about purges."""
+        return any(IPurgeBroadcaster.providedBy(layer) for layer in self.layers)
+
     def services(self) -> list[IService]:
         """:returns: the layers' services and the purge subscribers."""
         services: list[IService] = []

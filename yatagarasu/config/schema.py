@@ -57,6 +57,10 @@ class SecurityLimits:
         _positive(self.max_uri_length, join(path, "max_uri_length"))
 
 
+#: the most worker processes ``server.workers`` accepts (metrics label them, so they are bounded)
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Where and how the proxy listens."""
@@ -101,8 +105,10 @@ class ServerConfig:
         if not 0 <= self.listen_port <= 65535:
             raise ConfigError(join(path, "port"), f"must be 0..65535, got {self.listen_port}")
         parse_networks(self.trusted_proxies, join(path, "trusted_proxies"))
-        if self.workers != 1:
-            raise ConfigError(join(path, "workers"), "not supported yet (only 1 worker process)")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(
+                join(path, "workers"), f"must be 1..{MAX_WORKERS}, got {self.workers}"
+            )
         _positive(self.max_concurrent_requests, join(path, "max_concurrent_requests"))
         _positive(
             self.shutdown_delay_seconds, join(path, "shutdown_delay_seconds"), allow_zero=True

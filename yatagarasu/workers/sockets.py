@@ -1,0 +1,89 @@
+"""
+Listening sockets handed from the parent to its workers: the parent binds them (so "port in
+use" is reported once, before any worker starts), each worker adopts its copy of the file
+descriptor with ``adoptStreamPort``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+#: the listen queue of a socket bound here (Twisted's own listenTCP uses 50)
+BACKLOG = 1024
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """
+    Bind and listen as ``listenTCP`` does (``SO_REUSEADDR``, non-blocking), without accepting.
+
+    :param host: an IPv4 or IPv6 address, or ``localhost``.
+    :param port: the TCP port (0: any free one).
+    :returns: the listening socket, inheritable by child processes.
+    :raises CannotListenError: when the address cannot be bound (port in use, permission).
+    """
+    sock = socket.socket(family_of(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise CannotListenError(host, port, e) from None
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+@implementer(IStreamServerEndpoint)
+@dataclass(frozen=True)
+class AdoptedEndpoint:
+    """
+    A server endpoint on a listening socket this process inherited.
+
+    :ivar reactor: an ``IReactorSocket``.
+    :ivar fd: the inherited file descriptor (closed once adopted: the port holds a copy).
+    :ivar family: ``AF_INET`` or ``AF_INET6``.
+    """
+
+    reactor: Any
+    fd: int
+    family: socket.AddressFamily
+
+    def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
+        port = self.reactor.adoptStreamPort(self.fd, self.family, protocolFactory)
+        os.close(self.fd)
+        return succeed(port)
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    """:returns: the address family of a listener's interface."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def cannot_listen(error: CannotListenError, listener: str) -> SystemExit:
+    """
+    Log why a listener could not be bound, once, as the one line operators look for.
+
+    :param error: what binding raised.
+    :param listener: ``proxy`` or ``metrics``.
+    :returns: the exit to raise (status 1).
+    """
+    log.critical(
+        "cannot listen on {address}:{port} ({listener}): {reason}",
+        address=error.interface,
+        port=error.port,
+        listener=listener,
+        reason=str(error.socketError),
+    )
+    return SystemExit(1)
