@@ -140,11 +140,11 @@ def bucket_entry(name: str = "pub", prefix: str = "/pub", **extra: Any) -> dict[
 class Harness:
     """A ProxySite on a fake clock with a fake agent per bucket, driven with raw HTTP bytes."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], siblings: Any = None) -> None:
         self.config: Config = parse_config(document, {})
         self.clock = MemoryReactorClock()
         self.agents = {b.name: FakeAgent() for b in self.config.buckets}
-        self.assembly = assemble(self.config, self.clock, agents=self.agents)
+        self.assembly = assemble(self.config, self.clock, agents=self.agents, siblings=siblings)
         self.clients = self.assembly.clients
         self.access = self.assembly.access
         self.site: ProxySite = self.assembly.site
