@@ -257,7 +257,7 @@ class ProxyService(MultiService):
         """Stop the reactor (and so drain) once, however many times it is asked."""
         if not self._stop_requested:
             self._stop_requested = True
-            log.info("SIGTERM received: shutting down")
+            log.info("worker stopping")
             self._reactor.stop()
 
     def _handle_sighup(self) -> None:

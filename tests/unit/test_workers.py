@@ -192,9 +192,17 @@ def test_a_crashed_worker_is_restarted_with_backoff() -> None:
     assert 0 in sup.workers and spawn.processes[0].signals == []
 
 
-def test_sighup_is_passed_to_every_worker() -> None:
+def up(sup: Supervisor, *workers: int) -> None:
+    for worker in workers:
+        tell(sup, worker, {"op": "up", "worker": worker})
+
+
+def test_sighup_is_passed_to_every_worker_once_it_is_up() -> None:
     sup, _, spawn = supervisor(3)
-    assert sup.pass_signal("HUP") == 3
+    up(sup, 0, 1)
+    assert sup.pass_signal("HUP") == 2
+    assert [p.signals for p in spawn.processes] == [["HUP"], ["HUP"], []]
+    up(sup, 2)  # it was starting: no handler yet, so it gets its SIGHUP now
     assert [p.signals for p in spawn.processes] == [["HUP"], ["HUP"], ["HUP"]]
 
 
@@ -246,6 +254,7 @@ def test_a_purge_is_relayed_to_the_other_workers() -> None:
 
 def test_a_reload_on_one_worker_sighups_the_others() -> None:
     sup, _, spawn = supervisor(3)
+    up(sup, 0, 1, 2)
     tell(sup, 2, {"op": "reload", "worker": 2})
     assert [p.signals for p in spawn.processes] == [["HUP"], ["HUP"], []]
 

@@ -248,6 +248,8 @@ class Supervisor(Service):
         self._gatherings: dict[int, _Gathering] = {}
         self._next_gathering = 0
         self._all_exited: list[Deferred[None]] = []
+        #: workers that were starting when a SIGHUP came: they get it once they are up
+        self._hup_pending: set[int] = set()
 
     # -- start -----------------------------------------------------------------------------
 
@@ -280,6 +282,7 @@ class Supervisor(Service):
         :returns: its process protocol.
         """
         self._restarts.pop(worker_id, None)
+        self._hup_pending.discard(worker_id)  # it reads the configuration as it starts
         first = 3 + len(self.sockets)
         fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
         for offset, sock in enumerate(self.sockets):
@@ -308,15 +311,18 @@ class Supervisor(Service):
         """
         Send a signal to every running worker (but ``exclude``).
 
+        A worker still starting has no SIGHUP handler yet (the signal would kill it): it
+        gets its SIGHUP once it says it is up.
+
         :param name: ``HUP``, ``TERM``, ``KILL``.
         :param exclude: a worker not to signal.
-        :returns: how many got it.
+        :returns: how many got it now.
         """
-        sent = sum(
-            process.signal(name)
-            for worker, process in sorted(self.workers.items())
-            if worker != exclude
-        )
+        targets = [(w, p) for w, p in sorted(self.workers.items()) if w != exclude]
+        if name == "HUP":
+            self._hup_pending.update(w for w, process in targets if not process.up)
+            targets = [(w, process) for w, process in targets if process.up]
+        sent = sum(process.signal(name) for _, process in targets)
         log.info("SIG{signal} passed to {count} worker(s)", signal=name, count=sent)
         return sent
 
@@ -361,6 +367,9 @@ class Supervisor(Service):
         op = message["op"]
         if op == "up":
             process.up = True
+            if process.worker_id in self._hup_pending:
+                self._hup_pending.discard(process.worker_id)
+                process.signal("HUP")
             self._broadcast_up()
         elif op == "purge":
             relayed = {"op": "purge", **{k: message.get(k) for k in ("bucket", "prefix", "key")}}
