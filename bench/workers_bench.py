@@ -15,6 +15,7 @@ table is printed and saved there as ``results.md``. Example::
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
-from benchlib import dump, machine_facts, set_pinning
+from benchlib import dump, machine_facts, set_pinning, wait_quiet
 from proxylib import (
     BUCKET,
     LoggedOrigin,
@@ -41,6 +42,7 @@ from proxylib import (
     summarize,
 )
 
+from devharness.http_client import http_request
 from devharness.ports import free_port
 
 WORKERS = (1, 2)
@@ -70,12 +72,27 @@ def warm_every_worker(url: str, workers: int, tries: int = 500) -> dict[str, str
     return hits
 
 
+def served_by_worker(base_url: str) -> dict[str, float]:
+    """:returns: bucket requests answered so far by each worker (from ``/metrics``)."""
+    text = http_request("GET", base_url + "/metrics", timeout=10.0).body.decode()
+    served: dict[str, float] = {}
+    for match in re.finditer(
+        rf'yatagarasu_requests_total{{bucket="{BUCKET}",[^}}]*?(?:worker="(\d+)")?}} (\S+)', text
+    ):
+        worker = match.group(1) or "0"
+        served[worker] = served.get(worker, 0.0) + float(match.group(2))
+    return served
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--conns", type=int, default=50)
     parser.add_argument("--warmup-seconds", type=int, default=3)
+    parser.add_argument(
+        "--quiet-cores", type=float, default=0.3, help="wait (60 s at most) for other load"
+    )
     a = parser.parse_args()
     exit_on_sigterm()
     out = results_dir("workers")
@@ -104,16 +121,24 @@ def main() -> None:
                 notes.append(f"workers {workers}: only workers {sorted(hits)} answered HIT")
         for i in range(a.runs):
             for workers in WORKERS:
+                _, foreign = wait_quiet(ours, a.quiet_cores, 60.0)
+                if foreign >= a.quiet_cores:
+                    notes.append(f"run {i} workers {workers}: {foreign:.2f} foreign cores before")
+                before = served_by_worker(servers[workers].url)
                 r = run_wrk(
                     f"w{workers}", urls[workers], a.conns, a.seconds, servers[workers].pid, ours
                 )
                 (out / f"wrk-workers{workers}-{i}.txt").write_text(r.result.raw)
+                after = served_by_worker(servers[workers].url)
+                share = {w: round(after[w] - before.get(w, 0.0)) for w in sorted(after)}
+                r.extra["served_by_worker"] = share
                 runs[workers].append(r)
                 log(
                     f"workers {workers} run {i}: {r.result.rps:.0f} req/s p50 "
                     f"{r.result.p50_ms:.2f} ms p99 {r.result.p99_ms:.2f} ms errors "
                     f"{r.result.errors} non2xx {r.result.non2xx} server CPU "
-                    f"{100 * r.cpu_util:.0f} % foreign {r.foreign_cores:.2f} cores"
+                    f"{100 * r.cpu_util:.0f} % foreign {r.foreign_cores:.2f} cores; "
+                    f"requests by worker {share}"
                 )
     finally:
         for server in servers.values():
@@ -133,6 +158,9 @@ def main() -> None:
             f"{100 * s['cpu_util']:.0f} %",
             f"{s['errors']}/{s['non2xx']}",
             fmt(s["foreign_max"]),
+            " / ".join(
+                ":".join(f"{n}" for n in r.extra["served_by_worker"].values()) for r in runs[w]
+            ),
         ]
         for w, s in summary.items()
     ]
@@ -153,6 +181,7 @@ def main() -> None:
                     "server CPU",
                     "sock err/non-2xx",
                     "foreign cores (max)",
+                    "requests per worker, each run",
                 ],
                 rows,
             ),

@@ -63,7 +63,29 @@ class AdoptedEndpoint:
     def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
         port = self.reactor.adoptStreamPort(self.fd, self.family, protocolFactory)
         os.close(self.fd)
+        accept_one_at_a_time(port)
         return succeed(port)
+
+
+def accept_one_at_a_time(port: Any) -> None:
+    """
+    Make a listening port accept one connection per readiness event.
+
+    Every worker waits on the same socket and the kernel wakes them all; Twisted's port
+    accepts up to ``numberAccepts`` connections per wake-up (it grows to the size of the last
+    burst), so one worker would take a whole burst — wrk's 50 connections, a load balancer's
+    pool — and the others none. One at a time, a burst is spread over the workers that are
+    free, and a busy worker leaves new connections to the others.
+
+    :param port: a ``twisted.internet.tcp.Port`` (what ``adoptStreamPort`` returns).
+    """
+    read = port.doRead
+
+    def do_read() -> Any:
+        port.numberAccepts = 1
+        return read()
+
+    port.doRead = do_read
 
 
 def family_of(host: str) -> socket.AddressFamily:
