@@ -45,7 +45,14 @@ from yatagarasu.logs import is_default, make_observer, with_fields
 from yatagarasu.systemd import SystemdNotifier
 from yatagarasu.web.site import ProxySite
 from yatagarasu.workers.child import WorkerChannel
-from yatagarasu.workers.sockets import AdoptedEndpoint, cannot_listen, family_of
+from yatagarasu.workers.sockets import (
+    AdoptedEndpoint,
+    SocketActivationError,
+    SystemdEndpoint,
+    cannot_listen,
+    family_of,
+    socket_activation_failed,
+)
 
 log = Logger()
 
@@ -112,12 +119,16 @@ def _listener(
     port: int,
     factory: Any,
     fd: int | None,
+    shared: bool,
+    systemd_index: int | None,
 ) -> Listener:
-    endpoint = (
-        listen_endpoint(reactor, host, port)
-        if fd is None
-        else AdoptedEndpoint(reactor, fd, family_of(host))
-    )
+    endpoint: IStreamServerEndpoint
+    if systemd_index is not None:
+        endpoint = SystemdEndpoint(reactor, systemd_index, name, host, port)
+    elif fd is not None:
+        endpoint = AdoptedEndpoint(reactor, fd, family_of(host), shared)
+    else:
+        endpoint = listen_endpoint(reactor, host, port)
     service = StreamServerEndpointService(endpoint, factory)
     # Fail twistd at start-up (port in use, permission) instead of logging and running on.
     service._raiseSynchronously = True
@@ -150,6 +161,12 @@ class ProxyService(MultiService):
         if worker is not None:
             worker.channel.parent_gone = self._parent_gone
         fds: list[int | None] = list(worker.listen_fds) if worker is not None else [None, None]
+        # server.socket_activation (one process only): the sockets systemd passed, in order
+        systemd: list[int | None] = (
+            [0, 1] if assembly.config.server.socket_activation else [None, None]
+        )
+        shared = worker is not None
+        proxy_fd = (fds[0], shared, systemd[0])
         self.assembly = assembly
         self.config = config = assembly.config
         self.site = assembly.site
@@ -159,13 +176,17 @@ class ProxyService(MultiService):
         server = config.server
         #: the client-facing listeners: the proxy's, then the metrics listener (when set)
         self.listeners = [
-            _listener(reactor, "proxy", self.site, server.host, server.listen_port, factory, fds[0])
+            _listener(
+                reactor, "proxy", self.site, server.host, server.listen_port, factory, *proxy_fd
+            )
         ]
         metrics_listener = config.metrics.listener(server)
         if assembly.metrics_site is not None and metrics_listener is not None:
             host, port = metrics_listener
             site = assembly.metrics_site
-            self.listeners.append(_listener(reactor, "metrics", site, host, port, site, fds[1]))
+            self.listeners.append(
+                _listener(reactor, "metrics", site, host, port, site, fds[1], shared, systemd[1])
+            )
         for listener in self.listeners:
             listener.service.setServiceParent(self)
         for service in assembly.services:
@@ -189,6 +210,8 @@ class ProxyService(MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
+        except SocketActivationError as e:
+            raise socket_activation_failed(e) from None
         except CannotListenError as e:
             # The two listeners never share a port (the configuration check refuses it).
             name = next((lst.name for lst in self.listeners if lst.port == e.port), "proxy")

@@ -86,7 +86,8 @@ def summary(path: str, assembly: Assembly) -> str:
     scheme = "https" if server.tls else "http"
     lines = [
         f"configuration OK: {path}",
-        f"listener: {scheme}://{server.host}:{server.listen_port}",
+        f"listener: {scheme}://{server.host}:{server.listen_port}"
+        + (" (socket from systemd)" if server.socket_activation else ""),
         *([f"workers: {server.workers} processes"] if server.workers > 1 else []),
         f"metrics: {_metrics_summary(config)}",
         f"buckets: {len(config.buckets)}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
@@ -24,6 +24,7 @@ from yatagarasu.systemd import SystemdNotifier
 from yatagarasu.web.admin_cache import cache_admin_routes
 from yatagarasu.workers.child import GATHER_TIMEOUT_SECONDS, WorkerChannel
 from yatagarasu.workers.control import encode
+from yatagarasu.workers.sockets import accept_one_at_a_time
 from yatagarasu.workers.supervisor import (
     ANSWER_TIMEOUT_SECONDS,
     KILL_MARGIN_SECONDS,
@@ -505,3 +506,19 @@ def test_workers_out_of_range_are_rejected(workers: int) -> None:
 
 def test_workers_in_range_are_accepted() -> None:
     assert parse_config({"server": {"workers": 4}, **BUCKETS}, {}).server.workers == 4
+
+
+def test_an_adopted_port_accepts_one_connection_per_wake_up() -> None:
+    class Port:
+        numberAccepts = 100
+        seen: ClassVar[list[int]] = []
+
+        def doRead(self) -> None:
+            self.seen.append(self.numberAccepts)
+            self.numberAccepts += 20  # what Twisted does after a full batch
+
+    port = Port()
+    accept_one_at_a_time(port)
+    port.doRead()
+    port.doRead()
+    assert port.seen == [1, 1]

@@ -82,6 +82,7 @@ class ServerConfig:
     send_timeout_seconds: float = 60.0
     socket_send_buffer_bytes: int | None = None
     stream_buffer_bytes: int = 65536
+    socket_activation: bool = False
 
     @property
     def host(self) -> str:
@@ -108,6 +109,11 @@ class ServerConfig:
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(
                 join(path, "workers"), f"must be 1..{MAX_WORKERS}, got {self.workers}"
+            )
+        if self.socket_activation and self.workers > 1:
+            raise ConfigError(
+                join(path, "socket_activation"),
+                "not supported yet with server.workers > 1 (the parent binds the port itself)",
             )
         _positive(self.max_concurrent_requests, join(path, "max_concurrent_requests"))
         _positive(

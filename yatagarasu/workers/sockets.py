@@ -1,17 +1,20 @@
 """
 Listening sockets handed from the parent to its workers: the parent binds them (so "port in
 use" is reported once, before any worker starts), each worker adopts its copy of the file
-descriptor with ``adoptStreamPort``.
+descriptor with ``adoptStreamPort``. With ``server.socket_activation``, the sockets come from
+systemd instead (:class:`SystemdEndpoint`, one process only).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -54,16 +57,21 @@ class AdoptedEndpoint:
     :ivar reactor: an ``IReactorSocket``.
     :ivar fd: the inherited file descriptor (closed once adopted: the port holds a copy).
     :ivar family: ``AF_INET`` or ``AF_INET6``.
+
+    :ivar shared: other processes accept on the same socket (the workers): accept one
+        connection per wake-up (:func:`accept_one_at_a_time`).
     """
 
     reactor: Any
     fd: int
     family: socket.AddressFamily
+    shared: bool = True
 
     def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
         port = self.reactor.adoptStreamPort(self.fd, self.family, protocolFactory)
         os.close(self.fd)
-        accept_one_at_a_time(port)
+        if self.shared:
+            accept_one_at_a_time(port)
         return succeed(port)
 
 
@@ -108,4 +116,64 @@ def cannot_listen(error: CannotListenError, listener: str) -> SystemExit:
         listener=listener,
         reason=str(error.socketError),
     )
+    return SystemExit(1)
+
+
+class SocketActivationError(Exception):
+    """systemd did not pass the socket ``server.socket_activation`` expects."""
+
+
+@implementer(IStreamServerEndpoint)
+@dataclass(frozen=True)
+class SystemdEndpoint:
+    """
+    A listener on a socket systemd passed (Twisted's ``systemd:`` endpoint: ``$LISTEN_FDS``,
+    ``$LISTEN_PID``, ``$LISTEN_FDNAMES``), checked to be bound where the configuration says.
+
+    :ivar reactor: an ``IReactorSocket``.
+    :ivar index: which passed socket (0: the first, fd 3).
+    :ivar name: the listener (``proxy``, ``metrics``), for messages.
+    :ivar host: the configured interface.
+    :ivar port: the configured port (0: any).
+    """
+
+    reactor: Any
+    index: int
+    name: str
+    host: str
+    port: int
+
+    def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
+        domain = "INET6" if family_of(self.host) == socket.AF_INET6 else "INET"
+        description = f"systemd:domain={domain}:index={self.index}"
+        try:
+            endpoint = serverFromString(self.reactor, description)
+        except IndexError:
+            return fail(
+                SocketActivationError(
+                    f"systemd passed no socket for the {self.name} listener (socket"
+                    f" {self.index} of $LISTEN_FDS, for this process: $LISTEN_PID)"
+                )
+            )
+        listening: Deferred[IListeningPort] = endpoint.listen(protocolFactory)
+        return listening.addCallback(self._check)
+
+    def _check(self, port: IListeningPort) -> IListeningPort:
+        bound: Any = port.getHost()
+        same_port = not self.port or bound.port == self.port
+        same_host = self.host == "localhost" or ipaddress.ip_address(
+            bound.host
+        ) == ipaddress.ip_address(self.host)
+        if not (same_port and same_host):
+            port.stopListening()
+            raise SocketActivationError(
+                f"the {self.name} socket from systemd is bound to {bound.host}:{bound.port};"
+                f" the configuration says {self.host}:{self.port}"
+            )
+        return port
+
+
+def socket_activation_failed(error: SocketActivationError) -> SystemExit:
+    """:returns: the exit (status 1) after logging why the sockets could not be taken."""
+    log.critical("server.socket_activation: {reason}", reason=str(error))
     return SystemExit(1)
