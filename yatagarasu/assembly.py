@@ -23,7 +23,7 @@ from yatagarasu import plugins
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
-from yatagarasu.interfaces import ICacheLayer
+from yatagarasu.interfaces import ICacheLayer, ISiblings
 from yatagarasu.metrics import Metrics
 from yatagarasu.s3.client import S3Client
 from yatagarasu.tls import server_tls_options
@@ -33,7 +33,7 @@ from yatagarasu.web.admin_reload import ReloadHandler, reload_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
-from yatagarasu.web.metrics import MetricsResource
+from yatagarasu.web.metrics import metrics_resource
 from yatagarasu.web.root import NOT_FOUND, RootResource
 from yatagarasu.web.site import ProxySite
 from yatagarasu.web.streaming import StreamTimeouts
@@ -75,6 +75,8 @@ class Assembly:
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance), in start order.
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
+    :ivar siblings: the other worker processes when this is one of ``server.workers`` > 1
+        (``announce_reload`` tells the parent to reload them); ``None`` otherwise.
     """
 
     config: Config
@@ -87,6 +89,7 @@ class Assembly:
     metrics_site: ProxySite | None = None
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    siblings: ISiblings | None = None
 
     async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
         """
@@ -109,6 +112,7 @@ def assemble(
     metrics: Metrics | None = None,
     previous: Assembly | None = None,
     reload: ReloadHandler | None = None,
+    siblings: ISiblings | None = None,
 ) -> Assembly:
     """
     Build everything the process runs from a configuration.
@@ -123,6 +127,9 @@ def assemble(
     :param previous: the running assembly (a reload): its cache layers whose configuration
         section is unchanged are reused with their contents and their services.
     :param reload: what ``POST /admin/reload`` calls (default: no such route).
+    :param siblings: when this process is one worker of several, the channel to the others
+        (``/metrics``, stats and ``/ready`` then speak for the whole instance, purges reach
+        every worker, responses carry ``X-Yatagarasu-Worker``).
     :returns: the assembly.
     :raises yatagarasu.errors.ConfigError: naming the dotted key path of what plugins, key
         files or TLS files got wrong.
@@ -138,12 +145,15 @@ def assemble(
     lifecycle = lifecycle or Lifecycle()
     if lifecycle.started_at is None:
         lifecycle.started_at = reactor.seconds()
-    root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle, reload)
-    site = _site(root, reactor, config, access, metrics, lifecycle)
+    root = _resource_tree(
+        reactor, config, access, caching, metrics, clients, lifecycle, reload, siblings
+    )
+    extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
+    site = _site(root, reactor, config, access, metrics, lifecycle, extra)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
-        metrics_root = RootResource({b"metrics": MetricsResource(metrics)}, {}, [])
-        metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle)
+        metrics_root = RootResource({b"metrics": metrics_resource(metrics, siblings)}, {}, [])
+        metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle, extra)
     services = [*access.services, *caching.services()]
     return Assembly(
         config=config,
@@ -156,6 +166,7 @@ def assemble(
         metrics_site=metrics_site,
         services=services,
         lifecycle=lifecycle,
+        siblings=siblings,
     )
 
 
@@ -166,6 +177,7 @@ def _site(
     access: AccessControl,
     metrics: Metrics,
     lifecycle: Lifecycle,
+    extra_headers: bytes,
 ) -> ProxySite:
     return ProxySite(
         root,
@@ -177,6 +189,7 @@ def _site(
         access_log_enabled=config.logging.level in ("debug", "info"),
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
+        extra_headers=extra_headers,
     )
 
 
@@ -189,17 +202,22 @@ def _resource_tree(
     clients: Mapping[str, S3Client],
     lifecycle: Lifecycle,
     reload: ReloadHandler | None,
+    siblings: ISiblings | None,
 ) -> IResource:
     # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
     # bucket at "/" must not receive it.
     exact: dict[bytes, IResource] = {
-        b"metrics": MetricsResource(metrics) if config.metrics.on_main_listener else NOT_FOUND,
+        b"metrics": (
+            metrics_resource(metrics, siblings) if config.metrics.on_main_listener else NOT_FOUND
+        ),
         b"health": HealthResource(clock, _started(lifecycle, clock)),
         b"ready": ReadyResource(
-            {name: c.health for name, c in clients.items()}, lifecycle.is_draining
+            {name: c.health for name, c in clients.items()},
+            lifecycle.is_draining,
+            siblings.all_up if siblings is not None else None,
         ),
     }
-    routes = cache_admin_routes(caching, config) if caching.cache is not None else {}
+    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
     if reload is not None:
         routes.update(reload_admin_routes(reload))
     subtrees = {config.server.admin_segments: AdminResource(access.admin, routes)}

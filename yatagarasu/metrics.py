@@ -3,13 +3,14 @@ Prometheus metrics (prometheus-client), on a registry of our own, served at ``GE
 
 Every metric of ours starts with ``yatagarasu_``; label values come from bounded sets (bucket
 names from the configuration, layer names, methods, status codes) — never a path, a key or an
-address. The standard ``process_`` and ``python_`` collectors are included.
+address. The standard ``process_`` and ``python_`` collectors are included. With several
+worker processes, :func:`merge_expositions` joins the workers' expositions into one.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -23,7 +24,9 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from yatagarasu.cache.tiered import TieredCache
@@ -262,3 +265,36 @@ class Metrics:
     def render(self) -> bytes:
         """:returns: the Prometheus text exposition."""
         return generate_latest(self.registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def merge_expositions(parts: Mapping[int, str]) -> bytes:
+    """
+    One exposition for several worker processes: every sample of every worker, labelled
+    ``worker="N"`` (a bounded label: ``server.workers`` is at most 64).
+
+    :param parts: each worker's own exposition (:meth:`Metrics.render`), by worker number.
+    :returns: the merged Prometheus text exposition.
+    """
+    families: dict[str, Metric] = {}
+    for worker, text in sorted(parts.items()):
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = Metric(family.name, family.documentation, family.type)
+                families[family.name] = merged
+            label = str(worker)
+            merged.samples.extend(
+                sample._replace(labels={**sample.labels, "worker": label})
+                for sample in family.samples
+            )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families.values()))
+    return generate_latest(registry)

@@ -27,6 +27,7 @@ from twisted.web.iweb import IAgent
 from yatagarasu.assembly import Assembly, Lifecycle, assemble
 from yatagarasu.config.schema import Config
 from yatagarasu.errors import ConfigError, HTTPError
+from yatagarasu.interfaces import ISiblings
 from yatagarasu.metrics import Metrics
 from yatagarasu.systemd import SystemdNotifier
 from yatagarasu.web.site import ProxySite, Served
@@ -93,6 +94,8 @@ def refuse_restart_changes(old: Config, new: Config) -> None:
         ("server.address", s.host, n.host),
         ("server.port", s.listen_port, n.listen_port),
         ("server.tls", "on" if s.tls else "off", "on" if n.tls else "off"),
+        ("server.workers", s.workers, n.workers),
+        ("server.socket_activation", s.socket_activation, n.socket_activation),
     ]
     for key, before, after in changes:
         if before != after:
@@ -150,6 +153,8 @@ class Reloader(Service):
         admin API (to pass it on to sibling worker processes).
     :param metrics: the process's metrics (default: new ones).
     :param lifecycle: the shutdown state (default: a new one).
+    :param siblings: when this process is one worker of several, the channel to the others
+        (every generation is built with it).
     :param clock_usec: ``CLOCK_MONOTONIC`` in microseconds, for ``MONOTONIC_USEC``.
     """
 
@@ -163,6 +168,7 @@ class Reloader(Service):
         announce: Callable[[ReloadReport], None] | None = None,
         metrics: Metrics | None = None,
         lifecycle: Lifecycle | None = None,
+        siblings: ISiblings | None = None,
         clock_usec: Callable[[], int] = monotonic_usec,
     ) -> None:
         self._reactor = reactor
@@ -172,6 +178,7 @@ class Reloader(Service):
         self.announce = announce
         self.metrics = metrics or Metrics()
         self.lifecycle = lifecycle or Lifecycle()
+        self._siblings = siblings
         self._clock_usec = clock_usec
         self._generation: _Generation | None = None
         self._services: list[IService] = []
@@ -224,6 +231,7 @@ class Reloader(Service):
             metrics=self.metrics,
             previous=previous,
             reload=self.admin_reload,
+            siblings=self._siblings,
         )
 
     @property

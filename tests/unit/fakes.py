@@ -145,14 +145,17 @@ def bucket_entry(name: str = "pub", prefix: str = "/pub", **extra: Any) -> dict[
 class Harness:
     """A ProxySite on a fake clock with a fake agent per bucket, driven with raw HTTP bytes."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], siblings: Any = None) -> None:
         #: what the next :meth:`reload` reads (the harness's "configuration file")
         self.document = document
         self.config: Config = parse_config(document, {})
         self.clock = MemoryReactorClock()
         self.agents = {b.name: FakeAgent() for b in self.config.buckets}
         self.reloader = Reloader(
-            self.clock, lambda: parse_config(self.document, {}), agents=self.agents
+            self.clock,
+            lambda: parse_config(self.document, {}),
+            agents=self.agents,
+            siblings=siblings,
         )
         self.reloader.first()
         self.site: ProxySite = self.assembly.site

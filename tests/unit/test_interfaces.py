@@ -36,6 +36,7 @@ from yatagarasu.interfaces import (
     IImmediateAuthScheme,
     IImmediateCacheLayer,
     IPurgeBroadcaster,
+    ISiblings,
     ISwitchableCacheLayer,
 )
 from yatagarasu.plugins.auth_jwt import jwt
@@ -43,6 +44,7 @@ from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
 from yatagarasu.plugins.cache_redis import redis
 from yatagarasu.values import CacheKey
+from yatagarasu.workers.child import WorkerChannel
 
 SECRET = "s" * 64
 #: A port nothing listens on: the layer must not even try it while these tests run.
@@ -77,6 +79,10 @@ def jwt_admin_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return jwt.build(settings, "jwt", reactor).admin_scheme()
 
 
+def worker_channel(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return WorkerChannel(reactor, 0, 2)
+
+
 def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
     return lambda reactor, tmp_path: plugin
 
@@ -97,6 +103,7 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("redis layer", redis_layer, {ICacheLayer, IPurgeBroadcaster, IErrorCountingCacheLayer}),
     ("jwt scheme", jwt_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
     ("jwt admin scheme", jwt_admin_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
+    ("worker channel", worker_channel, {ISiblings}),
 ]
 
 #: Optional interfaces: a provider that lacks one must not look as if it had it.

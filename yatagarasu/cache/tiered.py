@@ -327,6 +327,11 @@ class TieredCache:
             else:
                 self._track(layer.purge(bucket, prefix))
 
+    @property
+    def broadcasts_purges(self) -> bool:
+        """Whether a shared layer (Redis) tells the other instances about purges."""
+        return any(IPurgeBroadcaster.providedBy(layer) for layer in self.layers)
+
     def purge_subscribers(self) -> list[IService]:
         """
         :returns: a service per purge-broadcasting layer delivering other instances' purges

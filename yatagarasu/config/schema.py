@@ -59,6 +59,10 @@ class SecurityLimits:
         _positive(self.max_uri_length, join(path, "max_uri_length"))
 
 
+#: the most worker processes ``server.workers`` accepts (metrics label them, so they are bounded)
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Where and how the proxy listens."""
@@ -86,6 +90,8 @@ class ServerConfig:
     def admin_segments(self) -> tuple[str, ...]:
         """The admin API's prefix as path segments: ``/ops/admin`` → ``("ops", "admin")``."""
         return _segments(self.admin_path_prefix)
+
+    socket_activation: bool = False
 
     @property
     def host(self) -> str:
@@ -118,8 +124,15 @@ class ServerConfig:
         reserved = _reserved_by(self.admin_segments)
         if reserved is not None:
             raise ConfigError(admin_path, f"{reserved} is reserved for the proxy")
-        if self.workers != 1:
-            raise ConfigError(join(path, "workers"), "not supported yet (only 1 worker process)")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(
+                join(path, "workers"), f"must be 1..{MAX_WORKERS}, got {self.workers}"
+            )
+        if self.socket_activation and self.workers > 1:
+            raise ConfigError(
+                join(path, "socket_activation"),
+                "not supported yet with server.workers > 1 (the parent binds the port itself)",
+            )
         _positive(self.max_concurrent_requests, join(path, "max_concurrent_requests"))
         _positive(
             self.shutdown_delay_seconds, join(path, "shutdown_delay_seconds"), allow_zero=True

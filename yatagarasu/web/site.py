@@ -254,6 +254,8 @@ class ProxySite(Site):
     :param draining: whether a graceful shutdown has begun (responses then close their
         connection instead of keeping it alive).
     :param idle_timeout: seconds an idle keep-alive connection is kept.
+    :param extra_headers: header lines added to every response, encoded (``Name: v\r\n``
+        each; the worker number when ``server.workers`` > 1).
     """
 
     protocol = LimitedHTTPChannel  # type: ignore[assignment]
@@ -273,6 +275,7 @@ class ProxySite(Site):
         send_buffer_bytes: int | None = None,
         draining: Callable[[], bool] = lambda: False,
         idle_timeout: float = 60.0,
+        extra_headers: bytes = b"",
     ) -> None:
         super().__init__(resource, reactor=clock)
         self.clock = clock
@@ -292,7 +295,11 @@ class ProxySite(Site):
         self._channels: set[LimitedHTTPChannel] = set()
         self._closed_waiters: list[Deferred[None]] = []
         #: the ``Server`` and ``Date`` header lines for a time (epoch seconds)
-        self.server_and_date = PerSecond(_server_and_date)
+        self.server_and_date = (
+            PerSecond(lambda second: _server_and_date(second) + extra_headers)
+            if extra_headers
+            else PerSecond(_server_and_date)
+        )
 
     def serve(self, served: Served) -> Served:
         """

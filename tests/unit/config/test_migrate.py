@@ -329,7 +329,7 @@ def test_the_loader_itself_names_the_migrate_command(tmp_path: Path) -> None:
         ({"server": {"addr": "127.0.0.1:1"}}, "server.addr", "a Rust Yatagarasu key"),
         ({"logging": {"format": "pretty"}}, "logging.format", "a Rust Yatagarasu key"),
         (
-            {"server": {"threads": 4}},
+            {"server": {"threads": 100}},
             "server.workers",
             "written server.threads, a Rust Yatagarasu key",
         ),

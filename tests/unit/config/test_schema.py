@@ -144,7 +144,6 @@ def test_unknown_key_in_second_bucket() -> None:
         ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),
         (minimal(s3={"bucket": "b", "replicas": []}), "buckets[0].s3.replicas"),
         (minimal(s3={"bucket": "b", "circuit_breaker": {}}), "buckets[0].s3.circuit_breaker"),
-        ({**minimal(), "server": {"workers": 2}}, "server.workers"),
     ],
 )
 def test_features_not_built_yet_are_rejected(document: dict[str, Any], path: str) -> None:
