@@ -11,6 +11,7 @@ bounded in count and time.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -207,15 +208,50 @@ def test_sigterm_waits_for_both_workers_to_drain(
     assert "aborted" not in log and "SIGKILL" not in log
 
 
-def test_sighup_reaches_every_worker(
+def _add_bucket(running: ProxyProcess, moto: MotoS3Server, bucket: str, name: str) -> None:
+    """Add a bucket at ``/<name>`` to the running proxy's configuration file (not applied yet)."""
+    import yaml
+
+    from devharness.proxy_config import bucket_config, write_config
+
+    document = yaml.safe_load(running.config_path.read_text())
+    document["buckets"].append(bucket_config(moto, name, bucket))
+    write_config(document, running.config_path)
+
+
+def test_sighup_to_the_parent_reloads_every_worker(
     proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
 ) -> None:
+    moto_s3.put_object(s3_bucket, "r.txt", b"reloaded")
     running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
     _wait_all_up(running)
+    assert running.get("/two/r.txt").status == 404
+    _add_bucket(running, moto_s3, s3_bucket, "two")
     running.send_signal(signal.SIGHUP)
     for worker in range(WORKERS):
-        running.wait_for_log(f"#warn worker {worker}] SIGHUP received")
+        running.wait_for_log(f"worker {worker}] configuration reloaded: generation 2")
+    seen = _from_every_worker(running, "/two/r.txt", lambda r: r.status == 200)
+    assert {w for w, rs in seen.items() if rs[-1].body == b"reloaded"} == set(range(WORKERS))
     assert running.is_running()
+
+
+def test_admin_reload_on_one_worker_reaches_the_others(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "r.txt", b"reloaded")
+    running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
+    _wait_all_up(running)
+    _add_bucket(running, moto_s3, s3_bucket, "three")
+    answer = running.request("POST", "/admin/reload", headers=admin())
+    assert answer.status == 200, answer.body
+    assert json.loads(answer.body)["buckets"]["added"] == ["three"]
+    first = _worker(answer)
+    for worker in range(WORKERS):
+        if worker != first:
+            running.wait_for_log(f"worker {worker}] configuration reloaded: generation 2")
+    # Every worker serves the new bucket: none stayed on the old generation.
+    seen = _from_every_worker(running, "/three/r.txt", lambda r: r.status == 200)
+    assert {w for w, rs in seen.items() if rs[-1].status == 200} == set(range(WORKERS))
 
 
 def test_port_in_use_is_reported_once_before_any_worker(
