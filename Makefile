@@ -1,6 +1,8 @@
 # Yatagarasu developer tasks (GNU make). Works on a fresh Debian 12 with Python 3.11, as root.
 #   make test   - venv + redis-server, then ruff, ruff format --check, mypy, import-linter, pytest
 #   make demo   - moto S3 + the proxy on 127.0.0.1:8080 (Ctrl-C stops both)
+#   make pytest PYTEST_ARGS="tests/unit -q -x"             - the unit tests only (fake clock)
+#   make pytest PYTEST_ARGS="tests/integration/cache -q"   - the disk and redis layers
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -68,8 +70,9 @@ typecheck: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 
 # pytest's exit code 5 (no tests collected) is non-zero, so it fails the target too.
+# PYTEST_ARGS may name test paths; without one, pytest runs its testpaths (tests/).
 pytest: $(STAMP) redis
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: $(STAMP) redis
 	$(BIN)/ruff check .

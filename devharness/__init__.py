@@ -13,6 +13,7 @@ It lives at the repository root and is **not** installed with the proxy (the whe
 - :mod:`devharness.redis_server`: a private redis-server.
 - :mod:`devharness.proxy_config`: proxy config dicts pointing at moto.
 - :mod:`devharness.twistd`: the real ``twistd yatagarasu`` process.
+- :mod:`devharness.get_load`: a bounded load of GETs from a few client threads.
 - :mod:`devharness.certificates`: a self-signed certificate for TLS tests.
 - :mod:`devharness.demo_content` and :mod:`devharness.demo`: the demo.
 

@@ -1,5 +1,6 @@
 """A private ``redis-server`` on 127.0.0.1 (no persistence) that can be killed, frozen and
-restarted on the same port."""
+restarted on the same port; a replica of another (``replica_of``); a private Redis Sentinel
+(:class:`RedisSentinel`, ``redis-server FILE --sentinel``) monitoring one of them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from devharness.install_hint import INSTALL_HINT
 from devharness.ports import LOOPBACK, free_port
@@ -24,16 +26,23 @@ class RedisServer:
     :param workdir: redis' working directory (its log, ``redis.log``, goes there).
     :param port: port, or ``None`` for a free one (kept across restarts).
     :param command_prefix: run redis-server under this command (e.g. ``taskset -c 0``).
+    :param replica_of: start as a replica of this server (``--replicaof``).
     """
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, command_prefix: Sequence[str] = ()
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        command_prefix: Sequence[str] = (),
+        replica_of: RedisServer | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.host = LOOPBACK
         self.port = port or free_port()
         self.log_path = self.workdir / "redis.log"
         self.command_prefix = list(command_prefix)
+        self.replica_of = replica_of
         self._process: LoggedProcess | None = None
         self._frozen = False
 
@@ -67,6 +76,11 @@ class RedisServer:
             "no",
             "--dir",
             str(self.workdir),
+            *(
+                ["--replicaof", self.replica_of.host, str(self.replica_of.port)]
+                if self.replica_of is not None
+                else []
+            ),
         ]
 
     def start(self, timeout: float = 15.0) -> RedisServer:
@@ -108,12 +122,8 @@ class RedisServer:
         :returns: the reply's first line, e.g. ``b"+PONG"``.
         :raises OSError: connection refused, timeout…
         """
-        payload = f"*{len(args)}\r\n".encode()
-        for arg in args:
-            raw = arg.encode()
-            payload += b"$%d\r\n%s\r\n" % (len(raw), raw)
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
-            sock.sendall(payload)
+            sock.sendall(_encode_command(args))
             data = b""
             while not data.endswith(b"\r\n"):
                 chunk = sock.recv(4096)
@@ -121,6 +131,20 @@ class RedisServer:
                     break
                 data += chunk
         return data.split(b"\r\n", 1)[0]
+
+    def query(self, *args: str, timeout: float = 2.0) -> Any:
+        """
+        Send one command and decode its whole (RESP2) reply.
+
+        :param args: command and arguments, e.g. ``("GET", "k")``.
+        :param timeout: socket timeout.
+        :returns: ``str`` for status replies, ``int``, ``bytes`` or ``None`` for bulk
+            strings, ``list`` for arrays; an error reply is returned as :class:`RedisReplyError`.
+        :raises OSError: connection refused, timeout, connection closed mid-reply…
+        """
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            sock.sendall(_encode_command(args))
+            return _read_reply(sock.makefile("rb"))
 
     def ping(self, timeout: float = 2.0) -> bool:
         """
@@ -176,3 +200,113 @@ class RedisServer:
         if self._process is not None and self._frozen:
             self._process.send_signal(signal.SIGCONT)
             self._frozen = False
+
+
+class RedisReplyError(Exception):
+    """An error reply (``-ERR ...``) to :meth:`RedisServer.query`."""
+
+
+def _encode_command(args: Sequence[str]) -> bytes:
+    payload = f"*{len(args)}\r\n".encode()
+    for arg in args:
+        raw = arg.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(raw), raw)
+    return payload
+
+
+def _read_reply(stream: BinaryIO) -> Any:
+    line = stream.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("the connection closed mid-reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        return RedisReplyError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = stream.read(size + 2)
+        if len(data) != size + 2:
+            raise ConnectionError("the connection closed mid-reply")
+        return data[:-2]
+    if kind == b"*":
+        count = int(rest)
+        return None if count < 0 else [_read_reply(stream) for _ in range(count)]
+    raise ConnectionError(f"not a RESP reply: {line!r}")
+
+
+class RedisSentinel(RedisServer):
+    """
+    A private Redis Sentinel on 127.0.0.1 monitoring ``master`` under ``master_name``, with a
+    quorum of 1 and short timeouts so that a failover takes a few seconds. Its configuration
+    file (which Sentinel rewrites) is ``<workdir>/sentinel.conf``.
+
+    :param workdir: its working directory.
+    :param master: the server to monitor.
+    :param master_name: the name to monitor it under.
+    :param down_after_ms: ``down-after-milliseconds``: silence before the master is "down".
+    :param failover_timeout_ms: ``failover-timeout``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        master: RedisServer,
+        master_name: str = "yatagarasu",
+        *,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+    ) -> None:
+        super().__init__(workdir)
+        self.master = master
+        self.master_name = master_name
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.config_path = self.workdir / "sentinel.conf"
+
+    @property
+    def argv(self) -> list[str]:
+        """:returns: ``redis-server <workdir>/sentinel.conf --sentinel``."""
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise StartupError(f"redis-server is not on PATH; {INSTALL_HINT}")
+        return [exe, str(self.config_path), "--sentinel"]
+
+    def start(self, timeout: float = 15.0) -> RedisSentinel:
+        """
+        Write the configuration and start the sentinel; wait until PING answers.
+
+        :param timeout: seconds.
+        :returns: ``self``.
+        :raises StartupError: as :meth:`RedisServer.start`.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        name = self.master_name
+        self.config_path.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    f"bind {self.host}",
+                    "daemonize no",
+                    f"dir {self.workdir}",
+                    f"sentinel monitor {name} {self.master.host} {self.master.port} 1",
+                    f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+                    f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+                    f"sentinel parallel-syncs {name} 1",
+                    "",
+                ]
+            )
+        )
+        super().start(timeout=timeout)
+        return self
+
+    def master_address(self) -> tuple[str, int] | None:
+        """:returns: the master's address as this sentinel names it now, or ``None``."""
+        reply = self.query("SENTINEL", "get-master-addr-by-name", self.master_name)
+        if not isinstance(reply, list) or len(reply) != 2:
+            return None
+        return reply[0].decode(), int(reply[1])

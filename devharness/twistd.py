@@ -96,6 +96,20 @@ class ProxyProcess:
         """:returns: ``request("GET", path, ...)``."""
         return self.request("GET", path, **kwargs)
 
+    def metric(self, series: str) -> float:
+        """
+        :param series: a series as ``/metrics`` prints it, e.g. ``name{label="v"}``.
+        :returns: its value in a scrape of ``/metrics`` now.
+        """
+        text = self.get("/metrics").body.decode()
+        (line,) = [line for line in text.splitlines() if line.startswith(series + " ")]
+        return float(line.rsplit(" ", 1)[1])
+
+    def reloads_finished(self) -> float:
+        """:returns: how many configuration reloads have finished (applied or refused)."""
+        series = "yatagarasu_config_reloads_total{result="
+        return self.metric(series + '"ok"}') + self.metric(series + '"error"}')
+
     def log_text(self) -> str:
         """:returns: everything the process wrote to stdout/stderr so far."""
         return self.process.log_text()
@@ -142,6 +156,25 @@ class ProxyProcess:
     def kill(self) -> None:
         """SIGKILL the process (no-op when it has exited) and reap it."""
         self.process.kill()
+
+
+def launch_proxy(
+    config: Mapping[str, Any], workdir: Path, env: Mapping[str, str] | None = None
+) -> ProxyProcess:
+    """
+    Run ``twistd -n yatagarasu`` on ``config`` without waiting for anything (for tests that
+    wait their own way: a systemd notification, a TLS handshake).
+
+    :param config: config dict with ``server.port`` set; written to ``workdir/yatagarasu.yaml``.
+    :param workdir: directory for the config, the log (``proxy.log``) and the pid file.
+    :param env: extra environment variables.
+    :returns: the process, maybe not listening yet.
+    """
+    config_path = write_config(config, Path(workdir) / "yatagarasu.yaml")
+    argv = twistd_command("-n", "yatagarasu", "--config", str(config_path))
+    process = LoggedProcess(argv, Path(workdir) / "proxy.log", cwd=workdir, env=child_env(env))
+    server = config["server"]
+    return ProxyProcess(int(server["port"]), str(server["address"]), config_path, workdir, process)
 
 
 def start_proxy(

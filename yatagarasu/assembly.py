@@ -2,14 +2,14 @@
 The composition root: one function turns a validated ``Config`` into everything the process
 runs — access control, caches, the audit trail, metrics, S3 clients, the Resource tree and its
 ``Site`` (and the metrics listener's ``Site`` when ``metrics.port`` is set), and the background
-services.
-Start-up, ``--check`` and the test harness all call :func:`assemble`; nothing is listened on,
-connected or read here.
+services. Start-up, ``--check``, hot reload (:mod:`yatagarasu.reload`, which passes the running
+assembly as ``previous`` so that unchanged cache layers and the audit trail are kept) and the
+test harness all call :func:`assemble`; nothing is listened on, connected or read here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,15 +25,17 @@ from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
+from yatagarasu.interfaces import ICacheLayer, ISiblings
 from yatagarasu.metrics import Metrics
 from yatagarasu.s3.client import S3Client
 from yatagarasu.tls import server_tls_options
 from yatagarasu.web.admin import AdminResource
 from yatagarasu.web.admin_cache import cache_admin_routes
+from yatagarasu.web.admin_reload import ReloadHandler, reload_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
-from yatagarasu.web.metrics import MetricsResource
+from yatagarasu.web.metrics import metrics_resource
 from yatagarasu.web.root import NOT_FOUND, RootResource
 from yatagarasu.web.site import ProxySite
 from yatagarasu.web.streaming import StreamTimeouts
@@ -46,9 +48,12 @@ class Lifecycle:
 
     :ivar draining: a graceful shutdown has begun (``/ready`` answers 503, responses close
         their connections).
+    :ivar started_at: when the first generation was built (``/health`` uptime; a reload
+        keeps it).
     """
 
     draining: bool = False
+    started_at: float | None = None
 
     def is_draining(self) -> bool:
         """:returns: whether a graceful shutdown has begun."""
@@ -73,6 +78,8 @@ class Assembly:
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance, audit sinks), in start order.
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
+    :ivar siblings: the other worker processes when this is one of ``server.workers`` > 1
+        (``announce_reload`` tells the parent to reload them); ``None`` otherwise.
     """
 
     config: Config
@@ -86,13 +93,18 @@ class Assembly:
     audit: AuditTrail | None = None
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    siblings: ISiblings | None = None
 
-    async def close(self) -> None:
-        """Close what holds connections or files: the S3 pools, then the cache layers."""
+    async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
+        """
+        Close what holds connections or files: the S3 pools, then the cache layers.
+
+        :param keep: cache layers a newer generation took over (a hot reload): left open.
+        """
         for client in self.clients.values():
             await client.close()
         if self.caching.cache is not None:
-            await self.caching.cache.close()
+            await self.caching.cache.close(keep)
 
 
 def assemble(
@@ -101,6 +113,10 @@ def assemble(
     *,
     agents: Mapping[str, IAgent] | None = None,
     lifecycle: Lifecycle | None = None,
+    metrics: Metrics | None = None,
+    previous: Assembly | None = None,
+    reload: ReloadHandler | None = None,
+    siblings: ISiblings | None = None,
 ) -> Assembly:
     """
     Build everything the process runs from a configuration.
@@ -110,29 +126,49 @@ def assemble(
     :param agents: per bucket name, the HTTP agent its S3 client uses (tests); default: a
         persistent connection pool per bucket.
     :param lifecycle: the shutdown state to report (default: a new one, not draining).
+    :param metrics: the process's metrics (a reload passes the running ones: counters never
+        reset); default: new ones.
+    :param previous: the running assembly (a reload): its cache layers whose configuration
+        section is unchanged are reused with their contents and their services.
+    :param reload: what ``POST /admin/reload`` calls (default: no such route).
+    :param siblings: when this process is one worker of several, the channel to the others
+        (``/metrics``, stats and ``/ready`` then speak for the whole instance, purges reach
+        every worker, responses carry ``X-Yatagarasu-Worker``).
     :returns: the assembly.
     :raises yatagarasu.errors.ConfigError: naming the dotted key path of what plugins, key
         files or TLS files got wrong.
     """
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     access = build_access_control(config, reactor, plugins)
-    caching = build_cache(config, reactor, plugins, metrics)
-    audit = build_audit(config, reactor, plugins)
-    if audit is not None:
-        metrics.watch_audit(audit.sinks)
+    caching = build_cache(
+        config, reactor, plugins, metrics, previous.caching if previous is not None else None
+    )
+    if previous is not None:
+        # The audit trail belongs to the process (the listening site records through it); a
+        # reload that would change audit_log is refused before this (yatagarasu.reload).
+        audit = previous.audit
+    else:
+        audit = build_audit(config, reactor, plugins)
+        if audit is not None:
+            metrics.watch_audit(audit.sinks)
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
     clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
     lifecycle = lifecycle or Lifecycle()
-    root = _resource_tree(reactor, config, access, caching, metrics, clients, lifecycle)
-    site = _site(root, reactor, config, access, metrics, lifecycle, audit)
+    if lifecycle.started_at is None:
+        lifecycle.started_at = reactor.seconds()
+    root = _resource_tree(
+        reactor, config, access, caching, metrics, clients, lifecycle, reload, siblings
+    )
+    extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
+    site = _site(root, reactor, config, access, metrics, lifecycle, extra, audit)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
-        metrics_root = RootResource({b"metrics": MetricsResource(metrics)}, {}, [])
-        metrics_site = _site(metrics_root, reactor, config, access, metrics, lifecycle, audit)
-    services = list(access.services)
-    if caching.cache is not None:
-        services.extend(caching.cache.services())
+        metrics_root = RootResource({b"metrics": metrics_resource(metrics, siblings)}, {}, [])
+        metrics_site = _site(
+            metrics_root, reactor, config, access, metrics, lifecycle, extra, audit
+        )
+    services = [*access.services, *caching.services()]
     if audit is not None:  # last: stopped after the drain, they flush every record
         services.extend(audit.services())
     return Assembly(
@@ -147,6 +183,7 @@ def assemble(
         audit=audit,
         services=services,
         lifecycle=lifecycle,
+        siblings=siblings,
     )
 
 
@@ -157,6 +194,7 @@ def _site(
     access: AccessControl,
     metrics: Metrics,
     lifecycle: Lifecycle,
+    extra_headers: bytes,
     audit: AuditTrail | None,
 ) -> ProxySite:
     return ProxySite(
@@ -169,6 +207,7 @@ def _site(
         access_log_enabled=config.logging.level in ("debug", "info"),
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
+        extra_headers=extra_headers,
         audit=audit,
     )
 
@@ -181,18 +220,26 @@ def _resource_tree(
     metrics: Metrics,
     clients: Mapping[str, S3Client],
     lifecycle: Lifecycle,
+    reload: ReloadHandler | None,
+    siblings: ISiblings | None,
 ) -> IResource:
     # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
     # bucket at "/" must not receive it.
     exact: dict[bytes, IResource] = {
-        b"metrics": MetricsResource(metrics) if config.metrics.on_main_listener else NOT_FOUND,
-        b"health": HealthResource(clock, clock.seconds()),
+        b"metrics": (
+            metrics_resource(metrics, siblings) if config.metrics.on_main_listener else NOT_FOUND
+        ),
+        b"health": HealthResource(clock, _started(lifecycle, clock)),
         b"ready": ReadyResource(
-            {name: c.health for name, c in clients.items()}, lifecycle.is_draining
+            {name: c.health for name, c in clients.items()},
+            lifecycle.is_draining,
+            siblings.all_up if siblings is not None else None,
         ),
     }
-    routes = cache_admin_routes(caching, config) if caching.cache is not None else {}
-    subtrees: dict[bytes, IResource] = {b"admin": AdminResource(access.admin, routes)}
+    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
+    if reload is not None:
+        routes.update(reload_admin_routes(reload))
+    subtrees = {config.server.admin_segments: AdminResource(access.admin, routes)}
     buckets = [
         (
             bucket.prefix_segments,
@@ -209,6 +256,10 @@ def _resource_tree(
         for bucket in config.buckets
     ]
     return RootResource(exact, subtrees, buckets)
+
+
+def _started(lifecycle: Lifecycle, clock: IReactorTime) -> float:
+    return clock.seconds() if lifecycle.started_at is None else lifecycle.started_at
 
 
 def _timeouts(config: Config, bucket: BucketConfig) -> StreamTimeouts:

@@ -312,3 +312,48 @@ class IAuditSinkFactory(Interface):
         :param reactor: the reactor (time, threads, TCP/UDP).
         :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
         """
+
+
+class ISiblings(Interface):
+    """
+    The other worker processes of this instance (``server.workers`` > 1), as one worker sees
+    them through its control channel to the parent process.
+    """
+
+    worker_id = Attribute("This worker's number, 0..workers-1.")
+    workers = Attribute("How many workers the instance runs.")
+
+    def serve(topic: str, answerer: Callable[[Any], Any]) -> None:
+        """
+        :param topic: a :meth:`gather` topic this worker answers.
+        :param answerer: this worker's answer for an argument (JSON values in and out).
+        """
+
+    def receive_purges(callback: Callable[[str | None, str | None, str | None], object]) -> None:
+        """
+        Relay purges between the workers through the parent: ``callback(bucket, prefix,
+        key)`` receives each one a sibling made. Not called when a shared layer (Redis)
+        broadcasts purges already.
+        """
+
+    def announce_purge(bucket: str | None, prefix: str | None, key: str | None) -> None:
+        """
+        Tell the other workers to drop entries this worker purged (``bucket`` ``None``:
+        everything; ``key`` set: one object; else keys starting with ``prefix``).
+        """
+
+    def announce_reload() -> None:
+        """Tell the parent to reload the other workers (this one reloaded already)."""
+
+    def all_up() -> bool:
+        """:returns: whether every worker of the instance is running."""
+
+    def gather(topic: str, argument: Any) -> Deferred[dict[int, Any]]:
+        """
+        Ask every running worker (this one included) for its answer on ``topic``.
+
+        :param topic: what to ask (``metrics``, ``stats``).
+        :param argument: a JSON value passed to each worker's answerer.
+        :returns: each worker's answer, by worker number (those that did not answer in time
+            are missing).
+        """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FileLogObserver,
@@ -18,6 +18,7 @@ from twisted.logger import (
     formatTime,
 )
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from yatagarasu.config.schema import LoggingConfig
 from yatagarasu.per_second import PerSecond
@@ -80,6 +81,8 @@ def text_formatter() -> Any:
             return None
         level = event.get("log_level")
         system = f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
+        if "worker" in event:
+            system = f"{system} worker {event['worker']}"
         text = text.replace("\n", "\n\t")
         return f"{clock(event.get('log_time'))} [{system}] {text}\n"
 
@@ -108,6 +111,21 @@ def format_json(event: LogEvent) -> str:
     if isinstance(failure, Failure):
         record["log_failure"] = failure.getTraceback()
     return f"\x1e{json.dumps(record, default=_json_default, skipkeys=True)}\n"
+
+
+def with_fields(observer: ILogObserver, **fields: object) -> ILogObserver:
+    """
+    :param observer: where events go.
+    :param fields: fields added to every event (``worker=N`` in a worker process).
+    :returns: an observer adding them, then passing each event on.
+    """
+
+    @provider(ILogObserver)
+    def add_fields(event: LogEvent) -> None:
+        event.update(fields)
+        observer(event)
+
+    return cast(ILogObserver, add_fields)
 
 
 def make_observer(config: LoggingConfig, stream: IO[str] | None = None) -> ILogObserver:

@@ -3,13 +3,14 @@ Prometheus metrics (prometheus-client), on a registry of our own, served at ``GE
 
 Every metric of ours starts with ``yatagarasu_``; label values come from bounded sets (bucket
 names from the configuration, layer names, methods, status codes) — never a path, a key or an
-address. The standard ``process_`` and ``python_`` collectors are included.
+address. The standard ``process_`` and ``python_`` collectors are included. With several
+worker processes, :func:`merge_expositions` joins the workers' expositions into one.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -23,7 +24,9 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from yatagarasu.cache.tiered import TieredCache
@@ -100,6 +103,21 @@ class _RequestPathCollector(Collector):
     def collect(self) -> Iterator[Any]:
         for metric in self._metrics:
             yield metric.family()
+
+
+class _GenerationCollector(Collector):
+    """The configuration generation, as a gauge."""
+
+    def __init__(self, generation: Callable[[], int]) -> None:
+        self._generation = generation
+
+    def collect(self) -> Iterator[Any]:
+        gauge = GaugeMetricFamily(
+            "yatagarasu_config_generation",
+            "The configuration generation served to new requests (1 at start-up).",
+        )
+        gauge.add_metric([], self._generation())
+        yield gauge
 
 
 class _CacheCollector(Collector):
@@ -203,8 +221,17 @@ class Metrics:
         self._set_seconds = _Histogram(
             "yatagarasu_cache_set_duration_seconds", "Cache layer writes.", ["layer"], _FAST_BUCKETS
         )
+        self._reloads = _Counter(
+            "yatagarasu_config_reloads",
+            "Configuration reloads (SIGHUP, POST /admin/reload) by result (ok, error).",
+            ["result"],
+        )
+        for result in ("ok", "error"):  # both series exist from the start
+            self._reloads.inc((result,), 0)
         self._cache_errors: dict[str, int] = {}
         self._cache: TieredCache | None = None
+        #: the configuration generation being served (1 at start-up, +1 per applied reload)
+        self.generation = 0
         self.registry.register(
             _RequestPathCollector(
                 [
@@ -213,17 +240,19 @@ class Metrics:
                     self._response_bytes,
                     self._get_seconds,
                     self._set_seconds,
+                    self._reloads,
                 ]
             )
         )
+        self.registry.register(_GenerationCollector(lambda: self.generation))
         self.registry.register(_CacheCollector(lambda: self._cache, self._cache_errors))
         self._audit_sinks: Sequence[IAuditSink] = ()
         self.registry.register(_AuditCollector(lambda: self._audit_sinks))
 
-    def watch_cache(self, cache: TieredCache) -> None:
+    def watch_cache(self, cache: TieredCache | None) -> None:
         """
         :param cache: the cache whose hits and misses, and whose layers' size, items,
-            evictions and errors to export.
+            evictions and errors to export (``None``: no cache any more, after a reload).
         """
         self._cache = cache
 
@@ -241,6 +270,10 @@ class Metrics:
         if sent:
             self._response_bytes.inc((label,), sent)
 
+    def config_reload(self, result: str) -> None:
+        """Count one reload attempt (``result``: ``ok`` or ``error``)."""
+        self._reloads.inc((result,))
+
     def cache_error(self, layer: str) -> None:
         """A layer call failed (and was treated as a miss)."""
         self._cache_errors[layer] = self._cache_errors.get(layer, 0) + 1
@@ -256,3 +289,36 @@ class Metrics:
     def render(self) -> bytes:
         """:returns: the Prometheus text exposition."""
         return generate_latest(self.registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def merge_expositions(parts: Mapping[int, str]) -> bytes:
+    """
+    One exposition for several worker processes: every sample of every worker, labelled
+    ``worker="N"`` (a bounded label: ``server.workers`` is at most 64).
+
+    :param parts: each worker's own exposition (:meth:`Metrics.render`), by worker number.
+    :returns: the merged Prometheus text exposition.
+    """
+    families: dict[str, Metric] = {}
+    for worker, text in sorted(parts.items()):
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = Metric(family.name, family.documentation, family.type)
+                families[family.name] = merged
+            label = str(worker)
+            merged.samples.extend(
+                sample._replace(labels={**sample.labels, "worker": label})
+                for sample in family.samples
+            )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families.values()))
+    return generate_latest(registry)

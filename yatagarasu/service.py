@@ -12,10 +12,17 @@ caches close (the audit sinks flush what they still hold as they stop).
 
 SIGUSR1 reopens the audit sinks' files and connections (for logrotate).
 
+``SIGHUP`` reloads the configuration file (:class:`yatagarasu.reload.Reloader`, which also
+runs the background services of the current generation and serves ``POST /admin/reload``); the
+listeners stay, what their sites serve is swapped.
+
+As one worker of several (``server.workers`` > 1, :class:`WorkerMode`), the listeners adopt
+the sockets the parent bound, the control channel to the parent is opened, and the parent
+(:mod:`yatagarasu.workers.supervisor`) is the one that talks to systemd and passes signals on.
+
 systemd (``Type=notify``) hears of it through the injected :class:`SystemdNotifier`:
-``READY=1`` once the listener is bound, ``STOPPING=1`` when the drain begins, a ``STATUS=`` line
-at each step. ``RELOADING=1`` belongs to hot reload, which is not built yet: SIGHUP is only
-logged, so nothing is sent for it.
+``READY=1`` once the listener is bound, ``RELOADING=1`` ... ``READY=1`` around a reload,
+``STOPPING=1`` when the drain begins, a ``STATUS=`` line at each step.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
+from twisted.internet import stdio
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
@@ -37,9 +46,21 @@ from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from yatagarasu.assembly import Assembly
-from yatagarasu.logs import is_default, make_observer
+from yatagarasu.config.schema import Config
+from yatagarasu.logs import is_default, make_observer, with_fields
+from yatagarasu.reload import Reloader
 from yatagarasu.systemd import SystemdNotifier
+from yatagarasu.tls import ReloadableServerTLS
 from yatagarasu.web.site import ProxySite
+from yatagarasu.workers.child import WorkerChannel
+from yatagarasu.workers.sockets import (
+    AdoptedEndpoint,
+    SocketActivationError,
+    SystemdEndpoint,
+    cannot_listen,
+    family_of,
+    socket_activation_failed,
+)
 
 log = Logger()
 
@@ -82,10 +103,41 @@ class Listener:
     port: int
 
 
+@dataclass(frozen=True)
+class WorkerMode:
+    """
+    How a worker process (``twistd yatagarasu --worker N``) differs from a single process.
+
+    :ivar channel: the control channel to the parent (the assembly's siblings).
+    :ivar listen_fds: the inherited listening sockets: the proxy's, then the metrics
+        listener's (when set).
+    :ivar control_fds: the control channel's pipes: read from the parent, write to it.
+    """
+
+    channel: WorkerChannel
+    listen_fds: Sequence[int]
+    control_fds: tuple[int, int]
+
+
 def _listener(
-    reactor: Any, name: str, site: ProxySite, host: str, port: int, factory: Any
+    reactor: Any,
+    name: str,
+    site: ProxySite,
+    host: str,
+    port: int,
+    factory: Any,
+    fd: int | None,
+    shared: bool,
+    systemd_index: int | None,
 ) -> Listener:
-    service = StreamServerEndpointService(listen_endpoint(reactor, host, port), factory)
+    endpoint: IStreamServerEndpoint
+    if systemd_index is not None:
+        endpoint = SystemdEndpoint(reactor, systemd_index, name, host, port)
+    elif fd is not None:
+        endpoint = AdoptedEndpoint(reactor, fd, family_of(host), shared)
+    else:
+        endpoint = listen_endpoint(reactor, host, port)
+    service = StreamServerEndpointService(endpoint, factory)
     # Fail twistd at start-up (port in use, permission) instead of logging and running on.
     service._raiseSynchronously = True
     return Listener(name, site, service, host, port)
@@ -97,58 +149,96 @@ class ProxyService(MultiService):
 
     :param reactor: the reactor (time and TCP).
     :param assembly: everything built from the configuration (:func:`yatagarasu.assembly.assemble`).
-    :param notifier: tells systemd when the proxy is ready and when it stops (default: tells
+    :param notifier: tells systemd when the proxy is ready, reloads and stops (default: tells
         no one).
+    :param reloader: the reloader that built ``assembly`` (``Reloader.first``); default: one
+        that reloads ``assembly.config`` again (embedding, tests).
+    :param worker: set when this process is one worker of several.
     """
 
     def __init__(
-        self, reactor: Any, assembly: Assembly, notifier: SystemdNotifier | None = None
+        self,
+        reactor: Any,
+        assembly: Assembly,
+        notifier: SystemdNotifier | None = None,
+        reloader: Reloader | None = None,
+        worker: WorkerMode | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
         self._notifier = notifier or SystemdNotifier(None)
-        self.assembly = assembly
-        self.config = config = assembly.config
+        self.reloader = reloader or Reloader.around(reactor, assembly)
+        self.reloader.notifier = self._notifier
+        config = assembly.config
+        self.worker = worker
+        self._stop_requested = False
+        if worker is not None:
+            worker.channel.parent_gone = self._parent_gone
+        fds: list[int | None] = list(worker.listen_fds) if worker is not None else [None, None]
+        # server.socket_activation (one process only): the sockets systemd passed, in order
+        systemd: list[int | None] = (
+            [0, 1] if assembly.config.server.socket_activation else [None, None]
+        )
+        shared = worker is not None
+        proxy_fd = (fds[0], shared, systemd[0])
         self.site = assembly.site
         factory: Any = self.site
         if assembly.tls is not None:
-            factory = TLSMemoryBIOFactory(assembly.tls, False, self.site)
+            tls = ReloadableServerTLS(assembly.tls)
+            factory = TLSMemoryBIOFactory(tls, False, self.site)
+            self.reloader.on_swap.append(lambda new: setattr(tls, "options", new.tls))
         server = config.server
         #: the client-facing listeners: the proxy's, then the metrics listener (when set)
         self.listeners = [
-            _listener(reactor, "proxy", self.site, server.host, server.listen_port, factory)
+            _listener(
+                reactor, "proxy", self.site, server.host, server.listen_port, factory, *proxy_fd
+            )
         ]
         metrics_listener = config.metrics.listener(server)
         if assembly.metrics_site is not None and metrics_listener is not None:
             host, port = metrics_listener
             site = assembly.metrics_site
-            self.listeners.append(_listener(reactor, "metrics", site, host, port, site))
+            self.listeners.append(
+                _listener(reactor, "metrics", site, host, port, site, fds[1], shared, systemd[1])
+            )
         for listener in self.listeners:
             listener.service.setServiceParent(self)
-        for service in assembly.services:
-            service.setServiceParent(self)
+        self.reloader.setServiceParent(self)
+
+    @property
+    def assembly(self) -> Assembly:
+        """The current generation's assembly (a reload replaces it)."""
+        return self.reloader.current
+
+    @property
+    def config(self) -> Config:
+        """The current generation's configuration."""
+        return self.reloader.current.config
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
         # twistd asks the application for a log observer just after makeService: this is how
-        # logging.format/level/file take effect without extra command-line flags.
-        if not is_default(self.config.logging) and hasattr(parent, "setComponent"):
+        # logging.format/level/file take effect without extra command-line flags. A worker
+        # always writes through ours (to the stdout the parent gave it, or logging.file), each
+        # event carrying its worker number.
+        if not hasattr(parent, "setComponent"):
+            return
+        if self.worker is not None:
+            observer = make_observer(self.config.logging)
+            worker_id = self.worker.channel.worker_id
+            parent.setComponent(ILogObserver, with_fields(observer, worker=worker_id))
+        elif not is_default(self.config.logging):
             parent.setComponent(ILogObserver, make_observer(self.config.logging))
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
+        except SocketActivationError as e:
+            raise socket_activation_failed(e) from None
         except CannotListenError as e:
             # The two listeners never share a port (the configuration check refuses it).
             name = next((lst.name for lst in self.listeners if lst.port == e.port), "proxy")
-            log.critical(
-                "cannot listen on {address}:{port} ({listener}): {reason}",
-                address=e.interface,
-                port=e.port,
-                listener=name,
-                reason=str(e.socketError),
-            )
-            raise SystemExit(1) from None
+            raise cannot_listen(e, name) from None
 
     def startService(self) -> None:
         super().startService()
@@ -164,6 +254,8 @@ class ProxyService(MultiService):
             address=server.host,
             port=server.listen_port,
         )
+        if self.worker is not None:
+            self._start_worker(self.worker)
         for listener in self.listeners[1:]:
             log.info(
                 "metrics served on http://{address}:{port}/metrics only",
@@ -178,18 +270,50 @@ class ProxyService(MultiService):
             f"MAINPID={os.getpid()}",
         )
 
+    def _start_worker(self, worker: WorkerMode) -> None:
+        read_fd, write_fd = worker.control_fds
+        standard_io: Any = stdio.StandardIO  # (typed as the Windows one, without the fds)
+        standard_io(worker.channel.protocol, stdin=read_fd, stdout=write_fd, reactor=self._reactor)
+        worker.channel.connected()
+        worker.channel.announce_up()
+        log.info(
+            "worker {worker} (pid {worker_pid}) up",
+            worker=worker.channel.worker_id,
+            worker_pid=os.getpid(),
+        )
+        # after the reactor's own handlers, installed when it starts running
+        self._reactor.callWhenRunning(self._worker_signals)
+
+    def _worker_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        # The parent handles Ctrl-C (a terminal sends SIGINT to the whole process group) and
+        # passes SIGTERM on; a second SIGTERM (systemd's KillMode=control-group sends one to
+        # every process) changes nothing.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(
+            signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.stop_process)
+        )
+
+    def _parent_gone(self) -> None:
+        if not self._stop_requested:
+            log.warn("the parent process has gone: stopping this worker")
+            self.stop_process()
+
+    def stop_process(self) -> None:
+        """Stop the reactor (and so drain) once, however many times it is asked."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            log.info("worker stopping")
+            self._reactor.stop()
+
     def _handle_sighup(self) -> None:
-        # Hot reload is not built yet. Until it is, SIGHUP (systemd's ExecReload) is logged
-        # instead of killing the process, which is what an unhandled SIGHUP would do.
+        # SIGHUP (systemd's ExecReload) reloads the configuration file, in the reactor thread.
         if threading.current_thread() is not threading.main_thread():
             return
 
         def on_sighup(signum: int, frame: object) -> None:
-            self._reactor.callFromThread(
-                log.warn,
-                "SIGHUP received: hot reload is not supported yet; restart to apply"
-                " configuration changes",
-            )
+            self._reactor.callFromThread(self.reload)
 
         signal.signal(signal.SIGHUP, on_sighup)
 
@@ -207,11 +331,23 @@ class ProxyService(MultiService):
 
         signal.signal(signal.SIGUSR1, on_sigusr1)
 
+    def reload(self) -> Deferred[None]:
+        """
+        Reload the configuration file (what SIGHUP does); the outcome is logged.
+
+        :returns: fires when the reload is over (applied or refused).
+        """
+        log.info("SIGHUP received: reloading the configuration")
+        done = Deferred.fromCoroutine(self.reloader.reload())
+        done.addErrback(lambda f: log.failure("configuration reload crashed", f))
+        return done.addCallback(lambda _: None)
+
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._drain())
 
     async def _drain(self) -> None:
-        server = self.config.server
+        self._stop_requested = True
+        server = self.assembly.config.server
         sites = [listener.site for listener in self.listeners]
         self.assembly.lifecycle.draining = True
         idle = sum(site.close_connections() for site in sites)
@@ -258,7 +394,7 @@ class ProxyService(MultiService):
         # Only now the other services (JWKS timers, cache layers): in-flight requests may
         # still have been filling the cache during the grace period.
         await super().stopService()
-        await self.assembly.close()
+        await self.reloader.close()
         log.info("shutdown complete")
         self._notifier.notify("STATUS=shutdown complete")
         self._notifier.close()

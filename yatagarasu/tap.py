@@ -2,23 +2,33 @@
 The ``twistd yatagarasu`` command: options and ``makeService``.
 
 Everything that can fail because of the configuration (YAML, validation, plugins, key and TLS
-files) happens in :meth:`Options.postOptions`, which runs the composition root
-(:func:`yatagarasu.assembly.assemble`) before twistd listens or daemonizes: a bad configuration
+files) happens in :meth:`Options.postOptions`, which builds the first configuration generation
+(:meth:`yatagarasu.reload.Reloader.first`, i.e. ``load_config`` + the composition root
+:func:`yatagarasu.assembly.assemble`) before twistd listens or daemonizes: a bad configuration
 prints one line naming the dotted key path and exits with status 1. ``--check`` runs the same
-code and stops before the listeners.
+code and stops before the listeners; ``SIGHUP`` and ``POST /admin/reload`` run it again on the
+same file (hot reload).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import ClassVar
+from functools import partial
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
-from yatagarasu.assembly import Assembly, assemble
+from yatagarasu.assembly import Assembly
 from yatagarasu.config import Config, ConfigError, load_config
+from yatagarasu.config.migrate import explain_file
+from yatagarasu.interfaces import ISiblings
+from yatagarasu.reload import Reloader
+from yatagarasu.workers.child import WorkerChannel
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -28,6 +38,8 @@ class Options(usage.Options):
     longdesc = "Serve S3 buckets over HTTP: a read-only, caching, authenticating proxy."
     optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", None, "Path to the YAML configuration file (required)."],
+        ["worker", None, None, "Internal: run as worker N of a parent (server.workers > 1)."],
+        ["worker-fds", None, None, "Internal: a worker's inherited descriptors (sockets, pipes)."],
     ]
     optFlags: ClassVar[list[list[str | None]]] = [
         [
@@ -47,15 +59,60 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            assembly = assemble(load_config(path), reactor)
+            siblings = self._worker_channel(_load(path), reactor)
+            reloader, assembly = first_generation(path, reactor, siblings)
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
         if self["check"]:
             sys.stdout.write(summary(path, assembly))
             raise SystemExit(0)
+        for warning in assembly.config.deprecations:
+            # buffered until twistd starts logging, then written first
+            log.warn("deprecated configuration key: {warning}", warning=warning)
         self["assembly"] = assembly
+        self["reloader"] = reloader
         self["reactor"] = reactor
+
+    def _worker_channel(self, config: Config, reactor: Any) -> WorkerChannel | None:
+        if self["worker"] is None:
+            return None
+        try:
+            worker_id = int(self["worker"])
+            fds = [int(fd) for fd in (self["worker-fds"] or "").split(",")]
+        except ValueError:
+            raise usage.UsageError("--worker N needs --worker-fds FD,FD,...") from None
+        self["worker-fds"] = fds
+        return WorkerChannel(reactor, worker_id, config.server.workers)
+
+
+def first_generation(
+    path: str, reactor: Any, siblings: ISiblings | None = None
+) -> tuple[Reloader, Assembly]:
+    """
+    :param path: the configuration file.
+    :param reactor: what :func:`yatagarasu.assembly.assemble` builds with.
+    :param siblings: this worker's channel to the others (``server.workers`` > 1).
+    :returns: the reloader of that file (hot reload) and the first generation built from it.
+    :raises ConfigError: the first problem, naming ``yatagarasu-config migrate`` when a Rust
+        Yatagarasu spelling caused it (whether the loader or a plugin found it).
+    """
+    # A reload asked for through one worker's admin API reaches the others (the parent passes
+    # SIGHUP on); a SIGHUP to the parent reaches every worker already.
+    announce = None if siblings is None else (lambda _report: siblings.announce_reload())
+    reloader = Reloader(reactor, partial(_load, path), siblings=siblings, announce=announce)
+    try:
+        return reloader, reloader.first()
+    except ConfigError as e:
+        raise explain_file(e, path) from None
+
+
+def _load(path: str) -> Config:
+    # Reloads name the migrate command too when a Rust spelling is what the loader refused.
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise explain_file(e, path) from None
 
 
 def summary(path: str, assembly: Assembly) -> str:
@@ -71,10 +128,13 @@ def summary(path: str, assembly: Assembly) -> str:
     scheme = "https" if server.tls else "http"
     lines = [
         f"configuration OK: {path}",
-        f"listener: {scheme}://{server.host}:{server.listen_port}",
+        f"listener: {scheme}://{server.host}:{server.listen_port}"
+        + (" (socket from systemd)" if server.socket_activation else ""),
+        *([f"workers: {server.workers} processes"] if server.workers > 1 else []),
         f"metrics: {_metrics_summary(config)}",
         f"buckets: {len(config.buckets)}",
     ]
+    lines[1:1] = [f"deprecated: {warning}" for warning in config.deprecations]
     for bucket in config.buckets:
         endpoint = bucket.s3.endpoint or f"AWS {bucket.s3.region}"
         auth_scheme = access.schemes.get(bucket.name)
@@ -91,7 +151,8 @@ def summary(path: str, assembly: Assembly) -> str:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
     if assembly.audit is not None:
         lines.append("audit outputs: " + ", ".join(sink.name for sink in assembly.audit.sinks))
-    lines.append(f"admin API: {'jwt with admin_claims' if access.admin else 'disabled (403)'}")
+    admin = "jwt with admin_claims" if access.admin else "disabled, answers 403"
+    lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin})")
     return "\n".join(lines) + "\n"
 
 
@@ -110,8 +171,43 @@ def makeService(options: Options) -> IService:
     :param options: parsed (and validated) options.
     :returns: the root ``MultiService``.
     """
-    from yatagarasu.service import ProxyService
+    from yatagarasu.service import ProxyService, WorkerMode
     from yatagarasu.systemd import SystemdNotifier
 
+    reactor, assembly = options["reactor"], options["assembly"]
+    reloader = options.get("reloader")
+    if assembly.siblings is not None:
+        fds = options["worker-fds"]
+        worker = WorkerMode(assembly.siblings, fds[:-2], (fds[-2], fds[-1]))
+        return ProxyService(reactor, assembly, SystemdNotifier(None), reloader, worker)
     notifier = SystemdNotifier.from_environ(os.environ)
-    return ProxyService(options["reactor"], options["assembly"], notifier)
+    if assembly.config.server.workers > 1:
+        return supervisor(options["config"], reactor, assembly.config, notifier)
+    return ProxyService(reactor, assembly, notifier, reloader)
+
+
+def supervisor(path: str, reactor: Any, config: Config, notifier: Any) -> IService:
+    """
+    :param path: the configuration file (the workers read it again).
+    :param reactor: the reactor (processes, time).
+    :param config: the validated configuration.
+    :param notifier: the systemd notifier.
+    :returns: the parent's service: it binds the listeners and runs ``server.workers``
+        worker processes.
+    """
+    from functools import partial
+
+    from yatagarasu.workers.sockets import bind
+    from yatagarasu.workers.supervisor import Supervisor, worker_command
+
+    server = config.server
+    listeners = [("proxy", server.host, server.listen_port)]
+    metrics = config.metrics.listener(server)
+    if metrics is not None:
+        listeners.append(("metrics", *metrics))
+
+    def spawn(protocol: Any, executable: str, args: list[str], env: Any, fds: Any) -> Any:
+        return reactor.spawnProcess(protocol, executable, args, env=env, childFDs=fds)
+
+    command = partial(worker_command, path)
+    return Supervisor(reactor, config, listeners, command, spawn, bind, notifier)

@@ -1,11 +1,14 @@
-"""Server-side TLS options from PEM files."""
+"""Server-side TLS options from PEM files, and a holder a hot reload can swap them in."""
 
 from __future__ import annotations
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL.crypto import X509, PKey
+from OpenSSL.SSL import Connection
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
+from zope.interface import implementer
 
 from yatagarasu.config.schema import TLSConfig
 from yatagarasu.errors import ConfigError
@@ -38,3 +41,22 @@ def server_tls_options(config: TLSConfig, path: str = "server.tls") -> Certifica
         extraCertChain=[X509.from_cryptography(c) for c in chain[1:]],
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """
+    What ``TLSMemoryBIOFactory`` asks for each new connection: the current options.
+
+    A hot reload replaces :attr:`options` (certificate and key files read again); connections
+    already open keep the TLS session they negotiated.
+
+    :param options: the options new connections get.
+    """
+
+    def __init__(self, options: CertificateOptions) -> None:
+        self.options = options
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> Connection:
+        """:returns: a server connection made with the current options."""
+        return self.options.serverConnectionForTLS(tlsProtocol)  # type: ignore[arg-type]

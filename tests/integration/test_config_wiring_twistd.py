@@ -113,7 +113,7 @@ def test_ready_names_the_one_upstream_by_its_origin(
     }
 
 
-def test_there_is_no_reload_route(
+def test_the_reload_route_and_sighup_reload(
     proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
 ) -> None:
     running = proxy({
@@ -122,9 +122,12 @@ def test_there_is_no_reload_route(
         "buckets": [bucket_config(moto_s3, "pub", s3_bucket)],
     })  # fmt: skip
     reload = running.request("POST", "/admin/reload", headers=bearer({"role": "admin"}))
-    assert (reload.status, reload.header("Content-Type")) == (404, "application/json")
-    assert reload.json()["error"] == "Not Found"
-    assert reload.json()["message"] == "no such admin route"
+    assert (reload.status, reload.header("Content-Type")) == (200, "application/json")
+    assert reload.json()["generation"] == 2
+    unknown = running.request("POST", "/admin/reloads", headers=bearer({"role": "admin"}))
+    assert (unknown.status, unknown.header("Content-Type")) == (404, "application/json")
+    assert unknown.json()["error"] == "Not Found"
+    assert unknown.json()["message"] == "no such admin route"
     running.send_signal(signal.SIGHUP)
-    wait_until(lambda: "hot reload is not supported" in running.log_text(), timeout=20)
+    wait_until(lambda: "reloaded: generation 3" in running.log_text(), timeout=20)
     assert running.get("/health").status == 200

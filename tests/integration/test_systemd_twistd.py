@@ -13,9 +13,8 @@ import pytest
 
 from devharness.moto_s3 import MotoS3Server
 from devharness.ports import LOOPBACK, free_port
-from devharness.processes import LoggedProcess, child_env
 from devharness.proxy_config import write_config
-from devharness.twistd import ProxyProcess, clean_exit, twistd_command
+from devharness.twistd import clean_exit, launch_proxy
 
 
 @pytest.fixture
@@ -62,12 +61,7 @@ def test_ready_when_listening_then_stopping_at_drain(
     port = free_port()
     config = make_proxy_config({"pub": s3_bucket}, port=port)
     config["server"]["address"] = LOOPBACK
-    config_path = write_config(config, tmp_path / "yatagarasu.yaml")
-    argv = twistd_command("-n", "yatagarasu", "--config", str(config_path))
-    process = LoggedProcess(
-        argv, tmp_path / "proxy.log", cwd=tmp_path, env=child_env({"NOTIFY_SOCKET": path})
-    )
-    running = ProxyProcess(port, LOOPBACK, config_path, tmp_path, process)
+    running = launch_proxy(config, tmp_path, {"NOTIFY_SOCKET": path})
     try:
         ready = receive(sock)
         # Checked as soon as READY=1 arrives, without waiting for /health first.
@@ -103,5 +97,44 @@ def test_ready_when_listening_then_stopping_at_drain(
         sock.setblocking(False)
         with pytest.raises(BlockingIOError):
             sock.recv(4096)  # nothing after the last status
+    finally:
+        running.kill()
+
+
+def test_reloading_then_ready_around_a_reload(
+    tmp_path: Path,
+    notify_socket: tuple[str, socket.socket],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    s3_bucket: str,
+) -> None:
+    path, sock = notify_socket
+    config = make_proxy_config({"pub": s3_bucket}, port=free_port())
+    running = launch_proxy(config, tmp_path, {"NOTIFY_SOCKET": path})
+    config_path = running.config_path
+    try:
+        assert fields(receive(sock))["READY"] == "1"
+        config["buckets"].append(dict(config["buckets"][0], name="two", path_prefix="/two"))
+        write_config(config, config_path)
+        running.send_signal(signal.SIGHUP)
+        reloading = fields(receive(sock))
+        assert reloading["RELOADING"] == "1"
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        assert reloading["STATUS"] == "reloading the configuration"
+        assert fields(receive(sock)) == {
+            "READY": "1",
+            "STATUS": "serving 2 bucket(s), generation 2",
+        }
+        config["buckets"][1]["bogus"] = True
+        write_config(config, config_path)
+        running.send_signal(signal.SIGHUP)
+        assert fields(receive(sock))["RELOADING"] == "1"
+        assert fields(receive(sock)) == {
+            "READY": "1",
+            "STATUS": "serving 2 bucket(s), generation 2 (last reload failed:"
+            " buckets[1].bogus: unknown key)",
+        }
+        running.send_signal(signal.SIGTERM)
+        assert fields(receive(sock))["STOPPING"] == "1"
+        assert clean_exit(running.wait(timeout=60))
     finally:
         running.kill()

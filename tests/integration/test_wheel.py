@@ -116,3 +116,12 @@ def test_wheel_in_a_runtime_only_venv(tmp_path: Path) -> None:
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "configuration OK" in check.stdout, check.stdout
+
+    # The yatagarasu-config console script (setup.cfg entry point) comes with the wheel.
+    rust = ROOT / "tests" / "fixtures" / "rust_configs" / "no_cache_layers.yaml"
+    migrated = run(
+        [str(env_dir / "bin" / "yatagarasu-config"), "migrate", str(rust)], tmp_path, 120
+    )
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert "cache.layers: dropped (an empty list" in migrated.stderr
+    assert "layers" not in migrated.stdout and "enabled: true" in migrated.stdout

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -16,9 +18,12 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from zope.interface import implementer
 
-from yatagarasu.assembly import assemble
+from yatagarasu.assembly import Assembly
+from yatagarasu.auth.from_config import AccessControl
 from yatagarasu.config import parse_config
 from yatagarasu.config.schema import Config
+from yatagarasu.reload import Reloader, ReloadReport
+from yatagarasu.s3.client import S3Client
 from yatagarasu.web.site import ProxySite
 
 
@@ -140,14 +145,51 @@ def bucket_entry(name: str = "pub", prefix: str = "/pub", **extra: Any) -> dict[
 class Harness:
     """A ProxySite on a fake clock with a fake agent per bucket, driven with raw HTTP bytes."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], siblings: Any = None) -> None:
+        #: what the next :meth:`reload` reads (the harness's "configuration file")
+        self.document = document
         self.config: Config = parse_config(document, {})
         self.clock = MemoryReactorClock()
         self.agents = {b.name: FakeAgent() for b in self.config.buckets}
-        self.assembly = assemble(self.config, self.clock, agents=self.agents)
-        self.clients = self.assembly.clients
-        self.access = self.assembly.access
+        self.reloader = Reloader(
+            self.clock,
+            lambda: parse_config(self.document, {}),
+            agents=self.agents,
+            siblings=siblings,
+        )
+        self.reloader.first()
         self.site: ProxySite = self.assembly.site
+
+    @property
+    def assembly(self) -> Assembly:
+        """The current generation's assembly."""
+        return self.reloader.current
+
+    @property
+    def clients(self) -> Mapping[str, S3Client]:
+        """The current generation's S3 clients."""
+        return self.assembly.clients
+
+    @property
+    def access(self) -> AccessControl:
+        """The current generation's access control."""
+        return self.assembly.access
+
+    def reload(self, document: dict[str, Any]) -> ReloadReport:
+        """
+        Reload with ``document`` as the new configuration file (new buckets get a FakeAgent).
+
+        :returns: the report (the reload completes synchronously on the fake clock).
+        """
+        self.document = document
+        for bucket in document.get("buckets", []):
+            if isinstance(bucket, dict) and "name" in bucket:
+                self.agents.setdefault(bucket["name"], FakeAgent())
+        done = Deferred.fromCoroutine(self.reloader.reload())
+        reports: list[ReloadReport] = []
+        done.addCallback(reports.append)
+        assert reports, "the reload did not complete synchronously"
+        return reports[0]
 
     @property
     def draining(self) -> bool:
@@ -206,3 +248,8 @@ def parse_response(raw: bytes) -> Parsed:
     else:
         body = rest
     return Parsed(status, headers, body)
+
+
+def lose(channel: Any) -> None:
+    """What the reactor does once a transport has flushed and closed."""
+    channel.connectionLost(Failure(ConnectionDone()))

@@ -38,6 +38,7 @@ from yatagarasu.interfaces import (
     IImmediateAuthScheme,
     IImmediateCacheLayer,
     IPurgeBroadcaster,
+    ISiblings,
     ISwitchableCacheLayer,
 )
 from yatagarasu.plugins.audit_file import file
@@ -47,6 +48,7 @@ from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
 from yatagarasu.plugins.cache_redis import redis
 from yatagarasu.values import CacheKey
+from yatagarasu.workers.child import WorkerChannel
 
 SECRET = "s" * 64
 #: A port nothing listens on: the layer must not even try it while these tests run.
@@ -89,6 +91,10 @@ def syslog_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return syslog.build({"address": "127.0.0.1:1", "protocol": "tcp"}, "audit_log.syslog", reactor)
 
 
+def worker_channel(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return WorkerChannel(reactor, 0, 2)
+
+
 def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
     return lambda reactor, tmp_path: plugin
 
@@ -113,6 +119,7 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("redis layer", redis_layer, {ICacheLayer, IPurgeBroadcaster, IErrorCountingCacheLayer}),
     ("jwt scheme", jwt_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
     ("jwt admin scheme", jwt_admin_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
+    ("worker channel", worker_channel, {ISiblings}),
 ]
 
 #: Optional interfaces: a provider that lacks one must not look as if it had it.

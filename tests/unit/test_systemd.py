@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes import bucket_entry
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 
+from tests.unit.fakes import bucket_entry
 from yatagarasu.assembly import assemble
 from yatagarasu.config import parse_config
 from yatagarasu.service import ProxyService

@@ -135,10 +135,12 @@ class JwksKeySet:
 
         :returns: fires when the refresh (if any) is done.
         """
+        if self._in_flight is not None:
+            # Joining a fetch already under way (the one at start, say) costs the issuer
+            # nothing: it does not use up the budget a rotation needs.
+            return self.refresh()
         now = self._reactor.seconds()
-        if self._in_flight is None and (
-            self._last_forced is not None and now - self._last_forced < self._min_refresh_seconds
-        ):
+        if self._last_forced is not None and now - self._last_forced < self._min_refresh_seconds:
             return succeed(None)
         self._last_forced = now
         return self.refresh()

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from twisted.application.service import IService
+
 from yatagarasu.cache.tiered import TieredCache
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.config.typed import from_raw_beside, join
@@ -72,20 +74,65 @@ class CacheSetup:
     """
     :ivar cache: the tiered cache (``None``: no bucket caches).
     :ivar policies: per bucket name, for buckets that cache.
+    :ivar sections: per layer name, the configuration section its layer was built from (how
+        a hot reload tells a layer it may keep from one it must build anew).
+    :ivar layer_services: each layer with its own services (asked for once per layer: a kept
+        layer keeps its running services).
     """
 
     cache: TieredCache | None = None
     policies: dict[str, BucketCachePolicy] = field(default_factory=dict)
+    sections: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    layer_services: list[tuple[ICacheLayer, list[IService]]] = field(default_factory=list)
+
+    def services(self) -> list[IService]:
+        """:returns: the layers' services, then the cache's purge subscribers."""
+        if self.cache is None:
+            return []
+        own = [service for _, services in self.layer_services for service in services]
+        return own + self.cache.purge_subscribers()
+
+    def services_of(self, layers: list[ICacheLayer]) -> list[IService]:
+        """:returns: the services of those of ``layers`` that are this setup's."""
+        return [
+            service
+            for layer, services in self.layer_services
+            if any(layer is other for other in layers)
+            for service in services
+        ]
+
+    def reusable(self, name: str, section: Mapping[str, Any]) -> ICacheLayer | None:
+        """
+        :param name: a layer name.
+        :param section: the configuration section a new layer of that name would get.
+        :returns: this setup's layer of that name when it was built from an equal section.
+        """
+        if self.cache is None or self.sections.get(name) != section:
+            return None
+        return next((layer for layer in self.cache.layers if layer.name == name), None)
+
+    def kept_by(self, newer: CacheSetup) -> list[ICacheLayer]:
+        """:returns: this setup's layers that ``newer`` uses too (they must stay open)."""
+        if self.cache is None or newer.cache is None:
+            return []
+        return [layer for layer in self.cache.layers if any(layer is n for n in newer.cache.layers)]
 
 
 def build_cache(
-    config: Config, reactor: Any, plugins: ModuleType, metrics: Any = None
+    config: Config,
+    reactor: Any,
+    plugins: ModuleType,
+    metrics: Any = None,
+    previous: CacheSetup | None = None,
 ) -> CacheSetup:
     """
     :param config: the validated configuration.
     :param reactor: time, threads, TCP.
     :param plugins: the plugin package cache layers are found in.
     :param metrics: a :class:`yatagarasu.metrics.Metrics` (optional).
+    :param previous: the running setup (a hot reload): a layer whose section is equal to the
+        one it was built from is reused with its contents, and the request-level hit and miss
+        counts carry on.
     :returns: the cache and each bucket's policy; nothing is connected or read yet.
     :raises ConfigError: bad settings, unknown or duplicate layers, a listed layer that is
         not enabled, an enabled one that is not listed.
@@ -100,14 +147,23 @@ def build_cache(
         b.cache is not None and b.cache.enabled is True for b in config.buckets
     )
     if not wanted:
+        if metrics is not None:
+            metrics.watch_cache(None)  # a reload that turned caching off
         return CacheSetup()
     layers: list[ICacheLayer] = []
+    built: dict[str, Mapping[str, Any]] = {}
+    layer_services: list[tuple[ICacheLayer, list[IService]]] = []
     for i, name in enumerate(settings.cache_layers):
         factory = find(ICacheLayerFactory, name, f"cache.cache_layers[{i}]", plugins)
         section = sections.get(name) or {}
         if not isinstance(section, Mapping):
             raise ConfigError(f"cache.{name}", "expected a mapping")
-        layer = factory.build(section, f"cache.{name}", reactor)
+        built[name] = section
+        # An equal section passed the factory's checks when the kept layer was built.
+        kept = previous.reusable(name, section) if previous is not None else None
+        layer = kept or factory.build(section, f"cache.{name}", reactor)
+        services = previous.services_of([layer]) if kept is not None and previous else None
+        layer_services.append((layer, layer.services() if services is None else services))
         if ISwitchableCacheLayer.providedBy(layer) and layer.enabled is not True:
             raise ConfigError(
                 f"cache.{name}.enabled", "must be true for a layer listed in cache.cache_layers"
@@ -121,8 +177,10 @@ def build_cache(
                 f"the {name} layer is enabled but not listed in cache.cache_layers",
             )
     cache = TieredCache(layers, reactor, metrics)
+    if previous is not None and previous.cache is not None:
+        cache.hits, cache.misses = previous.cache.hits, previous.cache.misses
     default_ttl = _default_ttl(settings, sections, layers)
-    setup = CacheSetup(cache)
+    setup = CacheSetup(cache, sections=built, layer_services=layer_services)
     for bucket in config.buckets:
         policy = _policy(bucket, settings, default_ttl, cache.max_item_size)
         if policy is not None:

@@ -63,6 +63,7 @@ from yatagarasu.cache.redis_client import (
     RedisUnavailable,
     check_ca_pem,
 )
+from yatagarasu.cache.redis_sentinel import SentinelTarget, parse_address
 from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import (
@@ -87,13 +88,59 @@ object; else ``prefix`` (``None``: the whole bucket)."""
 
 
 @dataclass(frozen=True)
+class SentinelSettings:
+    """
+    ``cache.redis.sentinel``: find the master through Redis Sentinel.
+
+    :ivar master_name: the name the sentinels monitor the master under.
+    :ivar addresses: ``host:port`` of each sentinel (port default 26379), at least one.
+    :ivar username: ACL user name of the sentinels themselves.
+    :ivar password: password of the sentinels themselves (the data nodes' is
+        ``redis_password``).
+    """
+
+    master_name: str
+    addresses: tuple[str, ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def check(self, path: str) -> None:
+        """:raises ConfigError: an empty name, no address or one that does not parse."""
+        self.target(path)
+
+    def target(self, path: str) -> SentinelTarget:
+        """
+        :param path: dotted path of these settings, for errors.
+        :returns: the sentinels to ask.
+        :raises ConfigError: as :meth:`check`.
+        """
+        if not self.master_name:
+            raise ConfigError(join(path, "master_name"), "must not be empty")
+        if not self.addresses:
+            raise ConfigError(join(path, "addresses"), "at least one sentinel host:port")
+        addresses = []
+        for i, text in enumerate(self.addresses):
+            try:
+                addresses.append(parse_address(text))
+            except ValueError as exc:
+                raise ConfigError(f"{join(path, 'addresses')}[{i}]", str(exc)) from None
+        return SentinelTarget(
+            self.master_name, tuple(addresses), self.username or None, self.password or None
+        )
+
+
+@dataclass(frozen=True)
 class RedisSettings:
     """
     ``cache.redis``.
 
     :ivar enabled: must be true for the layer to be built (seed: ``redis_enabled``).
     :ivar redis_url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS
-        (certificate checked against the host name). Required when enabled.
+        (certificate checked against the host name), or
+        ``redis+sentinel://[[user]:password@]host:port[,host:port...]/master_name[/db]``
+        (the sentinels; user and password are the data nodes'). Required when enabled,
+        unless ``sentinel`` is given.
+    :ivar sentinel: the sentinels, as a mapping (instead of ``redis_url``).
     :ivar redis_password: password (overrides none in the URL; both given must agree).
     :ivar redis_db: database number (default: the URL's, else 0; both given must agree).
     :ivar tls_ca_file: with ``rediss://``: PEM file of the CA certificates to trust instead
@@ -115,6 +162,7 @@ class RedisSettings:
     max_item_size_mb: float = 10.0
     timeout_ms: int = 500
     pool_size: int = 4
+    sentinel: SentinelSettings | None = None
 
     def check(self, path: str) -> None:
         """:raises ConfigError: for values out of range (the URL only when enabled)."""
@@ -138,24 +186,43 @@ class RedisSettings:
         :raises ConfigError: at ``<path>.redis_url`` (or the field that disagrees with it).
         """
         url_path = join(path, "redis_url")
-        if not self.redis_url:
-            raise ConfigError(url_path, "is required (redis://host:port/db or rediss://...)")
-        parts = urlsplit(self.redis_url)
-        expected = "expected redis://[:password@]host[:port][/db] or rediss://..."
-        if parts.scheme not in ("redis", "rediss"):
-            raise ConfigError(url_path, f"unsupported scheme {parts.scheme!r}; {expected}")
+        if self.sentinel is not None and self.redis_url:
+            raise ConfigError(join(path, "sentinel"), "give either redis_url or sentinel, not both")
+        if self.sentinel is None and not self.redis_url:
+            raise ConfigError(
+                url_path,
+                "is required (redis://host:port/db, rediss://... or redis+sentinel://...)"
+                " unless cache.redis.sentinel is given",
+            )
+        expected = (
+            "expected redis://[:password@]host[:port][/db], rediss://...,"
+            " or redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]"
+        )
         try:
-            host = parts.hostname
-            port = parts.port or 6379
+            parts = urlsplit(self.redis_url or "redis+sentinel://")
         except ValueError as exc:
-            raise ConfigError(url_path, f"{exc}; {expected}") from exc
-        if not host:
-            raise ConfigError(url_path, f"no host; {expected}")
+            raise ConfigError(url_path, f"{exc}; {expected}") from None
+        if parts.scheme not in ("redis", "rediss", "redis+sentinel"):
+            raise ConfigError(url_path, f"unsupported scheme {parts.scheme!r}; {expected}")
         if parts.query or parts.fragment:
             raise ConfigError(
                 url_path, f"query strings and fragments are not supported; {expected}"
             )
+        host, port = "", 0
+        sentinel: SentinelTarget | None = None
         db_text = parts.path.lstrip("/")
+        if self.sentinel is not None:
+            sentinel = self.sentinel.target(join(path, "sentinel"))
+        elif parts.scheme == "redis+sentinel":
+            sentinel, db_text = _sentinel_from_url(parts.netloc, db_text, url_path, expected)
+        else:
+            try:
+                host = parts.hostname or ""
+                port = parts.port or 6379
+            except ValueError as exc:
+                raise ConfigError(url_path, f"{exc}; {expected}") from exc
+            if not host:
+                raise ConfigError(url_path, f"no host; {expected}")
         url_db: int | None = None
         if db_text:
             if not db_text.isdigit():
@@ -192,7 +259,31 @@ class RedisSettings:
             username=username,
             password=password,
             ca_pem=ca_pem,
+            sentinel=sentinel,
         )
+
+
+def _sentinel_from_url(
+    netloc: str, path: str, url_path: str, expected: str
+) -> tuple[SentinelTarget, str]:
+    """
+    :param netloc: ``[[user]:password@]host:port[,host:port...]`` of a ``redis+sentinel://`` URL.
+    :param path: the URL's path without its leading ``/``: ``master_name[/db]``.
+    :returns: the sentinels (without credentials: those in the URL are the data nodes') and
+        the database part (may be empty).
+    :raises ConfigError: at ``url_path``.
+    """
+    hosts = netloc.rpartition("@")[2]
+    addresses = []
+    for text in hosts.split(","):
+        try:
+            addresses.append(parse_address(text))
+        except ValueError as exc:
+            raise ConfigError(url_path, f"{exc}; {expected}") from None
+    master_name, _, db_text = path.partition("/")
+    if not master_name:
+        raise ConfigError(url_path, f"no master name; {expected}")
+    return SentinelTarget(unquote(master_name), tuple(addresses)), db_text
 
 
 def redis_settings(settings: Mapping[str, Any] | None, path: str) -> RedisSettings:
@@ -559,8 +650,11 @@ class RedisCacheLayer:
         )
 
     def services(self) -> list[IService]:
-        """:returns: ``[]``: the pool connects lazily; see :meth:`subscribe_purges`."""
-        return []
+        """
+        :returns: with Sentinel, the watchers of ``+switch-master``; else ``[]``. The pool
+            connects lazily; see :meth:`subscribe_purges`.
+        """
+        return self.client.master_watchers()
 
     def close(self) -> Deferred[None]:
         """Close the pool and any purge subscriber; later calls answer misses."""

@@ -20,7 +20,14 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   timeout on a loaded machine, does not double it). Then one command at a time probes Redis;
   its success closes the breaker;
 - a pub/sub subscriber (txredisapi's ``SubscriberProtocol``, ``charset = None`` set on its
-  factory after construction) run under ``ClientService`` so that it survives Redis restarts.
+  factory after construction) run under ``ClientService`` so that it survives Redis restarts;
+- with Sentinel (:attr:`RedisTarget.sentinel`), connections go to the master the sentinels name
+  (:mod:`yatagarasu.cache.redis_sentinel`), resolved again before every (re)connection; a pool
+  connection is kept only if ``ROLE`` says ``master``; all connections are dropped when the
+  sentinels name another master, or a command answers ``READONLY`` (we reached a demoted
+  master). The sentinels are asked through one small bounded client each (no ``SELECT``).
+  txredisapi's own ``Sentinel`` is not used: it runs on the global reactor with fixed 10 s
+  discovery timeouts, and its ``ROLE`` check expects ``str`` replies, where ours are bytes.
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from yatagarasu.cache.redis_sentinel import (
+    Address,
+    MasterEndpoint,
+    SentinelResolver,
+    SentinelTarget,
+)
 
 log = Logger(namespace="yatagarasu.cache.redis")
 
@@ -79,23 +93,29 @@ class RedisTarget:
     :ivar host: host name or IP address.
     :ivar port: TCP port.
     :ivar tls: ``rediss://``: TLS, the certificate verified against ``host``.
-    :ivar db: database number (``SELECT``).
+    :ivar db: database number (``SELECT``); ``None``: no ``SELECT`` (a sentinel).
     :ivar username: ACL user name, or ``None``.
     :ivar password: password, or ``None``.
     :ivar ca_pem: with TLS, PEM certificates of the CAs to trust instead of the system's.
+    :ivar sentinel: ask these sentinels where the master is; ``host`` and ``port`` are then
+        unused.
     """
 
     host: str
     port: int
     tls: bool = False
-    db: int = 0
+    db: int | None = 0
     username: str | None = None
     password: str | None = None
     ca_pem: bytes | None = None
+    sentinel: SentinelTarget | None = None
 
     def __repr__(self) -> str:
+        if self.sentinel is not None:
+            return f"RedisTarget(redis+sentinel://{self.sentinel!r}/{self.db})"
         scheme = "rediss" if self.tls else "redis"
-        return f"RedisTarget({scheme}://{self.host}:{self.port}/{self.db})"
+        db = "" if self.db is None else f"/{self.db}"
+        return f"RedisTarget({scheme}://{self.host}:{self.port}{db})"
 
 
 class _PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
@@ -108,6 +128,33 @@ class _PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
         super().addConnection(conn)
         if self.size > before:
             self.connections_made += 1
+
+
+class _MasterProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """A pool connection kept only when ``ROLE`` says the node is a master (with Sentinel)."""
+
+    def connectionMade(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._check_role())
+
+    async def _check_role(self) -> None:
+        role: Any = None
+        try:
+            if self.password is not None:
+                await self.auth(self.password, self.username)
+            role = await self.role()
+        except Exception as exc:
+            role = exc
+        if not (isinstance(role, list) and role and role[0] == b"master"):
+            peer = self.transport.getPeer()
+            log.warn(
+                "Redis at {host}:{port} is not a master (ROLE answered {role}); reconnecting",
+                host=getattr(peer, "host", "?"),
+                port=getattr(peer, "port", "?"),
+                role=repr(role[0] if isinstance(role, list) and role else role),
+            )
+            self.transport.loseConnection()
+            return
+        await super().connectionMade()
 
 
 class _PurgeSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
@@ -170,6 +217,10 @@ class RedisClient:
         self._probe_after_reconnect = False
         self._connections_at_failure = 0
         self._subscribers: list[ClientService] = []
+        self._subscriber_protocols: set[Any] = set()
+        # with Sentinel: the resolver and one client per sentinel (made with the first endpoint)
+        self._resolver: SentinelResolver | None = None
+        self._sentinel_clients: list[RedisClient] = []
 
     # -- state -----------------------------------------------------------------------------
 
@@ -184,9 +235,87 @@ class RedisClient:
         return self._factory is not None
 
     def _endpoint(self) -> IStreamClientEndpoint:
+        if self.target.sentinel is not None:
+            return MasterEndpoint(self._sentinel_resolver(self.target.sentinel), self._node)
+        return self._node(self.target.host, self.target.port)
+
+    def _sentinel_resolver(self, sentinel: SentinelTarget) -> SentinelResolver:
+        if self._resolver is None:
+            self._sentinel_clients = [
+                RedisClient(
+                    RedisTarget(
+                        host,
+                        port,
+                        db=None,
+                        username=sentinel.username,
+                        password=sentinel.password,
+                    ),
+                    self._reactor,
+                    timeout=self._timeout,
+                    pool_size=1,
+                    backoff_initial=self._backoff_initial,
+                    backoff_max=self._backoff_max,
+                )
+                for host, port in sentinel.addresses
+            ]
+            clients = self._sentinel_clients
+            self._resolver = SentinelResolver(
+                sentinel.master_name,
+                [(f"{c.target.host}:{c.target.port}", c.sentinel_master) for c in clients],
+                on_change=self._master_changed,
+            )
+        return self._resolver
+
+    def master_watchers(self) -> list[IService]:
+        """
+        With Sentinel: services (not started) subscribed to each sentinel's ``+switch-master``
+        channel; an announced master other than the one connected to drops every connection,
+        so that they reconnect to it at once (the old master may still be reachable, e.g.
+        after ``SENTINEL FAILOVER``). ``close`` stops them.
+
+        :returns: one per sentinel, or ``[]`` without Sentinel.
+        """
+        if self.target.sentinel is None:
+            return []
+        self._sentinel_resolver(self.target.sentinel)
+        announced = self._switch_announced
+        return [c.subscriber(b"+switch-master", announced) for c in self._sentinel_clients]
+
+    def _switch_announced(self, message: bytes) -> None:
+        """``+switch-master``: ``<name> <old host> <old port> <new host> <new port>``."""
+        fields = message.decode("utf-8", "replace").split()
+        resolver = self._resolver
+        if resolver is None or len(fields) != 5 or fields[0] != resolver.master_name:
+            return
+        try:
+            address = (fields[3], int(fields[4]))
+        except ValueError:
+            return
+        if address == resolver.current:
+            return
+        log.info(
+            "a sentinel announced {host}:{port} as master of {master_name}; reconnecting",
+            host=address[0],
+            port=address[1],
+            master_name=resolver.master_name,
+        )
+        self._drop_connections()
+
+    def _master_changed(self, address: Address) -> None:
+        """The sentinels name another master: drop every connection (they reconnect there)."""
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
+        if self._factory is not None:
+            for conn in list(self._factory.pool):
+                conn.transport.loseConnection()
+        for protocol in list(self._subscriber_protocols):
+            protocol.transport.loseConnection()
+
+    def _node(self, host: str, port: int) -> IStreamClientEndpoint:
         connect_timeout = max(1, math.ceil(self._timeout * 4))
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, self.target.host, self.target.port, timeout=connect_timeout
+            self._reactor, host, port, timeout=connect_timeout
         )
         if self.target.tls:
             trust = (
@@ -194,14 +323,14 @@ class RedisClient:
                 if self.target.ca_pem
                 else None
             )
-            options = optionsForClientTLS(self.target.host, trustRoot=trust)
+            options = optionsForClientTLS(host, trustRoot=trust)
             endpoint = wrapClientTLS(options, endpoint)
         return endpoint
 
     def _pool(self) -> Any:
         if self._factory is None:
             factory = _PoolFactory(
-                f"{self.target.host}:{self.target.port}",
+                repr(self.target),
                 self.target.db,
                 self._pool_size,
                 True,  # isLazy: the handler is ours at once, nobody waits for the pool
@@ -218,6 +347,8 @@ class RedisClient:
             )
             factory.maxDelay = RECONNECT_MAX_DELAY
             factory.initialDelay = 0.5
+            if self.target.sentinel is not None:
+                factory.protocol = _MasterProtocol
             # Fired (failed) by txredisapi when a connection cannot log in or select the db,
             # or with the handler once the pool is full: nobody else listens to it.
             factory.deferred.addErrback(self._pool_failed)
@@ -304,7 +435,7 @@ class RedisClient:
             d.addTimeout(self._timeout, self._reactor)
             result = await d
         except txredisapi.ResponseError as exc:
-            self._succeeded()  # Redis answered
+            self._answered_error(exc, probe)
             raise RedisCommandFailed(f"{command}: {exc}") from exc
         except defer.CancelledError:
             # The caller gave up (its client went away): not a Redis failure, no backoff.
@@ -318,10 +449,25 @@ class RedisClient:
             if probe:
                 self._probing = False
             raise
-        self._succeeded()
         if isinstance(result, Exception):  # txredisapi hands some errors back as values
+            self._answered_error(result, probe)
             raise RedisCommandFailed(f"{command}: {result}")
+        self._succeeded()
         return result
+
+    def _answered_error(self, error: Exception, probe: bool) -> None:
+        """
+        Redis answered with an error: it is up, unless the error is ``READONLY`` (a replica,
+        e.g. a demoted master): then the connections are dropped to find the master again.
+
+        :raises RedisUnavailable: for ``READONLY``.
+        """
+        if not str(error).startswith("READONLY"):
+            self._succeeded()
+            return
+        self._drop_connections()
+        self._failed(error, probe)
+        raise RedisUnavailable(f"reached a replica: {error}")
 
     # -- commands --------------------------------------------------------------------------
 
@@ -384,6 +530,23 @@ class RedisClient:
         """
         return int(await self._call("ttl", key))
 
+    async def sentinel_master(self, master_name: str) -> Address | None:
+        """
+        Ask a sentinel (this client's target) where a master is.
+
+        :param master_name: the monitored master's name.
+        :returns: its host and port, or ``None`` when the sentinel knows no such master.
+        :raises RedisError: on any failure.
+        """
+        reply = await self._call("sentinel_get_master_addr_by_name", master_name.encode())
+        if reply is None:
+            return None
+        try:
+            host, port = reply
+            return (host.decode("ascii") if isinstance(host, bytes) else str(host)), int(port)
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise RedisCommandFailed(f"SENTINEL answered {reply!r}") from exc
+
     async def publish(self, channel: bytes, message: bytes) -> int:
         """
         :param channel: the channel.
@@ -414,6 +577,7 @@ class RedisClient:
         timeout = self._timeout
         reactor = self._reactor
         target = self.target
+        subscribed = self._subscriber_protocols
 
         async def subscribe(protocol: Any) -> None:
             try:
@@ -430,6 +594,8 @@ class RedisClient:
                 )
                 protocol.transport.abortConnection()
                 raise
+            subscribed.add(protocol)
+            protocol.whenDisconnected().addCallback(subscribed.discard)
             log.info(
                 "subscribed to {channel} on Redis at {target}",
                 channel=channel.decode("utf-8", "replace"),
@@ -468,6 +634,7 @@ class RedisClient:
             if service.running:
                 waits.append(defer.maybeDeferred(service.stopService))
         self._subscribers.clear()
+        waits.extend(client.close() for client in self._sentinel_clients)
         if waits:
             done: Deferred[Any] = defer.DeferredList(waits, consumeErrors=True)
             done.addTimeout(max(self._timeout * 4, 2.0), self._reactor)

@@ -6,7 +6,7 @@ request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -327,14 +327,21 @@ class TieredCache:
             else:
                 self._track(layer.purge(bucket, prefix))
 
-    def services(self) -> list[IService]:
-        """:returns: the layers' services and the purge subscribers."""
-        services: list[IService] = []
-        for layer in self.layers:
-            services.extend(layer.services())
-            if IPurgeBroadcaster.providedBy(layer):
-                services.append(layer.subscribe_purges(self.on_remote_purge))
-        return services
+    @property
+    def broadcasts_purges(self) -> bool:
+        """Whether a shared layer (Redis) tells the other instances about purges."""
+        return any(IPurgeBroadcaster.providedBy(layer) for layer in self.layers)
+
+    def purge_subscribers(self) -> list[IService]:
+        """
+        :returns: a service per purge-broadcasting layer delivering other instances' purges
+            to this cache (the layers' own services are theirs: ``layer.services()``).
+        """
+        return [
+            layer.subscribe_purges(self.on_remote_purge)
+            for layer in self.layers
+            if IPurgeBroadcaster.providedBy(layer)
+        ]
 
     def stats(self, bucket: str | None) -> tuple[LayerStats, dict[str, LayerStats]]:
         """
@@ -370,10 +377,16 @@ class TieredCache:
         """:returns: fires when background writes and promotions are done (for shutdown)."""
         return DeferredList(list(self._pending), consumeErrors=True)
 
-    async def close(self) -> None:
-        """Wait for background work, then close every layer."""
+    async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
+        """
+        Wait for background work, then close every layer but those kept.
+
+        :param keep: layers a newer cache (a hot reload) took over: left open.
+        """
         await self.idle()
         for layer in self.layers:
+            if any(layer is kept for kept in keep):
+                continue
             try:
                 await layer.close()
             except Exception as e:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from yatagarasu.config.environ import expand_tree
+from yatagarasu.config.files import read_document
+from yatagarasu.config.migrate import accept_synonyms, explain
 from yatagarasu.config.schema import Config
 from yatagarasu.config.typed import from_raw
 from yatagarasu.errors import ConfigError
@@ -20,7 +21,9 @@ def parse_config(document: Any, environ: Mapping[str, str] | None = None) -> Con
     """
     Validate a parsed YAML document and build the frozen :class:`Config`.
 
-    This is the one validator used at startup, by ``--check`` and on reload.
+    This is the one validator used at startup, by ``--check`` and on reload. The Rust
+    Yatagarasu spellings it reads itself (:func:`yatagarasu.config.migrate.accept_synonyms`)
+    are listed in :attr:`Config.deprecations`.
 
     :param document: the result of ``yaml.safe_load``.
     :param environ: environment for ``${VAR}`` expansion (default: ``os.environ``).
@@ -29,8 +32,10 @@ def parse_config(document: Any, environ: Mapping[str, str] | None = None) -> Con
     """
     if not isinstance(document, Mapping):
         raise ConfigError("", "the configuration must be a YAML mapping with a 'buckets' list")
+    document, deprecations = accept_synonyms(document)
     expanded = expand_tree(dict(document), os.environ if environ is None else environ)
-    return from_raw(Config, expanded, "")
+    config = from_raw(Config, expanded, "")
+    return dataclasses.replace(config, deprecations=deprecations) if deprecations else config
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -40,16 +45,11 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
     :param path: path of the YAML file.
     :param environ: environment for ``${VAR}`` expansion (default: ``os.environ``).
     :returns: the configuration.
-    :raises ConfigError: when the file cannot be read, is not YAML, or is invalid.
+    :raises ConfigError: when the file cannot be read, is not YAML, or is invalid (naming the
+        migrate command when a Rust Yatagarasu spelling is the cause).
     """
+    document = read_document(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            document = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError("", f"cannot read {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "syntax error"
-        raise ConfigError("", f"{path} is not valid YAML{where}: {problem}") from None
-    return parse_config(document, environ)
+        return parse_config(document, environ)
+    except ConfigError as e:
+        raise explain(e, document, path) from None

@@ -20,13 +20,15 @@ from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
 from yatagarasu.values import MIB
 
-RESERVED_PREFIXES = ("/health", "/ready", "/metrics", "/admin")
+RESERVED_PREFIXES = ("/health", "/ready", "/metrics")
+DEFAULT_ADMIN_PREFIX = "/admin"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
 _LATER_OBSERVABILITY = "arrives with metrics and tracing"
 _LATER_SECURITY = "arrives with rate limiting"
 _LATER_HA = "arrives with replica failover and circuit breakers"
+_LATER_AUTHORIZATION = "OPA and OpenFGA authorization arrive with traffic control"
 
 
 def _positive(value: float, path: str, *, allow_zero: bool = False) -> None:
@@ -56,6 +58,10 @@ class SecurityLimits:
         _positive(self.max_uri_length, join(path, "max_uri_length"))
 
 
+#: the most worker processes ``server.workers`` accepts (metrics label them, so they are bounded)
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Where and how the proxy listens."""
@@ -77,6 +83,14 @@ class ServerConfig:
     send_timeout_seconds: float = 60.0
     socket_send_buffer_bytes: int | None = None
     stream_buffer_bytes: int = 65536
+    admin_path_prefix: str = DEFAULT_ADMIN_PREFIX
+
+    @property
+    def admin_segments(self) -> tuple[str, ...]:
+        """The admin API's prefix as path segments: ``/ops/admin`` → ``("ops", "admin")``."""
+        return _segments(self.admin_path_prefix)
+
+    socket_activation: bool = False
 
     @property
     def host(self) -> str:
@@ -100,8 +114,24 @@ class ServerConfig:
         if not 0 <= self.listen_port <= 65535:
             raise ConfigError(join(path, "port"), f"must be 0..65535, got {self.listen_port}")
         parse_networks(self.trusted_proxies, join(path, "trusted_proxies"))
-        if self.workers != 1:
-            raise ConfigError(join(path, "workers"), "not supported yet (only 1 worker process)")
+        admin_path = join(path, "admin_path_prefix")
+        _check_plain_prefix(self.admin_path_prefix, admin_path)
+        if not self.admin_segments:
+            raise ConfigError(
+                admin_path, "must not be '/' (the admin API needs a prefix of its own)"
+            )
+        reserved = _reserved_by(self.admin_segments)
+        if reserved is not None:
+            raise ConfigError(admin_path, f"{reserved} is reserved for the proxy")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(
+                join(path, "workers"), f"must be 1..{MAX_WORKERS}, got {self.workers}"
+            )
+        if self.socket_activation and self.workers > 1:
+            raise ConfigError(
+                join(path, "socket_activation"),
+                "not supported yet with server.workers > 1 (the parent binds the port itself)",
+            )
         _positive(self.max_concurrent_requests, join(path, "max_concurrent_requests"))
         _positive(
             self.shutdown_delay_seconds, join(path, "shutdown_delay_seconds"), allow_zero=True
@@ -337,9 +367,35 @@ class BucketCacheConfig:
             _positive(self.max_item_size_mb, join(path, "max_item_size_mb"))
 
 
+def _segments(prefix: str) -> tuple[str, ...]:
+    return tuple(s for s in prefix.split("/") if s)
+
+
+def _check_plain_prefix(prefix: str, path: str) -> None:
+    """Check a URL prefix: starts with ``/``, no ``?#%\\``, NUL or ``..`` segment."""
+    if not prefix.startswith("/"):
+        raise ConfigError(path, f"must start with '/', got {prefix!r}")
+    if any(c in prefix for c in "?#%\\\0") or ".." in _segments(prefix):
+        raise ConfigError(path, "must be a plain path ('?#%\\' and '..' not allowed)")
+
+
+def _reserved_by(segments: tuple[str, ...]) -> str | None:
+    """:returns: the proxy route (``/health``...) that ``segments`` is or is under, if any."""
+    for reserved in RESERVED_PREFIXES:
+        if segments[:1] == (reserved[1:],):
+            return reserved
+    return None
+
+
+def _under(segments: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
+    return segments[: len(prefix)] == prefix
+
+
 @dataclass(frozen=True)
 class BucketConfig:
     """One URL prefix served from one S3 bucket."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {"authorization": _LATER_AUTHORIZATION}
 
     name: str
     path_prefix: str
@@ -353,26 +409,17 @@ class BucketConfig:
     @property
     def prefix_segments(self) -> tuple[str, ...]:
         """The prefix as path segments: ``/a/b/`` → ``("a", "b")``."""
-        return tuple(s for s in self.path_prefix.split("/") if s)
+        return _segments(self.path_prefix)
 
     def check(self, path: str) -> None:
         if not _BUCKET_NAME.match(self.name):
             raise ConfigError(
                 join(path, "name"), "must be 1-63 characters of letters, digits, '.', '_' or '-'"
             )
-        prefix = self.path_prefix
-        if not prefix.startswith("/"):
-            raise ConfigError(join(path, "path_prefix"), f"must start with '/', got {prefix!r}")
-        if any(c in prefix for c in "?#%\\\0") or ".." in self.prefix_segments:
-            raise ConfigError(
-                join(path, "path_prefix"), "must be a plain path ('?#%\\' and '..' not allowed)"
-            )
-        normalized = "/" + "/".join(self.prefix_segments)
-        for reserved in RESERVED_PREFIXES:
-            if normalized == reserved or normalized.startswith(reserved + "/"):
-                raise ConfigError(
-                    join(path, "path_prefix"), f"{reserved} is reserved for the proxy"
-                )
+        _check_plain_prefix(self.path_prefix, join(path, "path_prefix"))
+        reserved = _reserved_by(self.prefix_segments)
+        if reserved is not None:
+            raise ConfigError(join(path, "path_prefix"), f"{reserved} is reserved for the proxy")
 
 
 @dataclass(frozen=True)
@@ -391,6 +438,7 @@ class Config:
     UNSUPPORTED: ClassVar[dict[str, str]] = {
         "observability": _LATER_OBSERVABILITY,
         "rate_limiting": _LATER_SECURITY,
+        "authorization": _LATER_AUTHORIZATION,
     }
 
     buckets: tuple[BucketConfig, ...]
@@ -400,6 +448,9 @@ class Config:
     cache: Mapping[str, Any] | None = None
     audit_log: Mapping[str, Any] | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: Rust Yatagarasu spellings accepted with a warning (not a YAML key: see
+    #: :func:`yatagarasu.config.migrate.accept_synonyms`), logged at start-up, shown by --check.
+    deprecations: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     def check(self, path: str) -> None:
         if not self.buckets:
@@ -421,6 +472,15 @@ class Config:
                 )
             names[bucket.name] = i
             segments = bucket.prefix_segments
+            admin = self.server.admin_segments
+            if _under(segments, admin):
+                raise ConfigError(
+                    f"buckets[{i}].path_prefix",
+                    f"{bucket.path_prefix!r} is {'under ' if segments != admin else ''}"
+                    f"{self.server.admin_path_prefix}, reserved for the admin API: move the"
+                    " admin API with server.admin_path_prefix (e.g. /_admin) or choose another"
+                    " path_prefix",
+                )
             if segments in prefixes:
                 raise ConfigError(
                     f"buckets[{i}].path_prefix",

@@ -4,8 +4,9 @@ with dotted-path errors and "did you mean" hints for unknown keys.
 
 The schema *is* the frozen dataclasses in :mod:`yatagarasu.config.schema`: their fields, type
 hints and defaults say what is accepted. Field metadata may carry ``aliases`` (other spellings
-of the same key). A class may list keys of features that are recognised but not built yet in
-``UNSUPPORTED`` (key → why), and may define ``check(path)`` for rules that span fields.
+of the same key), or ``internal`` (a field that is not a YAML key: the loader sets it). A class
+may list keys of features that are recognised but not built yet in ``UNSUPPORTED`` (key → why),
+and may define ``check(path)`` for rules that span fields.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def from_raw(cls: type[T], raw: Any, path: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     spellings: dict[str, str] = {}
     for f in fields.values():
+        if f.metadata.get("internal"):
+            continue
         spellings[f.name] = f.name
         for alias in f.metadata.get("aliases", ()):
             spellings[alias] = f.name

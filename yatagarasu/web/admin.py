@@ -1,11 +1,12 @@
 """
-``/admin/...``: the admin API, guarded by JWT with ``admin_claims``.
+``/admin/...``: the admin API, guarded by JWT with ``admin_claims``. ``/admin`` is the default
+of ``server.admin_path_prefix``; the composition root mounts this resource at that prefix.
 
 With no admin auth configured (no ``jwt.admin_claims``, or ``jwt.enabled: false``) every
-admin route answers 403. No token → 401, a token without the admin claims → 403. The only
-routes are the cache's (``/admin/cache/...``, see :mod:`yatagarasu.web.admin_cache`), present
-when caching is configured; anything else, ``POST /admin/reload`` included (there is no hot
-reload), is a JSON 404.
+admin route answers 403. No token → 401, a token without the admin claims → 403. The routes
+are the cache's (``/admin/cache/...``, see :mod:`yatagarasu.web.admin_cache`), present when
+caching is configured, and ``POST /admin/reload`` (:mod:`yatagarasu.web.admin_reload`);
+anything else is a JSON 404.
 """
 
 from __future__ import annotations

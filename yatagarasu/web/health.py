@@ -42,16 +42,24 @@ class ReadyResource(ReadOnlyResource):
     its origin: ``{"pub": {"status": "healthy", "replicas": {"http://127.0.0.1:9000":
     {"status", "consecutive_failures", "last_error"}}}}``.
 
+    With several worker processes, 503 ``workers_down`` while any worker of the instance is
+    not running (one crashed and is being restarted, or they are still starting).
+
     :param backends: upstream health per bucket name.
     :param draining: tells whether a graceful shutdown has begun.
+    :param workers_up: tells whether every worker process is up (``None``: a single process).
     """
 
     def __init__(
-        self, backends: Mapping[str, UpstreamHealth], draining: Callable[[], bool]
+        self,
+        backends: Mapping[str, UpstreamHealth],
+        draining: Callable[[], bool],
+        workers_up: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__()
         self._backends = backends
         self._draining = draining
+        self._workers_up = workers_up
 
     def answer(self, request: ProxyRequest) -> None:
         backends = {
@@ -69,6 +77,8 @@ class ReadyResource(ReadOnlyResource):
         }
         if self._draining():
             status, code = "shutting_down", 503
+        elif self._workers_up is not None and not self._workers_up():
+            status, code = "workers_down", 503
         elif not any(health.usable for health in self._backends.values()):
             status, code = "unavailable", 503
         else:

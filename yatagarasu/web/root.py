@@ -1,9 +1,10 @@
 """
 The root of the Resource tree: the proxy's own routes, then bucket prefixes.
 
-``/health`` and ``/ready`` are static children. Every other path goes to the bucket whose
-``path_prefix`` is the longest match at a segment boundary (``/products`` does not match
-``/products-old/x``); no match is a JSON 404.
+``/health`` and ``/ready`` are static children. Every other path goes to the proxy's own
+subtree (the admin API at ``server.admin_path_prefix``) or the bucket whose prefix is the
+longest match at a segment boundary (``/products`` does not match ``/products-old/x``); no
+match is a JSON 404.
 """
 
 from __future__ import annotations
@@ -40,21 +41,25 @@ class RootResource(Resource):
 
     :param exact: the proxy's leaf routes that answer only their exact path
         (``{b"health": ...}`` serves ``/health``, not ``/health/x``).
-    :param subtrees: the proxy's routes that own everything below them (``b"admin"``).
+    :param subtrees: the proxy's routes that own everything below their prefix segments
+        (``{("admin",): admin}``); on a tie with a bucket prefix, the subtree wins.
     :param buckets: ``(prefix segments, resource)`` for every bucket.
     """
 
     def __init__(
         self,
         exact: Mapping[bytes, IResource],
-        subtrees: Mapping[bytes, IResource],
+        subtrees: Mapping[tuple[str, ...], IResource],
         buckets: Sequence[tuple[tuple[str, ...], IResource]],
     ) -> None:
         super().__init__()
         self._exact = dict(exact)
-        self._subtrees = dict(subtrees)
+        # sorted() is stable: subtrees come first among prefixes of the same length.
         self._routes = sorted(
-            ((tuple(s.encode("utf-8") for s in prefix), resource) for prefix, resource in buckets),
+            (
+                (tuple(s.encode("utf-8") for s in prefix), resource)
+                for prefix, resource in [*subtrees.items(), *buckets]
+            ),
             key=lambda route: len(route[0]),
             reverse=True,
         )
@@ -63,8 +68,6 @@ class RootResource(Resource):
         postpath = request.postpath
         prepath = request.prepath
         assert postpath is not None and prepath is not None
-        if path in self._subtrees:
-            return self._subtrees[path]
         exact = self._exact.get(path)
         if exact is not None and (not postpath or postpath == [b""]):
             return exact

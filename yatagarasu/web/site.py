@@ -2,11 +2,17 @@
 The twisted.web ``Site`` of the proxy: request ids, raw-target checks, concurrency limit,
 connection tracking for graceful shutdown, and, once each response has ended, the metrics,
 one access-log event and one audit record per request.
+
+What a site serves (the Resource tree, trusted proxies, limits) is a :class:`Served`, swapped
+whole by a hot reload (:meth:`ProxySite.serve`) while the site object, its listener and its
+connection tracking stay. Each request keeps the ``Served`` it started with until it ends.
+The audit trail belongs to the site (the process): a reload keeps it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
@@ -16,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import datetimeToString
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import Request, Site, version
 
 from yatagarasu.audit.trail import AuditTrail
@@ -36,6 +42,53 @@ from yatagarasu.web.target import traversal_reason
 access_log = Logger(namespace="yatagarasu.access")
 
 
+@dataclass(eq=False)
+class Served:
+    """
+    What a site serves, as one configuration generation built it.
+
+    Requests pin it while they run (:meth:`pin`, :meth:`unpin`): after a reload the old one
+    lives on until its last request ended (:meth:`wait_idle`).
+
+    :ivar resource: the root of the Resource tree.
+    :ivar addresses: how to find the client address (trusted proxies).
+    :ivar limits: request limits of connections accepted while it is served.
+    :ivar max_concurrent_requests: above this many in-flight requests, answer 503.
+    :ivar access_log_enabled: whether the per-request access event is wanted.
+    :ivar send_buffer_bytes: ``SO_SNDBUF`` of accepted sockets (``None``: kernel default).
+    :ivar requests: requests started on it and not ended yet.
+    """
+
+    resource: IResource
+    addresses: ClientAddressResolver
+    limits: SecurityLimits
+    max_concurrent_requests: int
+    access_log_enabled: bool = True
+    send_buffer_bytes: int | None = None
+    requests: int = 0
+    _idle_waiters: list[Deferred[None]] = field(default_factory=list, repr=False)
+
+    def pin(self) -> None:
+        """A request started on it."""
+        self.requests += 1
+
+    def unpin(self) -> None:
+        """A request that started on it ended (finished, or its connection was lost)."""
+        self.requests -= 1
+        if self.requests == 0:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def wait_idle(self) -> Deferred[None]:
+        """:returns: a Deferred that fires once no request pins it."""
+        if self.requests == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+
 class ProxyRequest(Request):
     """
     A request with an id, a start time and the bucket/key it addressed (for the access log).
@@ -51,6 +104,7 @@ class ProxyRequest(Request):
     subject: str | None = None
     #: the ``X-Cache`` value sent (``b"HIT"``...), ``None`` where nothing caches
     cache_status: bytes | None = None
+    served: Served | None = None
     _client_address: str | None = None
     _conditions: Conditions | None = None
     _body_bytes = 0
@@ -91,11 +145,13 @@ class ProxyRequest(Request):
             self._refused = True
             return
         site.request_started(self)
+        served = self.served = site.served
+        served.pin()
         reason = traversal_reason(self.uri)
         if reason is not None:
             write_error(self, HTTPError(400, f"rejected path: {reason}"), self.request_id)
             return
-        if site.active_count > site.max_concurrent_requests:
+        if site.active_count > served.max_concurrent_requests:
             error = HTTPError(503, "too many concurrent requests", headers=[("Retry-After", "1")])
             write_error(self, error, self.request_id)
             return
@@ -114,7 +170,7 @@ class ProxyRequest(Request):
         segments = self.path[1:].split(b"/")
         self.postpath = [unquote_to_bytes(s) for s in segments] if b"%" in self.path else segments
         try:
-            self.render(site.getResourceFor(self))
+            self.render(site.getResourceFor(self))  # the pinned tree (ProxySite.getResourceFor)
         except BaseException:
             self.processingFailed(Failure())
 
@@ -154,9 +210,9 @@ class ProxyRequest(Request):
     def client_address(self) -> str:
         """The client's address: the peer, or what trusted proxies say in ``X-Forwarded-For``."""
         if self._client_address is None:
-            # self.site: set first thing in process(), and kept after a disconnect
-            site = cast(ProxySite, self.site)
-            self._client_address = site.addresses.client_ip(
+            # self.served: set in process(), and kept after a disconnect
+            addresses = (self.served or cast(ProxySite, self.site).served).addresses
+            self._client_address = addresses.client_ip(
                 self.client_ip(), lambda: self.requestHeaders.getRawHeaders(b"x-forwarded-for")
             )
         return self._client_address
@@ -249,6 +305,8 @@ class ProxySite(Site):
     :param idle_timeout: seconds an idle keep-alive connection is kept.
     :param audit: where each request's audit record goes (``None``: no audit trail, and no
         record is built).
+    :param extra_headers: header lines added to every response, encoded (``Name: v\r\n``
+        each; the worker number when ``server.workers`` > 1).
     """
 
     protocol = LimitedHTTPChannel  # type: ignore[assignment]
@@ -269,27 +327,67 @@ class ProxySite(Site):
         draining: Callable[[], bool] = lambda: False,
         idle_timeout: float = 60.0,
         audit: AuditTrail | None = None,
+        extra_headers: bytes = b"",
     ) -> None:
         super().__init__(resource, reactor=clock)
         self.clock = clock
-        self.addresses = addresses
         self.metrics = metrics
-        self.access_log_enabled = access_log_enabled
-        self.send_buffer_bytes = send_buffer_bytes
         self.draining = draining
-        self.limits = limits
-        self.max_concurrent_requests = max_concurrent_requests
         self.idle_timeout = idle_timeout
         self.audit = audit
+        #: what new requests are served with (:meth:`serve` swaps it)
+        self.served = Served(
+            resource,
+            addresses,
+            limits,
+            max_concurrent_requests,
+            access_log_enabled,
+            send_buffer_bytes,
+        )
         self._active: set[ProxyRequest] = set()
         self._channels: set[LimitedHTTPChannel] = set()
         self._closed_waiters: list[Deferred[None]] = []
         #: the ``Server`` and ``Date`` header lines for a time (epoch seconds)
-        self.server_and_date = PerSecond(_server_and_date)
+        self.server_and_date = (
+            PerSecond(lambda second: _server_and_date(second) + extra_headers)
+            if extra_headers
+            else PerSecond(_server_and_date)
+        )
+
+    def serve(self, served: Served) -> Served:
+        """
+        Serve new requests with ``served`` (a hot reload); requests already started keep theirs.
+
+        Connections accepted from now on get its limits; open ones keep those they got.
+
+        :param served: what to serve.
+        :returns: what was served until now.
+        """
+        previous, self.served = self.served, served
+        self.resource = served.resource
+        return previous
+
+    @property
+    def addresses(self) -> ClientAddressResolver:
+        """How new requests find the client address."""
+        return self.served.addresses
+
+    @property
+    def limits(self) -> SecurityLimits:
+        """The request limits of new connections."""
+        return self.served.limits
+
+    def getResourceFor(self, request: Request) -> IResource:
+        """The resource for ``request`` in the tree it pinned (else the current one)."""
+        served = getattr(request, "served", None) or self.served
+        request.site = self
+        request.sitepath = list(request.prepath or [])  # type: ignore[attr-defined]
+        return cast(IResource, getChildForRequest(served.resource, request))
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         channel = cast(LimitedHTTPChannel, super().buildProtocol(addr))
-        channel.configure(self.limits, self.idle_timeout, self.send_buffer_bytes)
+        served = self.served
+        channel.configure(served.limits, self.idle_timeout, served.send_buffer_bytes)
         return channel
 
     @property
@@ -317,11 +415,14 @@ class ProxySite(Site):
             return
         request._accounted = True
         self._active.discard(request)
+        served = request.served
+        if served is not None:
+            served.unpin()
         duration = self.clock.seconds() - request.started
         self.metrics.request(
             request.bucket, request.method, request.code, duration, request.sentLength
         )
-        if self.access_log_enabled:
+        if (served or self.served).access_log_enabled:
             access_log.info(
                 "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
                 request_id=request.request_id,

@@ -1,0 +1,288 @@
+"""
+``server.workers: 2`` through the real twistd: a parent that binds the port and two worker
+processes that adopt it (moto with SigV4 on, the test's own redis-server).
+
+Which worker answered is read from the ``X-Yatagarasu-Worker`` response header; their process
+ids from the parent's log ("worker N started (pid P)"). Every request is on a new connection,
+so the kernel hands it to whichever worker accepts first: loops that need both workers are
+bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from devharness.http_client import HttpResponse
+from devharness.moto_s3 import MotoS3Server
+from devharness.ports import LOOPBACK
+from devharness.redis_server import RedisServer
+from devharness.twistd import ProxyProcess, check_config, clean_exit, run_twistd
+from devharness.waiting import wait_until
+from tests.integration.test_cache_twistd import MEMORY, admin, config, redis_cache
+from tests.integration.test_drain_twistd import RawDownload
+
+WORKERS = 2
+#: new connections tried before concluding that a worker never answers
+ATTEMPTS = 400
+
+
+def _workers(document: dict[str, Any], **server: Any) -> dict[str, Any]:
+    document["server"] = {"workers": WORKERS, **server}
+    return document
+
+
+def _worker(response: HttpResponse) -> int:
+    value = response.header("X-Yatagarasu-Worker")
+    assert value is not None, response.headers
+    return int(value)
+
+
+def _from_every_worker(
+    running: ProxyProcess, path: str, accept: Callable[[HttpResponse], bool] = lambda r: True
+) -> dict[int, list[HttpResponse]]:
+    """
+    GET ``path`` on new connections until every worker has answered once with a response
+    ``accept`` takes; every response is kept, by worker.
+    """
+    seen: dict[int, list[HttpResponse]] = {}
+    accepted: set[int] = set()
+    for _ in range(ATTEMPTS):
+        response = running.get(path)
+        worker = _worker(response)
+        seen.setdefault(worker, []).append(response)
+        if accept(response):
+            accepted.add(worker)
+        if len(accepted) == WORKERS:
+            return seen
+    raise AssertionError(f"only workers {sorted(accepted)} answered {path} in {ATTEMPTS} tries")
+
+
+def _pids(running: ProxyProcess) -> dict[int, int]:
+    """:returns: the latest pid of each worker, from the parent's log."""
+    found = re.findall(r"worker (\d+) started \(pid (\d+)\)", running.log_text())
+    return {int(worker): int(pid) for worker, pid in found}
+
+
+def _wait_all_up(running: ProxyProcess) -> None:
+    """Wait until ``/ready`` is 200: every worker is up (it is 503 ``workers_down`` before)."""
+    wait_until(lambda: running.get("/ready").status == 200, timeout=20, what="every worker up")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_serve_and_metrics_count_both(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "a.txt", b"hello", CacheControl="max-age=600")
+    running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
+    _wait_all_up(running)
+    pids = _pids(running)
+    assert len(set(pids.values())) == WORKERS and running.pid not in pids.values()
+    seen = _from_every_worker(running, "/pub/a.txt")
+    assert all(r.status == 200 and r.body == b"hello" for rs in seen.values() for r in rs)
+    metrics = running.get("/metrics")
+    assert metrics.status == 200
+    for worker, responses in seen.items():
+        line = (
+            f'yatagarasu_requests_total{{bucket="pub",method="GET",status="200",'
+            f'worker="{worker}"}} {float(len(responses))}'
+        )
+        assert line in metrics.body.decode(), line
+    stats = running.get("/admin/cache/stats", headers=admin()).json()["data"]
+    assert stats["workers"] == {"answered": [0, 1], "of": WORKERS}
+    assert stats["hits"] + stats["misses"] == sum(len(rs) for rs in seen.values())
+    assert stats["current_item_count"] == WORKERS  # each worker's memory holds its copy
+    ready = running.get("/ready")
+    assert (ready.status, ready.json()["status"]) == (200, "ready")
+    log = running.log_text()
+    for worker in range(WORKERS):  # access lines carry the worker number
+        assert re.search(rf"yatagarasu\.access#info worker {worker}\] .* GET /pub/a\.txt 200", log)
+
+
+def test_a_killed_worker_is_restarted_and_requests_keep_succeeding(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "a.txt", b"hello")
+    running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
+    _wait_all_up(running)
+    old = _pids(running)[1]
+    os.kill(old, signal.SIGKILL)
+    statuses = [running.get("/pub/a.txt").status for _ in range(50)]
+    assert statuses == [200] * 50
+    running.wait_for_log("worker 1 exited (signal 9)")
+    wait_until(lambda: _pids(running)[1] != old, timeout=20, what="worker 1 to be restarted")
+    new = _pids(running)[1]
+    assert _alive(new) and not _alive(old)
+    _wait_all_up(running)
+    seen = _from_every_worker(running, "/pub/a.txt")
+    assert all(r.status == 200 for rs in seen.values() for r in rs)
+    assert "restarting it in 1s" in running.log_text()
+
+
+def _purge_reaches_every_worker(running: ProxyProcess, moto: MotoS3Server, bucket: str) -> None:
+    # Both workers cache the first version (max-age=600: without a purge they would serve it).
+    _from_every_worker(running, "/pub/p.txt", lambda r: r.header("X-Cache") == "HIT")
+    moto.put_object(bucket, "p.txt", b"version 2", CacheControl="max-age=600")
+    purged = running.request("POST", "/admin/cache/purge/pub/p.txt", headers=admin())
+    assert purged.status == 200
+    seen = _from_every_worker(running, "/pub/p.txt", lambda r: r.body == b"version 2")
+    # The purge reached the other worker before the test's next request: no stale answer.
+    stale = [w for w, rs in seen.items() for r in rs if r.body != b"version 2"]
+    assert stale == []
+
+
+def test_purge_on_one_worker_reaches_the_other_without_redis(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "p.txt", b"version 1", CacheControl="max-age=600")
+    running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
+    _purge_reaches_every_worker(running, moto_s3, s3_bucket)
+
+
+def test_purge_on_one_worker_reaches_the_other_through_redis(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+    redis_server: RedisServer,
+) -> None:
+    moto_s3.put_object(s3_bucket, "p.txt", b"version 1", CacheControl="max-age=600")
+    running = proxy(_workers(config(moto_s3, s3_bucket, redis_cache(redis_server))))
+    # the workers subscribe to the purge channel once they run: give them a moment to
+    wait_until(lambda: running.get("/ready").status == 200, timeout=10, what="both workers up")
+    _purge_reaches_every_worker(running, moto_s3, s3_bucket)
+
+
+def _digest(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_sigterm_waits_for_both_workers_to_drain(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    body = os.urandom(8 * 1024 * 1024)
+    moto_s3.put_object(s3_bucket, "large.bin", body)
+    running = proxy(_workers(config(moto_s3, s3_bucket, {}), shutdown_grace_seconds=120))
+    downloads: dict[int, RawDownload] = {}
+    try:
+        for _ in range(ATTEMPTS):
+            download = RawDownload(running.port, "/pub/large.bin")
+            download.read_head()
+            worker = int(re.search(rb"X-Yatagarasu-Worker: (\d+)", download.head).group(1))  # type: ignore[union-attr]
+            if worker in downloads:
+                download.close()
+                continue
+            downloads[worker] = download
+            download.read(1024 * 1024)
+            if len(downloads) == WORKERS:
+                break
+        assert sorted(downloads) == [0, 1]
+        running.send_signal(signal.SIGTERM)
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            list(pool.map(lambda d: d.read_to_end(pause=0.002), downloads.values()))
+    finally:
+        for download in downloads.values():
+            download.close()
+    assert [_digest(d.body) for d in downloads.values()] == [_digest(body)] * WORKERS
+    assert all(d.closed for d in downloads.values())
+    code = running.wait(timeout=60)
+    assert clean_exit(code), code
+    log = running.log_text()
+    assert log.count("shutdown complete") == WORKERS
+    assert "all workers stopped" in log
+    assert "aborted" not in log and "SIGKILL" not in log
+
+
+def _add_bucket(running: ProxyProcess, moto: MotoS3Server, bucket: str, name: str) -> None:
+    """Add a bucket at ``/<name>`` to the running proxy's configuration file (not applied yet)."""
+    import yaml
+
+    from devharness.proxy_config import bucket_config, write_config
+
+    document = yaml.safe_load(running.config_path.read_text())
+    document["buckets"].append(bucket_config(moto, name, bucket))
+    write_config(document, running.config_path)
+
+
+def test_sighup_to_the_parent_reloads_every_worker(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "r.txt", b"reloaded")
+    running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
+    _wait_all_up(running)
+    assert running.get("/two/r.txt").status == 404
+    _add_bucket(running, moto_s3, s3_bucket, "two")
+    running.send_signal(signal.SIGHUP)
+    for worker in range(WORKERS):
+        running.wait_for_log(f"worker {worker}] configuration reloaded: generation 2")
+    seen = _from_every_worker(running, "/two/r.txt", lambda r: r.status == 200)
+    assert {w for w, rs in seen.items() if rs[-1].body == b"reloaded"} == set(range(WORKERS))
+    assert running.is_running()
+
+
+def test_admin_reload_on_one_worker_reaches_the_others(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "r.txt", b"reloaded")
+    running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
+    _wait_all_up(running)
+    _add_bucket(running, moto_s3, s3_bucket, "three")
+    answer = running.request("POST", "/admin/reload", headers=admin())
+    assert answer.status == 200, answer.body
+    assert json.loads(answer.body)["buckets"]["added"] == ["three"]
+    first = _worker(answer)
+    for worker in range(WORKERS):
+        if worker != first:
+            running.wait_for_log(f"worker {worker}] configuration reloaded: generation 2")
+    # Every worker serves the new bucket: none stayed on the old generation.
+    seen = _from_every_worker(running, "/three/r.txt", lambda r: r.status == 200)
+    assert {w for w, rs in seen.items() if rs[-1].status == 200} == set(range(WORKERS))
+
+
+def test_port_in_use_is_reported_once_before_any_worker(
+    tmp_path: Any, moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    from devharness.proxy_config import write_config
+
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        document = _workers(config(moto_s3, s3_bucket, MEMORY), address=LOOPBACK, port=port)
+        path = write_config(document, tmp_path / "busy.yaml")
+        result = run_twistd(["-n", "--pidfile=", "yatagarasu", "--config", str(path)], tmp_path)
+    assert result.returncode == 1, result.output
+    assert result.output.count(f"cannot listen on {LOOPBACK}:{port} (proxy)") == 1
+    assert "worker 0 started" not in result.output
+
+
+def test_check_names_the_workers(tmp_path: Any, moto_s3: MotoS3Server, s3_bucket: str) -> None:
+    result = check_config(_workers(config(moto_s3, s3_bucket, MEMORY)), tmp_path)
+    assert result.returncode == 0, result.output
+    assert f"workers: {WORKERS} processes" in result.output
+
+
+@pytest.mark.parametrize("workers", [0, 65])
+def test_check_refuses_workers_out_of_range(
+    tmp_path: Any, moto_s3: MotoS3Server, s3_bucket: str, workers: int
+) -> None:
+    document = config(moto_s3, s3_bucket, MEMORY)
+    document["server"] = {"workers": workers}
+    result = check_config(document, tmp_path)
+    assert result.returncode == 1
+    assert "server.workers: must be 1..64" in result.output

@@ -1,0 +1,123 @@
+"""
+The tiered cache (yatagarasu.cache.tiered): immediate layers answer at once, misses go down, hits
+are promoted, failures are misses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from yatagarasu_dictlayer import DictLayer
+
+from tests.unit.tiered_harness import memory
+from yatagarasu.cache.memory import MemoryCacheLayer, MemoryCacheSettings
+from yatagarasu.cache.tiered import Lookup, TieredCache
+from yatagarasu.metrics import Metrics
+from yatagarasu.testing import FAR_FUTURE
+from yatagarasu.testing import sample_entry as entry
+from yatagarasu.values import CacheEntry, CacheKey
+
+KEY = CacheKey("pub", "k")
+
+
+def test_a_memory_hit_and_an_all_memory_miss_come_back_as_values() -> None:
+    clock = Clock()
+    layer = memory(clock)
+    cache = TieredCache([layer], clock)
+    assert cache.lookup(KEY) is None
+    layer.store(KEY, entry(b"v", retain_until=FAR_FUTURE))
+    found = cache.lookup(KEY)
+    assert isinstance(found, Lookup) and found.entry.body == b"v" and found.layer == "memory"
+    assert (cache.hits, cache.misses) == ({("pub", "memory"): 1}, {"pub": 1})
+    got: list[Any] = []
+    cache.get(KEY).addCallback(got.append)  # get() stays a Deferred
+    assert got[0].entry.body == b"v"
+
+
+def test_after_a_memory_miss_the_next_layer_is_asked_once_and_its_hit_promoted() -> None:
+    clock = Clock()
+    fast, slow = memory(clock), DictLayer(10, 1 << 16, clock)
+    slow._entries[KEY] = entry(b"from-dict", retain_until=FAR_FUTURE)
+    cache = TieredCache([fast, slow], clock)
+    found = cache.lookup(KEY)
+    assert isinstance(found, Deferred)
+    got: list[Any] = []
+    found.addCallback(got.append)
+    assert got[0].layer == "dict"
+    assert (fast.stats(None).misses, slow.stats(None).hits) == (1, 1)
+    again = cache.lookup(KEY)  # promoted into memory meanwhile
+    assert isinstance(again, Lookup) and again.layer == "memory"
+    assert cache.hits == {("pub", "dict"): 1, ("pub", "memory"): 1}
+
+
+def test_a_layer_that_is_not_immediate_is_asked_through_its_deferred() -> None:
+    clock = Clock()
+    slow = DictLayer(10, 1 << 16, clock)
+    cache = TieredCache([slow], clock)
+    found = cache.lookup(KEY)
+    assert isinstance(found, Deferred)
+    got: list[Any] = []
+    found.addCallback(got.append)
+    assert got == [None] and cache.misses == {"pub": 1}
+
+
+class Broken(MemoryCacheLayer):
+    def lookup(self, key: CacheKey) -> CacheEntry | None:
+        raise OSError("broken")
+
+
+class Pending(DictLayer):
+    def __init__(self, clock: Any) -> None:
+        super().__init__(10, 1 << 16, clock)
+        self.waiting: list[Deferred[CacheEntry | None]] = []
+
+    def get(self, key: CacheKey) -> Deferred[CacheEntry | None]:
+        d: Deferred[CacheEntry | None] = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+def test_a_failing_immediate_layer_is_a_counted_miss() -> None:
+    clock = Clock()
+    metrics = Metrics()
+    broken = Broken(MemoryCacheSettings(), clock)
+    cache = TieredCache([broken], clock, metrics)
+    metrics.watch_cache(cache)
+    assert cache.lookup(KEY) is None
+    assert "yatagarasu_cache_errors_total" in metrics.render().decode()
+    assert metrics._cache_errors == {"memory": 1}
+
+
+def test_a_failed_or_pending_slower_layer_is_handled_like_before() -> None:
+    clock = Clock()
+    pending = Pending(clock)
+    cache = TieredCache([memory(clock), pending], clock)
+    found = cache.lookup(KEY)
+    assert isinstance(found, Deferred) and not found.called
+    pending.waiting[0].errback(OSError("down"))
+    got: list[Any] = []
+    found.addCallback(got.append)
+    assert got == [None] and cache.misses == {"pub": 1}
+    cancelled = cache.lookup(KEY)
+    assert isinstance(cancelled, Deferred)
+    errors: list[Any] = []
+    cancelled.addErrback(errors.append)
+    cancelled.cancel()
+    assert len(errors) == 1 and cache.misses == {"pub": 1}  # a cancel is not a miss
+
+
+def test_failures_of_slower_layers_go_on_to_the_next_layer() -> None:
+    clock = Clock()
+    tail = DictLayer(10, 1 << 16, clock)
+    tail._entries[KEY] = entry(b"tail", retain_until=FAR_FUTURE)
+
+    class Failing(DictLayer):
+        def get(self, key: CacheKey) -> Deferred[CacheEntry | None]:
+            return fail(OSError("nope"))
+
+    cache = TieredCache([Failing(10, 1 << 16, clock), tail], clock)
+    got: list[Any] = []
+    cache.get(KEY).addCallback(got.append)
+    assert got[0].entry.body == b"tail"

@@ -1,0 +1,260 @@
+"""Configuration loading: schema, aliases, ${ENV}, dotted-path errors, example files."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from twisted.internet.testing import MemoryReactorClock
+
+from yatagarasu.assembly import assemble
+from yatagarasu.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def minimal(**bucket: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": "pub", "path_prefix": "/pub", "s3": {"bucket": "b"}}
+    entry.update(bucket)
+    return {"buckets": [entry]}
+
+
+def error_of(document: Any, environ: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(document, environ or {})
+    return info.value
+
+
+def test_minimal_defaults() -> None:
+    config = parse_config(minimal(), {})
+    assert config.server.host == "127.0.0.1"
+    assert config.server.listen_port == 8080
+    bucket = config.buckets[0]
+    assert bucket.prefix_segments == ("pub",)
+    assert bucket.s3.retry.max_attempts == 3
+    assert bucket.s3.first_byte_seconds == bucket.s3.timeout
+    assert bucket.s3.connect_seconds == 10.0
+    assert bucket.auth.enabled is False
+
+
+def test_rust_style_address_with_port() -> None:
+    config = parse_config({**minimal(), "server": {"address": "0.0.0.0:9090"}}, {})
+    assert (config.server.host, config.server.listen_port) == ("0.0.0.0", 9090)
+
+
+def test_ipv6_address_forms() -> None:
+    bare = parse_config({**minimal(), "server": {"address": "::1", "port": 8081}}, {})
+    assert (bare.server.host, bare.server.listen_port) == ("::1", 8081)
+    bracketed = parse_config({**minimal(), "server": {"address": "[::]:8082"}}, {})
+    assert (bracketed.server.host, bracketed.server.listen_port) == ("::", 8082)
+
+
+def test_conflicting_ports_rejected() -> None:
+    error = error_of({**minimal(), "server": {"address": "0.0.0.0:9090", "port": 8080}})
+    assert error.path == "server.port"
+
+
+def test_metrics_defaults_serve_on_the_main_listener() -> None:
+    config = parse_config(minimal(), {})
+    assert (config.metrics.enabled, config.metrics.address, config.metrics.port) == (
+        True,
+        None,
+        None,
+    )
+    assert config.metrics.on_main_listener
+    assert config.metrics.listener(config.server) is None
+
+
+def test_rust_metrics_section_loads_as_a_listener_of_its_own() -> None:
+    document = {**minimal(), "server": {"address": "0.0.0.0", "port": 8080}}
+    config = parse_config({**document, "metrics": {"enabled": True, "port": 9090}}, {})
+    # The metrics listener listens where the main one does unless metrics.address says else.
+    assert config.metrics.listener(config.server) == ("0.0.0.0", 9090)
+    assert not config.metrics.on_main_listener
+    private = parse_config({**document, "metrics": {"address": "127.0.0.1", "port": 9090}}, {})
+    assert private.metrics.listener(private.server) == ("127.0.0.1", 9090)
+
+
+def test_metrics_address_forms() -> None:
+    bare = parse_config({**minimal(), "metrics": {"address": "::1", "port": 9091}}, {})
+    assert bare.metrics.listener(bare.server) == ("::1", 9091)
+    bracketed = parse_config({**minimal(), "metrics": {"address": "[::]:9092"}}, {})
+    assert bracketed.metrics.listener(bracketed.server) == ("::", 9092)
+    with_port = parse_config({**minimal(), "metrics": {"address": "127.0.0.2:9093"}}, {})
+    assert with_port.metrics.listener(with_port.server) == ("127.0.0.2", 9093)
+
+
+def test_metrics_disabled_serves_nowhere() -> None:
+    config = parse_config({**minimal(), "metrics": {"enabled": False, "port": 9090}}, {})
+    assert config.metrics.listener(config.server) is None
+    assert not config.metrics.on_main_listener
+
+
+@pytest.mark.parametrize(
+    ("section", "server", "path", "needle"),
+    [
+        ({"port": 8080}, {}, "metrics.port", "is the main listener's port"),
+        ({"port": 9000}, {"address": "0.0.0.0:9000"}, "metrics.port", "main listener's port"),
+        ({"address": "[::1]:8081"}, {"port": 8081}, "metrics.address", "main listener's port"),
+        ({"enabled": False, "port": 8080}, {}, "metrics.port", "main listener's port"),
+        ({"address": "127.0.0.1"}, {}, "metrics.address", "needs metrics.port"),
+        ({"address": "metrics.local", "port": 9090}, {}, "metrics.address", "IP address"),
+        ({"address": "127.0.0.1:9090", "port": 9091}, {}, "metrics.port", "conflicts"),
+        ({"port": 0}, {}, "metrics.port", "1..65535"),
+        ({"port": 70000}, {}, "metrics.port", "1..65535"),
+        ({"port": "9090"}, {}, "metrics.port", "expected an integer"),
+        ({"enabled": "yes"}, {}, "metrics.enabled", "expected true or false"),
+        ({"prot": 9090}, {}, "metrics.prot", "did you mean 'port'"),
+    ],
+)
+def test_metrics_errors_name_the_key(
+    section: dict[str, Any], server: dict[str, Any], path: str, needle: str
+) -> None:
+    error = error_of({**minimal(), "server": server, "metrics": section})
+    assert error.path == path
+    assert needle in error.message
+
+
+def test_unknown_key_has_dotted_path_and_hint() -> None:
+    document = minimal(s3={"bucket": "b", "timout": 5})
+    error = error_of(document)
+    assert error.path == "buckets[0].s3.timout"
+    assert "did you mean 'timeout'" in error.message
+
+
+def test_unknown_key_in_second_bucket() -> None:
+    document = minimal()
+    document["buckets"].append(
+        {"name": "two", "path_prefix": "/two", "s3": {"bucket": "b"}, "cors": {"max_ag": 1}}
+    )
+    error = error_of(document)
+    assert str(error) == "buckets[1].cors.max_ag: unknown key (did you mean 'max_age'?)"
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        ({"observability": {}, **minimal()}, "observability"),
+        (minimal(s3={"bucket": "b", "rate_limit": {}}), "buckets[0].s3.rate_limit"),
+        ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),
+        (minimal(s3={"bucket": "b", "replicas": []}), "buckets[0].s3.replicas"),
+        (minimal(s3={"bucket": "b", "circuit_breaker": {}}), "buckets[0].s3.circuit_breaker"),
+    ],
+)
+def test_features_not_built_yet_are_rejected(document: dict[str, Any], path: str) -> None:
+    error = error_of(document)
+    assert error.path == path
+    assert "not supported yet" in error.message
+
+
+def test_env_expansion_with_default_and_missing() -> None:
+    document = minimal(s3={"bucket": "${BUCKET}", "region": "${REGION:-eu-west-1}"})
+    config = parse_config(document, {"BUCKET": "from-env"})
+    assert config.buckets[0].s3.bucket == "from-env"
+    assert config.buckets[0].s3.region == "eu-west-1"
+    error = error_of(document, {})
+    assert error.path == "buckets[0].s3.bucket"
+    assert "BUCKET" in error.message
+
+
+def test_types_are_checked() -> None:
+    error = error_of(minimal(s3={"bucket": "b", "timeout": "soon"}))
+    assert error.path == "buckets[0].s3.timeout"
+    assert "expected a number" in error.message
+    error = error_of({**minimal(), "server": {"port": True}})
+    assert error.path == "server.port"
+
+
+def test_required_keys() -> None:
+    error = error_of({"buckets": [{"name": "x", "s3": {"bucket": "b"}}]})
+    assert error.path == "buckets[0].path_prefix"
+    assert error.message == "is required"
+    assert error_of({"buckets": []}).path == "buckets"
+
+
+def test_prefix_rules() -> None:
+    assert error_of(minimal(path_prefix="pub")).path == "buckets[0].path_prefix"
+    assert "reserved" in error_of(minimal(path_prefix="/health")).message
+    assert "reserved" in error_of(minimal(path_prefix="/admin/x")).message
+    assert error_of(minimal(path_prefix="/a/../b")).path == "buckets[0].path_prefix"
+    document = minimal()
+    document["buckets"].append({"name": "two", "path_prefix": "/pub/", "s3": {"bucket": "c"}})
+    error = error_of(document)
+    assert error.path == "buckets[1].path_prefix"
+    assert "already used" in error.message
+
+
+def test_duplicate_bucket_names() -> None:
+    document = minimal()
+    document["buckets"].append({"name": "pub", "path_prefix": "/other", "s3": {"bucket": "c"}})
+    assert error_of(document).path == "buckets[1].name"
+
+
+def test_credentials_go_together() -> None:
+    assert (
+        error_of(minimal(s3={"bucket": "b", "access_key": "A"})).path == "buckets[0].s3.secret_key"
+    )
+
+
+def test_endpoint_must_be_http_url() -> None:
+    error = error_of(minimal(s3={"bucket": "b", "endpoint": "ftp://x"}))
+    assert error.path == "buckets[0].s3.endpoint"
+    error = error_of(minimal(s3={"bucket": "b", "endpoint": "http://x/path"}))
+    assert "path" in error.message
+
+
+def test_retry_counts_all_attempts() -> None:
+    assert error_of(minimal(s3={"bucket": "b", "retry": {"max_attempts": 0}})).path == (
+        "buckets[0].s3.retry.max_attempts"
+    )
+    error = error_of(
+        minimal(s3={"bucket": "b", "retry": {"initial_backoff_ms": 500, "max_backoff_ms": 100}})
+    )
+    assert error.path == "buckets[0].s3.retry.max_backoff_ms"
+
+
+def test_cors_origin_format() -> None:
+    error = error_of(minimal(cors={"allowed_origins": ["example.com"]}))
+    assert error.path == "buckets[0].cors.allowed_origins[0]"
+
+
+def test_logging_choices() -> None:
+    error = error_of({**minimal(), "logging": {"format": "xml"}})
+    assert error.path == "logging.format"
+
+
+def test_load_config_reports_yaml_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("buckets: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(str(bad), {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.yaml"), {})
+
+
+def example_files() -> list[str]:
+    patterns = ["etc/**/*.yaml", "etc/**/*.yml", "docs/**/*.yaml", "docs/**/*.yml"]
+    return sorted(f for p in patterns for f in glob.glob(str(ROOT / p), recursive=True))
+
+
+def test_there_are_example_files() -> None:
+    assert any(f.endswith("yatagarasu.example.yaml") for f in example_files())
+
+
+@pytest.mark.parametrize("path", example_files(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_shipped_yaml_loads(path: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        document = yaml.safe_load(f)
+    environ = {
+        name: f"value-of-{name}-with-enough-bytes-for-any-hmac-key-0123456789abcdef"
+        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET")
+    }
+    config = parse_config(document, environ)
+    assert config.buckets
+    assemble(
+        config, MemoryReactorClock()
+    )  # auth, cache and TLS settings are valid too (fail closed)

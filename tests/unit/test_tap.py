@@ -1,0 +1,119 @@
+"""
+The ``twistd yatagarasu`` command (yatagarasu.tap): option errors, the ``--check`` summary and
+``makeService``, without a real reactor (the configurations that fail stop before it is used;
+the summary and the service are built on a ``MemoryReactorClock``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from tests.unit.fakes import bucket_entry
+from yatagarasu.assembly import Assembly, assemble
+from yatagarasu.config import parse_config
+from yatagarasu.service import ProxyService
+from yatagarasu.tap import Options, makeService, summary
+
+SECRET = "s" * 64
+
+
+def assembled(document: dict[str, Any]) -> Assembly:
+    return assemble(parse_config(document, {}), MemoryReactorClock())
+
+
+def test_config_is_required() -> None:
+    with pytest.raises(usage.UsageError, match="--config PATH is required"):
+        Options().parseOptions([])
+
+
+def test_an_invalid_config_exits_1_naming_the_file_and_the_dotted_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"buckets": [bucket_entry(bogus=1)]}))
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(["--config", str(path), "--check"])
+    assert info.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"yatagarasu: invalid configuration {path}: ")
+    assert "buckets[0].bogus" in captured.err
+
+
+def test_a_missing_config_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(["--config", str(path)])
+    assert info.value.code == 1
+    assert str(path) in capsys.readouterr().err
+
+
+def test_unknown_options_are_usage_errors() -> None:
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--config", "x.yaml", "--bogus"])
+
+
+def test_summary_of_a_public_bucket_on_the_main_listener() -> None:
+    text = summary("y.yaml", assembled({"buckets": [bucket_entry()], "server": {"port": 8081}}))
+    assert text.splitlines() == [
+        "configuration OK: y.yaml",
+        "listener: http://127.0.0.1:8081",  # the default address
+        "metrics: /metrics on the main listener",
+        "buckets: 1",
+        "  /pub -> s3://pub-bucket (http://127.0.0.1:9000) [pub; public]",
+        "admin API: /admin/... (disabled, answers 403)",
+    ]
+
+
+def test_summary_names_auth_ip_filter_cache_layers_metrics_port_and_admin() -> None:
+    document = {
+        "server": {"address": "127.0.0.1", "port": 8082},
+        "metrics": {"port": 9091},
+        "jwt": {
+            "secret": SECRET,
+            "admin_claims": [{"claim": "role", "operator": "equals", "value": "admin"}],
+        },
+        "cache": {"enabled": True, "memory": {"max_cache_size_mb": 4, "max_item_size_mb": 1}},
+        "buckets": [
+            bucket_entry("pub", "/pub"),
+            bucket_entry(
+                "priv",
+                "/priv",
+                auth={"enabled": True},
+                ip_filter={"allowlist": ["10.0.0.0/8"]},
+            ),
+        ],
+    }
+    lines = summary("z.yaml", assembled(document)).splitlines()
+    assert lines[1] == "listener: http://127.0.0.1:8082"
+    assert lines[2] == (
+        "metrics: http://127.0.0.1:9091/metrics (its own listener; 404 on the main port)"
+    )
+    assert lines[3] == "buckets: 2"
+    assert lines[4].endswith("[pub; public, cached]")
+    assert lines[5].endswith("[priv; auth: jwt, ip filter, cached]")
+    assert lines[6] == "cache layers: memory"
+    assert lines[7] == "admin API: /admin/... (jwt with admin_claims)"
+
+
+def test_make_service_builds_the_proxy_service_from_the_parsed_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    reactor = MemoryReactorClock()
+    assembly = assemble(parse_config({"buckets": [bucket_entry()]}, {}), reactor)
+    options = Options()
+    options["reactor"], options["assembly"] = reactor, assembly
+    service = makeService(options)
+    assert isinstance(service, ProxyService)
+    assert service.assembly is assembly
+    assert [(listener.name, listener.port) for listener in service.listeners] == [
+        ("proxy", assembly.config.server.listen_port)
+    ]
+    assert not service.running and reactor.tcpServers == []  # twistd starts it, not makeService

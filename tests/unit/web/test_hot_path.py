@@ -1,0 +1,117 @@
+"""
+The pieces that make a memory hit cheap (docs/PERFORMANCE.md "Cache hits"): each one keeps
+the behaviour of the general path it shortcuts.
+"""
+
+from __future__ import annotations
+
+import jwt as pyjwt
+
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
+from yatagarasu.values import CacheEntry
+
+# -- request ids ------------------------------------------------------------------------------
+
+
+# -- heads ------------------------------------------------------------------------------------
+
+
+def test_entry_head_lines_are_canonical_sanitised_and_made_once() -> None:
+    stored = CacheEntry(
+        headers=((b"content-type", b"text/plain"), (b"etag", b'"a\r\nInjected: 1"')),
+        body=b"x",
+        stored_at=0,
+        expires_at=1,
+        retain_until=2,
+    )
+    assert stored.head_lines == b'Content-Type: text/plain\r\nETag: "a Injected: 1"\r\n'
+    assert stored.head_lines is stored.head_lines
+
+
+def every_header(raw: bytes) -> list[str]:
+    head = raw.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    return [line.partition(":")[0].lower() for line in head]
+
+
+def test_every_kind_of_response_carries_ids_server_and_date_exactly_once() -> None:
+    h = Harness({"buckets": [bucket_entry()]})
+    _, unknown = h.get("/nowhere")
+    _, traversal = h.get("/pub/%2e%2e/x")
+    _, health = h.get("/health")
+    _, star = h.send(b"OPTIONS * HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    _, ok = h.get("/pub/k")
+    h.agents["pub"].answer(FakeResponse(200, {"Content-Type": "text/plain"}, body=b"hi"))
+    for transport in (unknown, traversal, health, star, ok):
+        names = every_header(transport.value())
+        for name in ("x-request-id", "x-correlation-id", "server", "date"):
+            assert names.count(name) == 1, (name, transport.value())
+    assert parse_response(ok.value()).body == b"hi"
+
+
+def test_raw_backslash_and_nul_are_refused_without_decoding() -> None:
+    h = Harness({"buckets": [bucket_entry()]})
+    for target in (b"/pub/a\\b", b"/pub/a\x00b", b"/pub/a/../b"):
+        _, transport = h.send(b"GET " + target + b" HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        assert parse_response(transport.value()).status == 400, target
+    assert h.agents["pub"].sent == []
+
+
+# -- conditionals -----------------------------------------------------------------------------
+
+
+# -- tiered lookups ---------------------------------------------------------------------------
+
+
+# -- the whole hit through the Site -----------------------------------------------------------
+
+
+def test_a_public_memory_hit_is_answered_within_the_call_that_received_it() -> None:
+    h = Harness({"cache": {"enabled": True}, "buckets": [bucket_entry()]})
+    h.get("/pub/k")
+    h.agents["pub"].answer(FakeResponse(200, {"ETag": '"v1"'}, body=b"body"))
+    sent = len(h.agents["pub"].sent)
+    _, transport = h.get("/pub/k")  # no clock advance, no agent answer
+    response = parse_response(transport.value())
+    assert (response.status, response.body, response.header("x-cache")) == (200, b"body", "HIT")
+    assert response.header("etag") == '"v1"' and response.header("content-length") == "4"
+    assert response.header("accept-ranges") == "bytes" and response.header("age") == "0"
+    assert len(h.agents["pub"].sent) == sent
+    assert h.site.active_count == 0
+    _, head = h.get("/pub/k", method="HEAD")
+    parsed = parse_response(head.value())
+    assert (parsed.status, parsed.body, parsed.header("content-length")) == (200, b"", "4")
+
+
+def test_an_authenticated_hit_with_a_known_token_and_the_refusals_around_it() -> None:
+    secret = "s" * 64
+    rules = [{"claim": "role", "operator": "equals", "value": "reader"}]
+    h = Harness(
+        {
+            "cache": {"enabled": True},
+            "buckets": [
+                bucket_entry(
+                    "hs", "/hs", auth={"enabled": True}, jwt={"secret": secret, "claims": rules}
+                )
+            ],
+        }
+    )
+    h.clock.advance(1_800_000_000)
+
+    def bearer(role: str) -> str:
+        claims = {"sub": "ann", "role": role, "exp": 1_800_000_000 + 3600}
+        return f"Authorization: Bearer {pyjwt.encode(claims, secret, algorithm='HS256')}"
+
+    reader, writer = bearer("reader"), bearer("writer")
+    h.get("/hs/k", reader)
+    h.agents["hs"].answer(FakeResponse(200, {}, body=b"secret-body"))
+    for _ in range(2):  # the token is known from the first request on
+        _, transport = h.get("/hs/k", reader)
+        response = parse_response(transport.value())
+        assert (response.status, response.header("x-cache")) == (200, "HIT")
+        assert response.body == b"secret-body"
+    for _ in range(2):  # valid but refused by the rules, also once it has been verified
+        _, transport = h.get("/hs/k", writer)
+        assert parse_response(transport.value()).status == 403
+    _, transport = h.get("/hs/k")
+    assert parse_response(transport.value()).status == 401
+    assert len(h.agents["hs"].sent) == 1

@@ -1,0 +1,108 @@
+"""
+Streaming S3 bodies to clients (yatagarasu.web.streaming): backpressure, disconnects, timeouts,
+buffers.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import StringTransport
+from twisted.web.client import ResponseFailed
+
+from tests.unit.fakes import FakeResponse, bucket_entry, parse_response
+from tests.unit.web.bucket_harness import OBJECT_HEADERS, harness
+
+
+def test_client_going_away_mid_body_stops_upstream() -> None:
+    h = harness()
+    channel, _ = h.get("/pub/k")
+    upstream = FakeResponse(200, OBJECT_HEADERS, length=1000)
+    h.agents["pub"].answer(upstream)
+    upstream.push(b"x" * 10)
+    channel.connectionLost(ConnectionRefusedError())
+    assert upstream.transport.stopped
+
+
+def test_backpressure_pauses_upstream() -> None:
+    h = harness()
+    channel, _ = h.get("/pub/k")
+    upstream = FakeResponse(200, OBJECT_HEADERS, length=100)
+    h.agents["pub"].answer(upstream)
+    upstream.push(b"x" * 10)
+    channel.pauseProducing()  # what the client transport does when its buffer is full
+    assert upstream.transport.paused
+    channel.resumeProducing()
+    assert not upstream.transport.paused
+
+
+def test_failure_after_body_started_aborts_connection() -> None:
+    h = harness()
+    _, transport = h.get("/pub/k")
+    upstream = FakeResponse(200, OBJECT_HEADERS, length=100)
+    h.agents["pub"].answer(upstream)
+    upstream.push(b"x" * 10)
+    upstream.end(ResponseFailed([ConnectionRefusedError()]))
+    assert transport.disconnecting or getattr(transport, "aborted", False) or transport.disconnected
+    raw = transport.value()
+    assert parse_response(raw).header("content-length") == "100"
+    assert raw.endswith(b"x" * 10)
+
+
+def test_body_idle_timeout_aborts_but_not_while_client_is_slow() -> None:
+    h = harness(bucket_entry(s3={"idle_timeout": 5}), server={"send_timeout_seconds": 120})
+    channel, transport = h.get("/pub/k")
+    upstream = FakeResponse(200, OBJECT_HEADERS, length=100)
+    h.agents["pub"].answer(upstream)
+    upstream.push(b"x" * 10)
+    channel.pauseProducing()
+    h.clock.advance(60)  # the client is slow: not S3's fault
+    assert not upstream.transport.stopped
+    channel.resumeProducing()
+    h.clock.advance(4)
+    assert not upstream.transport.stopped
+    upstream.push(b"y")
+    h.clock.advance(4)
+    assert not upstream.transport.stopped
+    h.clock.advance(2)
+    assert upstream.transport.stopped
+    upstream.end(ResponseFailed([ConnectionRefusedError()]))
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_client_that_stops_reading_is_cut_after_send_timeout() -> None:
+    h = harness(bucket_entry(s3={"idle_timeout": 5}), server={"send_timeout_seconds": 30})
+    channel, transport = h.get("/pub/k")
+    upstream = FakeResponse(200, OBJECT_HEADERS, length=100)
+    h.agents["pub"].answer(upstream)
+    upstream.push(b"x" * 10)
+    channel.pauseProducing()
+    h.clock.advance(29)
+    assert not upstream.transport.stopped
+    assert not (transport.disconnecting or transport.disconnected)
+    h.clock.advance(2)
+    assert upstream.transport.stopped
+    upstream.end(ResponseFailed([ConnectionRefusedError()]))
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_socket_send_buffer_and_stream_buffer_knobs() -> None:
+    import socket
+
+    from twisted.internet.address import IPv4Address
+
+    h = harness(server={"socket_send_buffer_bytes": 65536, "stream_buffer_bytes": 16384})
+    left, right = socket.socketpair()
+    try:
+        channel = h.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        transport.getHandle = lambda: left  # type: ignore[method-assign]
+        transport.bufferSize = 65536  # type: ignore[attr-defined]
+        channel.makeConnection(transport)
+        # Linux doubles the value it is given (bookkeeping overhead) and reports that.
+        assert left.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
+        channel.dataReceived(b"GET /pub/k HTTP/1.1\r\nHost: p\r\n\r\n")
+        h.agents["pub"].answer(FakeResponse(200, OBJECT_HEADERS, length=100))
+        assert transport.bufferSize == 16384  # type: ignore[attr-defined]
+    finally:
+        left.close()
+        right.close()
