@@ -78,6 +78,13 @@ def build_audit(config: Config, reactor: Any, plugins: ModuleType) -> AuditTrail
         sinks.append(factory.build(section, f"audit_log.{name}", reactor))
     if not settings.enabled:
         return None
+    if "file" in settings.outputs and config.server.workers > 1:
+        # Each worker would append to, and rotate, the same file.
+        raise ConfigError(
+            f"audit_log.outputs[{list(settings.outputs).index('file')}]",
+            "the file sink needs server.workers: 1 (one writer per file; not supported yet"
+            " with several workers): use the syslog sink, or one worker",
+        )
     redaction = Redaction(settings.redact_headers)
     return AuditTrail(sinks, redaction, skip_probes=settings.skip_probes)
 

@@ -547,3 +547,14 @@ def test_a_reload_that_changes_audit_log_is_refused(tmp_path: Path) -> None:
     assert report.status == 400
     assert report.message == "audit_log: changed; audit_log changes need a restart"
     assert h.reloader.generation == 1
+
+
+def test_the_file_sink_is_refused_with_several_workers(tmp_path: Path) -> None:
+    config = parse_config(
+        {"buckets": [bucket_entry()], "audit_log": audited(tmp_path), "server": {"workers": 2}},
+        {},
+    )
+    with pytest.raises(ConfigError) as info:
+        assemble(config, MemoryReactorClock())
+    assert info.value.path == "audit_log.outputs[0]"
+    assert "needs server.workers: 1" in info.value.message
