@@ -208,14 +208,16 @@ class Reloader(Service):
         reloader._adopt(assembly)
         return reloader
 
-    def first(self) -> Assembly:
+    def first(self, config: Config | None = None) -> Assembly:
         """
         Build generation 1.
 
+        :param config: the configuration, when the caller has loaded it already (start-up
+            reads the file once); default: loaded now.
         :returns: its assembly (its sites are the ones to listen on).
         :raises ConfigError: the configuration is invalid.
         """
-        assembly = self._assemble(self._load(), None)
+        assembly = self._assemble(config if config is not None else self._load(), None)
         self._adopt(assembly)
         return assembly
 

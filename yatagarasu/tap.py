@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
@@ -59,8 +60,9 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            siblings = self._worker_channel(_load(path), reactor)
-            reloader, assembly = first_generation(path, reactor, siblings)
+            reloader, assembly = first_generation(
+                path, reactor, lambda config: self._worker_channel(config, reactor)
+            )
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
             raise SystemExit(1) from None
@@ -87,22 +89,29 @@ class Options(usage.Options):
 
 
 def first_generation(
-    path: str, reactor: Any, siblings: ISiblings | None = None
+    path: str,
+    reactor: Any,
+    worker_channel: Callable[[Config], ISiblings | None] = lambda config: None,
 ) -> tuple[Reloader, Assembly]:
     """
+    Read the file once and build the first generation from it.
+
     :param path: the configuration file.
     :param reactor: what :func:`yatagarasu.assembly.assemble` builds with.
-    :param siblings: this worker's channel to the others (``server.workers`` > 1).
+    :param worker_channel: this worker's channel to the others for a configuration
+        (``server.workers`` > 1 and ``--worker``), else ``None``.
     :returns: the reloader of that file (hot reload) and the first generation built from it.
     :raises ConfigError: the first problem, naming ``yatagarasu-config migrate`` when a Rust
         Yatagarasu spelling caused it (whether the loader or a plugin found it).
     """
+    config = _load(path)
+    siblings = worker_channel(config)
     # A reload asked for through one worker's admin API reaches the others (the parent passes
     # SIGHUP on); a SIGHUP to the parent reaches every worker already.
     announce = None if siblings is None else (lambda _report: siblings.announce_reload())
     reloader = Reloader(reactor, partial(_load, path), siblings=siblings, announce=announce)
     try:
-        return reloader, reloader.first()
+        return reloader, reloader.first(config)
     except ConfigError as e:
         raise explain_file(e, path) from None
 
