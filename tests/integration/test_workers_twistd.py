@@ -25,11 +25,13 @@ import pytest
 from devharness.http_client import HttpResponse
 from devharness.moto_s3 import MotoS3Server
 from devharness.ports import LOOPBACK
+from devharness.proxy_config import bucket_config
 from devharness.redis_server import RedisServer
 from devharness.twistd import ProxyProcess, check_config, clean_exit, run_twistd
 from devharness.waiting import wait_until
 from tests.integration.test_cache_twistd import MEMORY, admin, config, redis_cache
 from tests.integration.test_drain_twistd import RawDownload
+from tests.integration.test_reload_twistd import rewrite
 
 WORKERS = 2
 #: new connections tried before concluding that a worker never answers
@@ -208,17 +210,6 @@ def test_sigterm_waits_for_both_workers_to_drain(
     assert "aborted" not in log and "SIGKILL" not in log
 
 
-def _add_bucket(running: ProxyProcess, moto: MotoS3Server, bucket: str, name: str) -> None:
-    """Add a bucket at ``/<name>`` to the running proxy's configuration file (not applied yet)."""
-    import yaml
-
-    from devharness.proxy_config import bucket_config, write_config
-
-    document = yaml.safe_load(running.config_path.read_text())
-    document["buckets"].append(bucket_config(moto, name, bucket))
-    write_config(document, running.config_path)
-
-
 def test_sighup_to_the_parent_reloads_every_worker(
     proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
 ) -> None:
@@ -226,7 +217,7 @@ def test_sighup_to_the_parent_reloads_every_worker(
     running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
     _wait_all_up(running)
     assert running.get("/two/r.txt").status == 404
-    _add_bucket(running, moto_s3, s3_bucket, "two")
+    rewrite(running, lambda d: d["buckets"].append(bucket_config(moto_s3, "two", s3_bucket)))
     running.send_signal(signal.SIGHUP)
     for worker in range(WORKERS):
         running.wait_for_log(f"worker {worker}] configuration reloaded: generation 2")
@@ -241,7 +232,7 @@ def test_admin_reload_on_one_worker_reaches_the_others(
     moto_s3.put_object(s3_bucket, "r.txt", b"reloaded")
     running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY)))
     _wait_all_up(running)
-    _add_bucket(running, moto_s3, s3_bucket, "three")
+    rewrite(running, lambda d: d["buckets"].append(bucket_config(moto_s3, "three", s3_bucket)))
     answer = running.request("POST", "/admin/reload", headers=admin())
     assert answer.status == 200, answer.body
     assert json.loads(answer.body)["buckets"]["added"] == ["three"]
