@@ -336,10 +336,13 @@ class ISiblings(Interface):
         broadcasts purges already.
         """
 
-    def announce_purge(bucket: str | None, prefix: str | None, key: str | None) -> None:
+    def announce_purge(bucket: str | None, prefix: str | None, key: str | None) -> Deferred[None]:
         """
         Tell the other workers to drop entries this worker purged (``bucket`` ``None``:
         everything; ``key`` set: one object; else keys starting with ``prefix``).
+
+        :returns: fires once every running sibling has dropped them (or did not answer in
+            time).
         """
 
     def announce_reload() -> None:

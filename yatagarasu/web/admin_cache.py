@@ -42,9 +42,9 @@ def cache_admin_routes(
     if siblings is not None and relay:
         siblings.receive_purges(cache.on_remote_purge)
 
-    def announce(bucket: str | None, prefix: str | None, key: str | None) -> None:
+    async def announce(bucket: str | None, prefix: str | None, key: str | None) -> None:
         if siblings is not None and relay:
-            siblings.announce_purge(bucket, prefix, key)
+            await siblings.announce_purge(bucket, prefix, key)
 
     def document(bucket: str | None) -> dict[str, Any]:
         if bucket is not None:
@@ -75,17 +75,17 @@ def cache_admin_routes(
         rest = segments[1:]
         if not rest:
             purged = await cache.purge(None, None)
-            announce(None, None, None)
+            await announce(None, None, None)
             return 200, {"status": "success", "purged": purged}
         bucket = known(rest[0])
         if len(rest) == 1:
             prefix = _argument(request, b"prefix")
             purged = await cache.purge(bucket, prefix)
-            announce(bucket, prefix, None)
+            await announce(bucket, prefix, None)
             return 200, {"status": "success", "bucket": bucket, "prefix": prefix, "purged": purged}
         key = "/".join(rest[1:])
         # the siblings may hold it even when this worker does not
-        announce(bucket, None, key)
+        await announce(bucket, None, key)
         if not await cache.delete(CacheKey(bucket, key)):
             raise HTTPError(404, f"{bucket}/{key} is not cached")
         return 200, {"status": "success", "bucket": bucket, "key": key, "deleted": True}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -68,6 +68,14 @@ class WorkerChannel:
         """:param callback: ``(bucket, prefix, key)`` of each purge a sibling made."""
         self._on_purge = callback
 
+        def apply(argument: Any) -> bool:
+            origin, bucket, prefix, key = argument
+            if origin != self.worker_id:  # the worker that purged has done it already
+                callback(bucket, prefix, key)
+            return True
+
+        self._answerers["purge"] = apply
+
     @property
     def relays_purges(self) -> bool:
         """Whether sibling purges are delivered here (``False``: Redis broadcasts them)."""
@@ -83,9 +91,15 @@ class WorkerChannel:
 
     # -- ISiblings -------------------------------------------------------------------------
 
-    def announce_purge(self, bucket: str | None, prefix: str | None, key: str | None) -> None:
-        if self._on_purge is not None:
-            self.protocol.send({"op": "purge", "bucket": bucket, "prefix": prefix, "key": key})
+    def announce_purge(
+        self, bucket: str | None, prefix: str | None, key: str | None
+    ) -> Deferred[None]:
+        # A gather: it fires once every running sibling has applied the purge (or the gather
+        # timed out), so the purge is answered only when no worker still serves the entry.
+        if self._on_purge is None:
+            return succeed(None)
+        asked = self.gather("purge", [self.worker_id, bucket, prefix, key])
+        return asked.addCallback(lambda _answers: None)
 
     def announce_reload(self) -> None:
         self.protocol.send({"op": "reload", "worker": self.worker_id})
@@ -128,9 +142,6 @@ class WorkerChannel:
         op = message["op"]
         if op == "workers":
             self._up = frozenset(int(w) for w in message.get("up", ()))
-        elif op == "purge":
-            if self._on_purge is not None:
-                self._on_purge(message.get("bucket"), message.get("prefix"), message.get("key"))
         elif op == "ask":
             body = self._answer(str(message.get("topic")), message.get("argument"))
             self.protocol.send({"op": "answer", "id": message.get("id"), "body": body})

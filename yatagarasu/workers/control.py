@@ -2,10 +2,10 @@
 The control channel between the parent and one worker: JSON objects, one per line, over a pair
 of pipes. Every message has an ``op``; what each side sends:
 
-- worker → parent: ``up`` (listening), ``purge`` / ``reload`` (tell the others),
-  ``gather`` (ask everyone a ``topic``), ``answer`` (to an ``ask``);
-- parent → worker: ``workers`` (which are up), ``purge`` (a sibling purged), ``ask``,
-  ``gathered`` (the answers to this worker's ``gather``).
+- worker → parent: ``up`` (listening), ``reload`` (tell the others), ``gather`` (ask everyone
+  a ``topic``: ``metrics``, ``stats``, ``purge``), ``answer`` (to an ``ask``);
+- parent → worker: ``workers`` (which are up), ``ask``, ``gathered`` (the answers to this
+  worker's ``gather``).
 """
 
 from __future__ import annotations

@@ -371,11 +371,6 @@ class Supervisor(Service):
                 self._hup_pending.discard(process.worker_id)
                 process.signal("HUP")
             self._broadcast_up()
-        elif op == "purge":
-            relayed = {"op": "purge", **{k: message.get(k) for k in ("bucket", "prefix", "key")}}
-            for worker, other in self.workers.items():
-                if worker != process.worker_id:
-                    other.send(relayed)
         elif op == "reload":
             log.info(
                 "worker {worker} reloaded: passing the reload on to the others",

@@ -244,15 +244,6 @@ def test_port_in_use_stops_before_any_worker() -> None:
     assert info.value.code == 1
 
 
-def test_a_purge_is_relayed_to_the_other_workers() -> None:
-    sup, _, spawn = supervisor(3)
-    tell(sup, 1, {"op": "purge", "bucket": "pub", "prefix": "img/", "key": None})
-    relayed = {"op": "purge", "bucket": "pub", "prefix": "img/", "key": None}
-    assert spawn.processes[0].messages() == [relayed]
-    assert spawn.processes[2].messages() == [relayed]
-    assert spawn.processes[1].messages() == []
-
-
 def test_a_reload_on_one_worker_sighups_the_others() -> None:
     sup, _, spawn = supervisor(3)
     up(sup, 0, 1, 2)
@@ -351,10 +342,22 @@ def test_channel_purges_and_readiness() -> None:
     assert transport.value() == b""
     purges: list[tuple[Any, ...]] = []
     ch.receive_purges(lambda *purge: purges.append(purge))
-    ch.announce_purge("pub", None, "a")
-    assert sent(transport) == [{"op": "purge", "bucket": "pub", "prefix": None, "key": "a"}]
-    receive(ch, {"op": "purge", "bucket": None, "prefix": None, "key": None})
+    done: list[object] = []
+    ch.announce_purge("pub", None, "a").addCallback(done.append)
+    # A gather of every worker: the purge is answered once the siblings have applied it.
+    [asked] = sent(transport)
+    assert (asked["op"], asked["topic"], asked["argument"]) == (
+        "gather",
+        "purge",
+        [0, "pub", None, "a"],
+    )
+    assert purges == [] and done == []  # this worker purged already; the siblings not yet
+    receive(ch, {"op": "gathered", "id": asked["id"], "parts": {"0": True, "1": True}})
+    assert done == [None]
+    # A sibling's purge, asked by the parent, is applied here and acknowledged.
+    receive(ch, {"op": "ask", "id": 7, "topic": "purge", "argument": [1, None, None, None]})
     assert purges == [(None, None, None)]
+    assert sent(transport)[-1] == {"op": "answer", "id": 7, "body": True}
     assert not ch.all_up()
     receive(ch, {"op": "workers", "up": [0, 1]})
     assert ch.all_up()
@@ -393,8 +396,11 @@ class FakeSiblings:
     def receive_purges(self, callback: Callable[..., object]) -> None:
         self.purge_callback = callback
 
-    def announce_purge(self, bucket: str | None, prefix: str | None, key: str | None) -> None:
+    def announce_purge(
+        self, bucket: str | None, prefix: str | None, key: str | None
+    ) -> Deferred[None]:
         self.announced.append((bucket, prefix, key))
+        return succeed(None)
 
     def announce_reload(self) -> None:
         pass
