@@ -93,7 +93,8 @@ class BrokenS3:
         server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        # a short poll: stop() returns (and the port refuses) within ~10 ms
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
         self._thread.start()
         return self
 

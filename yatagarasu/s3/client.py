@@ -8,13 +8,19 @@ service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.web.client import (
     URI,
@@ -60,7 +66,16 @@ class _OneEndpoint:
         parts = urlsplit(f"{scheme}://{netloc}")
         host = parts.hostname or ""
         port = parts.port or (443 if scheme == "https" else 80)
-        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        endpoint: Any
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        else:
+            # An address needs no resolution, and HostnameEndpoint would report a refused
+            # connection only after its 0.3 s attempt delay (a slower failover).
+            tcp = TCP4ClientEndpoint if literal.version == 4 else TCP6ClientEndpoint
+            endpoint = tcp(reactor, host, port, timeout=connect_timeout)
         if scheme == "https":
             creator = BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode("idna"), port)
             endpoint = wrapClientTLS(creator, endpoint)
