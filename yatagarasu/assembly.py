@@ -131,7 +131,8 @@ def assemble(
     :param metrics: the process's metrics (a reload passes the running ones: counters never
         reset); default: new ones.
     :param previous: the running assembly (a reload): its cache layers whose configuration
-        section is unchanged are reused with their contents and their services.
+        section is unchanged are reused with their contents and their services, and so are
+        the circuit breakers of unchanged upstreams, with their state.
     :param reload: what ``POST /admin/reload`` calls (default: no such route).
     :param siblings: when this process is one worker of several, the channel to the others
         (``/metrics``, stats and ``/ready`` then speak for the whole instance, purges reach
@@ -155,8 +156,16 @@ def assemble(
             metrics.watch_audit(audit.sinks)
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
+    running = previous.clients if previous is not None else {}
     clients = {
-        b.name: ReplicaSet(reactor, b.name, b.s3, agents=agents, on_failover=metrics.failover)
+        b.name: ReplicaSet(
+            reactor,
+            b.name,
+            b.s3,
+            agents=agents,
+            on_failover=metrics.failover,
+            previous=running.get(b.name),
+        )
         for b in config.buckets
     }
     metrics.watch_upstreams(clients)

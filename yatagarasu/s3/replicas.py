@@ -43,12 +43,14 @@ class Replica:
     :ivar priority: lower is tried first.
     :ivar client: its S3 client.
     :ivar breaker: its circuit breaker.
+    :ivar section: its ``s3`` section (kept across a reload while it is unchanged).
     """
 
     name: str
     priority: int
     client: S3Client
     breaker: CircuitBreaker
+    section: S3Config
 
 
 def agent_key(bucket: str, replica: str | None) -> str:
@@ -72,6 +74,9 @@ class ReplicaSet:
         connection pool per replica.
     :param random: source of retry jitter.
     :param on_failover: told about every failover (the metric).
+    :param previous: the bucket's replica set of the running configuration (a reload): the
+        breaker of a replica whose section (:meth:`S3Config.upstreams`) did not change is
+        kept with its state; the others start closed.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class ReplicaSet:
         agents: Mapping[str, IAgent] | None = None,
         random: Random | None = None,
         on_failover: FailoverListener | None = None,
+        previous: ReplicaSet | None = None,
     ) -> None:
         self._clock: IReactorTime = reactor
         self.bucket = bucket
@@ -91,19 +97,24 @@ class ReplicaSet:
         self._on_failover = on_failover
         agents = agents or {}
         replicated = bool(config.replicas)
-        self.replicas: Sequence[Replica] = tuple(
-            Replica(
-                upstream.name,
-                upstream.priority,
-                S3Client(
-                    reactor,
-                    upstream.s3,
-                    agent=agents.get(agent_key(bucket, upstream.name if replicated else None)),
-                ),
-                CircuitBreaker(reactor, config.circuit_breaker, self._state_logger(upstream.name)),
+        kept = {r.name: r for r in previous.replicas} if previous is not None else {}
+        replicas = []
+        for upstream in config.upstreams():
+            old = kept.get(upstream.name)
+            breaker = (
+                old.breaker
+                if old is not None and old.section == upstream.s3
+                else CircuitBreaker(
+                    reactor, config.circuit_breaker, self._state_logger(upstream.name)
+                )
             )
-            for upstream in config.upstreams()
-        )
+            client = S3Client(
+                reactor,
+                upstream.s3,
+                agent=agents.get(agent_key(bucket, upstream.name if replicated else None)),
+            )
+            replicas.append(Replica(upstream.name, upstream.priority, client, breaker, upstream.s3))
+        self.replicas: Sequence[Replica] = tuple(replicas)
 
     def _state_logger(self, replica: str) -> Callable[[CircuitState, str | None], None]:
         def changed(state: CircuitState, last_error: str | None) -> None:

@@ -5,6 +5,7 @@ byte, the 503 of an open circuit, ``/ready`` and the metrics.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -78,3 +79,18 @@ def test_every_circuit_open_is_503_with_retry_after_and_ready_says_so() -> None:
         'yatagarasu_circuit_state{bucket="pub",replica="east"} 1.0',
         'yatagarasu_circuit_state{bucket="pub",replica="west"} 1.0',
     ]
+
+
+def test_a_reload_keeps_the_circuits_of_unchanged_replicas() -> None:
+    h = harness(circuit_breaker={"failure_threshold": 1, "timeout_seconds": 20})
+    _, transport = h.get("/pub/k")
+    h.agents["pub/east"].fail(ConnectionRefusedError())
+    h.agents["pub/west"].fail(ConnectionRefusedError())
+    assert parse_response(transport.value()).status == 502
+    document = copy.deepcopy(h.document)
+    document["buckets"][0]["s3"]["replicas"][1]["endpoint"] = "http://127.0.0.1:9003"
+    assert h.reload(document).status == 200
+    states = {r.name: r.breaker.state.value for r in h.clients["pub"].replicas}
+    assert states == {"east": "open", "west": "closed"}  # west's section changed
+    _, transport = h.get("/pub/k")
+    assert h.agents["pub/west"].sent[-1].uri == b"http://127.0.0.1:9003/w/k"
