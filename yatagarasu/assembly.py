@@ -27,7 +27,7 @@ from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.interfaces import ICacheLayer, ISiblings
 from yatagarasu.metrics import Metrics
-from yatagarasu.s3.client import S3Client
+from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.tls import server_tls_options
 from yatagarasu.web.admin import AdminResource
 from yatagarasu.web.admin_cache import cache_admin_routes
@@ -70,7 +70,8 @@ class Assembly:
     :ivar caching: the tiered cache and per-bucket cache policies.
     :ivar metrics: the Prometheus metrics.
     :ivar tls: server TLS options when ``server.tls`` is set.
-    :ivar clients: the S3 client of every bucket, by bucket name.
+    :ivar clients: the replica set (S3 clients behind circuit breakers) of every bucket, by
+        bucket name.
     :ivar site: the HTTP site (the Resource tree behind it), ready to be listened on.
     :ivar metrics_site: the site of the metrics listener (``/metrics`` only), when
         ``metrics.port`` is set and metrics are enabled; ``None`` otherwise.
@@ -87,7 +88,7 @@ class Assembly:
     caching: CacheSetup
     metrics: Metrics
     tls: CertificateOptions | None
-    clients: Mapping[str, S3Client]
+    clients: Mapping[str, ReplicaSet]
     site: ProxySite
     metrics_site: ProxySite | None = None
     audit: AuditTrail | None = None
@@ -123,13 +124,15 @@ def assemble(
 
     :param config: the validated configuration.
     :param reactor: time, threads, TCP (stored; nothing connects yet).
-    :param agents: per bucket name, the HTTP agent its S3 client uses (tests); default: a
-        persistent connection pool per bucket.
+    :param agents: the HTTP agent of each upstream (tests), by bucket name, or by
+        ``bucket/replica`` for ``replicas`` (:func:`yatagarasu.s3.replicas.agent_key`);
+        default: a persistent connection pool per upstream.
     :param lifecycle: the shutdown state to report (default: a new one, not draining).
     :param metrics: the process's metrics (a reload passes the running ones: counters never
         reset); default: new ones.
     :param previous: the running assembly (a reload): its cache layers whose configuration
-        section is unchanged are reused with their contents and their services.
+        section is unchanged are reused with their contents and their services, and so are
+        the circuit breakers of unchanged upstreams, with their state.
     :param reload: what ``POST /admin/reload`` calls (default: no such route).
     :param siblings: when this process is one worker of several, the channel to the others
         (``/metrics``, stats and ``/ready`` then speak for the whole instance, purges reach
@@ -153,7 +156,19 @@ def assemble(
             metrics.watch_audit(audit.sinks)
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
-    clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
+    running = previous.clients if previous is not None else {}
+    clients = {
+        b.name: ReplicaSet(
+            reactor,
+            b.name,
+            b.s3,
+            agents=agents,
+            on_failover=metrics.failover,
+            previous=running.get(b.name),
+        )
+        for b in config.buckets
+    }
+    metrics.watch_upstreams(clients)
     lifecycle = lifecycle or Lifecycle()
     if lifecycle.started_at is None:
         lifecycle.started_at = reactor.seconds()
@@ -218,7 +233,7 @@ def _resource_tree(
     access: AccessControl,
     caching: CacheSetup,
     metrics: Metrics,
-    clients: Mapping[str, S3Client],
+    clients: Mapping[str, ReplicaSet],
     lifecycle: Lifecycle,
     reload: ReloadHandler | None,
     siblings: ISiblings | None,
@@ -231,7 +246,7 @@ def _resource_tree(
         ),
         b"health": HealthResource(clock, _started(lifecycle, clock)),
         b"ready": ReadyResource(
-            {name: c.health for name, c in clients.items()},
+            clients,
             lifecycle.is_draining,
             siblings.all_up if siblings is not None else None,
         ),
@@ -273,7 +288,7 @@ def _cached_objects(
     bucket: BucketConfig,
     config: Config,
     caching: CacheSetup,
-    client: S3Client,
+    client: ReplicaSet,
     clock: IReactorTime,
 ) -> CachedObjects | None:
     policy = caching.policies.get(bucket.name)

@@ -31,6 +31,8 @@ from prometheus_client.registry import Collector
 
 from yatagarasu.cache.tiered import TieredCache
 from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer
+from yatagarasu.s3.breaker import STATE_NUMBERS
+from yatagarasu.s3.replicas import ReplicaSet
 
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -182,6 +184,24 @@ class _AuditCollector(Collector):
         yield records
 
 
+class _CircuitCollector(Collector):
+    """Reads every replica's circuit breaker at scrape time."""
+
+    def __init__(self, upstreams: Callable[[], Mapping[str, ReplicaSet]]) -> None:
+        self._upstreams = upstreams
+
+    def collect(self) -> Iterator[Any]:
+        gauge = GaugeMetricFamily(
+            "yatagarasu_circuit_state",
+            "Circuit breaker state of each replica: 0 closed, 1 open, 2 half-open.",
+            labels=["bucket", "replica"],
+        )
+        for bucket, replicas in sorted(self._upstreams().items()):
+            for replica in replicas.replicas:
+                gauge.add_metric([bucket, replica.name], STATE_NUMBERS[replica.breaker.state])
+        yield gauge
+
+
 class Metrics:
     """
     The proxy's metrics.
@@ -228,6 +248,11 @@ class Metrics:
         )
         for result in ("ok", "error"):  # both series exist from the start
             self._reloads.inc((result,), 0)
+        self._failovers = _Counter(
+            "yatagarasu_replica_failovers",
+            "Requests that failed over from one replica to the next after a failure.",
+            ["bucket", "from_replica", "to_replica"],
+        )
         self._cache_errors: dict[str, int] = {}
         self._cache: TieredCache | None = None
         #: the configuration generation being served (1 at start-up, +1 per applied reload)
@@ -241,6 +266,7 @@ class Metrics:
                     self._get_seconds,
                     self._set_seconds,
                     self._reloads,
+                    self._failovers,
                 ]
             )
         )
@@ -248,6 +274,8 @@ class Metrics:
         self.registry.register(_CacheCollector(lambda: self._cache, self._cache_errors))
         self._audit_sinks: Sequence[IAuditSink] = ()
         self.registry.register(_AuditCollector(lambda: self._audit_sinks))
+        self._upstreams: Mapping[str, ReplicaSet] = {}
+        self.registry.register(_CircuitCollector(lambda: self._upstreams))
 
     def watch_cache(self, cache: TieredCache | None) -> None:
         """
@@ -259,6 +287,14 @@ class Metrics:
     def watch_audit(self, sinks: Sequence[IAuditSink]) -> None:
         """:param sinks: the audit sinks whose record counts to export."""
         self._audit_sinks = sinks
+
+    def watch_upstreams(self, upstreams: Mapping[str, ReplicaSet]) -> None:
+        """:param upstreams: the replica sets whose circuit states to export, by bucket."""
+        self._upstreams = upstreams
+
+    def failover(self, bucket: str, source: str, target: str) -> None:
+        """Count one failover of a request from replica ``source`` to ``target``."""
+        self._failovers.inc((bucket, source, target))
 
     def request(
         self, bucket: str | None, method: bytes, status: int, seconds: float, sent: int

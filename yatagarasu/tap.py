@@ -145,17 +145,18 @@ def summary(path: str, assembly: Assembly) -> str:
     ]
     lines[1:1] = [f"deprecated: {warning}" for warning in config.deprecations]
     for bucket in config.buckets:
-        endpoint = bucket.s3.endpoint or f"AWS {bucket.s3.region}"
+        targets = ", ".join(
+            ("" if not bucket.s3.replicas else f"{u.name}: ")
+            + f"s3://{u.s3.bucket} ({u.s3.endpoint or f'AWS {u.s3.region}'})"
+            for u in bucket.s3.upstreams()
+        )
         auth_scheme = access.schemes.get(bucket.name)
         extras = [f"auth: {auth_scheme.name}" if auth_scheme is not None else "public"]
         if bucket.name in access.ip_filters:
             extras.append("ip filter")
         if bucket.name in caching.policies:
             extras.append("cached")
-        lines.append(
-            f"  {bucket.path_prefix} -> s3://{bucket.s3.bucket} ({endpoint}) "
-            f"[{bucket.name}; {', '.join(extras)}]"
-        )
+        lines.append(f"  {bucket.path_prefix} -> {targets} [{bucket.name}; {', '.join(extras)}]")
     if caching.cache is not None:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
     if assembly.audit is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -27,7 +27,6 @@ _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
 _LATER_OBSERVABILITY = "arrives with metrics and tracing"
 _LATER_SECURITY = "arrives with rate limiting"
-_LATER_HA = "arrives with replica failover and circuit breakers"
 _LATER_AUTHORIZATION = "OPA and OpenFGA authorization arrive with traffic control"
 
 
@@ -246,16 +245,86 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class CircuitBreakerConfig:
+    """
+    When to stop sending requests to an upstream (one breaker per replica), and when to try
+    it again. The defaults are the Rust Yatagarasu's.
+    """
+
+    failure_threshold: int = 5
+    success_threshold: int = 2
+    timeout_seconds: float = 60.0
+    half_open_max_requests: int = 3
+
+    def check(self, path: str) -> None:
+        for key in ("failure_threshold", "success_threshold", "half_open_max_requests"):
+            if getattr(self, key) < 1:
+                raise ConfigError(join(path, key), f"must be >= 1, got {getattr(self, key)}")
+        _positive(self.timeout_seconds, join(path, "timeout_seconds"))
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """
+    One copy of the bucket's objects (``s3.replicas[]``, the Rust schema): its own bucket,
+    region, endpoint and credentials. The lowest ``priority`` number is tried first.
+    """
+
+    name: str
+    bucket: str
+    priority: int
+    region: str | None = None
+    endpoint: str | None = None
+    access_key: str = ""
+    secret_key: str = ""
+    session_token: str | None = None
+    timeout: float | None = None
+
+    def check(self, path: str) -> None:
+        if not _BUCKET_NAME.match(self.name):
+            raise ConfigError(
+                join(path, "name"), "must be 1-63 characters of letters, digits, '.', '_' or '-'"
+            )
+        if not 0 <= self.priority <= 255:
+            raise ConfigError(join(path, "priority"), f"must be 0..255, got {self.priority}")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """
+    One replica as the S3 client sees it.
+
+    :ivar name: the replica's name (``primary`` for a bucket without ``replicas``).
+    :ivar priority: lower is tried first.
+    :ivar s3: the bucket's ``s3`` section with this replica's bucket, region, endpoint,
+        credentials and timeout (no ``replicas``).
+    """
+
+    name: str
+    priority: int
+    s3: S3Config
+
+
+#: the name of a bucket's one upstream when it has no ``replicas`` (``/ready``, metrics)
+PRIMARY = "primary"
+
+# s3 keys that name one upstream: given per replica when there are replicas (as in Rust).
+_PER_REPLICA = ("bucket", "endpoint", "access_key", "secret_key", "session_token")
+
+
+@dataclass(frozen=True)
 class S3Config:
-    """The S3 bucket behind one URL prefix, and how to reach it."""
+    """
+    The S3 bucket behind one URL prefix, and how to reach it: either one upstream
+    (``bucket``, ``endpoint``, credentials) or ``replicas``, which then share ``region`` (as
+    their default), the timeouts, ``retry``, ``connection_pool_size`` and ``circuit_breaker``.
+    """
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "replicas": _LATER_HA,
-        "circuit_breaker": _LATER_HA,
         "rate_limit": _LATER_SECURITY,
     }
 
-    bucket: str
+    bucket: str = ""
     region: str = "us-east-1"
     endpoint: str | None = None
     access_key: str = ""
@@ -267,6 +336,31 @@ class S3Config:
     idle_timeout: float | None = None
     connection_pool_size: int = 50
     retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    replicas: tuple[ReplicaConfig, ...] = ()
+
+    def upstreams(self) -> tuple[Upstream, ...]:
+        """
+        :returns: the upstreams to use, highest priority first (lowest ``priority`` number;
+            ties in configuration order): the replicas, or this section as ``primary``.
+        """
+        if not self.replicas:
+            return (Upstream(PRIMARY, 0, self),)
+        ordered = sorted(self.replicas, key=lambda r: r.priority)
+        return tuple(Upstream(r.name, r.priority, self._replica_section(r)) for r in ordered)
+
+    def _replica_section(self, replica: ReplicaConfig) -> S3Config:
+        return replace(
+            self,
+            bucket=replica.bucket,
+            region=replica.region if replica.region is not None else self.region,
+            endpoint=replica.endpoint,
+            access_key=replica.access_key,
+            secret_key=replica.secret_key,
+            session_token=replica.session_token,
+            timeout=replica.timeout if replica.timeout is not None else self.timeout,
+            replicas=(),
+        )
 
     @property
     def connect_seconds(self) -> float:
@@ -284,8 +378,33 @@ class S3Config:
         return self.idle_timeout if self.idle_timeout is not None else self.timeout
 
     def check(self, path: str) -> None:
+        self._check_shared(path)
+        if self.replicas:
+            self._check_replicas(path)
+        else:
+            self._check_own(path)
+
+    def _check_replicas(self, path: str) -> None:
+        for key in _PER_REPLICA:
+            if getattr(self, key):
+                raise ConfigError(
+                    join(path, key),
+                    "cannot be combined with replicas (give each replica its own)",
+                )
+        names: dict[str, int] = {}
+        for i, replica in enumerate(self.replicas):
+            where = f"{join(path, 'replicas')}[{i}]"
+            if replica.name in names:
+                raise ConfigError(
+                    join(where, "name"),
+                    f"{replica.name!r} is already used by replicas[{names[replica.name]}]",
+                )
+            names[replica.name] = i
+            self._replica_section(replica)._check_own(where)
+
+    def _check_own(self, path: str) -> None:
         if not self.bucket:
-            raise ConfigError(join(path, "bucket"), "must not be empty")
+            raise ConfigError(join(path, "bucket"), "must not be empty (or give replicas instead)")
         if bool(self.access_key) != bool(self.secret_key):
             raise ConfigError(
                 join(path, "secret_key" if self.access_key else "access_key"),
@@ -299,6 +418,10 @@ class S3Config:
                 )
             if parts.path not in ("", "/") or parts.query or parts.fragment:
                 raise ConfigError(join(path, "endpoint"), "must not have a path or query")
+        if self.timeout <= 0:  # a replica's own timeout
+            _positive(self.timeout, join(path, "timeout"))
+
+    def _check_shared(self, path: str) -> None:
         for key in ("timeout", "connect_timeout", "first_byte_timeout", "idle_timeout"):
             value = getattr(self, key)
             if value is not None:

@@ -1,5 +1,5 @@
 """
-The upstream S3 client: signed GET/HEAD with timeouts and retries, on one connection pool.
+The upstream S3 client: one signed GET/HEAD attempt with timeouts, on one connection pool.
 
 The data path uses ``twisted.web.client.Agent`` directly (treq costs ~25 % more per request)
 with one persistent ``HTTPConnectionPool`` per bucket. HTTPS endpoints are verified with
@@ -8,17 +8,20 @@ service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime
-from random import Random
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.web.client import (
     URI,
     Agent,
@@ -37,9 +40,6 @@ from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
 from yatagarasu.s3.errors import read_s3_error
 from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
-from yatagarasu.s3.upstream_health import UpstreamHealth
-
-log = Logger()
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
 
@@ -66,7 +66,16 @@ class _OneEndpoint:
         parts = urlsplit(f"{scheme}://{netloc}")
         host = parts.hostname or ""
         port = parts.port or (443 if scheme == "https" else 80)
-        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        endpoint: Any
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        else:
+            # An address needs no resolution, and HostnameEndpoint would report a refused
+            # connection only after its 0.3 s attempt delay (a slower failover).
+            tcp = TCP4ClientEndpoint if literal.version == 4 else TCP6ClientEndpoint
+            endpoint = tcp(reactor, host, port, timeout=connect_timeout)
         if scheme == "https":
             creator = BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode("idna"), port)
             endpoint = wrapClientTLS(creator, endpoint)
@@ -81,8 +90,8 @@ class S3Client:
     Fetch objects of one S3 bucket.
 
     :param reactor: provides time and TCP/TLS connections.
-    :param config: the bucket's ``s3`` section.
-    :param random: source of retry jitter.
+    :param config: the ``s3`` section of the bucket, or of one of its replicas
+        (:meth:`S3Config.upstreams`).
     :param agent: the HTTP agent (default: an ``Agent`` on a persistent pool of
         ``connection_pool_size`` connections).
     """
@@ -92,12 +101,10 @@ class S3Client:
         reactor: IReactorTime,
         config: S3Config,
         *,
-        random: Random | None = None,
         agent: IAgent | None = None,
     ) -> None:
         self._clock = reactor
         self._config = config
-        self._random = random or Random()
         self._pool: HTTPConnectionPool | None = None
         if config.endpoint:
             parts = urlsplit(config.endpoint)
@@ -114,7 +121,8 @@ class S3Client:
                 self._host = f"{config.bucket}.s3.{config.region}.amazonaws.com"
                 self._path_prefix = "/"
         self._base = f"{self._scheme}://{self._host}".encode("ascii")
-        self.health = UpstreamHealth(self._base.decode("ascii"))
+        #: the upstream's origin (``http://127.0.0.1:9000``), shown by ``/ready``
+        self.origin = self._base.decode("ascii")
         if agent is None:
             self._pool = _QuietPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = config.connection_pool_size
@@ -145,47 +153,24 @@ class S3Client:
         """
         return self._path_prefix + encode_key(key)
 
-    async def fetch(self, method: bytes, key: str, headers: Headers) -> IResponse:
+    async def attempt(self, method: bytes, key: str, headers: Headers) -> IResponse:
         """
-        Send a signed request for an object, retrying what can be retried.
-
-        Connect errors, timeouts and 5xx answers are retried up to ``retry.max_attempts``
-        attempts in all, with jittered exponential backoff. Responses below 500 are returned
-        as they are, body not yet read.
+        Send one signed request for an object (retries and failover are the replica set's,
+        :class:`yatagarasu.s3.replicas.ReplicaSet`).
 
         :param method: ``b"GET"`` or ``b"HEAD"``.
         :param key: the object key.
         :param headers: client headers to pass on (range, conditionals); not modified.
-        :returns: the upstream response.
-        :raises UpstreamError: when every attempt failed (502, 503 SlowDown or 504).
+        :returns: the upstream response below 500, body not yet read.
+        :raises UpstreamError: for a connect error, a timeout or a 5xx answer (502, 503
+            SlowDown or 504; ``retryable``).
+        :raises CancelledError: when the caller cancelled (our client went away).
         """
         path = self.object_path(key)
-        url = self._base + path.encode("ascii")
-        retry = self._config.retry
-        attempt = 1
-        while True:
-            try:
-                response = await self._attempt(method, url, path, headers)
-            except UpstreamError as e:
-                failure = e
-            else:
-                if response.code < 500:
-                    self.health.record_success()
-                    return response
-                failure = await self._server_error(response)
-            self.health.record_failure(str(failure))
-            if attempt >= retry.max_attempts or not failure.retryable:
-                raise failure
-            backoff_ms = min(retry.max_backoff_ms, retry.initial_backoff_ms * 2 ** (attempt - 1))
-            delay = backoff_ms / 1000 * self._random.uniform(0.5, 1.0)
-            log.info(
-                "S3 attempt {attempt} failed ({failure}); retrying in {delay:.3f}s",
-                attempt=attempt,
-                failure=str(failure),
-                delay=delay,
-            )
-            await deferLater(self._clock, delay)
-            attempt += 1
+        response = await self._attempt(method, self._base + path.encode("ascii"), path, headers)
+        if response.code >= 500:
+            raise await self._server_error(response)
+        return response
 
     async def _attempt(self, method: bytes, url: bytes, path: str, headers: Headers) -> IResponse:
         send = headers.copy()

@@ -13,7 +13,7 @@ from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import Forbidden, HTTPError
 from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
 from yatagarasu.interfaces import IAuthScheme, IImmediateAuthScheme
-from yatagarasu.s3.client import S3Client
+from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.values import Identity
 from yatagarasu.web.async_resource import AsyncResource
 from yatagarasu.web.cached import CachedObjects
@@ -28,7 +28,7 @@ class BucketResource(AsyncResource):
     Serve objects of one S3 bucket under one URL prefix.
 
     :param bucket: the bucket's configuration.
-    :param client: the S3 client of that bucket.
+    :param client: the upstreams of that bucket (replicas behind circuit breakers).
     :param clock: time source.
     :param timeouts: how long S3 and clients may stall while streaming.
     :param ip_filter: the bucket's client address filter, if any.
@@ -39,7 +39,7 @@ class BucketResource(AsyncResource):
     def __init__(
         self,
         bucket: BucketConfig,
-        client: S3Client,
+        client: ReplicaSet,
         clock: IReactorTime,
         timeouts: StreamTimeouts,
         *,
