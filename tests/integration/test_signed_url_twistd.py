@@ -21,12 +21,14 @@ from devharness.moto_s3 import MotoS3Server
 from devharness.proxy_config import bucket_config
 from devharness.twistd import ProxyProcess
 from devharness.waiting import wait_until
+from tests.integration.test_reload_twistd import rewrite, sighup_and_wait
 from yatagarasu.auth.link_signature import sign_link
 
 JWT_SECRET = "signed-url-jwt-secret-" + "j" * 40
 NEW_KEY = "signed-url-new-key-" + "n" * 24
 OLD_KEY = "signed-url-old-key-" + "o" * 24
-ENV = {"JWT_SECRET": JWT_SECRET, "SIGN_NEW": NEW_KEY, "SIGN_OLD": OLD_KEY}
+NEWER_KEY = "signed-url-newer-key-" + "w" * 24
+ENV = {"JWT_SECRET": JWT_SECRET, "SIGN_NEW": NEW_KEY, "SIGN_OLD": OLD_KEY, "SIGN_NEWER": NEWER_KEY}
 CONSOLE_SCRIPT = Path(sys.executable).with_name("yatagarasu-sign-url")
 BODY = b"private bytes\n"
 LINK_PARAMETERS = ("signature", "expires", "kid", "bind")
@@ -230,3 +232,25 @@ def test_the_console_script_makes_links_the_proxy_accepts(running: ProxyProcess)
     assert (response.status, response.body) == (200, b"meow\n")
     wrong_key = sign_url("--key", NEW_KEY, "--kid", "k1", "/links/doc.txt")
     assert running.get(wrong_key).status == 401
+
+
+def test_rotating_keys_with_a_reload(running: ProxyProcess) -> None:
+    old = sign_link(OLD_KEY.encode(), "/private/doc.txt", int(time.time()) + 600, kid="k1")
+    current = signed(running, "/private/doc.txt")
+    assert running.get(old.url).status == 200
+
+    def rotate(document: dict[str, Any]) -> None:
+        auth = document["buckets"][0]["auth"]
+        auth["signed_url"]["keys"] = [
+            {"kid": "k3", "secret": "${SIGN_NEWER}"},
+            {"kid": "k2", "secret": "${SIGN_NEW}"},
+        ]
+
+    rewrite(running, rotate)
+    sighup_and_wait(running)
+    refused = running.get(old.url)
+    assert (refused.status, refused.json()["message"]) == (401, "unknown key id")
+    assert running.get(current).status == 200  # signed with k2, still listed
+    newest = signed(running, "/private/doc.txt")
+    assert "kid=k3&" in newest
+    assert running.get(newest).status == 200
