@@ -139,6 +139,7 @@ def test_a_signed_link_is_served_and_its_parameters_never_leave_the_proxy(
     wait_until(lambda: records(tmp_path, "signed-link-1"), timeout=10, what="the audit record")
     (record,) = records(tmp_path, "signed-link-1")
     assert record["request_path"] == "/private/doc.txt"
+    assert (record["response_status"], record["user"]) == (200, None)
     assert signature not in json.dumps(record)
     assert "signature=[REDACTED]" in record["referer"]
 

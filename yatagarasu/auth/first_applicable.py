@@ -12,7 +12,7 @@ scheme applies, the request gets the usual 401 challenge.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, fail
@@ -33,6 +33,16 @@ class FirstApplicableScheme:
     def __init__(self, schemes: Sequence[IAuthScheme]) -> None:
         self._schemes = tuple(schemes)
         self.name = "+".join(s.name for s in self._schemes)
+        #: per scheme, in order: its ``applies`` (``None``: it cannot tell) and its
+        #: ``authenticate_now`` (``None``: it has no fast path), looked up once
+        self._tests: tuple[_Test, ...] = tuple(
+            (
+                s,
+                s.applies if IApplicableAuthScheme.providedBy(s) else None,
+                s.authenticate_now if IImmediateAuthScheme.providedBy(s) else None,
+            )
+            for s in self._schemes
+        )
 
     def services(self) -> list[IService]:
         """:returns: the services of every scheme."""
@@ -40,40 +50,37 @@ class FirstApplicableScheme:
 
     def applies(self, request: IRequest) -> bool:
         """:returns: whether one of the schemes surely applies."""
-        return any(
-            IApplicableAuthScheme.providedBy(s) and s.applies(request) for s in self._schemes
-        )
+        return any(applies is not None and applies(request) for _, applies, _ in self._tests)
 
     def authenticate_now(self, request: IRequest) -> Identity | None:
         """
         The identity the scheme that applies knows at once; ``None`` as soon as a scheme that
         cannot tell whether it applies comes first (``authenticate`` decides then).
         """
-        for scheme in self._schemes:
-            if not IApplicableAuthScheme.providedBy(scheme):
+        for _, applies, now in self._tests:
+            if applies is None:
                 return None
-            if scheme.applies(request):
-                immediate = IImmediateAuthScheme(scheme, None)
-                return immediate.authenticate_now(request) if immediate is not None else None
+            if applies(request):
+                return now(request) if now is not None else None
         return None
 
     def authenticate(self, request: IRequest) -> Deferred[Identity]:
         """
-        The answer of the first scheme that applies; the request's first Deferred is returned
-        as it is when that scheme is known to apply (a refusal is not passed on).
+        The answer of the first scheme that applies, as that scheme gives it (a refusal is
+        final); schemes that cannot tell whether they apply are asked in turn from the first
+        such one on.
         """
-        for index, scheme in enumerate(self._schemes):
-            if IApplicableAuthScheme.providedBy(scheme):
-                if scheme.applies(request):
-                    return scheme.authenticate(request)
-                continue
-            return Deferred.fromCoroutine(self._trying(request, index))
+        for index, (scheme, applies, _) in enumerate(self._tests):
+            if applies is None:
+                return Deferred.fromCoroutine(self._trying(request, index))
+            if applies(request):
+                return scheme.authenticate(request)
         return fail(self._refusal())
 
     async def _trying(self, request: IRequest, index: int) -> Identity:
-        for scheme in self._schemes[index:]:
-            if IApplicableAuthScheme.providedBy(scheme):
-                if scheme.applies(request):
+        for scheme, applies, _ in self._tests[index:]:
+            if applies is not None:
+                if applies(request):
                     return await scheme.authenticate(request)
                 continue
             try:
@@ -85,3 +92,11 @@ class FirstApplicableScheme:
     def _refusal(self) -> AuthenticationRequired:
         names = " or ".join(s.name for s in self._schemes)
         return AuthenticationRequired(f"credentials are required ({names})")
+
+
+#: a scheme, its ``applies`` and its ``authenticate_now`` (when it provides them)
+_Test = tuple[
+    IAuthScheme,
+    Callable[[IRequest], bool] | None,
+    Callable[[IRequest], Identity | None] | None,
+]

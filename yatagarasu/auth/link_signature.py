@@ -21,7 +21,6 @@ in the link.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import ipaddress
 import re
@@ -105,13 +104,13 @@ def signature(
     """
     message = b"\n".join((
         _VERSION,
-        method.upper().encode("ascii"),
+        method.upper().encode("ascii", "replace"),
         normal_path(path).encode("ascii"),
         str(int(expires)).encode("ascii"),
         (kid or "").encode("ascii"),
         normal_ip(client_ip).encode("utf-8") if client_ip else b"",
     ))  # fmt: skip
-    digest = hmac.new(key, message, hashlib.sha256).digest()
+    digest = hmac.digest(key, message, "sha256")  # the one-shot C implementation
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
@@ -134,7 +133,8 @@ def sign_link(
     :param kid: the key's id, written in the link so the verifier picks that key.
     :param client_ip: bind the link to this client address.
     :returns: the link.
-    :raises ValueError: a short key, a path not starting with ``/``, a malformed key id.
+    :raises ValueError: a short key, a path not starting with ``/``, a malformed key id, a
+        client address that is not an IP address.
     """
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"the key must be at least {MIN_KEY_BYTES} bytes")
@@ -142,6 +142,11 @@ def sign_link(
         raise ValueError("the path must start with /")
     if kid is not None and not KID_PATTERN.match(kid):
         raise ValueError("a key id is 1-64 characters of letters, digits, '.', '_' or '-'")
+    if client_ip:
+        try:
+            ipaddress.ip_address(client_ip.strip())
+        except ValueError:
+            raise ValueError(f"not an IP address: {client_ip!r}") from None
     query = [] if kid is None else [f"{KID}={kid}"]
     query.append(f"{EXPIRES}={int(expires)}")
     if client_ip:

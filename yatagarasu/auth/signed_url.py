@@ -107,8 +107,12 @@ def client_ip(request: IRequest) -> str:
 
 
 def _only(request: IRequest, name: str) -> bytes | None:
-    """:returns: the parameter's one value, ``None`` when absent; :raises InvalidCredentials:
-    when it is given more than once."""
+    """
+    :param request: the request.
+    :param name: a query parameter of signed links.
+    :returns: its one value, or ``None`` when absent.
+    :raises InvalidCredentials: it is given more than once.
+    """
     values = (request.args or {}).get(name.encode("ascii"))
     if not values:
         return None

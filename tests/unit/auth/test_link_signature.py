@@ -86,3 +86,9 @@ def test_sign_link_query() -> None:
 def test_sign_link_refuses(key: bytes, path: str, kid: str | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sign_link(key, path, 1, kid=kid)
+
+
+def test_sign_link_refuses_a_client_address_that_is_not_one() -> None:
+    with pytest.raises(ValueError, match="not an IP address: 'banana'"):
+        sign_link(KEY, "/b/k", 1, client_ip="banana")
+    assert "bind=ip" in sign_link(KEY, "/b/k", 1, client_ip="2001:db8::1").url

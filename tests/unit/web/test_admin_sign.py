@@ -99,6 +99,7 @@ def test_client_ip_binding_and_default_lifetime() -> None:
         ({"path": "/pub/k", "expires_in": 0}, 400, "the lifetime must be 1 to 604800"),
         ({"path": "/pub/k", "method": "DELETE"}, 400, "method must be one of GET, HEAD"),
         ({"path": "/pub/k", "client_ip": 7}, 400, "client_ip must be an address or null"),
+        ({"path": "/pub/k", "client_ip": "banana"}, 400, "not an IP address: 'banana'"),
         ({"path": "/pub/k", "lifetime": 7}, 400, "unknown field 'lifetime'"),
         ({"path": "/nowhere/k"}, 404, "no bucket serves this path"),
         ({"path": "/pub/"}, 404, "no bucket serves this path"),
