@@ -349,6 +349,12 @@ class AuthConfig:
                 join(path, "signed_url"), "set, but signed_url is not among the bucket's schemes"
             )
         others = [n for n in names if n not in ("jwt", "signed_url")]
+        if self.settings is not None and not others:
+            raise ConfigError(
+                join(path, "settings"),
+                "set, but no plugin scheme reads it (jwt reads auth.jwt, signed_url reads "
+                "auth.signed_url)",
+            )
         if len(others) > 1:
             raise ConfigError(
                 join(path, "schemes"),

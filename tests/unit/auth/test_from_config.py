@@ -199,6 +199,8 @@ def test_schemes_list_builds_one_scheme_in_order_and_a_signer() -> None:
         ({"schemes": ["jwt", "jwt"]}, "buckets[0].auth.schemes[1]", "listed twice"),
         ({"signed_url": {}}, "buckets[0].auth.signed_url", "not among the bucket's schemes"),
         ({"schemes": ["apikey", "magic"]}, "buckets[0].auth.schemes", "both read auth.settings"),
+        ({"scheme": "signed_url", "settings": {}}, "buckets[0].auth.settings", "no plugin scheme"),
+        ({"settings": {"keys": []}}, "buckets[0].auth.settings", "no plugin scheme reads it"),
     ],
 )
 def test_bad_scheme_lists(auth: dict[str, Any], path: str, message: str) -> None:
