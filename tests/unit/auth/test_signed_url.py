@@ -6,6 +6,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.auth.jwt_kit import NOW, clock_at, outcome
 from yatagarasu.auth.link_signature import sign_link
@@ -163,3 +165,17 @@ def test_bad_settings_name_the_key(settings: dict[str, Any], path: str) -> None:
 
 def test_secrets_are_not_in_the_settings_repr() -> None:
     assert NEW not in repr(signed_url_settings(SETTINGS, "auth.signed_url"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.text(min_size=1).map(lambda s: "/pub/" + s),
+    lifetime=st.integers(min_value=1, max_value=7 * 24 * 3600),
+)
+def test_every_link_the_scheme_signs_verifies_as_a_client_sends_it(key: str, lifetime: int) -> None:
+    scheme = build()
+    link = scheme.sign(key, lifetime)
+    # what a client sends: the link's path, percent-encoded (twisted.web keeps request.path raw)
+    assert all(33 <= ord(c) < 127 for c in link.url)
+    assert isinstance(result(scheme, link.url), Identity)
+    assert isinstance(result(scheme, link.url, method="HEAD"), Identity)
