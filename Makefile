@@ -1,5 +1,5 @@
 # Yatagarasu developer tasks (GNU make). Works on a fresh Debian 12 with Python 3.11, as root.
-#   make test   - venv + redis-server, then ruff, ruff format --check, mypy, import-linter, pytest
+#   make test   - venv + redis-server + chromium, then ruff, ruff format --check, mypy, import-linter, pytest
 #   make demo   - moto S3 + the proxy on 127.0.0.1:8080 (Ctrl-C stops both)
 #   make pytest PYTEST_ARGS="tests/unit -q -x"             - the unit tests only (fake clock)
 #   make pytest PYTEST_ARGS="tests/integration/cache -q"   - the disk and redis layers
@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint format typecheck pytest demo redis venv .venv clean
+.PHONY: test lint format typecheck pytest demo redis chromium venv .venv clean
 
 # (Re)install when the packaging metadata changes. Editable *compat* mode is required: the default
 # editable mode hides twisted/plugins from twistd ("Unknown command: yatagarasu").
@@ -57,6 +57,15 @@ redis:
 	  exit $$rc; \
 	fi
 
+# chromium (headless) for the browser test (tests/integration/test_browser_signed_url.py); installed
+# only when missing. Debian's package is `chromium`; the test runs it with --headless --no-sandbox.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium not found; installing it with apt-get"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -71,10 +80,10 @@ typecheck: $(STAMP)
 
 # pytest's exit code 5 (no tests collected) is non-zero, so it fails the target too.
 # PYTEST_ARGS may name test paths; without one, pytest runs its testpaths (tests/).
-pytest: $(STAMP) redis
+pytest: $(STAMP) redis chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test: $(STAMP) redis
+test: $(STAMP) redis chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -32,6 +32,7 @@ from yatagarasu.tls import server_tls_options
 from yatagarasu.web.admin import AdminResource
 from yatagarasu.web.admin_cache import cache_admin_routes
 from yatagarasu.web.admin_reload import ReloadHandler, reload_admin_routes
+from yatagarasu.web.admin_sign import sign_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
@@ -254,6 +255,8 @@ def _resource_tree(
     routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
     if reload is not None:
         routes.update(reload_admin_routes(reload))
+    if access.signers:
+        routes.update(sign_admin_routes(config.buckets, access.signers))
     subtrees = {config.server.admin_segments: AdminResource(access.admin, routes)}
     buckets = [
         (

@@ -10,8 +10,8 @@ configuration names them.
 This module is the floor of the package: it imports only the values the contracts exchange
 (:mod:`yatagarasu.values`), Twisted and zope. The optional interfaces (``ISwitchableCacheLayer``,
 ``IDefaultTtlCacheLayer``, ``IErrorCountingCacheLayer``, ``IPurgeBroadcaster``,
-``IImmediate*``, ``IAdminAuthSource``) declare everything else the proxy reads from a plugin
-when the plugin provides them.
+``IImmediate*``, ``IApplicableAuthScheme``, ``IAdminAuthSource``) declare everything else the
+proxy reads from a plugin when the plugin provides them.
 """
 
 from __future__ import annotations
@@ -229,6 +229,24 @@ class IImmediateAuthScheme(IAuthScheme):
         :param request: the incoming request (not to be written to).
         :returns: the identity, or ``None`` when ``authenticate`` must be asked (unknown or
             expired credentials, a refusal: ``authenticate`` reports those).
+        """
+
+
+class IApplicableAuthScheme(IAuthScheme):
+    """
+    A scheme that can tell whether a request carries its kind of credentials at all.
+
+    A bucket listing several schemes (``auth.schemes: [jwt, signed_url]``) uses the first
+    that applies: present but bad credentials are refused by that scheme (401), never passed
+    on to the next one. A listed scheme without this interface is asked ``authenticate``, and
+    counts as not applying when that fails with ``AuthenticationRequired``.
+    """
+
+    def applies(request: IRequest) -> bool:
+        """
+        :param request: the incoming request (not to be written to).
+        :returns: whether the request carries this scheme's credentials, well-formed or not
+            (a bearer token, a ``signature`` query parameter).
         """
 
 

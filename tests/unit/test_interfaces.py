@@ -19,6 +19,7 @@ from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyClass, verifyObject
 
 from yatagarasu import errors, interfaces, plugins, values
+from yatagarasu.auth.first_applicable import FirstApplicableScheme
 from yatagarasu.cache.disk.layer import DiskCacheLayer
 from yatagarasu.cache.disk.writer import DiskCacheWriter
 from yatagarasu.cache.memory import MemoryCacheLayer
@@ -26,6 +27,7 @@ from yatagarasu.cache.redis import RedisCacheLayer
 from yatagarasu.discovery import available
 from yatagarasu.interfaces import (
     IAdminAuthSource,
+    IApplicableAuthScheme,
     IAuditSink,
     IAuditSinkFactory,
     IAuthScheme,
@@ -44,6 +46,7 @@ from yatagarasu.interfaces import (
 from yatagarasu.plugins.audit_file import file
 from yatagarasu.plugins.audit_syslog import syslog
 from yatagarasu.plugins.auth_jwt import jwt
+from yatagarasu.plugins.auth_signed_url import signed_url
 from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
 from yatagarasu.plugins.cache_redis import redis
@@ -83,6 +86,16 @@ def jwt_admin_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return jwt.build(settings, "jwt", reactor).admin_scheme()
 
 
+def signed_url_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return signed_url.build({"keys": [{"kid": "k1", "secret": SECRET}]}, "auth", reactor)
+
+
+def first_applicable(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return FirstApplicableScheme(
+        [jwt_scheme(reactor, tmp_path), signed_url_scheme(reactor, tmp_path)]
+    )
+
+
 def file_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return file.build({"path": str(tmp_path / "audit.log")}, "audit_log.file", reactor)
 
@@ -98,6 +111,9 @@ def worker_channel(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
 def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
     return lambda reactor, tmp_path: plugin
 
+
+#: what every built-in auth scheme provides besides IAuthScheme
+SCHEME_EXTRAS = (IImmediateAuthScheme, IApplicableAuthScheme)
 
 #: (what, how to build it, every interface it must provide).
 PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[InterfaceClass]]] = [
@@ -117,8 +133,11 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("disk layer", disk_layer, {ICacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer}),
     ("disk writer", disk_writer, {ICacheWriter}),
     ("redis layer", redis_layer, {ICacheLayer, IPurgeBroadcaster, IErrorCountingCacheLayer}),
-    ("jwt scheme", jwt_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
-    ("jwt admin scheme", jwt_admin_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
+    ("jwt scheme", jwt_scheme, {IAuthScheme, *SCHEME_EXTRAS, IAdminAuthSource}),
+    ("jwt admin scheme", jwt_admin_scheme, {IAuthScheme, *SCHEME_EXTRAS, IAdminAuthSource}),
+    ("signed_url factory", factory(signed_url), {IPlugin, IAuthSchemeFactory}),
+    ("signed_url scheme", signed_url_scheme, {IAuthScheme, *SCHEME_EXTRAS}),
+    ("schemes in order", first_applicable, {IAuthScheme, *SCHEME_EXTRAS}),
     ("worker channel", worker_channel, {ISiblings}),
 ]
 
@@ -130,6 +149,7 @@ OPTIONAL = [
     IErrorCountingCacheLayer,
     IPurgeBroadcaster,
     IImmediateAuthScheme,
+    IApplicableAuthScheme,
     IAdminAuthSource,
 ]
 

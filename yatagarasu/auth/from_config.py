@@ -9,7 +9,9 @@ from typing import Any
 
 from twisted.application.service import IService
 
+from yatagarasu.auth.first_applicable import FirstApplicableScheme
 from yatagarasu.auth.network import ClientAddressResolver, IpFilter
+from yatagarasu.auth.signed_url import SignedUrlScheme
 from yatagarasu.config.networks import parse_networks
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.config.typed import join
@@ -26,6 +28,8 @@ class AccessControl:
     :ivar addresses: client address resolution (trusted proxies).
     :ivar ip_filters: per bucket name, when configured.
     :ivar schemes: per bucket name, the auth scheme (absent: public bucket).
+    :ivar signers: per bucket name, the bucket's ``signed_url`` scheme (what
+        ``POST /admin/sign`` signs with), for buckets that list it.
     :ivar admin: the admin API's scheme (``jwt`` with ``admin_claims``), or ``None``: then
         every admin route answers 403.
     :ivar services: background services to run (JWKS refresh timers).
@@ -34,6 +38,7 @@ class AccessControl:
     addresses: ClientAddressResolver
     ip_filters: dict[str, IpFilter] = field(default_factory=dict)
     schemes: dict[str, IAuthScheme] = field(default_factory=dict)
+    signers: dict[str, SignedUrlScheme] = field(default_factory=dict)
     admin: IAuthScheme | None = None
     services: list[IService] = field(default_factory=list)
 
@@ -144,29 +149,62 @@ def build_access_control(config: Config, reactor: Any, plugins: ModuleType) -> A
             )
         if not _auth_enabled(bucket, path):
             continue
-        scheme_path = join(path, "auth.scheme")
-        if bucket.auth.scheme == "jwt":
-            settings = _merged_jwt(global_settings, bucket)
-            if settings is None and config.jwt is not None:
-                raise ConfigError(
-                    join(path, "auth.enabled"),
-                    "authentication is enabled but the top-level jwt is disabled "
-                    f"(jwt.enabled: false) and {path} has no jwt settings of its own",
-                )
-            if settings is None:
-                raise ConfigError(
-                    join(path, "auth.enabled"),
-                    f"authentication is enabled but no jwt settings apply (set jwt or {path}.jwt)",
-                )
-            if settings is global_settings and global_jwt is not None:
-                scheme: IAuthScheme = global_jwt
+        built: list[IAuthScheme] = []
+        for position, name in enumerate(bucket.auth.scheme_names):
+            scheme_path = (
+                f"{join(path, 'auth.schemes')}[{position}]"
+                if bucket.auth.schemes is not None
+                else join(path, "auth.scheme")
+            )
+            if name == "jwt":
+                own = _bucket_jwt(config, index, global_settings, global_jwt, jwt_factory, reactor)
+                if own is not global_jwt:
+                    access.services.extend(own.services())
+                built.append(own)
+                continue
+            factory = find(IAuthSchemeFactory, name, scheme_path, plugins)
+            if name == "signed_url":
+                settings, settings_path = bucket.auth.signed_url, join(path, "auth.signed_url")
             else:
-                own = jwt_factory.build(settings, _jwt_path(bucket, index), reactor)
-                access.services.extend(own.services())
-                scheme = own
-        else:
-            factory = find(IAuthSchemeFactory, bucket.auth.scheme, scheme_path, plugins)
-            scheme = factory.build(bucket.auth.settings or {}, join(path, "auth.settings"), reactor)
+                settings, settings_path = bucket.auth.settings, join(path, "auth.settings")
+            scheme = factory.build(settings or {}, settings_path, reactor)
             access.services.extend(scheme.services())
+            if isinstance(scheme, SignedUrlScheme):
+                access.signers[bucket.name] = scheme
+            built.append(scheme)
+        scheme = built[0] if len(built) == 1 else FirstApplicableScheme(built)
         access.schemes[bucket.name] = scheme
     return access
+
+
+def _bucket_jwt(
+    config: Config,
+    index: int,
+    global_settings: Mapping[str, Any] | None,
+    global_jwt: IAuthScheme | None,
+    factory: IAuthSchemeFactory,
+    reactor: Any,
+) -> IAuthScheme:
+    """
+    The ``jwt`` scheme of ``buckets[index]``: the global one when the bucket has no settings
+    of its own, else one built from its settings merged over the global ones.
+
+    :raises ConfigError: no JWT settings apply to the bucket, or its own are bad.
+    """
+    bucket = config.buckets[index]
+    path = f"buckets[{index}]"
+    settings = _merged_jwt(global_settings, bucket)
+    if settings is None and config.jwt is not None:
+        raise ConfigError(
+            join(path, "auth.enabled"),
+            "authentication is enabled but the top-level jwt is disabled "
+            f"(jwt.enabled: false) and {path} has no jwt settings of its own",
+        )
+    if settings is None:
+        raise ConfigError(
+            join(path, "auth.enabled"),
+            f"authentication is enabled but no jwt settings apply (set jwt or {path}.jwt)",
+        )
+    if settings is global_settings and global_jwt is not None:
+        return global_jwt
+    return factory.build(settings, _jwt_path(bucket, index), reactor)

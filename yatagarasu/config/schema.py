@@ -434,15 +434,56 @@ class AuthConfig:
     """
     Client authentication for a bucket.
 
-    ``scheme`` names an auth scheme plugin (built-in: ``jwt``). JWT settings come from
-    ``auth.jwt``, else ``buckets[].jwt``, each merged over the top-level ``jwt``; another
-    scheme takes its settings from ``auth.settings``.
+    ``scheme`` names an auth scheme plugin (built-in: ``jwt``, ``signed_url``), or
+    ``schemes`` lists several (the first that applies to a request decides). JWT settings
+    come from ``auth.jwt``, else ``buckets[].jwt``, each merged over the top-level ``jwt``;
+    ``signed_url`` takes its settings from ``auth.signed_url``, any other scheme from
+    ``auth.settings``.
     """
 
     enabled: bool = False
-    scheme: str = "jwt"
+    scheme: str | None = None
+    schemes: tuple[str, ...] | None = None
     jwt: Mapping[str, Any] | None = None
+    signed_url: Mapping[str, Any] | None = None
     settings: Mapping[str, Any] | None = None
+
+    @property
+    def scheme_names(self) -> tuple[str, ...]:
+        """The schemes in order: ``schemes``, else ``(scheme,)``, else ``("jwt",)``."""
+        return self.schemes if self.schemes is not None else (self.scheme or "jwt",)
+
+    def check(self, path: str) -> None:
+        if self.schemes is None:
+            return self._check_settings(path)
+        if self.scheme is not None:
+            raise ConfigError(join(path, "schemes"), "give auth.scheme or auth.schemes, not both")
+        if not self.schemes:
+            raise ConfigError(join(path, "schemes"), "list at least one scheme")
+        for i, name in enumerate(self.schemes):
+            if name in self.schemes[:i]:
+                raise ConfigError(f"{join(path, 'schemes')}[{i}]", f"{name!r} is listed twice")
+        return self._check_settings(path)
+
+    def _check_settings(self, path: str) -> None:
+        names = self.scheme_names
+        if self.signed_url is not None and "signed_url" not in names:
+            raise ConfigError(
+                join(path, "signed_url"), "set, but signed_url is not among the bucket's schemes"
+            )
+        others = [n for n in names if n not in ("jwt", "signed_url")]
+        if self.settings is not None and not others:
+            raise ConfigError(
+                join(path, "settings"),
+                "set, but no plugin scheme reads it (jwt reads auth.jwt, signed_url reads "
+                "auth.signed_url)",
+            )
+        if len(others) > 1:
+            raise ConfigError(
+                join(path, "schemes"),
+                f"{others[0]!r} and {others[1]!r} would both read auth.settings: "
+                "list at most one scheme besides jwt and signed_url",
+            )
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,7 @@ def test_every_shipped_yaml_loads(path: str) -> None:
         document = yaml.safe_load(f)
     environ = {
         name: f"value-of-{name}-with-enough-bytes-for-any-hmac-key-0123456789abcdef"
-        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET")
+        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET", "SIGNED_URL_KEY")
     }
     config = parse_config(document, environ)
     assert config.buckets
