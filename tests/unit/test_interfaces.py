@@ -28,6 +28,8 @@ from yatagarasu.interfaces import (
     IAdminAuthSource,
     IAuditSink,
     IAuditSinkFactory,
+    IAuthorizer,
+    IAuthorizerFactory,
     IAuthScheme,
     IAuthSchemeFactory,
     ICacheLayer,
@@ -44,6 +46,8 @@ from yatagarasu.interfaces import (
 from yatagarasu.plugins.audit_file import file
 from yatagarasu.plugins.audit_syslog import syslog
 from yatagarasu.plugins.auth_jwt import jwt
+from yatagarasu.plugins.authz_opa import opa
+from yatagarasu.plugins.authz_openfga import openfga
 from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
 from yatagarasu.plugins.cache_redis import redis
@@ -83,6 +87,16 @@ def jwt_admin_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return jwt.build(settings, "jwt", reactor).admin_scheme()
 
 
+def opa_authorizer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {"opa_url": "http://127.0.0.1:1", "opa_policy_path": "a/allow"}
+    return opa.build(settings, "buckets[0].authorization", reactor)
+
+
+def openfga_authorizer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {"openfga_endpoint": "http://127.0.0.1:1", "openfga_store_id": "S1"}
+    return openfga.build(settings, "buckets[0].authorization", reactor)
+
+
 def file_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return file.build({"path": str(tmp_path / "audit.log")}, "audit_log.file", reactor)
 
@@ -105,6 +119,10 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("disk factory", factory(disk), {IPlugin, ICacheLayerFactory}),
     ("redis factory", factory(redis), {IPlugin, ICacheLayerFactory}),
     ("jwt factory", factory(jwt), {IPlugin, IAuthSchemeFactory}),
+    ("opa factory", factory(opa), {IPlugin, IAuthorizerFactory}),
+    ("opa authorizer", opa_authorizer, {IAuthorizer}),
+    ("openfga factory", factory(openfga), {IPlugin, IAuthorizerFactory}),
+    ("openfga authorizer", openfga_authorizer, {IAuthorizer}),
     ("file sink factory", factory(file), {IPlugin, IAuditSinkFactory}),
     ("file sink", file_sink, {IAuditSink}),
     ("syslog sink factory", factory(syslog), {IPlugin, IAuditSinkFactory}),
@@ -165,7 +183,12 @@ def test_every_interface_has_a_builtin_provider_checked() -> None:
 
 
 def test_every_installed_factory_verifies() -> None:
-    for interface in (ICacheLayerFactory, IAuthSchemeFactory, IAuditSinkFactory):
+    for interface in (
+        ICacheLayerFactory,
+        IAuthSchemeFactory,
+        IAuditSinkFactory,
+        IAuthorizerFactory,
+    ):
         found = available(interface, plugins)
         assert found, interface.__name__
         for name, plugin in found.items():
