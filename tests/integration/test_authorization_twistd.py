@@ -4,7 +4,7 @@ test's own small HTTP services speaking OPA's data API (``POST /v1/data/<path>``
 ``{"input": ...}`` → ``{"result": ...}``) and OpenFGA's Check (``POST /stores/<id>/check`` with
 ``{"tuple_key": {...}, "authorization_model_id": ...}`` → ``{"allowed": ...}``): allowed,
 denied, the policy service down (fail closed and open), too slow, decisions cached (the
-service's call count), the metrics, and a third-party authorizer plugin.
+service's call count), the metrics, a third-party authorizer plugin, and hot reload.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from devharness.moto_s3 import MotoS3Server
 from devharness.ports import free_port
 from devharness.proxy_config import bucket_config
 from devharness.twistd import ProxyProcess, TwistdResult
+from tests.integration.test_reload_twistd import rewrite, sighup_and_wait
 
 SECRET = "authorization-secret-" + "z" * 48
 POLICY = "yatagarasu/authz/allow"
@@ -254,3 +255,23 @@ def test_check_names_the_bad_authorization_key(
     assert "buckets[0].authorization.opa_fail_mode: must be one of 'open', 'closed'" in (
         result.output
     )
+
+
+def test_a_reload_applies_new_authorization_settings_and_refuses_bad_ones(setup: Setup) -> None:
+    running, opa, _, _ = setup
+    assert running.get("/opa/docs/a.txt", headers=token("alice")).status == 200
+
+    def other_rule(document: dict[str, Any]) -> None:
+        document["buckets"][0]["authorization"]["opa_policy_path"] = "yatagarasu/authz/other"
+
+    rewrite(running, other_rule)
+    sighup_and_wait(running)
+    assert running.get("/opa/docs/a.txt", headers=token("alice")).status == 403  # undefined rule
+    assert opa.calls[-1].path == "/v1/data/yatagarasu/authz/other"
+
+    rewrite(running, lambda d: d["buckets"][0]["authorization"].update(opa_timeout_ms=0))
+    sighup_and_wait(running)
+    assert "buckets[0].authorization.opa_timeout_ms: must be > 0" in running.log_text()
+    still = running.get("/opa/docs/a.txt", headers=token("alice"))
+    assert still.status == 403  # generation 2 still serves
+    assert running.metric("yatagarasu_config_generation") == 2.0
