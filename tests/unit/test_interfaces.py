@@ -37,6 +37,7 @@ from yatagarasu.interfaces import (
     ICacheWriter,
     IDefaultTtlCacheLayer,
     IErrorCountingCacheLayer,
+    IImmediateAuthorizer,
     IImmediateAuthScheme,
     IImmediateCacheLayer,
     IPurgeBroadcaster,
@@ -120,9 +121,9 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("redis factory", factory(redis), {IPlugin, ICacheLayerFactory}),
     ("jwt factory", factory(jwt), {IPlugin, IAuthSchemeFactory}),
     ("opa factory", factory(opa), {IPlugin, IAuthorizerFactory}),
-    ("opa authorizer", opa_authorizer, {IAuthorizer}),
+    ("opa authorizer", opa_authorizer, {IAuthorizer, IImmediateAuthorizer}),
     ("openfga factory", factory(openfga), {IPlugin, IAuthorizerFactory}),
-    ("openfga authorizer", openfga_authorizer, {IAuthorizer}),
+    ("openfga authorizer", openfga_authorizer, {IAuthorizer, IImmediateAuthorizer}),
     ("file sink factory", factory(file), {IPlugin, IAuditSinkFactory}),
     ("file sink", file_sink, {IAuditSink}),
     ("syslog sink factory", factory(syslog), {IPlugin, IAuditSinkFactory}),
@@ -149,6 +150,7 @@ OPTIONAL = [
     IPurgeBroadcaster,
     IImmediateAuthScheme,
     IAdminAuthSource,
+    IImmediateAuthorizer,
 ]
 
 

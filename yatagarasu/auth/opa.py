@@ -18,13 +18,13 @@ from twisted.plugin import IPlugin
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from yatagarasu.auth.decision_cache import DecisionCache
+from yatagarasu.auth.decision_cache import DEFAULT_MAX_ENTRIES, DecisionCache
 from yatagarasu.auth.json_client import JsonClient, PolicyServiceError
 from yatagarasu.auth.remote_authorizer import FailMode, RemoteAuthorizer, check_service_url
 from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import IAuthorizer, IAuthorizerFactory
-from yatagarasu.values import AuthorizationQuery
+from yatagarasu.interfaces import IAuthorizerFactory, IImmediateAuthorizer
+from yatagarasu.values import AuthorizationQuery, Identity
 
 _POLICY_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -84,7 +84,33 @@ def opa_input(query: AuthorizationQuery) -> dict[str, Any]:
     }
 
 
-@implementer(IAuthorizer)
+class _EncodedClaims:
+    """
+    The canonical JSON of identities' claims, remembered per ``Identity`` object: an auth
+    scheme hands out the same object for a token it knows (``jwt``'s verified-token cache), so
+    a reused token's claims are encoded once, not on every request.
+
+    :param max_entries: identities remembered (the oldest is forgotten first).
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        self._max = max_entries
+        #: ``id(identity)`` -> (the identity, kept alive so that its id is not reused; encoding)
+        self._known: dict[int, tuple[Identity, str]] = {}
+
+    def encode(self, identity: Identity) -> str:
+        """:returns: ``identity.claims`` as JSON with sorted keys."""
+        known = self._known.get(id(identity))
+        if known is not None and known[0] is identity:
+            return known[1]
+        encoded = json.dumps(dict(identity.claims), sort_keys=True, default=str)
+        if len(self._known) >= self._max:
+            del self._known[next(iter(self._known))]
+        self._known[id(identity)] = (identity, encoded)
+        return encoded
+
+
+@implementer(IImmediateAuthorizer)
 class OpaAuthorizer(RemoteAuthorizer):
     """
     :param settings: the validated settings.
@@ -95,10 +121,21 @@ class OpaAuthorizer(RemoteAuthorizer):
     def __init__(self, settings: OpaSettings, client: JsonClient, cache: DecisionCache) -> None:
         super().__init__("opa", client, cache, settings.opa_fail_mode)
         self._url = settings.decision_url
+        self._claims = _EncodedClaims()
 
     def cache_key(self, query: AuthorizationQuery) -> Hashable:
-        """:returns: the input document, canonically encoded (every field counts)."""
-        return json.dumps(opa_input(query), sort_keys=True, default=str)
+        """:returns: every field of the input document (the claims canonically encoded)."""
+        identity = query.identity
+        if identity is None:
+            return query.bucket, query.key, query.method, query.client_ip, None, ""
+        return (
+            query.bucket,
+            query.key,
+            query.method,
+            query.client_ip,
+            identity.subject,
+            self._claims.encode(identity),
+        )
 
     async def ask(self, query: AuthorizationQuery) -> bool:
         """

@@ -30,7 +30,7 @@ from yatagarasu.auth.json_client import JsonClient, PolicyServiceError
 from yatagarasu.auth.remote_authorizer import FailMode, RemoteAuthorizer, check_service_url
 from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import IAuthorizer, IAuthorizerFactory
+from yatagarasu.interfaces import IAuthorizerFactory, IImmediateAuthorizer
 from yatagarasu.values import AuthorizationQuery, Decision, Identity
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -94,7 +94,7 @@ def openfga_object(bucket: str, key: str) -> str:
     return f"{'folder' if key.endswith('/') else 'file'}:{bucket}/{key}"
 
 
-@implementer(IAuthorizer)
+@implementer(IImmediateAuthorizer)
 class OpenFgaAuthorizer(RemoteAuthorizer):
     """
     :param settings: the validated settings.
@@ -108,6 +108,9 @@ class OpenFgaAuthorizer(RemoteAuthorizer):
         self._url = f"{endpoint}/stores/{settings.openfga_store_id}/check"
         self._model = settings.openfga_authorization_model_id
         self._claim = settings.openfga_user_claim
+        self._no_user = Decision(
+            False, "deny", f"denied by openfga: no user id in claim {self._claim!r}"
+        )
         token = settings.openfga_api_token
         self._headers = {b"authorization": b"Bearer " + token.encode()} if token else {}
 
@@ -118,9 +121,18 @@ class OpenFgaAuthorizer(RemoteAuthorizer):
             :meth:`RemoteAuthorizer.authorize`.
         """
         if openfga_user(query.identity, self._claim) is None:
-            reason = f"denied by openfga: no user id in claim {self._claim!r}"
-            return succeed(Decision(False, "deny", reason))
+            return succeed(self._no_user)
         return super().authorize(query)
+
+    def authorize_now(self, query: AuthorizationQuery) -> Decision | None:
+        """
+        :param query: the request to decide on.
+        :returns: the denial of an identity without a user id, or a cached decision, or
+            ``None``.
+        """
+        if openfga_user(query.identity, self._claim) is None:
+            return self._no_user
+        return super().authorize_now(query)
 
     def cache_key(self, query: AuthorizationQuery) -> Hashable:
         """:returns: the checked tuple ``(user, relation, object)``."""

@@ -63,6 +63,8 @@ class RemoteAuthorizer:
         self._cache = cache
         self._fail_open = fail_mode == "open"
         self._failing = False
+        self._cached_allow = Decision(True, "cached", self._reason(True))
+        self._cached_deny = Decision(False, "cached", self._reason(False))
 
     def cache_key(self, query: AuthorizationQuery) -> Hashable:
         """:returns: what identifies the question asked for ``query``."""
@@ -75,6 +77,16 @@ class RemoteAuthorizer:
         """
         raise NotImplementedError
 
+    def authorize_now(self, query: AuthorizationQuery) -> Decision | None:
+        """
+        :param query: the request to decide on.
+        :returns: the cached decision, or ``None`` (:meth:`authorize` asks the service).
+        """
+        cached = self._cache.get(self.cache_key(query))
+        if cached is None:
+            return None
+        return self._cached_allow if cached else self._cached_deny
+
     def authorize(self, query: AuthorizationQuery) -> Deferred[Decision]:
         """
         :param query: the request to decide on.
@@ -83,7 +95,7 @@ class RemoteAuthorizer:
         key = self.cache_key(query)
         cached = self._cache.get(key)
         if cached is not None:
-            return succeed(Decision(cached, "cached", self._reason(cached)))
+            return succeed(self._cached_allow if cached else self._cached_deny)
         return Deferred.fromCoroutine(self._decide(query, key))
 
     async def _decide(self, query: AuthorizationQuery, key: Hashable) -> Decision:

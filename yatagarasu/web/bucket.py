@@ -12,7 +12,12 @@ from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import Forbidden, HTTPError
 from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
-from yatagarasu.interfaces import IAuthorizer, IAuthScheme, IImmediateAuthScheme
+from yatagarasu.interfaces import (
+    IAuthorizer,
+    IAuthScheme,
+    IImmediateAuthorizer,
+    IImmediateAuthScheme,
+)
 from yatagarasu.metrics import Metrics
 from yatagarasu.s3.client import S3Client
 from yatagarasu.values import AuthorizationQuery, Decision, Identity
@@ -62,6 +67,9 @@ class BucketResource(AsyncResource):
         self._immediate = scheme if IImmediateAuthScheme.providedBy(scheme) else None
         self._cached = cached
         self._authorizer = authorizer
+        self._immediate_authorizer = (
+            authorizer if IImmediateAuthorizer.providedBy(authorizer) else None
+        )
         self._metrics = metrics
         self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
 
@@ -133,9 +141,13 @@ class BucketResource(AsyncResource):
 
     def _authorize(
         self, authorizer: IAuthorizer, request: ProxyRequest, key: str, identity: Identity | None
-    ) -> Deferred[None]:
+    ) -> Deferred[None] | None:
         method = request.method.decode("ascii")
         query = AuthorizationQuery(self._bucket.name, key, method, request.client_address, identity)
+        if self._immediate_authorizer is not None:
+            decision = self._immediate_authorizer.authorize_now(query)
+            if decision is not None:
+                return self._decided(decision, authorizer.name, request, key)
         deciding: Deferred[Decision] = authorizer.authorize(query)
         return deciding.addCallback(self._decided, authorizer.name, request, key)
 

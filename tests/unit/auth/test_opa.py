@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, globalLogPublisher
 
 from tests.unit.auth.memory_http import MemoryHttpServer
-from yatagarasu.auth.opa import OpaAuthorizer, OpaAuthorizerFactory, opa_input
+from yatagarasu.auth.opa import OpaAuthorizer, OpaAuthorizerFactory, _EncodedClaims, opa_input
 from yatagarasu.errors import ConfigError
 from yatagarasu.testing import result_of
 from yatagarasu.values import AuthorizationQuery, Decision, Identity
@@ -158,3 +158,34 @@ def test_url_and_policy_path_are_required() -> None:
     with pytest.raises(ConfigError) as caught:
         OpaAuthorizerFactory().build({"opa_url": "http://opa"}, PATH, MemoryReactorClock())
     assert (caught.value.path, caught.value.message) == (f"{PATH}.opa_policy_path", "is required")
+
+
+def test_a_remembered_decision_is_known_at_once() -> None:
+    clock = MemoryReactorClock()
+    server = MemoryHttpServer(clock)
+    authorizer = build(clock)
+    assert authorizer.authorize_now(query()) is None
+    decide(authorizer, query())
+    server.answer(200, {"result": True})
+    assert authorizer.authorize_now(query()) == Decision(True, "cached", "allowed by opa")
+    assert authorizer.authorize_now(query("docs/other")) is None
+    same_claims = Identity("alice", {"groups": ["readers"], "sub": "alice"}, "jwt")
+    assert authorizer.authorize_now(query(identity=same_claims)) is not None  # equal claims
+    other = Identity("alice", {"sub": "alice", "groups": ["writers"]}, "jwt")
+    assert authorizer.authorize_now(query(identity=other)) is None
+    assert authorizer.authorize_now(query(identity=None)) is None
+    clock.advance(60)
+    assert authorizer.authorize_now(query()) is None  # expired with the TTL
+    assert server.pending() == 0  # authorize_now never asks
+
+
+def test_claims_are_encoded_once_per_identity_object_and_the_memo_is_bounded() -> None:
+    encoded = _EncodedClaims(max_entries=2)
+    first = encoded.encode(ALICE)
+    assert first == '{"groups": ["readers"], "sub": "alice"}'
+    assert encoded.encode(ALICE) is first
+    identities = [Identity(str(i), {"sub": str(i)}) for i in range(3)]
+    for identity in identities:
+        encoded.encode(identity)
+    assert len(encoded._known) == 2
+    assert encoded.encode(identities[0]) == '{"sub": "0"}'  # forgotten, encoded again

@@ -81,9 +81,9 @@ def test_no_user_id_is_denied_without_asking() -> None:
     authorizer = build(clock, openfga_user_claim="email")
     for identity in (ALICE, None, Identity("x", {"email": 5}, "jwt")):
         results = decide(authorizer, query(identity=identity))
-        assert results == [
-            Decision(False, "deny", "denied by openfga: no user id in claim 'email'")
-        ]
+        denied = Decision(False, "deny", "denied by openfga: no user id in claim 'email'")
+        assert results == [denied]
+        assert authorizer.authorize_now(query(identity=identity)) == denied
     assert server.pending() == 0
 
 
@@ -105,6 +105,8 @@ def test_decisions_are_cached_per_tuple_for_the_ttl() -> None:
     assert first == [Decision(True, "allow", "allowed by openfga")]
     bob = Identity("bob", {"sub": "bob"}, "jwt")
     assert decide(authorizer, query()) == [Decision(True, "cached", "allowed by openfga")]
+    assert authorizer.authorize_now(query()) == Decision(True, "cached", "allowed by openfga")
+    assert authorizer.authorize_now(query(identity=bob)) is None
     other = decide(authorizer, query(identity=bob))
     server.answer(200, {"allowed": False})
     assert other == [Decision(False, "deny", "denied by openfga")]

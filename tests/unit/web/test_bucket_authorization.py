@@ -107,8 +107,13 @@ def test_a_cached_object_is_served_only_to_an_allowed_request() -> None:
     opa.answer(200, {"result": True})
     h.agents["pub"].answer(obj())
     assert parse_response(transport.value()).header("x-cache") == "MISS"
+    authorizer: Any = h.access.authorizers["pub"]
+    deferred_calls: list[Any] = []
+    authorize = authorizer.authorize
+    authorizer.authorize = lambda q: deferred_calls.append(q) or authorize(q)
     hit = fetch(h, "/pub/a.txt", bearer())  # same token, same input: the cached decision
     assert (hit.status, hit.header("x-cache")) == (200, "HIT")
+    assert deferred_calls == []  # answered by authorize_now: no Deferred on the way
     assert len(opa.received) == 1
     _, transport = h.get("/pub/a.txt", bearer({"role": "other"}))  # another input: asked
     opa.answer(200, {"result": False})
