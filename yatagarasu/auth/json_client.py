@@ -14,6 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succe
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.web._newclient import RequestNotSent, RequestTransmissionFailed, _WrapperException
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -115,6 +116,17 @@ def _read_body(response: IResponse, limit: int) -> Deferred[bytes]:
     return done
 
 
+def _raise_if_cancelled(error: Exception) -> None:
+    """:raises CancelledError: when twisted.web wrapped a cancellation (the caller's) in it."""
+    if isinstance(error, _WrapperException) and any(r.check(CancelledError) for r in error.reasons):
+        raise CancelledError() from None
+
+
+def _why(error: Exception) -> str:
+    reasons = error.reasons if isinstance(error, _WrapperException) else []
+    return f" ({', '.join(r.getErrorMessage() for r in reasons)})" if reasons else ""
+
+
 class JsonClient:
     """
     POST JSON documents to one policy service and read its JSON answers.
@@ -158,18 +170,8 @@ class JsonClient:
         send = Headers({b"content-type": [b"application/json"], b"user-agent": [_USER_AGENT]})
         for name, value in headers.items():
             send.setRawHeaders(name, [value])
-        body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        try:
-            response = await self._agent.request(b"POST", url.encode("ascii"), send, _Bytes(body))
-        except (ResponseNeverReceived, ResponseFailed) as e:
-            if any(r.check(CancelledError) for r in e.reasons):
-                raise CancelledError() from None
-            reasons = ", ".join(r.getErrorMessage() for r in e.reasons)
-            raise PolicyServiceError(f"connection closed ({reasons})") from None
-        except neterror.ConnectingCancelledError:
-            raise CancelledError() from None
-        except (neterror.ConnectError, neterror.DNSLookupError, OSError) as e:
-            raise PolicyServiceError(f"cannot connect ({e.__class__.__name__})") from None
+        body = _Bytes(json.dumps(document, separators=(",", ":"), sort_keys=True).encode())
+        response = await self._send(url.encode("ascii"), send, body)
         raw = await _read_body(response, MAX_ANSWER_BYTES)
         if response.code != 200:
             raise PolicyServiceError(f"answered HTTP {response.code}")
@@ -177,6 +179,30 @@ class JsonClient:
             return json.loads(raw)
         except ValueError:
             raise PolicyServiceError("answer is not JSON") from None
+
+    async def _send(self, url: bytes, headers: Headers, body: _Bytes) -> IResponse:
+        """
+        Send the request; once more when the connection closed before any answer (a pooled
+        connection the service had just closed: twisted.web does not retry a POST itself, and
+        a policy query is safe to repeat).
+        """
+        retried = False
+        while True:
+            try:
+                return await self._agent.request(b"POST", url, headers, body)
+            except (ResponseNeverReceived, RequestNotSent, RequestTransmissionFailed) as e:
+                _raise_if_cancelled(e)
+                if not retried:
+                    retried = True
+                    continue
+                raise PolicyServiceError(f"connection closed before an answer{_why(e)}") from None
+            except ResponseFailed as e:
+                _raise_if_cancelled(e)
+                raise PolicyServiceError(f"connection closed{_why(e)}") from None
+            except neterror.ConnectingCancelledError:
+                raise CancelledError() from None
+            except (neterror.ConnectError, neterror.DNSLookupError, OSError) as e:
+                raise PolicyServiceError(f"cannot connect ({e.__class__.__name__})") from None
 
     async def close(self) -> None:
         """Close the pooled connections."""

@@ -58,8 +58,11 @@ class OpenFgaSettings:
             value = getattr(self, key)
             if value is not None and not _ID.match(value):
                 raise ConfigError(join(path, key), "expected an id (letters, digits, '_' or '-')")
-        if self.openfga_api_token is not None and not self.openfga_api_token.strip():
-            raise ConfigError(join(path, "openfga_api_token"), "must not be empty")
+        token = self.openfga_api_token
+        if token is not None and (not token.strip() or not token.isprintable() or " " in token):
+            raise ConfigError(
+                join(path, "openfga_api_token"), "must be one word of printable characters"
+            )
         if self.openfga_timeout_ms <= 0:
             raise ConfigError(join(path, "openfga_timeout_ms"), "must be > 0")
         if self.openfga_cache_ttl_seconds < 0:

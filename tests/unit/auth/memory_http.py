@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -101,6 +101,18 @@ class MemoryHttpServer:
         for connection in self._connections:
             self._parse(connection)
         return sum(len(c.waiting) for c in self._connections)
+
+    def drop(self) -> Received:
+        """
+        Close the connection of the oldest waiting request without answering it.
+
+        :returns: the request dropped.
+        """
+        assert self.pending(), "no request waits for an answer"
+        connection = next(c for c in self._connections if c.waiting)
+        request = connection.waiting.pop(0)
+        connection.protocol.connectionLost(Failure(ConnectionDone()))
+        return request
 
     def answer(self, status: int = 200, document: Any = None, raw: bytes | None = None) -> Received:
         """

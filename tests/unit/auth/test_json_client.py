@@ -107,3 +107,20 @@ def test_the_caller_cancelling_is_not_a_service_failure() -> None:
     assert server.pending() == 1
     done.cancel()
     assert isinstance(failure_of(results), CancelledError)
+
+
+def test_a_connection_closed_before_an_answer_is_tried_once_more() -> None:
+    clock = MemoryReactorClock()
+    server = MemoryHttpServer(clock)
+    results = post(JsonClient(clock, 1), {"input": {"n": 1}})
+    first = server.drop()
+    assert results == []  # asked again, on a new connection
+    second = server.answer(200, {"result": True})
+    assert first.body == second.body == b'{"input":{"n":1}}'
+    assert (results, server.connections) == ([{"result": True}], 2)
+    again = post(JsonClient(clock, 1))
+    server.drop()
+    server.drop()
+    error = failure_of(again)
+    assert isinstance(error, PolicyServiceError)
+    assert str(error).startswith("connection closed before an answer (")

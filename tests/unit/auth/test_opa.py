@@ -189,3 +189,11 @@ def test_claims_are_encoded_once_per_identity_object_and_the_memo_is_bounded() -
         encoded.encode(identity)
     assert len(encoded._known) == 2
     assert encoded.encode(identities[0]) == '{"sub": "0"}'  # forgotten, encoded again
+
+
+def test_a_base_path_in_opa_url_is_kept() -> None:
+    clock = MemoryReactorClock()
+    server = MemoryHttpServer(clock)
+    authorizer = build(clock, opa_url="http://127.0.0.1:8181/opa/")
+    decide(authorizer, query())
+    assert server.answer(200, {"result": True}).path == "/opa/v1/data/yatagarasu/authz/allow"
