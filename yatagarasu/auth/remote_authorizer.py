@@ -1,7 +1,8 @@
 """
-What the OPA and OpenFGA authorizers share: decisions cached for a TTL, a policy service
-asked over HTTP (:class:`JsonClient`), and a fail mode for when it gives no usable answer —
-logged once when the service starts failing and once when it answers again, not per request.
+What the OPA and OpenFGA authorizers share: decisions cached for a TTL, one call at a time per
+query (concurrent identical requests share it), a policy service asked over HTTP
+(:class:`JsonClient`), and a fail mode for when it gives no usable answer — logged once when
+the service starts failing and once when it answers again, not per request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.logger import Logger
 
 from yatagarasu.auth.decision_cache import DecisionCache
 from yatagarasu.auth.json_client import JsonClient, PolicyServiceError
+from yatagarasu.auth.shared_calls import SharedCalls
 from yatagarasu.errors import ConfigError
 from yatagarasu.values import AuthorizationQuery, Decision
 
@@ -65,6 +67,7 @@ class RemoteAuthorizer:
         self._failing = False
         self._cached_allow = Decision(True, "cached", self._reason(True))
         self._cached_deny = Decision(False, "cached", self._reason(False))
+        self._calls: SharedCalls[Decision] = SharedCalls()
 
     def cache_key(self, query: AuthorizationQuery) -> Hashable:
         """:returns: what identifies the question asked for ``query``."""
@@ -96,7 +99,16 @@ class RemoteAuthorizer:
         cached = self._cache.get(key)
         if cached is not None:
             return succeed(self._cached_allow if cached else self._cached_deny)
-        return Deferred.fromCoroutine(self._decide(query, key))
+        deciding, started = self._calls.join(
+            key, lambda: Deferred.fromCoroutine(self._decide(query, key))
+        )
+        return deciding if started else deciding.addCallback(self._shared)
+
+    def _shared(self, decision: Decision) -> Decision:
+        """A request that joined another's call: an answer it reused, counted as ``cached``."""
+        if decision.result == "error":
+            return decision
+        return self._cached_allow if decision.allowed else self._cached_deny
 
     async def _decide(self, query: AuthorizationQuery, key: Hashable) -> Decision:
         try:

@@ -197,3 +197,21 @@ def test_a_base_path_in_opa_url_is_kept() -> None:
     authorizer = build(clock, opa_url="http://127.0.0.1:8181/opa/")
     decide(authorizer, query())
     assert server.answer(200, {"result": True}).path == "/opa/v1/data/yatagarasu/authz/allow"
+
+
+def test_concurrent_identical_queries_share_one_call() -> None:
+    clock = MemoryReactorClock()
+    server = MemoryHttpServer(clock)
+    authorizer = build(clock, opa_cache_ttl_seconds=0)
+    first, second = decide(authorizer, query()), decide(authorizer, query())
+    other = decide(authorizer, query("docs/b.txt"))
+    assert server.pending() == 2  # one call per distinct input
+    server.answer(200, {"result": True})
+    assert first == [Decision(True, "allow", "allowed by opa")]
+    assert second == [Decision(True, "cached", "allowed by opa")]  # reused, not asked
+    server.answer(200, {"result": False})
+    assert other == [Decision(False, "deny", "denied by opa")]
+    late = decide(authorizer, query())  # TTL 0: nothing remembered, a new call
+    assert server.pending() == 1
+    clock.advance(0.1)
+    assert late == [Decision(False, "error", "opa gave no answer (no answer within 100 ms)")]
