@@ -170,7 +170,9 @@ class JsonClient:
         send = Headers({b"content-type": [b"application/json"], b"user-agent": [_USER_AGENT]})
         for name, value in headers.items():
             send.setRawHeaders(name, [value])
-        body = _Bytes(json.dumps(document, separators=(",", ":"), sort_keys=True).encode())
+        # default=str: a claim a third-party scheme put in an identity may not be JSON
+        text = json.dumps(document, separators=(",", ":"), sort_keys=True, default=str)
+        body = _Bytes(text.encode())
         response = await self._send(url.encode("ascii"), send, body)
         raw = await _read_body(response, MAX_ANSWER_BYTES)
         if response.code != 200:

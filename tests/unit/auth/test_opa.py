@@ -5,6 +5,7 @@ request it sends, how it reads the answer, its decision cache and its fail modes
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
@@ -215,3 +216,13 @@ def test_concurrent_identical_queries_share_one_call() -> None:
     assert server.pending() == 1
     clock.advance(0.1)
     assert late == [Decision(False, "error", "opa gave no answer (no answer within 100 ms)")]
+
+
+def test_claims_that_are_not_json_are_sent_as_text() -> None:
+    clock = MemoryReactorClock()
+    server = MemoryHttpServer(clock)
+    odd = Identity("robot", {"sub": "robot", "since": datetime.date(2026, 12, 2)}, "apikey")
+    results = decide(build(clock), query(identity=odd))
+    request = server.answer(200, {"result": True})
+    assert request.json()["input"]["jwt_claims"] == {"sub": "robot", "since": "2026-12-02"}
+    assert results == [Decision(True, "allow", "allowed by opa")]
