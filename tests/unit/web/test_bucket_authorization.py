@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+from twisted.internet.defer import fail
 
 from tests.unit.auth.jwt_kit import NOW, SECRET, token
 from tests.unit.auth.memory_http import MemoryHttpServer
@@ -190,3 +191,14 @@ def test_an_old_generation_closes_its_authorizers() -> None:
     assert report.ok, report
     h.clock.advance(0)  # the old generation retires on the next turn
     assert opa.closed(0)
+
+
+def test_an_authorizer_that_fails_is_answered_500_never_allowed() -> None:
+    h, _ = harness(opa_bucket())
+    authorizer: Any = h.access.authorizers["pub"]
+    authorizer.authorize_now = lambda q: None
+    authorizer.authorize = lambda q: fail(RuntimeError("plugin bug"))
+    _, transport = h.get("/pub/a.txt", bearer())
+    response = parse_response(transport.value())
+    assert (response.status, json.loads(response.body)["message"]) == (500, "internal error")
+    assert h.agents["pub"].sent == []
