@@ -481,6 +481,12 @@ def _authorization(authorization: dict[str, Any], path: str, note: Emit) -> None
     if kind not in _AUTHORIZER_KEYS:
         return
     _kept(path, "enforced by the Rust version, and by this one", note)
+    mode_key = f"{kind}_fail_mode"
+    mode = authorization.get(mode_key)
+    if isinstance(mode, str) and mode not in ("open", "closed") and "${" not in mode:
+        read_as = "open" if mode.lower() == "open" else "closed"
+        rust = f"read as {read_as} (open in any letter case was open, every other value closed)"
+        _convert(authorization, mode_key, read_as, f"{path}.{mode_key}", rust, note)
     for other, keys in _AUTHORIZER_KEYS.items():
         if other == kind:
             continue

@@ -253,6 +253,24 @@ def test_authorization_is_kept_per_bucket_and_dropped_at_the_top_level() -> None
     assert config.buckets[0].authorization == migration.document["buckets"][0]["authorization"]
 
 
+@pytest.mark.parametrize(
+    ("written", "migrated"),
+    [("Open", "open"), ("deny", "closed"), ("CLOSED", "closed"), ("${MODE}", "${MODE}")],
+)
+def test_a_fail_mode_the_rust_version_read_leniently_is_converted(
+    written: str, migrated: str
+) -> None:
+    document = doc()
+    document["buckets"][0]["authorization"] = {
+        "type": "opa", "opa_url": "http://opa", "opa_policy_path": "p", "opa_fail_mode": written
+    }  # fmt: skip
+    migration = migrate(document)
+    assert migration.document["buckets"][0]["authorization"]["opa_fail_mode"] == migrated
+    if written != migrated:
+        note = note_at(migration, "buckets[0].authorization.opa_fail_mode")
+        assert (note.action, note.detail) == ("converted", f"{written!r} to {migrated!r}")
+
+
 def test_a_key_of_the_other_authorizer_names_the_migrate_command() -> None:
     document = doc()
     document["buckets"][0]["authorization"] = {
