@@ -126,6 +126,16 @@ def setup(
                     "openfga_cache_ttl_seconds": 0,
                 },
             ),
+            b(
+                "fga_bad",
+                {
+                    "type": "openfga",
+                    "openfga_endpoint": fga.url,
+                    "openfga_store_id": "01NOSUCHSTORE0000000000000",
+                    "openfga_authorization_model_id": MODEL,
+                    "openfga_api_token": "${FGA_TOKEN}",
+                },
+            ),
             b("owned", {"type": "owner_prefix", "shared_prefixes": ["public/"]}),
         ],
     }
@@ -228,6 +238,15 @@ def test_openfga_checks_the_tuple_with_model_and_token(setup: Setup) -> None:
     assert running.get("/fga/docs/a.txt", headers=token("alice")).status == 403
     assert len(fga.calls) == 3
     assert FGA_TOKEN not in running.log_text()
+
+
+def test_an_openfga_error_answer_is_no_answer(setup: Setup) -> None:
+    running, _, fga, _ = setup
+    response = running.get("/fga_bad/doc.txt", headers=token("alice"))
+    assert response.status == 503
+    assert response.json()["message"] == "authorization service unavailable (openfga)"
+    assert [c.path for c in fga.calls] == ["/stores/01NOSUCHSTORE0000000000000/check"]
+    running.wait_for_log("authorization service openfga gives no answer (answered HTTP 404)")
 
 
 def test_a_third_party_authorizer(setup: Setup) -> None:
