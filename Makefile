@@ -20,7 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # (Re)install when the packaging metadata changes. Editable *compat* mode is required: the default
 # editable mode hides twisted/plugins from twistd ("Unknown command: yatagarasu").
 $(STAMP): setup.cfg pyproject.toml tests/plugins/apikey/pyproject.toml tests/plugins/dictlayer/pyproject.toml \
-		tests/plugins/csvsink/pyproject.toml
+		tests/plugins/csvsink/pyproject.toml tests/plugins/ownerprefix/pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then \
 	  rm -rf $(VENV); \
 	  if ! $(PYTHON) -m venv $(VENV); then \
@@ -32,11 +32,12 @@ $(STAMP): setup.cfg pyproject.toml tests/plugins/apikey/pyproject.toml tests/plu
 	fi
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]' --config-settings editable_mode=compat
-	# Third-party plugin distributions (an auth scheme, a cache layer, an audit sink), installed the way an
+	# Third-party plugin distributions (an auth scheme, a cache layer, an audit sink, an authorizer), installed the way an
 	# operator would add one: the tests prove that plugins outside this package are used.
 	$(BIN)/python -m pip install -e tests/plugins/apikey --config-settings editable_mode=compat
 	$(BIN)/python -m pip install -e tests/plugins/dictlayer --config-settings editable_mode=compat
 	$(BIN)/python -m pip install -e tests/plugins/csvsink --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -e tests/plugins/ownerprefix --config-settings editable_mode=compat
 	touch $@
 
 venv .venv: $(STAMP)

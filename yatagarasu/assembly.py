@@ -99,12 +99,15 @@ class Assembly:
 
     async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
         """
-        Close what holds connections or files: the S3 pools, then the cache layers.
+        Close what holds connections or files: the S3 pools, the authorizers' pools, then the
+        cache layers.
 
         :param keep: cache layers a newer generation took over (a hot reload): left open.
         """
         for client in self.clients.values():
             await client.close()
+        for authorizer in self.access.authorizers.values():
+            await authorizer.close()
         if self.caching.cache is not None:
             await self.caching.cache.close(keep)
 
@@ -269,6 +272,8 @@ def _resource_tree(
                 ip_filter=access.ip_filters.get(bucket.name),
                 scheme=access.schemes.get(bucket.name),
                 cached=_cached_objects(bucket, config, caching, clients[bucket.name], clock),
+                authorizer=access.authorizers.get(bucket.name),
+                metrics=metrics,
             ),
         )
         for bucket in config.buckets

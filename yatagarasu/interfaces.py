@@ -4,7 +4,8 @@ The zope interfaces that plugins implement. Docstrings are the contract.
 Plugins are found with ``twisted.plugin.getPlugins`` (see :mod:`yatagarasu.discovery`): a
 package installed beside yatagarasu provides a module in ``yatagarasu/plugins/`` (a namespace
 extended with ``pluginPackagePaths``) holding objects that provide ``twisted.plugin.IPlugin``
-and one of the ``*Factory`` interfaces below (cache layers, auth schemes, audit sinks). The
+and one of the ``*Factory`` interfaces below (cache layers, auth schemes, authorizers, audit
+sinks). The
 configuration names them.
 
 This module is the floor of the package: it imports only the values the contracts exchange
@@ -24,7 +25,15 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
 
-from yatagarasu.values import AuditRecord, CacheEntry, CacheKey, Identity, LayerStats
+from yatagarasu.values import (
+    AuditRecord,
+    AuthorizationQuery,
+    CacheEntry,
+    CacheKey,
+    Decision,
+    Identity,
+    LayerStats,
+)
 
 
 class ICacheWriter(Interface):
@@ -274,6 +283,63 @@ class IAuthSchemeFactory(Interface):
         :param settings: the scheme's mapping from the configuration.
         :param path: its dotted key path, for errors.
         :param reactor: the reactor (time, TCP for JWKS and the like).
+        :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
+        """
+
+
+class IAuthorizer(Interface):
+    """
+    Decides whether an authenticated request may read an object (``buckets[].authorization``):
+    an external policy service such as OPA or OpenFGA, or a third-party one.
+
+    Asked after authentication (DESIGN.md §2 step 8), before the cache: a cached object is
+    only served to a request the authorizer allows.
+    """
+
+    name = Attribute("The authorizer's type in the configuration, e.g. ``'opa'``.")
+
+    def authorize(query: AuthorizationQuery) -> Deferred[Decision]:
+        """
+        :param query: the request to decide on.
+        :returns: the decision. It should not fail: a policy service that gives no usable
+            answer (timeout, refused connection, bad document) becomes a decision with
+            ``result="error"`` and ``allowed`` set by the authorizer's fail mode. A failure
+            anyway is answered 500 (never allowed). Cancelling it (the client went away)
+            cancels the call in flight.
+        """
+
+    def close() -> Deferred[None]:
+        """Release connections (the generation that built it is being retired)."""
+
+
+class IImmediateAuthorizer(IAuthorizer):
+    """
+    An authorizer that can often decide without waiting (a decision it remembers).
+
+    The bucket resource asks :meth:`authorize_now` first and calls ``authorize`` only when it
+    returns ``None``: an authorized cache hit then needs no Deferred at all.
+    """
+
+    def authorize_now(query: AuthorizationQuery) -> Decision | None:
+        """
+        :param query: the request to decide on.
+        :returns: the decision ``authorize`` would give, when it is known at once; ``None``
+            when ``authorize`` must be asked.
+        """
+
+
+class IAuthorizerFactory(Interface):
+    """Builds an authorizer for one bucket from ``buckets[].authorization``."""
+
+    name = Attribute("The name used in ``authorization.type``.")
+
+    def build(settings: Mapping[str, Any], path: str, reactor: Any) -> IAuthorizer:
+        """
+        Validate ``settings`` and build the authorizer. Nothing is connected yet.
+
+        :param settings: the ``authorization`` mapping without its ``type`` key.
+        :param path: its dotted key path (``buckets[0].authorization``), for errors.
+        :param reactor: the reactor (time, TCP).
         :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
         """
 

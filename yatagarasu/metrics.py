@@ -33,6 +33,7 @@ from yatagarasu.cache.tiered import TieredCache
 from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer
 from yatagarasu.s3.breaker import STATE_NUMBERS
 from yatagarasu.s3.replicas import ReplicaSet
+from yatagarasu.values import Decision
 
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -253,6 +254,13 @@ class Metrics:
             "Requests that failed over from one replica to the next after a failure.",
             ["bucket", "from_replica", "to_replica"],
         )
+        self._authorizations = _Counter(
+            "yatagarasu_authorization_decisions",
+            "Authorization decisions by bucket, authorizer, result (allow, deny: the policy"
+            " service answered; cached: an earlier answer reused; error: no answer, the fail"
+            " mode decided) and decision (allow, deny).",
+            ["bucket", "authorizer", "result", "decision"],
+        )
         self._cache_errors: dict[str, int] = {}
         self._cache: TieredCache | None = None
         #: the configuration generation being served (1 at start-up, +1 per applied reload)
@@ -267,6 +275,7 @@ class Metrics:
                     self._set_seconds,
                     self._reloads,
                     self._failovers,
+                    self._authorizations,
                 ]
             )
         )
@@ -309,6 +318,17 @@ class Metrics:
     def config_reload(self, result: str) -> None:
         """Count one reload attempt (``result``: ``ok`` or ``error``)."""
         self._reloads.inc((result,))
+
+    def authorization(self, bucket: str, authorizer: str, decision: Decision) -> None:
+        """
+        Count one authorization decision.
+
+        :param bucket: the bucket name.
+        :param authorizer: the authorizer's type (``opa``).
+        :param decision: what it decided; its ``result`` is a bounded label.
+        """
+        verdict = "allow" if decision.allowed else "deny"
+        self._authorizations.inc((bucket, authorizer, decision.result, verdict))
 
     def cache_error(self, layer: str) -> None:
         """A layer call failed (and was treated as a miss)."""

@@ -30,6 +30,8 @@ from yatagarasu.interfaces import (
     IApplicableAuthScheme,
     IAuditSink,
     IAuditSinkFactory,
+    IAuthorizer,
+    IAuthorizerFactory,
     IAuthScheme,
     IAuthSchemeFactory,
     ICacheLayer,
@@ -37,6 +39,7 @@ from yatagarasu.interfaces import (
     ICacheWriter,
     IDefaultTtlCacheLayer,
     IErrorCountingCacheLayer,
+    IImmediateAuthorizer,
     IImmediateAuthScheme,
     IImmediateCacheLayer,
     IPurgeBroadcaster,
@@ -47,6 +50,8 @@ from yatagarasu.plugins.audit_file import file
 from yatagarasu.plugins.audit_syslog import syslog
 from yatagarasu.plugins.auth_jwt import jwt
 from yatagarasu.plugins.auth_signed_url import signed_url
+from yatagarasu.plugins.authz_opa import opa
+from yatagarasu.plugins.authz_openfga import openfga
 from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
 from yatagarasu.plugins.cache_redis import redis
@@ -96,6 +101,16 @@ def first_applicable(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     )
 
 
+def opa_authorizer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {"opa_url": "http://127.0.0.1:1", "opa_policy_path": "a/allow"}
+    return opa.build(settings, "buckets[0].authorization", reactor)
+
+
+def openfga_authorizer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {"openfga_endpoint": "http://127.0.0.1:1", "openfga_store_id": "S1"}
+    return openfga.build(settings, "buckets[0].authorization", reactor)
+
+
 def file_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return file.build({"path": str(tmp_path / "audit.log")}, "audit_log.file", reactor)
 
@@ -121,6 +136,10 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("disk factory", factory(disk), {IPlugin, ICacheLayerFactory}),
     ("redis factory", factory(redis), {IPlugin, ICacheLayerFactory}),
     ("jwt factory", factory(jwt), {IPlugin, IAuthSchemeFactory}),
+    ("opa factory", factory(opa), {IPlugin, IAuthorizerFactory}),
+    ("opa authorizer", opa_authorizer, {IAuthorizer, IImmediateAuthorizer}),
+    ("openfga factory", factory(openfga), {IPlugin, IAuthorizerFactory}),
+    ("openfga authorizer", openfga_authorizer, {IAuthorizer, IImmediateAuthorizer}),
     ("file sink factory", factory(file), {IPlugin, IAuditSinkFactory}),
     ("file sink", file_sink, {IAuditSink}),
     ("syslog sink factory", factory(syslog), {IPlugin, IAuditSinkFactory}),
@@ -151,6 +170,7 @@ OPTIONAL = [
     IImmediateAuthScheme,
     IApplicableAuthScheme,
     IAdminAuthSource,
+    IImmediateAuthorizer,
 ]
 
 
@@ -185,7 +205,12 @@ def test_every_interface_has_a_builtin_provider_checked() -> None:
 
 
 def test_every_installed_factory_verifies() -> None:
-    for interface in (ICacheLayerFactory, IAuthSchemeFactory, IAuditSinkFactory):
+    for interface in (
+        ICacheLayerFactory,
+        IAuthSchemeFactory,
+        IAuditSinkFactory,
+        IAuthorizerFactory,
+    ):
         found = available(interface, plugins)
         assert found, interface.__name__
         for name, plugin in found.items():

@@ -1,11 +1,11 @@
-"""Build the auth schemes a configuration asks for (fail closed)."""
+"""Build the auth schemes and authorizers a configuration asks for (fail closed)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService
 
@@ -15,9 +15,15 @@ from yatagarasu.auth.signed_url import SignedUrlScheme
 from yatagarasu.config.networks import parse_networks
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.config.typed import join
-from yatagarasu.discovery import find
+from yatagarasu.discovery import available, find
 from yatagarasu.errors import ConfigError
-from yatagarasu.interfaces import IAdminAuthSource, IAuthScheme, IAuthSchemeFactory
+from yatagarasu.interfaces import (
+    IAdminAuthSource,
+    IAuthorizer,
+    IAuthorizerFactory,
+    IAuthScheme,
+    IAuthSchemeFactory,
+)
 
 
 @dataclass
@@ -32,6 +38,8 @@ class AccessControl:
         ``POST /admin/sign`` signs with), for buckets that list it.
     :ivar admin: the admin API's scheme (``jwt`` with ``admin_claims``), or ``None``: then
         every admin route answers 403.
+    :ivar authorizers: per bucket name, the authorizer asked after authentication
+        (``buckets[].authorization``; absent: none).
     :ivar services: background services to run (JWKS refresh timers).
     """
 
@@ -39,6 +47,7 @@ class AccessControl:
     ip_filters: dict[str, IpFilter] = field(default_factory=dict)
     schemes: dict[str, IAuthScheme] = field(default_factory=dict)
     signers: dict[str, SignedUrlScheme] = field(default_factory=dict)
+    authorizers: dict[str, IAuthorizer] = field(default_factory=dict)
     admin: IAuthScheme | None = None
     services: list[IService] = field(default_factory=list)
 
@@ -124,7 +133,8 @@ def build_access_control(config: Config, reactor: Any, plugins: ModuleType) -> A
     :param reactor: time and TCP (JWKS).
     :param plugins: the plugin package auth schemes are found in.
     :returns: the access control objects; key files have been read.
-    :raises ConfigError: a scheme that cannot verify anything, an unknown scheme, bad keys.
+    :raises ConfigError: a scheme that cannot verify anything, an unknown scheme or
+        authorizer, bad keys, bad authorizer settings.
     """
     access = AccessControl(
         ClientAddressResolver(
@@ -146,6 +156,10 @@ def build_access_control(config: Config, reactor: Any, plugins: ModuleType) -> A
             access.ip_filters[bucket.name] = IpFilter(
                 parse_networks(bucket.ip_filter.allowlist, join(path, "ip_filter.allowlist")),
                 parse_networks(bucket.ip_filter.blocklist, join(path, "ip_filter.blocklist")),
+            )
+        if bucket.authorization is not None:
+            access.authorizers[bucket.name] = build_authorizer(
+                bucket.authorization, join(path, "authorization"), reactor, plugins
             )
         if not _auth_enabled(bucket, path):
             continue
@@ -208,3 +222,28 @@ def _bucket_jwt(
     if settings is global_settings and global_jwt is not None:
         return global_jwt
     return factory.build(settings, _jwt_path(bucket, index), reactor)
+
+
+def build_authorizer(
+    settings: Mapping[str, Any], path: str, reactor: Any, plugins: ModuleType
+) -> IAuthorizer:
+    """
+    :param settings: a bucket's ``authorization`` mapping (``type`` names the plugin).
+    :param path: its dotted key path.
+    :param reactor: time and TCP.
+    :param plugins: the plugin package authorizers are found in.
+    :returns: the authorizer (nothing connected yet).
+    :raises ConfigError: no ``type``, an unknown one, or settings its factory refuses.
+    """
+    kind = settings.get("type")
+    if not isinstance(kind, str) or not kind:
+        available = ", ".join(available_authorizers(plugins)) or "none"
+        raise ConfigError(join(path, "type"), f"is required (available: {available})")
+    factory = find(IAuthorizerFactory, kind, join(path, "type"), plugins)
+    own = {k: v for k, v in settings.items() if k != "type"}
+    return cast(IAuthorizer, factory.build(own, path, reactor))
+
+
+def available_authorizers(plugins: ModuleType) -> list[str]:
+    """:returns: the names of the installed authorizer plugins."""
+    return list(available(IAuthorizerFactory, plugins))

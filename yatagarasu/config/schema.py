@@ -27,7 +27,10 @@ _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
 _LATER_OBSERVABILITY = "arrives with metrics and tracing"
 _LATER_SECURITY = "arrives with rate limiting"
-_LATER_AUTHORIZATION = "OPA and OpenFGA authorization arrive with traffic control"
+_PER_BUCKET_AUTHORIZATION = (
+    "as a default for every bucket; set buckets[].authorization on each bucket, where the Rust"
+    " version read it"
+)
 
 
 def _positive(value: float, path: str, *, allow_zero: bool = False) -> None:
@@ -559,8 +562,6 @@ def _under(segments: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
 class BucketConfig:
     """One URL prefix served from one S3 bucket."""
 
-    UNSUPPORTED: ClassVar[dict[str, str]] = {"authorization": _LATER_AUTHORIZATION}
-
     name: str
     path_prefix: str
     s3: S3Config
@@ -569,6 +570,8 @@ class BucketConfig:
     ip_filter: IpFilterConfig | None = None
     cors: CorsConfig | None = None
     cache: BucketCacheConfig | None = None
+    #: ``{type: opa|openfga|<plugin>, ...}``: validated by the authorizer plugin's factory
+    authorization: Mapping[str, Any] | None = None
 
     @property
     def prefix_segments(self) -> tuple[str, ...]:
@@ -602,7 +605,7 @@ class Config:
     UNSUPPORTED: ClassVar[dict[str, str]] = {
         "observability": _LATER_OBSERVABILITY,
         "rate_limiting": _LATER_SECURITY,
-        "authorization": _LATER_AUTHORIZATION,
+        "authorization": _PER_BUCKET_AUTHORIZATION,
     }
 
     buckets: tuple[BucketConfig, ...]

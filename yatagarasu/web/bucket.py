@@ -1,6 +1,6 @@
 """
 The resource that serves one bucket prefix: CORS, method gate, key decoding, IP filter,
-authentication, then the cache or the upstream request and the streamed answer.
+authentication, authorization, then the cache or the upstream request and the streamed answer.
 """
 
 from __future__ import annotations
@@ -12,9 +12,15 @@ from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import Forbidden, HTTPError
 from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
-from yatagarasu.interfaces import IAuthScheme, IImmediateAuthScheme
+from yatagarasu.interfaces import (
+    IAuthorizer,
+    IAuthScheme,
+    IImmediateAuthorizer,
+    IImmediateAuthScheme,
+)
+from yatagarasu.metrics import Metrics
 from yatagarasu.s3.replicas import ReplicaSet
-from yatagarasu.values import Identity
+from yatagarasu.values import AuthorizationQuery, Decision, Identity
 from yatagarasu.web.async_resource import AsyncResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
@@ -34,6 +40,8 @@ class BucketResource(AsyncResource):
     :param ip_filter: the bucket's client address filter, if any.
     :param scheme: the bucket's auth scheme (``None``: a public bucket).
     :param cached: the bucket's cache side (``None``: the bucket does not cache).
+    :param authorizer: asked after authentication (``None``: authentication decides alone).
+    :param metrics: where authorization decisions are counted (with ``authorizer``).
     """
 
     def __init__(
@@ -46,6 +54,8 @@ class BucketResource(AsyncResource):
         ip_filter: IpFilter | None = None,
         scheme: IAuthScheme | None = None,
         cached: CachedObjects | None = None,
+        authorizer: IAuthorizer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._bucket = bucket
@@ -56,13 +66,18 @@ class BucketResource(AsyncResource):
         self._scheme = scheme
         self._immediate = scheme if IImmediateAuthScheme.providedBy(scheme) else None
         self._cached = cached
+        self._authorizer = authorizer
+        self._immediate_authorizer = (
+            authorizer if IImmediateAuthorizer.providedBy(authorizer) else None
+        )
+        self._metrics = metrics
         self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
 
     def handle(self, request: ProxyRequest) -> Deferred[None] | None:
         """
         The bucket's part of the request pipeline (DESIGN.md §2, steps 5-10), in order:
-        CORS headers, method gate, object key, IP filter, authentication, then the cache or
-        the upstream relay. Each step either passes or raises ``HTTPError``.
+        CORS headers, method gate, object key, IP filter, authentication, authorization, then
+        the cache or the upstream relay. Each step either passes or raises ``HTTPError``.
 
         Not one coroutine: a memory hit is answered within this call, with no Deferred at all
         (see :meth:`CachedObjects.serve`) — on a bucket with auth too, when the scheme knows
@@ -87,12 +102,15 @@ class BucketResource(AsyncResource):
         key = request.object_key = self._object_key(request)
         if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
             raise Forbidden("client address not allowed for this bucket")
+        identity = None
         if self._scheme is not None:
             identity = self._immediate.authenticate_now(request) if self._immediate else None
             if identity is None:
                 authenticating = self._scheme.authenticate(request)
                 return authenticating.addCallback(self._authenticated, request, key)
             request.subject = identity.subject
+        if self._authorizer is not None:
+            return self._authorize(self._authorizer, request, key, identity)
         return self._respond(request, key)
 
     def _preflight(self, request: ProxyRequest) -> None:
@@ -117,7 +135,36 @@ class BucketResource(AsyncResource):
         self, identity: Identity, request: ProxyRequest, key: str
     ) -> Deferred[None] | None:
         request.subject = identity.subject
+        if self._authorizer is not None:
+            return self._authorize(self._authorizer, request, key, identity)
         return self._respond(request, key)
+
+    def _authorize(
+        self, authorizer: IAuthorizer, request: ProxyRequest, key: str, identity: Identity | None
+    ) -> Deferred[None] | None:
+        method = request.method.decode("ascii")
+        query = AuthorizationQuery(self._bucket.name, key, method, request.client_address, identity)
+        if self._immediate_authorizer is not None:
+            decision = self._immediate_authorizer.authorize_now(query)
+            if decision is not None:
+                return self._decided(decision, authorizer.name, request, key)
+        deciding: Deferred[Decision] = authorizer.authorize(query)
+        return deciding.addCallback(self._decided, authorizer.name, request, key)
+
+    def _decided(
+        self, decision: Decision, authorizer: str, request: ProxyRequest, key: str
+    ) -> Deferred[None] | None:
+        if self._metrics is not None:
+            self._metrics.authorization(self._bucket.name, authorizer, decision)
+        if decision.allowed:
+            return self._respond(request, key)
+        if decision.result == "error":  # fail mode closed: refused, but not as a denial
+            raise HTTPError(
+                503,
+                f"authorization service unavailable ({authorizer})",
+                headers=[("Retry-After", "1")],
+            )
+        raise Forbidden(decision.reason or f"denied by {authorizer}")
 
     def _respond(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         if self._cached is not None:
