@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from twisted.application.service import IService
@@ -153,7 +154,15 @@ def assemble(
             metrics.watch_audit(audit.sinks)
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
-    clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
+    clients = {
+        b.name: S3Client(
+            reactor,
+            b.s3,
+            agent=agents.get(b.name),
+            observe=partial(metrics.upstream, b.name),
+        )
+        for b in config.buckets
+    }
     lifecycle = lifecycle or Lifecycle()
     if lifecycle.started_at is None:
         lifecycle.started_at = reactor.seconds()

@@ -102,7 +102,7 @@ def test_two_workers_serve_and_metrics_count_both(
     assert metrics.status == 200
     for worker, responses in seen.items():
         line = (
-            f'yatagarasu_requests_total{{bucket="pub",method="GET",status="200",'
+            f'yatagarasu_requests_total{{bucket="pub",method="GET",status="200",status_class="2xx",'
             f'worker="{worker}"}} {float(len(responses))}'
         )
         assert line in metrics.body.decode(), line

@@ -8,6 +8,7 @@ service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from random import Random
 from typing import Any, cast
@@ -42,6 +43,11 @@ from yatagarasu.s3.upstream_health import UpstreamHealth
 log = Logger()
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
+
+#: told of every attempt: its outcome (``2xx``..``5xx``, ``timeout``, ``error``, ``cancelled``)
+#: and the seconds from sending it to its response headers or its failure
+AttemptObserver = Callable[[str, float], None]
+_CLASSES = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -85,6 +91,7 @@ class S3Client:
     :param random: source of retry jitter.
     :param agent: the HTTP agent (default: an ``Agent`` on a persistent pool of
         ``connection_pool_size`` connections).
+    :param observe: told of every attempt (the metrics); default: nobody.
     """
 
     def __init__(
@@ -94,8 +101,10 @@ class S3Client:
         *,
         random: Random | None = None,
         agent: IAgent | None = None,
+        observe: AttemptObserver | None = None,
     ) -> None:
         self._clock = reactor
+        self._observe = observe
         self._config = config
         self._random = random or Random()
         self._pool: HTTPConnectionPool | None = None
@@ -165,7 +174,7 @@ class S3Client:
         attempt = 1
         while True:
             try:
-                response = await self._attempt(method, url, path, headers)
+                response = await self._observed_attempt(method, url, path, headers)
             except UpstreamError as e:
                 failure = e
             else:
@@ -186,6 +195,27 @@ class S3Client:
             )
             await deferLater(self._clock, delay)
             attempt += 1
+
+    async def _observed_attempt(
+        self, method: bytes, url: bytes, path: str, headers: Headers
+    ) -> IResponse:
+        observe = self._observe
+        if observe is None:
+            return await self._attempt(method, url, path, headers)
+        started = self._clock.seconds()
+        outcome = "error"
+        try:
+            response = await self._attempt(method, url, path, headers)
+            outcome = _CLASSES.get(response.code // 100, "error")
+            return response
+        except UpstreamError as e:
+            outcome = "timeout" if e.status == 504 else "error"
+            raise
+        except CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            observe(outcome, self._clock.seconds() - started)
 
     async def _attempt(self, method: bytes, url: bytes, path: str, headers: Headers) -> IResponse:
         send = headers.copy()

@@ -104,6 +104,8 @@ class ProxyRequest(Request):
     subject: str | None = None
     #: the ``X-Cache`` value sent (``b"HIT"``...), ``None`` where nothing caches
     cache_status: bytes | None = None
+    #: how the bucket's authentication ended (``ok``, ``missing``...), ``None``: not asked
+    auth_result: str | None = None
     served: Served | None = None
     _client_address: str | None = None
     _conditions: Conditions | None = None
@@ -346,6 +348,7 @@ class ProxySite(Site):
         )
         self._active: set[ProxyRequest] = set()
         self._channels: set[LimitedHTTPChannel] = set()
+        metrics.watch_site(self)
         self._closed_waiters: list[Deferred[None]] = []
         #: the ``Server`` and ``Date`` header lines for a time (epoch seconds)
         self.server_and_date = (
@@ -419,9 +422,17 @@ class ProxySite(Site):
         if served is not None:
             served.unpin()
         duration = self.clock.seconds() - request.started
-        self.metrics.request(
-            request.bucket, request.method, request.code, duration, request.sentLength
+        metrics = self.metrics
+        metrics.request(
+            request.bucket,
+            request.method,
+            request.code,
+            duration,
+            request.sentLength,
+            request.cache_status,
         )
+        if request.auth_result is not None:
+            metrics.auth_result(request.bucket or "-", request.auth_result)
         if (served or self.served).access_log_enabled:
             access_log.info(
                 "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",

@@ -18,7 +18,8 @@ def answer(site: ProxySite, target: str) -> Parsed:
 
 
 def requests_counted(body: bytes, status: str) -> float:
-    prefix = f'yatagarasu_requests_total{{bucket="pub",method="GET",status="{status}"}} '
+    labels = f'bucket="pub",method="GET",status="{status}",status_class="{status[0]}xx"'
+    prefix = f"yatagarasu_requests_total{{{labels}}} "
     values = [line[len(prefix) :] for line in body.decode().splitlines() if line.startswith(prefix)]
     return float(values[0]) if values else 0.0
 
