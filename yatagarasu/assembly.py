@@ -73,8 +73,9 @@ class Assembly:
     :ivar tls: server TLS options when ``server.tls`` is set.
     :ivar clients: the S3 client of every bucket, by bucket name.
     :ivar site: the HTTP site (the Resource tree behind it), ready to be listened on.
-    :ivar metrics_site: the site of the metrics listener (``/metrics`` only), when
-        ``metrics.port`` is set and metrics are enabled; ``None`` otherwise.
+    :ivar metrics_site: the site of the metrics listener (``/metrics``, and the admin API
+        with ``metrics.serve_admin``), when ``metrics.port`` is set and metrics are enabled;
+        ``None`` otherwise.
     :ivar audit: the audit trail when ``audit_log.enabled`` (``None``: no records are built).
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance, audit sinks), in start order.
@@ -166,14 +167,28 @@ def assemble(
     lifecycle = lifecycle or Lifecycle()
     if lifecycle.started_at is None:
         lifecycle.started_at = reactor.seconds()
+    admin = _admin(config, access, caching, reload, siblings)
+    on_metrics_listener = config.metrics.admin_on_own_listener
     root = _resource_tree(
-        reactor, config, access, caching, metrics, clients, lifecycle, reload, siblings
+        reactor,
+        config,
+        access,
+        caching,
+        metrics,
+        clients,
+        lifecycle,
+        NOT_FOUND if on_metrics_listener else admin,
+        siblings,
     )
     extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
     site = _site(root, reactor, config, access, metrics, lifecycle, extra, audit)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
-        metrics_root = RootResource({b"metrics": metrics_resource(metrics, siblings)}, {}, [])
+        metrics_root = RootResource(
+            {b"metrics": metrics_resource(metrics, siblings)},
+            {config.server.admin_segments: admin} if on_metrics_listener else {},
+            [],
+        )
         metrics_site = _site(
             metrics_root, reactor, config, access, metrics, lifecycle, extra, audit
         )
@@ -229,7 +244,7 @@ def _resource_tree(
     metrics: Metrics,
     clients: Mapping[str, S3Client],
     lifecycle: Lifecycle,
-    reload: ReloadHandler | None,
+    admin: IResource,
     siblings: ISiblings | None,
 ) -> IResource:
     # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
@@ -245,10 +260,8 @@ def _resource_tree(
             siblings.all_up if siblings is not None else None,
         ),
     }
-    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
-    if reload is not None:
-        routes.update(reload_admin_routes(reload))
-    subtrees = {config.server.admin_segments: AdminResource(access.admin, routes)}
+    # the admin prefix stays reserved too (a 404 when the metrics listener serves the API)
+    subtrees = {config.server.admin_segments: admin}
     buckets = [
         (
             bucket.prefix_segments,
@@ -265,6 +278,19 @@ def _resource_tree(
         for bucket in config.buckets
     ]
     return RootResource(exact, subtrees, buckets)
+
+
+def _admin(
+    config: Config,
+    access: AccessControl,
+    caching: CacheSetup,
+    reload: ReloadHandler | None,
+    siblings: ISiblings | None,
+) -> IResource:
+    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
+    if reload is not None:
+        routes.update(reload_admin_routes(reload))
+    return AdminResource(access.admin, routes)
 
 
 def _started(lifecycle: Lifecycle, clock: IReactorTime) -> float:

@@ -167,12 +167,14 @@ class MetricsConfig:
 
     Without a port of its own, ``/metrics`` is served on the main listener. With one, it is
     served on a listener of its own (plain HTTP, ``/metrics`` only) and not on the main one.
-    ``enabled: false`` serves it nowhere.
+    ``enabled: false`` serves it nowhere. ``serve_admin: true`` (with a port) moves the admin
+    API to that listener too: then neither faces the clients of the main one.
     """
 
     enabled: bool = True
     address: str | None = None
     port: int | None = None
+    serve_admin: bool = False
 
     @property
     def listen_port(self) -> int | None:
@@ -185,6 +187,11 @@ class MetricsConfig:
     def on_main_listener(self) -> bool:
         """Whether ``/metrics`` is served on the main listener (enabled, no port of its own)."""
         return self.enabled and self.listen_port is None
+
+    @property
+    def admin_on_own_listener(self) -> bool:
+        """Whether the admin API is served on the metrics listener (and not the main one)."""
+        return self.serve_admin and self.enabled and self.listen_port is not None
 
     def listener(self, server: ServerConfig) -> tuple[str, int] | None:
         """
@@ -202,6 +209,12 @@ class MetricsConfig:
         if self.address is not None:
             _check_address(self.address, self.port, path)
         port = self.listen_port
+        if self.serve_admin and (port is None or not self.enabled):
+            raise ConfigError(
+                join(path, "serve_admin"),
+                "needs metrics.port and metrics.enabled (the admin API moves to the metrics"
+                " listener)",
+            )
         if port is None:
             if self.address is not None:
                 raise ConfigError(

@@ -109,6 +109,9 @@ def test_metrics_disabled_serves_nowhere() -> None:
         ({"port": "9090"}, {}, "metrics.port", "expected an integer"),
         ({"enabled": "yes"}, {}, "metrics.enabled", "expected true or false"),
         ({"prot": 9090}, {}, "metrics.prot", "did you mean 'port'"),
+        ({"serve_admin": True}, {}, "metrics.serve_admin", "needs metrics.port"),
+        ({"serve_admin": True, "port": 9090, "enabled": False}, {}, "metrics.serve_admin", "needs"),
+        ({"serve_admin": "yes", "port": 9090}, {}, "metrics.serve_admin", "true or false"),
     ],
 )
 def test_metrics_errors_name_the_key(
