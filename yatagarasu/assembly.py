@@ -28,6 +28,7 @@ from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.interfaces import ICacheLayer, ISiblings
 from yatagarasu.metrics import Metrics
+from yatagarasu.request_logging import RequestLogPolicy
 from yatagarasu.s3.client import S3Client
 from yatagarasu.tls import server_tls_options
 from yatagarasu.web.admin import AdminResource
@@ -233,6 +234,7 @@ def _site(
         draining=lifecycle.is_draining,
         extra_headers=extra_headers,
         audit=audit,
+        request_logging=RequestLogPolicy.build(config.observability.request_logging),
     )
 
 

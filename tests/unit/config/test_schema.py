@@ -141,7 +141,11 @@ def test_unknown_key_in_second_bucket() -> None:
 @pytest.mark.parametrize(
     ("document", "path"),
     [
-        ({"observability": {}, **minimal()}, "observability"),
+        ({"observability": {"tracing": {}}, **minimal()}, "observability.tracing"),
+        (
+            {"observability": {"request_logging": {"log_request_body": True}}, **minimal()},
+            "observability.request_logging.log_request_body",
+        ),
         (minimal(s3={"bucket": "b", "rate_limit": {}}), "buckets[0].s3.rate_limit"),
         ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),
         (minimal(s3={"bucket": "b", "replicas": []}), "buckets[0].s3.replicas"),
