@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,8 @@ def test_a_section_that_changes_nothing_builds_no_policy() -> None:
 
 def test_paths_are_included_and_excluded_by_pattern() -> None:
     only_pub = policy(include_paths=("/pub/*", "/img/v?/*"), exclude_paths=("/pub/private/*",))
+    assert policy(include_paths=("/img/v[12]/*",)).path_wanted("/img/v1/x.png")
+    assert not policy(include_paths=("/img/v[12]/*",)).path_wanted("/img/v3/x.png")
     assert only_pub.path_wanted("/pub/a.txt")
     assert only_pub.path_wanted("/pub/deep/er/a.txt")  # * crosses segments, as in Rust
     assert only_pub.path_wanted("/img/v2/x.png")
@@ -169,3 +172,16 @@ def test_without_the_section_every_request_is_logged_as_before(events: list[LogE
     assert [(e["path"], e["status"]) for e in access] == [("/health", 200), ("/pub/a", 404)]
     assert not any("response_headers" in e for e in access)
     assert of(events, "yatagarasu.request") == []
+
+
+def test_a_reload_applies_a_changed_section_to_new_requests(events: list[LogEvent]) -> None:
+    h = logging_harness(exclude_paths=["/health"])
+    h.get("/health")
+    document = copy.deepcopy(h.document)
+    document["observability"]["request_logging"] = {"status_codes": [404]}
+    assert h.reload(document).status == 200
+    h.get("/health")
+    h.get("/nowhere")
+    assert [(e["path"], e["status"]) for e in of(events, "yatagarasu.access")] == [
+        ("/nowhere", 404)
+    ]
