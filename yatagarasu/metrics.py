@@ -4,7 +4,8 @@ Prometheus metrics (prometheus-client), on a registry of our own, served at ``GE
 Every metric of ours starts with ``yatagarasu_``; label values come from bounded sets (bucket
 names from the configuration, layer names, methods, status codes) — never a path, a key or an
 address. The standard ``process_`` and ``python_`` collectors are included. With several
-worker processes, :func:`merge_expositions` joins the workers' expositions into one.
+worker processes, :func:`merge_expositions` joins the workers' expositions into one. Every
+metric is listed in docs/OBSERVABILITY.md.
 """
 
 from __future__ import annotations
@@ -46,10 +47,6 @@ _CACHE_LABELS: dict[bytes | None, str] = {
     None: "none",
     **{v: v.decode().lower() for v in (b"HIT", b"MISS", b"BYPASS", b"STALE", b"REVALIDATED")},
 }
-#: outcomes of one upstream attempt (``yatagarasu_upstream_requests``)
-UPSTREAM_OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "timeout", "error", "cancelled")
-#: results of a bucket's authentication (``yatagarasu_auth_results``)
-AUTH_RESULTS = ("ok", "missing", "invalid", "forbidden", "error")
 
 
 class _Counter:
@@ -417,7 +414,8 @@ class Metrics:
         Count one attempt sent to S3.
 
         :param bucket: the bucket's name.
-        :param outcome: one of :data:`UPSTREAM_OUTCOMES`.
+        :param outcome: ``2xx``, ``3xx``, ``4xx``, ``5xx``, ``timeout``, ``error`` or
+            ``cancelled`` (:class:`yatagarasu.s3.client.S3Client` decides).
         :param seconds: from sending it to its response headers (or its failure).
         """
         self._upstream.inc((bucket, outcome))
@@ -428,7 +426,7 @@ class Metrics:
         Count one authentication.
 
         :param bucket: the bucket's name.
-        :param result: one of :data:`AUTH_RESULTS`.
+        :param result: ``ok``, ``missing``, ``invalid``, ``forbidden`` or ``error``.
         """
         self._auth.inc((bucket, result))
 

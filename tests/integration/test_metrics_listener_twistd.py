@@ -134,6 +134,13 @@ def test_check_reports_where_metrics_are_served(
     result = twistd_check(config)
     assert result.returncode == 0, result.output
     assert "metrics: http://127.0.0.1:9090/metrics" in result.output
+    assert "on the metrics listener only" not in result.output
+    config["metrics"]["serve_admin"] = True
+    moved = twistd_check(config)
+    assert moved.returncode == 0, moved.output
+    assert "admin API: /admin/... (disabled, answers 403) on the metrics listener only" in (
+        moved.output
+    )
 
 
 def test_check_refuses_the_main_port(
