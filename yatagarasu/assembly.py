@@ -222,6 +222,9 @@ def _site(
     extra_headers: bytes,
     audit: AuditTrail | None,
 ) -> ProxySite:
+    access_log_enabled = config.logging.level in ("debug", "info")
+    # the request_logging events are info events too: below that level, nothing to filter
+    logged = config.observability.request_logging
     return ProxySite(
         root,
         clock=clock,
@@ -229,12 +232,12 @@ def _site(
         max_concurrent_requests=config.server.max_concurrent_requests,
         addresses=access.addresses,
         metrics=metrics,
-        access_log_enabled=config.logging.level in ("debug", "info"),
+        access_log_enabled=access_log_enabled,
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
         extra_headers=extra_headers,
         audit=audit,
-        request_logging=RequestLogPolicy.build(config.observability.request_logging),
+        request_logging=RequestLogPolicy.build(logged) if access_log_enabled else None,
     )
 
 

@@ -185,3 +185,15 @@ def test_a_reload_applies_a_changed_section_to_new_requests(events: list[LogEven
     assert [(e["path"], e["status"]) for e in of(events, "yatagarasu.access")] == [
         ("/nowhere", 404)
     ]
+
+
+def test_below_info_nothing_is_built_for_request_logging() -> None:
+    h = Harness(
+        {
+            "buckets": [bucket_entry()],
+            "logging": {"level": "warn"},
+            "observability": {"request_logging": {"log_requests": True}},
+        }
+    )
+    assert h.site.served.request_logging is None
+    assert logging_harness(log_requests=True).site.served.request_logging is not None
