@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -124,3 +125,15 @@ def test_without_serve_admin_the_admin_api_stays_on_the_main_site() -> None:
     assert answer(h.assembly.metrics_site, "/admin/cache/stats").status == 404
     on_main = parse_response(h.get("/admin/cache/stats", admin_header())[1].value())
     assert on_main.status == 200
+
+
+def test_a_reload_moves_the_admin_api_between_the_listeners() -> None:
+    h = with_admin({"port": 9090})
+    metrics_site = h.assembly.metrics_site
+    assert metrics_site is not None
+    document = copy.deepcopy(h.document)
+    document["metrics"]["serve_admin"] = True
+    assert h.reload(document).status == 200
+    # the listening sites stay; what they serve was swapped
+    assert parse_response(h.get("/admin/cache/stats", admin_header())[1].value()).status == 404
+    assert answer(metrics_site, "/admin/cache/stats").status == 401  # there now, token needed
