@@ -1,13 +1,14 @@
 """
-The audit record as JSON, and the redaction applied before a record reaches any sink:
-secret-looking query parameters in a ``Referer``, and the headers an operator lists.
+The audit record as JSON, and the redaction applied before a record reaches any sink or a log
+line: secret-looking query parameters (in a ``Referer``, in a logged request target), secret
+headers, and the headers an operator lists.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from json.encoder import encode_basestring_ascii as _quote
 
 from yatagarasu.per_second import PerSecond
@@ -25,6 +26,13 @@ SECRET_PARAMETER = re.compile(
 
 #: headers whose values may be recorded at all (``user_agent``, ``referer``)
 RECORDED_HEADERS = ("user-agent", "referer")
+
+#: headers whose values are secrets whatever the configuration lists (besides the names
+#: :data:`SECRET_PARAMETER` matches: ``x-auth-token``, ``x-api-key``...)
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+#: headers whose values are URLs, which may carry secret query parameters
+_URL_HEADERS = frozenset({"referer", "location", "content-location"})
 
 _LINE = (
     '{"timestamp":"%s","correlation_id":%s,"client_ip":%s,"user":%s,"bucket":%s,'
@@ -145,6 +153,24 @@ def redact_query(url: str) -> str:
     return f"{base}?{'&'.join(parts)}"
 
 
+def redact_header(name: str, value: str, sensitive: Container[str] = ()) -> str:
+    """
+    The one decision of what a header value may show, for audit records and log lines.
+
+    :param name: the header name, lowercase.
+    :param value: its value.
+    :param sensitive: further names (lowercase) an operator lists.
+    :returns: ``[REDACTED]`` for :data:`SECRET_HEADERS`, names :data:`SECRET_PARAMETER`
+        matches and ``sensitive`` names; a URL header with :func:`redact_query` applied;
+        else the value.
+    """
+    if name in SECRET_HEADERS or name in sensitive or SECRET_PARAMETER.search(name):
+        return REDACTED
+    if name in _URL_HEADERS:
+        return redact_query(value)
+    return value
+
+
 class Redaction:
     """
     What is removed from a record before sinks see it.
@@ -155,8 +181,9 @@ class Redaction:
 
     def __init__(self, sensitive_headers: Iterable[str] = ()) -> None:
         names = {name.lower() for name in sensitive_headers}
-        self.user_agent = "user-agent" in names
-        self.referer = "referer" in names
+        # decided once by redact_header, not per record
+        self.user_agent = redact_header("user-agent", "", names) == REDACTED
+        self.referer = redact_header("referer", "", names) == REDACTED
 
     def apply(self, record: AuditRecord) -> None:
         """

@@ -25,7 +25,8 @@ DEFAULT_ADMIN_PREFIX = "/admin"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
-_LATER_OBSERVABILITY = "arrives with metrics and tracing"
+_LATER_OBSERVABILITY = "arrives with tracing"
+_NO_BODIES = "bodies are never logged: objects are streamed, not held for a log line"
 _LATER_SECURITY = "arrives with rate limiting"
 _PER_BUCKET_AUTHORIZATION = (
     "as a default for every bucket; set buckets[].authorization on each bucket, where the Rust"
@@ -169,12 +170,14 @@ class MetricsConfig:
 
     Without a port of its own, ``/metrics`` is served on the main listener. With one, it is
     served on a listener of its own (plain HTTP, ``/metrics`` only) and not on the main one.
-    ``enabled: false`` serves it nowhere.
+    ``enabled: false`` serves it nowhere. ``serve_admin: true`` (with a port) moves the admin
+    API to that listener too: then neither faces the clients of the main one.
     """
 
     enabled: bool = True
     address: str | None = None
     port: int | None = None
+    serve_admin: bool = False
 
     @property
     def listen_port(self) -> int | None:
@@ -187,6 +190,11 @@ class MetricsConfig:
     def on_main_listener(self) -> bool:
         """Whether ``/metrics`` is served on the main listener (enabled, no port of its own)."""
         return self.enabled and self.listen_port is None
+
+    @property
+    def admin_on_own_listener(self) -> bool:
+        """Whether the admin API is served on the metrics listener (and not the main one)."""
+        return self.serve_admin and self.enabled and self.listen_port is not None
 
     def listener(self, server: ServerConfig) -> tuple[str, int] | None:
         """
@@ -204,6 +212,12 @@ class MetricsConfig:
         if self.address is not None:
             _check_address(self.address, self.port, path)
         port = self.listen_port
+        if self.serve_admin and (port is None or not self.enabled):
+            raise ConfigError(
+                join(path, "serve_admin"),
+                "needs metrics.port and metrics.enabled (the admin API moves to the metrics"
+                " listener)",
+            )
         if port is None:
             if self.address is not None:
                 raise ConfigError(
@@ -598,12 +612,74 @@ class LoggingConfig:
     file: str | None = None
 
 
+#: headers ``request_logging.redact_headers`` lists by default (the Rust version's list)
+DEFAULT_REDACTED_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "set-cookie",
+    "x-amz-security-token",
+)
+
+
+@dataclass(frozen=True)
+class RequestLoggingConfig:
+    """
+    ``observability.request_logging`` (the Rust keys): which requests the access log shows
+    and what it adds to them.
+
+    Paths are shell-style patterns (``*`` matches anything, ``/`` included; ``?`` one
+    character) matched against the whole request path, query string left out.
+    """
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "log_request_body": _NO_BODIES,
+        "log_response_body": _NO_BODIES,
+        "max_body_size": _NO_BODIES,
+    }
+
+    log_requests: bool = False
+    log_responses: bool = False
+    include_paths: tuple[str, ...] = ()
+    exclude_paths: tuple[str, ...] = ()
+    status_codes: tuple[int, ...] = ()
+    redact_headers: tuple[str, ...] = DEFAULT_REDACTED_HEADERS
+
+    def check(self, path: str) -> None:
+        for key, patterns in (
+            ("include_paths", self.include_paths),
+            ("exclude_paths", self.exclude_paths),
+        ):
+            for i, pattern in enumerate(patterns):
+                if not pattern.startswith(("/", "*")):
+                    raise ConfigError(
+                        f"{join(path, key)}[{i}]",
+                        f"a path pattern starts with '/' (or '*'), got {pattern!r}",
+                    )
+        for i, code in enumerate(self.status_codes):
+            if not 100 <= code <= 599:
+                raise ConfigError(
+                    f"{join(path, 'status_codes')}[{i}]", f"must be 100..599, got {code}"
+                )
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """The ``observability`` section."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "tracing": _LATER_OBSERVABILITY,
+        "slow_query": _LATER_OBSERVABILITY,
+    }
+
+    request_logging: RequestLoggingConfig = field(default_factory=RequestLoggingConfig)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration document."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "observability": _LATER_OBSERVABILITY,
         "rate_limiting": _LATER_SECURITY,
         "authorization": _PER_BUCKET_AUTHORIZATION,
     }
@@ -615,6 +691,7 @@ class Config:
     cache: Mapping[str, Any] | None = None
     audit_log: Mapping[str, Any] | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     #: Rust Yatagarasu spellings accepted with a warning (not a YAML key: see
     #: :func:`yatagarasu.config.migrate.accept_synonyms`), logged at start-up, shown by --check.
     deprecations: tuple[str, ...] = field(default=(), metadata={"internal": True})

@@ -9,6 +9,7 @@ service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -42,6 +43,11 @@ from yatagarasu.s3.errors import read_s3_error
 from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
+
+#: told of every attempt: its outcome (``2xx``..``5xx``, ``timeout``, ``error``, ``cancelled``)
+#: and the seconds from sending it to its response headers or its failure
+AttemptObserver = Callable[[str, float], None]
+_CLASSES = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -94,6 +100,7 @@ class S3Client:
         (:meth:`S3Config.upstreams`).
     :param agent: the HTTP agent (default: an ``Agent`` on a persistent pool of
         ``connection_pool_size`` connections).
+    :param observe: told of every attempt (the metrics); default: nobody.
     """
 
     def __init__(
@@ -102,8 +109,10 @@ class S3Client:
         config: S3Config,
         *,
         agent: IAgent | None = None,
+        observe: AttemptObserver | None = None,
     ) -> None:
         self._clock = reactor
+        self._observe = observe
         self._config = config
         self._pool: HTTPConnectionPool | None = None
         if config.endpoint:
@@ -167,10 +176,32 @@ class S3Client:
         :raises CancelledError: when the caller cancelled (our client went away).
         """
         path = self.object_path(key)
-        response = await self._attempt(method, self._base + path.encode("ascii"), path, headers)
+        url = self._base + path.encode("ascii")
+        response = await self._observed_attempt(method, url, path, headers)
         if response.code >= 500:
             raise await self._server_error(response)
         return response
+
+    async def _observed_attempt(
+        self, method: bytes, url: bytes, path: str, headers: Headers
+    ) -> IResponse:
+        observe = self._observe
+        if observe is None:
+            return await self._attempt(method, url, path, headers)
+        started = self._clock.seconds()
+        outcome = "error"
+        try:
+            response = await self._attempt(method, url, path, headers)
+            outcome = _CLASSES.get(response.code // 100, "error")
+            return response
+        except UpstreamError as e:
+            outcome = "timeout" if e.status == 504 else "error"
+            raise
+        except CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            observe(outcome, self._clock.seconds() - started)
 
     async def _attempt(self, method: bytes, url: bytes, path: str, headers: Headers) -> IResponse:
         send = headers.copy()

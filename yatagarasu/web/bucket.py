@@ -5,12 +5,13 @@ authentication, authorization, then the cache or the upstream request and the st
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
-from yatagarasu.errors import Forbidden, HTTPError
+from yatagarasu.errors import AuthenticationRequired, Forbidden, HTTPError, InvalidCredentials
 from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
 from yatagarasu.interfaces import (
     IAuthorizer,
@@ -104,11 +105,17 @@ class BucketResource(AsyncResource):
             raise Forbidden("client address not allowed for this bucket")
         identity = None
         if self._scheme is not None:
-            identity = self._immediate.authenticate_now(request) if self._immediate else None
+            try:
+                identity = self._immediate.authenticate_now(request) if self._immediate else None
+            except Exception as e:
+                request.auth_result = _auth_failure(e)
+                raise
             if identity is None:
                 authenticating = self._scheme.authenticate(request)
+                authenticating.addErrback(self._not_authenticated, request)
                 return authenticating.addCallback(self._authenticated, request, key)
             request.subject = identity.subject
+            request.auth_result = "ok"
         if self._authorizer is not None:
             return self._authorize(self._authorizer, request, key, identity)
         return self._respond(request, key)
@@ -135,6 +142,7 @@ class BucketResource(AsyncResource):
         self, identity: Identity, request: ProxyRequest, key: str
     ) -> Deferred[None] | None:
         request.subject = identity.subject
+        request.auth_result = "ok"
         if self._authorizer is not None:
             return self._authorize(self._authorizer, request, key, identity)
         return self._respond(request, key)
@@ -166,6 +174,11 @@ class BucketResource(AsyncResource):
             )
         raise Forbidden(decision.reason or f"denied by {authorizer}")
 
+    @staticmethod
+    def _not_authenticated(failure: Failure, request: ProxyRequest) -> Failure:
+        request.auth_result = _auth_failure(failure.value)
+        return failure
+
     def _respond(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         if self._cached is not None:
             return self._cached.serve(request, key)
@@ -174,3 +187,19 @@ class BucketResource(AsyncResource):
     async def _relay(self, request: ProxyRequest, key: str) -> None:
         response = await fetch_object(self._client, request.method, key, request.conditions)
         await relay_response(request, response, self._clock, self._timeouts)
+
+
+def _auth_failure(error: BaseException | None) -> str | None:
+    """
+    :returns: the ``yatagarasu_auth_results`` result of an authentication that failed
+        (``None``: not counted, the client went away).
+    """
+    if isinstance(error, CancelledError):
+        return None
+    if isinstance(error, AuthenticationRequired):
+        return "missing"
+    if isinstance(error, InvalidCredentials):
+        return "invalid"
+    if isinstance(error, Forbidden):
+        return "forbidden"
+    return "error"
