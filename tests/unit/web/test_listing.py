@@ -6,6 +6,7 @@ yatagarasu.web.bucket): fake S3, the memory cache, the fake clock.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -15,7 +16,8 @@ from tests.unit.cache_harness import cached, fetch, obj
 from tests.unit.fakes import FakeResponse, bucket_entry, parse_response
 from tests.unit.s3.test_listing import contents, page_document
 from yatagarasu.s3.listing import ListedObject, ListPage
-from yatagarasu.web.listing import render_html, render_json
+from yatagarasu.values import CacheEntry, FileBody
+from yatagarasu.web.listing import _entry_body, render_html, render_json
 
 PAGE = ListPage(
     "docs/",
@@ -160,3 +162,15 @@ def test_purging_a_prefix_drops_its_listings() -> None:
     assert fetch(h, "/pub/other/").header("x-cache") == "HIT"
     again = fetch(h, "/pub/docs/", answer=listing_answer(contents("docs/a")))
     assert again.header("x-cache") == "MISS"
+
+
+def test_a_page_kept_in_a_file_is_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "entry"
+    path.write_bytes(b"head" + b'{"page": 1}' + b"tail")
+    body = FileBody(str(path), 4, len(b'{"page": 1}'))
+    entry = CacheEntry(((b"content-type", b"application/json"),), body, 0.0, 10.0, 10.0)
+    assert _entry_body(entry) == b'{"page": 1}'
+    path.write_bytes(b"head")  # shorter than the entry says: not served
+    assert _entry_body(entry) is None
+    path.unlink()
+    assert _entry_body(entry) is None
