@@ -38,6 +38,7 @@ from yatagarasu.web.admin_sign import sign_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
+from yatagarasu.web.listing import DirectoryListing
 from yatagarasu.web.metrics import metrics_resource
 from yatagarasu.web.root import NOT_FOUND, RootResource
 from yatagarasu.web.site import ProxySite
@@ -292,6 +293,7 @@ def _resource_tree(
                 cached=_cached_objects(bucket, config, caching, clients[bucket.name], clock),
                 authorizer=access.authorizers.get(bucket.name),
                 metrics=metrics,
+                listing=_listing(bucket, caching, clients[bucket.name], clock),
             ),
         )
         for bucket in config.buckets
@@ -337,4 +339,15 @@ def _cached_objects(
         return None
     return CachedObjects(
         bucket.name, caching.cache, policy, client, clock, _timeouts(config, bucket)
+    )
+
+
+def _listing(
+    bucket: BucketConfig, caching: CacheSetup, client: ReplicaSet, clock: IReactorTime
+) -> DirectoryListing | None:
+    if not bucket.listing.enabled:
+        return None
+    caches = caching.cache is not None and bucket.name in caching.policies
+    return DirectoryListing(
+        bucket, client, clock, bucket.s3.idle_seconds, caching.cache if caches else None
     )

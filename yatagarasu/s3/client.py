@@ -40,6 +40,7 @@ from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
 from yatagarasu.s3.errors import read_s3_error
+from yatagarasu.s3.listing import list_query
 from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
@@ -182,16 +183,36 @@ class S3Client:
             raise await self._server_error(response)
         return response
 
+    async def list_attempt(self, prefix: str, max_keys: int, token: str | None) -> IResponse:
+        """
+        Send one signed ListObjectsV2 request (delimiter ``/``) for the bucket.
+
+        :param prefix: the key prefix to list.
+        :param max_keys: keys per page (1-1000).
+        :param token: S3's continuation token of the previous page, or ``None``.
+        :returns: the upstream response below 500, body not yet read (see
+            :func:`yatagarasu.s3.listing.read_list_page`).
+        :raises UpstreamError: as :meth:`attempt`.
+        :raises CancelledError: when the caller cancelled (our client went away).
+        """
+        path = self._path_prefix
+        query = list_query(prefix, max_keys, token)
+        url = self._base + f"{path}?{query}".encode("ascii")
+        response = await self._observed_attempt(b"GET", url, path, Headers(), query)
+        if response.code >= 500:
+            raise await self._server_error(response)
+        return response
+
     async def _observed_attempt(
-        self, method: bytes, url: bytes, path: str, headers: Headers
+        self, method: bytes, url: bytes, path: str, headers: Headers, query: str = ""
     ) -> IResponse:
         observe = self._observe
         if observe is None:
-            return await self._attempt(method, url, path, headers)
+            return await self._attempt(method, url, path, headers, query)
         started = self._clock.seconds()
         outcome = "error"
         try:
-            response = await self._attempt(method, url, path, headers)
+            response = await self._attempt(method, url, path, headers, query)
             outcome = _CLASSES.get(response.code // 100, "error")
             return response
         except UpstreamError as e:
@@ -203,12 +224,15 @@ class S3Client:
         finally:
             observe(outcome, self._clock.seconds() - started)
 
-    async def _attempt(self, method: bytes, url: bytes, path: str, headers: Headers) -> IResponse:
+    async def _attempt(
+        self, method: bytes, url: bytes, path: str, headers: Headers, query: str = ""
+    ) -> IResponse:
         send = headers.copy()
         send.setRawHeaders(b"user-agent", [_USER_AGENT])
         if self._signer is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-            for name, value in self._signer.sign(method.decode("ascii"), self._host, path, now):
+            signed = self._signer.sign(method.decode("ascii"), self._host, path, now, query)
+            for name, value in signed:
                 send.setRawHeaders(name, [value])
         else:
             send.setRawHeaders(b"host", [self._host.encode("ascii")])

@@ -12,7 +12,7 @@ is handed to the caller, so before the first byte reached the client.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Any
@@ -148,6 +148,22 @@ class ReplicaSet:
         :raises UpstreamError: 503 with ``Retry-After`` when every breaker is open, else
             the last attempt's failure (502, 503 SlowDown, 504).
         """
+        return await self._run(lambda client: client.attempt(method, key, headers))
+
+    async def list(self, prefix: str, max_keys: int, token: str | None) -> IResponse:
+        """
+        List a prefix (ListObjectsV2, delimiter ``/``): retries and failover as :meth:`fetch`.
+
+        :param prefix: the key prefix.
+        :param max_keys: keys per page.
+        :param token: S3's continuation token of the previous page, or ``None``.
+        :returns: the first answer below 500 (body not read).
+        :raises UpstreamError: as :meth:`fetch`.
+        """
+        return await self._run(lambda client: client.list_attempt(prefix, max_keys, token))
+
+    async def _run(self, send: Callable[[S3Client], Awaitable[IResponse]]) -> IResponse:
+        """The retry and failover loop of one request; ``send`` makes one attempt."""
         tried: set[str] = set()
         previous: Replica | None = None
         failure: UpstreamError | None = None
@@ -161,7 +177,7 @@ class ReplicaSet:
                 self._failed_over(previous, replica, failure)
             tried.add(replica.name)
             try:
-                response = await replica.client.attempt(method, key, headers)
+                response = await send(replica.client)
             except UpstreamError as e:
                 permit.failed(str(e))
                 failure = e
