@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from yatagarasu.cache.tiered import TieredCache
-from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer
+from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer, ISpoolingAuditSink
 
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -176,10 +176,30 @@ class _AuditCollector(Collector):
             "Audit records by sink and result (written, failed, dropped).",
             labels=["sink", "result"],
         )
+        by_sink = ["sink"]
+        spool_files = GaugeMetricFamily(
+            "yatagarasu_audit_spool_files",
+            "Audit batches waiting in a local spool.",
+            labels=by_sink,
+        )
+        spool_bytes = GaugeMetricFamily(
+            "yatagarasu_audit_spool_bytes",
+            "Bytes of audit batches in a local spool.",
+            labels=by_sink,
+        )
+        failures = CounterMetricFamily(
+            "yatagarasu_audit_upload_failures",
+            "Failed uploads of spooled audit batches (each retry counts).",
+            labels=by_sink,
+        )
         for sink in self._sinks():
             for result, count in sorted(sink.counts.items()):
                 records.add_metric([sink.name, result], count)
-        yield records
+            if ISpoolingAuditSink.providedBy(sink):
+                spool_files.add_metric([sink.name], sink.spool_files)
+                spool_bytes.add_metric([sink.name], sink.spool_bytes)
+                failures.add_metric([sink.name], sink.upload_failures)
+        yield from (records, spool_files, spool_bytes, failures)
 
 
 class Metrics:

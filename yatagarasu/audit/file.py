@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
@@ -39,14 +39,18 @@ from yatagarasu.values import MIB, AuditRecord
 
 log = Logger()
 
-#: runs a blocking function somewhere (a thread) and reports its end
-Runner = Callable[[Callable[[], None]], Deferred[None]]
+T = TypeVar("T")
 
 
-def run_now(work: Callable[[], None]) -> Deferred[None]:
-    """A :data:`Runner` for reactors without threads (tests): runs ``work`` at once."""
-    work()
-    return succeed(None)
+class Runner(Protocol):
+    """Runs a blocking function somewhere (a thread) and reports its result."""
+
+    def __call__(self, work: Callable[[], T]) -> Deferred[T]: ...
+
+
+def run_now(work: Callable[[], T]) -> Deferred[T]:
+    """A :class:`Runner` for reactors without threads (tests): runs ``work`` at once."""
+    return succeed(work())
 
 
 def thread_runner(reactor: Any) -> Runner:
@@ -57,7 +61,7 @@ def thread_runner(reactor: Any) -> Runner:
     if not IReactorThreads.providedBy(reactor):
         return run_now
 
-    def run(work: Callable[[], None]) -> Deferred[None]:
+    def run(work: Callable[[], T]) -> Deferred[T]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
     return run

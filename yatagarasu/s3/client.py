@@ -1,5 +1,6 @@
 """
-The upstream S3 client: signed GET/HEAD with timeouts and retries, on one connection pool.
+The upstream S3 client: signed GET/HEAD with timeouts and retries, on one connection pool, and
+a single signed PUT of a small object (the ``s3`` audit sink's batches).
 
 The data path uses ``twisted.web.client.Agent`` directly (treq costs ~25 % more per request)
 with one persistent ``HTTPConnectionPool`` per bucket. HTTPS endpoints are verified with
@@ -8,15 +9,16 @@ service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from random import Random
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import (
@@ -29,14 +31,14 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
 from yatagarasu.s3.errors import read_s3_error
-from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
+from yatagarasu.s3.sigv4 import EMPTY_PAYLOAD_SHA256, Credentials, SigV4Signer, encode_key
 from yatagarasu.s3.upstream_health import UpstreamHealth
 
 log = Logger()
@@ -74,6 +76,28 @@ class _OneEndpoint:
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         return cast(IStreamClientEndpoint, self._endpoint)
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body held in memory, written in one go (no cooperator, no global reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing to pause: the body was written at once."""
+
+    def resumeProducing(self) -> None:
+        """Nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing to stop."""
 
 
 class S3Client:
@@ -187,16 +211,44 @@ class S3Client:
             await deferLater(self._clock, delay)
             attempt += 1
 
-    async def _attempt(self, method: bytes, url: bytes, path: str, headers: Headers) -> IResponse:
+    async def put(self, key: str, body: bytes, headers: Headers) -> tuple[int, str | None]:
+        """
+        Store a small object with one signed PUT (the payload's SHA-256 is signed); not
+        retried here: the caller keeps the body and decides when to try again.
+
+        :param key: the object key.
+        :param body: the whole object.
+        :param headers: headers to send with it (``Content-Type``...); not modified.
+        :returns: S3's status code, and its error code (``AccessDenied``...) when not 2xx.
+        :raises UpstreamError: when S3 could not be reached or did not answer in time.
+        """
+        path = self.object_path(key)
+        url = self._base + path.encode("ascii")
+        response = await self._attempt(b"PUT", url, path, headers, body)
+        code, _, _ = await read_s3_error(response, self._clock, self.idle_seconds)
+        if 200 <= response.code < 300:
+            self.health.record_success()
+            return response.code, None
+        self.health.record_failure(f"PUT answered {response.code}")
+        return response.code, code
+
+    async def _attempt(
+        self, method: bytes, url: bytes, path: str, headers: Headers, body: bytes | None = None
+    ) -> IResponse:
         send = headers.copy()
         send.setRawHeaders(b"user-agent", [_USER_AGENT])
         if self._signer is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-            for name, value in self._signer.sign(method.decode("ascii"), self._host, path, now):
+            payload = EMPTY_PAYLOAD_SHA256 if body is None else hashlib.sha256(body).hexdigest()
+            signed = self._signer.sign(
+                method.decode("ascii"), self._host, path, now, payload_hash=payload
+            )
+            for name, value in signed:
                 send.setRawHeaders(name, [value])
         else:
             send.setRawHeaders(b"host", [self._host.encode("ascii")])
-        pending: Deferred[IResponse] = self._agent.request(method, url, send)
+        producer = None if body is None else _BytesBody(body)
+        pending: Deferred[IResponse] = self._agent.request(method, url, send, producer)
         timed_out = False
 
         def give_up() -> None:

@@ -109,8 +109,9 @@ def test_builtin_sinks_are_plugins() -> None:
     ("audit_log", "path", "message"),
     [
         ({"enabled": True}, "audit_log.outputs", "at least one output"),
-        ({"enabled": True, "outputs": ["s3"]}, "audit_log.outputs[0]", "not supported yet"),
-        ({"s3_export": {"bucket": "b"}}, "audit_log.s3_export", "not supported yet"),
+        ({"enabled": True, "outputs": ["s3"]}, "audit_log.s3_export.bucket", "is required"),
+        ({"s3_export": {"bucket": "b"}}, "audit_log.s3_export", "not in audit_log.outputs"),
+        ({"outputs": ["file"], "s3": {}}, "audit_log.s3", "unknown key"),
         ({"outputs": ["kafka"]}, "audit_log.outputs[0]", "unknown IAuditSinkFactory 'kafka'"),
         ({"outputs": ["file", "file"]}, "audit_log.outputs[1]", "listed twice"),
         ({"file": {"path": "/x"}}, "audit_log.file", "not in audit_log.outputs"),
