@@ -13,8 +13,8 @@ counted and retried after an exponential backoff with jitter, on the injected cl
 long as it takes. The spool is scanned when the sink starts, so batches a previous run could
 not deliver are sent too.
 
-Bounds: records are encoded into JSON lines as they arrive (in chunks of
-:data:`ENCODE_CHUNK`, so the reactor never pauses long); the spool holds at most
+Bounds: records are encoded into JSON lines as they arrive (the lines wait, not the
+records); the spool holds at most
 ``max_spool_mb``: a batch that does not fit is dropped, its records counted as ``dropped`` and
 logged. Nothing waits for S3 on the request path.
 """
@@ -49,9 +49,6 @@ from yatagarasu.interfaces import IAuditSink, ISpoolingAuditSink
 from yatagarasu.values import MIB, AuditRecord
 
 log = Logger()
-
-#: records encoded at a time on the reactor thread (a few milliseconds)
-ENCODE_CHUNK = 500
 
 #: what an ``instance`` may be made of (it is part of a file name and an S3 key)
 INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -163,9 +160,8 @@ class S3Sink:
         self._close = close
         self._random = random or Random()
         self._encode = JsonEncoder()
-        self._records: list[AuditRecord] = []
-        self._chunks: list[bytes] = []
-        self._chunked = 0
+        self._max_batch = settings.max_batch_records
+        self._lines: list[str] = []
         self._cut_wanted = False
         self._cutting = DeferredLock()
         self._index: list[SpooledBatch] = []
@@ -181,12 +177,10 @@ class S3Sink:
     # -- IAuditSink -----------------------------------------------------------------------
 
     def write(self, record: AuditRecord) -> None:
-        records = self._records
-        records.append(record)
-        if len(records) >= ENCODE_CHUNK:
-            self._encode_records()
-            if self._chunked >= self.settings.max_batch_records and not self._cut_wanted:
-                self.export()
+        lines = self._lines
+        lines.append(self._encode(record))
+        if len(lines) >= self._max_batch and not self._cut_wanted:
+            self.export()
 
     def reopen(self) -> None:
         """Nothing to reopen: every batch is a new file and a new upload."""
@@ -212,12 +206,6 @@ class S3Sink:
         self._cut_wanted = True
         return self._cutting.run(lambda: Deferred.fromCoroutine(self._cut()))
 
-    def _encode_records(self) -> None:
-        records, self._records = self._records, []
-        encode = self._encode
-        self._chunks.append("".join([encode(r) + "\n" for r in records]).encode("utf-8"))
-        self._chunked += len(records)
-
     def _next_name(self) -> str:
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(self._clock.seconds()))
         suffix = ".jsonl.gz" if self.settings.compress else ".jsonl"
@@ -231,14 +219,13 @@ class S3Sink:
 
     async def _cut(self) -> None:
         self._cut_wanted = False
-        if self._records:
-            self._encode_records()
-        if not self._chunked:
+        lines, self._lines = self._lines, []
+        count = len(lines)
+        if not count:
             return
-        chunks, count = self._chunks, self._chunked
-        self._chunks, self._chunked = [], 0
         name = self._next_name()
-        data = b"".join(chunks)
+        lines.append("")  # the last line's newline
+        data = "\n".join(lines).encode("utf-8")
         if self.settings.compress:
             data = await self._run(partial(gzip.compress, data, mtime=0))
         limit = int(self.settings.max_spool_mb * MIB)

@@ -23,7 +23,7 @@ from tests.unit.fakes import FakeAgent, FakeResponse, Harness, bucket_entry
 from yatagarasu import plugins
 from yatagarasu.assembly import assemble
 from yatagarasu.audit.file import run_now
-from yatagarasu.audit.s3_export import ENCODE_CHUNK, S3ExportSettings, S3Sink
+from yatagarasu.audit.s3_export import S3ExportSettings, S3Sink
 from yatagarasu.config import parse_config
 from yatagarasu.config.schema import S3Config
 from yatagarasu.discovery import available
@@ -145,15 +145,15 @@ def test_a_full_batch_is_cut_at_once_and_same_second_names_do_not_collide(
     tmp_path: Path,
 ) -> None:
     clock, s3 = clock_at(), FakeS3()
-    sink = make_sink(tmp_path, clock, s3, max_batch_records=ENCODE_CHUNK)
-    for n in range(2 * ENCODE_CHUNK):
+    sink = make_sink(tmp_path, clock, s3, max_batch_records=500)
+    for n in range(1000):
         sink.write(record(n))
     stamp = "2026-12-02-10-20-30"
     assert [key for key, _ in s3.calls] == [
         f"yatagarasu-audit-{stamp}-node-1.jsonl",
         f"yatagarasu-audit-{stamp}-node-1-2.jsonl",
     ]
-    assert s3.ids() == [f"id-{n}" for n in range(2 * ENCODE_CHUNK)]
+    assert s3.ids() == [f"id-{n}" for n in range(1000)]
 
 
 def test_compressed_batches_are_gzip(tmp_path: Path) -> None:
