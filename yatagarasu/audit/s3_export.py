@@ -75,8 +75,8 @@ class S3ExportSettings:
     region: str = "us-east-1"
     endpoint: str | None = None
     access_key: str = ""
-    secret_key: str = ""
-    session_token: str | None = None
+    secret_key: str = field(default="", repr=False)  # never in a log line
+    session_token: str | None = field(default=None, repr=False)
     timeout: float = 20.0
     path_prefix: str = field(default="", metadata={"aliases": ("s3_path_prefix",)})
     export_interval_seconds: float = 300.0

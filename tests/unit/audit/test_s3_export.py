@@ -399,3 +399,10 @@ def test_put_reports_the_s3_error_code() -> None:
     error = b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>"
     agent.answer(FakeResponse(403, body=error))
     assert result == [(403, "AccessDenied")]
+
+
+def test_the_secret_key_is_not_in_the_settings_repr(tmp_path: Path) -> None:
+    settings = S3ExportSettings(
+        bucket="audit", spool_dir=str(tmp_path), access_key="AKID", secret_key="SECRET-VALUE"
+    )
+    assert "SECRET-VALUE" not in repr(settings) and "AKID" in repr(settings)
