@@ -53,8 +53,8 @@ log = Logger()
 #: what an ``instance`` may be made of (it is part of a file name and an S3 key)
 INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
-#: uploads a batch: ``put(key, body)`` → S3's status code and error code
-Put = Callable[[str, bytes], Awaitable[tuple[int, str | None]]]
+#: uploads a batch: ``put(key, body, sha256_hex)`` → S3's status code and error code
+Put = Callable[[str, bytes, str], Awaitable[tuple[int, str | None]]]
 
 
 def default_instance() -> str:
@@ -82,7 +82,7 @@ class S3ExportSettings:
     export_interval_seconds: float = 300.0
     compress: bool = False
     instance: str | None = None
-    max_batch_records: int = 100_000
+    max_batch_records: int = 20_000
     max_spool_mb: float = 1024.0
     retry_initial_backoff_seconds: float = 1.0
     retry_max_backoff_seconds: float = 60.0
@@ -301,8 +301,8 @@ class S3Sink:
     async def _upload(self, batch: SpooledBatch) -> bool:
         key = self.settings.path_prefix + batch.name
         try:
-            data = await self._run(partial(self.spool.read, batch))
-            status, code = await self._put(key, data)
+            data, digest = await self._run(partial(self.spool.read, batch))
+            status, code = await self._put(key, data, digest)
         except UpstreamError as e:
             problem = e.message
         except OSError as e:

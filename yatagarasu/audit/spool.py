@@ -12,6 +12,7 @@ in a thread; the sink keeps the index of spooled batches on the reactor thread.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,13 +111,15 @@ class Spool:
             raise
         return SpooledBatch(name, len(data), records)
 
-    def read(self, batch: SpooledBatch) -> bytes:
+    def read(self, batch: SpooledBatch) -> tuple[bytes, str]:
         """
         :param batch: a spooled batch.
-        :returns: its bytes.
+        :returns: its bytes and their hex SHA-256 (what the upload signs; hashed here, in the
+            thread, where it does not hold up the reactor).
         :raises OSError: when it cannot be read.
         """
-        return (self.directory / batch.name).read_bytes()
+        data = (self.directory / batch.name).read_bytes()
+        return data, hashlib.sha256(data).hexdigest()
 
     def remove(self, batch: SpooledBatch) -> None:
         """

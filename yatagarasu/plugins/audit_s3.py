@@ -32,8 +32,8 @@ class S3SinkFactory:
         kind = b"application/gzip" if parsed.compress else b"application/x-ndjson"
         headers = Headers({b"content-type": [kind]})
 
-        async def put(key: str, body: bytes) -> tuple[int, str | None]:
-            return await client.put(key, body, headers)
+        async def put(key: str, body: bytes, digest: str) -> tuple[int, str | None]:
+            return await client.put(key, body, headers, digest)
 
         return S3Sink(parsed, reactor, thread_runner(reactor), put, client.close)
 

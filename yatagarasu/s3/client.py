@@ -211,20 +211,25 @@ class S3Client:
             await deferLater(self._clock, delay)
             attempt += 1
 
-    async def put(self, key: str, body: bytes, headers: Headers) -> tuple[int, str | None]:
+    async def put(
+        self, key: str, body: bytes, headers: Headers, payload_hash: str | None = None
+    ) -> tuple[int, str | None]:
         """
-        Store a small object with one signed PUT (the payload's SHA-256 is signed); not
-        retried here: the caller keeps the body and decides when to try again.
+        Store an object held in memory with one signed PUT (the payload's SHA-256 is signed);
+        not retried here: the caller keeps the body and decides when to try again.
 
         :param key: the object key.
         :param body: the whole object.
         :param headers: headers to send with it (``Content-Type``...); not modified.
+        :param payload_hash: the body's hex SHA-256 when the caller has it (computed off the
+            reactor thread for a large body), else it is computed here.
         :returns: S3's status code, and its error code (``AccessDenied``...) when not 2xx.
         :raises UpstreamError: when S3 could not be reached or did not answer in time.
         """
         path = self.object_path(key)
         url = self._base + path.encode("ascii")
-        response = await self._attempt(b"PUT", url, path, headers, body)
+        digest = payload_hash or hashlib.sha256(body).hexdigest()
+        response = await self._attempt(b"PUT", url, path, headers, body, digest)
         code, _, _ = await read_s3_error(response, self._clock, self.idle_seconds)
         if 200 <= response.code < 300:
             self.health.record_success()
@@ -233,15 +238,20 @@ class S3Client:
         return response.code, code
 
     async def _attempt(
-        self, method: bytes, url: bytes, path: str, headers: Headers, body: bytes | None = None
+        self,
+        method: bytes,
+        url: bytes,
+        path: str,
+        headers: Headers,
+        body: bytes | None = None,
+        payload_hash: str = EMPTY_PAYLOAD_SHA256,
     ) -> IResponse:
         send = headers.copy()
         send.setRawHeaders(b"user-agent", [_USER_AGENT])
         if self._signer is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-            payload = EMPTY_PAYLOAD_SHA256 if body is None else hashlib.sha256(body).hexdigest()
             signed = self._signer.sign(
-                method.decode("ascii"), self._host, path, now, payload_hash=payload
+                method.decode("ascii"), self._host, path, now, payload_hash=payload_hash
             )
             for name, value in signed:
                 send.setRawHeaders(name, [value])

@@ -52,7 +52,8 @@ class FakeS3:
         self.hold = False
         self.closed = False
 
-    def put(self, key: str, body: bytes) -> Deferred[tuple[int, str | None]]:
+    def put(self, key: str, body: bytes, digest: str) -> Deferred[tuple[int, str | None]]:
+        assert digest == hashlib.sha256(body).hexdigest()
         self.calls.append((key, body))
         if self.hold:
             d: Deferred[tuple[int, str | None]] = Deferred()
