@@ -382,6 +382,18 @@ class IAuditSink(Interface):
         """
 
 
+class ISpoolingAuditSink(IAuditSink):
+    """
+    An audit sink that keeps batches in a local spool until their destination has them (the
+    built-in ``s3`` sink); read at scrape time for ``yatagarasu_audit_spool_files``,
+    ``yatagarasu_audit_spool_bytes`` and ``yatagarasu_audit_upload_failures_total``.
+    """
+
+    spool_files = Attribute("Batches in the spool now (``int``).")
+    spool_bytes = Attribute("Their size in bytes (``int``).")
+    upload_failures = Attribute("Failed uploads so far (``int``, only growing; retries count).")
+
+
 class IAuditSinkFactory(Interface):
     """Builds an audit sink from its configuration mapping (``audit_log.<name>``)."""
 

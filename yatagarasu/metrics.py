@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 import twisted
 from yatagarasu import __version__
 from yatagarasu.cache.tiered import TieredCache
-from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer
+from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer, ISpoolingAuditSink
 from yatagarasu.s3.breaker import STATE_NUMBERS
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.values import Decision
@@ -272,10 +272,30 @@ class _AuditCollector(Collector):
             "Audit records by sink and result (written, failed, dropped).",
             labels=["sink", "result"],
         )
+        by_sink = ["sink"]
+        spool_files = GaugeMetricFamily(
+            "yatagarasu_audit_spool_files",
+            "Audit batches waiting in a local spool.",
+            labels=by_sink,
+        )
+        spool_bytes = GaugeMetricFamily(
+            "yatagarasu_audit_spool_bytes",
+            "Bytes of audit batches in a local spool.",
+            labels=by_sink,
+        )
+        failures = CounterMetricFamily(
+            "yatagarasu_audit_upload_failures",
+            "Failed uploads of spooled audit batches (each retry counts).",
+            labels=by_sink,
+        )
         for sink in self._sinks():
             for result, count in sorted(sink.counts.items()):
                 records.add_metric([sink.name, result], count)
-        yield records
+            if ISpoolingAuditSink.providedBy(sink):
+                spool_files.add_metric([sink.name], sink.spool_files)
+                spool_bytes.add_metric([sink.name], sink.spool_bytes)
+                failures.add_metric([sink.name], sink.upload_failures)
+        yield from (records, spool_files, spool_bytes, failures)
 
 
 class _CircuitCollector(Collector):

@@ -220,8 +220,8 @@ class AuditRecord:
 
     Handed to every audit sink (:class:`yatagarasu.interfaces.IAuditSink`) already redacted:
     no token, ``Authorization`` value, token or secret-looking query parameter, or configured
-    sensitive header is in it. Sinks serialize it with
-    :func:`yatagarasu.audit.record.to_json` (or their own way) off the request path.
+    sensitive header is in it. Sinks serialize it with a
+    :class:`yatagarasu.audit.record.JsonEncoder` (or their own way) once the response ended.
 
     :ivar started: when the request arrived (epoch seconds); the record's ``timestamp``.
     :ivar correlation_id: the response's ``X-Request-ID``.

@@ -44,9 +44,11 @@ from yatagarasu.interfaces import (
     IImmediateCacheLayer,
     IPurgeBroadcaster,
     ISiblings,
+    ISpoolingAuditSink,
     ISwitchableCacheLayer,
 )
 from yatagarasu.plugins.audit_file import file
+from yatagarasu.plugins.audit_s3 import s3
 from yatagarasu.plugins.audit_syslog import syslog
 from yatagarasu.plugins.auth_jwt import jwt
 from yatagarasu.plugins.auth_signed_url import signed_url
@@ -119,6 +121,11 @@ def syslog_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return syslog.build({"address": "127.0.0.1:1", "protocol": "tcp"}, "audit_log.syslog", reactor)
 
 
+def s3_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {"bucket": "audit", "spool_dir": str(tmp_path / "spool")}
+    return s3.build(settings, "audit_log.s3_export", reactor)
+
+
 def worker_channel(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return WorkerChannel(reactor, 0, 2)
 
@@ -144,6 +151,8 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("file sink", file_sink, {IAuditSink}),
     ("syslog sink factory", factory(syslog), {IPlugin, IAuditSinkFactory}),
     ("syslog sink", syslog_sink, {IAuditSink}),
+    ("s3 sink factory", factory(s3), {IPlugin, IAuditSinkFactory}),
+    ("s3 sink", s3_sink, {IAuditSink, ISpoolingAuditSink}),
     (
         "memory layer",
         memory_layer,
@@ -171,6 +180,7 @@ OPTIONAL = [
     IApplicableAuthScheme,
     IAdminAuthSource,
     IImmediateAuthorizer,
+    ISpoolingAuditSink,
 ]
 
 

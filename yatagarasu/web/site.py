@@ -260,11 +260,6 @@ class ProxyRequest(Request):
         return str(getattr(address, "host", address))
 
 
-def _request_header(request: Request, name: bytes) -> str | None:
-    values = request.requestHeaders.getRawHeaders(name)
-    return values[0].decode("utf-8", "replace") if values else None
-
-
 def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
     """
     :param request: a request whose response ended (completely or not).
@@ -273,6 +268,9 @@ def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
     """
     method = request.method
     label = request.cache_status
+    headers = request.requestHeaders
+    agent = headers.getRawHeaders(b"user-agent")
+    referer = headers.getRawHeaders(b"referer")
     return AuditRecord(
         request.started,
         request.request_id,
@@ -284,10 +282,10 @@ def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
         request.path.decode("utf-8", "replace"),
         request.code,
         request.sentLength,
-        round(duration * 1000, 3),
+        int(duration * 1_000_000 + 0.5) / 1000,  # ms to 3 decimals (round() costs 6x more)
         _CACHE_STATUS.get(label) or label.decode("latin-1").lower() if label else None,
-        _request_header(request, b"user-agent"),
-        _request_header(request, b"referer"),
+        agent[0].decode("utf-8", "replace") if agent else None,
+        referer[0].decode("utf-8", "replace") if referer else None,
     )
 
 
