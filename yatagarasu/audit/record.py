@@ -53,8 +53,9 @@ def rfc3339(when: float) -> str:
 def to_dict(record: AuditRecord) -> dict[str, object]:
     """
     :param record: a record.
-    :returns: exactly the DESIGN.md §3 fields, in that order (``timestamp`` first): what a
-        sink that does not write JSON lines (a database, a message queue) stores.
+    :returns: exactly the DESIGN.md §3 fields, in that order (``timestamp`` first), plus
+        ``trace_id`` when the request was traced: what a sink that does not write JSON lines
+        (a database, a message queue) stores.
     """
     return {
         "timestamp": rfc3339(record.started),
@@ -71,6 +72,7 @@ def to_dict(record: AuditRecord) -> dict[str, object]:
         "cache_status": record.cache_status,
         "user_agent": record.user_agent,
         "referer": record.referer,
+        **({} if record.trace_id is None else {"trace_id": record.trace_id}),
     }
 
 
@@ -95,8 +97,9 @@ class JsonEncoder:
         :param record: a record.
         :returns: one JSON object on one line (no newline at the end); control characters
             and quotes in header values are escaped, so a value cannot start a new line.
+            ``trace_id`` comes last, only when the request was traced.
         """
-        return _LINE % (
+        line = _LINE % (
             self.timestamp(record.started),
             _quote(record.correlation_id),
             _quote(record.client_ip),
@@ -112,6 +115,9 @@ class JsonEncoder:
             _text(record.user_agent),
             _text(record.referer),
         )
+        if record.trace_id is None:
+            return line
+        return f'{line[:-1]},"trace_id":{_quote(record.trace_id)}}}'
 
 
 def to_json(record: AuditRecord) -> str:

@@ -13,6 +13,7 @@ from random import Random
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from opentelemetry.trace import SpanKind
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -35,6 +36,7 @@ from zope.interface import implementer
 from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
+from yatagarasu.observability.timings import UPSTREAM_FIRST_BYTE, Phase, RequestTimings
 from yatagarasu.s3.errors import read_s3_error
 from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
 from yatagarasu.s3.upstream_health import UpstreamHealth
@@ -114,6 +116,13 @@ class S3Client:
                 self._host = f"{config.bucket}.s3.{config.region}.amazonaws.com"
                 self._path_prefix = "/"
         self._base = f"{self._scheme}://{self._host}".encode("ascii")
+        where = urlsplit(self._base.decode("ascii"))
+        #: the attributes every attempt's span starts with
+        self._span_attributes: dict[str, str | int] = {
+            "server.address": where.hostname or self._host,
+            "server.port": where.port or (443 if self._scheme == "https" else 80),
+            "aws.s3.bucket": config.bucket,
+        }
         self.health = UpstreamHealth(self._base.decode("ascii"))
         if agent is None:
             self._pool = _QuietPool(reactor, persistent=True)
@@ -145,7 +154,9 @@ class S3Client:
         """
         return self._path_prefix + encode_key(key)
 
-    async def fetch(self, method: bytes, key: str, headers: Headers) -> IResponse:
+    async def fetch(
+        self, method: bytes, key: str, headers: Headers, timings: RequestTimings | None = None
+    ) -> IResponse:
         """
         Send a signed request for an object, retrying what can be retried.
 
@@ -156,23 +167,54 @@ class S3Client:
         :param method: ``b"GET"`` or ``b"HEAD"``.
         :param key: the object key.
         :param headers: client headers to pass on (range, conditionals); not modified.
+        :param timings: the client request's timing record, when measured: the wait for the
+            response head counts as ``upstream_first_byte``, and each attempt is a client span
+            whose ``traceparent`` goes to S3.
         :returns: the upstream response.
         :raises UpstreamError: when every attempt failed (502, 503 SlowDown or 504).
         """
+        if timings is None:
+            return await self._fetch(method, key, headers, None)
+        waiting = timings.begin(UPSTREAM_FIRST_BYTE)
+        try:
+            return await self._fetch(method, key, headers, timings)
+        finally:
+            timings.body_from = waiting.end()
+
+    async def _fetch(
+        self, method: bytes, key: str, headers: Headers, timings: RequestTimings | None
+    ) -> IResponse:
         path = self.object_path(key)
         url = self._base + path.encode("ascii")
         retry = self._config.retry
         attempt = 1
         while True:
+            span = None if timings is None else self._attempt_span(timings, method, url, attempt)
             try:
-                response = await self._attempt(method, url, path, headers)
+                response = await self._attempt(method, url, path, headers, span)
             except UpstreamError as e:
                 failure = e
+            except BaseException as e:
+                if span is not None:
+                    span.end(error=e)
+                raise
             else:
                 if response.code < 500:
                     self.health.record_success()
+                    if span is not None:
+                        span.end({"http.response.status_code": response.code})
                     return response
                 failure = await self._server_error(response)
+                if span is not None:
+                    span.end(
+                        {
+                            "http.response.status_code": response.code,
+                            "yatagarasu.s3.error": str(failure),
+                        },
+                        error=str(response.code),
+                    )
+            if span is not None:
+                span.end(error=failure)
             self.health.record_failure(str(failure))
             if attempt >= retry.max_attempts or not failure.retryable:
                 raise failure
@@ -187,9 +229,28 @@ class S3Client:
             await deferLater(self._clock, delay)
             attempt += 1
 
-    async def _attempt(self, method: bytes, url: bytes, path: str, headers: Headers) -> IResponse:
+    def _attempt_span(
+        self, timings: RequestTimings, method: bytes, url: bytes, attempt: int
+    ) -> Phase:
+        attributes: dict[str, str | int] = {
+            **self._span_attributes,
+            "http.request.method": method.decode("ascii"),
+            "url.full": url.decode("ascii"),
+            "yatagarasu.s3.attempt": attempt,
+        }
+        if attempt > 1:
+            attributes["http.request.resend_count"] = attempt - 1
+        return timings.begin(
+            None, f"S3 {method.decode('ascii')}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    async def _attempt(
+        self, method: bytes, url: bytes, path: str, headers: Headers, span: Phase | None
+    ) -> IResponse:
         send = headers.copy()
         send.setRawHeaders(b"user-agent", [_USER_AGENT])
+        if span is not None:
+            span.inject(send)  # traceparent: not a signed header (SigV4 signs host, x-amz-*)
         if self._signer is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
             for name, value in self._signer.sign(method.decode("ascii"), self._host, path, now):

@@ -13,6 +13,7 @@ from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import Forbidden, HTTPError
 from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
 from yatagarasu.interfaces import IAuthScheme, IImmediateAuthScheme
+from yatagarasu.observability.timings import AUTH, RequestTimings
 from yatagarasu.s3.client import S3Client
 from yatagarasu.values import Identity
 from yatagarasu.web.async_resource import AsyncResource
@@ -88,11 +89,34 @@ class BucketResource(AsyncResource):
         if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
             raise Forbidden("client address not allowed for this bucket")
         if self._scheme is not None:
+            if request.timings is not None:
+                return self._timed_authentication(request, key, request.timings)
             identity = self._immediate.authenticate_now(request) if self._immediate else None
             if identity is None:
                 authenticating = self._scheme.authenticate(request)
                 return authenticating.addCallback(self._authenticated, request, key)
             request.subject = identity.subject
+        return self._respond(request, key)
+
+    def _timed_authentication(
+        self, request: ProxyRequest, key: str, timings: RequestTimings
+    ) -> Deferred[None] | None:
+        """Authentication as one measured stage (its own span), then the answer."""
+        assert self._scheme is not None
+        stage = timings.begin(
+            AUTH, "auth", attributes={"yatagarasu.auth.scheme": self._bucket.auth.scheme}
+        )
+        try:
+            identity = self._immediate.authenticate_now(request) if self._immediate else None
+        except BaseException as e:
+            stage.end(error=e)
+            raise
+        if identity is None:
+            authenticating = self._scheme.authenticate(request)
+            authenticating.addBoth(stage.settle)
+            return authenticating.addCallback(self._authenticated, request, key)
+        stage.end()
+        request.subject = identity.subject
         return self._respond(request, key)
 
     def _preflight(self, request: ProxyRequest) -> None:
@@ -125,5 +149,7 @@ class BucketResource(AsyncResource):
         return Deferred.fromCoroutine(self._relay(request, key))
 
     async def _relay(self, request: ProxyRequest, key: str) -> None:
-        response = await fetch_object(self._client, request.method, key, request.conditions)
+        response = await fetch_object(
+            self._client, request.method, key, request.conditions, request.timings
+        )
         await relay_response(request, response, self._clock, self._timeouts)

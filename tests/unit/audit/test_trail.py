@@ -25,7 +25,7 @@ from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu import plugins
 from yatagarasu.assembly import assemble
 from yatagarasu.audit.file import FileSink, FileSinkSettings, run_now
-from yatagarasu.audit.record import REDACTED, redact_query, rfc3339, to_json
+from yatagarasu.audit.record import REDACTED, redact_query, rfc3339, to_dict, to_json
 from yatagarasu.audit.rotating_file import RotatingFile
 from yatagarasu.config import parse_config
 from yatagarasu.discovery import available
@@ -558,3 +558,16 @@ def test_the_file_sink_is_refused_with_several_workers(tmp_path: Path) -> None:
         assemble(config, MemoryReactorClock())
     assert info.value.path == "audit_log.outputs[0]"
     assert "needs server.workers: 1" in info.value.message
+
+
+def test_a_traced_record_carries_its_trace_id_last() -> None:
+    record = AuditRecord(
+        0.0, "id", "::1", None, None, None, "GET", "/a", 200, 0, 0.0, None, None, None
+    )
+    assert "trace_id" not in json.loads(to_json(record))
+    assert "trace_id" not in to_dict(record)
+    record.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parsed = json.loads(to_json(record))
+    assert list(parsed) == [*FIELDS, "trace_id"]
+    assert parsed["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert list(to_dict(record)) == [*FIELDS, "trace_id"]
