@@ -10,6 +10,8 @@ in front of ``bench/origin.py``'s nginx):
   (a request carries no timing record: no span object at all)
 * ``on``       -- ``tracing: {enabled: true, exporter: otlp}`` exporting to an OTLP/HTTP
   receiver in this process (``devharness/otlp_receiver.py``), every request sampled
+* ``before``   -- with ``--before-twistd PATH`` (another checkout's ``.venv/bin/twistd``, e.g.
+  the code before tracing existed): the ``none`` configuration run by that code
 
 After the runs the ``on`` proxy is stopped with SIGTERM (the last spans are flushed) and the
 server spans the receiver got are counted against the requests the proxy answered
@@ -35,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
-from benchlib import dump, machine_facts, set_pinning
+from benchlib import TWISTD, dump, machine_facts, set_pinning
 from proxylib import (
     BUCKET,
     LoggedOrigin,
@@ -64,6 +66,7 @@ TARGETS = ("none", "disabled", "on")
 def proxy_config(kind: str, port: int, endpoint: str, collector: str) -> str:
     observability = {
         "none": "",
+        "before": "",
         "disabled": (
             "observability: {tracing: {enabled: false, exporter: otlp,"
             f" otlp_endpoint: '{collector}'}}, slow_query: {{enabled: false}}}}\n"
@@ -102,7 +105,9 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=50)
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--wait-until", default="23:59", help="wait for bench/run.py until")
+    parser.add_argument("--before-twistd", help="also run the none config with this twistd")
     a = parser.parse_args()
+    targets = (*TARGETS, "before") if a.before_twistd else TARGETS
     exit_on_sigterm()
     out = results_dir("tracing")
     note = wait_for_foreign_bench(a.wait_until)
@@ -111,19 +116,21 @@ def main() -> None:
     origin = LoggedOrigin()
     receiver = OtlpReceiver().start()
     servers: dict[str, Any] = {}
-    runs: dict[str, list[Run]] = {t: [] for t in TARGETS}
+    runs: dict[str, list[Run]] = {t: [] for t in targets}
     try:
-        for kind in TARGETS:
+        for kind in targets:
             port = free_port()
             cfg = proxy_config(kind, port, origin.url, receiver.endpoint)
-            servers[kind] = start_proxy(f"tracing-{kind}", cfg, out, f"/{BUCKET}/1k.bin", port)
+            twistd = a.before_twistd if kind == "before" else TWISTD
+            probe = f"/{BUCKET}/1k.bin"
+            servers[kind] = start_proxy(f"tracing-{kind}", cfg, out, probe, port, twistd)
         path = f"/{BUCKET}/1k.bin"
-        for kind in TARGETS:
+        for kind in targets:
             status, cache, _ = warm(servers[kind].url + path)
             log(f"{kind}: warm {status} X-Cache {cache}")
         ours = [origin.process.pid] + [s.pid for s in servers.values()]
         for i in range(a.runs):
-            for kind in TARGETS if i % 2 == 0 else reversed(TARGETS):
+            for kind in targets if i % 2 == 0 else reversed(targets):
                 server = servers[kind]
                 run = run_wrk(kind, server.url + path, a.conns, a.seconds, server.pid, ours)
                 runs[kind].append(run)
@@ -136,9 +143,9 @@ def main() -> None:
             server.stop()
         origin.close()
         receiver.stop()
-    summary = {t: summarize(runs[t]) for t in TARGETS}
+    summary = {t: summarize(runs[t]) for t in targets}
     # CPU per request holds better than req/s on a shared machine; both are reported.
-    us = {t: summary[t]["cpu_util"] / summary[t]["rps"] * 1e6 for t in TARGETS}
+    us = {t: summary[t]["cpu_util"] / summary[t]["rps"] * 1e6 for t in targets}
     table = md_table(
         [
             "target",
@@ -161,7 +168,7 @@ def main() -> None:
                 summary[t]["errors"] + summary[t]["non2xx"],
                 pct(summary[t]["rps"], summary["none"]["rps"]),
             ]
-            for t in TARGETS
+            for t in targets
         ],
     )
     counts = (
@@ -170,7 +177,7 @@ def main() -> None:
     )
     command = (
         f".venv/bin/python bench/tracing_bench.py --seconds {a.seconds} --runs {a.runs}"
-        f" --conns {a.conns}"
+        f" --conns {a.conns}" + (f" --before-twistd {a.before_twistd}" if a.before_twistd else "")
     )
     report = f"{facts_md(facts, pinning)}\n\n`{command}`\n\n{table}\n\n{counts}\n" + (
         f"\n{note}\n" if note else ""

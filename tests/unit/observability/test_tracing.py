@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.web.http_headers import Headers
 
-from tests.unit.fakes import FakeResponse, parse_response
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from tests.unit.observability.tracing_harness import traced
 from yatagarasu.config.schema import TracingConfig
 from yatagarasu.observability.tracing import (
@@ -23,6 +23,7 @@ from yatagarasu.observability.tracing import (
     build_tracing,
     exporting_processor,
 )
+from yatagarasu.tap import summary
 
 ON = TracingConfig(enabled=True)
 
@@ -138,3 +139,19 @@ def test_a_sampling_ratio_of_zero_records_no_span_but_keeps_trace_ids() -> None:
     [traceparent] = sent.headers.getRawHeaders(b"traceparent")
     flags = int(traceparent.rsplit(b"-", 1)[1], 16)
     assert flags & 1 == 0  # not sampled, still one trace with S3
+
+
+def test_check_summary_says_where_spans_go() -> None:
+    h, _ = traced(
+        tracing={"exporter": "otlp", "otlp_endpoint": "http://127.0.0.1:4318"},
+        slow_query={"enabled": True, "threshold_ms": 250},
+    )
+    text = summary("yatagarasu.yaml", h.assembly)
+    assert (
+        "tracing: otlp to http://127.0.0.1:4318/v1/traces, sampling 1, traceparent in and to S3\n"
+        in text
+    )
+    assert "slow-request log: over 250 ms\n" in text
+    plain = Harness({"buckets": [bucket_entry()]})
+    assert "tracing" not in summary("yatagarasu.yaml", plain.assembly)
+    assert "slow-request" not in summary("yatagarasu.yaml", plain.assembly)
