@@ -261,3 +261,29 @@ def test_a_stalled_origin_is_logged_as_a_slow_request_with_its_breakdown(
     assert "trace_id" not in event  # tracing is off: nothing of it in the logs or upstream
     [received] = origin.received
     assert "traceparent" not in received.headers
+
+
+def test_every_worker_process_exports_its_own_spans(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    receiver: OtlpReceiver,
+    origin_factory: Callable[[list[Answer]], ScriptedOrigin],
+) -> None:
+    origin = origin_factory([Answer()])
+    config = make_proxy_config([origin_bucket(origin)], observability=tracing(receiver))
+    config["server"] = {"workers": 2}
+    p = proxy(config)
+    wait_until(lambda: p.get("/ready").status == 200, timeout=20, what="both workers up")
+    by_worker: dict[str, str] = {}
+    for n in range(200):  # new connections until both workers answered (bounded)
+        trace_id = f"{n + 1:032x}"
+        response = p.get("/origin/k", headers=traceparent(trace_id))
+        assert response.status == 200
+        by_worker.setdefault(response.header("X-Yatagarasu-Worker") or "?", trace_id)
+        if len(by_worker) == 2:
+            break
+    assert set(by_worker) == {"0", "1"}
+    for trace_id in by_worker.values():
+        spans = spans_of(receiver, trace_id, 2)
+        assert spans["S3 GET"].parent_span_id == spans["GET"].span_id
+    assert clean_exit(p.stop(signal.SIGTERM))
