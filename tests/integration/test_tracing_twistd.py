@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from devharness.moto_s3 import MotoS3Server
 from devharness.otlp_receiver import OtlpReceiver, ReceivedSpan
+from devharness.ports import LOOPBACK
 from devharness.proxy_config import bucket_config
 from devharness.scripted_origin import Answer, ScriptedOrigin
 from devharness.twistd import ProxyProcess, clean_exit
@@ -287,3 +289,24 @@ def test_every_worker_process_exports_its_own_spans(
         spans = spans_of(receiver, trace_id, 2)
         assert spans["S3 GET"].parent_span_id == spans["GET"].span_id
     assert clean_exit(p.stop(signal.SIGTERM))
+
+
+def test_a_collector_that_never_answers_neither_slows_requests_nor_holds_up_the_exit(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    origin_factory: Callable[[list[Answer]], ScriptedOrigin],
+) -> None:
+    origin = origin_factory([Answer()])
+    # A listening socket that never accepts: the kernel completes the handshake, the export
+    # request is sent, and no answer ever comes.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blackhole:
+        blackhole.bind((LOOPBACK, 0))
+        blackhole.listen(16)
+        endpoint = f"http://{LOOPBACK}:{blackhole.getsockname()[1]}"
+        observability = {"tracing": {"enabled": True, "otlp_endpoint": endpoint}}
+        p = proxy(make_proxy_config([origin_bucket(origin)], observability=observability))
+        for _ in range(20):
+            assert p.get("/origin/k", timeout=5.0).status == 200
+        # The last flush gives up (the exporter's 4 s timeout, our 5 s deadline): a clean
+        # exit, not the SIGKILL that stop() sends after 30 s.
+        assert clean_exit(p.stop(signal.SIGTERM, timeout=30))
