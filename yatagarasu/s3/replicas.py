@@ -25,6 +25,7 @@ from twisted.web.iweb import IAgent, IResponse
 
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
+from yatagarasu.observability.timings import UPSTREAM_FIRST_BYTE, RequestTimings
 from yatagarasu.s3.breaker import CircuitBreaker, CircuitState, Permit
 from yatagarasu.s3.client import AttemptObserver, S3Client
 
@@ -137,17 +138,33 @@ class ReplicaSet:
         """Whether some replica's breaker lets requests through now."""
         return any(r.breaker.admits_now() for r in self.replicas)
 
-    async def fetch(self, method: bytes, key: str, headers: Headers) -> IResponse:
+    async def fetch(
+        self, method: bytes, key: str, headers: Headers, timings: RequestTimings | None = None
+    ) -> IResponse:
         """
         Fetch an object: retries and failover before anything was handed on.
 
         :param method: ``b"GET"`` or ``b"HEAD"``.
         :param key: the object key.
         :param headers: client headers to pass on (range, conditionals); not modified.
+        :param timings: the client request's timing record, when measured: the wait for the
+            response head (every attempt and backoff) counts as ``upstream_first_byte``, and
+            each attempt is a client span whose ``traceparent`` goes to S3.
         :returns: the first answer below 500 (body not read).
         :raises UpstreamError: 503 with ``Retry-After`` when every breaker is open, else
             the last attempt's failure (502, 503 SlowDown, 504).
         """
+        if timings is None:
+            return await self._fetch(method, key, headers, None)
+        waiting = timings.begin(UPSTREAM_FIRST_BYTE)
+        try:
+            return await self._fetch(method, key, headers, timings)
+        finally:
+            timings.body_from = waiting.end()
+
+    async def _fetch(
+        self, method: bytes, key: str, headers: Headers, timings: RequestTimings | None
+    ) -> IResponse:
         tried: set[str] = set()
         previous: Replica | None = None
         failure: UpstreamError | None = None
@@ -161,7 +178,7 @@ class ReplicaSet:
                 self._failed_over(previous, replica, failure)
             tried.add(replica.name)
             try:
-                response = await replica.client.attempt(method, key, headers)
+                response = await replica.client.attempt(method, key, headers, timings, attempt)
             except UpstreamError as e:
                 permit.failed(str(e))
                 failure = e
