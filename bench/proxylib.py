@@ -158,11 +158,13 @@ def bucket_yaml(name: str, endpoint: str, extra: str = "", bucket: str = BUCKET)
     )
 
 
-def start_proxy(name: str, config: str, out: Path, probe: str, port: int) -> Server:
+def start_proxy(
+    name: str, config: str, out: Path, probe: str, port: int, twistd: str = TWISTD
+) -> Server:
     cfg = out / f"{name}.yaml"
     cfg.write_text(config)
     check = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg), "--check"],
+        [twistd, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg), "--check"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -170,7 +172,7 @@ def start_proxy(name: str, config: str, out: Path, probe: str, port: int) -> Ser
     )
     if check.returncode != 0:
         raise RuntimeError(f"{name}: config check failed: {check.stdout}{check.stderr}")
-    argv = [TWISTD, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg)]
+    argv = [twistd, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg)]
     srv = Server(name, argv, port, out / f"{name}.log", probe=probe, timeout=60)
     log(f"{name} on {srv.url} pid {srv.pid}: {' '.join(argv)}")
     return srv

@@ -1,9 +1,11 @@
 """
 The composition root: one function turns a validated ``Config`` into everything the process
-runs — access control, caches, the audit trail, metrics, S3 clients, the Resource tree and its
+runs — access control, caches, the audit trail, the tracer and the slow-request log, metrics,
+S3 clients, the Resource tree and its
 ``Site`` (and the metrics listener's ``Site`` when ``metrics.port`` is set), and the background
 services. Start-up, ``--check``, hot reload (:mod:`yatagarasu.reload`, which passes the running
-assembly as ``previous`` so that unchanged cache layers and the audit trail are kept) and the
+assembly as ``previous`` so that unchanged cache layers, the audit trail and the tracer are
+kept) and the
 test harness all call :func:`assemble`; nothing is listened on, connected or read here.
 """
 
@@ -28,6 +30,8 @@ from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.interfaces import ICacheLayer, ISiblings
 from yatagarasu.metrics import Metrics
+from yatagarasu.observability.slow_requests import SlowRequestLog
+from yatagarasu.observability.tracing import Tracing, build_tracing
 from yatagarasu.request_logging import RequestLogPolicy
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.tls import server_tls_options
@@ -81,6 +85,8 @@ class Assembly:
         with ``metrics.serve_admin``), when ``metrics.port`` is set and metrics are enabled;
         ``None`` otherwise.
     :ivar audit: the audit trail when ``audit_log.enabled`` (``None``: no records are built).
+    :ivar tracing: the process's tracer when ``observability.tracing.enabled`` (``None``: no
+        span is made).
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance, audit sinks), in start order.
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
@@ -97,6 +103,7 @@ class Assembly:
     site: ProxySite
     metrics_site: ProxySite | None = None
     audit: AuditTrail | None = None
+    tracing: Tracing | None = None
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     siblings: ISiblings | None = None
@@ -162,6 +169,14 @@ def assemble(
         audit = build_audit(config, reactor, plugins)
         if audit is not None:
             metrics.watch_audit(audit.sinks)
+    # The tracer belongs to the process too (a reload that would change it is refused).
+    tracing = (
+        previous.tracing
+        if previous is not None
+        else build_tracing(config.observability.tracing, reactor)
+    )
+    slow = config.observability.slow_query
+    slow_log = SlowRequestLog(slow) if slow.enabled else None
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
     running = previous.clients if previous is not None else {}
@@ -195,7 +210,8 @@ def assemble(
         siblings,
     )
     extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
-    site = _site(root, reactor, config, access, metrics, lifecycle, extra, audit)
+    observers = _Observers(audit, tracing, slow_log)
+    site = _site(root, reactor, config, access, metrics, lifecycle, extra, observers)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
         metrics_root = RootResource(
@@ -204,11 +220,14 @@ def assemble(
             [],
         )
         metrics_site = _site(
-            metrics_root, reactor, config, access, metrics, lifecycle, extra, audit
+            metrics_root, reactor, config, access, metrics, lifecycle, extra, observers
         )
     services = [*access.services, *caching.services()]
-    if audit is not None:  # last: stopped after the drain, they flush every record
+    # Last: stopped after the drain, they flush every record and every span.
+    if audit is not None:
         services.extend(audit.services())
+    if tracing is not None:
+        services.extend(tracing.services())
     return Assembly(
         config=config,
         access=access,
@@ -219,10 +238,20 @@ def assemble(
         site=site,
         metrics_site=metrics_site,
         audit=audit,
+        tracing=tracing,
         services=services,
         lifecycle=lifecycle,
         siblings=siblings,
     )
+
+
+@dataclass(frozen=True)
+class _Observers:
+    """What a site reports each ended request to, besides metrics and the access log."""
+
+    audit: AuditTrail | None
+    tracing: Tracing | None
+    slow_log: SlowRequestLog | None
 
 
 def _site(
@@ -233,7 +262,7 @@ def _site(
     metrics: Metrics,
     lifecycle: Lifecycle,
     extra_headers: bytes,
-    audit: AuditTrail | None,
+    observers: _Observers,
 ) -> ProxySite:
     access_log_enabled = config.logging.level in ("debug", "info")
     # the request_logging events are info events too: below that level, nothing to filter
@@ -249,7 +278,9 @@ def _site(
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
         extra_headers=extra_headers,
-        audit=audit,
+        audit=observers.audit,
+        tracing=observers.tracing,
+        slow_log=observers.slow_log,
         request_logging=RequestLogPolicy.build(logged) if access_log_enabled else None,
     )
 

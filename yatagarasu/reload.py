@@ -4,7 +4,8 @@ generation and swap it in for new requests.
 
 The file is loaded and validated by the same code as start-up and ``--check``
 (``load_config`` + :func:`yatagarasu.assembly.assemble`). A generation that fails to build, or
-that would change a listener (or the logging or audit setup), is refused and the running one stays.
+that would change a listener (or the logging, audit or tracing setup), is refused and the running
+one stays.
 Otherwise the listening sites serve the new Resource tree at once; requests in flight finish on
 the generation they pinned, whose S3 pools and dropped cache layers close after its last
 request. Cache layers whose section did not change are reused with their contents. One
@@ -86,8 +87,8 @@ def refuse_restart_changes(old: Config, new: Config) -> None:
     :param old: the running configuration.
     :param new: the one a reload would apply.
     :raises ConfigError: naming the first key that only a restart can change: the listener's
-        address, port and TLS on/off, the metrics listener, the logging and audit setup. (TLS files
-        are read again: new connections get the new certificate.)
+        address, port and TLS on/off, the metrics listener, the logging, audit and tracing
+        setup. (TLS files are read again: new connections get the new certificate.)
     """
     s, n = old.server, new.server
     changes: list[tuple[str, object, object]] = [
@@ -112,6 +113,11 @@ def refuse_restart_changes(old: Config, new: Config) -> None:
     if old.audit_log != new.audit_log:
         # The listening site records through one audit trail for the life of the process.
         raise ConfigError("audit_log", "changed; audit_log changes need a restart")
+    if old.observability.tracing != new.observability.tracing:
+        # The listening site traces through one tracer (and exporter) for the life of the process.
+        raise ConfigError(
+            "observability.tracing", "changed; observability.tracing changes need a restart"
+        )
 
 
 def bucket_changes(old: Config, new: Config) -> tuple[tuple[str, ...], ...]:

@@ -161,6 +161,16 @@ def summary(path: str, assembly: Assembly) -> str:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
     if assembly.audit is not None:
         lines.append("audit outputs: " + ", ".join(sink.name for sink in assembly.audit.sinks))
+    observability = config.observability
+    if assembly.tracing is not None:
+        tracing = observability.tracing
+        where = f" to {tracing.traces_url}" if tracing.exporter == "otlp" else ""
+        lines.append(
+            f"tracing: {tracing.exporter}{where}, sampling {tracing.sampling_ratio:g}"
+            f"{', traceparent in and to S3' if tracing.propagate_context else ''}"
+        )
+    if observability.slow_query.enabled:
+        lines.append(f"slow-request log: over {observability.slow_query.threshold_ms:g} ms")
     admin = "jwt with admin_claims" if access.admin else "disabled, answers 403"
     where = " on the metrics listener only" if config.metrics.admin_on_own_listener else ""
     lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin}){where}")

@@ -238,6 +238,8 @@ class AuditRecord:
     :ivar cache_status: ``hit|miss|bypass|stale|revalidated``, ``None`` where nothing caches.
     :ivar user_agent: the ``User-Agent`` header.
     :ivar referer: the ``Referer`` header, with secret-looking query parameters redacted.
+    :ivar trace_id: the request's trace id (32 hex digits) when ``observability.tracing`` is
+        on; ``None`` (and left out of the JSON) otherwise. An addition to DESIGN.md §3.
     """
 
     started: float
@@ -254,3 +256,4 @@ class AuditRecord:
     cache_status: str | None
     user_agent: str | None
     referer: str | None
+    trace_id: str | None = None

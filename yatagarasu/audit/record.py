@@ -57,8 +57,9 @@ def rfc3339(when: float) -> str:
 def to_dict(record: AuditRecord) -> dict[str, object]:
     """
     :param record: a record.
-    :returns: exactly the DESIGN.md §3 fields, in that order (``timestamp`` first): what a
-        sink that does not write JSON lines (a database, a message queue) stores.
+    :returns: exactly the DESIGN.md §3 fields, in that order (``timestamp`` first), plus
+        ``trace_id`` when the request was traced: what a sink that does not write JSON lines
+        (a database, a message queue) stores.
     """
     return {
         "timestamp": rfc3339(record.started),
@@ -75,6 +76,7 @@ def to_dict(record: AuditRecord) -> dict[str, object]:
         "cache_status": record.cache_status,
         "user_agent": record.user_agent,
         "referer": record.referer,
+        **({} if record.trace_id is None else {"trace_id": record.trace_id}),
     }
 
 
@@ -99,13 +101,14 @@ class JsonEncoder:
         :param record: a record.
         :returns: one JSON object on one line (no newline at the end); control characters
             and quotes in header values are escaped, so a value cannot start a new line.
+            ``trace_id`` comes last, only when the request was traced.
         """
         # The optional fields' ``null`` is written inline: a helper call per field costs more
         # than the escaping (this runs once per request).
         when = record.started
         user, bucket, key = record.user, record.bucket, record.object_key
         cache, agent, referer = record.cache_status, record.user_agent, record.referer
-        return _LINE % (
+        line = _LINE % (
             self._seconds(when),
             int(when * 1000) % 1000,
             _quote(record.correlation_id),
@@ -122,6 +125,9 @@ class JsonEncoder:
             "null" if agent is None else _quote(agent),
             "null" if referer is None else _quote(referer),
         )
+        if record.trace_id is None:
+            return line
+        return f'{line[:-1]},"trace_id":{_quote(record.trace_id)}}}'
 
 
 def to_json(record: AuditRecord) -> str:

@@ -22,6 +22,7 @@ from yatagarasu.interfaces import (
     IImmediateCacheLayer,
     IPurgeBroadcaster,
 )
+from yatagarasu.observability.timings import Phase
 from yatagarasu.values import CacheEntry, CacheKey, FileBody, LayerStats
 
 log = Logger()
@@ -46,6 +47,24 @@ class Lookup:
 
     entry: CacheEntry
     layer: str
+
+
+def _layer_span(
+    phase: Phase,
+    layer: ICacheLayer,
+    started: float,
+    ended: float,
+    hit: bool,
+    error: str | None = None,
+) -> None:
+    """One layer's answer to a request's lookup, as a child span of the lookup stage."""
+    attributes: dict[str, str | bool] = {
+        "yatagarasu.cache.layer": layer.name,
+        "yatagarasu.cache.hit": hit,
+    }
+    if error is not None:
+        attributes["error.type"] = error
+    phase.child(f"cache.get {layer.name}", started, ended, attributes)
 
 
 def _read_body(body: FileBody) -> bytes:
@@ -105,7 +124,9 @@ class TieredCache:
         found = self.lookup(key)
         return found if isinstance(found, Deferred) else succeed(found)
 
-    def lookup(self, key: CacheKey) -> Lookup | Deferred[Lookup | None] | None:
+    def lookup(
+        self, key: CacheKey, phase: Phase | None = None
+    ) -> Lookup | Deferred[Lookup | None] | None:
         """
         :meth:`get`, answered directly when the layers that decide it answer at once.
 
@@ -115,6 +136,8 @@ class TieredCache:
         them, the lookup goes on with Deferreds.
 
         :param key: the key.
+        :param phase: the request's cache-lookup stage, when it is measured: each layer's
+            answer becomes a child span of it.
         :returns: the hit or ``None``, or a Deferred of it.
         """
         for index in range(self._immediate):
@@ -127,12 +150,14 @@ class TieredCache:
                 entry = None
             if self.metrics is not None:
                 self.metrics.cache_get_time(layer.name, self.reactor.seconds() - started)
+            if phase is not None:
+                _layer_span(phase, layer, started, self.reactor.seconds(), entry is not None)
             if entry is not None:
                 return self._hit(key, index, entry)
         if self._immediate == len(self.layers):
             self._miss(key)
             return None
-        return self._get_from(key, self._immediate)
+        return self._get_from(key, self._immediate, phase)
 
     def _hit(self, key: CacheKey, index: int, entry: CacheEntry) -> Lookup:
         layer = self.layers[index]
@@ -145,7 +170,9 @@ class TieredCache:
     def _miss(self, key: CacheKey) -> None:
         self.misses[key.bucket] = self.misses.get(key.bucket, 0) + 1
 
-    def _get_from(self, key: CacheKey, index: int) -> Deferred[Lookup | None]:
+    def _get_from(
+        self, key: CacheKey, index: int, phase: Phase | None = None
+    ) -> Deferred[Lookup | None]:
         if index == len(self.layers):
             self._miss(key)
             return succeed(None)
@@ -158,22 +185,29 @@ class TieredCache:
         return answer.addCallbacks(
             self._answered,
             self._layer_failed,
-            callbackArgs=(key, index, started),
-            errbackArgs=(key, index, started),
+            callbackArgs=(key, index, started, phase),
+            errbackArgs=(key, index, started, phase),
         )
 
     def _answered(
-        self, entry: CacheEntry | None, key: CacheKey, index: int, started: float
+        self,
+        entry: CacheEntry | None,
+        key: CacheKey,
+        index: int,
+        started: float,
+        phase: Phase | None,
     ) -> Lookup | Deferred[Lookup | None]:
         layer = self.layers[index]
         if self.metrics is not None:
             self.metrics.cache_get_time(layer.name, self.reactor.seconds() - started)
+        if phase is not None:
+            _layer_span(phase, layer, started, self.reactor.seconds(), entry is not None)
         if entry is None:
-            return self._get_from(key, index + 1)
+            return self._get_from(key, index + 1, phase)
         return self._hit(key, index, entry)
 
     def _layer_failed(
-        self, failure: Failure, key: CacheKey, index: int, started: float
+        self, failure: Failure, key: CacheKey, index: int, started: float, phase: Phase | None
     ) -> Deferred[Lookup | None]:
         failure.trap(Exception)
         if failure.check(CancelledError):
@@ -181,8 +215,11 @@ class TieredCache:
         layer = self.layers[index]
         if self.metrics is not None:
             self.metrics.cache_get_time(layer.name, self.reactor.seconds() - started)
+        if phase is not None:
+            error = type(failure.value).__name__
+            _layer_span(phase, layer, started, self.reactor.seconds(), False, error)
         self._failed(layer, "get", cast(Exception, failure.value))
-        return self._get_from(key, index + 1)
+        return self._get_from(key, index + 1, phase)
 
     async def _promote(
         self, key: CacheKey, entry: CacheEntry, faster: Sequence[ICacheLayer]

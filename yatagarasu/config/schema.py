@@ -25,7 +25,6 @@ DEFAULT_ADMIN_PREFIX = "/admin"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
-_LATER_OBSERVABILITY = "arrives with tracing"
 _NO_BODIES = "bodies are never logged: objects are streamed, not held for a log line"
 _LATER_SECURITY = "arrives with rate limiting"
 _PER_BUCKET_AUTHORIZATION = (
@@ -705,15 +704,72 @@ class RequestLoggingConfig:
                 )
 
 
+#: where the OTLP/HTTP exporter sends spans when ``otlp_endpoint`` is not given
+DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4318"
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """
+    OpenTelemetry tracing (``observability.tracing``, the v1.x keys): a server span per
+    request with child spans for its stages, exported over OTLP/HTTP (protobuf).
+
+    ``otlp_endpoint`` is the collector's base URL (``/v1/traces`` is added) or the full URL
+    of its traces resource (a path ending in ``/v1/traces``).
+    """
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console", "none"] = "otlp"
+    otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
+    service_name: str = "yatagarasu"
+    sampling_ratio: float = 1.0
+    propagate_context: bool = True
+
+    @property
+    def traces_url(self) -> str:
+        """The URL spans are POSTed to: ``otlp_endpoint``, with ``/v1/traces`` unless given."""
+        base = self.otlp_endpoint.rstrip("/")
+        return base if base.endswith("/v1/traces") else base + "/v1/traces"
+
+    def check(self, path: str) -> None:
+        if not 0.0 <= self.sampling_ratio <= 1.0:
+            raise ConfigError(
+                join(path, "sampling_ratio"),
+                f"must be between 0 and 1, got {self.sampling_ratio:g}",
+            )
+        parts = urlsplit(self.otlp_endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                join(path, "otlp_endpoint"),
+                f"expected http(s)://host[:port][/v1/traces], got {self.otlp_endpoint!r}",
+            )
+        if not self.service_name:
+            raise ConfigError(join(path, "service_name"), "must not be empty")
+
+
+@dataclass(frozen=True)
+class SlowQueryConfig:
+    """
+    The slow-request log (``observability.slow_query``): a request that took longer than
+    ``threshold_ms`` (arrival to the end of the response) is logged at warn, with its
+    request id and, with ``include_breakdown``, the milliseconds spent in auth, the cache
+    lookup, waiting for S3's first byte and the transfer.
+    """
+
+    enabled: bool = False
+    threshold_ms: float = 1000.0
+    include_breakdown: bool = True
+
+    def check(self, path: str) -> None:
+        _positive(self.threshold_ms, join(path, "threshold_ms"), allow_zero=True)
+
+
 @dataclass(frozen=True)
 class ObservabilityConfig:
-    """The ``observability`` section."""
+    """The ``observability`` section: tracing, the slow-request log, request logging."""
 
-    UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "tracing": _LATER_OBSERVABILITY,
-        "slow_query": _LATER_OBSERVABILITY,
-    }
-
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    slow_query: SlowQueryConfig = field(default_factory=SlowQueryConfig)
     request_logging: RequestLoggingConfig = field(default_factory=RequestLoggingConfig)
 
 

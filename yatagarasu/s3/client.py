@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from opentelemetry.trace import SpanKind
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import (
@@ -41,6 +42,7 @@ from zope.interface import implementer
 from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
+from yatagarasu.observability.timings import Phase, RequestTimings
 from yatagarasu.s3.errors import read_s3_error
 from yatagarasu.s3.listing import list_query
 from yatagarasu.s3.sigv4 import EMPTY_PAYLOAD_SHA256, Credentials, SigV4Signer, encode_key
@@ -157,6 +159,13 @@ class S3Client:
         self._base = f"{self._scheme}://{self._host}".encode("ascii")
         #: the upstream's origin (``http://127.0.0.1:9000``), shown by ``/ready``
         self.origin = self._base.decode("ascii")
+        where = urlsplit(self.origin)
+        #: the attributes every attempt's span starts with
+        self._span_attributes: dict[str, str | int] = {
+            "server.address": where.hostname or self._host,
+            "server.port": where.port or (443 if self._scheme == "https" else 80),
+            "aws.s3.bucket": config.bucket,
+        }
         if agent is None:
             self._pool = _QuietPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = config.connection_pool_size
@@ -187,7 +196,14 @@ class S3Client:
         """
         return self._path_prefix + encode_key(key)
 
-    async def attempt(self, method: bytes, key: str, headers: Headers) -> IResponse:
+    async def attempt(
+        self,
+        method: bytes,
+        key: str,
+        headers: Headers,
+        timings: RequestTimings | None = None,
+        number: int = 1,
+    ) -> IResponse:
         """
         Send one signed request for an object (retries and failover are the replica set's,
         :class:`yatagarasu.s3.replicas.ReplicaSet`).
@@ -195,6 +211,9 @@ class S3Client:
         :param method: ``b"GET"`` or ``b"HEAD"``.
         :param key: the object key.
         :param headers: client headers to pass on (range, conditionals); not modified.
+        :param timings: the client request's timing record, when measured: the attempt is a
+            client span whose ``traceparent`` goes to S3.
+        :param number: which attempt of the client request this is (1: the first), for the span.
         :returns: the upstream response below 500, body not yet read.
         :raises UpstreamError: for a connect error, a timeout or a 5xx answer (502, 503
             SlowDown or 504; ``retryable``).
@@ -202,9 +221,26 @@ class S3Client:
         """
         path = self.object_path(key)
         url = self._base + path.encode("ascii")
-        response = await self._observed_attempt(method, url, path, headers)
+        span = None if timings is None else self._attempt_span(timings, method, url, number)
+        try:
+            response = await self._observed_attempt(method, url, path, headers, span)
+        except BaseException as e:
+            if span is not None:
+                span.end(error=e)
+            raise
         if response.code >= 500:
-            raise await self._server_error(response)
+            failure = await self._server_error(response)
+            if span is not None:
+                span.end(
+                    {
+                        "http.response.status_code": response.code,
+                        "yatagarasu.s3.error": str(failure),
+                    },
+                    error=str(response.code),
+                )
+            raise failure
+        if span is not None:
+            span.end({"http.response.status_code": response.code})
         return response
 
     async def list_attempt(self, prefix: str, max_keys: int, token: str | None) -> IResponse:
@@ -222,21 +258,28 @@ class S3Client:
         path = self._path_prefix
         query = list_query(prefix, max_keys, token)
         url = self._base + f"{path}?{query}".encode("ascii")
-        response = await self._observed_attempt(b"GET", url, path, Headers(), query=query)
+        response = await self._observed_attempt(b"GET", url, path, Headers(), None, query=query)
         if response.code >= 500:
             raise await self._server_error(response)
         return response
 
     async def _observed_attempt(
-        self, method: bytes, url: bytes, path: str, headers: Headers, *, query: str = ""
+        self,
+        method: bytes,
+        url: bytes,
+        path: str,
+        headers: Headers,
+        span: Phase | None,
+        *,
+        query: str = "",
     ) -> IResponse:
         observe = self._observe
         if observe is None:
-            return await self._attempt(method, url, path, headers, query=query)
+            return await self._attempt(method, url, path, headers, span, query=query)
         started = self._clock.seconds()
         outcome = "error"
         try:
-            response = await self._attempt(method, url, path, headers, query=query)
+            response = await self._attempt(method, url, path, headers, span, query=query)
             outcome = _CLASSES.get(response.code // 100, "error")
             return response
         except UpstreamError as e:
@@ -247,6 +290,21 @@ class S3Client:
             raise
         finally:
             observe(outcome, self._clock.seconds() - started)
+
+    def _attempt_span(
+        self, timings: RequestTimings, method: bytes, url: bytes, attempt: int
+    ) -> Phase:
+        attributes: dict[str, str | int] = {
+            **self._span_attributes,
+            "http.request.method": method.decode("ascii"),
+            "url.full": url.decode("ascii"),
+            "yatagarasu.s3.attempt": attempt,
+        }
+        if attempt > 1:
+            attributes["http.request.resend_count"] = attempt - 1
+        return timings.begin(
+            None, f"S3 {method.decode('ascii')}", kind=SpanKind.CLIENT, attributes=attributes
+        )
 
     async def put(
         self, key: str, body: bytes, headers: Headers, payload_hash: str | None = None
@@ -278,6 +336,7 @@ class S3Client:
         url: bytes,
         path: str,
         headers: Headers,
+        span: Phase | None = None,
         *,
         query: str = "",
         body: bytes | None = None,
@@ -285,6 +344,8 @@ class S3Client:
     ) -> IResponse:
         send = headers.copy()
         send.setRawHeaders(b"user-agent", [_USER_AGENT])
+        if span is not None:
+            span.inject(send)  # traceparent: not a signed header (SigV4 signs host, x-amz-*)
         if self._signer is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
             signed = self._signer.sign(

@@ -25,6 +25,7 @@ from twisted.web.iweb import IAgent, IResponse
 
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
+from yatagarasu.observability.timings import UPSTREAM_FIRST_BYTE, RequestTimings
 from yatagarasu.s3.breaker import CircuitBreaker, CircuitState, Permit
 from yatagarasu.s3.client import AttemptObserver, S3Client
 
@@ -137,18 +138,31 @@ class ReplicaSet:
         """Whether some replica's breaker lets requests through now."""
         return any(r.breaker.admits_now() for r in self.replicas)
 
-    async def fetch(self, method: bytes, key: str, headers: Headers) -> IResponse:
+    async def fetch(
+        self, method: bytes, key: str, headers: Headers, timings: RequestTimings | None = None
+    ) -> IResponse:
         """
         Fetch an object: retries and failover before anything was handed on.
 
         :param method: ``b"GET"`` or ``b"HEAD"``.
         :param key: the object key.
         :param headers: client headers to pass on (range, conditionals); not modified.
+        :param timings: the client request's timing record, when measured: the wait for the
+            response head (every attempt and backoff) counts as ``upstream_first_byte``, and
+            each attempt is a client span whose ``traceparent`` goes to S3.
         :returns: the first answer below 500 (body not read).
         :raises UpstreamError: 503 with ``Retry-After`` when every breaker is open, else
             the last attempt's failure (502, 503 SlowDown, 504).
         """
-        return await self._run(lambda client: client.attempt(method, key, headers))
+        if timings is None:
+            return await self._run(lambda client, n: client.attempt(method, key, headers, None, n))
+        waiting = timings.begin(UPSTREAM_FIRST_BYTE)
+        try:
+            return await self._run(
+                lambda client, n: client.attempt(method, key, headers, timings, n)
+            )
+        finally:
+            timings.body_from = waiting.end()
 
     async def list(self, prefix: str, max_keys: int, token: str | None) -> IResponse:
         """
@@ -160,10 +174,16 @@ class ReplicaSet:
         :returns: the first answer below 500 (body not read).
         :raises UpstreamError: as :meth:`fetch`.
         """
-        return await self._run(lambda client: client.list_attempt(prefix, max_keys, token))
+        return await self._run(lambda client, _n: client.list_attempt(prefix, max_keys, token))
 
-    async def _run(self, send: Callable[[S3Client], Awaitable[IResponse]]) -> IResponse:
-        """The retry and failover loop of one request; ``send`` makes one attempt."""
+    async def _run(self, send: Callable[[S3Client, int], Awaitable[IResponse]]) -> IResponse:
+        """
+        The retry and failover loop of one request.
+
+        :param send: makes one attempt on a replica's client; given the attempt's number (1...).
+        :returns: the first answer below 500 (body not read).
+        :raises UpstreamError: as :meth:`fetch`.
+        """
         tried: set[str] = set()
         previous: Replica | None = None
         failure: UpstreamError | None = None
@@ -177,7 +197,7 @@ class ReplicaSet:
                 self._failed_over(previous, replica, failure)
             tried.add(replica.name)
             try:
-                response = await send(replica.client)
+                response = await send(replica.client, attempt)
             except UpstreamError as e:
                 permit.failed(str(e))
                 failure = e

@@ -23,6 +23,7 @@ from yatagarasu.interfaces import (
     IImmediateAuthScheme,
 )
 from yatagarasu.metrics import Metrics
+from yatagarasu.observability.timings import AUTH, Phase, RequestTimings
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.values import AuthorizationQuery, Decision, Identity
 from yatagarasu.web.async_resource import AsyncResource
@@ -112,20 +113,32 @@ class BucketResource(AsyncResource):
             raise Forbidden("client address not allowed for this bucket")
         identity = None
         if self._scheme is not None:
+            stage = None if request.timings is None else self._auth_stage(request.timings)
             try:
                 identity = self._immediate.authenticate_now(request) if self._immediate else None
             except Exception as e:
                 request.auth_result = _auth_failure(e)
+                if stage is not None:
+                    stage.end(error=e)
                 raise
             if identity is None:
                 authenticating = self._scheme.authenticate(request)
+                if stage is not None:
+                    authenticating.addBoth(stage.settle)
                 authenticating.addErrback(self._not_authenticated, request)
                 return authenticating.addCallback(self._authenticated, request, key)
+            if stage is not None:
+                stage.end()
             request.subject = identity.subject
             request.auth_result = "ok"
         if self._authorizer is not None:
             return self._authorize(self._authorizer, request, key, identity)
         return self._respond(request, key)
+
+    def _auth_stage(self, timings: RequestTimings) -> Phase:
+        """Authentication as one measured stage (its own span)."""
+        schemes = ",".join(self._bucket.auth.scheme_names)
+        return timings.begin(AUTH, "auth", attributes={"yatagarasu.auth.scheme": schemes})
 
     def _preflight(self, request: ProxyRequest) -> None:
         request.setHeader(b"allow", BUCKET_METHODS)
@@ -253,7 +266,9 @@ class BucketResource(AsyncResource):
             raise missing from None
 
     async def _relay(self, request: ProxyRequest, key: str) -> None:
-        response = await fetch_object(self._client, request.method, key, request.conditions)
+        response = await fetch_object(
+            self._client, request.method, key, request.conditions, request.timings
+        )
         await relay_response(request, response, self._clock, self._timeouts)
 
 

@@ -29,6 +29,7 @@ from yatagarasu.http.dates import http_date
 from yatagarasu.http.fields import first_header
 from yatagarasu.http.freshness import Freshness, freshness
 from yatagarasu.http.ranges import Unsatisfiable
+from yatagarasu.observability.timings import CACHE_LOOKUP, Phase, RequestTimings
 from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.values import MIB, CacheEntry, CacheKey, FileBody
@@ -159,10 +160,27 @@ class CachedObjects:
             it is complete (or failed).
         """
         cache_key = CacheKey(self._bucket, key)
+        if request.timings is not None:
+            return self._timed_lookup(request, cache_key, request.timings)
         found = self._cache.lookup(cache_key)
         if isinstance(found, Deferred):
             return found.addCallback(self._looked_up, request, cache_key)
         return self._looked_up(found, request, cache_key)
+
+    def _timed_lookup(
+        self, request: ProxyRequest, cache_key: CacheKey, timings: RequestTimings
+    ) -> Deferred[None] | None:
+        """The lookup as one measured stage, each layer's answer a child span of it."""
+        stage = timings.begin(CACHE_LOOKUP, "cache.lookup")
+        found = self._cache.lookup(cache_key, stage)
+        if isinstance(found, Deferred):
+            found.addCallbacks(
+                _lookup_ended,
+                stage.settle,
+                callbackArgs=(stage, timings),
+            )
+            return found.addCallback(self._looked_up, request, cache_key)
+        return self._looked_up(_lookup_ended(found, stage, timings), request, cache_key)
 
     def _looked_up(
         self, lookup: Lookup | None, request: ProxyRequest, cache_key: CacheKey
@@ -201,7 +219,7 @@ class CachedObjects:
     async def _lead(self, request: ProxyRequest, cache_key: CacheKey) -> None:
         flight = self._flights[cache_key] = _Flight()
         try:
-            response = await self._client.fetch(b"GET", cache_key.key, Headers())
+            response = await self._client.fetch(b"GET", cache_key.key, Headers(), request.timings)
             await self._fill(request, cache_key, response, flight)
         except HTTPError as e:
             self._release(cache_key, flight, e)  # S3's answer is the same for everyone
@@ -240,11 +258,22 @@ class CachedObjects:
             if client is None and not admission.plan.stores:
                 response.deliverBody(Discard())
                 return
-        fill = _Fill(admission.plan, self._policy.max_item_size) if admission.plan.stores else None
-        await self._relay(response, client, fill, admission.decoupled)
-        if fill is not None:
+        if not admission.plan.stores:
+            await self._relay(response, client, None, admission.decoupled)
+            return
+        fill = _Fill(admission.plan, self._policy.max_item_size)
+        timings = request.timings if request is not None else None
+        stage = None if timings is None else _fill_stage(timings, admission.plan)
+        try:
+            await self._relay(response, client, fill, admission.decoupled)
             entry = self._entry(headers, b"".join(fill.chunks), now, admission.fresh)
             await self._commit(cache_key, entry, admission.plan, fill, int(response.length), flight)
+        except BaseException as e:
+            if stage is not None:
+                stage.end({"yatagarasu.cache.fill_bytes": fill.size}, error=e)
+            raise
+        if stage is not None:
+            stage.end({"yatagarasu.cache.fill_bytes": fill.size})
 
     def _admit(self, cache_key: CacheKey, response: IResponse) -> _Admission:
         """Decide from the headers alone (before any body byte) whether and where to store."""
@@ -366,7 +395,9 @@ class CachedObjects:
             if_modified_since=http_date(modified),
         )
         try:
-            response = await fetch_object(self._client, b"GET", cache_key.key, conditions)
+            response = await fetch_object(
+                self._client, b"GET", cache_key.key, conditions, request.timings
+            )
         except UpstreamError:
             if self._stale_allowed(entry) and self._answer(request, entry, b"STALE"):
                 return
@@ -406,7 +437,9 @@ class CachedObjects:
 
     async def _pass_through(self, request: ProxyRequest, key: str) -> None:
         """Fetch with the client's range/conditionals, stream, store nothing (``BYPASS``)."""
-        response = await fetch_object(self._client, request.method, key, request.conditions)
+        response = await fetch_object(
+            self._client, request.method, key, request.conditions, request.timings
+        )
         request.set_cache_status(b"BYPASS" if request.method == b"GET" else b"MISS")
         await relay_response(request, response, self._clock, self._timeouts)
 
@@ -486,6 +519,26 @@ class CachedObjects:
         body = entry.body if wanted is None else entry.body[offset : offset + size]
         request.write(body)
         request.finish()
+
+
+def _lookup_ended(lookup: Lookup | None, stage: Phase, timings: RequestTimings) -> Lookup | None:
+    """End the lookup stage with what it found; a hit's body is available from now."""
+    if lookup is None:
+        stage.end({"yatagarasu.cache.hit": False})
+    else:
+        timings.body_from = stage.end(
+            {"yatagarasu.cache.hit": True, "yatagarasu.cache.layer": lookup.layer}
+        )
+    return lookup
+
+
+def _fill_stage(timings: RequestTimings, plan: WritePlan) -> Phase:
+    """The cache fill (body streamed into the layers, then committed) as a measured stage."""
+    attributes: dict[str, str | int] = {
+        "yatagarasu.cache.buffered_layers": ",".join(layer.name for layer in plan.buffered),
+        "yatagarasu.cache.streamed_writers": len(plan.writers),
+    }
+    return timings.begin(None, "cache.fill", attributes=attributes)
 
 
 async def raise_upstream_error(response: IResponse, clock: IReactorTime, timeout: float) -> None:

@@ -1,12 +1,12 @@
 """
 The twisted.web ``Site`` of the proxy: request ids, raw-target checks, concurrency limit,
 connection tracking for graceful shutdown, and, once each response has ended, the metrics,
-one access-log event and one audit record per request.
+one access-log event, one audit record, the slow-request log and the end of the server span.
 
 What a site serves (the Resource tree, trusted proxies, limits) is a :class:`Served`, swapped
 whole by a hot reload (:meth:`ProxySite.serve`) while the site object, its listener and its
 connection tracking stay. Each request keeps the ``Served`` it started with until it ends.
-The audit trail belongs to the site (the process): a reload keeps it.
+The audit trail and the tracer belong to the site (the process): a reload keeps them.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from yatagarasu.errors import HTTPError
 from yatagarasu.http.conditionals import Conditions, parse_conditions
 from yatagarasu.http.status import reason_phrase_bytes
 from yatagarasu.metrics import Metrics
+from yatagarasu.observability.slow_requests import SlowRequestLog
+from yatagarasu.observability.timings import RequestTimings
+from yatagarasu.observability.tracing import Tracing
 from yatagarasu.per_second import PerSecond
 from yatagarasu.request_logging import RequestLogPolicy
 from yatagarasu.values import AuditRecord
@@ -61,6 +64,7 @@ class Served:
     :ivar send_buffer_bytes: ``SO_SNDBUF`` of accepted sockets (``None``: kernel default).
     :ivar request_logging: which requests the access log shows and what it adds
         (``observability.request_logging``; ``None``: every request, nothing added).
+    :ivar slow_log: the slow-request log (``None``: off).
     :ivar requests: requests started on it and not ended yet.
     """
 
@@ -71,6 +75,7 @@ class Served:
     access_log_enabled: bool = True
     send_buffer_bytes: int | None = None
     request_logging: RequestLogPolicy | None = None
+    slow_log: SlowRequestLog | None = None
     requests: int = 0
     _idle_waiters: list[Deferred[None]] = field(default_factory=list, repr=False)
 
@@ -100,6 +105,8 @@ class ProxyRequest(Request):
     A request with an id, a start time and the bucket/key it addressed (for the access log).
 
     :ivar request_id: echoed as ``X-Request-ID`` and ``X-Correlation-ID`` on every response.
+    :ivar timings: its timing record (and server span), when tracing or the slow-request log
+        is on; ``None`` otherwise, and then no stage of the request is measured.
     """
 
     defaultContentType = None
@@ -113,6 +120,7 @@ class ProxyRequest(Request):
     #: how the bucket's authentication ended (``ok``, ``missing``...), ``None``: not asked
     auth_result: str | None = None
     served: Served | None = None
+    timings: RequestTimings | None = None
     _client_address: str | None = None
     _conditions: Conditions | None = None
     _body_bytes = 0
@@ -157,6 +165,15 @@ class ProxyRequest(Request):
         site.request_started(self)
         served = self.served = site.served
         served.pin()
+        if site.tracing is not None:
+            self.timings = site.tracing.start(
+                self.requestHeaders,
+                self.started,
+                self.method.decode("ascii", "replace"),
+                self._span_attributes(),
+            )
+        elif served.slow_log is not None:
+            self.timings = RequestTimings(site.clock, self.started)
         if served.request_logging is not None and served.request_logging.log_requests:
             site.request_arrived(self, served.request_logging)
         reason = traversal_reason(self.uri)
@@ -185,6 +202,21 @@ class ProxyRequest(Request):
             self.render(site.getResourceFor(self))  # the pinned tree (ProxySite.getResourceFor)
         except BaseException:
             self.processingFailed(Failure())
+
+    def _span_attributes(self) -> dict[str, str]:
+        """The server span's attributes known on arrival (HTTP semantic conventions)."""
+        agent = self.requestHeaders.getRawHeaders(b"user-agent")
+        attributes = {
+            "http.request.method": self.method.decode("ascii", "replace"),
+            "url.path": self.path.decode("utf-8", "replace"),
+            "url.scheme": "https" if self.isSecure() else "http",
+            "network.protocol.version": self.clientproto.decode("ascii", "replace")[5:],
+            "client.address": self.client_address,
+            "yatagarasu.request_id": self.request_id,
+        }
+        if agent:
+            attributes["user_agent.original"] = agent[0].decode("utf-8", "replace")
+        return attributes
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         """
@@ -260,10 +292,13 @@ class ProxyRequest(Request):
         return str(getattr(address, "host", address))
 
 
-def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
+def audit_record(
+    request: ProxyRequest, duration: float, trace_id: str | None = None
+) -> AuditRecord:
     """
     :param request: a request whose response ended (completely or not).
     :param duration: seconds from its arrival to the end of the response.
+    :param trace_id: its trace id, when traced.
     :returns: its audit record, not redacted yet.
     """
     method = request.method
@@ -286,10 +321,13 @@ def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
         _CACHE_STATUS.get(label) or label.decode("latin-1").lower() if label else None,
         agent[0].decode("utf-8", "replace") if agent else None,
         referer[0].decode("utf-8", "replace") if referer else None,
+        trace_id,
     )
 
 
 _METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"OPTIONS")}
+_ACCESS = "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms"
+_TRACED_ACCESS = _ACCESS + " trace {trace_id}"
 _LABELS = (b"HIT", b"MISS", b"BYPASS", b"STALE", b"REVALIDATED")
 _CACHE_STATUS = {label: label.decode().lower() for label in _LABELS}
 
@@ -338,6 +376,8 @@ class ProxySite(Site):
         each; the worker number when ``server.workers`` > 1).
     :param request_logging: which requests the access log shows and what it adds
         (``None``: every request, nothing added).
+    :param tracing: the process's tracer (``None``: tracing is off, no span is made).
+    :param slow_log: the slow-request log (``None``: off).
     """
 
     protocol = LimitedHTTPChannel  # type: ignore[assignment]
@@ -360,6 +400,8 @@ class ProxySite(Site):
         audit: AuditTrail | None = None,
         extra_headers: bytes = b"",
         request_logging: RequestLogPolicy | None = None,
+        tracing: Tracing | None = None,
+        slow_log: SlowRequestLog | None = None,
     ) -> None:
         super().__init__(resource, reactor=clock)
         self.clock = clock
@@ -367,6 +409,7 @@ class ProxySite(Site):
         self.draining = draining
         self.idle_timeout = idle_timeout
         self.audit = audit
+        self.tracing = tracing
         #: what new requests are served with (:meth:`serve` swaps it)
         self.served = Served(
             resource,
@@ -376,6 +419,7 @@ class ProxySite(Site):
             access_log_enabled,
             send_buffer_bytes,
             request_logging,
+            slow_log,
         )
         self._active: set[ProxyRequest] = set()
         self._channels: set[LimitedHTTPChannel] = set()
@@ -439,8 +483,8 @@ class ProxySite(Site):
 
     def request_ended(self, request: ProxyRequest, *, aborted: bool) -> None:
         """
-        Stop tracking a request, count it, write its access-log event and its audit record
-        (once).
+        Stop tracking a request, count it, write its access-log event and its audit record,
+        log it when slow and end its server span (once).
 
         :param request: the request that ended.
         :param aborted: whether the connection went away before the response was complete.
@@ -452,7 +496,8 @@ class ProxySite(Site):
         served = request.served
         if served is not None:
             served.unpin()
-        duration = self.clock.seconds() - request.started
+        ended = self.clock.seconds()
+        duration = ended - request.started
         metrics = self.metrics
         metrics.request(
             request.bucket,
@@ -464,16 +509,55 @@ class ProxySite(Site):
         )
         if request.auth_result is not None:
             metrics.auth_result(request.bucket or "-", request.auth_result)
+        timings = request.timings
+        trace_id = timings.trace_id if timings is not None else None
         served = served or self.served
         if served.access_log_enabled:
             policy = served.request_logging
             if policy is None:
-                self._log_access(request, duration, aborted)
+                self._log_access(request, duration, aborted, trace_id=trace_id)
             elif policy.response_wanted(request.path.decode("utf-8", "replace"), request.code):
-                self._log_access(request, duration, aborted, policy)
+                self._log_access(request, duration, aborted, policy, trace_id)
         audit = self.audit
         if audit is not None and not request._refused and audit.records(request.path):
-            audit.emit(audit_record(request, duration))
+            audit.emit(audit_record(request, duration, trace_id))
+        if timings is not None:
+            self._timings_ended(request, timings, ended, aborted, served or self.served)
+
+    def _timings_ended(
+        self,
+        request: ProxyRequest,
+        timings: RequestTimings,
+        ended: float,
+        aborted: bool,
+        served: Served,
+    ) -> None:
+        """The slow-request log, then the end of the server span."""
+        method = request.method.decode("ascii", "replace")
+        if served.slow_log is not None:
+            served.slow_log.observe(
+                timings,
+                ended,
+                request_id=request.request_id,
+                method=method,
+                path=request.path.decode("utf-8", "replace"),
+                status=request.code,
+                bucket=request.bucket,
+            )
+        label = request.cache_status
+        timings.finish(
+            ended,
+            {
+                "http.response.status_code": request.code,
+                "http.response.body.size": request.sentLength,
+                "yatagarasu.bucket": request.bucket,
+                "yatagarasu.object_key": request.object_key,
+                "yatagarasu.cache_status": label.decode("latin-1").lower() if label else None,
+                "yatagarasu.aborted": True if aborted else None,
+                "error.type": str(request.code) if request.code >= 500 else None,
+            },
+            server_error=request.code >= 500,
+        )
 
     def request_arrived(self, request: ProxyRequest, policy: RequestLogPolicy) -> None:
         """
@@ -504,15 +588,16 @@ class ProxySite(Site):
         duration: float,
         aborted: bool,
         policy: RequestLogPolicy | None = None,
+        trace_id: str | None = None,
     ) -> None:
         user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {} if trace_id is None else {"trace_id": trace_id}
         if policy is not None:
             user_agent = policy.user_agent(user_agent)
             if policy.log_responses:
                 extra["response_headers"] = policy.headers(_response_header_pairs(request))
         access_log.info(
-            "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
+            _ACCESS if trace_id is None else _TRACED_ACCESS,
             request_id=request.request_id,
             client_ip=request.client_address,
             user=request.subject,

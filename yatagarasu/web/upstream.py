@@ -9,6 +9,7 @@ from twisted.web.server import Request
 
 from yatagarasu.http.conditionals import Conditions
 from yatagarasu.http.fields import first_header
+from yatagarasu.observability.timings import RequestTimings
 from yatagarasu.s3.errors import upstream_error
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.web.streaming import BodyRelay, StreamTimeouts
@@ -40,7 +41,11 @@ class Discard(Protocol):
 
 
 async def fetch_object(
-    client: ReplicaSet, method: bytes, key: str, conditions: Conditions
+    client: ReplicaSet,
+    method: bytes,
+    key: str,
+    conditions: Conditions,
+    timings: RequestTimings | None = None,
 ) -> IResponse:
     """
     Fetch an object with the client's well-formed conditions (nothing else of the client's
@@ -54,15 +59,17 @@ async def fetch_object(
     :param method: ``b"GET"`` or ``b"HEAD"``.
     :param key: the object key.
     :param conditions: the request's parsed conditional and range fields.
+    :param timings: the client request's timing record, when measured.
     :returns: S3's response (body not read).
     :raises UpstreamError: when S3 could not be reached or kept failing.
     """
-    response = await client.fetch(method, key, conditions.upstream_headers())
+    response = await client.fetch(method, key, conditions.upstream_headers(), timings)
     if response.code == 206 and not conditions.if_range_holds(
         first_header(response.headers, b"etag"), first_header(response.headers, b"last-modified")
     ):
         response.deliverBody(Discard())
-        response = await client.fetch(method, key, conditions.without_range().upstream_headers())
+        headers = conditions.without_range().upstream_headers()
+        response = await client.fetch(method, key, headers, timings)
     return response
 
 

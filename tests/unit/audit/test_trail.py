@@ -26,7 +26,7 @@ from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu import plugins
 from yatagarasu.assembly import assemble
 from yatagarasu.audit.file import FileSink, FileSinkSettings, run_now
-from yatagarasu.audit.record import REDACTED, redact_query, rfc3339, to_json
+from yatagarasu.audit.record import REDACTED, redact_query, rfc3339, to_dict, to_json
 from yatagarasu.audit.rotating_file import RotatingFile
 from yatagarasu.config import parse_config
 from yatagarasu.discovery import available
@@ -595,3 +595,16 @@ def test_between_flushes_only_full_batches_go_to_the_writer_thread(tmp_path: Pat
     stopped = service.stopService()  # closes the file (through the held runner)
     held[3].callback(None)
     assert stopped.called
+
+
+def test_a_traced_record_carries_its_trace_id_last() -> None:
+    record = AuditRecord(
+        0.0, "id", "::1", None, None, None, "GET", "/a", 200, 0, 0.0, None, None, None
+    )
+    assert "trace_id" not in json.loads(to_json(record))
+    assert "trace_id" not in to_dict(record)
+    record.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parsed = json.loads(to_json(record))
+    assert list(parsed) == [*FIELDS, "trace_id"]
+    assert parsed["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert list(to_dict(record)) == [*FIELDS, "trace_id"]

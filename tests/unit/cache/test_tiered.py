@@ -121,3 +121,51 @@ def test_failures_of_slower_layers_go_on_to_the_next_layer() -> None:
     got: list[Any] = []
     cache.get(KEY).addCallback(got.append)
     assert got[0].entry.body == b"tail"
+
+
+def test_each_layer_answer_is_a_child_span_of_the_lookup_stage() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from yatagarasu.observability.timings import CACHE_LOOKUP, RequestTimings
+
+    clock = Clock()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    timings = RequestTimings(clock, 0.0, tracer, tracer.start_span("GET", start_time=0))
+    pending = Pending(clock)
+    tail = DictLayer(10, 1 << 16, clock)
+    tail._entries[KEY] = entry(b"tail", retain_until=FAR_FUTURE)
+    cache = TieredCache([memory(clock), pending, tail], clock)
+    stage = timings.begin(CACHE_LOOKUP, "cache.lookup")
+    found = cache.lookup(KEY, stage)
+    assert isinstance(found, Deferred)
+    clock.advance(0.25)
+    pending.waiting[0].errback(OSError("down"))
+    got: list[Any] = []
+    found.addCallback(got.append)
+    assert got[0].layer == "dict"
+    stage.end()
+    spans = exporter.get_finished_spans()
+    # memory answered at once; the pending layer failed after 250 ms (a counted miss), the
+    # last one had it; then the lookup stage ended
+    assert [(span.name, dict(span.attributes or {})) for span in spans] == [
+        ("cache.get memory", {"yatagarasu.cache.layer": "memory", "yatagarasu.cache.hit": False}),
+        (
+            "cache.get dict",
+            {
+                "yatagarasu.cache.layer": "dict",
+                "yatagarasu.cache.hit": False,
+                "error.type": "OSError",
+            },
+        ),
+        ("cache.get dict", {"yatagarasu.cache.layer": "dict", "yatagarasu.cache.hit": True}),
+        ("cache.lookup", {}),
+    ]
+    assert [span.end_time for span in spans] == [0, 250_000_000, 250_000_000, 250_000_000]
+    assert spans[1].start_time == 0
+    assert {span.parent.span_id for span in spans[:3] if span.parent} == {spans[3].context.span_id}
+    assert timings.seconds(CACHE_LOOKUP) == 0.25

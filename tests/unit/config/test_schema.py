@@ -141,7 +141,6 @@ def test_unknown_key_in_second_bucket() -> None:
 @pytest.mark.parametrize(
     ("document", "path"),
     [
-        ({"observability": {"tracing": {}}, **minimal()}, "observability.tracing"),
         (
             {"observability": {"request_logging": {"log_request_body": True}}, **minimal()},
             "observability.request_logging.log_request_body",
@@ -409,6 +408,64 @@ def test_bad_replicas_and_breakers_name_the_key(
 ) -> None:
     error = error_of(minimal(s3=s3))
     assert error.path == path
+
+
+def test_observability_defaults_are_off() -> None:
+    observability = parse_config(minimal(), {}).observability
+    assert observability.tracing.enabled is False
+    assert observability.slow_query.enabled is False
+    assert observability.tracing.traces_url == "http://127.0.0.1:4318/v1/traces"
+
+
+def test_tracing_keys_of_the_rust_version() -> None:
+    document = {
+        **minimal(),
+        "observability": {
+            "tracing": {
+                "enabled": True,
+                "exporter": "console",
+                "otlp_endpoint": "http://collector:4318/",
+                "service_name": "edge-proxy",
+                "sampling_ratio": 0.25,
+                "propagate_context": False,
+            },
+            "slow_query": {"enabled": True, "threshold_ms": 250, "include_breakdown": False},
+        },
+    }
+    observability = parse_config(document, {}).observability
+    tracing = observability.tracing
+    assert (tracing.exporter, tracing.service_name, tracing.sampling_ratio) == (
+        "console",
+        "edge-proxy",
+        0.25,
+    )
+    assert tracing.propagate_context is False
+    assert tracing.traces_url == "http://collector:4318/v1/traces"
+    assert observability.slow_query.threshold_ms == 250.0
+    assert observability.slow_query.include_breakdown is False
+    full = {"enabled": True, "otlp_endpoint": "https://c.example/otel/v1/traces"}
+    document["observability"] = {"tracing": full}
+    traced = parse_config(document, {}).observability.tracing
+    assert traced.traces_url == "https://c.example/otel/v1/traces"
+
+
+@pytest.mark.parametrize(
+    ("section", "path", "message"),
+    [
+        ({"tracing": {"sampling_ratio": 1.5}}, "tracing.sampling_ratio", "between 0 and 1"),
+        ({"tracing": {"exporter": "jaeger"}}, "tracing.exporter", "must be one of"),
+        ({"tracing": {"otlp_endpoint": "collector:4318"}}, "tracing.otlp_endpoint", "http(s)"),
+        ({"tracing": {"service_name": ""}}, "tracing.service_name", "must not be empty"),
+        ({"tracing": {"enabeld": True}}, "tracing.enabeld", "did you mean 'enabled'"),
+        ({"slow_query": {"threshold_ms": -1}}, "slow_query.threshold_ms", ">= 0"),
+        ({"slow_query": {"threshold": 1}}, "slow_query.threshold", "did you mean 'threshold_ms'"),
+    ],
+)
+def test_bad_observability_values_name_the_dotted_path(
+    section: dict[str, Any], path: str, message: str
+) -> None:
+    error = error_of({**minimal(), "observability": section})
+    assert error.path == f"observability.{path}"
     assert message in error.message
 
 
