@@ -25,7 +25,8 @@ from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
-from yatagarasu.interfaces import ICacheLayer, ISiblings
+from yatagarasu.interfaces import ICacheLayer, IRateLimiter, ISiblings
+from yatagarasu.limits.from_config import RateLimiting, build_rate_limiting
 from yatagarasu.metrics import Metrics
 from yatagarasu.s3.client import S3Client
 from yatagarasu.tls import server_tls_options
@@ -36,6 +37,7 @@ from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
 from yatagarasu.web.metrics import metrics_resource
+from yatagarasu.web.rate_limits import BucketRateLimits
 from yatagarasu.web.root import NOT_FOUND, RootResource
 from yatagarasu.web.site import ProxySite
 from yatagarasu.web.streaming import StreamTimeouts
@@ -80,6 +82,8 @@ class Assembly:
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
     :ivar siblings: the other worker processes when this is one of ``server.workers`` > 1
         (``announce_reload`` tells the parent to reload them); ``None`` otherwise.
+    :ivar limiter: the rate limiter when any rate limit applies (each generation has its
+        own: a reload starts the local limits afresh; Redis keeps the shared ones).
     """
 
     config: Config
@@ -94,15 +98,19 @@ class Assembly:
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     siblings: ISiblings | None = None
+    limiter: IRateLimiter | None = None
 
     async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
         """
-        Close what holds connections or files: the S3 pools, then the cache layers.
+        Close what holds connections or files: the S3 pools, the rate limiter, then the
+        cache layers.
 
         :param keep: cache layers a newer generation took over (a hot reload): left open.
         """
         for client in self.clients.values():
             await client.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         if self.caching.cache is not None:
             await self.caching.cache.close(keep)
 
@@ -157,8 +165,9 @@ def assemble(
     lifecycle = lifecycle or Lifecycle()
     if lifecycle.started_at is None:
         lifecycle.started_at = reactor.seconds()
+    rates = build_rate_limiting(config, reactor)
     root = _resource_tree(
-        reactor, config, access, caching, metrics, clients, lifecycle, reload, siblings
+        reactor, config, access, caching, metrics, clients, lifecycle, reload, siblings, rates
     )
     extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
     site = _site(root, reactor, config, access, metrics, lifecycle, extra, audit)
@@ -184,6 +193,7 @@ def assemble(
         services=services,
         lifecycle=lifecycle,
         siblings=siblings,
+        limiter=rates.limiter if rates is not None else None,
     )
 
 
@@ -222,6 +232,7 @@ def _resource_tree(
     lifecycle: Lifecycle,
     reload: ReloadHandler | None,
     siblings: ISiblings | None,
+    rates: RateLimiting | None,
 ) -> IResource:
     # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
     # bucket at "/" must not receive it.
@@ -251,11 +262,23 @@ def _resource_tree(
                 ip_filter=access.ip_filters.get(bucket.name),
                 scheme=access.schemes.get(bucket.name),
                 cached=_cached_objects(bucket, config, caching, clients[bucket.name], clock),
+                rate_limits=_rate_limits(bucket, rates, metrics),
             ),
         )
         for bucket in config.buckets
     ]
     return RootResource(exact, subtrees, buckets)
+
+
+def _rate_limits(
+    bucket: BucketConfig, rates: RateLimiting | None, metrics: Metrics
+) -> BucketRateLimits | None:
+    limits = rates.buckets.get(bucket.name) if rates is not None else None
+    if rates is None or limits is None:
+        return None
+    return BucketRateLimits(
+        bucket.name, limits, rates.limiter, metrics, headers_on_allowed=rates.headers_on_allowed
+    )
 
 
 def _started(lifecycle: Lifecycle, clock: IReactorTime) -> float:

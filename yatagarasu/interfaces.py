@@ -16,7 +16,7 @@ when the plugin provides them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import IService
@@ -24,7 +24,15 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
 
-from yatagarasu.values import AuditRecord, CacheEntry, CacheKey, Identity, LayerStats
+from yatagarasu.values import (
+    AuditRecord,
+    CacheEntry,
+    CacheKey,
+    Identity,
+    LayerStats,
+    RateDecision,
+    RateLimit,
+)
 
 
 class ICacheWriter(Interface):
@@ -360,3 +368,26 @@ class ISiblings(Interface):
         :returns: each worker's answer, by worker number (those that did not answer in time
             are missing).
         """
+
+
+class IRateLimiter(Interface):
+    """
+    Counts requests against rate limits (:class:`yatagarasu.values.RateLimit`), keeping the
+    state of each (limit, key) pair: in this process's memory, or shared (Redis).
+    """
+
+    def acquire(
+        checks: Sequence[tuple[RateLimit, str]],
+    ) -> RateDecision | Deferred[RateDecision]:
+        """
+        Count one request against every ``(limit, key)`` in ``checks``, atomically: either
+        every limit has room and each is charged, or none is charged.
+
+        :param checks: the limits and the key each one counts (``""`` for ``global``, the
+            client address for ``per_ip``, the bucket name, the user).
+        :returns: the decision, at once (a local limiter) or later (a shared one); a shared
+            limiter that cannot reach its store answers a ``degraded`` decision, never fails.
+        """
+
+    def close() -> Deferred[None]:
+        """Release connections (a shared limiter); fires when done."""

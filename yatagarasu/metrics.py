@@ -228,6 +228,18 @@ class Metrics:
         )
         for result in ("ok", "error"):  # both series exist from the start
             self._reloads.inc((result,), 0)
+        self._rate_limited = _Counter(
+            "yatagarasu_rate_limited",
+            "Requests refused (429) by a rate limit, by bucket and scope"
+            " (global, per_ip, bucket, per_user).",
+            ["bucket", "scope"],
+        )
+        self._rate_limit_unavailable = _Counter(
+            "yatagarasu_rate_limit_backend_unavailable",
+            "Requests decided by server.rate_limit.fail_mode because the shared rate-limit"
+            " backend (Redis) could not answer, by outcome (allowed, refused).",
+            ["outcome"],
+        )
         self._cache_errors: dict[str, int] = {}
         self._cache: TieredCache | None = None
         #: the configuration generation being served (1 at start-up, +1 per applied reload)
@@ -241,6 +253,8 @@ class Metrics:
                     self._get_seconds,
                     self._set_seconds,
                     self._reloads,
+                    self._rate_limited,
+                    self._rate_limit_unavailable,
                 ]
             )
         )
@@ -269,6 +283,14 @@ class Metrics:
         self._request_seconds.observe((label,), seconds)
         if sent:
             self._response_bytes.inc((label,), sent)
+
+    def rate_limited(self, bucket: str, scope: str) -> None:
+        """Count one request refused by a rate limit (``scope``: one of ``RATE_SCOPES``)."""
+        self._rate_limited.inc((bucket, scope))
+
+    def rate_limit_unavailable(self, allowed: bool) -> None:
+        """Count one request the fail mode decided (the shared backend could not answer)."""
+        self._rate_limit_unavailable.inc(("allowed" if allowed else "refused",))
 
     def config_reload(self, result: str) -> None:
         """Count one reload attempt (``result``: ``ok`` or ``error``)."""

@@ -213,3 +213,52 @@ class AuditRecord:
     cache_status: str | None
     user_agent: str | None
     referer: str | None
+
+
+#: the scopes a rate limit applies to (bounded: they label a metric)
+RATE_SCOPES = ("global", "per_ip", "bucket", "per_user")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """
+    One rate limit as the limiters apply it.
+
+    :ivar scope: what it counts: ``global``, ``per_ip``, ``bucket`` or ``per_user``.
+    :ivar rate: requests per second, sustained.
+    :ivar burst: the most requests at once (token bucket capacity; sliding window limit).
+    :ivar algorithm: ``token_bucket`` or ``sliding_window``.
+    """
+
+    scope: str
+    rate: float
+    burst: int
+    algorithm: str = "token_bucket"
+
+    @property
+    def window(self) -> float:
+        """:returns: the sliding window's length, seconds (``burst / rate``)."""
+        return self.burst / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """
+    What a limiter decided for one request (over all the limits it was checked against).
+
+    :ivar allowed: whether the request may go on (it was counted in every limit).
+    :ivar scope: the limit that decided: the refusing one, else the one with the least left.
+    :ivar limit: that limit's burst (``RateLimit-Limit``).
+    :ivar remaining: requests left in it now (``RateLimit-Remaining``).
+    :ivar reset: seconds until it is whole again (``RateLimit-Reset``).
+    :ivar retry_after: when refused, seconds until a request would be allowed.
+    :ivar degraded: the shared backend could not answer; ``allowed`` is the fail mode's.
+    """
+
+    allowed: bool
+    scope: str
+    limit: int
+    remaining: int
+    reset: float
+    retry_after: float = 0.0
+    degraded: bool = False

@@ -38,9 +38,12 @@ from yatagarasu.interfaces import (
     IImmediateAuthScheme,
     IImmediateCacheLayer,
     IPurgeBroadcaster,
+    IRateLimiter,
     ISiblings,
     ISwitchableCacheLayer,
 )
+from yatagarasu.limits.local import LocalLimiter
+from yatagarasu.limits.redis import RedisLimiter
 from yatagarasu.plugins.audit_file import file
 from yatagarasu.plugins.audit_syslog import syslog
 from yatagarasu.plugins.auth_jwt import jwt
@@ -95,6 +98,15 @@ def worker_channel(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return WorkerChannel(reactor, 0, 2)
 
 
+def local_limiter(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return LocalLimiter(reactor, 10)
+
+
+def redis_limiter(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    client = redis_layer(reactor, tmp_path).client
+    return RedisLimiter(client, "rl:", fail_open=True)
+
+
 def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
     return lambda reactor, tmp_path: plugin
 
@@ -120,6 +132,8 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("jwt scheme", jwt_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
     ("jwt admin scheme", jwt_admin_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
     ("worker channel", worker_channel, {ISiblings}),
+    ("local rate limiter", local_limiter, {IRateLimiter}),
+    ("redis rate limiter", redis_limiter, {IRateLimiter}),
 ]
 
 #: Optional interfaces: a provider that lacks one must not look as if it had it.

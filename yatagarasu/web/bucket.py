@@ -1,6 +1,7 @@
 """
-The resource that serves one bucket prefix: CORS, method gate, key decoding, IP filter,
-authentication, then the cache or the upstream request and the streamed answer.
+The resource that serves one bucket prefix: CORS, method gate, key decoding, IP filter, rate
+limits, authentication (then the per-user rate limit), then the cache or the upstream request
+and the streamed answer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from yatagarasu.values import Identity
 from yatagarasu.web.async_resource import AsyncResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
+from yatagarasu.web.rate_limits import BucketRateLimits
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import StreamTimeouts
 from yatagarasu.web.upstream import fetch_object, relay_response
@@ -34,6 +36,7 @@ class BucketResource(AsyncResource):
     :param ip_filter: the bucket's client address filter, if any.
     :param scheme: the bucket's auth scheme (``None``: a public bucket).
     :param cached: the bucket's cache side (``None``: the bucket does not cache).
+    :param rate_limits: the bucket's rate limits (``None``: none applies).
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class BucketResource(AsyncResource):
         ip_filter: IpFilter | None = None,
         scheme: IAuthScheme | None = None,
         cached: CachedObjects | None = None,
+        rate_limits: BucketRateLimits | None = None,
     ) -> None:
         super().__init__()
         self._bucket = bucket
@@ -56,17 +60,20 @@ class BucketResource(AsyncResource):
         self._scheme = scheme
         self._immediate = scheme if IImmediateAuthScheme.providedBy(scheme) else None
         self._cached = cached
+        self._rate_limits = rate_limits
         self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
 
     def handle(self, request: ProxyRequest) -> Deferred[None] | None:
         """
         The bucket's part of the request pipeline (DESIGN.md §2, steps 5-10), in order:
-        CORS headers, method gate, object key, IP filter, authentication, then the cache or
-        the upstream relay. Each step either passes or raises ``HTTPError``.
+        CORS headers, method gate, object key, IP filter, rate limits (``per_ip``, ``bucket``,
+        ``global``), authentication, the ``per_user`` rate limit, then the cache or the
+        upstream relay. Each step either passes or raises ``HTTPError``.
 
         Not one coroutine: a memory hit is answered within this call, with no Deferred at all
         (see :meth:`CachedObjects.serve`) — on a bucket with auth too, when the scheme knows
-        the credentials at once (:class:`IImmediateAuthScheme`, a JWT verified before).
+        the credentials at once (:class:`IImmediateAuthScheme`, a JWT verified before), and
+        with rate limits kept in memory (a local limiter answers at once).
 
         :returns: ``None`` when answered already, else a Deferred that fires when done.
         :raises HTTPError: when the request is refused before anything was sent.
@@ -87,12 +94,23 @@ class BucketResource(AsyncResource):
         key = request.object_key = self._object_key(request)
         if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
             raise Forbidden("client address not allowed for this bucket")
+        if self._rate_limits is not None:
+            limiting = self._rate_limits.before_auth(request)
+            if limiting is not None:
+                return limiting.addCallback(lambda _: self._authenticate(request, key))
+        return self._authenticate(request, key)
+
+    def _authenticate(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         if self._scheme is not None:
             identity = self._immediate.authenticate_now(request) if self._immediate else None
             if identity is None:
                 authenticating = self._scheme.authenticate(request)
                 return authenticating.addCallback(self._authenticated, request, key)
             request.subject = identity.subject
+            if self._rate_limits is not None:
+                limiting = self._rate_limits.after_auth(request)
+                if limiting is not None:
+                    return limiting.addCallback(lambda _: self._respond(request, key))
         return self._respond(request, key)
 
     def _preflight(self, request: ProxyRequest) -> None:
@@ -117,6 +135,10 @@ class BucketResource(AsyncResource):
         self, identity: Identity, request: ProxyRequest, key: str
     ) -> Deferred[None] | None:
         request.subject = identity.subject
+        if self._rate_limits is not None:
+            limiting = self._rate_limits.after_auth(request)
+            if limiting is not None:
+                return limiting.addCallback(lambda _: self._respond(request, key))
         return self._respond(request, key)
 
     def _respond(self, request: ProxyRequest, key: str) -> Deferred[None] | None:

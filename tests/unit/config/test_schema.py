@@ -139,8 +139,6 @@ def test_unknown_key_in_second_bucket() -> None:
     ("document", "path"),
     [
         ({"observability": {}, **minimal()}, "observability"),
-        (minimal(s3={"bucket": "b", "rate_limit": {}}), "buckets[0].s3.rate_limit"),
-        ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),
         (minimal(s3={"bucket": "b", "replicas": []}), "buckets[0].s3.replicas"),
         (minimal(s3={"bucket": "b", "circuit_breaker": {}}), "buckets[0].s3.circuit_breaker"),
     ],
