@@ -566,9 +566,12 @@ class Config:
 
     @property
     def rate_limit(self) -> RateLimitConfig | None:
-        """:returns: ``server.rate_limit`` or ``rate_limiting``, when given and enabled."""
-        limits = self.server.rate_limit or self.rate_limiting
-        return limits if limits is not None and limits.enabled else None
+        """
+        :returns: ``server.rate_limit`` or ``rate_limiting`` (the defaults when neither is
+            given), or ``None`` when ``enabled: false``.
+        """
+        limits = self.server.rate_limit or self.rate_limiting or RateLimitConfig()
+        return limits if limits.enabled else None
 
     def check(self, path: str) -> None:
         if not self.buckets:

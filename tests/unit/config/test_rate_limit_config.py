@@ -62,6 +62,8 @@ def test_burst_and_the_other_spellings() -> None:
 def test_disabled_means_no_limits() -> None:
     config = parse_config(document({"enabled": False, "per_ip": {"requests_per_second": 1}}), {})
     assert config.rate_limit is None
+    defaults = parse_config(document(), {}).rate_limit
+    assert defaults is not None and defaults.per_ip is None and defaults.global_ is None
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,12 @@ def test_bucket_limit_from_either_spelling_counts_only_that_bucket() -> None:
     assert 'yatagarasu_rate_limited_total{bucket="b",scope="bucket"} 1.0' in metrics
 
 
+def test_a_bucket_limit_needs_no_server_section() -> None:
+    h = Harness({"buckets": [bucket_entry(rate_limit={"requests_per_second": 1, "burst": 1})]})
+    assert get(h, "/pub/k").status == 200
+    assert get(h, "/pub/k").status == 429
+
+
 def test_disabled_rate_limit_limits_nothing() -> None:
     h = limited(
         {"enabled": False, "per_ip": {"requests_per_second": 1, "burst": 1}},
