@@ -92,7 +92,8 @@ class RateLimitRedisConfig:
     """
     ``server.rate_limit.redis``: where the cluster-wide counters live (``backend: redis``).
 
-    :ivar redis_url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` (TLS).
+    :ivar redis_url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` (TLS);
+        not Sentinel yet.
     :ivar redis_password: password (overrides none in the URL; both given must agree).
     :ivar redis_db: database number (default: the URL's, else 0).
     :ivar tls_ca_file: with ``rediss://``: PEM file of the CA certificates to trust.
@@ -112,6 +113,11 @@ class RateLimitRedisConfig:
     def check(self, path: str) -> None:
         if not self.redis_url:
             raise ConfigError(join(path, "redis_url"), "is required with backend: redis")
+        if self.redis_url.startswith("redis+sentinel:"):
+            raise ConfigError(
+                join(path, "redis_url"),
+                "not supported yet for rate limits (redis:// or rediss://)",
+            )
         if not 1 <= self.timeout_ms <= 60_000:
             raise ConfigError(join(path, "timeout_ms"), "must be between 1 and 60000")
         if not 1 <= self.pool_size <= 256:

@@ -83,6 +83,10 @@ def test_disabled_means_no_limits() -> None:
         (document({"backend": "redis", "redis": {}}), "server.rate_limit.redis.redis_url"),
         (document({"redis": {"redis_url": "redis://127.0.0.1"}}), "server.rate_limit.redis"),
         (document({"max_keys": 0}), "server.rate_limit.max_keys"),
+        (
+            document({"backend": "redis", "redis": {"redis_url": "redis+sentinel://h:1/m"}}),
+            "server.rate_limit.redis.redis_url",
+        ),
         (document({"fail_mode": "open"}), "server.rate_limit.fail_mode"),
         (document({}, top={}), "rate_limiting"),
         (
