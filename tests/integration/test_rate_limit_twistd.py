@@ -154,6 +154,40 @@ def test_two_processes_on_one_redis_hold_the_combined_limit(
     assert status_of(two, "/pub/k.txt", "192.0.2.201") == 429
 
 
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding_window"])
+def test_the_redis_script_answers_like_the_local_limiter(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    seeded: str,
+    redis_server: RedisServer,
+    algorithm: str,
+) -> None:
+    rule = {"requests_per_second": SLOW, "burst": 3}
+    answers = {}
+    for backend in ("local", "redis"):
+        config = make_proxy_config({"pub": seeded})
+        server = limits(algorithm=algorithm, headers_on_allowed=True, per_ip=rule)
+        if backend == "redis":
+            server = redis_limits(
+                redis_server, algorithm=algorithm, headers_on_allowed=True, per_ip=rule
+            )
+        config["server"].update(server)
+        p = proxy(config)
+        responses = [p.get("/pub/k.txt", headers={"X-Forwarded-For": "192.0.2.5"}) for _ in "1234"]
+        answers[backend] = [
+            (r.status, r.header("RateLimit-Limit"), r.header("RateLimit-Remaining"))
+            for r in responses
+        ]
+        refused = responses[-1]
+        assert int(refused.header("Retry-After") or 0) >= 1
+        assert int(refused.header("RateLimit-Reset") or 0) >= 1
+    assert answers["local"] == [(200, "3", "2"), (200, "3", "1"), (200, "3", "0"), (429, "3", "0")]
+    assert answers["redis"] == answers["local"]
+    key = f"yatagarasu:rl:per_ip:{algorithm}:192.0.2.5"
+    assert redis_server.query("EXISTS", key) == 1
+    assert redis_server.query("PTTL", key) > 0  # it expires: Redis memory stays bounded
+
+
 @pytest.mark.parametrize("fail_mode", ["fail_open", "fail_closed"])
 def test_redis_killed_follows_the_fail_mode_counted_and_logged_once(
     proxy: Callable[..., ProxyProcess],
