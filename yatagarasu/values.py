@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.web.http_headers import Headers
 
@@ -219,10 +219,11 @@ class AuditRecord:
 RATE_SCOPES = ("global", "per_ip", "bucket", "per_user")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RateLimit:
     """
-    One rate limit as the limiters apply it.
+    One rate limit as the limiters apply it. Compared (and hashed) by identity: each one
+    built from the configuration is one limit with state of its own, found by a cheap lookup.
 
     :ivar scope: what it counts: ``global``, ``per_ip``, ``bucket`` or ``per_user``.
     :ivar rate: requests per second, sustained.
@@ -241,10 +242,10 @@ class RateLimit:
         return self.burst / self.rate
 
 
-@dataclass(frozen=True, slots=True)
-class RateDecision:
+class RateDecision(NamedTuple):
     """
-    What a limiter decided for one request (over all the limits it was checked against).
+    What a limiter decided for one request (over all the limits it was checked against). A
+    named tuple: one is made per limited request, and a tuple is the cheapest to make.
 
     :ivar allowed: whether the request may go on (it was counted in every limit).
     :ivar scope: the limit that decided: the refusing one, else the one with the least left.

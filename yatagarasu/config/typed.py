@@ -120,7 +120,7 @@ def from_raw_beside(cls: type[T], raw: Any, path: str, others: typing.Iterable[s
         spellings = [
             name
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-            for name in (f.name, *f.metadata.get("aliases", ()))
+            for name in (f.metadata.get("key", f.name), *f.metadata.get("aliases", ()))
         ]
         raise ConfigError(e.path, unknown_key_message(key, [*spellings, *others])) from None
 

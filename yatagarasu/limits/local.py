@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from yatagarasu.interfaces import IRateLimiter
-from yatagarasu.limits.algorithms import ALGORITHMS, IDLE, Outcome
+from yatagarasu.limits.algorithms import ALGORITHMS, IDLE, Outcome, Step
 from yatagarasu.limits.table import BoundedTable
 from yatagarasu.values import RateDecision, RateLimit
 
@@ -55,61 +55,71 @@ class LocalLimiter:
     def __init__(self, clock: IReactorTime, max_keys: int) -> None:
         self._clock = clock
         self.max_keys = max_keys
-        self._tables: dict[RateLimit, BoundedTable | _FixedTable] = {}
+        #: per limit: where its state is kept, and its algorithm's step
+        self._plans: dict[RateLimit, tuple[BoundedTable | _FixedTable, Step]] = {}
 
     def table(self, limit: RateLimit) -> BoundedTable | _FixedTable:
         """:returns: where ``limit``'s state is kept (made on first use)."""
-        table = self._tables.get(limit)
-        if table is None:
+        return self._plan(limit)[0]
+
+    def _plan(self, limit: RateLimit) -> tuple[BoundedTable | _FixedTable, Step]:
+        plan = self._plans.get(limit)
+        if plan is None:
+            table: BoundedTable | _FixedTable
             if limit.scope in CLIENT_SCOPES:
                 idle = IDLE[limit.algorithm]
                 table = BoundedTable(self.max_keys, lambda state, now: idle(limit, state, now))
             else:
                 table = _FixedTable()
-            self._tables[limit] = table
-        return table
+            plan = self._plans[limit] = (table, ALGORITHMS[limit.algorithm])
+        return plan
 
     @property
     def evictions(self) -> int:
         """:returns: client keys forgotten because a table was full."""
-        return sum(t.evictions for t in self._tables.values() if isinstance(t, BoundedTable))
+        return sum(t.evictions for t, _ in self._plans.values() if isinstance(t, BoundedTable))
 
     def acquire(self, checks: Sequence[tuple[RateLimit, str]]) -> RateDecision:
         now = self._clock.seconds()
-        outcomes: list[tuple[RateLimit, Outcome]] = []
-        tables = []
+        plans = self._plans
+        results = []
         allowed = True
         for limit, key in checks:
-            table = self.table(limit)
-            outcome = ALGORITHMS[limit.algorithm](limit, table.get(key), now)
-            allowed = allowed and outcome.allowed
-            outcomes.append((limit, outcome))
-            tables.append(table)
-        for (_, key), table, (_, outcome) in zip(checks, tables, outcomes, strict=True):
-            if allowed:
-                table.put(key, outcome.state, now)
-            else:
+            plan = plans.get(limit) or self._plan(limit)
+            table = plan[0]
+            outcome = plan[1](limit, table.get(key), now)
+            if not outcome[0]:
+                allowed = False
+            results.append((limit, key, table, outcome))
+        if not allowed:
+            for _, key, table, _ in results:
                 table.touch(key)
-        return decide(outcomes)
+            return refusal([(limit, outcome) for limit, _, _, outcome in results])
+        least: tuple[RateLimit, Outcome] | None = None
+        room = 2.0
+        for limit, key, table, outcome in results:
+            table.put(key, outcome[1], now)
+            share = outcome[2] / limit.burst
+            if share < room:
+                room, least = share, (limit, outcome)
+        assert least is not None
+        limit, outcome = least
+        return RateDecision(True, limit.scope, limit.burst, outcome[2], outcome[3])
 
     def close(self) -> Deferred[None]:
         return succeed(None)
 
 
-def decide(outcomes: Sequence[tuple[RateLimit, Outcome]]) -> RateDecision:
+def refusal(outcomes: Sequence[tuple[RateLimit, Outcome]]) -> RateDecision:
     """
-    One decision from every limit's outcome: refused by the limit that makes the client wait
-    longest, else reported by the one with the least room left.
+    The refusal of a request that some limit had no room for: reported by the limit that
+    makes the client wait longest.
 
-    :param outcomes: at least one (limit, outcome).
+    :param outcomes: every limit's outcome, at least one of them refused.
     :returns: the decision.
     """
-    refused = [(o.retry_after, i) for i, (_, o) in enumerate(outcomes) if not o.allowed]
-    if refused:
-        _, index = max(refused)
-        limit, outcome = outcomes[index]
-        return RateDecision(
-            False, limit.scope, limit.burst, outcome.remaining, outcome.reset, outcome.retry_after
-        )
-    limit, outcome = min(outcomes, key=lambda lo: lo[1].remaining / lo[0].burst)
-    return RateDecision(True, limit.scope, limit.burst, outcome.remaining, outcome.reset)
+    _, index = max((o.retry_after, i) for i, (_, o) in enumerate(outcomes) if not o.allowed)
+    limit, outcome = outcomes[index]
+    return RateDecision(
+        False, limit.scope, limit.burst, outcome.remaining, outcome.reset, outcome.retry_after
+    )
