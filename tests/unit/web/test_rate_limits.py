@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 import jwt as pyjwt
+from twisted.internet.defer import Deferred
 
 from tests.unit.fakes import FakeResponse, Harness, Parsed, bucket_entry, parse_response
+from yatagarasu.values import RateDecision
 
 SECRET = "s" * 64
 NOW = 1_800_000_000
@@ -185,3 +187,28 @@ def test_a_reload_builds_the_limits_of_the_new_configuration() -> None:
     assert h.reload(document).status == 200
     assert h.assembly.limiter is None
     assert get(h, "/pub/k").status != 429
+
+
+def test_a_shared_limiter_that_cannot_answer_follows_its_fail_mode_later() -> None:
+    h = limited({"per_ip": {"requests_per_second": 1, "burst": 1}})
+    limiter: Any = h.assembly.limiter
+    pending: list[Deferred[RateDecision]] = []
+
+    def acquire(checks: Any) -> Deferred[RateDecision]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    limiter.acquire = acquire  # as a Redis limiter answers: later, maybe degraded
+    _, refused = h.get("/pub/k", "X-Forwarded-For: 192.0.2.1")
+    _, allowed = h.get("/pub/k", "X-Forwarded-For: 192.0.2.1")
+    assert refused.value() == b"" and len(pending) == 2
+    pending[0].callback(RateDecision(False, "per_ip", 1, 0, 1.0, 1.0, degraded=True))
+    pending[1].callback(RateDecision(True, "per_ip", 1, 0, 1.0, 1.0, degraded=True))
+    closed = parse_response(refused.value())
+    assert closed.status == 503 and closed.header("retry-after") == "1"
+    assert json.loads(closed.body)["message"] == "rate limits cannot be checked"
+    h.agents["pub"].answer(FakeResponse(200, {}, body=b"ok"))
+    assert parse_response(allowed.value()).status == 200
+    metrics = h.assembly.metrics.render().decode()
+    assert 'yatagarasu_rate_limit_backend_unavailable_total{outcome="refused"} 1.0' in metrics
+    assert 'yatagarasu_rate_limit_backend_unavailable_total{outcome="allowed"} 1.0' in metrics
