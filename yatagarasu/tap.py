@@ -152,6 +152,9 @@ def summary(path: str, assembly: Assembly) -> str:
             extras.append("ip filter")
         if bucket.name in caching.policies:
             extras.append("cached")
+        rate = bucket.bucket_rate
+        if rate is not None and assembly.limiter is not None:
+            extras.append(f"rate limit {rate.requests_per_second:g}/s burst {rate.capacity}")
         lines.append(
             f"  {bucket.path_prefix} -> s3://{bucket.s3.bucket} ({endpoint}) "
             f"[{bucket.name}; {', '.join(extras)}]"
@@ -160,6 +163,21 @@ def summary(path: str, assembly: Assembly) -> str:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
     if assembly.audit is not None:
         lines.append("audit outputs: " + ", ".join(sink.name for sink in assembly.audit.sinks))
+    limits = config.rate_limit
+    if limits is not None and assembly.limiter is not None:
+        rules = [
+            f"{name} {rule.requests_per_second:g}/s burst {rule.capacity}"
+            for name, rule in (
+                ("global", limits.global_),
+                ("per_ip", limits.per_ip),
+                ("per_user", limits.per_user),
+            )
+            if rule is not None
+        ]
+        lines.append(
+            f"rate limits: {limits.algorithm}, {limits.backend}"
+            + (f" ({', '.join(rules)})" if rules else "")
+        )
     admin = "jwt with admin_claims" if access.admin else "disabled, answers 403"
     lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin})")
     return "\n".join(lines) + "\n"
