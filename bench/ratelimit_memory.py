@@ -31,6 +31,7 @@ import argparse
 import http.client
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -139,6 +140,12 @@ def main() -> None:
         total = (a.rounds + 1) * a.addresses
         last = remaining(port, path, address(total - 1))
         first = remaining(port, path, address(0))
+        metrics = urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode()
+        tracked = [
+            line.rsplit(" ", 1)[1]
+            for line in metrics.splitlines()
+            if line.startswith('yatagarasu_rate_limit_keys{scope="per_ip"}')
+        ]
     finally:
         server.stop()
         origin.close()
@@ -164,7 +171,8 @@ def main() -> None:
     check = (
         f"table check: last address known ({'yes' if last == BURST - 2 else 'NO'},"
         f" remaining {last}), first address forgotten ({'yes' if forgotten else 'no'},"
-        f" remaining {first}; expected {'yes' if expected else 'no'})"
+        f" remaining {first}; expected {'yes' if expected else 'no'});"
+        f' yatagarasu_rate_limit_keys{{scope="per_ip"}} {tracked[0] if tracked else "missing"}'
     )
     report = f"{facts_md(facts, pinning)}\n\n`{command}`\n\n{table}\n\n{summary}\n\n{check}\n"
     (out / "results.md").write_text(report)

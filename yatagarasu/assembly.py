@@ -180,6 +180,8 @@ def assemble(
     services = [*access.services, *caching.services()]
     if audit is not None:  # last: stopped after the drain, they flush every record
         services.extend(audit.services())
+    # Last, once nothing can fail any more: a refused reload keeps exporting the old tables.
+    metrics.watch_rate_limiter(rates.limiter if rates is not None else None)
     return Assembly(
         config=config,
         access=access,

@@ -389,5 +389,12 @@ class IRateLimiter(Interface):
             limiter that cannot reach its store answers a ``degraded`` decision, never fails.
         """
 
+    def stats() -> Mapping[str, tuple[int, int]]:
+        """
+        :returns: per client scope (``per_ip``, ``per_user``) whose state this process keeps:
+            the keys kept now and the keys forgotten so far because the table was full
+            (empty for a limiter that keeps no state in the process).
+        """
+
     def close() -> Deferred[None]:
         """Release connections (a shared limiter); fires when done."""

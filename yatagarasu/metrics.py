@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from yatagarasu.cache.tiered import TieredCache
-from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer
+from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer, IRateLimiter
 
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -182,6 +182,30 @@ class _AuditCollector(Collector):
         yield records
 
 
+class _RateLimitCollector(Collector):
+    """Reads the local rate limiter's per-scope tables at scrape time."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        keys = GaugeMetricFamily(
+            "yatagarasu_rate_limit_keys",
+            "Client keys (addresses, users) the local rate limiter keeps, by scope.",
+            labels=["scope"],
+        )
+        evictions = CounterMetricFamily(
+            "yatagarasu_rate_limit_evictions",
+            "Client keys forgotten because server.rate_limit.max_keys was reached, by scope"
+            " (this configuration generation's).",
+            labels=["scope"],
+        )
+        for scope, (kept, evicted) in sorted(self._stats().items()):
+            keys.add_metric([scope], kept)
+            evictions.add_metric([scope], evicted)
+        yield from (keys, evictions)
+
+
 class Metrics:
     """
     The proxy's metrics.
@@ -262,6 +286,12 @@ class Metrics:
         self.registry.register(_CacheCollector(lambda: self._cache, self._cache_errors))
         self._audit_sinks: Sequence[IAuditSink] = ()
         self.registry.register(_AuditCollector(lambda: self._audit_sinks))
+        self._rate_limiter: IRateLimiter | None = None
+        self.registry.register(
+            _RateLimitCollector(
+                lambda: self._rate_limiter.stats() if self._rate_limiter is not None else {}
+            )
+        )
 
     def watch_cache(self, cache: TieredCache | None) -> None:
         """
@@ -269,6 +299,10 @@ class Metrics:
             evictions and errors to export (``None``: no cache any more, after a reload).
         """
         self._cache = cache
+
+    def watch_rate_limiter(self, limiter: IRateLimiter | None) -> None:
+        """:param limiter: the rate limiter whose tables to export (``None``: none any more)."""
+        self._rate_limiter = limiter
 
     def watch_audit(self, sinks: Sequence[IAuditSink]) -> None:
         """:param sinks: the audit sinks whose record counts to export."""

@@ -67,6 +67,7 @@ def test_per_ip_429_with_json_and_fields_and_the_metric(
     # another address (resolved from X-Forwarded-For of the trusted proxy) is not limited
     assert status_of(p, "/pub/k.txt", "198.51.100.2") == 200
     assert p.metric('yatagarasu_rate_limited_total{bucket="pub",scope="per_ip"}') == 1.0
+    assert p.metric('yatagarasu_rate_limit_keys{scope="per_ip"}') == 2.0  # two addresses
     assert p.get("/health").status == 200  # the proxy's own routes are never limited
 
 

@@ -79,6 +79,14 @@ class LocalLimiter:
         """:returns: client keys forgotten because a table was full."""
         return sum(t.evictions for t, _ in self._plans.values() if isinstance(t, BoundedTable))
 
+    def stats(self) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {}
+        for limit, (table, _) in self._plans.items():
+            if isinstance(table, BoundedTable):
+                keys, evictions = found.get(limit.scope, (0, 0))
+                found[limit.scope] = (keys + len(table), evictions + table.evictions)
+        return found
+
     def acquire(self, checks: Sequence[tuple[RateLimit, str]]) -> RateDecision:
         now = self._clock.seconds()
         plans = self._plans

@@ -193,6 +193,9 @@ class RedisLimiter:
             self.fail_open, limit.scope, limit.burst, 0, 1.0, retry_after=1.0, degraded=True
         )
 
+    def stats(self) -> dict[str, tuple[int, int]]:
+        return {}  # the state is in Redis (its keys expire)
+
     def close(self) -> Deferred[None]:
         return self.client.close()
 

@@ -98,6 +98,17 @@ def test_a_bucket_limit_needs_no_server_section() -> None:
     assert get(h, "/pub/k").status == 429
 
 
+def test_the_per_ip_table_is_exported_as_metrics() -> None:
+    h = limited({"per_ip": {"requests_per_second": 1, "burst": 1}, "max_keys": 3})
+    for i in range(5):
+        get(h, "/pub/k", f"192.0.2.{i}")
+    metrics = h.assembly.metrics.render().decode()
+    assert 'yatagarasu_rate_limit_keys{scope="per_ip"} 3.0' in metrics
+    assert 'yatagarasu_rate_limit_evictions_total{scope="per_ip"} 2.0' in metrics
+    h.reload({**h.document, "server": {"trusted_proxies": ["127.0.0.1"]}})
+    assert "yatagarasu_rate_limit_keys{" not in h.assembly.metrics.render().decode()
+
+
 def test_disabled_rate_limit_limits_nothing() -> None:
     h = limited(
         {"enabled": False, "per_ip": {"requests_per_second": 1, "burst": 1}},
