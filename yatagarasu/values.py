@@ -235,6 +235,14 @@ class RateLimit:
     rate: float
     burst: int
     algorithm: str = "token_bucket"
+    #: seconds per request (``1 / rate``), computed once
+    interval: float = field(init=False, repr=False)
+    #: seconds of requests a full bucket holds (``burst / rate``), computed once
+    tolerance: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interval", 1.0 / self.rate)
+        object.__setattr__(self, "tolerance", self.burst / self.rate)
 
     @property
     def window(self) -> float:

@@ -39,6 +39,11 @@ class Outcome(NamedTuple):
     retry_after: float
 
 
+#: makes an :class:`Outcome` without the Python-level ``__new__`` of named tuples (one per
+#: limit per request)
+_outcome = tuple.__new__
+
+
 def token_bucket(limit: RateLimit, tat: float | None, now: float) -> Outcome:
     """
     :param limit: the limit.
@@ -46,15 +51,15 @@ def token_bucket(limit: RateLimit, tat: float | None, now: float) -> Outcome:
     :param now: the time, seconds.
     :returns: the outcome; its ``state`` is the new theoretical arrival time.
     """
-    interval = 1.0 / limit.rate
-    tolerance = limit.burst * interval
+    interval = limit.interval
+    tolerance = limit.tolerance
     base = now if tat is None or tat < now else tat
     after = base + interval
     if after - now <= tolerance + 1e-9:
-        remaining = int((tolerance - (after - now)) / interval + 1e-9)
-        return Outcome(True, after, remaining, after - now, 0.0)
-    remaining = int(max(0.0, tolerance - (base - now)) / interval + 1e-9)
-    return Outcome(False, base, remaining, base - now, after - now - tolerance)
+        remaining = int((tolerance - (after - now)) * limit.rate + 1e-9)
+        return _outcome(Outcome, (True, after, remaining, after - now, 0.0))
+    remaining = int(max(0.0, tolerance - (base - now)) * limit.rate + 1e-9)
+    return _outcome(Outcome, (False, base, remaining, base - now, after - now - tolerance))
 
 
 def token_bucket_idle(limit: RateLimit, tat: float, now: float) -> bool:
@@ -88,7 +93,7 @@ def sliding_window(limit: RateLimit, state: SlidingState | None, now: float) -> 
     burst = limit.burst
     if estimate + 1 <= burst + 1e-9:
         remaining = max(0, int(burst - estimate - 1 + 1e-9))
-        return Outcome(True, (number, previous, current + 1), remaining, reset, 0.0)
+        return _outcome(Outcome, (True, (number, previous, current + 1), remaining, reset, 0.0))
     if current + 1 <= burst and previous > 0:
         # this window's count fits: wait until enough of the previous one has slid out
         needed = 1.0 - (burst - current - 1) / previous
@@ -97,7 +102,7 @@ def sliding_window(limit: RateLimit, state: SlidingState | None, now: float) -> 
         # wait for the next window, where this one's count becomes the previous one
         needed = max(0.0, 1.0 - (burst - 1) / current) if current else 0.0
         retry = (number + 1 + needed) * window - now
-    return Outcome(False, (number, previous, current), 0, reset, max(retry, 0.0))
+    return _outcome(Outcome, (False, (number, previous, current), 0, reset, max(retry, 0.0)))
 
 
 def sliding_window_idle(limit: RateLimit, state: SlidingState, now: float) -> bool:

@@ -9,6 +9,7 @@ The reactor thread is the only caller, so check-and-consume over several limits 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -24,23 +25,9 @@ from yatagarasu.values import RateDecision, RateLimit
 CLIENT_SCOPES = frozenset({"per_ip", "per_user"})
 
 
-class _FixedTable:
-    """The state of limits with configured keys (bounded by the configuration)."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def get(self, key: str) -> Any:
-        return self._states.get(key)
-
-    def touch(self, key: str) -> None:
-        pass
-
-    def put(self, key: str, state: Any, now: float) -> None:
-        self._states[key] = state
+_Plan = tuple[dict[str, Any], Step, BoundedTable | None]
+"""Per limit: its states by key (read directly), its algorithm's step, and its bounded table
+(``None``: configured keys, written directly too)."""
 
 
 @implementer(IRateLimiter)
@@ -55,34 +42,32 @@ class LocalLimiter:
     def __init__(self, clock: IReactorTime, max_keys: int) -> None:
         self._clock = clock
         self.max_keys = max_keys
-        #: per limit: where its state is kept, and its algorithm's step
-        self._plans: dict[RateLimit, tuple[BoundedTable | _FixedTable, Step]] = {}
+        self._plans: dict[RateLimit, _Plan] = {}
 
-    def table(self, limit: RateLimit) -> BoundedTable | _FixedTable:
-        """:returns: where ``limit``'s state is kept (made on first use)."""
-        return self._plan(limit)[0]
+    def keys(self, limit: RateLimit) -> int:
+        """:returns: how many keys ``limit`` keeps state for."""
+        return len(self._plan(limit)[0])
 
-    def _plan(self, limit: RateLimit) -> tuple[BoundedTable | _FixedTable, Step]:
+    def _plan(self, limit: RateLimit) -> _Plan:
         plan = self._plans.get(limit)
         if plan is None:
-            table: BoundedTable | _FixedTable
             if limit.scope in CLIENT_SCOPES:
-                idle = IDLE[limit.algorithm]
-                table = BoundedTable(self.max_keys, lambda state, now: idle(limit, state, now))
+                table = BoundedTable(self.max_keys, partial(IDLE[limit.algorithm], limit))
+                plan = (table.states, ALGORITHMS[limit.algorithm], table)
             else:
-                table = _FixedTable()
-            plan = self._plans[limit] = (table, ALGORITHMS[limit.algorithm])
+                plan = ({}, ALGORITHMS[limit.algorithm], None)
+            self._plans[limit] = plan
         return plan
 
     @property
     def evictions(self) -> int:
         """:returns: client keys forgotten because a table was full."""
-        return sum(t.evictions for t, _ in self._plans.values() if isinstance(t, BoundedTable))
+        return sum(t.evictions for _, _, t in self._plans.values() if t is not None)
 
     def stats(self) -> dict[str, tuple[int, int]]:
         found: dict[str, tuple[int, int]] = {}
-        for limit, (table, _) in self._plans.items():
-            if isinstance(table, BoundedTable):
+        for limit, (_, _, table) in self._plans.items():
+            if table is not None:
                 keys, evictions = found.get(limit.scope, (0, 0))
                 found[limit.scope] = (keys + len(table), evictions + table.evictions)
         return found
@@ -93,20 +78,23 @@ class LocalLimiter:
         results = []
         allowed = True
         for limit, key in checks:
-            plan = plans.get(limit) or self._plan(limit)
-            table = plan[0]
-            outcome = plan[1](limit, table.get(key), now)
+            states, step, table = plans.get(limit) or self._plan(limit)
+            outcome = step(limit, states.get(key), now)
             if not outcome[0]:
                 allowed = False
-            results.append((limit, key, table, outcome))
+            results.append((limit, key, states, table, outcome))
         if not allowed:
-            for _, key, table, _ in results:
-                table.touch(key)
-            return refusal([(limit, outcome) for limit, _, _, outcome in results])
+            for _, key, _, table, _ in results:
+                if table is not None:
+                    table.touch(key)
+            return refusal([(limit, outcome) for limit, _, _, _, outcome in results])
         least: tuple[RateLimit, Outcome] | None = None
         room = 2.0
-        for limit, key, table, outcome in results:
-            table.put(key, outcome[1], now)
+        for limit, key, states, table, outcome in results:
+            if table is None:
+                states[key] = outcome[1]
+            else:
+                table.put(key, outcome[1], now)
             share = outcome[2] / limit.burst
             if share < room:
                 room, least = share, (limit, outcome)

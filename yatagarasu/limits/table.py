@@ -30,20 +30,21 @@ class BoundedTable:
     def __init__(self, max_keys: int, idle: Callable[[Any, float], bool]) -> None:
         self.max_keys = max_keys
         self._idle = idle
-        self._states: OrderedDict[str, Any] = OrderedDict()
+        #: the states by key, oldest first (read it directly; write through :meth:`put`)
+        self.states: OrderedDict[str, Any] = OrderedDict()
         self.evictions = 0
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self.states)
 
     def get(self, key: str) -> Any:
         """:returns: the key's state, or ``None`` for a key not kept."""
-        return self._states.get(key)
+        return self.states.get(key)
 
     def touch(self, key: str) -> None:
         """Mark a key as just seen without changing its state (a refused request)."""
-        if key in self._states:
-            self._states.move_to_end(key)
+        if key in self.states:
+            self.states.move_to_end(key)
 
     def put(self, key: str, state: Any, now: float) -> None:
         """
@@ -54,12 +55,13 @@ class BoundedTable:
         :param state: its new state.
         :param now: the time, seconds (for the idle check).
         """
-        states = self._states
+        states = self.states
         states[key] = state
         states.move_to_end(key)
+        idle = self._idle
         for _ in range(IDLE_CHECKS_PER_WRITE):
             oldest = next(iter(states))
-            if oldest == key or not self._idle(states[oldest], now):
+            if oldest == key or not idle(states[oldest], now):
                 break
             del states[oldest]
         if len(states) > self.max_keys:
