@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from twisted.application.service import IService
@@ -28,11 +29,13 @@ from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.interfaces import ICacheLayer, IRateLimiter, ISiblings
 from yatagarasu.limits.from_config import RateLimiting, build_rate_limiting
 from yatagarasu.metrics import Metrics
-from yatagarasu.s3.client import S3Client
+from yatagarasu.request_logging import RequestLogPolicy
+from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.tls import server_tls_options
 from yatagarasu.web.admin import AdminResource
 from yatagarasu.web.admin_cache import cache_admin_routes
 from yatagarasu.web.admin_reload import ReloadHandler, reload_admin_routes
+from yatagarasu.web.admin_sign import sign_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
@@ -72,10 +75,12 @@ class Assembly:
     :ivar caching: the tiered cache and per-bucket cache policies.
     :ivar metrics: the Prometheus metrics.
     :ivar tls: server TLS options when ``server.tls`` is set.
-    :ivar clients: the S3 client of every bucket, by bucket name.
+    :ivar clients: the replica set (S3 clients behind circuit breakers) of every bucket, by
+        bucket name.
     :ivar site: the HTTP site (the Resource tree behind it), ready to be listened on.
-    :ivar metrics_site: the site of the metrics listener (``/metrics`` only), when
-        ``metrics.port`` is set and metrics are enabled; ``None`` otherwise.
+    :ivar metrics_site: the site of the metrics listener (``/metrics``, and the admin API
+        with ``metrics.serve_admin``), when ``metrics.port`` is set and metrics are enabled;
+        ``None`` otherwise.
     :ivar audit: the audit trail when ``audit_log.enabled`` (``None``: no records are built).
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance, audit sinks), in start order.
@@ -91,7 +96,7 @@ class Assembly:
     caching: CacheSetup
     metrics: Metrics
     tls: CertificateOptions | None
-    clients: Mapping[str, S3Client]
+    clients: Mapping[str, ReplicaSet]
     site: ProxySite
     metrics_site: ProxySite | None = None
     audit: AuditTrail | None = None
@@ -102,8 +107,8 @@ class Assembly:
 
     async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
         """
-        Close what holds connections or files: the S3 pools, the rate limiter, then the
-        cache layers.
+        Close what holds connections or files: the S3 pools, the rate limiter, the authorizers'
+        pools, then the cache layers.
 
         :param keep: cache layers a newer generation took over (a hot reload): left open.
         """
@@ -111,6 +116,8 @@ class Assembly:
             await client.close()
         if self.limiter is not None:
             await self.limiter.close()
+        for authorizer in self.access.authorizers.values():
+            await authorizer.close()
         if self.caching.cache is not None:
             await self.caching.cache.close(keep)
 
@@ -131,13 +138,15 @@ def assemble(
 
     :param config: the validated configuration.
     :param reactor: time, threads, TCP (stored; nothing connects yet).
-    :param agents: per bucket name, the HTTP agent its S3 client uses (tests); default: a
-        persistent connection pool per bucket.
+    :param agents: the HTTP agent of each upstream (tests), by bucket name, or by
+        ``bucket/replica`` for ``replicas`` (:func:`yatagarasu.s3.replicas.agent_key`);
+        default: a persistent connection pool per upstream.
     :param lifecycle: the shutdown state to report (default: a new one, not draining).
     :param metrics: the process's metrics (a reload passes the running ones: counters never
         reset); default: new ones.
     :param previous: the running assembly (a reload): its cache layers whose configuration
-        section is unchanged are reused with their contents and their services.
+        section is unchanged are reused with their contents and their services, and so are
+        the circuit breakers of unchanged upstreams, with their state.
     :param reload: what ``POST /admin/reload`` calls (default: no such route).
     :param siblings: when this process is one worker of several, the channel to the others
         (``/metrics``, stats and ``/ready`` then speak for the whole instance, purges reach
@@ -161,19 +170,47 @@ def assemble(
             metrics.watch_audit(audit.sinks)
     tls = server_tls_options(config.server.tls) if config.server.tls else None
     agents = agents or {}
-    clients = {b.name: S3Client(reactor, b.s3, agent=agents.get(b.name)) for b in config.buckets}
+    running = previous.clients if previous is not None else {}
+    clients = {
+        b.name: ReplicaSet(
+            reactor,
+            b.name,
+            b.s3,
+            agents=agents,
+            on_failover=metrics.failover,
+            observe=partial(metrics.upstream, b.name),
+            previous=running.get(b.name),
+        )
+        for b in config.buckets
+    }
+    metrics.watch_upstreams(clients)
     lifecycle = lifecycle or Lifecycle()
     if lifecycle.started_at is None:
         lifecycle.started_at = reactor.seconds()
     rates = build_rate_limiting(config, reactor)
+    admin = _admin(config, access, caching, reload, siblings)
+    on_metrics_listener = config.metrics.admin_on_own_listener
     root = _resource_tree(
-        reactor, config, access, caching, metrics, clients, lifecycle, reload, siblings, rates
+        reactor,
+        config,
+        access,
+        caching,
+        metrics,
+        clients,
+        lifecycle,
+        NOT_FOUND if on_metrics_listener else admin,
+        siblings,
+        rates,
     )
     extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
     site = _site(root, reactor, config, access, metrics, lifecycle, extra, audit)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
-        metrics_root = RootResource({b"metrics": metrics_resource(metrics, siblings)}, {}, [])
+        metrics_root = RootResource(
+            {b"metrics": metrics_resource(metrics, siblings)},
+            {config.server.admin_segments: admin} if on_metrics_listener else {},
+            [],
+        )
         metrics_site = _site(
             metrics_root, reactor, config, access, metrics, lifecycle, extra, audit
         )
@@ -209,6 +246,9 @@ def _site(
     extra_headers: bytes,
     audit: AuditTrail | None,
 ) -> ProxySite:
+    access_log_enabled = config.logging.level in ("debug", "info")
+    # the request_logging events are info events too: below that level, nothing to filter
+    logged = config.observability.request_logging
     return ProxySite(
         root,
         clock=clock,
@@ -216,11 +256,12 @@ def _site(
         max_concurrent_requests=config.server.max_concurrent_requests,
         addresses=access.addresses,
         metrics=metrics,
-        access_log_enabled=config.logging.level in ("debug", "info"),
+        access_log_enabled=access_log_enabled,
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
         extra_headers=extra_headers,
         audit=audit,
+        request_logging=RequestLogPolicy.build(logged) if access_log_enabled else None,
     )
 
 
@@ -230,9 +271,9 @@ def _resource_tree(
     access: AccessControl,
     caching: CacheSetup,
     metrics: Metrics,
-    clients: Mapping[str, S3Client],
+    clients: Mapping[str, ReplicaSet],
     lifecycle: Lifecycle,
-    reload: ReloadHandler | None,
+    admin: IResource,
     siblings: ISiblings | None,
     rates: RateLimiting | None,
 ) -> IResource:
@@ -244,15 +285,13 @@ def _resource_tree(
         ),
         b"health": HealthResource(clock, _started(lifecycle, clock)),
         b"ready": ReadyResource(
-            {name: c.health for name, c in clients.items()},
+            clients,
             lifecycle.is_draining,
             siblings.all_up if siblings is not None else None,
         ),
     }
-    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
-    if reload is not None:
-        routes.update(reload_admin_routes(reload))
-    subtrees = {config.server.admin_segments: AdminResource(access.admin, routes)}
+    # the admin prefix stays reserved too (a 404 when the metrics listener serves the API)
+    subtrees = {config.server.admin_segments: admin}
     buckets = [
         (
             bucket.prefix_segments,
@@ -265,6 +304,8 @@ def _resource_tree(
                 scheme=access.schemes.get(bucket.name),
                 cached=_cached_objects(bucket, config, caching, clients[bucket.name], clock),
                 rate_limits=_rate_limits(bucket, rates, metrics),
+                authorizer=access.authorizers.get(bucket.name),
+                metrics=metrics,
             ),
         )
         for bucket in config.buckets
@@ -283,6 +324,21 @@ def _rate_limits(
     )
 
 
+def _admin(
+    config: Config,
+    access: AccessControl,
+    caching: CacheSetup,
+    reload: ReloadHandler | None,
+    siblings: ISiblings | None,
+) -> IResource:
+    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
+    if reload is not None:
+        routes.update(reload_admin_routes(reload))
+    if access.signers:
+        routes.update(sign_admin_routes(config.buckets, access.signers))
+    return AdminResource(access.admin, routes)
+
+
 def _started(lifecycle: Lifecycle, clock: IReactorTime) -> float:
     return clock.seconds() if lifecycle.started_at is None else lifecycle.started_at
 
@@ -298,7 +354,7 @@ def _cached_objects(
     bucket: BucketConfig,
     config: Config,
     caching: CacheSetup,
-    client: S3Client,
+    client: ReplicaSet,
     clock: IReactorTime,
 ) -> CachedObjects | None:
     policy = caching.policies.get(bucket.name)

@@ -145,7 +145,11 @@ def summary(path: str, assembly: Assembly) -> str:
     ]
     lines[1:1] = [f"deprecated: {warning}" for warning in config.deprecations]
     for bucket in config.buckets:
-        endpoint = bucket.s3.endpoint or f"AWS {bucket.s3.region}"
+        targets = ", ".join(
+            ("" if not bucket.s3.replicas else f"{u.name}: ")
+            + f"s3://{u.s3.bucket} ({u.s3.endpoint or f'AWS {u.s3.region}'})"
+            for u in bucket.s3.upstreams()
+        )
         auth_scheme = access.schemes.get(bucket.name)
         extras = [f"auth: {auth_scheme.name}" if auth_scheme is not None else "public"]
         if bucket.name in access.ip_filters:
@@ -155,10 +159,7 @@ def summary(path: str, assembly: Assembly) -> str:
         rate = bucket.bucket_rate
         if rate is not None and assembly.limiter is not None:
             extras.append(f"rate limit {rate.requests_per_second:g}/s burst {rate.capacity}")
-        lines.append(
-            f"  {bucket.path_prefix} -> s3://{bucket.s3.bucket} ({endpoint}) "
-            f"[{bucket.name}; {', '.join(extras)}]"
-        )
+        lines.append(f"  {bucket.path_prefix} -> {targets} [{bucket.name}; {', '.join(extras)}]")
     if caching.cache is not None:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
     if assembly.audit is not None:
@@ -179,7 +180,8 @@ def summary(path: str, assembly: Assembly) -> str:
             + (f" ({', '.join(rules)})" if rules else "")
         )
     admin = "jwt with admin_claims" if access.admin else "disabled, answers 403"
-    lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin})")
+    where = " on the metrics listener only" if config.metrics.admin_on_own_listener else ""
+    lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin}){where}")
     return "\n".join(lines) + "\n"
 
 

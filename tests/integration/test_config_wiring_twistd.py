@@ -94,7 +94,7 @@ def test_memory_default_ttl_without_a_memory_layer_is_refused(
     assert "cache.memory.default_ttl_seconds: the memory layer is not in" in result.output
 
 
-def test_ready_names_the_one_upstream_by_its_origin(
+def test_ready_names_the_one_upstream_primary_with_its_origin(
     proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
 ) -> None:
     moto_s3.put_object(s3_bucket, "r.txt", b"r")
@@ -104,8 +104,10 @@ def test_ready_names_the_one_upstream_by_its_origin(
     assert ready["backends"]["pub"] == {
         "status": "healthy",
         "replicas": {
-            moto_s3.endpoint_url: {
-                "status": "healthy",
+            "primary": {
+                "state": "closed",
+                "endpoint": moto_s3.endpoint_url,
+                "priority": 0,
                 "consecutive_failures": 0,
                 "last_error": None,
             }

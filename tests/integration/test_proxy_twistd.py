@@ -268,8 +268,9 @@ def test_unreachable_and_silent_upstreams(
     ready = running.get("/ready").json()
     assert ready["backends"]["down"]["status"] == "unhealthy"
     replicas = ready["backends"]["slow"]["replicas"]
-    assert list(replicas) == [f"http://127.0.0.1:{silent_server}"]
-    assert replicas[f"http://127.0.0.1:{silent_server}"]["consecutive_failures"] == 2
+    assert list(replicas) == ["primary"]
+    assert replicas["primary"]["endpoint"] == f"http://127.0.0.1:{silent_server}"
+    assert replicas["primary"]["consecutive_failures"] == 2
 
 
 def test_health_and_ready(running: ProxyProcess) -> None:

@@ -23,7 +23,7 @@ from yatagarasu.auth.from_config import AccessControl
 from yatagarasu.config import parse_config
 from yatagarasu.config.schema import Config
 from yatagarasu.reload import Reloader, ReloadReport
-from yatagarasu.s3.client import S3Client
+from yatagarasu.s3.replicas import ReplicaSet, agent_key
 from yatagarasu.web.site import ProxySite
 
 
@@ -100,6 +100,7 @@ class SentRequest:
     headers: Headers
     result: Deferred[IResponse] = field(default_factory=Deferred)
     cancelled: bool = False
+    body_producer: Any = None
 
 
 @implementer(IAgent)
@@ -112,7 +113,7 @@ class FakeAgent:
     def request(
         self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None
     ) -> Deferred[IResponse]:
-        sent = SentRequest(method, uri, headers or Headers())
+        sent = SentRequest(method, uri, headers or Headers(), body_producer=bodyProducer)
 
         def cancel(d: Deferred[IResponse]) -> None:
             # What twisted.web.client does when a request in flight is cancelled.
@@ -150,7 +151,13 @@ class Harness:
         self.document = document
         self.config: Config = parse_config(document, {})
         self.clock = MemoryReactorClock()
-        self.agents = {b.name: FakeAgent() for b in self.config.buckets}
+        #: a fake agent per upstream, by :func:`agent_key` (the bucket name, or
+        #: ``bucket/replica`` for a bucket with ``replicas``)
+        self.agents = {
+            agent_key(b.name, r.name if b.s3.replicas else None): FakeAgent()
+            for b in self.config.buckets
+            for r in b.s3.upstreams()
+        }
         self.reloader = Reloader(
             self.clock,
             lambda: parse_config(self.document, {}),
@@ -166,8 +173,8 @@ class Harness:
         return self.reloader.current
 
     @property
-    def clients(self) -> Mapping[str, S3Client]:
-        """The current generation's S3 clients."""
+    def clients(self) -> Mapping[str, ReplicaSet]:
+        """The current generation's replica sets (S3 clients behind breakers)."""
         return self.assembly.clients
 
     @property

@@ -71,6 +71,19 @@ def test_summary_of_a_public_bucket_on_the_main_listener() -> None:
     ]
 
 
+def test_summary_lists_replicas_by_priority() -> None:
+    entry = bucket_entry()
+    entry["s3"] = {
+        "region": "eu-west-1",
+        "replicas": [
+            {"name": "b", "priority": 2, "bucket": "two", "endpoint": "http://127.0.0.1:9002"},
+            {"name": "a", "priority": 1, "bucket": "one"},
+        ],
+    }
+    text = summary("y.yaml", assembled({"buckets": [entry], "server": {"port": 8081}}))
+    assert "  /pub -> a: s3://one (AWS eu-west-1), b: s3://two (http://127.0.0.1:9002)" in text
+
+
 def test_summary_names_auth_ip_filter_cache_layers_metrics_port_and_admin() -> None:
     document = {
         "server": {"address": "127.0.0.1", "port": 8082},

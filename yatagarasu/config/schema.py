@@ -12,7 +12,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -26,9 +26,12 @@ DEFAULT_ADMIN_PREFIX = "/admin"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
-_LATER_OBSERVABILITY = "arrives with metrics and tracing"
-_LATER_HA = "arrives with replica failover and circuit breakers"
-_LATER_AUTHORIZATION = "OPA and OpenFGA authorization arrive with traffic control"
+_LATER_OBSERVABILITY = "arrives with tracing"
+_NO_BODIES = "bodies are never logged: objects are streamed, not held for a log line"
+_PER_BUCKET_AUTHORIZATION = (
+    "as a default for every bucket; set buckets[].authorization on each bucket, where the Rust"
+    " version read it"
+)
 
 
 def _positive(value: float, path: str, *, allow_zero: bool = False) -> None:
@@ -272,12 +275,14 @@ class MetricsConfig:
 
     Without a port of its own, ``/metrics`` is served on the main listener. With one, it is
     served on a listener of its own (plain HTTP, ``/metrics`` only) and not on the main one.
-    ``enabled: false`` serves it nowhere.
+    ``enabled: false`` serves it nowhere. ``serve_admin: true`` (with a port) moves the admin
+    API to that listener too: then neither faces the clients of the main one.
     """
 
     enabled: bool = True
     address: str | None = None
     port: int | None = None
+    serve_admin: bool = False
 
     @property
     def listen_port(self) -> int | None:
@@ -290,6 +295,11 @@ class MetricsConfig:
     def on_main_listener(self) -> bool:
         """Whether ``/metrics`` is served on the main listener (enabled, no port of its own)."""
         return self.enabled and self.listen_port is None
+
+    @property
+    def admin_on_own_listener(self) -> bool:
+        """Whether the admin API is served on the metrics listener (and not the main one)."""
+        return self.serve_admin and self.enabled and self.listen_port is not None
 
     def listener(self, server: ServerConfig) -> tuple[str, int] | None:
         """
@@ -307,6 +317,12 @@ class MetricsConfig:
         if self.address is not None:
             _check_address(self.address, self.port, path)
         port = self.listen_port
+        if self.serve_admin and (port is None or not self.enabled):
+            raise ConfigError(
+                join(path, "serve_admin"),
+                "needs metrics.port and metrics.enabled (the admin API moves to the metrics"
+                " listener)",
+            )
         if port is None:
             if self.address is not None:
                 raise ConfigError(
@@ -351,15 +367,82 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
-class S3Config:
-    """The S3 bucket behind one URL prefix, and how to reach it."""
+class CircuitBreakerConfig:
+    """
+    When to stop sending requests to an upstream (one breaker per replica), and when to try
+    it again. The defaults are the Rust Yatagarasu's.
+    """
 
-    UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "replicas": _LATER_HA,
-        "circuit_breaker": _LATER_HA,
-    }
+    failure_threshold: int = 5
+    success_threshold: int = 2
+    timeout_seconds: float = 60.0
+    half_open_max_requests: int = 3
 
+    def check(self, path: str) -> None:
+        for key in ("failure_threshold", "success_threshold", "half_open_max_requests"):
+            if getattr(self, key) < 1:
+                raise ConfigError(join(path, key), f"must be >= 1, got {getattr(self, key)}")
+        _positive(self.timeout_seconds, join(path, "timeout_seconds"))
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """
+    One copy of the bucket's objects (``s3.replicas[]``, the Rust schema): its own bucket,
+    region, endpoint and credentials. The lowest ``priority`` number is tried first.
+    """
+
+    name: str
     bucket: str
+    priority: int
+    region: str | None = None
+    endpoint: str | None = None
+    access_key: str = ""
+    secret_key: str = ""
+    session_token: str | None = None
+    timeout: float | None = None
+
+    def check(self, path: str) -> None:
+        if not _BUCKET_NAME.match(self.name):
+            raise ConfigError(
+                join(path, "name"), "must be 1-63 characters of letters, digits, '.', '_' or '-'"
+            )
+        if not 0 <= self.priority <= 255:
+            raise ConfigError(join(path, "priority"), f"must be 0..255, got {self.priority}")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """
+    One replica as the S3 client sees it.
+
+    :ivar name: the replica's name (``primary`` for a bucket without ``replicas``).
+    :ivar priority: lower is tried first.
+    :ivar s3: the bucket's ``s3`` section with this replica's bucket, region, endpoint,
+        credentials and timeout (no ``replicas``).
+    """
+
+    name: str
+    priority: int
+    s3: S3Config
+
+
+#: the name of a bucket's one upstream when it has no ``replicas`` (``/ready``, metrics)
+PRIMARY = "primary"
+
+# s3 keys that name one upstream: given per replica when there are replicas (as in Rust).
+_PER_REPLICA = ("bucket", "endpoint", "access_key", "secret_key", "session_token")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """
+    The S3 bucket behind one URL prefix, and how to reach it: either one upstream
+    (``bucket``, ``endpoint``, credentials) or ``replicas``, which then share ``region`` (as
+    their default), the timeouts, ``retry``, ``connection_pool_size`` and ``circuit_breaker``.
+    """
+
+    bucket: str = ""
     region: str = "us-east-1"
     endpoint: str | None = None
     access_key: str = ""
@@ -373,6 +456,31 @@ class S3Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     #: the bucket's rate limit (also accepted as ``buckets[].rate_limit``)
     rate_limit: RateRule | None = None
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    replicas: tuple[ReplicaConfig, ...] = ()
+
+    def upstreams(self) -> tuple[Upstream, ...]:
+        """
+        :returns: the upstreams to use, highest priority first (lowest ``priority`` number;
+            ties in configuration order): the replicas, or this section as ``primary``.
+        """
+        if not self.replicas:
+            return (Upstream(PRIMARY, 0, self),)
+        ordered = sorted(self.replicas, key=lambda r: r.priority)
+        return tuple(Upstream(r.name, r.priority, self._replica_section(r)) for r in ordered)
+
+    def _replica_section(self, replica: ReplicaConfig) -> S3Config:
+        return replace(
+            self,
+            bucket=replica.bucket,
+            region=replica.region if replica.region is not None else self.region,
+            endpoint=replica.endpoint,
+            access_key=replica.access_key,
+            secret_key=replica.secret_key,
+            session_token=replica.session_token,
+            timeout=replica.timeout if replica.timeout is not None else self.timeout,
+            replicas=(),
+        )
 
     @property
     def connect_seconds(self) -> float:
@@ -390,8 +498,33 @@ class S3Config:
         return self.idle_timeout if self.idle_timeout is not None else self.timeout
 
     def check(self, path: str) -> None:
+        self._check_shared(path)
+        if self.replicas:
+            self._check_replicas(path)
+        else:
+            self._check_own(path)
+
+    def _check_replicas(self, path: str) -> None:
+        for key in _PER_REPLICA:
+            if getattr(self, key):
+                raise ConfigError(
+                    join(path, key),
+                    "cannot be combined with replicas (give each replica its own)",
+                )
+        names: dict[str, int] = {}
+        for i, replica in enumerate(self.replicas):
+            where = f"{join(path, 'replicas')}[{i}]"
+            if replica.name in names:
+                raise ConfigError(
+                    join(where, "name"),
+                    f"{replica.name!r} is already used by replicas[{names[replica.name]}]",
+                )
+            names[replica.name] = i
+            self._replica_section(replica)._check_own(where)
+
+    def _check_own(self, path: str) -> None:
         if not self.bucket:
-            raise ConfigError(join(path, "bucket"), "must not be empty")
+            raise ConfigError(join(path, "bucket"), "must not be empty (or give replicas instead)")
         if bool(self.access_key) != bool(self.secret_key):
             raise ConfigError(
                 join(path, "secret_key" if self.access_key else "access_key"),
@@ -405,6 +538,10 @@ class S3Config:
                 )
             if parts.path not in ("", "/") or parts.query or parts.fragment:
                 raise ConfigError(join(path, "endpoint"), "must not have a path or query")
+        if self.timeout <= 0:  # a replica's own timeout
+            _positive(self.timeout, join(path, "timeout"))
+
+    def _check_shared(self, path: str) -> None:
         for key in ("timeout", "connect_timeout", "first_byte_timeout", "idle_timeout"):
             value = getattr(self, key)
             if value is not None:
@@ -417,15 +554,56 @@ class AuthConfig:
     """
     Client authentication for a bucket.
 
-    ``scheme`` names an auth scheme plugin (built-in: ``jwt``). JWT settings come from
-    ``auth.jwt``, else ``buckets[].jwt``, each merged over the top-level ``jwt``; another
-    scheme takes its settings from ``auth.settings``.
+    ``scheme`` names an auth scheme plugin (built-in: ``jwt``, ``signed_url``), or
+    ``schemes`` lists several (the first that applies to a request decides). JWT settings
+    come from ``auth.jwt``, else ``buckets[].jwt``, each merged over the top-level ``jwt``;
+    ``signed_url`` takes its settings from ``auth.signed_url``, any other scheme from
+    ``auth.settings``.
     """
 
     enabled: bool = False
-    scheme: str = "jwt"
+    scheme: str | None = None
+    schemes: tuple[str, ...] | None = None
     jwt: Mapping[str, Any] | None = None
+    signed_url: Mapping[str, Any] | None = None
     settings: Mapping[str, Any] | None = None
+
+    @property
+    def scheme_names(self) -> tuple[str, ...]:
+        """The schemes in order: ``schemes``, else ``(scheme,)``, else ``("jwt",)``."""
+        return self.schemes if self.schemes is not None else (self.scheme or "jwt",)
+
+    def check(self, path: str) -> None:
+        if self.schemes is None:
+            return self._check_settings(path)
+        if self.scheme is not None:
+            raise ConfigError(join(path, "schemes"), "give auth.scheme or auth.schemes, not both")
+        if not self.schemes:
+            raise ConfigError(join(path, "schemes"), "list at least one scheme")
+        for i, name in enumerate(self.schemes):
+            if name in self.schemes[:i]:
+                raise ConfigError(f"{join(path, 'schemes')}[{i}]", f"{name!r} is listed twice")
+        return self._check_settings(path)
+
+    def _check_settings(self, path: str) -> None:
+        names = self.scheme_names
+        if self.signed_url is not None and "signed_url" not in names:
+            raise ConfigError(
+                join(path, "signed_url"), "set, but signed_url is not among the bucket's schemes"
+            )
+        others = [n for n in names if n not in ("jwt", "signed_url")]
+        if self.settings is not None and not others:
+            raise ConfigError(
+                join(path, "settings"),
+                "set, but no plugin scheme reads it (jwt reads auth.jwt, signed_url reads "
+                "auth.signed_url)",
+            )
+        if len(others) > 1:
+            raise ConfigError(
+                join(path, "schemes"),
+                f"{others[0]!r} and {others[1]!r} would both read auth.settings: "
+                "list at most one scheme besides jwt and signed_url",
+            )
 
 
 @dataclass(frozen=True)
@@ -501,8 +679,6 @@ def _under(segments: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
 class BucketConfig:
     """One URL prefix served from one S3 bucket."""
 
-    UNSUPPORTED: ClassVar[dict[str, str]] = {"authorization": _LATER_AUTHORIZATION}
-
     name: str
     path_prefix: str
     s3: S3Config
@@ -518,6 +694,9 @@ class BucketConfig:
     def bucket_rate(self) -> RateRule | None:
         """:returns: the bucket's rate limit, from ``rate_limit`` or ``s3.rate_limit``."""
         return self.rate_limit or self.s3.rate_limit
+
+    #: ``{type: opa|openfga|<plugin>, ...}``: validated by the authorizer plugin's factory
+    authorization: Mapping[str, Any] | None = None
 
     @property
     def prefix_segments(self) -> tuple[str, ...]:
@@ -548,13 +727,75 @@ class LoggingConfig:
     file: str | None = None
 
 
+#: headers ``request_logging.redact_headers`` lists by default (the Rust version's list)
+DEFAULT_REDACTED_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "set-cookie",
+    "x-amz-security-token",
+)
+
+
+@dataclass(frozen=True)
+class RequestLoggingConfig:
+    """
+    ``observability.request_logging`` (the Rust keys): which requests the access log shows
+    and what it adds to them.
+
+    Paths are shell-style patterns (``*`` matches anything, ``/`` included; ``?`` one
+    character) matched against the whole request path, query string left out.
+    """
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "log_request_body": _NO_BODIES,
+        "log_response_body": _NO_BODIES,
+        "max_body_size": _NO_BODIES,
+    }
+
+    log_requests: bool = False
+    log_responses: bool = False
+    include_paths: tuple[str, ...] = ()
+    exclude_paths: tuple[str, ...] = ()
+    status_codes: tuple[int, ...] = ()
+    redact_headers: tuple[str, ...] = DEFAULT_REDACTED_HEADERS
+
+    def check(self, path: str) -> None:
+        for key, patterns in (
+            ("include_paths", self.include_paths),
+            ("exclude_paths", self.exclude_paths),
+        ):
+            for i, pattern in enumerate(patterns):
+                if not pattern.startswith(("/", "*")):
+                    raise ConfigError(
+                        f"{join(path, key)}[{i}]",
+                        f"a path pattern starts with '/' (or '*'), got {pattern!r}",
+                    )
+        for i, code in enumerate(self.status_codes):
+            if not 100 <= code <= 599:
+                raise ConfigError(
+                    f"{join(path, 'status_codes')}[{i}]", f"must be 100..599, got {code}"
+                )
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """The ``observability`` section."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "tracing": _LATER_OBSERVABILITY,
+        "slow_query": _LATER_OBSERVABILITY,
+    }
+
+    request_logging: RequestLoggingConfig = field(default_factory=RequestLoggingConfig)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration document."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "observability": _LATER_OBSERVABILITY,
-        "authorization": _LATER_AUTHORIZATION,
+        "authorization": _PER_BUCKET_AUTHORIZATION,
     }
 
     buckets: tuple[BucketConfig, ...]
@@ -566,6 +807,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: the seed's spelling of ``server.rate_limit`` (use one of them)
     rate_limiting: RateLimitConfig | None = None
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     #: Rust Yatagarasu spellings accepted with a warning (not a YAML key: see
     #: :func:`yatagarasu.config.migrate.accept_synonyms`), logged at start-up, shown by --check.
     deprecations: tuple[str, ...] = field(default=(), metadata={"internal": True})

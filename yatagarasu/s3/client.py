@@ -1,5 +1,6 @@
 """
-The upstream S3 client: signed GET/HEAD with timeouts and retries, on one connection pool.
+The upstream S3 client: one signed GET/HEAD attempt with timeouts, on one connection pool, and
+a single signed PUT of a small object (the ``s3`` audit sink's batches).
 
 The data path uses ``twisted.web.client.Agent`` directly (treq costs ~25 % more per request)
 with one persistent ``HTTPConnectionPool`` per bucket. HTTPS endpoints are verified with
@@ -8,17 +9,22 @@ service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+from collections.abc import Callable
 from datetime import UTC, datetime
-from random import Random
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
 from twisted.web.client import (
     URI,
     Agent,
@@ -29,19 +35,21 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
 from yatagarasu.s3.errors import read_s3_error
-from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
-from yatagarasu.s3.upstream_health import UpstreamHealth
-
-log = Logger()
+from yatagarasu.s3.sigv4 import EMPTY_PAYLOAD_SHA256, Credentials, SigV4Signer, encode_key
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
+
+#: told of every attempt: its outcome (``2xx``..``5xx``, ``timeout``, ``error``, ``cancelled``)
+#: and the seconds from sending it to its response headers or its failure
+AttemptObserver = Callable[[str, float], None]
+_CLASSES = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -66,7 +74,16 @@ class _OneEndpoint:
         parts = urlsplit(f"{scheme}://{netloc}")
         host = parts.hostname or ""
         port = parts.port or (443 if scheme == "https" else 80)
-        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        endpoint: Any
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        else:
+            # An address needs no resolution, and HostnameEndpoint would report a refused
+            # connection only after its 0.3 s attempt delay (a slower failover).
+            tcp = TCP4ClientEndpoint if literal.version == 4 else TCP6ClientEndpoint
+            endpoint = tcp(reactor, host, port, timeout=connect_timeout)
         if scheme == "https":
             creator = BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode("idna"), port)
             endpoint = wrapClientTLS(creator, endpoint)
@@ -76,15 +93,38 @@ class _OneEndpoint:
         return cast(IStreamClientEndpoint, self._endpoint)
 
 
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body held in memory, written in one go (no cooperator, no global reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing to pause: the body was written at once."""
+
+    def resumeProducing(self) -> None:
+        """Nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing to stop."""
+
+
 class S3Client:
     """
     Fetch objects of one S3 bucket.
 
     :param reactor: provides time and TCP/TLS connections.
-    :param config: the bucket's ``s3`` section.
-    :param random: source of retry jitter.
+    :param config: the ``s3`` section of the bucket, or of one of its replicas
+        (:meth:`S3Config.upstreams`).
     :param agent: the HTTP agent (default: an ``Agent`` on a persistent pool of
         ``connection_pool_size`` connections).
+    :param observe: told of every attempt (the metrics); default: nobody.
     """
 
     def __init__(
@@ -92,12 +132,12 @@ class S3Client:
         reactor: IReactorTime,
         config: S3Config,
         *,
-        random: Random | None = None,
         agent: IAgent | None = None,
+        observe: AttemptObserver | None = None,
     ) -> None:
         self._clock = reactor
+        self._observe = observe
         self._config = config
-        self._random = random or Random()
         self._pool: HTTPConnectionPool | None = None
         if config.endpoint:
             parts = urlsplit(config.endpoint)
@@ -114,7 +154,8 @@ class S3Client:
                 self._host = f"{config.bucket}.s3.{config.region}.amazonaws.com"
                 self._path_prefix = "/"
         self._base = f"{self._scheme}://{self._host}".encode("ascii")
-        self.health = UpstreamHealth(self._base.decode("ascii"))
+        #: the upstream's origin (``http://127.0.0.1:9000``), shown by ``/ready``
+        self.origin = self._base.decode("ascii")
         if agent is None:
             self._pool = _QuietPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = config.connection_pool_size
@@ -145,58 +186,93 @@ class S3Client:
         """
         return self._path_prefix + encode_key(key)
 
-    async def fetch(self, method: bytes, key: str, headers: Headers) -> IResponse:
+    async def attempt(self, method: bytes, key: str, headers: Headers) -> IResponse:
         """
-        Send a signed request for an object, retrying what can be retried.
-
-        Connect errors, timeouts and 5xx answers are retried up to ``retry.max_attempts``
-        attempts in all, with jittered exponential backoff. Responses below 500 are returned
-        as they are, body not yet read.
+        Send one signed request for an object (retries and failover are the replica set's,
+        :class:`yatagarasu.s3.replicas.ReplicaSet`).
 
         :param method: ``b"GET"`` or ``b"HEAD"``.
         :param key: the object key.
         :param headers: client headers to pass on (range, conditionals); not modified.
-        :returns: the upstream response.
-        :raises UpstreamError: when every attempt failed (502, 503 SlowDown or 504).
+        :returns: the upstream response below 500, body not yet read.
+        :raises UpstreamError: for a connect error, a timeout or a 5xx answer (502, 503
+            SlowDown or 504; ``retryable``).
+        :raises CancelledError: when the caller cancelled (our client went away).
         """
         path = self.object_path(key)
         url = self._base + path.encode("ascii")
-        retry = self._config.retry
-        attempt = 1
-        while True:
-            try:
-                response = await self._attempt(method, url, path, headers)
-            except UpstreamError as e:
-                failure = e
-            else:
-                if response.code < 500:
-                    self.health.record_success()
-                    return response
-                failure = await self._server_error(response)
-            self.health.record_failure(str(failure))
-            if attempt >= retry.max_attempts or not failure.retryable:
-                raise failure
-            backoff_ms = min(retry.max_backoff_ms, retry.initial_backoff_ms * 2 ** (attempt - 1))
-            delay = backoff_ms / 1000 * self._random.uniform(0.5, 1.0)
-            log.info(
-                "S3 attempt {attempt} failed ({failure}); retrying in {delay:.3f}s",
-                attempt=attempt,
-                failure=str(failure),
-                delay=delay,
-            )
-            await deferLater(self._clock, delay)
-            attempt += 1
+        response = await self._observed_attempt(method, url, path, headers)
+        if response.code >= 500:
+            raise await self._server_error(response)
+        return response
 
-    async def _attempt(self, method: bytes, url: bytes, path: str, headers: Headers) -> IResponse:
+    async def _observed_attempt(
+        self, method: bytes, url: bytes, path: str, headers: Headers
+    ) -> IResponse:
+        observe = self._observe
+        if observe is None:
+            return await self._attempt(method, url, path, headers)
+        started = self._clock.seconds()
+        outcome = "error"
+        try:
+            response = await self._attempt(method, url, path, headers)
+            outcome = _CLASSES.get(response.code // 100, "error")
+            return response
+        except UpstreamError as e:
+            outcome = "timeout" if e.status == 504 else "error"
+            raise
+        except CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            observe(outcome, self._clock.seconds() - started)
+
+    async def put(
+        self, key: str, body: bytes, headers: Headers, payload_hash: str | None = None
+    ) -> tuple[int, str | None]:
+        """
+        Store an object held in memory with one signed PUT (the payload's SHA-256 is signed);
+        not retried here: the caller keeps the body and decides when to try again.
+
+        :param key: the object key.
+        :param body: the whole object.
+        :param headers: headers to send with it (``Content-Type``...); not modified.
+        :param payload_hash: the body's hex SHA-256 when the caller has it (computed off the
+            reactor thread for a large body), else it is computed here.
+        :returns: S3's status code, and its error code (``AccessDenied``...) when not 2xx.
+        :raises UpstreamError: when S3 could not be reached or did not answer in time.
+        """
+        path = self.object_path(key)
+        url = self._base + path.encode("ascii")
+        digest = payload_hash or hashlib.sha256(body).hexdigest()
+        response = await self._attempt(b"PUT", url, path, headers, body, digest)
+        code, _, _ = await read_s3_error(response, self._clock, self.idle_seconds)
+        if 200 <= response.code < 300:
+            return response.code, None
+        return response.code, code
+
+    async def _attempt(
+        self,
+        method: bytes,
+        url: bytes,
+        path: str,
+        headers: Headers,
+        body: bytes | None = None,
+        payload_hash: str = EMPTY_PAYLOAD_SHA256,
+    ) -> IResponse:
         send = headers.copy()
         send.setRawHeaders(b"user-agent", [_USER_AGENT])
         if self._signer is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-            for name, value in self._signer.sign(method.decode("ascii"), self._host, path, now):
+            signed = self._signer.sign(
+                method.decode("ascii"), self._host, path, now, payload_hash=payload_hash
+            )
+            for name, value in signed:
                 send.setRawHeaders(name, [value])
         else:
             send.setRawHeaders(b"host", [self._host.encode("ascii")])
-        pending: Deferred[IResponse] = self._agent.request(method, url, send)
+        producer = None if body is None else _BytesBody(body)
+        pending: Deferred[IResponse] = self._agent.request(method, url, send, producer)
         timed_out = False
 
         def give_up() -> None:

@@ -1,21 +1,28 @@
 """
 The resource that serves one bucket prefix: CORS, method gate, key decoding, IP filter, rate
-limits, authentication (then the per-user rate limit), then the cache or the upstream request
-and the streamed answer.
+limits, authentication (then the per-user rate limit), authorization, then the cache or the
+upstream request and the streamed answer.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
-from yatagarasu.errors import Forbidden, HTTPError
+from yatagarasu.errors import AuthenticationRequired, Forbidden, HTTPError, InvalidCredentials
 from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
-from yatagarasu.interfaces import IAuthScheme, IImmediateAuthScheme
-from yatagarasu.s3.client import S3Client
-from yatagarasu.values import Identity
+from yatagarasu.interfaces import (
+    IAuthorizer,
+    IAuthScheme,
+    IImmediateAuthorizer,
+    IImmediateAuthScheme,
+)
+from yatagarasu.metrics import Metrics
+from yatagarasu.s3.replicas import ReplicaSet
+from yatagarasu.values import AuthorizationQuery, Decision, Identity
 from yatagarasu.web.async_resource import AsyncResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
@@ -30,19 +37,21 @@ class BucketResource(AsyncResource):
     Serve objects of one S3 bucket under one URL prefix.
 
     :param bucket: the bucket's configuration.
-    :param client: the S3 client of that bucket.
+    :param client: the upstreams of that bucket (replicas behind circuit breakers).
     :param clock: time source.
     :param timeouts: how long S3 and clients may stall while streaming.
     :param ip_filter: the bucket's client address filter, if any.
     :param scheme: the bucket's auth scheme (``None``: a public bucket).
     :param cached: the bucket's cache side (``None``: the bucket does not cache).
     :param rate_limits: the bucket's rate limits (``None``: none applies).
+    :param authorizer: asked after authentication (``None``: authentication decides alone).
+    :param metrics: where authorization decisions are counted (with ``authorizer``).
     """
 
     def __init__(
         self,
         bucket: BucketConfig,
-        client: S3Client,
+        client: ReplicaSet,
         clock: IReactorTime,
         timeouts: StreamTimeouts,
         *,
@@ -50,6 +59,8 @@ class BucketResource(AsyncResource):
         scheme: IAuthScheme | None = None,
         cached: CachedObjects | None = None,
         rate_limits: BucketRateLimits | None = None,
+        authorizer: IAuthorizer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._bucket = bucket
@@ -61,14 +72,19 @@ class BucketResource(AsyncResource):
         self._immediate = scheme if IImmediateAuthScheme.providedBy(scheme) else None
         self._cached = cached
         self._rate_limits = rate_limits
+        self._authorizer = authorizer
+        self._immediate_authorizer = (
+            authorizer if IImmediateAuthorizer.providedBy(authorizer) else None
+        )
+        self._metrics = metrics
         self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
 
     def handle(self, request: ProxyRequest) -> Deferred[None] | None:
         """
         The bucket's part of the request pipeline (DESIGN.md §2, steps 5-10), in order:
         CORS headers, method gate, object key, IP filter, rate limits (``per_ip``, ``bucket``,
-        ``global``), authentication, the ``per_user`` rate limit, then the cache or the
-        upstream relay. Each step either passes or raises ``HTTPError``.
+        ``global``), authentication, the ``per_user`` rate limit, authorization, then the cache
+        or the upstream relay. Each step either passes or raises ``HTTPError``.
 
         Not one coroutine: a memory hit is answered within this call, with no Deferred at all
         (see :meth:`CachedObjects.serve`) — on a bucket with auth too, when the scheme knows
@@ -101,17 +117,26 @@ class BucketResource(AsyncResource):
         return self._authenticate(request, key)
 
     def _authenticate(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
+        identity = None
         if self._scheme is not None:
-            identity = self._immediate.authenticate_now(request) if self._immediate else None
+            try:
+                identity = self._immediate.authenticate_now(request) if self._immediate else None
+            except Exception as e:
+                request.auth_result = _auth_failure(e)
+                raise
             if identity is None:
                 authenticating = self._scheme.authenticate(request)
+                authenticating.addErrback(self._not_authenticated, request)
                 return authenticating.addCallback(self._authenticated, request, key)
             request.subject = identity.subject
+            request.auth_result = "ok"
             if self._rate_limits is not None:
                 limiting = self._rate_limits.after_auth(request)
                 if limiting is not None:
-                    return limiting.addCallback(lambda _: self._respond(request, key))
-        return self._respond(request, key)
+                    return limiting.addCallback(
+                        lambda _: self._authorize_then_respond(request, key, identity)
+                    )
+        return self._authorize_then_respond(request, key, identity)
 
     def _preflight(self, request: ProxyRequest) -> None:
         request.setHeader(b"allow", BUCKET_METHODS)
@@ -135,11 +160,54 @@ class BucketResource(AsyncResource):
         self, identity: Identity, request: ProxyRequest, key: str
     ) -> Deferred[None] | None:
         request.subject = identity.subject
+        request.auth_result = "ok"
         if self._rate_limits is not None:
             limiting = self._rate_limits.after_auth(request)
             if limiting is not None:
-                return limiting.addCallback(lambda _: self._respond(request, key))
+                return limiting.addCallback(
+                    lambda _: self._authorize_then_respond(request, key, identity)
+                )
+        return self._authorize_then_respond(request, key, identity)
+
+    def _authorize_then_respond(
+        self, request: ProxyRequest, key: str, identity: Identity | None
+    ) -> Deferred[None] | None:
+        if self._authorizer is not None:
+            return self._authorize(self._authorizer, request, key, identity)
         return self._respond(request, key)
+        return self._respond(request, key)
+
+    def _authorize(
+        self, authorizer: IAuthorizer, request: ProxyRequest, key: str, identity: Identity | None
+    ) -> Deferred[None] | None:
+        method = request.method.decode("ascii")
+        query = AuthorizationQuery(self._bucket.name, key, method, request.client_address, identity)
+        if self._immediate_authorizer is not None:
+            decision = self._immediate_authorizer.authorize_now(query)
+            if decision is not None:
+                return self._decided(decision, authorizer.name, request, key)
+        deciding: Deferred[Decision] = authorizer.authorize(query)
+        return deciding.addCallback(self._decided, authorizer.name, request, key)
+
+    def _decided(
+        self, decision: Decision, authorizer: str, request: ProxyRequest, key: str
+    ) -> Deferred[None] | None:
+        if self._metrics is not None:
+            self._metrics.authorization(self._bucket.name, authorizer, decision)
+        if decision.allowed:
+            return self._respond(request, key)
+        if decision.result == "error":  # fail mode closed: refused, but not as a denial
+            raise HTTPError(
+                503,
+                f"authorization service unavailable ({authorizer})",
+                headers=[("Retry-After", "1")],
+            )
+        raise Forbidden(decision.reason or f"denied by {authorizer}")
+
+    @staticmethod
+    def _not_authenticated(failure: Failure, request: ProxyRequest) -> Failure:
+        request.auth_result = _auth_failure(failure.value)
+        return failure
 
     def _respond(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         if self._cached is not None:
@@ -149,3 +217,19 @@ class BucketResource(AsyncResource):
     async def _relay(self, request: ProxyRequest, key: str) -> None:
         response = await fetch_object(self._client, request.method, key, request.conditions)
         await relay_response(request, response, self._clock, self._timeouts)
+
+
+def _auth_failure(error: BaseException | None) -> str | None:
+    """
+    :returns: the ``yatagarasu_auth_results`` result of an authentication that failed
+        (``None``: not counted, the client went away).
+    """
+    if isinstance(error, CancelledError):
+        return None
+    if isinstance(error, AuthenticationRequired):
+        return "missing"
+    if isinstance(error, InvalidCredentials):
+        return "invalid"
+    if isinstance(error, Forbidden):
+        return "forbidden"
+    return "error"

@@ -29,8 +29,8 @@ from yatagarasu.http.dates import http_date
 from yatagarasu.http.fields import first_header
 from yatagarasu.http.freshness import Freshness, freshness
 from yatagarasu.http.ranges import Unsatisfiable
-from yatagarasu.s3.client import S3Client
 from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
+from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.values import MIB, CacheEntry, CacheKey, FileBody
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
@@ -126,7 +126,7 @@ class CachedObjects:
     :param bucket: the bucket's name (the cache key's first part).
     :param cache: the tiered cache.
     :param policy: TTL, item cap and stale-if-error of this bucket.
-    :param client: the bucket's S3 client.
+    :param client: the bucket's upstreams (replicas behind circuit breakers).
     :param clock: time (freshness, ``Age``, timeouts).
     :param timeouts: how long S3 and clients may stall while streaming.
     """
@@ -136,7 +136,7 @@ class CachedObjects:
         bucket: str,
         cache: TieredCache,
         policy: BucketCachePolicy,
-        client: S3Client,
+        client: ReplicaSet,
         clock: IReactorTime,
         timeouts: StreamTimeouts,
     ) -> None:

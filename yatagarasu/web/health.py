@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from twisted.internet.interfaces import IReactorTime
 
 from yatagarasu import __version__
-from yatagarasu.s3.upstream_health import UpstreamHealth
+from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.web.async_resource import ReadOnlyResource
 from yatagarasu.web.responses import write_json
 from yatagarasu.web.site import ProxyRequest
@@ -38,21 +38,23 @@ class ReadyResource(ReadOnlyResource):
     Readiness: 200 ``{"status": "ready", "backends": {...}}`` while at least one bucket's
     upstream is usable; 503 ``unavailable`` when none is, ``shutting_down`` while draining.
 
-    Each bucket has one upstream (replicas are not built yet), listed under ``replicas`` by
-    its origin: ``{"pub": {"status": "healthy", "replicas": {"http://127.0.0.1:9000":
-    {"status", "consecutive_failures", "last_error"}}}}``.
+    Each bucket lists its replicas by name (``primary`` for a bucket without ``replicas``)
+    with their circuit breaker's state: ``{"pub": {"status": "healthy", "replicas":
+    {"primary": {"state": "closed", "endpoint": "http://127.0.0.1:9000", "priority": 0,
+    "consecutive_failures": 0, "last_error": null}}}}``. A bucket is ``healthy`` while some
+    replica's breaker lets requests through (closed, or half-open with a trial slot free).
 
     With several worker processes, 503 ``workers_down`` while any worker of the instance is
     not running (one crashed and is being restarted, or they are still starting).
 
-    :param backends: upstream health per bucket name.
+    :param backends: the replica set of every bucket, by bucket name.
     :param draining: tells whether a graceful shutdown has begun.
     :param workers_up: tells whether every worker process is up (``None``: a single process).
     """
 
     def __init__(
         self,
-        backends: Mapping[str, UpstreamHealth],
+        backends: Mapping[str, ReplicaSet],
         draining: Callable[[], bool],
         workers_up: Callable[[], bool] | None = None,
     ) -> None:
@@ -64,22 +66,25 @@ class ReadyResource(ReadOnlyResource):
     def answer(self, request: ProxyRequest) -> None:
         backends = {
             name: {
-                "status": "healthy" if health.usable else "unhealthy",
+                "status": "healthy" if replicas.usable else "unhealthy",
                 "replicas": {
-                    health.upstream: {
-                        "status": health.status,
-                        "consecutive_failures": health.consecutive_failures,
-                        "last_error": health.last_error,
+                    replica.name: {
+                        "state": replica.breaker.state.value,
+                        "endpoint": replica.client.origin,
+                        "priority": replica.priority,
+                        "consecutive_failures": replica.breaker.consecutive_failures,
+                        "last_error": replica.breaker.last_error,
                     }
+                    for replica in replicas.replicas
                 },
             }
-            for name, health in self._backends.items()
+            for name, replicas in self._backends.items()
         }
         if self._draining():
             status, code = "shutting_down", 503
         elif self._workers_up is not None and not self._workers_up():
             status, code = "workers_down", 503
-        elif not any(health.usable for health in self._backends.values()):
+        elif not any(replicas.usable for replicas in self._backends.values()):
             status, code = "unavailable", 503
         else:
             status, code = "ready", 200

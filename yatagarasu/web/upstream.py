@@ -9,8 +9,8 @@ from twisted.web.server import Request
 
 from yatagarasu.http.conditionals import Conditions
 from yatagarasu.http.fields import first_header
-from yatagarasu.s3.client import S3Client
 from yatagarasu.s3.errors import upstream_error
+from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.web.streaming import BodyRelay, StreamTimeouts
 
 # Response headers passed back from S3 (x-amz-* and the rest are dropped).
@@ -40,7 +40,7 @@ class Discard(Protocol):
 
 
 async def fetch_object(
-    client: S3Client, method: bytes, key: str, conditions: Conditions
+    client: ReplicaSet, method: bytes, key: str, conditions: Conditions
 ) -> IResponse:
     """
     Fetch an object with the client's well-formed conditions (nothing else of the client's
@@ -50,7 +50,7 @@ async def fetch_object(
     match, that answer is dropped and the whole representation fetched, as RFC 9110 §13.1.5
     wants.
 
-    :param client: the bucket's S3 client.
+    :param client: the bucket's upstreams (replicas behind circuit breakers).
     :param method: ``b"GET"`` or ``b"HEAD"``.
     :param key: the object key.
     :param conditions: the request's parsed conditional and range fields.

@@ -109,6 +109,9 @@ def test_metrics_disabled_serves_nowhere() -> None:
         ({"port": "9090"}, {}, "metrics.port", "expected an integer"),
         ({"enabled": "yes"}, {}, "metrics.enabled", "expected true or false"),
         ({"prot": 9090}, {}, "metrics.prot", "did you mean 'port'"),
+        ({"serve_admin": True}, {}, "metrics.serve_admin", "needs metrics.port"),
+        ({"serve_admin": True, "port": 9090, "enabled": False}, {}, "metrics.serve_admin", "needs"),
+        ({"serve_admin": "yes", "port": 9090}, {}, "metrics.serve_admin", "true or false"),
     ],
 )
 def test_metrics_errors_name_the_key(
@@ -138,9 +141,11 @@ def test_unknown_key_in_second_bucket() -> None:
 @pytest.mark.parametrize(
     ("document", "path"),
     [
-        ({"observability": {}, **minimal()}, "observability"),
-        (minimal(s3={"bucket": "b", "replicas": []}), "buckets[0].s3.replicas"),
-        (minimal(s3={"bucket": "b", "circuit_breaker": {}}), "buckets[0].s3.circuit_breaker"),
+        ({"observability": {"tracing": {}}, **minimal()}, "observability.tracing"),
+        (
+            {"observability": {"request_logging": {"log_request_body": True}}, **minimal()},
+            "observability.request_logging.log_request_body",
+        ),
     ],
 )
 def test_features_not_built_yet_are_rejected(document: dict[str, Any], path: str) -> None:
@@ -249,10 +254,157 @@ def test_every_shipped_yaml_loads(path: str) -> None:
         document = yaml.safe_load(f)
     environ = {
         name: f"value-of-{name}-with-enough-bytes-for-any-hmac-key-0123456789abcdef"
-        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET")
+        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET", "SIGNED_URL_KEY")
     }
     config = parse_config(document, environ)
     assert config.buckets
     assemble(
         config, MemoryReactorClock()
     )  # auth, cache and TLS settings are valid too (fail closed)
+
+
+RUST_REPLICAS = """
+buckets:
+  - name: products
+    path_prefix: /products
+    s3:
+      replicas:
+        - name: primary
+          bucket: products-us-west-2
+          region: us-west-2
+          access_key: key1
+          secret_key: secret1
+          priority: 1
+        - name: replica-eu
+          bucket: products-eu-west-1
+          region: eu-west-1
+          endpoint: http://127.0.0.1:9000
+          access_key: key2
+          secret_key: secret2
+          priority: 2
+          timeout: 5
+      circuit_breaker:
+        failure_threshold: 3
+        timeout_seconds: 30
+"""
+
+
+def test_rust_replicas_and_circuit_breaker_load_unchanged() -> None:
+    s3 = parse_config(yaml.safe_load(RUST_REPLICAS), {}).buckets[0].s3
+    assert (s3.circuit_breaker.failure_threshold, s3.circuit_breaker.timeout_seconds) == (3, 30)
+    assert (s3.circuit_breaker.success_threshold, s3.circuit_breaker.half_open_max_requests) == (
+        2,
+        3,
+    )  # the Rust defaults
+    primary, eu = s3.upstreams()
+    assert (primary.name, primary.s3.bucket, primary.s3.region) == (
+        "primary",
+        "products-us-west-2",
+        "us-west-2",
+    )
+    assert (primary.s3.access_key, primary.s3.endpoint, primary.s3.timeout) == ("key1", None, 20)
+    assert (eu.name, eu.s3.endpoint, eu.s3.secret_key, eu.s3.timeout) == (
+        "replica-eu",
+        "http://127.0.0.1:9000",
+        "secret2",
+        5,
+    )
+    assert eu.s3.retry == s3.retry and not eu.s3.replicas
+
+
+def test_replicas_are_ordered_by_priority_and_share_the_region_default() -> None:
+    s3 = (
+        parse_config(
+            minimal(
+                s3={
+                    "region": "ap-northeast-1",
+                    "replicas": [
+                        {"name": "b", "bucket": "b", "priority": 5},
+                        {"name": "a", "bucket": "a", "priority": 0, "region": "eu-west-1"},
+                    ],
+                }
+            ),
+            {},
+        )
+        .buckets[0]
+        .s3
+    )
+    assert [(u.name, u.s3.region) for u in s3.upstreams()] == [
+        ("a", "eu-west-1"),
+        ("b", "ap-northeast-1"),
+    ]
+
+
+def test_a_bucket_without_replicas_is_its_own_primary() -> None:
+    s3 = parse_config(minimal(), {}).buckets[0].s3
+    (only,) = s3.upstreams()
+    assert (only.name, only.s3) == ("primary", s3)
+
+
+@pytest.mark.parametrize(
+    ("s3", "path", "message"),
+    [
+        (
+            {"bucket": "x", "replicas": [{"name": "a", "bucket": "y", "priority": 1}]},
+            "buckets[0].s3.bucket",
+            "cannot be combined with replicas",
+        ),
+        (
+            {"replicas": [{"name": "a", "bucket": "y", "priority": 1, "secret_key": "s"}]},
+            "buckets[0].s3.replicas[0].access_key",
+            "go together",
+        ),
+        (
+            {
+                "replicas": [
+                    {"name": "a", "bucket": "y", "priority": 1},
+                    {"name": "a", "bucket": "z", "priority": 2},
+                ]
+            },
+            "buckets[0].s3.replicas[1].name",
+            "already used",
+        ),
+        (
+            {"replicas": [{"name": "a", "bucket": "y", "priority": 1, "endpoint": "ftp://h"}]},
+            "buckets[0].s3.replicas[0].endpoint",
+            "expected http(s)",
+        ),
+        (
+            {"replicas": [{"name": "a b", "bucket": "y", "priority": 1}]},
+            "buckets[0].s3.replicas[0].name",
+            "letters, digits",
+        ),
+        (
+            {"replicas": [{"name": "a", "bucket": "y"}]},
+            "buckets[0].s3.replicas[0].priority",
+            "is required",
+        ),
+        (
+            {"replicas": [{"name": "a", "bucket": "y", "priority": 1, "timeout": 0}]},
+            "buckets[0].s3.replicas[0].timeout",
+            "must be > 0",
+        ),
+        ({}, "buckets[0].s3.bucket", "must not be empty"),
+        (
+            {"bucket": "b", "circuit_breaker": {"failure_threshold": 0}},
+            "buckets[0].s3.circuit_breaker.failure_threshold",
+            "must be >= 1",
+        ),
+        (
+            {"bucket": "b", "circuit_breaker": {"timeout_seconds": -1}},
+            "buckets[0].s3.circuit_breaker.timeout_seconds",
+            "must be > 0",
+        ),
+        (
+            {"bucket": "b", "circuit_breaker": {"half_open_max_request": 1}},
+            "buckets[0].s3.circuit_breaker.half_open_max_request",
+            "did you mean 'half_open_max_requests'",
+        ),
+    ],
+)
+def test_bad_replicas_and_breakers_name_the_key(
+    s3: dict[str, Any], path: str, message: str
+) -> None:
+    error = error_of(minimal(s3=s3))
+    assert error.path == path
+    assert message in error.message

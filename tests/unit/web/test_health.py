@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError
 
-from tests.unit.fakes import FakeResponse, parse_response
+from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from tests.unit.web.bucket_harness import OBJECT_HEADERS, harness
 
 
@@ -27,21 +28,38 @@ def test_health_and_ready() -> None:
     assert (response.status, json.loads(response.body)["status"]) == (503, "shutting_down")
 
 
-def test_ready_is_503_when_every_upstream_keeps_failing() -> None:
-    h = harness()
+def ready(h: Harness) -> tuple[int, dict[str, Any]]:
+    _, transport = h.get("/ready")
+    response = parse_response(transport.value())
+    return response.status, json.loads(response.body)
+
+
+def test_ready_shows_the_circuit_open_then_half_open_then_closed() -> None:
+    h = harness(bucket_entry(s3={"retry": {"max_attempts": 1}}))
     for i in range(5):
         h.get(f"/pub/k{i}")
         h.agents["pub"].fail(ConnectionRefusedError())
-    _, transport = h.get("/ready")
-    response = parse_response(transport.value())
-    document = json.loads(response.body)
-    assert (response.status, document["status"]) == (503, "unavailable")
-    replicas = document["backends"]["pub"]["replicas"]
-    assert replicas["http://127.0.0.1:9000"]["consecutive_failures"] == 5
-    h.get("/pub/ok")
-    h.agents["pub"].answer(FakeResponse(200, OBJECT_HEADERS, body=b"."))
-    _, transport = h.get("/ready")
-    assert parse_response(transport.value()).status == 200
+    status, document = ready(h)
+    assert (status, document["status"]) == (503, "unavailable")
+    assert document["backends"]["pub"]["status"] == "unhealthy"
+    primary = document["backends"]["pub"]["replicas"]["primary"]
+    assert primary["state"] == "open"
+    assert primary["endpoint"] == "http://127.0.0.1:9000"
+    assert primary["consecutive_failures"] == 5
+    assert "cannot connect" in primary["last_error"]
+    h.clock.advance(60)  # circuit_breaker.timeout_seconds (default)
+    status, document = ready(h)
+    assert status == 200
+    assert document["backends"]["pub"]["replicas"]["primary"]["state"] == "half_open"
+    for i in range(2):  # success_threshold (default)
+        _, transport = h.get(f"/pub/ok{i}")
+        h.agents["pub"].answer(FakeResponse(200, OBJECT_HEADERS, body=b"."))
+        assert parse_response(transport.value()).status == 200
+    status, document = ready(h)
+    assert status == 200
+    replica = document["backends"]["pub"]["replicas"]["primary"]
+    assert (replica["state"], replica["consecutive_failures"]) == ("closed", 0)
+    assert replica["last_error"] is None
 
 
 def test_health_subpath_is_not_health() -> None:
