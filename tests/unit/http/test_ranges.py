@@ -48,9 +48,7 @@ def test_range_on_miss_of_a_small_object_is_answered_from_the_first_slice() -> N
         h,
         "/pub/a.txt",
         "Range: bytes=6-9",
-        answer=FakeResponse(
-            206, {**OBJECT, "Content-Range": "bytes 0-10/11"}, body=b"hello world"
-        ),
+        answer=FakeResponse(206, {**OBJECT, "Content-Range": "bytes 0-10/11"}, body=b"hello world"),
     )
     assert (response.status, response.header("x-cache")) == (206, "BYPASS")
     assert (response.body, response.header("content-range")) == (b"worl", "bytes 6-9/11")
