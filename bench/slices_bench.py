@@ -68,7 +68,7 @@ def proxy_yaml(port: int, origin: str, slice_mb: float) -> str:
         "logging: {level: warn}\n"
         "cache:\n"
         "  enabled: true\n"
-        "  memory: {max_cache_size_mb: 512, max_item_size_mb: 8}\n"
+        "  memory: {max_cache_size_mb: 512, max_item_size_mb: 16}\n"
         f"  slice_size_mb: {slice_mb:g}\n"
         "buckets:\n" + bucket_yaml("bench", origin)
     )

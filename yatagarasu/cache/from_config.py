@@ -60,6 +60,10 @@ class CacheSettings:
 #: the slice size when ``cache.slice_size_mb`` is not set (bounded by the bucket's item cap)
 DEFAULT_SLICE_SIZE = 4 * MIB
 
+#: what a slice leaves of the item cap for its entry's headers: layers bound an entry's
+#: size, headers included (:attr:`CacheEntry.size`), by their ``max_item_size_mb``
+SLICE_HEADROOM = 4096
+
 
 def check_slicing(size_mb: float | None, threshold_mb: float | None, path: str) -> None:
     """
@@ -270,10 +274,11 @@ def _slicing(
 ) -> tuple[int, int]:
     """
     A bucket's slice size and threshold: its own ``cache.slice_*_mb``, else the top-level
-    ones; the size defaults to :data:`DEFAULT_SLICE_SIZE` (at most the item cap), the
-    threshold to the item cap.
+    ones; the size defaults to :data:`DEFAULT_SLICE_SIZE` (at most the item cap less
+    :data:`SLICE_HEADROOM`), the threshold to the item cap.
 
-    :raises ConfigError: a slice size above the bucket's item cap (no layer could keep it).
+    :raises ConfigError: a slice that does not fit the bucket's item cap with its headroom
+        (no layer could keep it), a threshold below the slice size.
     """
     own = bucket.cache
     size_mb = own.slice_size_mb if own is not None else None
@@ -284,14 +289,15 @@ def _slicing(
     if threshold_mb is None:
         threshold_mb = settings.slice_threshold_mb
     if size_mb is None:
-        size = min(DEFAULT_SLICE_SIZE, cap)
+        size = max(0, min(DEFAULT_SLICE_SIZE, cap - SLICE_HEADROOM))
     else:
         size = int(size_mb * MIB)
-        if size > cap:
+        if size + SLICE_HEADROOM > cap:
             raise ConfigError(
                 f"{where}.slice_size_mb",
-                f"{size_mb:g} MiB is above the item cap of bucket {bucket.name!r}"
-                f" ({cap / MIB:g} MiB): no cache layer would keep a slice",
+                f"{size_mb:g} MiB does not fit the item cap of bucket {bucket.name!r}"
+                f" ({cap / MIB:g} MiB) with {SLICE_HEADROOM // 1024} KiB for a slice's headers:"
+                " no cache layer would keep a slice",
             )
     threshold = cap if threshold_mb is None else int(threshold_mb * MIB)
     if size and threshold < size:

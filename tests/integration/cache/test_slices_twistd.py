@@ -162,7 +162,7 @@ def test_slices_in_the_disk_layer(
     cache = {
         "enabled": True,
         "cache_layers": ["disk"],
-        "disk": {"enabled": True, "cache_dir": str(tmp_path / "c"), "max_item_size_mb": 2},
+        "disk": {"enabled": True, "cache_dir": str(tmp_path / "c"), "max_item_size_mb": 3},
         "slice_size_mb": 2,
     }
     running = proxy(config(moto_s3, s3_bucket, cache))

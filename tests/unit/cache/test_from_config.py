@@ -109,6 +109,7 @@ def test_seed_cache_example_loads() -> None:
             "buckets[0].cache.slice_size_mb",
             "item cap",
         ),
+        ({"enabled": True, "slice_size_mb": 10}, None, "cache.slice_size_mb", "4 KiB"),
         (
             {"enabled": True, "slice_size_mb": 4, "slice_threshold_mb": 2},
             None,
@@ -144,7 +145,7 @@ def test_slicing_defaults_and_overrides() -> None:
     sizes = {n: (p.slice_size, p.slice_threshold, p.slices) for n, p in policies.items()}
     assert sizes == {
         "a": (4 * mib, 10 * mib, True),
-        "b": (1 * mib, 1 * mib, True),
+        "b": (1 * mib - 4096, 1 * mib, True),
         "c": (2 * mib, 3 * mib, True),
         "d": (0, 10 * mib, False),
     }
