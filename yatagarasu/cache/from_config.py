@@ -292,7 +292,7 @@ def _slicing(
         size = max(0, min(DEFAULT_SLICE_SIZE, cap - SLICE_HEADROOM))
     else:
         size = int(size_mb * MIB)
-        if size + SLICE_HEADROOM > cap:
+        if size and size + SLICE_HEADROOM > cap:
             raise ConfigError(
                 f"{where}.slice_size_mb",
                 f"{size_mb:g} MiB does not fit the item cap of bucket {bucket.name!r}"
