@@ -34,7 +34,7 @@ from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.http.conditionals import NO_CONDITIONS
 from yatagarasu.http.fields import first_header
 from yatagarasu.http.freshness import Freshness, freshness
-from yatagarasu.http.ranges import Unsatisfiable
+from yatagarasu.http.ranges import MAX_POSITION, Unsatisfiable
 from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.values import CacheEntry, CacheKey, FileBody
@@ -390,7 +390,8 @@ class SlicedObjects:
             answered without a range (not sliceable here).
         :raises HTTPError: S3's error answer.
         """
-        headers = Headers({b"range": [b"bytes=%d-%d" % (first, first + length - 1)]})
+        last = min(first + length - 1, MAX_POSITION)  # a probe of an absurd range start
+        headers = Headers({b"range": [b"bytes=%d-%d" % (first, last)]})
         response = await self._client.fetch(b"GET", cache_key.key, headers)
         if response.code >= 400:
             if response.code in (403, 404, 410):
