@@ -315,7 +315,12 @@ class TieredCache:
         return found
 
     async def _delete_in(self, layer: ICacheLayer, key: CacheKey) -> bool:
-        entry = await layer.get(key)
+        try:
+            entry = await layer.get(key)
+        except CancelledError:
+            raise
+        except Exception:
+            entry = None  # the delete may still work; no manifest known, no slices named
         manifest = manifest_of(entry) if entry is not None else None
         found = bool(await layer.delete(key))
         if manifest is not None:

@@ -57,11 +57,15 @@ class ObjectChanged(Exception):
 
     :ivar manifest: the new version's manifest, or ``None`` when the new version is not to
         be sliced (at or below the threshold).
+    :ivar preloaded: the new version's slice that was fetched (index, bytes), if whole.
     """
 
-    def __init__(self, manifest: SliceManifest | None) -> None:
+    def __init__(
+        self, manifest: SliceManifest | None, preloaded: tuple[int, bytes] | None = None
+    ) -> None:
         super().__init__("the object changed while it was served from slices")
         self.manifest = manifest
+        self.preloaded = preloaded
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ class SlicedObjects:
                 )
                 if changed.manifest is None:
                     return False
-                manifest, preloaded = changed.manifest, None
+                manifest, preloaded = changed.manifest, changed.preloaded
             else:
                 return True
         raise UpstreamError(502, "the object kept changing while it was read", retryable=False)
@@ -347,7 +351,9 @@ class SlicedObjects:
         piece = await waiter
         assert isinstance(piece, _Piece)
         if piece.etag != manifest.etag or piece.total != manifest.total:
-            raise ObjectChanged(await self._adopt(cache_key, piece, manifest))
+            adopted = await self._adopt(cache_key, piece, manifest)
+            whole = adopted is not None and (piece.first, len(piece.data)) == adopted.span(index)
+            raise ObjectChanged(adopted, (index, piece.data) if whole else None)
         if piece.first != first or len(piece.data) != length:
             raise UpstreamError(
                 502,
@@ -551,7 +557,7 @@ class PacedWriter:
         self._timer = None
         waiting, self._resumed = self._resumed, None
         abort_client(self._request)
-        if waiting is not None:
+        if waiting is not None and not waiting.called:
             waiting.errback(ClientStalled(f"the client read nothing for {self._send_seconds:g}s"))
 
     def _wake(self, failure: BaseException | None) -> None:
@@ -559,7 +565,7 @@ class PacedWriter:
             self._timer.cancel()
         self._timer = None
         waiting, self._resumed = self._resumed, None
-        if waiting is None:
+        if waiting is None or waiting.called:  # (cancelled: the request went away)
             return
         if failure is None:
             waiting.callback(None)

@@ -213,3 +213,19 @@ def test_paced_writer_waits_while_paused_and_gives_up_on_a_stalled_client() -> N
     assert failures[-1].check(CancelledError)
     writer.close()
     assert request.producer is None
+
+
+def test_paced_writer_cancelled_while_paused_closes_cleanly() -> None:
+    clock = Clock()
+    request: Any = _FakeRequest()
+    writer = PacedWriter(request, clock, 5.0)
+    writer.pauseProducing()
+    waiting = Deferred.fromCoroutine(writer.write(memoryview(b"a" * (PacedWriter.CHUNK * 2))))
+    failures: list[Any] = []
+    waiting.addErrback(failures.append)
+    waiting.cancel()  # the client went away: the resource cancels its work
+    assert failures and failures[0].check(CancelledError)
+    writer.close()
+    writer.resumeProducing()
+    clock.advance(10)  # the send timer was cancelled: nothing is aborted later
+    assert request.producer is None and clock.getDelayedCalls() == []
