@@ -7,8 +7,10 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from tests.unit.cache_harness import OBJECT, cached, fetch
 from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
@@ -229,3 +231,35 @@ def test_paced_writer_cancelled_while_paused_closes_cleanly() -> None:
     writer.resumeProducing()
     clock.advance(10)  # the send timer was cancelled: nothing is aborted later
     assert request.producer is None and clock.getDelayedCalls() == []
+
+
+class _FullSocket(StringTransport):
+    """A client transport whose buffer is "full" once ``limit`` bytes were written."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.limit = limit
+        self.channel: Any = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) >= self.limit and self.channel is not None:
+            self.channel.pauseProducing()  # what a real transport does when it is full
+
+
+def test_a_full_get_takes_the_next_slice_only_when_the_client_resumes() -> None:
+    h = sliced()
+    fetch(h, "/pub/big.bin", "Range: bytes=0-10", answer=part(BODY, 0, 1023))
+    channel = h.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = _FullSocket(limit=512)
+    channel.makeConnection(transport)
+    transport.channel = channel
+    channel.dataReceived(b"GET /pub/big.bin HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    assert transport.value().endswith(BODY[:1024])
+    assert len(h.agents["pub"].sent) == 1  # slice 1 is not fetched while the client is full
+    transport.limit = 10**9
+    channel.resumeProducing()  # the client read: its buffer drained
+    assert ranges_sent(h)[1:] == [[b"bytes=1024-2047"]]
+    h.agents["pub"].answer(part(BODY, 1024, 2047))
+    h.agents["pub"].answer(part(BODY, 2048, 2999))
+    assert parse_response(transport.value()).body == BODY
