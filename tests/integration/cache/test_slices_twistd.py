@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from devharness.moto_s3 import MotoS3Server
+from devharness.redis_server import RedisServer
 from devharness.twistd import ProxyProcess
+from devharness.waiting import wait_until
 from tests.integration.test_cache_twistd import admin, config
 
 MIB = 1024 * 1024
@@ -178,3 +180,50 @@ def test_slices_in_the_disk_layer(
     again = running.get("/pub/disk.bin", timeout=60)
     assert (again.header("X-Cache"), sha(again.body)) == ("HIT", sha(body))
     assert len(upstream_gets(moto_s3, s3_bucket, "disk.bin")) == 4
+
+
+def test_slices_shared_through_redis_and_purged_there(
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+    redis_server: RedisServer,
+) -> None:
+    body = random.Random(9).randbytes(5 * MIB + 3)
+    moto_s3.put_object(s3_bucket, "shared.bin", body)
+    cache = {
+        "enabled": True,
+        "cache_layers": ["memory", "redis"],
+        "memory": {"max_cache_size_mb": 64, "max_item_size_mb": 2},
+        "redis": {"enabled": True, "redis_url": redis_server.url, "max_item_size_mb": 2},
+        "slice_size_mb": 1,
+    }
+    first = proxy(config(moto_s3, s3_bucket, cache))
+    second = proxy(config(moto_s3, s3_bucket, cache))
+    moto_s3.clear_requests()
+    whole = first.get("/pub/shared.bin", timeout=60)
+    assert (whole.status, sha(whole.body)) == (200, sha(body))
+
+    def redis_keys() -> list[bytes]:
+        keys: list[bytes] = redis_server.query("KEYS", "yatagarasu:obj:*")
+        return keys
+
+    wait_until(lambda: len(redis_keys()) == 7, timeout=10, what="manifest + 6 slices in Redis")
+    # the other instance finds the manifest and every slice in Redis: no upstream GET
+    ranged = second.get("/pub/shared.bin", headers={"Range": f"bytes={MIB - 5}-{4 * MIB + 5}"})
+    assert (ranged.status, ranged.header("X-Cache")) == (206, "HIT")
+    assert ranged.body == body[MIB - 5 : 4 * MIB + 6]
+    assert len(upstream_gets(moto_s3, s3_bucket, "shared.bin")) == 1
+    purged = second.request("POST", "/admin/cache/purge/pub/shared.bin", headers=admin())
+    assert purged.status == 200
+    assert redis_keys() == []
+    # the first instance heard of the purge: its memory slices are gone too
+    wait_until(
+        lambda: (
+            first.get("/admin/cache/stats/pub", headers=admin()).json()["data"]["layers"]["memory"][
+                "current_item_count"
+            ]
+            == 0
+        ),
+        timeout=10,
+        what="the purge to reach the first instance's memory layer",
+    )
