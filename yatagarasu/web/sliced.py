@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -77,6 +78,14 @@ class _Piece:
     total: int
     data: bytes
     headers: Headers
+
+
+class _Abandon(Protocol):
+    """Stop reading a body that is not wanted (the connection is not reused)."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.stopProducing()
 
 
 def stored_headers(upstream: Headers) -> tuple[tuple[bytes, bytes], ...]:
@@ -393,30 +402,41 @@ class SlicedObjects:
         One ranged GET.
 
         :returns: the bytes S3 sent and the version they belong to; ``None`` for a probe S3
-            answered without a range (not sliceable here).
-        :raises HTTPError: S3's error answer.
+            answered without a usable range (not sliceable here).
+        :raises HTTPError: S3's error answer; 502 for a slice fetch answered without a
+            usable range.
         """
         last = min(first + length - 1, MAX_POSITION)  # a probe of an absurd range start
         headers = Headers({b"range": [b"bytes=%d-%d" % (first, last)]})
         response = await self._client.fetch(b"GET", cache_key.key, headers)
+        if response.code == 416 and not probe:
+            # The object shrank under the manifest: a version with no ETag known, which
+            # makes the caller drop the manifest and serve the request anew.
+            response.deliverBody(Discard())
+            return _Piece(None, 0, 0, b"", response.headers)
         if response.code >= 400:
             if response.code in (403, 404, 410):
                 await self._cache.delete(cache_key)
             raise await upstream_error(response, self._clock, self._timeouts.idle_seconds)
         etag = first_header(response.headers, b"etag")
+        start, end, total = -1, -1, -1
         if response.code == 206:
-            match = _CONTENT_RANGE.fullmatch(
-                first_header(response.headers, b"content-range") or b""
-            )
-            if match is None:
-                response.deliverBody(Discard())
-                raise UpstreamError(502, "S3 sent a 206 without a Content-Range", retryable=True)
-            start, end, total = (int(g) for g in match.groups())
-        elif response.code == 200 and response.length is not UNKNOWN_LENGTH and not probe:
+            content_range = first_header(response.headers, b"content-range") or b""
+            match = _CONTENT_RANGE.fullmatch(content_range)
+            if match is not None:
+                start, end, total = (int(g) for g in match.groups())
+        elif response.code == 200 and response.length is not UNKNOWN_LENGTH:
+            # The whole object instead of a range: it is shorter than the range asked for
+            # (or S3 ignored the field, then it is refused below).
             start, end, total = 0, int(response.length) - 1, int(response.length)
-        else:
-            response.deliverBody(Discard())
-            return None
+        if not 0 <= start <= end < total or end - start + 1 > length:
+            # Never read a body larger than one slice into memory.
+            response.deliverBody(_Abandon())
+            if probe:
+                return None
+            raise UpstreamError(
+                502, f"S3 answered {response.code} to a slice's ranged GET", retryable=True
+            )
         data = await self._read(response, end - start + 1)
         return _Piece(etag, start, total, data, response.headers)
 

@@ -263,3 +263,31 @@ def test_a_full_get_takes_the_next_slice_only_when_the_client_resumes() -> None:
     h.agents["pub"].answer(part(BODY, 1024, 2047))
     h.agents["pub"].answer(part(BODY, 2048, 2999))
     assert parse_response(transport.value()).body == BODY
+
+
+def test_a_slice_fetch_answered_with_the_whole_object_is_refused_unread() -> None:
+    h = sliced()
+    fetch(h, "/pub/big.bin", "Range: bytes=0-10", answer=part(BODY, 0, 1023))
+    refused = fetch(
+        h, "/pub/big.bin", "Range: bytes=1100-1200", answer=FakeResponse(200, OBJECT, body=BODY)
+    )
+    assert refused.status == 502
+    assert json.loads(refused.body)["message"] == "S3 answered 200 to a slice's ranged GET"
+
+
+def test_a_slice_fetch_answered_416_drops_the_manifest_and_serves_the_request_anew() -> None:
+    h = sliced()
+    fetch(h, "/pub/big.bin", "Range: bytes=0-10", answer=part(BODY, 0, 1023))
+    # the object shrank to 1500 bytes: slice 2 (2048-2999) is past its end
+    too_far = FakeResponse(416, {"Content-Type": "application/xml"}, body=b"<Error/>")
+    _, transport = h.get("/pub/big.bin", "Range: bytes=2100-2200")
+    h.agents["pub"].answer(too_far)
+    assert slice_keys(h) == []  # the manifest and its slices were dropped
+    assert ranges_sent(h)[1:] == [[b"bytes=2048-2999"], [b"bytes=2048-3071"]]  # then a probe
+    h.agents["pub"].answer(too_far)
+    response = parse_response(transport.value())
+    assert response.status == 416
+    assert (
+        fetch(h, "/pub/big.bin", "Range: bytes=5-9", answer=part(BODY[:1500], 0, 1023)).body
+        == (BODY[5:10])
+    )
