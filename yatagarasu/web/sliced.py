@@ -457,19 +457,19 @@ class SlicedObjects:
         Take the version ``piece`` belongs to as the object's: drop the old manifest and its
         slices, store the new manifest and this slice.
 
-        :returns: the new manifest, or ``None`` when that version is not sliceable (or has no
-            ETag to name its slices by).
+        :returns: the new manifest, or ``None`` when that version is not sliceable, may not be
+            stored (``no-store``, ``private``) or has no ETag to name its slices by.
         """
         if old is not None:
             await self._cache.delete(cache_key)
-        if piece.etag is None or not self.sliceable(piece.total):
-            return None
         fresh = freshness(
             piece.headers.getRawHeaders(b"cache-control") or (),
             first_header(piece.headers, b"expires"),
             first_header(piece.headers, b"date"),
             self._policy.ttl,
         )
+        if piece.etag is None or not self.sliceable(piece.total) or not fresh.storable:
+            return None
         manifest = self.remember(cache_key, stored_headers(piece.headers), piece.total, fresh)
         index, offset = divmod(piece.first, manifest.slice_size)
         if offset == 0 and len(piece.data) == manifest.span(index)[1]:

@@ -291,3 +291,12 @@ def test_a_slice_fetch_answered_416_drops_the_manifest_and_serves_the_request_an
         fetch(h, "/pub/big.bin", "Range: bytes=5-9", answer=part(BODY[:1500], 0, 1023)).body
         == (BODY[5:10])
     )
+
+
+def test_a_no_store_object_is_never_sliced() -> None:
+    h = sliced()
+    private = part(BODY, 1024, 2047)
+    private.headers.setRawHeaders(b"cache-control", [b"no-store"])
+    first = fetch(h, "/pub/big.bin", "Range: bytes=1100-1200", answer=private)
+    assert (first.status, first.body, first.header("x-cache")) == (206, BODY[1100:1201], "BYPASS")
+    assert slice_keys(h) == [] and len(list(h.assembly.caching.cache.layers[0]._nodes)) == 0
