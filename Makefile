@@ -1,5 +1,5 @@
 # Yatagarasu developer tasks (GNU make). Works on a fresh Debian 12 with Python 3.11, as root.
-#   make test   - venv + redis-server, then ruff, ruff format --check, mypy, import-linter, pytest
+#   make test   - venv + redis-server + chromium, then ruff, ruff format --check, mypy, import-linter, pytest
 #   make demo   - moto S3 + the proxy on 127.0.0.1:8080 (Ctrl-C stops both)
 #   make pytest PYTEST_ARGS="tests/unit -q -x"             - the unit tests only (fake clock)
 #   make pytest PYTEST_ARGS="tests/integration/cache -q"   - the disk and redis layers
@@ -15,12 +15,12 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint format typecheck pytest demo redis venv .venv clean
+.PHONY: test lint format typecheck pytest demo redis chromium venv .venv clean
 
 # (Re)install when the packaging metadata changes. Editable *compat* mode is required: the default
 # editable mode hides twisted/plugins from twistd ("Unknown command: yatagarasu").
 $(STAMP): setup.cfg pyproject.toml tests/plugins/apikey/pyproject.toml tests/plugins/dictlayer/pyproject.toml \
-		tests/plugins/csvsink/pyproject.toml
+		tests/plugins/csvsink/pyproject.toml tests/plugins/ownerprefix/pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then \
 	  rm -rf $(VENV); \
 	  if ! $(PYTHON) -m venv $(VENV); then \
@@ -32,11 +32,12 @@ $(STAMP): setup.cfg pyproject.toml tests/plugins/apikey/pyproject.toml tests/plu
 	fi
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]' --config-settings editable_mode=compat
-	# Third-party plugin distributions (an auth scheme, a cache layer, an audit sink), installed the way an
+	# Third-party plugin distributions (an auth scheme, a cache layer, an audit sink, an authorizer), installed the way an
 	# operator would add one: the tests prove that plugins outside this package are used.
 	$(BIN)/python -m pip install -e tests/plugins/apikey --config-settings editable_mode=compat
 	$(BIN)/python -m pip install -e tests/plugins/dictlayer --config-settings editable_mode=compat
 	$(BIN)/python -m pip install -e tests/plugins/csvsink --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -e tests/plugins/ownerprefix --config-settings editable_mode=compat
 	touch $@
 
 venv .venv: $(STAMP)
@@ -57,6 +58,15 @@ redis:
 	  exit $$rc; \
 	fi
 
+# chromium (headless) for the browser test (tests/integration/test_browser_signed_url.py); installed
+# only when missing. Debian's package is `chromium`; the test runs it with --headless --no-sandbox.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium not found; installing it with apt-get"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -71,10 +81,10 @@ typecheck: $(STAMP)
 
 # pytest's exit code 5 (no tests collected) is non-zero, so it fails the target too.
 # PYTEST_ARGS may name test paths; without one, pytest runs its testpaths (tests/).
-pytest: $(STAMP) redis
+pytest: $(STAMP) redis chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test: $(STAMP) redis
+test: $(STAMP) redis chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -7,12 +7,15 @@ Buckets of one proxy (all on the same origin object, ``cache_layers: [memory]``)
 * ``/hs``    ``auth: {enabled: true}``, global ``jwt: {secret: <64 bytes>}`` (HS256)
 * ``/rs``    ``jwt: {enabled: true, algorithm: RS256, rsa_public_key_path: <2048-bit key>}``
 * ``/hsnc``, ``/rsnc``: the same two with ``cache: {enabled: false}`` (every request goes to S3)
+* ``/su``    ``auth: {enabled: true, scheme: signed_url}`` (one 32-byte key with a ``kid``)
+* ``/both``  ``auth: {enabled: true, schemes: [jwt, signed_url]}`` (the global HS256 ``jwt``)
 
 Token modes: ``reused`` (one token, ``wrk -H 'Authorization: Bearer ...'``: the proxy verifies
 it once and remembers it until ``exp``) and ``fresh`` (``wrk -s`` Lua script cycling through
 pre-generated tokens, more than ``jwt.verified_token_cache_size`` (10 000, FIFO), so every
-request pays a signature check).  ``pub lua`` runs the same Lua script against the public
-bucket, so the Lua cost in wrk is visible on its own.
+request pays a signature check), and ``link``: one signed link (``?kid=&expires=&signature=``),
+whose HMAC is checked on every request (signed links are not remembered).  ``pub lua`` runs
+the same Lua script against the public bucket, so the Lua cost in wrk is visible on its own.
 
 Raw output goes to ``bench/results/auth-<UTC stamp>/`` (git-ignored); the markdown table is
 printed and saved there as ``results.md``.  Examples::
@@ -60,6 +63,7 @@ from proxylib import (
 )
 
 from devharness.ports import free_port
+from yatagarasu.auth.link_signature import sign_link
 
 KEY = "1k.bin"
 LUA = """\
@@ -82,6 +86,9 @@ TARGETS: dict[str, tuple[str, str | None, str, bool]] = {
     "HS256 fresh": ("hs", "hs", "fresh", True),
     "RS256 reused": ("rs", "rs", "reused", True),
     "RS256 fresh": ("rs", "rs", "fresh", True),
+    "signed link": ("su", "su", "link", True),
+    "jwt+signed link": ("both", "su", "link", True),
+    "jwt+signed HS256 reused": ("both", "hs", "reused", True),
     "pub MISS": ("pubnc", None, "-", False),
     "HS256 reused MISS": ("hsnc", "hs", "reused", False),
     "RS256 reused MISS": ("rsnc", "rs", "reused", False),
@@ -146,6 +153,7 @@ def main() -> None:
         results.update(machine=facts, pinning=pinning)
         log(f"results in {out}; {pinning}")
         secret = secrets.token_hex(32)  # 64 ASCII bytes
+        link_key = secrets.token_hex(16)  # 32 ASCII bytes
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pub_pem = tmp / "rs256-public.pem"
         pub_pem.write_bytes(
@@ -168,6 +176,8 @@ def main() -> None:
         port = free_port()
         rs_jwt = f"jwt: {{enabled: true, algorithm: RS256, rsa_public_key_path: {pub_pem}}}"
         nc = "cache: {enabled: false}"
+        signed = f"signed_url: {{keys: [{{kid: bench, secret: {link_key}}}]}}"
+        one, two = "scheme: signed_url", "schemes: [jwt, signed_url]"
         config = (
             f"server: {{address: 127.0.0.1, port: {port}}}\n"
             "logging: {level: warn}\n"
@@ -181,7 +191,14 @@ def main() -> None:
             + bucket_yaml("pubnc", origin.url, nc)
             + bucket_yaml("hsnc", origin.url, f"{nc}, auth: {{enabled: true}}")
             + bucket_yaml("rsnc", origin.url, f"{nc}, {rs_jwt}")
+            + bucket_yaml("su", origin.url, f"auth: {{enabled: true, {one}, {signed}}}")
+            + bucket_yaml("both", origin.url, f"auth: {{enabled: true, {two}, {signed}}}")
         )
+        expires = int(time.time()) + 6 * 3600
+        links = {
+            prefix: sign_link(link_key.encode(), f"/{prefix}/{KEY}", expires, kid="bench").url
+            for prefix in ("su", "both")
+        }
         proxy = start_proxy("proxy", config, out, f"/pub/{KEY}", port)
         ours = [origin.process.pid, proxy.pid]
 
@@ -190,6 +207,8 @@ def main() -> None:
             url = f"{proxy.url}/{prefix}/{KEY}"
             if kind is None:
                 return url, [], []
+            if mode == "link":
+                return f"{proxy.url}{links[prefix]}", [], []
             if mode == "reused":
                 hdr = f"Authorization: Bearer {reused[kind]}"
                 return url, ["-H", hdr], [hdr]
@@ -205,7 +224,7 @@ def main() -> None:
             want = "HIT" if TARGETS[t][3] else ""  # no X-Cache where caching is off
             if status != 200 or xc != want:
                 notes.append(f"{t}: expected 200 {want}, got {seen[-3:]}")
-        for prefix in ("hs", "rs"):
+        for prefix in ("hs", "rs", "su", "both"):
             status, _, _ = warm(f"{proxy.url}/{prefix}/{KEY}", tries=1)
             checks[f"{prefix} without token"] = status
             if status != 401:
@@ -228,6 +247,8 @@ def main() -> None:
                 r.cmd = r.cmd.replace(reused.get("hs", "-"), "<HS256 token>").replace(
                     reused.get("rs", "-"), "<RS256 token>"
                 )
+                for link in links.values():
+                    r.cmd = r.cmd.replace(link.partition("?")[2], "<signed link query>")
                 (out / f"wrk-{t.replace(' ', '-')}-{i}.txt").write_text(r.result.raw)
                 runs[t].append(r)
                 log(
@@ -249,7 +270,11 @@ def main() -> None:
             origin.close()
         shutil.rmtree(tmp, ignore_errors=True)
     results["notes"] = notes
-    results["config"] = config.replace(secret, "<64-byte secret>").replace(str(tmp), "TMP")
+    results["config"] = (
+        config.replace(secret, "<64-byte secret>")
+        .replace(link_key, "<32-byte key>")
+        .replace(str(tmp), "TMP")
+    )
     dump(out / "results.json", results)
     md = table(results, a, targets, facts_md(facts, pinning))
     (out / "results.md").write_text(md)
@@ -259,8 +284,8 @@ def main() -> None:
 def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts: str) -> str:
     runs = res["runs"]
     lines = [
-        f"### JWT cost, 1 KiB GET (wrk, 1 thread, {a.conns} connections, {a.seconds} s, "
-        f"median of {a.runs})",
+        f"### JWT and signed-link cost, 1 KiB GET (wrk, 1 thread, {a.conns} connections, "
+        f"{a.seconds} s, median of {a.runs})",
         "",
         facts,
         "",

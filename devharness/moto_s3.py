@@ -62,6 +62,8 @@ class MotoS3Server:
     :param port: port to bind, or ``None`` for a free one.
     :param region: region used for the boto3 clients.
     :param record_requests: enable moto's request recorder.
+    :param seed: seed moto's random generator before the IAM bootstrap, so that a
+        :meth:`restart` creates the same access key again (moto keeps everything in memory).
     """
 
     def __init__(
@@ -71,8 +73,10 @@ class MotoS3Server:
         port: int | None = None,
         region: str = DEFAULT_REGION,
         record_requests: bool = False,
+        seed: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.seed = seed
         self.host = LOOPBACK
         self.region = region
         self.record_requests = record_requests
@@ -116,13 +120,48 @@ class MotoS3Server:
                     f"moto server did not start on {self.host}:{port}; log tail:\n"
                     + tail(self.log_path)
                 )
+        self._bootstrap()
+        return self
+
+    def _bootstrap(self) -> None:
         try:
+            if self.seed is not None:
+                resp = http_request("POST", f"{self.endpoint_url}/moto-api/seed?a={self.seed}")
+                if resp.status != 200:
+                    raise StartupError(f"moto seed answered {resp.status}")
             self._bootstrap_iam()
             self.set_auth(True)
             self.verify_signature_checking()
         except BaseException:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL moto (an outage: connections refused until :meth:`restart`)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process = None
+        self._s3 = None
+
+    def restart(self, timeout: float = 60.0) -> MotoS3Server:
+        """
+        Start moto again on the same port, empty (buckets are gone), with the same access key
+        (needs ``seed``), SigV4 checking on.
+
+        :param timeout: seconds to wait for moto to answer.
+        :returns: ``self``.
+        :raises StartupError: when it does not start, or the key is not the one it had.
+        """
+        if self.seed is None:
+            raise StartupError("MotoS3Server(seed=...) is needed to restart with the same key")
+        self.kill()
+        before = (self.access_key, self.secret_key)
+        if not self._spawn(self.port, timeout):
+            raise StartupError(f"moto did not restart on port {self.port}:\n{tail(self.log_path)}")
+        self._bootstrap()
+        if (self.access_key, self.secret_key) != before:
+            self.stop()
+            raise StartupError("moto restarted with another access key despite the seed")
         return self
 
     def _spawn(self, port: int, timeout: float) -> bool:

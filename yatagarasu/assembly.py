@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from twisted.application.service import IService
@@ -27,11 +28,13 @@ from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
 from yatagarasu.interfaces import ICacheLayer, ISiblings
 from yatagarasu.metrics import Metrics
+from yatagarasu.request_logging import RequestLogPolicy
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.tls import server_tls_options
 from yatagarasu.web.admin import AdminResource
 from yatagarasu.web.admin_cache import cache_admin_routes
 from yatagarasu.web.admin_reload import ReloadHandler, reload_admin_routes
+from yatagarasu.web.admin_sign import sign_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
@@ -73,8 +76,9 @@ class Assembly:
     :ivar clients: the replica set (S3 clients behind circuit breakers) of every bucket, by
         bucket name.
     :ivar site: the HTTP site (the Resource tree behind it), ready to be listened on.
-    :ivar metrics_site: the site of the metrics listener (``/metrics`` only), when
-        ``metrics.port`` is set and metrics are enabled; ``None`` otherwise.
+    :ivar metrics_site: the site of the metrics listener (``/metrics``, and the admin API
+        with ``metrics.serve_admin``), when ``metrics.port`` is set and metrics are enabled;
+        ``None`` otherwise.
     :ivar audit: the audit trail when ``audit_log.enabled`` (``None``: no records are built).
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance, audit sinks), in start order.
@@ -98,12 +102,15 @@ class Assembly:
 
     async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
         """
-        Close what holds connections or files: the S3 pools, then the cache layers.
+        Close what holds connections or files: the S3 pools, the authorizers' pools, then the
+        cache layers.
 
         :param keep: cache layers a newer generation took over (a hot reload): left open.
         """
         for client in self.clients.values():
             await client.close()
+        for authorizer in self.access.authorizers.values():
+            await authorizer.close()
         if self.caching.cache is not None:
             await self.caching.cache.close(keep)
 
@@ -164,6 +171,7 @@ def assemble(
             b.s3,
             agents=agents,
             on_failover=metrics.failover,
+            observe=partial(metrics.upstream, b.name),
             previous=running.get(b.name),
         )
         for b in config.buckets
@@ -172,14 +180,28 @@ def assemble(
     lifecycle = lifecycle or Lifecycle()
     if lifecycle.started_at is None:
         lifecycle.started_at = reactor.seconds()
+    admin = _admin(config, access, caching, reload, siblings)
+    on_metrics_listener = config.metrics.admin_on_own_listener
     root = _resource_tree(
-        reactor, config, access, caching, metrics, clients, lifecycle, reload, siblings
+        reactor,
+        config,
+        access,
+        caching,
+        metrics,
+        clients,
+        lifecycle,
+        NOT_FOUND if on_metrics_listener else admin,
+        siblings,
     )
     extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
     site = _site(root, reactor, config, access, metrics, lifecycle, extra, audit)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
-        metrics_root = RootResource({b"metrics": metrics_resource(metrics, siblings)}, {}, [])
+        metrics_root = RootResource(
+            {b"metrics": metrics_resource(metrics, siblings)},
+            {config.server.admin_segments: admin} if on_metrics_listener else {},
+            [],
+        )
         metrics_site = _site(
             metrics_root, reactor, config, access, metrics, lifecycle, extra, audit
         )
@@ -212,6 +234,9 @@ def _site(
     extra_headers: bytes,
     audit: AuditTrail | None,
 ) -> ProxySite:
+    access_log_enabled = config.logging.level in ("debug", "info")
+    # the request_logging events are info events too: below that level, nothing to filter
+    logged = config.observability.request_logging
     return ProxySite(
         root,
         clock=clock,
@@ -219,11 +244,12 @@ def _site(
         max_concurrent_requests=config.server.max_concurrent_requests,
         addresses=access.addresses,
         metrics=metrics,
-        access_log_enabled=config.logging.level in ("debug", "info"),
+        access_log_enabled=access_log_enabled,
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
         extra_headers=extra_headers,
         audit=audit,
+        request_logging=RequestLogPolicy.build(logged) if access_log_enabled else None,
     )
 
 
@@ -235,7 +261,7 @@ def _resource_tree(
     metrics: Metrics,
     clients: Mapping[str, ReplicaSet],
     lifecycle: Lifecycle,
-    reload: ReloadHandler | None,
+    admin: IResource,
     siblings: ISiblings | None,
 ) -> IResource:
     # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
@@ -251,10 +277,8 @@ def _resource_tree(
             siblings.all_up if siblings is not None else None,
         ),
     }
-    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
-    if reload is not None:
-        routes.update(reload_admin_routes(reload))
-    subtrees = {config.server.admin_segments: AdminResource(access.admin, routes)}
+    # the admin prefix stays reserved too (a 404 when the metrics listener serves the API)
+    subtrees = {config.server.admin_segments: admin}
     buckets = [
         (
             bucket.prefix_segments,
@@ -266,11 +290,28 @@ def _resource_tree(
                 ip_filter=access.ip_filters.get(bucket.name),
                 scheme=access.schemes.get(bucket.name),
                 cached=_cached_objects(bucket, config, caching, clients[bucket.name], clock),
+                authorizer=access.authorizers.get(bucket.name),
+                metrics=metrics,
             ),
         )
         for bucket in config.buckets
     ]
     return RootResource(exact, subtrees, buckets)
+
+
+def _admin(
+    config: Config,
+    access: AccessControl,
+    caching: CacheSetup,
+    reload: ReloadHandler | None,
+    siblings: ISiblings | None,
+) -> IResource:
+    routes = cache_admin_routes(caching, config, siblings) if caching.cache is not None else {}
+    if reload is not None:
+        routes.update(reload_admin_routes(reload))
+    if access.signers:
+        routes.update(sign_admin_routes(config.buckets, access.signers))
+    return AdminResource(access.admin, routes)
 
 
 def _started(lifecycle: Lifecycle, clock: IReactorTime) -> float:

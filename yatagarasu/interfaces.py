@@ -4,14 +4,15 @@ The zope interfaces that plugins implement. Docstrings are the contract.
 Plugins are found with ``twisted.plugin.getPlugins`` (see :mod:`yatagarasu.discovery`): a
 package installed beside yatagarasu provides a module in ``yatagarasu/plugins/`` (a namespace
 extended with ``pluginPackagePaths``) holding objects that provide ``twisted.plugin.IPlugin``
-and one of the ``*Factory`` interfaces below (cache layers, auth schemes, audit sinks). The
+and one of the ``*Factory`` interfaces below (cache layers, auth schemes, authorizers, audit
+sinks). The
 configuration names them.
 
 This module is the floor of the package: it imports only the values the contracts exchange
 (:mod:`yatagarasu.values`), Twisted and zope. The optional interfaces (``ISwitchableCacheLayer``,
 ``IDefaultTtlCacheLayer``, ``IErrorCountingCacheLayer``, ``IPurgeBroadcaster``,
-``IImmediate*``, ``IAdminAuthSource``) declare everything else the proxy reads from a plugin
-when the plugin provides them.
+``IImmediate*``, ``IApplicableAuthScheme``, ``IAdminAuthSource``) declare everything else the
+proxy reads from a plugin when the plugin provides them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
 
-from yatagarasu.values import AuditRecord, CacheEntry, CacheKey, Identity, LayerStats
+from yatagarasu.values import (
+    AuditRecord,
+    AuthorizationQuery,
+    CacheEntry,
+    CacheKey,
+    Decision,
+    Identity,
+    LayerStats,
+)
 
 
 class ICacheWriter(Interface):
@@ -232,6 +241,24 @@ class IImmediateAuthScheme(IAuthScheme):
         """
 
 
+class IApplicableAuthScheme(IAuthScheme):
+    """
+    A scheme that can tell whether a request carries its kind of credentials at all.
+
+    A bucket listing several schemes (``auth.schemes: [jwt, signed_url]``) uses the first
+    that applies: present but bad credentials are refused by that scheme (401), never passed
+    on to the next one. A listed scheme without this interface is asked ``authenticate``, and
+    counts as not applying when that fails with ``AuthenticationRequired``.
+    """
+
+    def applies(request: IRequest) -> bool:
+        """
+        :param request: the incoming request (not to be written to).
+        :returns: whether the request carries this scheme's credentials, well-formed or not
+            (a bearer token, a ``signature`` query parameter).
+        """
+
+
 class IAdminAuthSource(Interface):
     """A scheme whose settings may also say who may use the admin API (jwt's ``admin_claims``)."""
 
@@ -256,6 +283,63 @@ class IAuthSchemeFactory(Interface):
         :param settings: the scheme's mapping from the configuration.
         :param path: its dotted key path, for errors.
         :param reactor: the reactor (time, TCP for JWKS and the like).
+        :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
+        """
+
+
+class IAuthorizer(Interface):
+    """
+    Decides whether an authenticated request may read an object (``buckets[].authorization``):
+    an external policy service such as OPA or OpenFGA, or a third-party one.
+
+    Asked after authentication (DESIGN.md §2 step 8), before the cache: a cached object is
+    only served to a request the authorizer allows.
+    """
+
+    name = Attribute("The authorizer's type in the configuration, e.g. ``'opa'``.")
+
+    def authorize(query: AuthorizationQuery) -> Deferred[Decision]:
+        """
+        :param query: the request to decide on.
+        :returns: the decision. It should not fail: a policy service that gives no usable
+            answer (timeout, refused connection, bad document) becomes a decision with
+            ``result="error"`` and ``allowed`` set by the authorizer's fail mode. A failure
+            anyway is answered 500 (never allowed). Cancelling it (the client went away)
+            cancels the call in flight.
+        """
+
+    def close() -> Deferred[None]:
+        """Release connections (the generation that built it is being retired)."""
+
+
+class IImmediateAuthorizer(IAuthorizer):
+    """
+    An authorizer that can often decide without waiting (a decision it remembers).
+
+    The bucket resource asks :meth:`authorize_now` first and calls ``authorize`` only when it
+    returns ``None``: an authorized cache hit then needs no Deferred at all.
+    """
+
+    def authorize_now(query: AuthorizationQuery) -> Decision | None:
+        """
+        :param query: the request to decide on.
+        :returns: the decision ``authorize`` would give, when it is known at once; ``None``
+            when ``authorize`` must be asked.
+        """
+
+
+class IAuthorizerFactory(Interface):
+    """Builds an authorizer for one bucket from ``buckets[].authorization``."""
+
+    name = Attribute("The name used in ``authorization.type``.")
+
+    def build(settings: Mapping[str, Any], path: str, reactor: Any) -> IAuthorizer:
+        """
+        Validate ``settings`` and build the authorizer. Nothing is connected yet.
+
+        :param settings: the ``authorization`` mapping without its ``type`` key.
+        :param path: its dotted key path (``buckets[0].authorization``), for errors.
+        :param reactor: the reactor (time, TCP).
         :raises yatagarasu.errors.ConfigError: naming the dotted path of a bad value.
         """
 
@@ -296,6 +380,18 @@ class IAuditSink(Interface):
             started with the proxy and stopped after the drain; stopping them delivers what is
             still queued.
         """
+
+
+class ISpoolingAuditSink(IAuditSink):
+    """
+    An audit sink that keeps batches in a local spool until their destination has them (the
+    built-in ``s3`` sink); read at scrape time for ``yatagarasu_audit_spool_files``,
+    ``yatagarasu_audit_spool_bytes`` and ``yatagarasu_audit_upload_failures_total``.
+    """
+
+    spool_files = Attribute("Batches in the spool now (``int``).")
+    spool_bytes = Attribute("Their size in bytes (``int``).")
+    upload_failures = Attribute("Failed uploads so far (``int``, only growing; retries count).")
 
 
 class IAuditSinkFactory(Interface):

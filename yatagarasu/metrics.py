@@ -4,14 +4,17 @@ Prometheus metrics (prometheus-client), on a registry of our own, served at ``GE
 Every metric of ours starts with ``yatagarasu_``; label values come from bounded sets (bucket
 names from the configuration, layer names, methods, status codes) — never a path, a key or an
 address. The standard ``process_`` and ``python_`` collectors are included. With several
-worker processes, :func:`merge_expositions` joins the workers' expositions into one.
+worker processes, :func:`merge_expositions` joins the workers' expositions into one. Every
+metric is listed in docs/OBSERVABILITY.md.
 """
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
+from weakref import WeakSet
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,15 +32,24 @@ from prometheus_client.core import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+import twisted
+from yatagarasu import __version__
 from yatagarasu.cache.tiered import TieredCache
-from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer
+from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer, ISpoolingAuditSink
 from yatagarasu.s3.breaker import STATE_NUMBERS
 from yatagarasu.s3.replicas import ReplicaSet
+from yatagarasu.values import Decision
 
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _METHODS = {b"GET": "GET", b"HEAD": "HEAD", b"OPTIONS": "OPTIONS"}
+#: the ``cache`` label of a request's ``X-Cache`` value (``none``: the bucket does not cache,
+#: or the proxy's own routes)
+_CACHE_LABELS: dict[bytes | None, str] = {
+    None: "none",
+    **{v: v.decode().lower() for v in (b"HIT", b"MISS", b"BYPASS", b"STALE", b"REVALIDATED")},
+}
 
 
 class _Counter:
@@ -64,16 +76,23 @@ class _Histogram:
     """A labelled histogram with fixed buckets: one ``bisect`` and two additions per sample."""
 
     def __init__(
-        self, name: str, documentation: str, labels: Sequence[str], bounds: Sequence[float]
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        bounds: Sequence[float],
+        label_values: Callable[[tuple[Any, ...]], list[str]] = list,
     ) -> None:
         self.name = name
         self.documentation = documentation
         self.labels = list(labels)
         self.bounds = tuple(bounds)
+        #: turns a series' key into its label values (when scraped, not per sample)
+        self.label_values = label_values
         #: per label set: a count per bucket (the last one is +Inf), then the sum
-        self.series: dict[tuple[str, ...], list[float]] = {}
+        self.series: dict[tuple[Any, ...], list[float]] = {}
 
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
+    def observe(self, labels: tuple[Any, ...], value: float) -> None:
         series = self.series.get(labels)
         if series is None:
             series = self.series[labels] = [0.0] * (len(self.bounds) + 2)
@@ -88,12 +107,39 @@ class _Histogram:
             for edge, count in zip(edges, series[:-1], strict=True):
                 total += count
                 cumulative.append((edge, total))
-            family.add_metric(list(labels), cumulative, sum_value=series[-1])
+            family.add_metric(self.label_values(labels), cumulative, sum_value=series[-1])
         return family
 
 
 def _label_order(item: tuple[tuple[Any, ...], Any]) -> tuple[str, ...]:
     return tuple(str(v) for v in item[0])
+
+
+def _bucket_and_cache(key: tuple[Any, ...]) -> list[str]:
+    """``(bucket, X-Cache value or None)`` → the ``bucket`` and ``cache`` label values."""
+    bucket, cache = key
+    return [bucket, _CACHE_LABELS.get(cache, "other")]
+
+
+class _RequestCounter(_Counter):
+    """
+    ``yatagarasu_requests``: counted by ``(bucket, method, status code)``; the ``status_class``
+    label (``2xx``...) is derived from the code when scraped, so it costs nothing per request.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "yatagarasu_requests",
+            "Requests answered, by bucket (- for the proxy's own routes), method, status code and"
+            " status class.",
+            ["bucket", "method", "status", "status_class"],
+        )
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for (bucket, method, status), value in sorted(self.values.items(), key=_label_order):
+            family.add_metric([bucket, method, str(status), f"{status // 100}xx"], value)
+        return family
 
 
 class _RequestPathCollector(Collector):
@@ -120,6 +166,54 @@ class _GenerationCollector(Collector):
         )
         gauge.add_metric([], self._generation())
         yield gauge
+
+
+class _BuildInfoCollector(Collector):
+    """``yatagarasu_build_info``: 1, labelled with the versions running."""
+
+    def __init__(self) -> None:
+        self._labels = [__version__, platform.python_version(), twisted.__version__]
+
+    def collect(self) -> Iterator[Any]:
+        info = GaugeMetricFamily(
+            "yatagarasu_build_info",
+            "Always 1; the labels say which yatagarasu, Python and Twisted run.",
+            labels=["version", "python", "twisted"],
+        )
+        info.add_metric(self._labels, 1)
+        yield info
+
+
+class RequestSource(Protocol):
+    """What :meth:`Metrics.watch_site` reads (a ``ProxySite``)."""
+
+    @property
+    def active_count(self) -> int:
+        """Requests received and not yet finished."""
+
+    @property
+    def connection_count(self) -> int:
+        """Client connections open."""
+
+
+class _InFlightCollector(Collector):
+    """Requests in flight and connections open, summed over the sites being watched."""
+
+    def __init__(self, sites: Iterable[RequestSource]) -> None:
+        self._sites = sites
+
+    def collect(self) -> Iterator[Any]:
+        sites = list(self._sites)
+        requests = GaugeMetricFamily(
+            "yatagarasu_requests_in_flight",
+            "Requests received whose response has not ended yet (this scrape included).",
+        )
+        requests.add_metric([], sum(site.active_count for site in sites))
+        connections = GaugeMetricFamily(
+            "yatagarasu_connections_open", "Client connections open (idle keep-alive included)."
+        )
+        connections.add_metric([], sum(site.connection_count for site in sites))
+        yield from (requests, connections)
 
 
 class _CacheCollector(Collector):
@@ -178,10 +272,30 @@ class _AuditCollector(Collector):
             "Audit records by sink and result (written, failed, dropped).",
             labels=["sink", "result"],
         )
+        by_sink = ["sink"]
+        spool_files = GaugeMetricFamily(
+            "yatagarasu_audit_spool_files",
+            "Audit batches waiting in a local spool.",
+            labels=by_sink,
+        )
+        spool_bytes = GaugeMetricFamily(
+            "yatagarasu_audit_spool_bytes",
+            "Bytes of audit batches in a local spool.",
+            labels=by_sink,
+        )
+        failures = CounterMetricFamily(
+            "yatagarasu_audit_upload_failures",
+            "Failed uploads of spooled audit batches (each retry counts).",
+            labels=by_sink,
+        )
         for sink in self._sinks():
             for result, count in sorted(sink.counts.items()):
                 records.add_metric([sink.name, result], count)
-        yield records
+            if ISpoolingAuditSink.providedBy(sink):
+                spool_files.add_metric([sink.name], sink.spool_files)
+                spool_bytes.add_metric([sink.name], sink.spool_bytes)
+                failures.add_metric([sink.name], sink.upload_failures)
+        yield from (records, spool_files, spool_bytes, failures)
 
 
 class _CircuitCollector(Collector):
@@ -220,17 +334,35 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self._requests = _Counter(
-            "yatagarasu_requests", "Requests answered.", ["bucket", "method", "status"]
-        )
+        self._requests = _RequestCounter()
         self._request_seconds = _Histogram(
             "yatagarasu_request_duration_seconds",
-            "Time from request to the end of the response.",
-            ["bucket"],
+            "Time from request to the end of the response, by bucket and cache status (X-Cache"
+            " lowercased; none where nothing caches).",
+            ["bucket", "cache"],
             _REQUEST_BUCKETS,
+            _bucket_and_cache,
         )
         self._response_bytes = _Counter(
             "yatagarasu_response_body_bytes", "Body bytes sent to clients.", ["bucket"]
+        )
+        self._upstream = _Counter(
+            "yatagarasu_upstream_requests",
+            "Attempts sent to S3 (retries count each), by bucket and outcome: the status class"
+            " answered, timeout, error (connect or connection failures) or cancelled.",
+            ["bucket", "outcome"],
+        )
+        self._upstream_seconds = _Histogram(
+            "yatagarasu_upstream_request_duration_seconds",
+            "Time from sending one attempt to S3 to its response headers (or its failure).",
+            ["bucket"],
+            _REQUEST_BUCKETS,
+        )
+        self._auth = _Counter(
+            "yatagarasu_auth_results",
+            "Authentications on buckets with auth, by bucket and result (ok, missing: no"
+            " credentials, invalid: bad token, forbidden: claims rules refused, error).",
+            ["bucket", "result"],
         )
         self._get_seconds = _Histogram(
             "yatagarasu_cache_get_duration_seconds",
@@ -253,6 +385,13 @@ class Metrics:
             "Requests that failed over from one replica to the next after a failure.",
             ["bucket", "from_replica", "to_replica"],
         )
+        self._authorizations = _Counter(
+            "yatagarasu_authorization_decisions",
+            "Authorization decisions by bucket, authorizer, result (allow, deny: the policy"
+            " service answered; cached: an earlier answer reused; error: no answer, the fail"
+            " mode decided) and decision (allow, deny).",
+            ["bucket", "authorizer", "result", "decision"],
+        )
         self._cache_errors: dict[str, int] = {}
         self._cache: TieredCache | None = None
         #: the configuration generation being served (1 at start-up, +1 per applied reload)
@@ -263,10 +402,14 @@ class Metrics:
                     self._requests,
                     self._request_seconds,
                     self._response_bytes,
+                    self._upstream,
+                    self._upstream_seconds,
+                    self._auth,
                     self._get_seconds,
                     self._set_seconds,
                     self._reloads,
                     self._failovers,
+                    self._authorizations,
                 ]
             )
         )
@@ -276,6 +419,16 @@ class Metrics:
         self.registry.register(_AuditCollector(lambda: self._audit_sinks))
         self._upstreams: Mapping[str, ReplicaSet] = {}
         self.registry.register(_CircuitCollector(lambda: self._upstreams))
+        self.registry.register(_BuildInfoCollector())
+        self._sites: WeakSet[Any] = WeakSet()
+        self.registry.register(_InFlightCollector(self._sites))
+
+    def watch_site(self, site: RequestSource) -> None:
+        """
+        :param site: a site whose requests in flight and open connections to export (held
+            weakly: the sites a reload built and never listened on go away with it).
+        """
+        self._sites.add(site)
 
     def watch_cache(self, cache: TieredCache | None) -> None:
         """
@@ -297,18 +450,65 @@ class Metrics:
         self._failovers.inc((bucket, source, target))
 
     def request(
-        self, bucket: str | None, method: bytes, status: int, seconds: float, sent: int
+        self,
+        bucket: str | None,
+        method: bytes,
+        status: int,
+        seconds: float,
+        sent: int,
+        cache: bytes | None = None,
     ) -> None:
-        """Count one finished request (``bucket`` ``None``: the proxy's own routes)."""
+        """
+        Count one finished request.
+
+        :param bucket: its bucket (``None``: the proxy's own routes).
+        :param method: its method.
+        :param status: the status sent.
+        :param seconds: from its arrival to the end of the response.
+        :param sent: body bytes sent.
+        :param cache: the ``X-Cache`` value sent (``b"HIT"``...; ``None``: nothing caches).
+        """
         label = bucket or "-"
         self._requests.inc((label, _METHODS.get(method, "other"), status))
-        self._request_seconds.observe((label,), seconds)
+        self._request_seconds.observe((label, cache), seconds)
         if sent:
             self._response_bytes.inc((label,), sent)
+
+    def upstream(self, bucket: str, outcome: str, seconds: float) -> None:
+        """
+        Count one attempt sent to S3.
+
+        :param bucket: the bucket's name.
+        :param outcome: ``2xx``, ``3xx``, ``4xx``, ``5xx``, ``timeout``, ``error`` or
+            ``cancelled`` (:class:`yatagarasu.s3.client.S3Client` decides).
+        :param seconds: from sending it to its response headers (or its failure).
+        """
+        self._upstream.inc((bucket, outcome))
+        self._upstream_seconds.observe((bucket,), seconds)
+
+    def auth_result(self, bucket: str, result: str) -> None:
+        """
+        Count one authentication.
+
+        :param bucket: the bucket's name.
+        :param result: ``ok``, ``missing``, ``invalid``, ``forbidden`` or ``error``.
+        """
+        self._auth.inc((bucket, result))
 
     def config_reload(self, result: str) -> None:
         """Count one reload attempt (``result``: ``ok`` or ``error``)."""
         self._reloads.inc((result,))
+
+    def authorization(self, bucket: str, authorizer: str, decision: Decision) -> None:
+        """
+        Count one authorization decision.
+
+        :param bucket: the bucket name.
+        :param authorizer: the authorizer's type (``opa``).
+        :param decision: what it decided; its ``result`` is a bounded label.
+        """
+        verdict = "allow" if decision.allowed else "deny"
+        self._authorizations.inc((bucket, authorizer, decision.result, verdict))
 
     def cache_error(self, layer: str) -> None:
         """A layer call failed (and was treated as a miss)."""

@@ -256,11 +256,13 @@ class ProxyService(MultiService):
         )
         if self.worker is not None:
             self._start_worker(self.worker)
+        admin = self.config.metrics.admin_on_own_listener
         for listener in self.listeners[1:]:
             log.info(
-                "metrics served on http://{address}:{port}/metrics only",
+                "metrics served on http://{address}:{port}/metrics{admin}",
                 address=listener.host,
                 port=listener.port,
+                admin=f" and the admin API under {server.admin_path_prefix}" if admin else " only",
             )
         # privilegedStartService has bound the ports (synchronously: a failure there stops
         # twistd), so the kernel queues connections from now on and systemd may send traffic.

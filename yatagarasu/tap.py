@@ -162,7 +162,8 @@ def summary(path: str, assembly: Assembly) -> str:
     if assembly.audit is not None:
         lines.append("audit outputs: " + ", ".join(sink.name for sink in assembly.audit.sinks))
     admin = "jwt with admin_claims" if access.admin else "disabled, answers 403"
-    lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin})")
+    where = " on the metrics listener only" if config.metrics.admin_on_own_listener else ""
+    lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin}){where}")
     return "\n".join(lines) + "\n"
 
 

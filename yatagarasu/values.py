@@ -172,6 +172,47 @@ class Identity:
     scheme: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class AuthorizationQuery:
+    """
+    What an authorizer (:class:`yatagarasu.interfaces.IAuthorizer`) decides on: one request
+    that passed authentication.
+
+    :ivar bucket: the configured bucket *name* (``buckets[].name``), not the S3 bucket.
+    :ivar key: the object key, decoded.
+    :ivar method: ``GET`` or ``HEAD``.
+    :ivar client_ip: the client address (after ``server.trusted_proxies`` resolution).
+    :ivar identity: who the bucket's auth scheme vouched for, ``None`` on a public bucket.
+    """
+
+    bucket: str
+    key: str
+    method: str
+    client_ip: str
+    identity: Identity | None = None
+
+
+#: :attr:`Decision.result` values
+DECISION_RESULTS = ("allow", "deny", "error", "cached")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """
+    An authorizer's answer.
+
+    :ivar allowed: whether the request may go on.
+    :ivar result: how it was reached: ``allow`` or ``deny`` (the policy service answered),
+        ``cached`` (a decision remembered from an earlier answer), ``error`` (no usable answer:
+        ``allowed`` is then what the fail mode says).
+    :ivar reason: why, for the error message and the log (no secrets).
+    """
+
+    allowed: bool
+    result: str
+    reason: str = ""
+
+
 @dataclass(slots=True)
 class AuditRecord:
     """
@@ -179,8 +220,8 @@ class AuditRecord:
 
     Handed to every audit sink (:class:`yatagarasu.interfaces.IAuditSink`) already redacted:
     no token, ``Authorization`` value, token or secret-looking query parameter, or configured
-    sensitive header is in it. Sinks serialize it with
-    :func:`yatagarasu.audit.record.to_json` (or their own way) off the request path.
+    sensitive header is in it. Sinks serialize it with a
+    :class:`yatagarasu.audit.record.JsonEncoder` (or their own way) once the response ended.
 
     :ivar started: when the request arrived (epoch seconds); the record's ``timestamp``.
     :ivar correlation_id: the response's ``X-Request-ID``.

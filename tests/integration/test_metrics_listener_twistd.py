@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jwt
 from prometheus_client.parser import text_string_to_metric_families
 
 from devharness.http_client import HttpResponse, http_request
@@ -66,6 +68,49 @@ def test_metrics_port_serves_prometheus_text_counting_the_main_port(
     assert running.get("/health").status == 200  # the main port keeps its own routes
 
 
+SECRET = "metrics-listener-admin-secret-of-32-bytes-or-more"
+
+
+def admin_token() -> dict[str, str]:
+    payload = {"sub": "ops", "role": "admin", "exp": int(time.time()) + 3600}
+    return {"Authorization": f"Bearer {jwt.encode(payload, SECRET, algorithm='HS256')}"}
+
+
+def test_serve_admin_moves_the_admin_api_to_the_metrics_listener(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    moto_s3.put_object(s3_bucket, "a.txt", b"admin elsewhere\n")
+    metrics_port = free_port()
+    config = make_proxy_config(
+        {"pub": s3_bucket},
+        cache={"enabled": True},
+        jwt={
+            "secret": SECRET,
+            "admin_claims": [{"claim": "role", "operator": "equals", "value": "admin"}],
+        },
+    )
+    config["metrics"] = {"port": metrics_port, "serve_admin": True}
+    running = proxy(config)
+    assert running.get("/pub/a.txt").body == b"admin elsewhere\n"
+    on_main = running.get("/admin/cache/stats", headers=admin_token())
+    assert on_main.status == 404
+    assert running.request("POST", "/admin/reload", headers=admin_token()).status == 404
+    url = f"http://{LOOPBACK}:{metrics_port}"
+    stats = http_request("GET", url + "/admin/cache/stats", headers=admin_token(), timeout=10)
+    assert stats.status == 200
+    assert stats.json()["data"]["current_item_count"] == 1
+    assert http_request("GET", url + "/admin/cache/stats", timeout=10).status == 401
+    reload = http_request("POST", url + "/admin/reload", headers=admin_token(), timeout=10)
+    assert reload.status == 200, reload.body
+    assert scrape(metrics_port).status == 200
+    assert f"metrics served on http://127.0.0.1:{metrics_port}/metrics and the admin API" in (
+        running.log_text()
+    )
+
+
 def test_metrics_disabled_answers_404(
     proxy: Callable[..., ProxyProcess],
     make_proxy_config: Callable[..., dict[str, Any]],
@@ -89,6 +134,13 @@ def test_check_reports_where_metrics_are_served(
     result = twistd_check(config)
     assert result.returncode == 0, result.output
     assert "metrics: http://127.0.0.1:9090/metrics" in result.output
+    assert "on the metrics listener only" not in result.output
+    config["metrics"]["serve_admin"] = True
+    moved = twistd_check(config)
+    assert moved.returncode == 0, moved.output
+    assert "admin API: /admin/... (disabled, answers 403) on the metrics listener only" in (
+        moved.output
+    )
 
 
 def test_check_refuses_the_main_port(

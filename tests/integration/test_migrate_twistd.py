@@ -1,9 +1,8 @@
 """
 ``yatagarasu-config migrate`` on Rust Yatagarasu style files (tests/fixtures/rust_configs),
 through the console script of the venv and the real ``twistd yatagarasu``: every migrated
-fixture passes ``--check`` (authorization is refused as not supported yet), every unmigrated one
-fails naming the migrate command, and a bucket at ``/admin`` serves objects while the admin API
-answers at the prefix the migration chose.
+fixture passes ``--check``, every unmigrated one fails naming the migrate command, and a bucket
+at ``/admin`` serves objects while the admin API answers at the prefix the migration chose.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from devharness.twistd import ProxyProcess, TwistdResult
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rust_configs"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.yaml"))
-CHECKED = [p for p in FIXTURE_FILES if p.name != "authorization.yaml"]
 SECRET = "migrate-secret-" + "m" * 48
 #: The console script ``setup.cfg`` installs next to this interpreter.
 CONSOLE_SCRIPT = Path(sys.executable).with_name("yatagarasu-config")
@@ -76,18 +74,11 @@ def test_each_fixture_migrates_and_passes_check(
     text = out.read_text()
     assert "${S3_ENDPOINT}" in text and "${S3_SECRET_KEY}" in text  # not expanded
     check = twistd_check(out, env=env)
-    if source in CHECKED:
-        assert check.returncode == 0, check.output
-        assert f"configuration OK: {out}" in check.output
-    else:
-        assert check.returncode == 1, check.output
-        assert "authorization: not supported yet (OPA and OpenFGA authorization arrive" in (
-            check.output
-        )
-        assert "yatagarasu-config" not in check.output
+    assert check.returncode == 0, check.output
+    assert f"configuration OK: {out}" in check.output
 
 
-@pytest.mark.parametrize("source", CHECKED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("source", FIXTURE_FILES, ids=lambda p: p.stem)
 def test_check_on_an_unmigrated_fixture_names_the_migrate_command(
     source: Path, env: dict[str, str], twistd_check: Callable[..., TwistdResult]
 ) -> None:

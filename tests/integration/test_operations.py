@@ -50,8 +50,14 @@ def test_check_prints_summary_and_exits_zero(
             "buckets[0].s3.timout: unknown key (did you mean 'timeout'?)",
         ),
         (
-            lambda c: c.update(audit_log={"enabled": True, "outputs": ["s3"]}),
-            "audit_log.outputs[0]: not supported yet",
+            lambda c: c.update(
+                audit_log={
+                    "enabled": True,
+                    "outputs": ["s3"],
+                    "s3_export": {"bucket": "audit", "spool_dir": "/tmp/x", "endpoint": "s3"},
+                }
+            ),
+            "audit_log.s3_export.endpoint: expected http(s)://host[:port]",
         ),
         (lambda c: c["buckets"][0].update(path_prefix="/health"), "buckets[0].path_prefix"),
         (

@@ -105,7 +105,7 @@ def test_wheel_in_a_runtime_only_venv(tmp_path: Path) -> None:
     # --check builds everything but the listeners: plugin discovery works from the wheel.
     secrets = {
         name: f"value-of-{name}-with-enough-bytes-for-any-hmac-key-0123456789abcdef"
-        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET")
+        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET", "SIGNED_URL_KEY")
     }
     example = ROOT / "etc" / "yatagarasu.example.yaml"
     check = run(

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from devharness.http_client import HttpResponse
+from devharness.http_client import HttpResponse, http_request
 from devharness.moto_s3 import MotoS3Server
-from devharness.ports import LOOPBACK
+from devharness.ports import LOOPBACK, free_port
 from devharness.proxy_config import bucket_config
 from devharness.redis_server import RedisServer
 from devharness.twistd import ProxyProcess, check_config, clean_exit, run_twistd
@@ -102,7 +102,7 @@ def test_two_workers_serve_and_metrics_count_both(
     assert metrics.status == 200
     for worker, responses in seen.items():
         line = (
-            f'yatagarasu_requests_total{{bucket="pub",method="GET",status="200",'
+            f'yatagarasu_requests_total{{bucket="pub",method="GET",status="200",status_class="2xx",'
             f'worker="{worker}"}} {float(len(responses))}'
         )
         assert line in metrics.body.decode(), line
@@ -115,6 +115,30 @@ def test_two_workers_serve_and_metrics_count_both(
     log = running.log_text()
     for worker in range(WORKERS):  # access lines carry the worker number
         assert re.search(rf"yatagarasu\.access#info worker {worker}\] .* GET /pub/a\.txt 200", log)
+
+
+def test_two_workers_serve_the_admin_api_on_the_metrics_listener(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "a.txt", b"hello", CacheControl="max-age=600")
+    metrics_port = free_port()
+    document = _workers(config(moto_s3, s3_bucket, MEMORY))
+    document["metrics"] = {"port": metrics_port, "serve_admin": True}
+    running = proxy(document)
+    _wait_all_up(running)
+    seen = _from_every_worker(running, "/pub/a.txt")
+    assert running.get("/admin/cache/stats", headers=admin()).status == 404
+    url = f"http://{LOOPBACK}:{metrics_port}"
+    stats = http_request("GET", url + "/admin/cache/stats", headers=admin(), timeout=10)
+    assert stats.status == 200, stats.body
+    data = stats.json()["data"]
+    assert data["workers"] == {"answered": [0, 1], "of": WORKERS}
+    assert data["hits"] + data["misses"] == sum(len(rs) for rs in seen.values())
+    scraped = http_request("GET", url + "/metrics", timeout=10).body.decode()
+    for worker, responses in seen.items():
+        series = 'bucket="pub",method="GET",status="200",status_class="2xx"'
+        line = f'yatagarasu_requests_total{{{series},worker="{worker}"}} {float(len(responses))}'
+        assert line in scraped, line
 
 
 def test_a_killed_worker_is_restarted_and_requests_keep_succeeding(

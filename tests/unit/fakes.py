@@ -100,6 +100,7 @@ class SentRequest:
     headers: Headers
     result: Deferred[IResponse] = field(default_factory=Deferred)
     cancelled: bool = False
+    body_producer: Any = None
 
 
 @implementer(IAgent)
@@ -112,7 +113,7 @@ class FakeAgent:
     def request(
         self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: Any = None
     ) -> Deferred[IResponse]:
-        sent = SentRequest(method, uri, headers or Headers())
+        sent = SentRequest(method, uri, headers or Headers(), body_producer=bodyProducer)
 
         def cancel(d: Deferred[IResponse]) -> None:
             # What twisted.web.client does when a request in flight is cancelled.

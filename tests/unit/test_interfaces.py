@@ -19,6 +19,7 @@ from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyClass, verifyObject
 
 from yatagarasu import errors, interfaces, plugins, values
+from yatagarasu.auth.first_applicable import FirstApplicableScheme
 from yatagarasu.cache.disk.layer import DiskCacheLayer
 from yatagarasu.cache.disk.writer import DiskCacheWriter
 from yatagarasu.cache.memory import MemoryCacheLayer
@@ -26,8 +27,11 @@ from yatagarasu.cache.redis import RedisCacheLayer
 from yatagarasu.discovery import available
 from yatagarasu.interfaces import (
     IAdminAuthSource,
+    IApplicableAuthScheme,
     IAuditSink,
     IAuditSinkFactory,
+    IAuthorizer,
+    IAuthorizerFactory,
     IAuthScheme,
     IAuthSchemeFactory,
     ICacheLayer,
@@ -35,15 +39,21 @@ from yatagarasu.interfaces import (
     ICacheWriter,
     IDefaultTtlCacheLayer,
     IErrorCountingCacheLayer,
+    IImmediateAuthorizer,
     IImmediateAuthScheme,
     IImmediateCacheLayer,
     IPurgeBroadcaster,
     ISiblings,
+    ISpoolingAuditSink,
     ISwitchableCacheLayer,
 )
 from yatagarasu.plugins.audit_file import file
+from yatagarasu.plugins.audit_s3 import s3
 from yatagarasu.plugins.audit_syslog import syslog
 from yatagarasu.plugins.auth_jwt import jwt
+from yatagarasu.plugins.auth_signed_url import signed_url
+from yatagarasu.plugins.authz_opa import opa
+from yatagarasu.plugins.authz_openfga import openfga
 from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
 from yatagarasu.plugins.cache_redis import redis
@@ -83,12 +93,37 @@ def jwt_admin_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return jwt.build(settings, "jwt", reactor).admin_scheme()
 
 
+def signed_url_scheme(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return signed_url.build({"keys": [{"kid": "k1", "secret": SECRET}]}, "auth", reactor)
+
+
+def first_applicable(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return FirstApplicableScheme(
+        [jwt_scheme(reactor, tmp_path), signed_url_scheme(reactor, tmp_path)]
+    )
+
+
+def opa_authorizer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {"opa_url": "http://127.0.0.1:1", "opa_policy_path": "a/allow"}
+    return opa.build(settings, "buckets[0].authorization", reactor)
+
+
+def openfga_authorizer(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {"openfga_endpoint": "http://127.0.0.1:1", "openfga_store_id": "S1"}
+    return openfga.build(settings, "buckets[0].authorization", reactor)
+
+
 def file_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return file.build({"path": str(tmp_path / "audit.log")}, "audit_log.file", reactor)
 
 
 def syslog_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return syslog.build({"address": "127.0.0.1:1", "protocol": "tcp"}, "audit_log.syslog", reactor)
+
+
+def s3_sink(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    settings = {"bucket": "audit", "spool_dir": str(tmp_path / "spool")}
+    return s3.build(settings, "audit_log.s3_export", reactor)
 
 
 def worker_channel(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
@@ -99,16 +134,25 @@ def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
     return lambda reactor, tmp_path: plugin
 
 
+#: what every built-in auth scheme provides besides IAuthScheme
+SCHEME_EXTRAS = (IImmediateAuthScheme, IApplicableAuthScheme)
+
 #: (what, how to build it, every interface it must provide).
 PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[InterfaceClass]]] = [
     ("memory factory", factory(memory), {IPlugin, ICacheLayerFactory}),
     ("disk factory", factory(disk), {IPlugin, ICacheLayerFactory}),
     ("redis factory", factory(redis), {IPlugin, ICacheLayerFactory}),
     ("jwt factory", factory(jwt), {IPlugin, IAuthSchemeFactory}),
+    ("opa factory", factory(opa), {IPlugin, IAuthorizerFactory}),
+    ("opa authorizer", opa_authorizer, {IAuthorizer, IImmediateAuthorizer}),
+    ("openfga factory", factory(openfga), {IPlugin, IAuthorizerFactory}),
+    ("openfga authorizer", openfga_authorizer, {IAuthorizer, IImmediateAuthorizer}),
     ("file sink factory", factory(file), {IPlugin, IAuditSinkFactory}),
     ("file sink", file_sink, {IAuditSink}),
     ("syslog sink factory", factory(syslog), {IPlugin, IAuditSinkFactory}),
     ("syslog sink", syslog_sink, {IAuditSink}),
+    ("s3 sink factory", factory(s3), {IPlugin, IAuditSinkFactory}),
+    ("s3 sink", s3_sink, {IAuditSink, ISpoolingAuditSink}),
     (
         "memory layer",
         memory_layer,
@@ -117,8 +161,11 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("disk layer", disk_layer, {ICacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer}),
     ("disk writer", disk_writer, {ICacheWriter}),
     ("redis layer", redis_layer, {ICacheLayer, IPurgeBroadcaster, IErrorCountingCacheLayer}),
-    ("jwt scheme", jwt_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
-    ("jwt admin scheme", jwt_admin_scheme, {IAuthScheme, IImmediateAuthScheme, IAdminAuthSource}),
+    ("jwt scheme", jwt_scheme, {IAuthScheme, *SCHEME_EXTRAS, IAdminAuthSource}),
+    ("jwt admin scheme", jwt_admin_scheme, {IAuthScheme, *SCHEME_EXTRAS, IAdminAuthSource}),
+    ("signed_url factory", factory(signed_url), {IPlugin, IAuthSchemeFactory}),
+    ("signed_url scheme", signed_url_scheme, {IAuthScheme, *SCHEME_EXTRAS}),
+    ("schemes in order", first_applicable, {IAuthScheme, *SCHEME_EXTRAS}),
     ("worker channel", worker_channel, {ISiblings}),
 ]
 
@@ -130,7 +177,10 @@ OPTIONAL = [
     IErrorCountingCacheLayer,
     IPurgeBroadcaster,
     IImmediateAuthScheme,
+    IApplicableAuthScheme,
     IAdminAuthSource,
+    IImmediateAuthorizer,
+    ISpoolingAuditSink,
 ]
 
 
@@ -165,7 +215,12 @@ def test_every_interface_has_a_builtin_provider_checked() -> None:
 
 
 def test_every_installed_factory_verifies() -> None:
-    for interface in (ICacheLayerFactory, IAuthSchemeFactory, IAuditSinkFactory):
+    for interface in (
+        ICacheLayerFactory,
+        IAuthSchemeFactory,
+        IAuditSinkFactory,
+        IAuthorizerFactory,
+    ):
         found = available(interface, plugins)
         assert found, interface.__name__
         for name, plugin in found.items():

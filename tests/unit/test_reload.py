@@ -230,7 +230,7 @@ def test_request_counters_survive_a_reload() -> None:
     h = harness(document())
     get(h, "/pub/a")
     get(h, "/pub/b")
-    series = 'yatagarasu_requests_total{bucket="pub",method="GET",status="200"}'
+    series = 'yatagarasu_requests_total{bucket="pub",method="GET",status="200",status_class="2xx"}'
     assert metric(h, series) == 2.0
     h.reload(copy.deepcopy(document()))
     get(h, "/pub/c")

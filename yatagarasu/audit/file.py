@@ -1,16 +1,17 @@
 """
 The built-in ``file`` audit sink: JSON lines, buffered, written by a thread, rotated.
 
-Records are queued on the reactor thread (a list append) and written in batches: every
-``flush_interval_seconds``, as soon as ``batch_records`` are queued, on ``SIGUSR1`` (which
-reopens the file first) and at shutdown. A batch is serialized on the reactor thread (a few
-microseconds a record) and appended by the reactor's thread pool, one batch at a time, so a
-slow disk never blocks the reactor. Serializing in the thread would not: a Python thread that
-computes holds the GIL for up to 5 ms at a time, and the reactor waits for it after every
-``epoll`` (measured: a third of the throughput lost). While a batch is being written the
-queue keeps growing up to ``max_queue_records``, beyond which records are dropped and
-counted. A failed write is logged and its records counted as failed;
-the proxy goes on.
+Each record is serialized as it is queued, on the reactor thread (a few microseconds; a
+string, which the garbage collector never scans, is queued rather than the record), and
+written in batches: every ``flush_interval_seconds``, whenever ``batch_records`` are queued,
+on ``SIGUSR1`` (which reopens the file first) and at shutdown. A batch is appended by the
+reactor's thread pool, one batch at a time, so a slow disk never blocks the reactor.
+Serializing in the thread would not: a Python thread that computes holds the GIL for up to
+5 ms at a time, and the reactor waits for it after every ``epoll`` (measured: a third of the
+throughput lost). Between timer flushes only full batches are handed to the thread (a
+hand-off per few records cost more than the write). While a batch is being written the queue
+keeps growing up to ``max_queue_records``, beyond which records are dropped and counted. A
+failed write is logged and its records counted as failed; the proxy goes on.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
@@ -39,14 +40,18 @@ from yatagarasu.values import MIB, AuditRecord
 
 log = Logger()
 
-#: runs a blocking function somewhere (a thread) and reports its end
-Runner = Callable[[Callable[[], None]], Deferred[None]]
+T = TypeVar("T")
 
 
-def run_now(work: Callable[[], None]) -> Deferred[None]:
-    """A :data:`Runner` for reactors without threads (tests): runs ``work`` at once."""
-    work()
-    return succeed(None)
+class Runner(Protocol):
+    """Runs a blocking function somewhere (a thread) and reports its result."""
+
+    def __call__(self, work: Callable[[], T]) -> Deferred[T]: ...
+
+
+def run_now(work: Callable[[], T]) -> Deferred[T]:
+    """A :class:`Runner` for reactors without threads (tests): runs ``work`` at once."""
+    return succeed(work())
 
 
 def thread_runner(reactor: Any) -> Runner:
@@ -57,7 +62,7 @@ def thread_runner(reactor: Any) -> Runner:
     if not IReactorThreads.providedBy(reactor):
         return run_now
 
-    def run(work: Callable[[], None]) -> Deferred[None]:
+    def run(work: Callable[[], T]) -> Deferred[T]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
     return run
@@ -110,9 +115,12 @@ class FileSink:
             max_backups=settings.max_backup_files,
         )
         self._encode = JsonEncoder()
-        self._queue: list[AuditRecord] = []
+        self._max_queue = settings.max_queue_records
+        self._batch = settings.batch_records
+        self._queue: list[str] = []
         self._reopen = False
         self._writing = False
+        self._drain = False
         self._waiters: list[Deferred[None]] = []
         self._service = FlushingService(
             clock, settings.flush_interval_seconds, self.flush, self._flush_and_close
@@ -120,12 +128,13 @@ class FileSink:
 
     def write(self, record: AuditRecord) -> None:
         queue = self._queue
-        if len(queue) >= self.settings.max_queue_records:
+        if len(queue) >= self._max_queue:
             self.counts["dropped"] += 1
             return
-        queue.append(record)
-        if len(queue) >= self.settings.batch_records and not self._writing:
-            self.flush()
+        queue.append(self._encode(record))
+        if len(queue) >= self._batch and not self._writing:
+            self._writing = True
+            Deferred.fromCoroutine(self._write_all())
 
     def reopen(self) -> None:
         self._reopen = True
@@ -136,12 +145,14 @@ class FileSink:
 
     def flush(self) -> Deferred[None]:
         """
-        Write everything queued (in batches, one at a time).
+        Write everything queued so far.
 
-        :returns: fires once the queue is empty and no batch is being written.
+        :returns: fires once what was queued when it was called is written (or failed), and
+            no batch is being written.
         """
         done: Deferred[None] = Deferred()
         self._waiters.append(done)
+        self._drain = True
         if not self._writing:
             self._writing = True
             Deferred.fromCoroutine(self._write_all())
@@ -152,26 +163,36 @@ class FileSink:
         flushed.addCallback(lambda _: self._run(self._file.close))
         return flushed
 
+    def _due(self) -> bool:
+        # A flush (timer, reopen, stop) writes everything; otherwise only full batches.
+        queued = len(self._queue)
+        return self._reopen or bool(
+            queued and (self._drain or queued >= self.settings.batch_records)
+        )
+
     async def _write_all(self) -> None:
         try:
-            while self._queue or self._reopen:
+            while self._due():
                 batch, self._queue = self._queue, []
                 reopen, self._reopen = self._reopen, False
-                encode = self._encode
-                data = "".join([encode(record) + "\n" for record in batch]).encode("utf-8")
+                self._drain = False
+                if batch:
+                    batch.append("")  # the last line's newline
+                count = len(batch) - 1 if batch else 0
+                data = "\n".join(batch).encode("utf-8")
                 work = partial(self._append, data, reopen, self._clock.seconds())
                 try:
                     await self._run(work)
                 except Exception as e:
-                    self.counts["failed"] += len(batch)
+                    self.counts["failed"] += count
                     log.error(
                         "audit file {path}: write failed ({error}); {count} record(s) lost",
                         path=str(self._file.path),
                         error=str(e),
-                        count=len(batch),
+                        count=count,
                     )
                 else:
-                    self.counts["written"] += len(batch)
+                    self.counts["written"] += count
         finally:
             self._writing = False
             waiters, self._waiters = self._waiters, []

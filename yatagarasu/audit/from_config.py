@@ -1,7 +1,8 @@
 """
 The ``audit_log`` section: whether records are written, to which sinks, and what is redacted.
-Each sink's section (``audit_log.file``, ``audit_log.syslog``, or a third-party sink's
-``audit_log.<name>``) is validated by the sink's own plugin factory.
+Each sink's section (``audit_log.file``, ``audit_log.syslog``, ``audit_log.s3_export`` for the
+``s3`` sink, or a third-party sink's ``audit_log.<name>``) is validated by the sink's own plugin
+factory.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any
 
 from yatagarasu.audit.record import Redaction
 from yatagarasu.audit.trail import AuditTrail
@@ -19,14 +20,19 @@ from yatagarasu.discovery import available, find
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import IAuditSink, IAuditSinkFactory
 
-_S3_LATER = "S3 export of audit records is not built yet; use the file or syslog output"
+#: sinks whose section has another name (the Rust key): sink name -> section key
+SECTION_KEYS = {"s3": "s3_export"}
+
+#: sinks that cannot be shared by several worker processes, and why
+ONE_PROCESS = {
+    "file": "one writer per file",
+    "s3": "one spool directory per process",
+}
 
 
 @dataclass(frozen=True)
 class AuditSettings:
     """The ``audit_log`` keys other than sink sections."""
-
-    UNSUPPORTED: ClassVar[dict[str, str]] = {"s3_export": _S3_LATER, "s3": _S3_LATER}
 
     enabled: bool = False
     outputs: tuple[str, ...] = field(default=(), metadata={"aliases": ("output",)})
@@ -39,8 +45,6 @@ class AuditSettings:
         seen: set[str] = set()
         for i, name in enumerate(self.outputs):
             where = f"{join(path, 'outputs')}[{i}]"
-            if name in ("s3", "s3_export"):
-                raise ConfigError(where, f"not supported yet ({_S3_LATER})")
             if name in seen:
                 raise ConfigError(where, f"{name!r} listed twice")
             seen.add(name)
@@ -62,32 +66,35 @@ def build_audit(config: Config, reactor: Any, plugins: ModuleType) -> AuditTrail
     factories = available(IAuditSinkFactory, plugins)
     listed = raw.get("outputs", raw.get("output", ()))
     listed_names = set(listed) if isinstance(listed, list | tuple) else set()
-    sections = {k: v for k, v in raw.items() if k in factories or k in listed_names}
-    settings = _settings({k: v for k, v in raw.items() if k not in sections}, factories)
+    keys = {SECTION_KEYS.get(name, name): name for name in (*factories, *listed_names)}
+    sections = {keys[k]: v for k, v in raw.items() if k in keys}
+    settings = _settings({k: v for k, v in raw.items() if k not in keys}, keys)
     for name in sections:
         if name not in settings.outputs:
+            key = SECTION_KEYS.get(name, name)
             raise ConfigError(
-                f"audit_log.{name}", f"the {name} sink is configured but not in audit_log.outputs"
+                f"audit_log.{key}", f"the {name} sink is configured but not in audit_log.outputs"
             )
     sinks: list[IAuditSink] = []
     for i, name in enumerate(settings.outputs):
         factory = find(IAuditSinkFactory, name, f"audit_log.outputs[{i}]", plugins)
         section = sections.get(name) or {}
+        where = f"audit_log.{SECTION_KEYS.get(name, name)}"
         if not isinstance(section, Mapping):
-            raise ConfigError(f"audit_log.{name}", "expected a mapping")
-        sinks.append(factory.build(section, f"audit_log.{name}", reactor))
+            raise ConfigError(where, "expected a mapping")
+        sinks.append(factory.build(section, where, reactor))
     if not settings.enabled:
         return None
-    if "file" in settings.outputs and config.server.workers > 1:
-        # Each worker would append to, and rotate, the same file.
-        raise ConfigError(
-            f"audit_log.outputs[{list(settings.outputs).index('file')}]",
-            "the file sink needs server.workers: 1 (one writer per file; not supported yet"
-            " with several workers): use the syslog sink, or one worker",
-        )
+    for i, name in enumerate(settings.outputs):
+        if name in ONE_PROCESS and config.server.workers > 1:
+            raise ConfigError(
+                f"audit_log.outputs[{i}]",
+                f"the {name} sink needs server.workers: 1 ({ONE_PROCESS[name]}; not supported"
+                " yet with several workers): use the syslog sink, or one worker",
+            )
     redaction = Redaction(settings.redact_headers)
     return AuditTrail(sinks, redaction, skip_probes=settings.skip_probes)
 
 
-def _settings(raw: Mapping[str, Any], factories: Mapping[str, Any]) -> AuditSettings:
-    return from_raw_beside(AuditSettings, raw, "audit_log", factories)
+def _settings(raw: Mapping[str, Any], sections: Mapping[str, str]) -> AuditSettings:
+    return from_raw_beside(AuditSettings, raw, "audit_log", sections)

@@ -1,13 +1,14 @@
 """
-The audit record as JSON, and the redaction applied before a record reaches any sink:
-secret-looking query parameters in a ``Referer``, and the headers an operator lists.
+The audit record as JSON, and the redaction applied before a record reaches any sink or a log
+line: secret-looking query parameters (in a ``Referer``, in a logged request target), secret
+headers, and the headers an operator lists.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from json.encoder import encode_basestring_ascii as _quote
 
 from yatagarasu.per_second import PerSecond
@@ -26,16 +27,19 @@ SECRET_PARAMETER = re.compile(
 #: headers whose values may be recorded at all (``user_agent``, ``referer``)
 RECORDED_HEADERS = ("user-agent", "referer")
 
+#: headers whose values are secrets whatever the configuration lists (besides the names
+#: :data:`SECRET_PARAMETER` matches: ``x-auth-token``, ``x-api-key``...)
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+#: headers whose values are URLs, which may carry secret query parameters
+_URL_HEADERS = frozenset({"referer", "location", "content-location"})
+
 _LINE = (
-    '{"timestamp":"%s","correlation_id":%s,"client_ip":%s,"user":%s,"bucket":%s,'
+    '{"timestamp":"%s.%03dZ","correlation_id":%s,"client_ip":%s,"user":%s,"bucket":%s,'
     '"object_key":%s,"http_method":%s,"request_path":%s,"response_status":%d,'
     '"response_size_bytes":%d,"duration_ms":%r,"cache_status":%s,"user_agent":%s,'
     '"referer":%s}'
 )
-
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
 
 
 def _second(when: int) -> str:
@@ -96,21 +100,27 @@ class JsonEncoder:
         :returns: one JSON object on one line (no newline at the end); control characters
             and quotes in header values are escaped, so a value cannot start a new line.
         """
+        # The optional fields' ``null`` is written inline: a helper call per field costs more
+        # than the escaping (this runs once per request).
+        when = record.started
+        user, bucket, key = record.user, record.bucket, record.object_key
+        cache, agent, referer = record.cache_status, record.user_agent, record.referer
         return _LINE % (
-            self.timestamp(record.started),
+            self._seconds(when),
+            int(when * 1000) % 1000,
             _quote(record.correlation_id),
             _quote(record.client_ip),
-            _text(record.user),
-            _text(record.bucket),
-            _text(record.object_key),
+            "null" if user is None else _quote(user),
+            "null" if bucket is None else _quote(bucket),
+            "null" if key is None else _quote(key),
             _quote(record.http_method),
             _quote(record.request_path),
             record.response_status,
             record.response_size_bytes,
             float(record.duration_ms),
-            _text(record.cache_status),
-            _text(record.user_agent),
-            _text(record.referer),
+            "null" if cache is None else _quote(cache),
+            "null" if agent is None else _quote(agent),
+            "null" if referer is None else _quote(referer),
         )
 
 
@@ -145,6 +155,24 @@ def redact_query(url: str) -> str:
     return f"{base}?{'&'.join(parts)}"
 
 
+def redact_header(name: str, value: str, sensitive: Container[str] = ()) -> str:
+    """
+    The one decision of what a header value may show, for audit records and log lines.
+
+    :param name: the header name, lowercase.
+    :param value: its value.
+    :param sensitive: further names (lowercase) an operator lists.
+    :returns: ``[REDACTED]`` for :data:`SECRET_HEADERS`, names :data:`SECRET_PARAMETER`
+        matches and ``sensitive`` names; a URL header with :func:`redact_query` applied;
+        else the value.
+    """
+    if name in SECRET_HEADERS or name in sensitive or SECRET_PARAMETER.search(name):
+        return REDACTED
+    if name in _URL_HEADERS:
+        return redact_query(value)
+    return value
+
+
 class Redaction:
     """
     What is removed from a record before sinks see it.
@@ -155,8 +183,9 @@ class Redaction:
 
     def __init__(self, sensitive_headers: Iterable[str] = ()) -> None:
         names = {name.lower() for name in sensitive_headers}
-        self.user_agent = "user-agent" in names
-        self.referer = "referer" in names
+        # decided once by redact_header, not per record
+        self.user_agent = redact_header("user-agent", "", names) == REDACTED
+        self.referer = redact_header("referer", "", names) == REDACTED
 
     def apply(self, record: AuditRecord) -> None:
         """

@@ -27,6 +27,7 @@ class AuditTrail:
         self, sinks: Sequence[IAuditSink], redaction: Redaction, *, skip_probes: bool = False
     ) -> None:
         self.sinks = tuple(sinks)
+        self._writes = tuple(sink.write for sink in self.sinks)
         self._redaction = redaction
         self._skip_probes = skip_probes
 
@@ -43,9 +44,11 @@ class AuditTrail:
 
         :param record: the record of a request whose response ended.
         """
-        self._redaction.apply(record)
-        for sink in self.sinks:
-            sink.write(record)
+        redaction = self._redaction
+        if record.referer is not None or redaction.user_agent:  # else nothing to redact
+            redaction.apply(record)
+        for write in self._writes:
+            write(record)
 
     def reopen(self) -> None:
         """Reopen every sink's files and connections (``SIGUSR1``)."""

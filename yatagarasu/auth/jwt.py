@@ -28,7 +28,12 @@ from yatagarasu.auth.keys import VerificationKey, public_key_from_file, secret_k
 from yatagarasu.auth.tokens import TokenSource, find_token
 from yatagarasu.config.typed import from_raw, join
 from yatagarasu.errors import AuthenticationRequired, ConfigError, Forbidden, InvalidCredentials
-from yatagarasu.interfaces import IAdminAuthSource, IAuthSchemeFactory, IImmediateAuthScheme
+from yatagarasu.interfaces import (
+    IAdminAuthSource,
+    IApplicableAuthScheme,
+    IAuthSchemeFactory,
+    IImmediateAuthScheme,
+)
 from yatagarasu.values import Identity
 
 MAX_TOKEN_LENGTH = 8192
@@ -146,7 +151,7 @@ def load_keys(settings: JwtSettings, path: str) -> list[VerificationKey]:
     return keys
 
 
-@implementer(IImmediateAuthScheme, IAdminAuthSource)
+@implementer(IImmediateAuthScheme, IApplicableAuthScheme, IAdminAuthSource)
 class JwtScheme:
     """
     Verify bearer tokens.
@@ -216,6 +221,10 @@ class JwtScheme:
             return identity
         del self._verified[token]
         return None
+
+    def applies(self, request: IRequest) -> bool:
+        """See :meth:`IApplicableAuthScheme.applies`: a token is in one of the sources."""
+        return find_token(self._settings.token_sources, request) is not None
 
     def authenticate_now(self, request: IRequest) -> Identity | None:
         """See :meth:`IImmediateAuthScheme.authenticate_now`: a token verified before."""

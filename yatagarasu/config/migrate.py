@@ -122,13 +122,14 @@ def migrate(document: Any) -> Migration:
     cache = _section(doc, "cache")
     if cache is not None:
         _cache(cache, _bucket_caching(doc), note)
-    if "authorization" in doc:
-        _kept(
-            "authorization",
-            f"{IGNORED} (it read authorization per bucket);"
-            " this version refuses it until OPA/OpenFGA authorization is built",
-            note,
-        )
+    _drop(
+        doc,
+        "",
+        "authorization",
+        "authorization is set per bucket: buckets[].authorization",
+        f"{IGNORED} (it read authorization per bucket only)",
+        note,
+    )
     for path, jwt in _jwt_sections(doc):
         _jwt(jwt, path, note)
     for i, bucket in _buckets(doc):
@@ -245,7 +246,7 @@ def _kept(path: str, rust: str, note: Emit) -> None:
 def _drop(mapping: dict[str, Any], path: str, key: str, why: str, rust: str, note: Emit) -> None:
     if key in mapping:
         del mapping[key]
-        note(Note(f"{path}.{key}", "dropped", f"({why})", rust))
+        note(Note(f"{path}.{key}" if path else key, "dropped", f"({why})", rust))
 
 
 def _server(server: dict[str, Any], note: Emit) -> None:
@@ -459,13 +460,45 @@ def _bucket(bucket: dict[str, Any], path: str, note: Emit) -> None:
             f"{IGNORED} (its key was ttl_seconds)",
             note,
         )
-    if "authorization" in bucket:
-        _kept(
-            f"{path}.authorization",
-            "the Rust version enforced it; this version does not build OPA/OpenFGA"
-            " authorization yet, and refuses the file until it does",
-            note,
-        )
+    authorization = _section(bucket, "authorization")
+    if authorization is not None:
+        _authorization(authorization, f"{path}.authorization", note)
+
+
+#: the keys of each built-in authorizer type (the Rust version read one flat struct)
+_AUTHORIZER_KEYS = {
+    "opa": ("opa_url", "opa_policy_path", "opa_timeout_ms", "opa_cache_ttl_seconds",
+            "opa_fail_mode"),
+    "openfga": ("openfga_endpoint", "openfga_store_id", "openfga_authorization_model_id",
+                "openfga_api_token", "openfga_timeout_ms", "openfga_cache_ttl_seconds",
+                "openfga_fail_mode", "openfga_user_claim"),
+}  # fmt: skip
+
+
+def _authorization(authorization: dict[str, Any], path: str, note: Emit) -> None:
+    """Keys of the other built-in type (``openfga_*`` in an ``opa`` block) are dropped."""
+    kind = authorization.get("type")
+    if kind not in _AUTHORIZER_KEYS:
+        return
+    _kept(path, "enforced by the Rust version, and by this one", note)
+    mode_key = f"{kind}_fail_mode"
+    mode = authorization.get(mode_key)
+    if isinstance(mode, str) and mode not in ("open", "closed") and "${" not in mode:
+        read_as = "open" if mode.lower() == "open" else "closed"
+        rust = f"read as {read_as} (open in any letter case was open, every other value closed)"
+        _convert(authorization, mode_key, read_as, f"{path}.{mode_key}", rust, note)
+    for other, keys in _AUTHORIZER_KEYS.items():
+        if other == kind:
+            continue
+        for key in keys:
+            _drop(
+                authorization,
+                path,
+                key,
+                f"a {other} key in a type: {kind} block",
+                f"{IGNORED} (it read only the {kind}_* keys for type: {kind})",
+                note,
+            )
 
 
 def _admin_prefix(doc: dict[str, Any], note: Emit) -> None:

@@ -25,9 +25,13 @@ DEFAULT_ADMIN_PREFIX = "/admin"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
-_LATER_OBSERVABILITY = "arrives with metrics and tracing"
+_LATER_OBSERVABILITY = "arrives with tracing"
+_NO_BODIES = "bodies are never logged: objects are streamed, not held for a log line"
 _LATER_SECURITY = "arrives with rate limiting"
-_LATER_AUTHORIZATION = "OPA and OpenFGA authorization arrive with traffic control"
+_PER_BUCKET_AUTHORIZATION = (
+    "as a default for every bucket; set buckets[].authorization on each bucket, where the Rust"
+    " version read it"
+)
 
 
 def _positive(value: float, path: str, *, allow_zero: bool = False) -> None:
@@ -166,12 +170,14 @@ class MetricsConfig:
 
     Without a port of its own, ``/metrics`` is served on the main listener. With one, it is
     served on a listener of its own (plain HTTP, ``/metrics`` only) and not on the main one.
-    ``enabled: false`` serves it nowhere.
+    ``enabled: false`` serves it nowhere. ``serve_admin: true`` (with a port) moves the admin
+    API to that listener too: then neither faces the clients of the main one.
     """
 
     enabled: bool = True
     address: str | None = None
     port: int | None = None
+    serve_admin: bool = False
 
     @property
     def listen_port(self) -> int | None:
@@ -184,6 +190,11 @@ class MetricsConfig:
     def on_main_listener(self) -> bool:
         """Whether ``/metrics`` is served on the main listener (enabled, no port of its own)."""
         return self.enabled and self.listen_port is None
+
+    @property
+    def admin_on_own_listener(self) -> bool:
+        """Whether the admin API is served on the metrics listener (and not the main one)."""
+        return self.serve_admin and self.enabled and self.listen_port is not None
 
     def listener(self, server: ServerConfig) -> tuple[str, int] | None:
         """
@@ -201,6 +212,12 @@ class MetricsConfig:
         if self.address is not None:
             _check_address(self.address, self.port, path)
         port = self.listen_port
+        if self.serve_admin and (port is None or not self.enabled):
+            raise ConfigError(
+                join(path, "serve_admin"),
+                "needs metrics.port and metrics.enabled (the admin API moves to the metrics"
+                " listener)",
+            )
         if port is None:
             if self.address is not None:
                 raise ConfigError(
@@ -434,15 +451,56 @@ class AuthConfig:
     """
     Client authentication for a bucket.
 
-    ``scheme`` names an auth scheme plugin (built-in: ``jwt``). JWT settings come from
-    ``auth.jwt``, else ``buckets[].jwt``, each merged over the top-level ``jwt``; another
-    scheme takes its settings from ``auth.settings``.
+    ``scheme`` names an auth scheme plugin (built-in: ``jwt``, ``signed_url``), or
+    ``schemes`` lists several (the first that applies to a request decides). JWT settings
+    come from ``auth.jwt``, else ``buckets[].jwt``, each merged over the top-level ``jwt``;
+    ``signed_url`` takes its settings from ``auth.signed_url``, any other scheme from
+    ``auth.settings``.
     """
 
     enabled: bool = False
-    scheme: str = "jwt"
+    scheme: str | None = None
+    schemes: tuple[str, ...] | None = None
     jwt: Mapping[str, Any] | None = None
+    signed_url: Mapping[str, Any] | None = None
     settings: Mapping[str, Any] | None = None
+
+    @property
+    def scheme_names(self) -> tuple[str, ...]:
+        """The schemes in order: ``schemes``, else ``(scheme,)``, else ``("jwt",)``."""
+        return self.schemes if self.schemes is not None else (self.scheme or "jwt",)
+
+    def check(self, path: str) -> None:
+        if self.schemes is None:
+            return self._check_settings(path)
+        if self.scheme is not None:
+            raise ConfigError(join(path, "schemes"), "give auth.scheme or auth.schemes, not both")
+        if not self.schemes:
+            raise ConfigError(join(path, "schemes"), "list at least one scheme")
+        for i, name in enumerate(self.schemes):
+            if name in self.schemes[:i]:
+                raise ConfigError(f"{join(path, 'schemes')}[{i}]", f"{name!r} is listed twice")
+        return self._check_settings(path)
+
+    def _check_settings(self, path: str) -> None:
+        names = self.scheme_names
+        if self.signed_url is not None and "signed_url" not in names:
+            raise ConfigError(
+                join(path, "signed_url"), "set, but signed_url is not among the bucket's schemes"
+            )
+        others = [n for n in names if n not in ("jwt", "signed_url")]
+        if self.settings is not None and not others:
+            raise ConfigError(
+                join(path, "settings"),
+                "set, but no plugin scheme reads it (jwt reads auth.jwt, signed_url reads "
+                "auth.signed_url)",
+            )
+        if len(others) > 1:
+            raise ConfigError(
+                join(path, "schemes"),
+                f"{others[0]!r} and {others[1]!r} would both read auth.settings: "
+                "list at most one scheme besides jwt and signed_url",
+            )
 
 
 @dataclass(frozen=True)
@@ -524,8 +582,6 @@ def _under(segments: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
 class BucketConfig:
     """One URL prefix served from one S3 bucket."""
 
-    UNSUPPORTED: ClassVar[dict[str, str]] = {"authorization": _LATER_AUTHORIZATION}
-
     name: str
     path_prefix: str
     s3: S3Config
@@ -534,6 +590,8 @@ class BucketConfig:
     ip_filter: IpFilterConfig | None = None
     cors: CorsConfig | None = None
     cache: BucketCacheConfig | None = None
+    #: ``{type: opa|openfga|<plugin>, ...}``: validated by the authorizer plugin's factory
+    authorization: Mapping[str, Any] | None = None
 
     @property
     def prefix_segments(self) -> tuple[str, ...]:
@@ -560,14 +618,76 @@ class LoggingConfig:
     file: str | None = None
 
 
+#: headers ``request_logging.redact_headers`` lists by default (the Rust version's list)
+DEFAULT_REDACTED_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "set-cookie",
+    "x-amz-security-token",
+)
+
+
+@dataclass(frozen=True)
+class RequestLoggingConfig:
+    """
+    ``observability.request_logging`` (the Rust keys): which requests the access log shows
+    and what it adds to them.
+
+    Paths are shell-style patterns (``*`` matches anything, ``/`` included; ``?`` one
+    character) matched against the whole request path, query string left out.
+    """
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "log_request_body": _NO_BODIES,
+        "log_response_body": _NO_BODIES,
+        "max_body_size": _NO_BODIES,
+    }
+
+    log_requests: bool = False
+    log_responses: bool = False
+    include_paths: tuple[str, ...] = ()
+    exclude_paths: tuple[str, ...] = ()
+    status_codes: tuple[int, ...] = ()
+    redact_headers: tuple[str, ...] = DEFAULT_REDACTED_HEADERS
+
+    def check(self, path: str) -> None:
+        for key, patterns in (
+            ("include_paths", self.include_paths),
+            ("exclude_paths", self.exclude_paths),
+        ):
+            for i, pattern in enumerate(patterns):
+                if not pattern.startswith(("/", "*")):
+                    raise ConfigError(
+                        f"{join(path, key)}[{i}]",
+                        f"a path pattern starts with '/' (or '*'), got {pattern!r}",
+                    )
+        for i, code in enumerate(self.status_codes):
+            if not 100 <= code <= 599:
+                raise ConfigError(
+                    f"{join(path, 'status_codes')}[{i}]", f"must be 100..599, got {code}"
+                )
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """The ``observability`` section."""
+
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "tracing": _LATER_OBSERVABILITY,
+        "slow_query": _LATER_OBSERVABILITY,
+    }
+
+    request_logging: RequestLoggingConfig = field(default_factory=RequestLoggingConfig)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration document."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "observability": _LATER_OBSERVABILITY,
         "rate_limiting": _LATER_SECURITY,
-        "authorization": _LATER_AUTHORIZATION,
+        "authorization": _PER_BUCKET_AUTHORIZATION,
     }
 
     buckets: tuple[BucketConfig, ...]
@@ -577,6 +697,7 @@ class Config:
     cache: Mapping[str, Any] | None = None
     audit_log: Mapping[str, Any] | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     #: Rust Yatagarasu spellings accepted with a warning (not a YAML key: see
     #: :func:`yatagarasu.config.migrate.accept_synonyms`), logged at start-up, shown by --check.
     deprecations: tuple[str, ...] = field(default=(), metadata={"internal": True})

@@ -1,5 +1,6 @@
 """
-The upstream S3 client: one signed GET/HEAD attempt with timeouts, on one connection pool.
+The upstream S3 client: one signed GET/HEAD attempt with timeouts, on one connection pool, and
+a single signed PUT of a small object (the ``s3`` audit sink's batches).
 
 The data path uses ``twisted.web.client.Agent`` directly (treq costs ~25 % more per request)
 with one persistent ``HTTPConnectionPool`` per bucket. HTTPS endpoints are verified with
@@ -8,20 +9,22 @@ service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
 from twisted.web.client import (
     URI,
     Agent,
@@ -32,16 +35,21 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
 from yatagarasu.s3.errors import read_s3_error
-from yatagarasu.s3.sigv4 import Credentials, SigV4Signer, encode_key
+from yatagarasu.s3.sigv4 import EMPTY_PAYLOAD_SHA256, Credentials, SigV4Signer, encode_key
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
+
+#: told of every attempt: its outcome (``2xx``..``5xx``, ``timeout``, ``error``, ``cancelled``)
+#: and the seconds from sending it to its response headers or its failure
+AttemptObserver = Callable[[str, float], None]
+_CLASSES = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -85,6 +93,28 @@ class _OneEndpoint:
         return cast(IStreamClientEndpoint, self._endpoint)
 
 
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body held in memory, written in one go (no cooperator, no global reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing to pause: the body was written at once."""
+
+    def resumeProducing(self) -> None:
+        """Nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing to stop."""
+
+
 class S3Client:
     """
     Fetch objects of one S3 bucket.
@@ -94,6 +124,7 @@ class S3Client:
         (:meth:`S3Config.upstreams`).
     :param agent: the HTTP agent (default: an ``Agent`` on a persistent pool of
         ``connection_pool_size`` connections).
+    :param observe: told of every attempt (the metrics); default: nobody.
     """
 
     def __init__(
@@ -102,8 +133,10 @@ class S3Client:
         config: S3Config,
         *,
         agent: IAgent | None = None,
+        observe: AttemptObserver | None = None,
     ) -> None:
         self._clock = reactor
+        self._observe = observe
         self._config = config
         self._pool: HTTPConnectionPool | None = None
         if config.endpoint:
@@ -167,21 +200,79 @@ class S3Client:
         :raises CancelledError: when the caller cancelled (our client went away).
         """
         path = self.object_path(key)
-        response = await self._attempt(method, self._base + path.encode("ascii"), path, headers)
+        url = self._base + path.encode("ascii")
+        response = await self._observed_attempt(method, url, path, headers)
         if response.code >= 500:
             raise await self._server_error(response)
         return response
 
-    async def _attempt(self, method: bytes, url: bytes, path: str, headers: Headers) -> IResponse:
+    async def _observed_attempt(
+        self, method: bytes, url: bytes, path: str, headers: Headers
+    ) -> IResponse:
+        observe = self._observe
+        if observe is None:
+            return await self._attempt(method, url, path, headers)
+        started = self._clock.seconds()
+        outcome = "error"
+        try:
+            response = await self._attempt(method, url, path, headers)
+            outcome = _CLASSES.get(response.code // 100, "error")
+            return response
+        except UpstreamError as e:
+            outcome = "timeout" if e.status == 504 else "error"
+            raise
+        except CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            observe(outcome, self._clock.seconds() - started)
+
+    async def put(
+        self, key: str, body: bytes, headers: Headers, payload_hash: str | None = None
+    ) -> tuple[int, str | None]:
+        """
+        Store an object held in memory with one signed PUT (the payload's SHA-256 is signed);
+        not retried here: the caller keeps the body and decides when to try again.
+
+        :param key: the object key.
+        :param body: the whole object.
+        :param headers: headers to send with it (``Content-Type``...); not modified.
+        :param payload_hash: the body's hex SHA-256 when the caller has it (computed off the
+            reactor thread for a large body), else it is computed here.
+        :returns: S3's status code, and its error code (``AccessDenied``...) when not 2xx.
+        :raises UpstreamError: when S3 could not be reached or did not answer in time.
+        """
+        path = self.object_path(key)
+        url = self._base + path.encode("ascii")
+        digest = payload_hash or hashlib.sha256(body).hexdigest()
+        response = await self._attempt(b"PUT", url, path, headers, body, digest)
+        code, _, _ = await read_s3_error(response, self._clock, self.idle_seconds)
+        if 200 <= response.code < 300:
+            return response.code, None
+        return response.code, code
+
+    async def _attempt(
+        self,
+        method: bytes,
+        url: bytes,
+        path: str,
+        headers: Headers,
+        body: bytes | None = None,
+        payload_hash: str = EMPTY_PAYLOAD_SHA256,
+    ) -> IResponse:
         send = headers.copy()
         send.setRawHeaders(b"user-agent", [_USER_AGENT])
         if self._signer is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-            for name, value in self._signer.sign(method.decode("ascii"), self._host, path, now):
+            signed = self._signer.sign(
+                method.decode("ascii"), self._host, path, now, payload_hash=payload_hash
+            )
+            for name, value in signed:
                 send.setRawHeaders(name, [value])
         else:
             send.setRawHeaders(b"host", [self._host.encode("ascii")])
-        pending: Deferred[IResponse] = self._agent.request(method, url, send)
+        producer = None if body is None else _BytesBody(body)
+        pending: Deferred[IResponse] = self._agent.request(method, url, send, producer)
         timed_out = False
 
         def give_up() -> None:

@@ -26,7 +26,7 @@ from twisted.web.iweb import IAgent, IResponse
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
 from yatagarasu.s3.breaker import CircuitBreaker, CircuitState, Permit
-from yatagarasu.s3.client import S3Client
+from yatagarasu.s3.client import AttemptObserver, S3Client
 
 log = Logger()
 
@@ -74,6 +74,7 @@ class ReplicaSet:
         connection pool per replica.
     :param random: source of retry jitter.
     :param on_failover: told about every failover (the metric).
+    :param observe: told of every attempt to every replica (outcome, seconds: the metrics).
     :param previous: the bucket's replica set of the running configuration (a reload): the
         breaker of a replica whose section (:meth:`S3Config.upstreams`) did not change is
         kept with its state; the others start closed.
@@ -88,6 +89,7 @@ class ReplicaSet:
         agents: Mapping[str, IAgent] | None = None,
         random: Random | None = None,
         on_failover: FailoverListener | None = None,
+        observe: AttemptObserver | None = None,
         previous: ReplicaSet | None = None,
     ) -> None:
         self._clock: IReactorTime = reactor
@@ -112,6 +114,7 @@ class ReplicaSet:
                 reactor,
                 upstream.s3,
                 agent=agents.get(agent_key(bucket, upstream.name if replicated else None)),
+                observe=observe,
             )
             replicas.append(Replica(upstream.name, upstream.priority, client, breaker, upstream.s3))
         self.replicas: Sequence[Replica] = tuple(replicas)

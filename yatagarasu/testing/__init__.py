@@ -1,9 +1,10 @@
 """
 The test kit for plugin authors (installed with yatagarasu; needs neither pytest nor moto).
 
-- :class:`CacheLayerContract` and :class:`AuthSchemeContract`: mixins holding the promises of
-  ``ICacheLayer`` and ``IAuthScheme`` as tests; subclass one beside ``twisted.trial``'s
-  ``TestCase`` or in a pytest class run with pytest-twisted (see ``docs/plugins.md``).
+- :class:`CacheLayerContract`, :class:`AuthSchemeContract` and :class:`AuthorizerContract`:
+  mixins holding the promises of ``ICacheLayer``, ``IAuthScheme`` and ``IAuthorizer`` as
+  tests; subclass one beside ``twisted.trial``'s ``TestCase`` or in a pytest class run with
+  pytest-twisted (see ``docs/plugins.md``).
 - :func:`fake_request`, :func:`result_of`, :func:`sample_entry`, :func:`body_of`: requests,
   fired Deferreds and cache entries without a server.
 
@@ -13,6 +14,7 @@ The test kit for plugin authors (installed with yatagarasu; needs neither pytest
 """
 
 from yatagarasu.testing.auth_scheme import AuthSchemeContract
+from yatagarasu.testing.authorizer import AuthorizerContract
 from yatagarasu.testing.cache_layer import FAR_FUTURE, CacheLayerContract, body_of, sample_entry
 from yatagarasu.testing.deferreds import deferred_test, result_of
 from yatagarasu.testing.requests import fake_request
@@ -20,6 +22,7 @@ from yatagarasu.testing.requests import fake_request
 __all__ = [
     "FAR_FUTURE",
     "AuthSchemeContract",
+    "AuthorizerContract",
     "CacheLayerContract",
     "body_of",
     "deferred_test",

@@ -5,8 +5,9 @@ of ``server.admin_path_prefix``; the composition root mounts this resource at th
 With no admin auth configured (no ``jwt.admin_claims``, or ``jwt.enabled: false``) every
 admin route answers 403. No token → 401, a token without the admin claims → 403. The routes
 are the cache's (``/admin/cache/...``, see :mod:`yatagarasu.web.admin_cache`), present when
-caching is configured, and ``POST /admin/reload`` (:mod:`yatagarasu.web.admin_reload`);
-anything else is a JSON 404.
+caching is configured, ``POST /admin/reload`` (:mod:`yatagarasu.web.admin_reload`) and, when a
+bucket accepts signed links, ``POST /admin/sign`` (:mod:`yatagarasu.web.admin_sign`); anything
+else is a JSON 404.
 """
 
 from __future__ import annotations

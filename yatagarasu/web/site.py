@@ -11,7 +11,7 @@ The audit trail belongs to the site (the process): a reload keeps it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
@@ -33,6 +33,7 @@ from yatagarasu.http.conditionals import Conditions, parse_conditions
 from yatagarasu.http.status import reason_phrase_bytes
 from yatagarasu.metrics import Metrics
 from yatagarasu.per_second import PerSecond
+from yatagarasu.request_logging import RequestLogPolicy
 from yatagarasu.values import AuditRecord
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
 from yatagarasu.web.request_id import request_id_for
@@ -40,6 +41,8 @@ from yatagarasu.web.responses import write_error
 from yatagarasu.web.target import traversal_reason
 
 access_log = Logger(namespace="yatagarasu.access")
+#: ``observability.request_logging.log_requests``: one event as each request arrives
+request_log = Logger(namespace="yatagarasu.request")
 
 
 @dataclass(eq=False)
@@ -56,6 +59,8 @@ class Served:
     :ivar max_concurrent_requests: above this many in-flight requests, answer 503.
     :ivar access_log_enabled: whether the per-request access event is wanted.
     :ivar send_buffer_bytes: ``SO_SNDBUF`` of accepted sockets (``None``: kernel default).
+    :ivar request_logging: which requests the access log shows and what it adds
+        (``observability.request_logging``; ``None``: every request, nothing added).
     :ivar requests: requests started on it and not ended yet.
     """
 
@@ -65,6 +70,7 @@ class Served:
     max_concurrent_requests: int
     access_log_enabled: bool = True
     send_buffer_bytes: int | None = None
+    request_logging: RequestLogPolicy | None = None
     requests: int = 0
     _idle_waiters: list[Deferred[None]] = field(default_factory=list, repr=False)
 
@@ -104,11 +110,15 @@ class ProxyRequest(Request):
     subject: str | None = None
     #: the ``X-Cache`` value sent (``b"HIT"``...), ``None`` where nothing caches
     cache_status: bytes | None = None
+    #: how the bucket's authentication ended (``ok``, ``missing``...), ``None``: not asked
+    auth_result: str | None = None
     served: Served | None = None
     _client_address: str | None = None
     _conditions: Conditions | None = None
     _body_bytes = 0
     _accounted = False
+    #: header lines :meth:`write_head` sent beyond ``responseHeaders`` (a cached entry's)
+    _head_extra = b""
     #: answered by the channel while the request was parsed (it audits those itself)
     _refused = False
 
@@ -147,6 +157,8 @@ class ProxyRequest(Request):
         site.request_started(self)
         served = self.served = site.served
         served.pin()
+        if served.request_logging is not None and served.request_logging.log_requests:
+            site.request_arrived(self, served.request_logging)
         reason = traversal_reason(self.uri)
         if reason is not None:
             write_error(self, HTTPError(400, f"rejected path: {reason}"), self.request_id)
@@ -236,6 +248,7 @@ class ProxyRequest(Request):
         if self._disconnected:
             return
         self.startedWriting = 1
+        self._head_extra = extra
         head = encode_head(
             self.clientproto, b"%d" % code, self.code_message, self.responseHeaders, extra
         )
@@ -247,11 +260,6 @@ class ProxyRequest(Request):
         return str(getattr(address, "host", address))
 
 
-def _request_header(request: Request, name: bytes) -> str | None:
-    values = request.requestHeaders.getRawHeaders(name)
-    return values[0].decode("utf-8", "replace") if values else None
-
-
 def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
     """
     :param request: a request whose response ended (completely or not).
@@ -260,6 +268,9 @@ def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
     """
     method = request.method
     label = request.cache_status
+    headers = request.requestHeaders
+    agent = headers.getRawHeaders(b"user-agent")
+    referer = headers.getRawHeaders(b"referer")
     return AuditRecord(
         request.started,
         request.request_id,
@@ -271,16 +282,34 @@ def audit_record(request: ProxyRequest, duration: float) -> AuditRecord:
         request.path.decode("utf-8", "replace"),
         request.code,
         request.sentLength,
-        round(duration * 1000, 3),
+        int(duration * 1_000_000 + 0.5) / 1000,  # ms to 3 decimals (round() costs 6x more)
         _CACHE_STATUS.get(label) or label.decode("latin-1").lower() if label else None,
-        _request_header(request, b"user-agent"),
-        _request_header(request, b"referer"),
+        agent[0].decode("utf-8", "replace") if agent else None,
+        referer[0].decode("utf-8", "replace") if referer else None,
     )
 
 
 _METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"OPTIONS")}
 _LABELS = (b"HIT", b"MISS", b"BYPASS", b"STALE", b"REVALIDATED")
 _CACHE_STATUS = {label: label.decode().lower() for label in _LABELS}
+
+
+def _response_header_pairs(request: ProxyRequest) -> Iterator[tuple[bytes, bytes]]:
+    """:returns: ``(name, value)`` of every header line the response sent, in order."""
+    headers = request.responseHeaders
+    encoded = headers.prefix if isinstance(headers, ResponseHeaders) else b""
+    yield from _lines(encoded)
+    for name, values in headers.getAllRawHeaders():
+        for value in values:
+            yield name, value
+    yield from _lines(request._head_extra)
+
+
+def _lines(encoded: bytes) -> Iterator[tuple[bytes, bytes]]:
+    for line in encoded.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep:
+            yield name, value.strip()
 
 
 def _server_and_date(second: int) -> bytes:
@@ -307,6 +336,8 @@ class ProxySite(Site):
         record is built).
     :param extra_headers: header lines added to every response, encoded (``Name: v\r\n``
         each; the worker number when ``server.workers`` > 1).
+    :param request_logging: which requests the access log shows and what it adds
+        (``None``: every request, nothing added).
     """
 
     protocol = LimitedHTTPChannel  # type: ignore[assignment]
@@ -328,6 +359,7 @@ class ProxySite(Site):
         idle_timeout: float = 60.0,
         audit: AuditTrail | None = None,
         extra_headers: bytes = b"",
+        request_logging: RequestLogPolicy | None = None,
     ) -> None:
         super().__init__(resource, reactor=clock)
         self.clock = clock
@@ -343,9 +375,11 @@ class ProxySite(Site):
             max_concurrent_requests,
             access_log_enabled,
             send_buffer_bytes,
+            request_logging,
         )
         self._active: set[ProxyRequest] = set()
         self._channels: set[LimitedHTTPChannel] = set()
+        metrics.watch_site(self)
         self._closed_waiters: list[Deferred[None]] = []
         #: the ``Server`` and ``Date`` header lines for a time (epoch seconds)
         self.server_and_date = (
@@ -419,29 +453,81 @@ class ProxySite(Site):
         if served is not None:
             served.unpin()
         duration = self.clock.seconds() - request.started
-        self.metrics.request(
-            request.bucket, request.method, request.code, duration, request.sentLength
+        metrics = self.metrics
+        metrics.request(
+            request.bucket,
+            request.method,
+            request.code,
+            duration,
+            request.sentLength,
+            request.cache_status,
         )
-        if (served or self.served).access_log_enabled:
-            access_log.info(
-                "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
-                request_id=request.request_id,
-                client_ip=request.client_address,
-                user=request.subject,
-                method=request.method.decode("ascii", "replace"),
-                path=request.path.decode("utf-8", "replace"),
-                status=request.code,
-                bytes_sent=request.sentLength,
-                duration_ms=round(duration * 1000, 3),
-                bucket=request.bucket,
-                object_key=request.object_key,
-                cache=request.cache_status.decode() if request.cache_status else None,
-                aborted=aborted,
-                user_agent=(request.getHeader(b"user-agent") or b"").decode("utf-8", "replace"),
-            )
+        if request.auth_result is not None:
+            metrics.auth_result(request.bucket or "-", request.auth_result)
+        served = served or self.served
+        if served.access_log_enabled:
+            policy = served.request_logging
+            if policy is None:
+                self._log_access(request, duration, aborted)
+            elif policy.response_wanted(request.path.decode("utf-8", "replace"), request.code):
+                self._log_access(request, duration, aborted, policy)
         audit = self.audit
         if audit is not None and not request._refused and audit.records(request.path):
             audit.emit(audit_record(request, duration))
+
+    def request_arrived(self, request: ProxyRequest, policy: RequestLogPolicy) -> None:
+        """
+        Write the ``yatagarasu.request`` event of a request that just arrived
+        (``request_logging.log_requests``), when its path is wanted.
+
+        :param request: the request, its id chosen.
+        :param policy: the request logging policy it is served with.
+        """
+        if not policy.path_wanted(request.path.decode("utf-8", "replace")):
+            return
+        request_log.info(
+            "{client_ip} {method} {target} arrived",
+            request_id=request.request_id,
+            client_ip=request.client_address,
+            method=request.method.decode("ascii", "replace"),
+            target=policy.target(request.uri),
+            request_headers=policy.headers(
+                (name, value)
+                for name, values in request.requestHeaders.getAllRawHeaders()
+                for value in values
+            ),
+        )
+
+    @staticmethod
+    def _log_access(
+        request: ProxyRequest,
+        duration: float,
+        aborted: bool,
+        policy: RequestLogPolicy | None = None,
+    ) -> None:
+        user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
+        extra: dict[str, Any] = {}
+        if policy is not None:
+            user_agent = policy.user_agent(user_agent)
+            if policy.log_responses:
+                extra["response_headers"] = policy.headers(_response_header_pairs(request))
+        access_log.info(
+            "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms",
+            request_id=request.request_id,
+            client_ip=request.client_address,
+            user=request.subject,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"),
+            status=request.code,
+            bytes_sent=request.sentLength,
+            duration_ms=round(duration * 1000, 3),
+            bucket=request.bucket,
+            object_key=request.object_key,
+            cache=request.cache_status.decode() if request.cache_status else None,
+            aborted=aborted,
+            user_agent=user_agent,
+            **extra,
+        )
 
     def request_refused(
         self, peer: str, method: bytes, path: bytes, status: int, request_id: str, sent: int

@@ -14,6 +14,7 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, globalLogPublisher
@@ -109,8 +110,9 @@ def test_builtin_sinks_are_plugins() -> None:
     ("audit_log", "path", "message"),
     [
         ({"enabled": True}, "audit_log.outputs", "at least one output"),
-        ({"enabled": True, "outputs": ["s3"]}, "audit_log.outputs[0]", "not supported yet"),
-        ({"s3_export": {"bucket": "b"}}, "audit_log.s3_export", "not supported yet"),
+        ({"enabled": True, "outputs": ["s3"]}, "audit_log.s3_export.bucket", "is required"),
+        ({"s3_export": {"bucket": "b"}}, "audit_log.s3_export", "not in audit_log.outputs"),
+        ({"outputs": ["file"], "s3": {}}, "audit_log.s3", "unknown key"),
         ({"outputs": ["kafka"]}, "audit_log.outputs[0]", "unknown IAuditSinkFactory 'kafka'"),
         ({"outputs": ["file", "file"]}, "audit_log.outputs[1]", "listed twice"),
         ({"file": {"path": "/x"}}, "audit_log.file", "not in audit_log.outputs"),
@@ -558,3 +560,38 @@ def test_the_file_sink_is_refused_with_several_workers(tmp_path: Path) -> None:
         assemble(config, MemoryReactorClock())
     assert info.value.path == "audit_log.outputs[0]"
     assert "needs server.workers: 1" in info.value.message
+
+
+def test_between_flushes_only_full_batches_go_to_the_writer_thread(tmp_path: Path) -> None:
+    clock = MemoryReactorClock()
+    held: list[Deferred[None]] = []
+
+    def run_later(work: Any) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+        done.addCallback(lambda _: work())
+        held.append(done)
+        return done
+
+    parsed = FileSinkSettings(path=str(tmp_path / "audit.log"), batch_records=3)
+    sink = FileSink(parsed, clock, run_later)
+    for n in range(3):
+        sink.write(record(n))
+    assert len(held) == 1  # a full batch: handed to the thread at once
+    sink.write(record(3))
+    held[0].callback(None)
+    assert len(held) == 1  # one record is not a batch: it waits for the timer
+    sink.write(record(4))
+    sink.write(record(5))
+    assert len(held) == 2  # full again
+    held[1].callback(None)
+    sink.write(record(6))
+    flushed = sink.flush()  # the timer (or a stop): everything queued
+    assert len(held) == 3 and not flushed.called
+    held[2].callback(None)
+    assert flushed.called
+    assert read_ids(tmp_path / "audit.log") == [f"id-{n}" for n in range(7)]
+    assert sink.counts == {"written": 7, "failed": 0, "dropped": 0}
+    [service] = sink.services()
+    stopped = service.stopService()  # closes the file (through the held runner)
+    held[3].callback(None)
+    assert stopped.called

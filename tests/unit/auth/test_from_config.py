@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,9 +26,12 @@ from tests.unit.auth.jwt_kit import (
 )
 from tests.unit.fakes import bucket_entry
 from yatagarasu import plugins
+from yatagarasu.auth.first_applicable import FirstApplicableScheme
 from yatagarasu.auth.from_config import build_access_control
+from yatagarasu.auth.signed_url import SignedUrlScheme
 from yatagarasu.config import ConfigError, parse_config
 from yatagarasu.errors import Forbidden
+from yatagarasu.testing.requests import fake_request
 from yatagarasu.values import Identity
 
 
@@ -151,3 +155,73 @@ def test_seed_phase31_examples_load(tmp_path: Path) -> None:
     access = build_access_control(config, clock_at(), plugins)
     assert set(access.schemes) == {"products", "api", "secure", "multi"}
     assert len(access.services) == 1  # the JWKS refresh timer
+
+
+SIGNING = {"keys": [{"kid": "k1", "secret": "${SIGNING_KEY}"}]}
+
+
+def test_schemes_list_builds_one_scheme_in_order_and_a_signer() -> None:
+    config = parse_config(
+        {
+            "jwt": {"secret": SECRET},
+            "buckets": [
+                bucket_entry(
+                    auth={"enabled": True, "schemes": ["jwt", "signed_url"], "signed_url": SIGNING}
+                ),
+                bucket_entry(
+                    "links",
+                    "/links",
+                    auth={"enabled": True, "scheme": "signed_url", "signed_url": SIGNING},
+                ),
+                bucket_entry("old", "/old", auth={"enabled": True}),
+            ],
+        },
+        {"SIGNING_KEY": "e" * 32},
+    )
+    access = build_access_control(config, clock_at(), plugins)
+    both = access.schemes["pub"]
+    assert isinstance(both, FirstApplicableScheme) and both.name == "jwt+signed_url"
+    assert isinstance(access.schemes["links"], SignedUrlScheme)
+    assert access.schemes["old"].name == "jwt"
+    assert set(access.signers) == {"pub", "links"}
+    link = access.signers["pub"].sign("/pub/k", 60)
+    assert link.kid == "k1"
+    path, _, query = link.url.partition("?")
+    request = fake_request(path, args=parse_qs(query))
+    assert isinstance(outcome(both.authenticate(request)), Identity)
+
+
+@pytest.mark.parametrize(
+    ("auth", "path", "message"),
+    [
+        ({"schemes": []}, "buckets[0].auth.schemes", "list at least one scheme"),
+        ({"schemes": ["jwt"], "scheme": "jwt"}, "buckets[0].auth.schemes", "not both"),
+        ({"schemes": ["jwt", "jwt"]}, "buckets[0].auth.schemes[1]", "listed twice"),
+        ({"signed_url": {}}, "buckets[0].auth.signed_url", "not among the bucket's schemes"),
+        ({"schemes": ["apikey", "magic"]}, "buckets[0].auth.schemes", "both read auth.settings"),
+        ({"scheme": "signed_url", "settings": {}}, "buckets[0].auth.settings", "no plugin scheme"),
+        ({"settings": {"keys": []}}, "buckets[0].auth.settings", "no plugin scheme reads it"),
+    ],
+)
+def test_bad_scheme_lists(auth: dict[str, Any], path: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"buckets": [bucket_entry(auth={"enabled": True, **auth})]}, {})
+    assert info.value.path == path
+    assert message in info.value.message
+
+
+def test_scheme_list_errors_name_the_entry() -> None:
+    config = parse_config(
+        {"buckets": [bucket_entry(auth={"enabled": True, "schemes": ["signed_url", "magic"],
+                                        "signed_url": {"keys": [{"secret": "e" * 32}]}})]},
+        {},
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        build_access_control(config, clock_at(), plugins)
+    assert info.value.path == "buckets[0].auth.schemes[1]"
+    config = parse_config(
+        {"buckets": [bucket_entry(auth={"enabled": True, "schemes": ["signed_url"]})]}, {}
+    )
+    with pytest.raises(ConfigError) as info:
+        build_access_control(config, clock_at(), plugins)
+    assert info.value.path == "buckets[0].auth.signed_url.keys"

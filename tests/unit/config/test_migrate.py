@@ -222,23 +222,68 @@ def test_per_bucket_jwt_is_kept_and_said_to_be_ignored_by_rust() -> None:
     assert "verified every bucket with the top-level jwt" in note.rust
 
 
-def test_authorization_is_kept_and_refused_as_not_supported_yet() -> None:
+def test_authorization_is_kept_per_bucket_and_dropped_at_the_top_level() -> None:
     document = {"authorization": {"opa": {"url": "http://opa"}}, **doc()}
-    document["buckets"][0]["authorization"] = {"type": "opa", "opa_url": "http://opa"}
-    migration = migrate(document)
-    assert migration.document == document
-    assert note_at(migration, "buckets[0].authorization").action == "kept"
-    assert "ignored by the Rust version too" in note_at(migration, "authorization").rust
+    document["buckets"][0]["authorization"] = {
+        "type": "opa",
+        "opa_url": "http://opa",
+        "opa_policy_path": "yatagarasu/authz/allow",
+        "openfga_store_id": "S",
+    }
     with pytest.raises(ConfigError) as caught:
-        parse_config(migration.document, {})
-    assert str(caught.value) == (
-        "authorization: not supported yet (OPA and OpenFGA authorization arrive with traffic"
-        " control)"
+        parse_config(document, {})
+    assert str(caught.value).startswith("authorization: not supported yet (as a default")
+    migration = migrate(document)
+    assert "authorization" not in migration.document
+    top = note_at(migration, "authorization")
+    assert (top.action, top.rust) == (
+        "dropped",
+        "ignored by the Rust version too (it read authorization per bucket only)",
     )
-    del migration.document["authorization"]
-    with pytest.raises(ConfigError, match="not supported yet") as caught:
-        parse_config(migration.document, {})
-    assert caught.value.path == "buckets[0].authorization"
+    assert note_at(migration, "buckets[0].authorization").action == "kept"
+    other = note_at(migration, "buckets[0].authorization.openfga_store_id")
+    assert other.action == "dropped"
+    assert "it read only the opa_* keys for type: opa" in other.rust
+    assert migration.document["buckets"][0]["authorization"] == {
+        "type": "opa",
+        "opa_url": "http://opa",
+        "opa_policy_path": "yatagarasu/authz/allow",
+    }
+    config = parse_config(migration.document, {})
+    assert config.buckets[0].authorization == migration.document["buckets"][0]["authorization"]
+
+
+@pytest.mark.parametrize(
+    ("written", "migrated"),
+    [("Open", "open"), ("deny", "closed"), ("CLOSED", "closed"), ("${MODE}", "${MODE}")],
+)
+def test_a_fail_mode_the_rust_version_read_leniently_is_converted(
+    written: str, migrated: str
+) -> None:
+    document = doc()
+    document["buckets"][0]["authorization"] = {
+        "type": "opa", "opa_url": "http://opa", "opa_policy_path": "p", "opa_fail_mode": written
+    }  # fmt: skip
+    migration = migrate(document)
+    assert migration.document["buckets"][0]["authorization"]["opa_fail_mode"] == migrated
+    if written != migrated:
+        note = note_at(migration, "buckets[0].authorization.opa_fail_mode")
+        assert (note.action, note.detail) == ("converted", f"{written!r} to {migrated!r}")
+
+
+def test_a_key_of_the_other_authorizer_names_the_migrate_command() -> None:
+    document = doc()
+    document["buckets"][0]["authorization"] = {
+        "type": "openfga",
+        "openfga_endpoint": "http://fga",
+        "openfga_store_id": "S",
+        "opa_timeout_ms": 5,
+    }
+    error = ConfigError("buckets[0].authorization.opa_timeout_ms", "unknown key")
+    explained = explain(error, document, "rust.yaml")
+    assert explained.message == (
+        "unknown key; a Rust Yatagarasu key; run: yatagarasu-config migrate rust.yaml"
+    )
 
 
 def test_a_bucket_at_admin_moves_the_admin_api() -> None:

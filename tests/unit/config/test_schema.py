@@ -109,6 +109,9 @@ def test_metrics_disabled_serves_nowhere() -> None:
         ({"port": "9090"}, {}, "metrics.port", "expected an integer"),
         ({"enabled": "yes"}, {}, "metrics.enabled", "expected true or false"),
         ({"prot": 9090}, {}, "metrics.prot", "did you mean 'port'"),
+        ({"serve_admin": True}, {}, "metrics.serve_admin", "needs metrics.port"),
+        ({"serve_admin": True, "port": 9090, "enabled": False}, {}, "metrics.serve_admin", "needs"),
+        ({"serve_admin": "yes", "port": 9090}, {}, "metrics.serve_admin", "true or false"),
     ],
 )
 def test_metrics_errors_name_the_key(
@@ -138,7 +141,11 @@ def test_unknown_key_in_second_bucket() -> None:
 @pytest.mark.parametrize(
     ("document", "path"),
     [
-        ({"observability": {}, **minimal()}, "observability"),
+        ({"observability": {"tracing": {}}, **minimal()}, "observability.tracing"),
+        (
+            {"observability": {"request_logging": {"log_request_body": True}}, **minimal()},
+            "observability.request_logging.log_request_body",
+        ),
         (minimal(s3={"bucket": "b", "rate_limit": {}}), "buckets[0].s3.rate_limit"),
         ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),
     ],
@@ -249,7 +256,7 @@ def test_every_shipped_yaml_loads(path: str) -> None:
         document = yaml.safe_load(f)
     environ = {
         name: f"value-of-{name}-with-enough-bytes-for-any-hmac-key-0123456789abcdef"
-        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET")
+        for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "JWT_SECRET", "SIGNED_URL_KEY")
     }
     config = parse_config(document, environ)
     assert config.buckets

@@ -115,3 +115,35 @@ def test_an_authenticated_hit_with_a_known_token_and_the_refusals_around_it() ->
     _, transport = h.get("/hs/k")
     assert parse_response(transport.value()).status == 401
     assert len(h.agents["hs"].sent) == 1
+
+
+def test_a_hit_through_a_signed_link_never_asks_for_a_deferred() -> None:
+    signing = {"keys": [{"kid": "k1", "secret": "l" * 32}]}
+    auth = {"enabled": True, "schemes": ["jwt", "signed_url"], "signed_url": signing}
+    h = Harness(
+        {
+            "cache": {"enabled": True},
+            "jwt": {"secret": "s" * 64},
+            "buckets": [bucket_entry(auth=auth)],
+        }
+    )
+    h.clock.advance(1_800_000_000)
+    link = h.access.signers["pub"].sign("/pub/k", 60).url
+    scheme = h.access.schemes["pub"]
+    slow_calls: list[object] = []
+    authenticate = scheme.authenticate
+
+    def counting(request: object) -> object:
+        slow_calls.append(request)
+        return authenticate(request)
+
+    scheme.authenticate = counting
+    h.get(link)
+    h.agents["pub"].answer(FakeResponse(200, {}, body=b"picture"))
+    _, transport = h.get(link)
+    response = parse_response(transport.value())
+    assert (response.status, response.body, response.header("x-cache")) == (200, b"picture", "HIT")
+    assert slow_calls == []  # both answered by authenticate_now
+    _, refused = h.get("/pub/k?expires=1&signature=x")  # a bad link: refused the slow way
+    assert parse_response(refused.value()).status == 401
+    assert len(slow_calls) == 1

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 
-from tests.unit.fakes import FakeResponse, Parsed, parse_response
+from tests.unit.cache_harness import SECRET, START
+from tests.unit.fakes import FakeResponse, Harness, Parsed, bucket_entry, parse_response
 from tests.unit.web.metrics_harness import get, harness
+from tests.unit.web.test_admin_cache import admin_header
 from yatagarasu.web.site import ProxySite
 
 OBJECT_HEADERS = {"Content-Type": "text/plain", "Content-Length": "4"}
@@ -18,7 +24,8 @@ def answer(site: ProxySite, target: str) -> Parsed:
 
 
 def requests_counted(body: bytes, status: str) -> float:
-    prefix = f'yatagarasu_requests_total{{bucket="pub",method="GET",status="{status}"}} '
+    labels = f'bucket="pub",method="GET",status="{status}",status_class="{status[0]}xx"'
+    prefix = f"yatagarasu_requests_total{{{labels}}} "
     values = [line[len(prefix) :] for line in body.decode().splitlines() if line.startswith(prefix)]
     return float(values[0]) if values else 0.0
 
@@ -71,3 +78,62 @@ def test_disabled_metrics_are_served_nowhere() -> None:
     assert h.assembly.metrics_site is None
     assert parse_response(h.get("/metrics")[1].value()).status == 404
     assert parse_response(h.get("/health")[1].value()).status == 200
+
+
+def with_admin(metrics: dict[str, Any]) -> Harness:
+    h = Harness(
+        {
+            "cache": {"enabled": True},
+            "jwt": {
+                "secret": SECRET,
+                "admin_claims": [{"claim": "role", "operator": "equals", "value": "admin"}],
+            },
+            "buckets": [bucket_entry()],
+            "server": {"port": 8080},
+            "metrics": metrics,
+        }
+    )
+    h.clock.advance(START)
+    return h
+
+
+def test_serve_admin_moves_the_admin_api_to_the_metrics_site() -> None:
+    h = with_admin({"port": 9090, "serve_admin": True})
+    metrics_site = h.assembly.metrics_site
+    assert metrics_site is not None
+    on_main = parse_response(h.get("/admin/cache/stats", admin_header())[1].value())
+    assert on_main.status == 404
+    assert json.loads(on_main.body)["request_id"] == on_main.header("x-request-id")
+    channel = metrics_site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40002))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40002))
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        f"GET /admin/cache/stats HTTP/1.1\r\nHost: m\r\n{admin_header()}\r\n\r\n".encode()
+    )
+    stats = parse_response(transport.value())
+    assert stats.status == 200
+    assert json.loads(stats.body)["status"] == "success"
+    assert answer(metrics_site, "/admin/cache/stats").status == 401  # still needs a token
+    assert answer(metrics_site, "/metrics").status == 200
+    assert answer(metrics_site, "/pub/k").status == 404
+    assert h.agents["pub"].sent == []
+
+
+def test_without_serve_admin_the_admin_api_stays_on_the_main_site() -> None:
+    h = with_admin({"port": 9090})
+    assert h.assembly.metrics_site is not None
+    assert answer(h.assembly.metrics_site, "/admin/cache/stats").status == 404
+    on_main = parse_response(h.get("/admin/cache/stats", admin_header())[1].value())
+    assert on_main.status == 200
+
+
+def test_a_reload_moves_the_admin_api_between_the_listeners() -> None:
+    h = with_admin({"port": 9090})
+    metrics_site = h.assembly.metrics_site
+    assert metrics_site is not None
+    document = copy.deepcopy(h.document)
+    document["metrics"]["serve_admin"] = True
+    assert h.reload(document).status == 200
+    # the listening sites stay; what they serve was swapped
+    assert parse_response(h.get("/admin/cache/stats", admin_header())[1].value()).status == 404
+    assert answer(metrics_site, "/admin/cache/stats").status == 401  # there now, token needed

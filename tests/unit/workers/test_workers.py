@@ -418,14 +418,12 @@ def test_merged_metrics_label_every_sample_with_its_worker() -> None:
     second.request("pub", b"GET", 200, 0.01, 10)
     second.request("pub", b"GET", 200, 0.02, 10)
     text = merge_expositions({0: first.render().decode(), 1: second.render().decode()}).decode()
-    assert (
-        'yatagarasu_requests_total{bucket="pub",method="GET",status="200",worker="0"} 1.0' in text
-    )
-    assert (
-        'yatagarasu_requests_total{bucket="pub",method="GET",status="200",worker="1"} 2.0' in text
-    )
+    series = 'yatagarasu_requests_total{bucket="pub",method="GET",status="200",status_class="2xx"'
+    assert f'{series},worker="0"}} 1.0' in text
+    assert f'{series},worker="1"}} 2.0' in text
     assert text.count("# TYPE yatagarasu_requests_total counter") == 1
-    assert 'yatagarasu_request_duration_seconds_count{bucket="pub",worker="1"} 2.0' in text
+    durations = 'yatagarasu_request_duration_seconds_count{bucket="pub",cache="none"'
+    assert f'{durations},worker="1"}} 2.0' in text
 
 
 def cached_document() -> dict[str, Any]:
@@ -445,8 +443,9 @@ def test_metrics_route_answers_for_every_worker() -> None:
     text = response.body.decode()
     assert response.status == 200
     assert response.header("x-yatagarasu-worker") == "0"
-    assert 'status="404",worker="1"} 1.0' in text
-    assert 'yatagarasu_requests_total{bucket="-",method="GET",status="200",worker="0"}' not in text
+    assert 'status="404",status_class="4xx",worker="1"} 1.0' in text
+    own = 'yatagarasu_requests_total{bucket="-",method="GET",status="200",status_class="2xx"'
+    assert f'{own},worker="0"}}' not in text
 
 
 def test_stats_are_summed_over_the_workers() -> None:
