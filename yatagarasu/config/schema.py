@@ -642,12 +642,18 @@ class BucketCacheConfig:
     enabled: bool | None = None
     ttl_seconds: float | None = None
     max_item_size_mb: float | None = None
+    slice_size_mb: float | None = None
+    slice_threshold_mb: float | None = None
 
     def check(self, path: str) -> None:
         if self.ttl_seconds is not None:
             _positive(self.ttl_seconds, join(path, "ttl_seconds"), allow_zero=True)
         if self.max_item_size_mb is not None:
             _positive(self.max_item_size_mb, join(path, "max_item_size_mb"))
+        if self.slice_size_mb is not None:
+            _positive(self.slice_size_mb, join(path, "slice_size_mb"), allow_zero=True)
+        if self.slice_threshold_mb is not None:
+            _positive(self.slice_threshold_mb, join(path, "slice_threshold_mb"))
 
 
 def _segments(prefix: str) -> tuple[str, ...]:
