@@ -12,6 +12,7 @@ import sys
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -390,6 +391,44 @@ class MotoS3Server:
             args["ContentType"] = content_type
         resp = self.s3.put_object(Bucket=bucket, Key=key, Body=body, **args)
         return str(resp["ETag"])
+
+    def put_large_object(self, bucket: str, key: str, body: bytes) -> str:
+        """
+        Store an object with a multipart upload (16 MiB parts), not recorded: moto's recorder
+        would write every part's bytes to its recording.
+
+        :param bucket: bucket name.
+        :param key: object key.
+        :param body: object bytes.
+        :returns: the ETag exactly as S3 reports it (a multipart one, ``"...-N"``).
+        """
+        import io
+
+        from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+
+        part = 16 * 1024 * 1024
+        config = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
+        with self.unrecorded():
+            self.s3.upload_fileobj(io.BytesIO(body), bucket, key, Config=config)
+            etag = str(self.s3.head_object(Bucket=bucket, Key=key)["ETag"])
+        return etag
+
+    @contextmanager
+    def unrecorded(self) -> Iterator[None]:
+        """Requests made inside the ``with`` block are not recorded (nor counted)."""
+        if not self.record_requests:
+            yield
+            return
+        self._recorder("stop-recording")
+        try:
+            yield
+        finally:
+            self._recorder("start-recording")
+
+    def _recorder(self, action: str) -> None:
+        resp = http_request("POST", f"{self.endpoint_url}/moto-api/recorder/{action}")
+        if resp.status != 200:
+            raise RuntimeError(f"moto {action} answered {resp.status}")
 
     def delete_object(self, bucket: str, key: str) -> None:
         """

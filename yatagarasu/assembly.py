@@ -28,7 +28,8 @@ from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config
-from yatagarasu.interfaces import ICacheLayer, ISiblings
+from yatagarasu.interfaces import ICacheLayer, IRateLimiter, ISiblings
+from yatagarasu.limits.from_config import RateLimiting, build_rate_limiting
 from yatagarasu.metrics import Metrics
 from yatagarasu.observability.slow_requests import SlowRequestLog
 from yatagarasu.observability.tracing import Tracing, build_tracing
@@ -44,6 +45,7 @@ from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
 from yatagarasu.web.listing import DirectoryListing
 from yatagarasu.web.metrics import metrics_resource
+from yatagarasu.web.rate_limits import BucketRateLimits
 from yatagarasu.web.root import NOT_FOUND, RootResource
 from yatagarasu.web.site import ProxySite
 from yatagarasu.web.streaming import StreamTimeouts
@@ -92,6 +94,8 @@ class Assembly:
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
     :ivar siblings: the other worker processes when this is one of ``server.workers`` > 1
         (``announce_reload`` tells the parent to reload them); ``None`` otherwise.
+    :ivar limiter: the rate limiter when any rate limit applies (each generation has its
+        own: a reload starts the local limits afresh; Redis keeps the shared ones).
     """
 
     config: Config
@@ -107,16 +111,19 @@ class Assembly:
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     siblings: ISiblings | None = None
+    limiter: IRateLimiter | None = None
 
     async def close(self, keep: Collection[ICacheLayer] = ()) -> None:
         """
-        Close what holds connections or files: the S3 pools, the authorizers' pools, then the
-        cache layers.
+        Close what holds connections or files: the S3 pools, the rate limiter, the authorizers'
+        pools, then the cache layers.
 
         :param keep: cache layers a newer generation took over (a hot reload): left open.
         """
         for client in self.clients.values():
             await client.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         for authorizer in self.access.authorizers.values():
             await authorizer.close()
         if self.caching.cache is not None:
@@ -196,6 +203,7 @@ def assemble(
     lifecycle = lifecycle or Lifecycle()
     if lifecycle.started_at is None:
         lifecycle.started_at = reactor.seconds()
+    rates = build_rate_limiting(config, reactor)
     admin = _admin(config, access, caching, reload, siblings)
     on_metrics_listener = config.metrics.admin_on_own_listener
     root = _resource_tree(
@@ -208,6 +216,7 @@ def assemble(
         lifecycle,
         NOT_FOUND if on_metrics_listener else admin,
         siblings,
+        rates,
     )
     extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
     observers = _Observers(audit, tracing, slow_log)
@@ -228,6 +237,8 @@ def assemble(
         services.extend(audit.services())
     if tracing is not None:
         services.extend(tracing.services())
+    # Last, once nothing can fail any more: a refused reload keeps exporting the old tables.
+    metrics.watch_rate_limiter(rates.limiter if rates is not None else None)
     return Assembly(
         config=config,
         access=access,
@@ -242,6 +253,7 @@ def assemble(
         services=services,
         lifecycle=lifecycle,
         siblings=siblings,
+        limiter=rates.limiter if rates is not None else None,
     )
 
 
@@ -295,6 +307,7 @@ def _resource_tree(
     lifecycle: Lifecycle,
     admin: IResource,
     siblings: ISiblings | None,
+    rates: RateLimiting | None,
 ) -> IResource:
     # /metrics stays reserved on the main listener when it is served elsewhere or nowhere: a
     # bucket at "/" must not receive it.
@@ -322,6 +335,7 @@ def _resource_tree(
                 ip_filter=access.ip_filters.get(bucket.name),
                 scheme=access.schemes.get(bucket.name),
                 cached=_cached_objects(bucket, config, caching, clients[bucket.name], clock),
+                rate_limits=_rate_limits(bucket, rates, metrics),
                 authorizer=access.authorizers.get(bucket.name),
                 metrics=metrics,
                 listing=_listing(bucket, caching, clients[bucket.name], clock),
@@ -330,6 +344,17 @@ def _resource_tree(
         for bucket in config.buckets
     ]
     return RootResource(exact, subtrees, buckets)
+
+
+def _rate_limits(
+    bucket: BucketConfig, rates: RateLimiting | None, metrics: Metrics
+) -> BucketRateLimits | None:
+    limits = rates.buckets.get(bucket.name) if rates is not None else None
+    if rates is None or limits is None:
+        return None
+    return BucketRateLimits(
+        bucket.name, limits, rates.limiter, metrics, headers_on_allowed=rates.headers_on_allowed
+    )
 
 
 def _admin(

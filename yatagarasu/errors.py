@@ -104,3 +104,15 @@ class Forbidden(HTTPError):
 
     def __init__(self, message: str = "forbidden") -> None:
         super().__init__(403, message)
+
+
+class RateLimited(HTTPError):
+    """
+    A rate limit refused the request: 429 with ``Retry-After`` and the ``RateLimit-*`` fields.
+
+    :ivar scope: the limit that refused it (``global``, ``per_ip``, ``bucket``, ``per_user``).
+    """
+
+    def __init__(self, scope: str, headers: Sequence[tuple[str, str]]) -> None:
+        super().__init__(429, f"rate limit exceeded ({scope})", headers=headers)
+        self.scope = scope

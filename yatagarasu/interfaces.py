@@ -17,7 +17,7 @@ proxy reads from a plugin when the plugin provides them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import IService
@@ -33,6 +33,8 @@ from yatagarasu.values import (
     Decision,
     Identity,
     LayerStats,
+    RateDecision,
+    RateLimit,
 )
 
 
@@ -456,3 +458,33 @@ class ISiblings(Interface):
         :returns: each worker's answer, by worker number (those that did not answer in time
             are missing).
         """
+
+
+class IRateLimiter(Interface):
+    """
+    Counts requests against rate limits (:class:`yatagarasu.values.RateLimit`), keeping the
+    state of each (limit, key) pair: in this process's memory, or shared (Redis).
+    """
+
+    def acquire(
+        checks: Sequence[tuple[RateLimit, str]],
+    ) -> RateDecision | Deferred[RateDecision]:
+        """
+        Count one request against every ``(limit, key)`` in ``checks``, atomically: either
+        every limit has room and each is charged, or none is charged.
+
+        :param checks: the limits and the key each one counts (``""`` for ``global``, the
+            client address for ``per_ip``, the bucket name, the user).
+        :returns: the decision, at once (a local limiter) or later (a shared one); a shared
+            limiter that cannot reach its store answers a ``degraded`` decision, never fails.
+        """
+
+    def stats() -> Mapping[str, tuple[int, int]]:
+        """
+        :returns: per client scope (``per_ip``, ``per_user``) whose state this process keeps:
+            the keys kept now and the keys forgotten so far because the table was full
+            (empty for a limiter that keeps no state in the process).
+        """
+
+    def close() -> Deferred[None]:
+        """Release connections (a shared limiter); fires when done."""

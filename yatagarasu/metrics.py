@@ -35,7 +35,12 @@ from prometheus_client.registry import Collector
 import twisted
 from yatagarasu import __version__
 from yatagarasu.cache.tiered import TieredCache
-from yatagarasu.interfaces import IAuditSink, IErrorCountingCacheLayer, ISpoolingAuditSink
+from yatagarasu.interfaces import (
+    IAuditSink,
+    IErrorCountingCacheLayer,
+    IRateLimiter,
+    ISpoolingAuditSink,
+)
 from yatagarasu.s3.breaker import STATE_NUMBERS
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.values import Decision
@@ -316,6 +321,30 @@ class _CircuitCollector(Collector):
         yield gauge
 
 
+class _RateLimitCollector(Collector):
+    """Reads the local rate limiter's per-scope tables at scrape time."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        keys = GaugeMetricFamily(
+            "yatagarasu_rate_limit_keys",
+            "Client keys (addresses, users) the local rate limiter keeps, by scope.",
+            labels=["scope"],
+        )
+        evictions = CounterMetricFamily(
+            "yatagarasu_rate_limit_evictions",
+            "Client keys forgotten because server.rate_limit.max_keys was reached, by scope"
+            " (this configuration generation's).",
+            labels=["scope"],
+        )
+        for scope, (kept, evicted) in sorted(self._stats().items()):
+            keys.add_metric([scope], kept)
+            evictions.add_metric([scope], evicted)
+        yield from (keys, evictions)
+
+
 class Metrics:
     """
     The proxy's metrics.
@@ -380,6 +409,18 @@ class Metrics:
         )
         for result in ("ok", "error"):  # both series exist from the start
             self._reloads.inc((result,), 0)
+        self._rate_limited = _Counter(
+            "yatagarasu_rate_limited",
+            "Requests refused (429) by a rate limit, by bucket and scope"
+            " (global, per_ip, bucket, per_user).",
+            ["bucket", "scope"],
+        )
+        self._rate_limit_unavailable = _Counter(
+            "yatagarasu_rate_limit_backend_unavailable",
+            "Requests decided by server.rate_limit.fail_mode because the shared rate-limit"
+            " backend (Redis) could not answer, by outcome (allowed, refused).",
+            ["outcome"],
+        )
         self._failovers = _Counter(
             "yatagarasu_replica_failovers",
             "Requests that failed over from one replica to the next after a failure.",
@@ -408,6 +449,8 @@ class Metrics:
                     self._get_seconds,
                     self._set_seconds,
                     self._reloads,
+                    self._rate_limited,
+                    self._rate_limit_unavailable,
                     self._failovers,
                     self._authorizations,
                 ]
@@ -417,6 +460,12 @@ class Metrics:
         self.registry.register(_CacheCollector(lambda: self._cache, self._cache_errors))
         self._audit_sinks: Sequence[IAuditSink] = ()
         self.registry.register(_AuditCollector(lambda: self._audit_sinks))
+        self._rate_limiter: IRateLimiter | None = None
+        self.registry.register(
+            _RateLimitCollector(
+                lambda: self._rate_limiter.stats() if self._rate_limiter is not None else {}
+            )
+        )
         self._upstreams: Mapping[str, ReplicaSet] = {}
         self.registry.register(_CircuitCollector(lambda: self._upstreams))
         self.registry.register(_BuildInfoCollector())
@@ -436,6 +485,10 @@ class Metrics:
             evictions and errors to export (``None``: no cache any more, after a reload).
         """
         self._cache = cache
+
+    def watch_rate_limiter(self, limiter: IRateLimiter | None) -> None:
+        """:param limiter: the rate limiter whose tables to export (``None``: none any more)."""
+        self._rate_limiter = limiter
 
     def watch_audit(self, sinks: Sequence[IAuditSink]) -> None:
         """:param sinks: the audit sinks whose record counts to export."""
@@ -473,6 +526,14 @@ class Metrics:
         self._request_seconds.observe((label, cache), seconds)
         if sent:
             self._response_bytes.inc((label,), sent)
+
+    def rate_limited(self, bucket: str, scope: str) -> None:
+        """Count one request refused by a rate limit (``scope``: one of ``RATE_SCOPES``)."""
+        self._rate_limited.inc((bucket, scope))
+
+    def rate_limit_unavailable(self, allowed: bool) -> None:
+        """Count one request the fail mode decided (the shared backend could not answer)."""
+        self._rate_limit_unavailable.inc(("allowed" if allowed else "refused",))
 
     def upstream(self, bucket: str, outcome: str, seconds: float) -> None:
         """

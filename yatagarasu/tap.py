@@ -156,6 +156,9 @@ def summary(path: str, assembly: Assembly) -> str:
             extras.append("ip filter")
         if bucket.name in caching.policies:
             extras.append("cached")
+        rate = bucket.bucket_rate
+        if rate is not None and assembly.limiter is not None:
+            extras.append(f"rate limit {rate.requests_per_second:g}/s burst {rate.capacity}")
         lines.append(f"  {bucket.path_prefix} -> {targets} [{bucket.name}; {', '.join(extras)}]")
     if caching.cache is not None:
         lines.append("cache layers: " + ", ".join(layer.name for layer in caching.cache.layers))
@@ -171,6 +174,21 @@ def summary(path: str, assembly: Assembly) -> str:
         )
     if observability.slow_query.enabled:
         lines.append(f"slow-request log: over {observability.slow_query.threshold_ms:g} ms")
+    limits = config.rate_limit
+    if limits is not None and assembly.limiter is not None:
+        rules = [
+            f"{name} {rule.requests_per_second:g}/s burst {rule.capacity}"
+            for name, rule in (
+                ("global", limits.global_),
+                ("per_ip", limits.per_ip),
+                ("per_user", limits.per_user),
+            )
+            if rule is not None
+        ]
+        lines.append(
+            f"rate limits: {limits.algorithm}, {limits.backend}"
+            + (f" ({', '.join(rules)})" if rules else "")
+        )
     admin = "jwt with admin_claims" if access.admin else "disabled, answers 403"
     where = " on the metrics listener only" if config.metrics.admin_on_own_listener else ""
     lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin}){where}")

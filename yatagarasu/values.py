@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.web.http_headers import Headers
 
@@ -257,3 +257,61 @@ class AuditRecord:
     user_agent: str | None
     referer: str | None
     trace_id: str | None = None
+
+
+#: the scopes a rate limit applies to (bounded: they label a metric)
+RATE_SCOPES = ("global", "per_ip", "bucket", "per_user")
+
+
+@dataclass(frozen=True, eq=False)
+class RateLimit:
+    """
+    One rate limit as the limiters apply it. Compared (and hashed) by identity: each one
+    built from the configuration is one limit with state of its own, found by a cheap lookup.
+
+    :ivar scope: what it counts: ``global``, ``per_ip``, ``bucket`` or ``per_user``.
+    :ivar rate: requests per second, sustained.
+    :ivar burst: the most requests at once (token bucket capacity; sliding window limit).
+    :ivar algorithm: ``token_bucket`` or ``sliding_window``.
+    """
+
+    scope: str
+    rate: float
+    burst: int
+    algorithm: str = "token_bucket"
+    #: seconds per request (``1 / rate``), computed once
+    interval: float = field(init=False, repr=False)
+    #: seconds of requests a full bucket holds (``burst / rate``), computed once
+    tolerance: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interval", 1.0 / self.rate)
+        object.__setattr__(self, "tolerance", self.burst / self.rate)
+
+    @property
+    def window(self) -> float:
+        """:returns: the sliding window's length, seconds (``burst / rate``)."""
+        return self.burst / self.rate
+
+
+class RateDecision(NamedTuple):
+    """
+    What a limiter decided for one request (over all the limits it was checked against). A
+    named tuple: one is made per limited request, and a tuple is the cheapest to make.
+
+    :ivar allowed: whether the request may go on (it was counted in every limit).
+    :ivar scope: the limit that decided: the refusing one, else the one with the least left.
+    :ivar limit: that limit's burst (``RateLimit-Limit``).
+    :ivar remaining: requests left in it now (``RateLimit-Remaining``).
+    :ivar reset: seconds until it is whole again (``RateLimit-Reset``).
+    :ivar retry_after: when refused, seconds until a request would be allowed.
+    :ivar degraded: the shared backend could not answer; ``allowed`` is the fail mode's.
+    """
+
+    allowed: bool
+    scope: str
+    limit: int
+    remaining: int
+    reset: float
+    retry_after: float = 0.0
+    degraded: bool = False

@@ -87,7 +87,7 @@ def test_large_object_bypasses_with_bounded_memory(
 ) -> None:
     body = hashlib.sha256(b"big").digest() * (40 * 1024 * 1024 // 32)
     moto_s3.put_object(s3_bucket, "big.bin", body)
-    running = proxy(config(moto_s3, s3_bucket, MEMORY))
+    running = proxy(config(moto_s3, s3_bucket, {**MEMORY, "slice_size_mb": 0}))  # no slices
     for _ in range(2):
         response = running.get("/pub/big.bin", timeout=60)
         assert response.header("X-Cache") == "BYPASS"

@@ -43,10 +43,13 @@ from yatagarasu.interfaces import (
     IImmediateAuthScheme,
     IImmediateCacheLayer,
     IPurgeBroadcaster,
+    IRateLimiter,
     ISiblings,
     ISpoolingAuditSink,
     ISwitchableCacheLayer,
 )
+from yatagarasu.limits.local import LocalLimiter
+from yatagarasu.limits.redis import RedisLimiter
 from yatagarasu.plugins.audit_file import file
 from yatagarasu.plugins.audit_s3 import s3
 from yatagarasu.plugins.audit_syslog import syslog
@@ -130,6 +133,15 @@ def worker_channel(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return WorkerChannel(reactor, 0, 2)
 
 
+def local_limiter(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return LocalLimiter(reactor, 10)
+
+
+def redis_limiter(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    client = redis_layer(reactor, tmp_path).client
+    return RedisLimiter(client, "rl:", fail_open=True)
+
+
 def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
     return lambda reactor, tmp_path: plugin
 
@@ -167,6 +179,8 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("signed_url scheme", signed_url_scheme, {IAuthScheme, *SCHEME_EXTRAS}),
     ("schemes in order", first_applicable, {IAuthScheme, *SCHEME_EXTRAS}),
     ("worker channel", worker_channel, {ISiblings}),
+    ("local rate limiter", local_limiter, {IRateLimiter}),
+    ("redis rate limiter", redis_limiter, {IRateLimiter}),
 ]
 
 #: Optional interfaces: a provider that lacks one must not look as if it had it.

@@ -115,6 +115,27 @@ def test_summary_names_auth_ip_filter_cache_layers_metrics_port_and_admin() -> N
     assert lines[7] == "admin API: /admin/... (jwt with admin_claims)"
 
 
+def test_summary_names_the_rate_limits() -> None:
+    document = {
+        "server": {
+            "rate_limit": {
+                "algorithm": "sliding_window",
+                "global": {"requests_per_second": 100},
+                "per_ip": {"requests_per_second": 0.5, "burst": 4},
+            }
+        },
+        "buckets": [bucket_entry(rate_limit={"requests_per_second": 20, "burst": 30})],
+    }
+    lines = summary("r.yaml", assembled(document)).splitlines()
+    assert lines[4].endswith("[pub; public, rate limit 20/s burst 30]")
+    assert lines[5] == (
+        "rate limits: sliding_window, local (global 100/s burst 100, per_ip 0.5/s burst 4)"
+    )
+    off = {"server": {"rate_limit": {"enabled": False, "global": {"requests_per_second": 1}}}}
+    quiet = summary("q.yaml", assembled({**off, "buckets": [bucket_entry()]}))
+    assert "rate limit" not in quiet
+
+
 def test_make_service_builds_the_proxy_service_from_the_parsed_options(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

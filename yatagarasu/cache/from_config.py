@@ -39,6 +39,8 @@ class CacheSettings:
     cache_layers: tuple[str, ...] = ("memory",)
     ttl_seconds: float | None = field(default=None, metadata={"aliases": ("default_ttl_seconds",)})
     stale_if_error_seconds: float = 0.0
+    slice_size_mb: float | None = None
+    slice_threshold_mb: float | None = None
 
     def check(self, path: str) -> None:
         if self.enabled and not self.cache_layers:
@@ -52,6 +54,28 @@ class CacheSettings:
             raise ConfigError(join(path, "ttl_seconds"), "must be >= 0")
         if self.stale_if_error_seconds < 0:
             raise ConfigError(join(path, "stale_if_error_seconds"), "must be >= 0")
+        check_slicing(self.slice_size_mb, self.slice_threshold_mb, path)
+
+
+#: the slice size when ``cache.slice_size_mb`` is not set (bounded by the bucket's item cap)
+DEFAULT_SLICE_SIZE = 4 * MIB
+
+#: what a slice leaves of the item cap for its entry's headers: layers bound an entry's
+#: size, headers included (:attr:`CacheEntry.size`), by their ``max_item_size_mb``
+SLICE_HEADROOM = 4096
+
+
+def check_slicing(size_mb: float | None, threshold_mb: float | None, path: str) -> None:
+    """
+    :param size_mb: ``slice_size_mb`` (``0`` turns slicing off).
+    :param threshold_mb: ``slice_threshold_mb``.
+    :param path: the section's dotted path.
+    :raises ConfigError: a negative size, or a threshold below the size.
+    """
+    if size_mb is not None and size_mb < 0:
+        raise ConfigError(join(path, "slice_size_mb"), "must be >= 0 (0 turns slicing off)")
+    if threshold_mb is not None and threshold_mb <= 0:
+        raise ConfigError(join(path, "slice_threshold_mb"), "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -62,11 +86,20 @@ class BucketCachePolicy:
     :ivar ttl: freshness lifetime when S3 gives none.
     :ivar max_item_size: the largest body stored for this bucket.
     :ivar stale_if_error: seconds past expiry an entry may be served when S3 fails.
+    :ivar slice_size: bytes per slice of a sliced object (``0``: this bucket never slices).
+    :ivar slice_threshold: objects longer than this are cached as slices.
     """
 
     ttl: float
     max_item_size: int
     stale_if_error: float
+    slice_size: int = 0
+    slice_threshold: int = 0
+
+    @property
+    def slices(self) -> bool:
+        """Whether objects above :attr:`slice_threshold` are cached as slices."""
+        return self.slice_size > 0
 
 
 @dataclass
@@ -179,10 +212,12 @@ def build_cache(
     cache = TieredCache(layers, reactor, metrics)
     if previous is not None and previous.cache is not None:
         cache.hits, cache.misses = previous.cache.hits, previous.cache.misses
+        cache.slice_hits = previous.cache.slice_hits
+        cache.slice_misses = previous.cache.slice_misses
     default_ttl = _default_ttl(settings, sections, layers)
     setup = CacheSetup(cache, sections=built, layer_services=layer_services)
-    for bucket in config.buckets:
-        policy = _policy(bucket, settings, default_ttl, cache.max_item_size)
+    for i, bucket in enumerate(config.buckets):
+        policy = _policy(bucket, settings, default_ttl, cache.max_item_size, i)
         if policy is not None:
             setup.policies[bucket.name] = policy
     if metrics is not None:
@@ -220,7 +255,7 @@ def _settings(raw: Mapping[str, Any], factories: Mapping[str, Any]) -> CacheSett
 
 
 def _policy(
-    bucket: BucketConfig, settings: CacheSettings, default_ttl: float, largest: int
+    bucket: BucketConfig, settings: CacheSettings, default_ttl: float, largest: int, index: int
 ) -> BucketCachePolicy | None:
     own = bucket.cache
     enabled = settings.enabled if own is None or own.enabled is None else own.enabled
@@ -230,4 +265,43 @@ def _policy(
     cap = largest
     if own is not None and own.max_item_size_mb is not None:
         cap = min(cap, int(own.max_item_size_mb * MIB))
-    return BucketCachePolicy(ttl, cap, settings.stale_if_error_seconds)
+    size, threshold = _slicing(bucket, settings, cap, index)
+    return BucketCachePolicy(ttl, cap, settings.stale_if_error_seconds, size, threshold)
+
+
+def _slicing(
+    bucket: BucketConfig, settings: CacheSettings, cap: int, index: int
+) -> tuple[int, int]:
+    """
+    A bucket's slice size and threshold: its own ``cache.slice_*_mb``, else the top-level
+    ones; the size defaults to :data:`DEFAULT_SLICE_SIZE` (at most the item cap less
+    :data:`SLICE_HEADROOM`), the threshold to the item cap.
+
+    :raises ConfigError: a slice that does not fit the bucket's item cap with its headroom
+        (no layer could keep it), a threshold below the slice size.
+    """
+    own = bucket.cache
+    size_mb = own.slice_size_mb if own is not None else None
+    threshold_mb = own.slice_threshold_mb if own is not None else None
+    where = f"buckets[{index}].cache" if size_mb is not None else "cache"
+    if size_mb is None:
+        size_mb = settings.slice_size_mb
+    if threshold_mb is None:
+        threshold_mb = settings.slice_threshold_mb
+    if size_mb is None:
+        size = max(0, min(DEFAULT_SLICE_SIZE, cap - SLICE_HEADROOM))
+    else:
+        size = int(size_mb * MIB)
+        if size and size + SLICE_HEADROOM > cap:
+            raise ConfigError(
+                f"{where}.slice_size_mb",
+                f"{size_mb:g} MiB does not fit the item cap of bucket {bucket.name!r}"
+                f" ({cap / MIB:g} MiB) with {SLICE_HEADROOM // 1024} KiB for a slice's headers:"
+                " no cache layer would keep a slice",
+            )
+    threshold = cap if threshold_mb is None else int(threshold_mb * MIB)
+    if size and threshold < size:
+        raise ConfigError(
+            f"{where}.slice_threshold_mb", "must be at least the slice size (slice_size_mb)"
+        )
+    return size, threshold

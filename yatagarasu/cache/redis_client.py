@@ -85,6 +85,10 @@ class RedisCommandFailed(RedisError):
     """Redis answered with an error reply (``WRONGTYPE``, ``NOAUTH``...)."""
 
 
+class RedisScriptMissing(RedisCommandFailed):
+    """``EVALSHA`` answered ``NOSCRIPT``: the script is not loaded (any more) on that Redis."""
+
+
 @dataclass(frozen=True)
 class RedisTarget:
     """
@@ -434,6 +438,9 @@ class RedisClient:
             d: Deferred[Any] = getattr(self._pool(), command)(*args)
             d.addTimeout(self._timeout, self._reactor)
             result = await d
+        except txredisapi.ScriptDoesNotExist as exc:
+            self._answered_error(exc, probe)
+            raise RedisScriptMissing(f"{command}: {exc}") from exc
         except txredisapi.ResponseError as exc:
             self._answered_error(exc, probe)
             raise RedisCommandFailed(f"{command}: {exc}") from exc
@@ -546,6 +553,34 @@ class RedisClient:
             return (host.decode("ascii") if isinstance(host, bytes) else str(host)), int(port)
         except (TypeError, ValueError, UnicodeDecodeError) as exc:
             raise RedisCommandFailed(f"SENTINEL answered {reply!r}") from exc
+
+    async def script_load(self, script: bytes) -> bytes:
+        """
+        ``SCRIPT LOAD``.
+
+        :param script: a Lua script.
+        :returns: its SHA1 (hex, as bytes), for :meth:`evalsha`.
+        :raises RedisError: on any failure.
+        """
+        reply = await self._call("script_load", script)
+        if isinstance(reply, str):
+            reply = reply.encode("ascii")
+        if not isinstance(reply, bytes):
+            raise RedisCommandFailed(f"SCRIPT LOAD answered {type(reply).__name__}")
+        return reply
+
+    async def evalsha(self, sha: bytes, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
+        """
+        ``EVALSHA``: run a script loaded with :meth:`script_load`.
+
+        :param sha: the script's SHA1.
+        :param keys: its ``KEYS``.
+        :param args: its ``ARGV``.
+        :returns: the script's reply (bytes, ints and lists of them).
+        :raises RedisScriptMissing: when Redis does not know the script (``NOSCRIPT``).
+        :raises RedisError: on any other failure.
+        """
+        return await self._call("evalsha", sha.decode("ascii"), list(keys), list(args))
 
     async def publish(self, channel: bytes, message: bytes) -> int:
         """

@@ -16,6 +16,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from yatagarasu.cache.slicing import is_slice_key, manifest_of
 from yatagarasu.interfaces import (
     ICacheLayer,
     ICacheWriter,
@@ -89,6 +90,10 @@ class TieredCache:
     hits: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
     #: request-level lookups that missed in every layer, by bucket
     misses: dict[str, int] = field(default_factory=dict, init=False)
+    #: lookups of slices of sliced objects that hit in some layer, by bucket
+    slice_hits: dict[str, int] = field(default_factory=dict, init=False)
+    #: lookups of slices that missed in every layer (the slice was fetched), by bucket
+    slice_misses: dict[str, int] = field(default_factory=dict, init=False)
     _pending: set[Deferred[Any]] = field(default_factory=set)
     #: how many layers, from the first, answer at once (IImmediateCacheLayer)
     _immediate: int = field(init=False, default=0)
@@ -161,14 +166,28 @@ class TieredCache:
 
     def _hit(self, key: CacheKey, index: int, entry: CacheEntry) -> Lookup:
         layer = self.layers[index]
-        counter = (key.bucket, layer.name)
-        self.hits[counter] = self.hits.get(counter, 0) + 1
+        if key.variant and is_slice_key(key):
+            self.slice_hits[key.bucket] = self.slice_hits.get(key.bucket, 0) + 1
+        else:
+            counter = (key.bucket, layer.name)
+            self.hits[counter] = self.hits.get(counter, 0) + 1
         if index > 0:
             self._track(Deferred.fromCoroutine(self._promote(key, entry, self.layers[:index])))
         return Lookup(entry, layer.name)
 
     def _miss(self, key: CacheKey) -> None:
-        self.misses[key.bucket] = self.misses.get(key.bucket, 0) + 1
+        counts = self.slice_misses if key.variant and is_slice_key(key) else self.misses
+        counts[key.bucket] = counts.get(key.bucket, 0) + 1
+
+    def read_body(self, body: FileBody) -> Deferred[bytes]:
+        """
+        Read a body kept in a file (a disk layer's), in the reactor's thread pool.
+
+        :param body: where it is.
+        :returns: its bytes (fewer than ``body.length`` when the file was cut short).
+        :raises OSError: when the file cannot be read (it was evicted meanwhile).
+        """
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _read_body, body)
 
     def _get_from(
         self, key: CacheKey, index: int, phase: Phase | None = None
@@ -229,9 +248,7 @@ class TieredCache:
             return
         if isinstance(entry.body, FileBody):
             try:
-                body = await deferToThreadPool(
-                    self.reactor, self.reactor.getThreadPool(), _read_body, entry.body
-                )
+                body = await self.read_body(entry.body)
             except OSError as e:
                 log.info("not promoting {key}: {error}", key=key.text, error=str(e))
                 return
@@ -318,17 +335,34 @@ class TieredCache:
 
     async def delete(self, key: CacheKey) -> bool:
         """
+        Remove an object from every layer; when a layer holds it as a sliced object's
+        manifest, that layer's slices of it go too.
+
         :param key: the key.
         :returns: whether any layer had it.
         """
         found = False
         for layer in self.layers:
             try:
-                found = bool(await layer.delete(key)) or found
+                found = await self._delete_in(layer, key) or found
             except CancelledError:
                 raise
             except Exception as e:
                 self._failed(layer, "delete", e)
+        return found
+
+    async def _delete_in(self, layer: ICacheLayer, key: CacheKey) -> bool:
+        try:
+            entry = await layer.get(key)
+        except CancelledError:
+            raise
+        except Exception:
+            entry = None  # the delete may still work; no manifest known, no slices named
+        manifest = manifest_of(entry) if entry is not None else None
+        found = bool(await layer.delete(key))
+        if manifest is not None:
+            for piece in manifest.keys(key):
+                await layer.delete(piece)
         return found
 
     async def purge(self, bucket: str | None, prefix: str | None) -> int:
@@ -360,7 +394,7 @@ class TieredCache:
             if IPurgeBroadcaster.providedBy(layer):
                 continue
             if bucket is not None and key is not None:
-                self._track(layer.delete(CacheKey(bucket, key)))
+                self._track(Deferred.fromCoroutine(self._delete_in(layer, CacheKey(bucket, key))))
             else:
                 self._track(layer.purge(bucket, prefix))
 
@@ -398,6 +432,18 @@ class TieredCache:
             max_size_bytes=sum(s.max_size_bytes for s in per_layer.values()),
         )
         return total, per_layer
+
+    def slice_stats(self, bucket: str | None) -> dict[str, int]:
+        """
+        :param bucket: a bucket name, or ``None`` for everything.
+        :returns: ``hits`` and ``misses`` of slice lookups (a sliced object's request looks up
+            each slice it needs; a miss is a slice fetched from S3).
+        """
+
+        def total(counts: dict[str, int]) -> int:
+            return sum(n for b, n in counts.items() if bucket is None or b == bucket)
+
+        return {"hits": total(self.slice_hits), "misses": total(self.slice_misses)}
 
     def _track(self, d: Deferred[Any]) -> Deferred[Any]:
         self._pending.add(d)

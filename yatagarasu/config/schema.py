@@ -9,6 +9,7 @@ this version does not have yet: they are rejected rather than silently ignored.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,6 @@ _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
 _NO_BODIES = "bodies are never logged: objects are streamed, not held for a log line"
-_LATER_SECURITY = "arrives with rate limiting"
 _PER_BUCKET_AUTHORIZATION = (
     "as a default for every bucket; set buckets[].authorization on each bucket, where the Rust"
     " version read it"
@@ -60,6 +60,111 @@ class SecurityLimits:
         _positive(self.max_uri_length, join(path, "max_uri_length"))
 
 
+@dataclass(frozen=True)
+class RateRule:
+    """
+    One rate limit: ``requests_per_second`` on average, bursts of up to ``burst``.
+
+    With ``token_bucket`` the bucket holds ``burst`` tokens and refills at
+    ``requests_per_second``; with ``sliding_window`` at most ``burst`` requests are allowed in
+    any window of ``burst / requests_per_second`` seconds.
+
+    :ivar requests_per_second: the sustained rate (> 0).
+    :ivar burst: the most requests at once (default: one second's worth, at least 1).
+    """
+
+    requests_per_second: float
+    burst: int | None = None
+
+    @property
+    def capacity(self) -> int:
+        """:returns: ``burst``, else ``requests_per_second`` rounded up (at least 1)."""
+        if self.burst is not None:
+            return self.burst
+        return max(1, math.ceil(self.requests_per_second))
+
+    def check(self, path: str) -> None:
+        _positive(self.requests_per_second, join(path, "requests_per_second"))
+        if self.burst is not None and self.burst < 1:
+            raise ConfigError(join(path, "burst"), f"must be >= 1, got {self.burst}")
+
+
+@dataclass(frozen=True)
+class RateLimitRedisConfig:
+    """
+    ``server.rate_limit.redis``: where the cluster-wide counters live (``backend: redis``).
+
+    :ivar redis_url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` (TLS);
+        not Sentinel yet.
+    :ivar redis_password: password (overrides none in the URL; both given must agree).
+    :ivar redis_db: database number (default: the URL's, else 0).
+    :ivar tls_ca_file: with ``rediss://``: PEM file of the CA certificates to trust.
+    :ivar key_prefix: prefix of every counter key.
+    :ivar timeout_ms: bound of every call; past it the ``fail_mode`` decides.
+    :ivar pool_size: connections in the pool.
+    """
+
+    redis_url: str = field(default="", repr=False)  # may hold a password
+    redis_password: str | None = field(default=None, repr=False)
+    redis_db: int | None = None
+    tls_ca_file: str | None = None
+    key_prefix: str = "yatagarasu:rl:"
+    timeout_ms: int = 100
+    pool_size: int = 4
+
+    def check(self, path: str) -> None:
+        if not self.redis_url:
+            raise ConfigError(join(path, "redis_url"), "is required with backend: redis")
+        if self.redis_url.startswith("redis+sentinel:"):
+            raise ConfigError(
+                join(path, "redis_url"),
+                "not supported yet for rate limits (redis:// or rediss://)",
+            )
+        if not 1 <= self.timeout_ms <= 60_000:
+            raise ConfigError(join(path, "timeout_ms"), "must be between 1 and 60000")
+        if not 1 <= self.pool_size <= 256:
+            raise ConfigError(join(path, "pool_size"), "must be between 1 and 256")
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """
+    ``server.rate_limit`` (the Rust keys ``enabled``, ``global``, ``per_ip``, plus ours).
+
+    :ivar enabled: whether any limit is applied (per-bucket limits too).
+    :ivar algorithm: ``token_bucket`` or ``sliding_window``.
+    :ivar backend: ``local`` (this process's memory) or ``redis`` (shared by every instance).
+    :ivar global_: every bucket request together (YAML key ``global``).
+    :ivar per_ip: each client address (after ``trusted_proxies``).
+    :ivar per_user: each authenticated user (the JWT subject), checked after authentication.
+    :ivar max_keys: the most client addresses (and users) tracked at once by the local
+        backend; past it the least recently seen is forgotten (one at a time).
+    :ivar headers_on_allowed: send ``RateLimit-*`` on allowed responses too (429 always).
+    :ivar fail_mode: with ``backend: redis``, what a request gets when Redis cannot answer:
+        ``fail_open`` (allowed) or ``fail_closed`` (503).
+    :ivar redis: the Redis of ``backend: redis``.
+    """
+
+    enabled: bool = True
+    algorithm: Literal["token_bucket", "sliding_window"] = "token_bucket"
+    backend: Literal["local", "redis"] = "local"
+    global_: RateRule | None = field(default=None, metadata={"key": "global"})
+    per_ip: RateRule | None = None
+    per_user: RateRule | None = None
+    max_keys: int = 100_000
+    headers_on_allowed: bool = False
+    fail_mode: Literal["fail_open", "fail_closed"] = "fail_open"
+    redis: RateLimitRedisConfig | None = None
+
+    def check(self, path: str) -> None:
+        if not 1 <= self.max_keys <= 10_000_000:
+            raise ConfigError(join(path, "max_keys"), "must be between 1 and 10000000")
+        if self.backend == "redis" and self.redis is None:
+            raise ConfigError(join(path, "redis"), "is required with backend: redis")
+        if self.backend == "local" and self.redis is not None:
+            raise ConfigError(join(path, "redis"), "only applies to backend: redis")
+
+
 #: the most worker processes ``server.workers`` accepts (metrics label them, so they are bounded)
 MAX_WORKERS = 64
 
@@ -69,7 +174,6 @@ class ServerConfig:
     """Where and how the proxy listens."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "rate_limit": _LATER_SECURITY,
         "request_timeout": "use buckets[].s3.timeout",
     }
 
@@ -79,6 +183,7 @@ class ServerConfig:
     tls: TLSConfig | None = None
     workers: int = 1
     max_concurrent_requests: int = 1024
+    rate_limit: RateLimitConfig | None = None
     security_limits: SecurityLimits = field(default_factory=SecurityLimits)
     shutdown_delay_seconds: float = 0.0
     shutdown_grace_seconds: float = 30.0
@@ -336,10 +441,6 @@ class S3Config:
     their default), the timeouts, ``retry``, ``connection_pool_size`` and ``circuit_breaker``.
     """
 
-    UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "rate_limit": _LATER_SECURITY,
-    }
-
     bucket: str = ""
     region: str = "us-east-1"
     endpoint: str | None = None
@@ -352,6 +453,8 @@ class S3Config:
     idle_timeout: float | None = None
     connection_pool_size: int = 50
     retry: RetryConfig = field(default_factory=RetryConfig)
+    #: the bucket's rate limit (also accepted as ``buckets[].rate_limit``)
+    rate_limit: RateRule | None = None
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     replicas: tuple[ReplicaConfig, ...] = ()
 
@@ -539,12 +642,18 @@ class BucketCacheConfig:
     enabled: bool | None = None
     ttl_seconds: float | None = None
     max_item_size_mb: float | None = None
+    slice_size_mb: float | None = None
+    slice_threshold_mb: float | None = None
 
     def check(self, path: str) -> None:
         if self.ttl_seconds is not None:
             _positive(self.ttl_seconds, join(path, "ttl_seconds"), allow_zero=True)
         if self.max_item_size_mb is not None:
             _positive(self.max_item_size_mb, join(path, "max_item_size_mb"))
+        if self.slice_size_mb is not None:
+            _positive(self.slice_size_mb, join(path, "slice_size_mb"), allow_zero=True)
+        if self.slice_threshold_mb is not None:
+            _positive(self.slice_threshold_mb, join(path, "slice_threshold_mb"))
 
 
 #: ListObjectsV2 returns at most this many keys per page
@@ -617,6 +726,14 @@ class BucketConfig:
     ip_filter: IpFilterConfig | None = None
     cors: CorsConfig | None = None
     cache: BucketCacheConfig | None = None
+    #: every request to this bucket together (the same as ``s3.rate_limit``)
+    rate_limit: RateRule | None = None
+
+    @property
+    def bucket_rate(self) -> RateRule | None:
+        """:returns: the bucket's rate limit, from ``rate_limit`` or ``s3.rate_limit``."""
+        return self.rate_limit or self.s3.rate_limit
+
     #: ``{type: opa|openfga|<plugin>, ...}``: validated by the authorizer plugin's factory
     authorization: Mapping[str, Any] | None = None
     listing: ListingConfig = field(default_factory=ListingConfig)
@@ -637,6 +754,10 @@ class BucketConfig:
                 join(path, "name"), "must be 1-63 characters of letters, digits, '.', '_' or '-'"
             )
         _check_plain_prefix(self.path_prefix, join(path, "path_prefix"))
+        if self.rate_limit is not None and self.s3.rate_limit is not None:
+            raise ConfigError(
+                join(path, "rate_limit"), "given twice (also as s3.rate_limit): keep one"
+            )
         reserved = _reserved_by(self.prefix_segments)
         if reserved is not None:
             raise ConfigError(join(path, "path_prefix"), f"{reserved} is reserved for the proxy")
@@ -778,7 +899,6 @@ class Config:
     """The whole configuration document."""
 
     UNSUPPORTED: ClassVar[dict[str, str]] = {
-        "rate_limiting": _LATER_SECURITY,
         "authorization": _PER_BUCKET_AUTHORIZATION,
     }
 
@@ -789,14 +909,27 @@ class Config:
     cache: Mapping[str, Any] | None = None
     audit_log: Mapping[str, Any] | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: the seed's spelling of ``server.rate_limit`` (use one of them)
+    rate_limiting: RateLimitConfig | None = None
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     #: Rust Yatagarasu spellings accepted with a warning (not a YAML key: see
     #: :func:`yatagarasu.config.migrate.accept_synonyms`), logged at start-up, shown by --check.
     deprecations: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
+    @property
+    def rate_limit(self) -> RateLimitConfig | None:
+        """
+        :returns: ``server.rate_limit`` or ``rate_limiting`` (the defaults when neither is
+            given), or ``None`` when ``enabled: false``.
+        """
+        limits = self.server.rate_limit or self.rate_limiting or RateLimitConfig()
+        return limits if limits.enabled else None
+
     def check(self, path: str) -> None:
         if not self.buckets:
             raise ConfigError("buckets", "at least one bucket is required")
+        if self.server.rate_limit is not None and self.rate_limiting is not None:
+            raise ConfigError("rate_limiting", "given twice (also as server.rate_limit): keep one")
         if self.metrics.listen_port == self.server.listen_port:
             key = "port" if self.metrics.port is not None else "address"
             raise ConfigError(

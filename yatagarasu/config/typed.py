@@ -3,8 +3,9 @@ Typed configuration: parsed YAML values turned into frozen dataclasses (:func:`f
 with dotted-path errors and "did you mean" hints for unknown keys.
 
 The schema *is* the frozen dataclasses in :mod:`yatagarasu.config.schema`: their fields, type
-hints and defaults say what is accepted. Field metadata may carry ``aliases`` (other spellings
-of the same key), or ``internal`` (a field that is not a YAML key: the loader sets it). A class
+hints and defaults say what is accepted. Field metadata may carry ``key`` (the YAML key, when
+it is not a Python name: ``global``), ``aliases`` (other spellings of the same key), or
+``internal`` (a field that is not a YAML key: the loader sets it). A class
 may list keys of features that are recognised but not built yet in ``UNSUPPORTED`` (key → why),
 and may define ``check(path)`` for rules that span fields.
 """
@@ -67,7 +68,7 @@ def from_raw(cls: type[T], raw: Any, path: str) -> T:
     for f in fields.values():
         if f.metadata.get("internal"):
             continue
-        spellings[f.name] = f.name
+        spellings[f.metadata.get("key", f.name)] = f.name
         for alias in f.metadata.get("aliases", ()):
             spellings[alias] = f.name
     unsupported: Mapping[str, str] = getattr(cls, "UNSUPPORTED", {})
@@ -119,7 +120,7 @@ def from_raw_beside(cls: type[T], raw: Any, path: str, others: typing.Iterable[s
         spellings = [
             name
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-            for name in (f.name, *f.metadata.get("aliases", ()))
+            for name in (f.metadata.get("key", f.name), *f.metadata.get("aliases", ()))
         ]
         raise ConfigError(e.path, unknown_key_message(key, [*spellings, *others])) from None
 

@@ -103,6 +103,7 @@ def _stats(cache: TieredCache, bucket: str | None) -> dict[str, Any]:
     total, per_layer = cache.stats(bucket)
     document: dict[str, Any] = total.as_json()
     document["layers"] = {name: stats.as_json() for name, stats in per_layer.items()}
+    document["slices"] = cache.slice_stats(bucket)
     return document
 
 

@@ -1,8 +1,8 @@
 """
-The resource that serves one bucket prefix: CORS, method gate, key decoding, IP filter,
-authentication, authorization, then the cache or the upstream request and the streamed
-answer — or, for a directory (a path ending in ``/``, or the bucket's top), its index
-document, its listing or the bucket's ``not_found_document``.
+The resource that serves one bucket prefix: CORS, method gate, key decoding, IP filter, rate
+limits, authentication (then the per-user rate limit), authorization, then the cache or the
+upstream request and the streamed answer — or, for a directory (a path ending in ``/``, or the
+bucket's top), its index document, its listing or the bucket's ``not_found_document``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from yatagarasu.web.async_resource import AsyncResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
 from yatagarasu.web.listing import DirectoryListing
+from yatagarasu.web.rate_limits import BucketRateLimits
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import StreamTimeouts
 from yatagarasu.web.upstream import fetch_object, relay_response
@@ -46,6 +47,7 @@ class BucketResource(AsyncResource):
     :param ip_filter: the bucket's client address filter, if any.
     :param scheme: the bucket's auth scheme (``None``: a public bucket).
     :param cached: the bucket's cache side (``None``: the bucket does not cache).
+    :param rate_limits: the bucket's rate limits (``None``: none applies).
     :param authorizer: asked after authentication (``None``: authentication decides alone).
     :param metrics: where authorization decisions are counted (with ``authorizer``).
     :param listing: the bucket's directory listings (``None``: ``listing.enabled`` is off).
@@ -61,6 +63,7 @@ class BucketResource(AsyncResource):
         ip_filter: IpFilter | None = None,
         scheme: IAuthScheme | None = None,
         cached: CachedObjects | None = None,
+        rate_limits: BucketRateLimits | None = None,
         authorizer: IAuthorizer | None = None,
         metrics: Metrics | None = None,
         listing: DirectoryListing | None = None,
@@ -74,6 +77,7 @@ class BucketResource(AsyncResource):
         self._scheme = scheme
         self._immediate = scheme if IImmediateAuthScheme.providedBy(scheme) else None
         self._cached = cached
+        self._rate_limits = rate_limits
         self._authorizer = authorizer
         self._immediate_authorizer = (
             authorizer if IImmediateAuthorizer.providedBy(authorizer) else None
@@ -85,12 +89,14 @@ class BucketResource(AsyncResource):
     def handle(self, request: ProxyRequest) -> Deferred[None] | None:
         """
         The bucket's part of the request pipeline (DESIGN.md §2, steps 5-10), in order:
-        CORS headers, method gate, object key, IP filter, authentication, authorization, then
-        the cache or the upstream relay. Each step either passes or raises ``HTTPError``.
+        CORS headers, method gate, object key, IP filter, rate limits (``per_ip``, ``bucket``,
+        ``global``), authentication, the ``per_user`` rate limit, authorization, then the cache
+        or the upstream relay. Each step either passes or raises ``HTTPError``.
 
         Not one coroutine: a memory hit is answered within this call, with no Deferred at all
         (see :meth:`CachedObjects.serve`) — on a bucket with auth too, when the scheme knows
-        the credentials at once (:class:`IImmediateAuthScheme`, a JWT verified before).
+        the credentials at once (:class:`IImmediateAuthScheme`, a JWT verified before), and
+        with rate limits kept in memory (a local limiter answers at once).
 
         :returns: ``None`` when answered already, else a Deferred that fires when done.
         :raises HTTPError: when the request is refused before anything was sent.
@@ -111,6 +117,13 @@ class BucketResource(AsyncResource):
         key = request.object_key = self._object_key(request)
         if self._ip_filter is not None and not self._ip_filter.allows(request.client_address):
             raise Forbidden("client address not allowed for this bucket")
+        if self._rate_limits is not None:
+            limiting = self._rate_limits.before_auth(request)
+            if limiting is not None:
+                return limiting.addCallback(lambda _: self._authenticate(request, key))
+        return self._authenticate(request, key)
+
+    def _authenticate(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         identity = None
         if self._scheme is not None:
             stage = None if request.timings is None else self._auth_stage(request.timings)
@@ -131,9 +144,13 @@ class BucketResource(AsyncResource):
                 stage.end()
             request.subject = identity.subject
             request.auth_result = "ok"
-        if self._authorizer is not None:
-            return self._authorize(self._authorizer, request, key, identity)
-        return self._respond(request, key)
+            if self._rate_limits is not None:
+                limiting = self._rate_limits.after_auth(request)
+                if limiting is not None:
+                    return limiting.addCallback(
+                        lambda _: self._authorize_then_respond(request, key, identity)
+                    )
+        return self._authorize_then_respond(request, key, identity)
 
     def _auth_stage(self, timings: RequestTimings) -> Phase:
         """Authentication as one measured stage (its own span)."""
@@ -161,8 +178,20 @@ class BucketResource(AsyncResource):
     ) -> Deferred[None] | None:
         request.subject = identity.subject
         request.auth_result = "ok"
+        if self._rate_limits is not None:
+            limiting = self._rate_limits.after_auth(request)
+            if limiting is not None:
+                return limiting.addCallback(
+                    lambda _: self._authorize_then_respond(request, key, identity)
+                )
+        return self._authorize_then_respond(request, key, identity)
+
+    def _authorize_then_respond(
+        self, request: ProxyRequest, key: str, identity: Identity | None
+    ) -> Deferred[None] | None:
         if self._authorizer is not None:
             return self._authorize(self._authorizer, request, key, identity)
+        return self._respond(request, key)
         return self._respond(request, key)
 
     def _authorize(

@@ -22,6 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from yatagarasu.cache.from_config import BucketCachePolicy
+from yatagarasu.cache.slicing import MANIFEST_HEADER, SliceManifest, manifest_of
 from yatagarasu.cache.tiered import Lookup, TieredCache, WritePlan
 from yatagarasu.errors import HTTPError, UpstreamError
 from yatagarasu.http.conditionals import NO_CONDITIONS, Conditions, parse_entity_tags
@@ -33,8 +34,10 @@ from yatagarasu.observability.timings import CACHE_LOOKUP, Phase, RequestTimings
 from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.values import MIB, CacheEntry, CacheKey, FileBody
+from yatagarasu.web.flights import Flight
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
+from yatagarasu.web.sliced import SliceCutter, SlicedObjects
 from yatagarasu.web.streaming import BodyRelay, FileRangeProducer, StreamTimeouts
 from yatagarasu.web.upstream import (
     STORED_RESPONSE_HEADERS,
@@ -54,34 +57,6 @@ LOOK_AGAIN = object()
 #: client's: followers are not held back by a slow first client. Larger ones keep
 #: backpressure, and their followers fetch on their own.
 DECOUPLED_FILL_LIMIT = 16 * MIB
-
-
-class _Flight:
-    """One upstream fetch that concurrent misses for the same key wait on."""
-
-    def __init__(self) -> None:
-        self._waiters: list[Deferred[object]] = []
-
-    def wait(self) -> Deferred[object]:
-        waiter: Deferred[object] = Deferred()
-        self._waiters.append(waiter)
-        return waiter
-
-    def settle(self, result: object) -> None:
-        """
-        Release every follower (once; later calls do nothing).
-
-        :param result: a ``CacheEntry`` to serve, :data:`LOOK_AGAIN`, ``None`` (fetch on
-            your own), or the ``HTTPError`` S3's answer became.
-        """
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if waiter.called:  # the follower's own client went away
-                continue
-            if isinstance(result, BaseException):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
 
 
 @dataclass
@@ -118,6 +93,8 @@ class _Admission:
     plan: WritePlan
     #: read the body at S3's pace, not the client's (see :data:`DECOUPLED_FILL_LIMIT`)
     decoupled: bool
+    #: cache the object as slices (it is above the bucket's slice threshold)
+    sliced: bool = False
 
 
 class CachedObjects:
@@ -147,7 +124,10 @@ class CachedObjects:
         self._policy = policy
         self._client = client
         self._clock = clock
-        self._flights: dict[CacheKey, _Flight] = {}
+        self._flights: dict[CacheKey, Flight] = {}
+        self._sliced = (
+            SlicedObjects(cache, policy, client, clock, timeouts) if policy.slices else None
+        )
 
     def serve(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         """
@@ -186,6 +166,8 @@ class CachedObjects:
         self, lookup: Lookup | None, request: ProxyRequest, cache_key: CacheKey
     ) -> Deferred[None] | None:
         if lookup is not None:
+            if lookup.entry.header(MANIFEST_HEADER) is not None:
+                return Deferred.fromCoroutine(self._from_manifest(request, cache_key, lookup))
             if not lookup.entry.is_fresh(self._clock.seconds()):
                 return Deferred.fromCoroutine(self._revalidate(request, cache_key, lookup))
             if self._answer(request, lookup.entry, b"HIT"):
@@ -193,10 +175,35 @@ class CachedObjects:
             # A fresh entry whose body file vanished (evicted meanwhile): go to S3.
         return Deferred.fromCoroutine(self._fetch(request, cache_key))
 
+    async def _from_manifest(
+        self, request: ProxyRequest, cache_key: CacheKey, lookup: Lookup
+    ) -> None:
+        """
+        The key holds a sliced object's manifest: a fresh one is served from slices; an
+        expired one is checked again with the fetch of one slice (:meth:`SlicedObjects.probe`:
+        the slices of an unchanged ETag are kept).
+        """
+        manifest = manifest_of(lookup.entry)
+        if self._sliced is not None and manifest is not None:
+            if lookup.entry.is_fresh(self._clock.seconds()):
+                if await self._sliced.serve(request, cache_key, manifest):
+                    return
+            elif request.method == b"GET" and await self._sliced.probe(request, cache_key):
+                return
+        # Not sliced any more (this bucket's slicing was turned off, or the object shrank).
+        await self._fetch(request, cache_key)
+
     async def _fetch(self, request: ProxyRequest, cache_key: CacheKey) -> None:
         """A miss: fetch once for every concurrent request of the key (or pass through)."""
         if request.method == b"HEAD" or request.conditions.range is not None:
-            await self._pass_through(request, cache_key.key)
+            # A range of an object not known yet: a sliceable one is sliced from here on.
+            sliced = self._sliced
+            if (
+                sliced is None
+                or request.method != b"GET"
+                or not await sliced.probe(request, cache_key)
+            ):
+                await self._pass_through(request, cache_key.key)
             return
         flight = self._flights.get(cache_key)
         if flight is not None:
@@ -205,19 +212,23 @@ class CachedObjects:
                 again = await self._cache.get(cache_key)
                 if again is not None and self._answer(request, again.entry, b"HIT"):
                     return
-            elif isinstance(shared, CacheEntry) and self._answer(request, shared, b"MISS"):
+            elif (isinstance(shared, CacheEntry) and self._answer(request, shared, b"MISS")) or (
+                isinstance(shared, SliceManifest)
+                and self._sliced is not None
+                and await self._sliced.serve(request, cache_key, shared)
+            ):
                 return
             await self._pass_through(request, cache_key.key)
             return
         await self._lead(request, cache_key)
 
-    def _release(self, cache_key: CacheKey, flight: _Flight, result: object) -> None:
+    def _release(self, cache_key: CacheKey, flight: Flight, result: object) -> None:
         if self._flights.get(cache_key) is flight:
             del self._flights[cache_key]
         flight.settle(result)
 
     async def _lead(self, request: ProxyRequest, cache_key: CacheKey) -> None:
-        flight = self._flights[cache_key] = _Flight()
+        flight = self._flights[cache_key] = Flight()
         try:
             response = await self._client.fetch(b"GET", cache_key.key, Headers(), request.timings)
             await self._fill(request, cache_key, response, flight)
@@ -234,7 +245,7 @@ class CachedObjects:
         request: ProxyRequest | None,
         cache_key: CacheKey,
         response: IResponse,
-        flight: _Flight | None = None,
+        flight: Flight | None = None,
     ) -> None:
         """
         Serve a full upstream response (200 or an error) and store it when it fits, in four
@@ -245,13 +256,16 @@ class CachedObjects:
             await raise_upstream_error(response, self._clock, self._timeouts.idle_seconds)
         now = self._clock.seconds()
         admission = self._admit(cache_key, response)
-        if flight is not None and not admission.decoupled:
-            self._release(cache_key, flight, None)
         headers = tuple(
             (name, value)
             for name in STORED_RESPONSE_HEADERS
             for value in (response.headers.getRawHeaders(name) or ())[:1]
         )
+        if admission.sliced:
+            await self._fill_slices(request, cache_key, response, headers, admission, flight)
+            return
+        if flight is not None and not admission.decoupled:
+            self._release(cache_key, flight, None)
         client = request
         if request is not None:
             client = self._start_answer(request, response, headers, admission.plan.stores)
@@ -275,6 +289,29 @@ class CachedObjects:
         if stage is not None:
             stage.end({"yatagarasu.cache.fill_bytes": fill.size})
 
+    async def _fill_slices(
+        self,
+        request: ProxyRequest | None,
+        cache_key: CacheKey,
+        response: IResponse,
+        headers: tuple[tuple[bytes, bytes], ...],
+        admission: _Admission,
+        flight: Flight | None,
+    ) -> None:
+        """
+        Serve the full body of a sliceable object at the client's pace while it is cut into
+        slices; the manifest is stored first, and concurrent requests are served from slices
+        (fetching those not cut yet).
+        """
+        assert self._sliced is not None
+        manifest = self._sliced.remember(cache_key, headers, int(response.length), admission.fresh)
+        if flight is not None:
+            self._release(cache_key, flight, manifest)
+        client = request
+        if request is not None:
+            client = self._start_answer(request, response, headers, True)
+        await self._relay(response, client, self._sliced.cutter(cache_key, manifest), False)
+
     def _admit(self, cache_key: CacheKey, response: IResponse) -> _Admission:
         """Decide from the headers alone (before any body byte) whether and where to store."""
         upstream = response.headers
@@ -285,10 +322,18 @@ class CachedObjects:
             self._policy.ttl,
         )
         length = response.length
-        fits = length is not UNKNOWN_LENGTH and length <= self._policy.max_item_size
+        known = length is not UNKNOWN_LENGTH
+        sliced = (
+            self._sliced is not None
+            and fresh.storable
+            and known
+            and self._sliced.sliceable(int(length))
+            and first_header(upstream, b"etag") is not None
+        )
+        fits = known and not sliced and length <= self._policy.max_item_size
         plan = self._cache.plan(cache_key, int(length)) if fresh.storable and fits else WritePlan()
         decoupled = plan.stores and int(length) <= DECOUPLED_FILL_LIMIT
-        return _Admission(fresh, plan, decoupled)
+        return _Admission(fresh, plan, decoupled, sliced)
 
     def _start_answer(
         self,
@@ -326,7 +371,7 @@ class CachedObjects:
         self,
         response: IResponse,
         client: ProxyRequest | None,
-        fill: _Fill | None,
+        fill: _Fill | SliceCutter | None,
         decoupled: bool,
     ) -> None:
         """Stream the body to the client (if any) while ``fill`` collects it for the cache."""
@@ -365,7 +410,7 @@ class CachedObjects:
         plan: WritePlan,
         fill: _Fill,
         length: int,
-        flight: _Flight | None,
+        flight: Flight | None,
     ) -> None:
         """Commit the streamed writers and store the buffered body; release the followers."""
         commits = [writer.commit(entry) for writer in plan.writers]

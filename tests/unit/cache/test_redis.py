@@ -7,10 +7,12 @@ redis-server, is in ``tests/integration/test_cache_redis.py``.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import txredisapi
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -20,6 +22,7 @@ from yatagarasu.cache.redis import RedisCacheLayer, decode_entry, encode_entry, 
 from yatagarasu.cache.redis_client import (
     BACKOFF_MAX,
     RedisClient,
+    RedisScriptMissing,
     RedisTarget,
     RedisUnavailable,
 )
@@ -326,3 +329,37 @@ class LayerTests(SynchronousTestCase):
     def test_values_keep_floats_exact(self) -> None:
         stored = entry()
         self.assertEqual(decode_entry(encode_entry(stored)), stored)
+
+
+class ScriptHandler(FakeHandler):
+    """Knows one script once loaded; EVALSHA of an unknown one fails as txredisapi does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: dict[str, bytes] = {}
+
+    def script_load(self, script: bytes) -> Deferred[Any]:
+        sha = hashlib.sha1(script).hexdigest()
+        self.scripts[sha] = script
+        return succeed(sha.encode())
+
+    def evalsha(self, sha: str, keys: list[bytes], args: list[bytes]) -> Deferred[Any]:
+        if sha not in self.scripts:
+            return fail(txredisapi.ScriptDoesNotExist(f"No script matching hash: {sha} found"))
+        return succeed([len(keys), len(args)])
+
+
+class ScriptTests(SynchronousTestCase):
+    def test_noscript_is_its_own_error_and_not_a_redis_failure(self) -> None:
+        client = RedisClient(RedisTarget("redis.invalid", 6379), Clock(), timeout=0.5, pool_size=1)
+        pool = FakeFactory()
+        pool.handler = ScriptHandler()
+        client._factory = pool  # type: ignore[assignment]
+        sha = hashlib.sha1(b"return 1").hexdigest().encode()
+        missing = Deferred.fromCoroutine(client.evalsha(sha, [b"k"], [b"a", b"b"]))
+        self.failureResultOf(missing, RedisScriptMissing)
+        self.assertTrue(client.healthy)  # Redis answered
+        loaded = Deferred.fromCoroutine(client.script_load(b"return 1"))
+        self.assertEqual(self.successResultOf(loaded), sha)
+        ran = Deferred.fromCoroutine(client.evalsha(sha, [b"k"], [b"a", b"b"]))
+        self.assertEqual(self.successResultOf(ran), [1, 2])

@@ -13,6 +13,7 @@ from yatagarasu_dictlayer import DictLayer
 
 from tests.unit.tiered_harness import memory
 from yatagarasu.cache.memory import MemoryCacheLayer, MemoryCacheSettings
+from yatagarasu.cache.slicing import manifest_entry, manifest_of
 from yatagarasu.cache.tiered import Lookup, TieredCache
 from yatagarasu.metrics import Metrics
 from yatagarasu.testing import FAR_FUTURE
@@ -169,3 +170,34 @@ def test_each_layer_answer_is_a_child_span_of_the_lookup_stage() -> None:
     assert spans[1].start_time == 0
     assert {span.parent.span_id for span in spans[:3] if span.parent} == {spans[3].context.span_id}
     assert timings.seconds(CACHE_LOOKUP) == 0.25
+
+
+def test_deleting_a_sliced_object_deletes_the_slices_its_manifest_names() -> None:
+    clock = Clock()
+    fast, slow = memory(clock), DictLayer(10, 1 << 16, clock)
+    cache = TieredCache([fast, slow], clock)
+    sliced = manifest_entry(((b"etag", b'"v1"'),), 25, 10, 0.0, 1.0, FAR_FUTURE, False)
+    manifest = manifest_of(sliced)
+    assert manifest is not None
+    pieces = list(manifest.keys(KEY))
+    other = CacheKey("pub", "k", pieces[0].variant.replace(":0", ":9"))  # not named by it
+    fast.store(KEY, sliced)
+    slow._entries[KEY] = sliced
+    for piece in [*pieces, other]:
+        fast.store(piece, entry(b"s", retain_until=FAR_FUTURE))
+        slow._entries[piece] = entry(b"s", retain_until=FAR_FUTURE)
+    done: list[bool] = []
+    Deferred.fromCoroutine(cache.delete(KEY)).addCallback(done.append)
+    assert done == [True]
+    assert all(fast.lookup(k) is None for k in [KEY, *pieces])
+    assert all(k not in slow._entries for k in [KEY, *pieces])
+    assert fast.lookup(other) is not None and other in slow._entries
+    # another instance's purge of the key does the same in this one's private layers
+    fast.store(KEY, sliced)
+    fast.store(pieces[1], entry(b"s", retain_until=FAR_FUTURE))
+    cache.on_remote_purge("pub", None, "k")
+    assert fast.lookup(KEY) is None and fast.lookup(pieces[1]) is None
+    # slice lookups are counted apart from request-level hits and misses
+    cache.lookup(pieces[1])
+    cache.lookup(other)
+    assert cache.slice_stats("pub") == {"hits": 1, "misses": 1}

@@ -145,8 +145,6 @@ def test_unknown_key_in_second_bucket() -> None:
             {"observability": {"request_logging": {"log_request_body": True}}, **minimal()},
             "observability.request_logging.log_request_body",
         ),
-        (minimal(s3={"bucket": "b", "rate_limit": {}}), "buckets[0].s3.rate_limit"),
-        ({**minimal(), "server": {"rate_limit": {}}}, "server.rate_limit"),
     ],
 )
 def test_features_not_built_yet_are_rejected(document: dict[str, Any], path: str) -> None:

@@ -30,7 +30,7 @@ def test_ranges_from_cache() -> None:
 
 
 def test_range_on_miss_goes_to_s3_and_stores_nothing() -> None:
-    h = cached()
+    h = cached(slice_size_mb=0)  # slicing off: the client's range as it is
     response = fetch(
         h,
         "/pub/a.txt",
@@ -39,6 +39,20 @@ def test_range_on_miss_goes_to_s3_and_stores_nothing() -> None:
     )
     assert (response.status, response.header("x-cache")) == (206, "BYPASS")
     assert h.agents["pub"].sent[0].headers.getRawHeaders(b"range") == [b"bytes=0-4"]
+    fetch(h, "/pub/a.txt", answer=obj())  # still a miss
+
+
+def test_range_on_miss_of_a_small_object_is_answered_from_the_first_slice() -> None:
+    h = cached(slice_size_mb=0.5)
+    response = fetch(
+        h,
+        "/pub/a.txt",
+        "Range: bytes=6-9",
+        answer=FakeResponse(206, {**OBJECT, "Content-Range": "bytes 0-10/11"}, body=b"hello world"),
+    )
+    assert (response.status, response.header("x-cache")) == (206, "BYPASS")
+    assert (response.body, response.header("content-range")) == (b"worl", "bytes 6-9/11")
+    assert h.agents["pub"].sent[0].headers.getRawHeaders(b"range") == [b"bytes=0-524287"]
     fetch(h, "/pub/a.txt", answer=obj())  # still a miss
 
 

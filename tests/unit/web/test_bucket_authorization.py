@@ -202,3 +202,25 @@ def test_an_authorizer_that_fails_is_answered_500_never_allowed() -> None:
     response = parse_response(transport.value())
     assert (response.status, json.loads(response.body)["message"]) == (500, "internal error")
     assert h.agents["pub"].sent == []
+
+
+def test_the_per_user_rate_limit_comes_before_authorization() -> None:
+    h = Harness(
+        {
+            "server": {"rate_limit": {"per_user": {"requests_per_second": 1, "burst": 1}}},
+            "buckets": [opa_bucket()],
+        }
+    )
+    h.clock.advance(NOW)
+    opa = MemoryHttpServer(h.clock)
+    _, first = h.get("/pub/a.txt", bearer())
+    assert opa.pending() == 1  # the first request of alice is within her limit: OPA is asked
+    opa.answer(200, {"result": True})
+    h.agents["pub"].answer(obj())
+    assert parse_response(first.value()).status == 200
+    _, second = h.get("/pub/a.txt", bearer())
+    refused = parse_response(second.value())
+    assert refused.status == 429
+    assert "(per_user)" in json.loads(refused.body)["message"]
+    assert opa.pending() == 0  # refused by the limit: the policy service is never asked
+    assert len(metric_lines(h)) == 1

@@ -42,7 +42,7 @@ def test_head_from_cache_and_head_miss_stores_nothing() -> None:
 
 
 def test_large_objects_bypass_with_bucket_override() -> None:
-    h = cached(bucket_entry(cache={"max_item_size_mb": 0.0001}))
+    h = cached(bucket_entry(cache={"max_item_size_mb": 0.0001, "slice_size_mb": 0}))
     big = b"x" * 200
     first = fetch(h, "/pub/big", answer=obj(big))
     assert (first.header("x-cache"), first.body) == ("BYPASS", big)

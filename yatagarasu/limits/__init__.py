@@ -1,0 +1,1 @@
+"""Rate limits: the algorithms, the bounded local limiter, the shared Redis limiter."""
