@@ -43,6 +43,7 @@ from yatagarasu.web.admin_sign import sign_admin_routes
 from yatagarasu.web.bucket import BucketResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.health import HealthResource, ReadyResource
+from yatagarasu.web.listing import DirectoryListing
 from yatagarasu.web.metrics import metrics_resource
 from yatagarasu.web.rate_limits import BucketRateLimits
 from yatagarasu.web.root import NOT_FOUND, RootResource
@@ -337,6 +338,7 @@ def _resource_tree(
                 rate_limits=_rate_limits(bucket, rates, metrics),
                 authorizer=access.authorizers.get(bucket.name),
                 metrics=metrics,
+                listing=_listing(bucket, caching, clients[bucket.name], clock),
             ),
         )
         for bucket in config.buckets
@@ -393,4 +395,15 @@ def _cached_objects(
         return None
     return CachedObjects(
         bucket.name, caching.cache, policy, client, clock, _timeouts(config, bucket)
+    )
+
+
+def _listing(
+    bucket: BucketConfig, caching: CacheSetup, client: ReplicaSet, clock: IReactorTime
+) -> DirectoryListing | None:
+    if not bucket.listing.enabled:
+        return None
+    caches = caching.cache is not None and bucket.name in caching.policies
+    return DirectoryListing(
+        bucket, client, clock, bucket.s3.idle_seconds, caching.cache if caches else None
     )

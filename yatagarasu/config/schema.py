@@ -656,6 +656,40 @@ class BucketCacheConfig:
             _positive(self.slice_threshold_mb, join(path, "slice_threshold_mb"))
 
 
+#: ListObjectsV2 returns at most this many keys per page
+S3_MAX_KEYS = 1000
+
+
+@dataclass(frozen=True)
+class ListingConfig:
+    """A bucket's directory listing: ``GET /prefix/dir/`` answered from ListObjectsV2."""
+
+    enabled: bool = False
+    format: Literal["html", "json"] = "html"
+    max_keys: int = S3_MAX_KEYS
+    cache_ttl_seconds: float = 10.0
+
+    def check(self, path: str) -> None:
+        if not 1 <= self.max_keys <= S3_MAX_KEYS:
+            raise ConfigError(
+                join(path, "max_keys"),
+                f"must be 1-{S3_MAX_KEYS} (S3's page limit), got {self.max_keys}",
+            )
+        _positive(self.cache_ttl_seconds, join(path, "cache_ttl_seconds"), allow_zero=True)
+
+
+def _check_document(name: str | None, path: str) -> None:
+    """Check an ``index_document`` / ``not_found_document``: a relative key, no ``..``."""
+    if name is None:
+        return
+    if not name or name.startswith("/") or "\\" in name or "\0" in name:
+        raise ConfigError(path, f"must be an object key relative to the bucket, got {name!r}")
+    if ".." in name.split("/") or name.endswith("/"):
+        raise ConfigError(
+            path, f"must name an object (no '..' segment, no trailing '/'), got {name!r}"
+        )
+
+
 def _segments(prefix: str) -> tuple[str, ...]:
     return tuple(s for s in prefix.split("/") if s)
 
@@ -702,6 +736,12 @@ class BucketConfig:
 
     #: ``{type: opa|openfga|<plugin>, ...}``: validated by the authorizer plugin's factory
     authorization: Mapping[str, Any] | None = None
+    listing: ListingConfig = field(default_factory=ListingConfig)
+    #: served for ``dir/`` as ``dir/<index_document>`` when that object exists
+    index_document: str | None = None
+    #: served when S3 has no object for a path (single-page applications)
+    not_found_document: str | None = None
+    not_found_status: Literal[200, 404] = 404
 
     @property
     def prefix_segments(self) -> tuple[str, ...]:
@@ -721,6 +761,8 @@ class BucketConfig:
         reserved = _reserved_by(self.prefix_segments)
         if reserved is not None:
             raise ConfigError(join(path, "path_prefix"), f"{reserved} is reserved for the proxy")
+        _check_document(self.index_document, join(path, "index_document"))
+        _check_document(self.not_found_document, join(path, "not_found_document"))
 
 
 @dataclass(frozen=True)

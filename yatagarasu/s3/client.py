@@ -44,6 +44,7 @@ from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
 from yatagarasu.observability.timings import Phase, RequestTimings
 from yatagarasu.s3.errors import read_s3_error
+from yatagarasu.s3.listing import list_query
 from yatagarasu.s3.sigv4 import EMPTY_PAYLOAD_SHA256, Credentials, SigV4Signer, encode_key
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
@@ -242,16 +243,43 @@ class S3Client:
             span.end({"http.response.status_code": response.code})
         return response
 
+    async def list_attempt(self, prefix: str, max_keys: int, token: str | None) -> IResponse:
+        """
+        Send one signed ListObjectsV2 request (delimiter ``/``) for the bucket.
+
+        :param prefix: the key prefix to list.
+        :param max_keys: keys per page (1-1000).
+        :param token: S3's continuation token of the previous page, or ``None``.
+        :returns: the upstream response below 500, body not yet read (see
+            :func:`yatagarasu.s3.listing.read_list_page`).
+        :raises UpstreamError: as :meth:`attempt`.
+        :raises CancelledError: when the caller cancelled (our client went away).
+        """
+        path = self._path_prefix
+        query = list_query(prefix, max_keys, token)
+        url = self._base + f"{path}?{query}".encode("ascii")
+        response = await self._observed_attempt(b"GET", url, path, Headers(), None, query=query)
+        if response.code >= 500:
+            raise await self._server_error(response)
+        return response
+
     async def _observed_attempt(
-        self, method: bytes, url: bytes, path: str, headers: Headers, span: Phase | None
+        self,
+        method: bytes,
+        url: bytes,
+        path: str,
+        headers: Headers,
+        span: Phase | None,
+        *,
+        query: str = "",
     ) -> IResponse:
         observe = self._observe
         if observe is None:
-            return await self._attempt(method, url, path, headers, span)
+            return await self._attempt(method, url, path, headers, span, query=query)
         started = self._clock.seconds()
         outcome = "error"
         try:
-            response = await self._attempt(method, url, path, headers, span)
+            response = await self._attempt(method, url, path, headers, span, query=query)
             outcome = _CLASSES.get(response.code // 100, "error")
             return response
         except UpstreamError as e:
@@ -309,6 +337,8 @@ class S3Client:
         path: str,
         headers: Headers,
         span: Phase | None = None,
+        *,
+        query: str = "",
         body: bytes | None = None,
         payload_hash: str = EMPTY_PAYLOAD_SHA256,
     ) -> IResponse:
@@ -319,7 +349,7 @@ class S3Client:
         if self._signer is not None:
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
             signed = self._signer.sign(
-                method.decode("ascii"), self._host, path, now, payload_hash=payload_hash
+                method.decode("ascii"), self._host, path, now, query, payload_hash
             )
             for name, value in signed:
                 send.setRawHeaders(name, [value])

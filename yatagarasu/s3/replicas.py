@@ -12,7 +12,7 @@ is handed to the caller, so before the first byte reached the client.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Any
@@ -155,16 +155,35 @@ class ReplicaSet:
             the last attempt's failure (502, 503 SlowDown, 504).
         """
         if timings is None:
-            return await self._fetch(method, key, headers, None)
+            return await self._run(lambda client, n: client.attempt(method, key, headers, None, n))
         waiting = timings.begin(UPSTREAM_FIRST_BYTE)
         try:
-            return await self._fetch(method, key, headers, timings)
+            return await self._run(
+                lambda client, n: client.attempt(method, key, headers, timings, n)
+            )
         finally:
             timings.body_from = waiting.end()
 
-    async def _fetch(
-        self, method: bytes, key: str, headers: Headers, timings: RequestTimings | None
-    ) -> IResponse:
+    async def list(self, prefix: str, max_keys: int, token: str | None) -> IResponse:
+        """
+        List a prefix (ListObjectsV2, delimiter ``/``): retries and failover as :meth:`fetch`.
+
+        :param prefix: the key prefix.
+        :param max_keys: keys per page.
+        :param token: S3's continuation token of the previous page, or ``None``.
+        :returns: the first answer below 500 (body not read).
+        :raises UpstreamError: as :meth:`fetch`.
+        """
+        return await self._run(lambda client, _n: client.list_attempt(prefix, max_keys, token))
+
+    async def _run(self, send: Callable[[S3Client, int], Awaitable[IResponse]]) -> IResponse:
+        """
+        The retry and failover loop of one request.
+
+        :param send: makes one attempt on a replica's client; given the attempt's number (1...).
+        :returns: the first answer below 500 (body not read).
+        :raises UpstreamError: as :meth:`fetch`.
+        """
         tried: set[str] = set()
         previous: Replica | None = None
         failure: UpstreamError | None = None
@@ -178,7 +197,7 @@ class ReplicaSet:
                 self._failed_over(previous, replica, failure)
             tried.add(replica.name)
             try:
-                response = await replica.client.attempt(method, key, headers, timings, attempt)
+                response = await send(replica.client, attempt)
             except UpstreamError as e:
                 permit.failed(str(e))
                 failure = e

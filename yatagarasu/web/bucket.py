@@ -1,7 +1,8 @@
 """
 The resource that serves one bucket prefix: CORS, method gate, key decoding, IP filter, rate
 limits, authentication (then the per-user rate limit), authorization, then the cache or the
-upstream request and the streamed answer.
+upstream request and the streamed answer — or, for a directory (a path ending in ``/``, or the
+bucket's top), its index document, its listing or the bucket's ``not_found_document``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from twisted.python.failure import Failure
 from yatagarasu.auth.network import IpFilter
 from yatagarasu.config.schema import BucketConfig
 from yatagarasu.errors import AuthenticationRequired, Forbidden, HTTPError, InvalidCredentials
+from yatagarasu.http.conditionals import NO_CONDITIONS
 from yatagarasu.http.methods import BUCKET_METHODS, READ_METHODS
 from yatagarasu.interfaces import (
     IAuthorizer,
@@ -27,6 +29,7 @@ from yatagarasu.values import AuthorizationQuery, Decision, Identity
 from yatagarasu.web.async_resource import AsyncResource
 from yatagarasu.web.cached import CachedObjects
 from yatagarasu.web.cors import CorsPolicy
+from yatagarasu.web.listing import DirectoryListing
 from yatagarasu.web.rate_limits import BucketRateLimits
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import StreamTimeouts
@@ -47,6 +50,7 @@ class BucketResource(AsyncResource):
     :param rate_limits: the bucket's rate limits (``None``: none applies).
     :param authorizer: asked after authentication (``None``: authentication decides alone).
     :param metrics: where authorization decisions are counted (with ``authorizer``).
+    :param listing: the bucket's directory listings (``None``: ``listing.enabled`` is off).
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class BucketResource(AsyncResource):
         rate_limits: BucketRateLimits | None = None,
         authorizer: IAuthorizer | None = None,
         metrics: Metrics | None = None,
+        listing: DirectoryListing | None = None,
     ) -> None:
         super().__init__()
         self._bucket = bucket
@@ -79,6 +84,7 @@ class BucketResource(AsyncResource):
         )
         self._metrics = metrics
         self._cors = CorsPolicy(bucket.cors) if bucket.cors is not None else None
+        self._listing = listing
 
     def handle(self, request: ProxyRequest) -> Deferred[None] | None:
         """
@@ -165,8 +171,6 @@ class BucketResource(AsyncResource):
             key = b"/".join(request.postpath or ()).decode("utf-8")
         except UnicodeDecodeError:
             raise HTTPError(400, "object key is not valid UTF-8") from None
-        if not key:
-            raise HTTPError(404, "no object key in path (listing is not supported)")
         return key
 
     def _authenticated(
@@ -223,9 +227,72 @@ class BucketResource(AsyncResource):
         return failure
 
     def _respond(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
+        if not key or key.endswith("/"):
+            return Deferred.fromCoroutine(self._directory(request, key))
+        if self._bucket.not_found_document is None:
+            return self._object(request, key)
+        return Deferred.fromCoroutine(self._object_or_fallback(request, key))
+
+    def _object(self, request: ProxyRequest, key: str) -> Deferred[None] | None:
         if self._cached is not None:
             return self._cached.serve(request, key)
         return Deferred.fromCoroutine(self._relay(request, key))
+
+    async def _object_or_fallback(self, request: ProxyRequest, key: str) -> None:
+        try:
+            await _answered(self._object(request, key))
+        except HTTPError as e:
+            if not _missing(e, request):
+                raise
+            await self._not_found(request, e)
+
+    async def _directory(self, request: ProxyRequest, prefix: str) -> None:
+        """
+        A directory, in this order: ``prefix + index_document`` when S3 has it, else the
+        listing (``listing.enabled``), else the ``not_found_document``, else 404.
+        """
+        bucket = self._bucket
+        missing = HTTPError(404, "no object key in path (listing is not enabled for this bucket)")
+        if bucket.index_document is not None:
+            try:
+                await _answered(self._object(request, prefix + bucket.index_document))
+                return
+            except HTTPError as e:
+                if not _missing(e, request):
+                    raise
+                missing = e
+        if self._listing is not None:
+            try:
+                await self._listing.serve(request, prefix)
+                return
+            except HTTPError as e:
+                if not _missing(e, request):
+                    raise
+                missing = e
+        await self._not_found(request, missing)
+
+    async def _not_found(self, request: ProxyRequest, missing: HTTPError) -> None:
+        """
+        Serve the ``not_found_document`` with ``not_found_status`` for a path S3 has nothing
+        for (``missing``, raised again when there is no such document either).
+        """
+        bucket = self._bucket
+        document = bucket.not_found_document
+        if document is None:
+            raise missing
+        try:
+            if bucket.not_found_status == 200:
+                await _answered(self._object(request, document))
+                return
+            # A 404 is not cached, has no conditions and no range: the whole document.
+            response = await fetch_object(self._client, request.method, document, NO_CONDITIONS)
+            if self._cached is not None:
+                request.set_cache_status(b"BYPASS")
+            await relay_response(request, response, self._clock, self._timeouts, status=404)
+        except HTTPError as e:
+            if not _missing(e, request):
+                raise
+            raise missing from None
 
     async def _relay(self, request: ProxyRequest, key: str) -> None:
         response = await fetch_object(
@@ -248,3 +315,13 @@ def _auth_failure(error: BaseException | None) -> str | None:
     if isinstance(error, Forbidden):
         return "forbidden"
     return "error"
+
+
+async def _answered(answering: Deferred[None] | None) -> None:
+    if answering is not None:
+        await answering
+
+
+def _missing(error: HTTPError, request: ProxyRequest) -> bool:
+    """Whether ``error`` says S3 has no such object, and nothing was sent yet."""
+    return error.status == 404 and not request.startedWriting

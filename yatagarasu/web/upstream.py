@@ -74,7 +74,12 @@ async def fetch_object(
 
 
 async def relay_response(
-    request: Request, response: IResponse, clock: IReactorTime, timeouts: StreamTimeouts
+    request: Request,
+    response: IResponse,
+    clock: IReactorTime,
+    timeouts: StreamTimeouts,
+    *,
+    status: int | None = None,
 ) -> None:
     """
     Answer ``request`` with an S3 response as it is: status, passed headers, streamed body.
@@ -83,11 +88,15 @@ async def relay_response(
     :param response: S3's answer (below 500: retries are the client's business).
     :param clock: time, for the idle timeout.
     :param timeouts: how long S3 (idle) and the client (send) may stall.
+    :param status: the status to send for S3's ``200`` instead (a ``not_found_document``
+        served as a 404).
     :raises HTTPError: for S3 4xx answers (the caller writes the JSON error).
     """
     if response.code >= 400:
         raise await upstream_error(response, clock, timeouts.idle_seconds)
-    request.setResponseCode(response.code)
+    request.setResponseCode(
+        status if status is not None and response.code == 200 else response.code
+    )
     upstream = response.headers
     for name in PASSED_RESPONSE_HEADERS:
         values = upstream.getRawHeaders(name)

@@ -465,3 +465,53 @@ def test_bad_observability_values_name_the_dotted_path(
     error = error_of({**minimal(), "observability": section})
     assert error.path == f"observability.{path}"
     assert message in error.message
+
+
+def test_listing_and_documents_defaults() -> None:
+    bucket = parse_config(minimal(), {}).buckets[0]
+    assert not bucket.listing.enabled
+    assert (bucket.listing.format, bucket.listing.max_keys) == ("html", 1000)
+    assert bucket.listing.cache_ttl_seconds == 10.0
+    assert (bucket.index_document, bucket.not_found_document) == (None, None)
+    assert bucket.not_found_status == 404
+    spa = parse_config(
+        minimal(
+            listing={"enabled": True, "format": "json", "max_keys": 50, "cache_ttl_seconds": 0},
+            index_document="index.html",
+            not_found_document="app/index.html",
+            not_found_status=200,
+        ),
+        {},
+    ).buckets[0]
+    assert (spa.listing.format, spa.listing.max_keys, spa.listing.cache_ttl_seconds) == (
+        "json",
+        50,
+        0.0,
+    )
+    assert (spa.index_document, spa.not_found_document, spa.not_found_status) == (
+        "index.html",
+        "app/index.html",
+        200,
+    )
+
+
+@pytest.mark.parametrize(
+    ("bucket", "path", "message"),
+    [
+        ({"listing": {"format": "xml"}}, "buckets[0].listing.format", "must be one of"),
+        ({"listing": {"max_keys": 1001}}, "buckets[0].listing.max_keys", "must be 1-1000"),
+        ({"listing": {"max_keys": 0}}, "buckets[0].listing.max_keys", "must be 1-1000"),
+        ({"listing": {"cache_ttl_seconds": -1}}, "buckets[0].listing.cache_ttl_seconds", ">= 0"),
+        ({"listing": {"enabld": True}}, "buckets[0].listing.enabld", "did you mean 'enabled'"),
+        ({"index_document": "/index.html"}, "buckets[0].index_document", "relative"),
+        ({"index_document": "a/../b.html"}, "buckets[0].index_document", "'..'"),
+        ({"not_found_document": "dir/"}, "buckets[0].not_found_document", "trailing"),
+        ({"not_found_status": 302}, "buckets[0].not_found_status", "must be one of 200, 404"),
+    ],
+)
+def test_listing_and_documents_errors_name_the_key(
+    bucket: dict[str, Any], path: str, message: str
+) -> None:
+    error = error_of(minimal(**bucket))
+    assert error.path == path
+    assert message in error.message

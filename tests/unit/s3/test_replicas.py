@@ -235,3 +235,20 @@ def test_a_bucket_without_replicas_has_one_primary_breaker() -> None:
     ]
     fetch(replicas)
     assert agent.sent[0].uri == b"http://127.0.0.1:9/b/k"
+
+
+def test_a_listing_fails_over_like_an_object() -> None:
+    clock = Clock()
+    failovers: list[tuple[str, str, str]] = []
+    replicas, agents = replica_set(clock, failovers)
+    results: list[Any] = []
+    listing = Deferred.fromCoroutine(replicas.list("docs/", 100, "tok"))
+    listing.addBoth(results.append)
+    query = b"?continuation-token=tok&delimiter=%2F&list-type=2&max-keys=100&prefix=docs%2F"
+    assert agents["primary"].sent[0].uri == b"http://127.0.0.1:1/p/" + query
+    agents["primary"].answer(FakeResponse(500, body=b"<Error><Code>InternalError</Code></Error>"))
+    assert failovers == [("pub", "primary", "secondary")]
+    assert agents["secondary"].sent[0].uri == b"http://127.0.0.1:2/s/" + query
+    answer = FakeResponse(200, body=b"<ListBucketResult/>")
+    agents["secondary"].answer(answer)
+    assert outcome(results) is answer
