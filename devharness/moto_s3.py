@@ -156,13 +156,20 @@ class MotoS3Server:
             raise StartupError("MotoS3Server(seed=...) is needed to restart with the same key")
         self.kill()
         before = (self.access_key, self.secret_key)
-        if not self._spawn(self.port, timeout):
-            raise StartupError(f"moto did not restart on port {self.port}:\n{tail(self.log_path)}")
-        self._bootstrap()
-        if (self.access_key, self.secret_key) != before:
-            self.stop()
-            raise StartupError("moto restarted with another access key despite the seed")
-        return self
+        # A client retrying against the port (the proxy's audit uploads) can reach moto between
+        # the seed and the IAM call and use up random numbers: then the key differs, and moto
+        # is started again (a bounded number of times).
+        for _ in range(5):
+            if not self._spawn(self.port, timeout):
+                raise StartupError(
+                    f"moto did not restart on port {self.port}:\n{tail(self.log_path)}"
+                )
+            self._bootstrap()
+            if (self.access_key, self.secret_key) == before:
+                return self
+            self.kill()
+        self.stop()
+        raise StartupError("moto restarted with another access key despite the seed (5 times)")
 
     def _spawn(self, port: int, timeout: float) -> bool:
         env = dict(os.environ)
