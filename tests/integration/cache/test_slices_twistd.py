@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,11 @@ from devharness.waiting import wait_until
 from tests.integration.test_cache_twistd import admin, config
 
 MIB = 1024 * 1024
+
+
+def disk_entries(cache_dir: Path) -> int:
+    """The committed entries of a disk cache (its write-in-progress files excluded)."""
+    return sum(1 for f in cache_dir.rglob("*") if f.is_file() and ".tmp" not in f.name)
 
 
 def upstream_gets(moto: MotoS3Server, bucket: str, key: str) -> list[str | None]:
@@ -174,8 +180,18 @@ def test_slices_in_the_disk_layer(
     whole = running.get("/pub/disk.bin", timeout=60)
     assert (whole.status, sha(whole.body)) == (200, sha(body))
     # slices 1 and 2 (the first read) then 0 and 3 (the full GET): each fetched once
-    assert sorted(g or "" for g in upstream_gets(moto_s3, s3_bucket, "disk.bin")) == sorted(
-        [f"bytes={i * 2 * MIB}-{min(len(body), (i + 1) * 2 * MIB) - 1}" for i in range(4)]
+    # (moto's recorder is a file its threads append to: read it until the last line is in)
+    expected = sorted(
+        f"bytes={i * 2 * MIB}-{min(len(body), (i + 1) * 2 * MIB) - 1}" for i in range(4)
+    )
+    wait_until(
+        lambda: sorted(g or "" for g in upstream_gets(moto_s3, s3_bucket, "disk.bin")) == expected,
+        timeout=10,
+        what=f"exactly the GETs {expected}",
+    )
+    # the disk layer writes behind the response: wait for the manifest and the four slices
+    wait_until(
+        lambda: disk_entries(tmp_path / "c") == 5, timeout=30, what="manifest + 4 slices on disk"
     )
     again = running.get("/pub/disk.bin", timeout=60)
     assert (again.header("X-Cache"), sha(again.body)) == ("HIT", sha(body))
