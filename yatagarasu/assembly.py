@@ -11,6 +11,7 @@ test harness all call :func:`assemble`; nothing is listened on, connected or rea
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,13 +28,14 @@ from yatagarasu.audit.from_config import build_audit
 from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
-from yatagarasu.config.schema import BucketConfig, Config
-from yatagarasu.interfaces import ICacheLayer, IRateLimiter, ISiblings
+from yatagarasu.config.schema import BucketConfig, Config, S3Config
+from yatagarasu.interfaces import ICacheLayer, ICredentialProvider, IRateLimiter, ISiblings
 from yatagarasu.limits.from_config import RateLimiting, build_rate_limiting
 from yatagarasu.metrics import Metrics
 from yatagarasu.observability.slow_requests import SlowRequestLog
 from yatagarasu.observability.tracing import Tracing, build_tracing
 from yatagarasu.request_logging import RequestLogPolicy
+from yatagarasu.s3.credential_sources import credential_provider
 from yatagarasu.s3.replicas import ReplicaSet
 from yatagarasu.tls import server_tls_options
 from yatagarasu.web.admin import AdminResource
@@ -140,6 +142,8 @@ def assemble(
     previous: Assembly | None = None,
     reload: ReloadHandler | None = None,
     siblings: ISiblings | None = None,
+    environ: Mapping[str, str] | None = None,
+    credential_agent: IAgent | None = None,
 ) -> Assembly:
     """
     Build everything the process runs from a configuration.
@@ -159,6 +163,10 @@ def assemble(
     :param siblings: when this process is one worker of several, the channel to the others
         (``/metrics``, stats and ``/ready`` then speak for the whole instance, purges reach
         every worker, responses carry ``X-Yatagarasu-Worker``).
+    :param environ: the environment the S3 credential providers read (``AWS_*``; default:
+        the process's).
+    :param credential_agent: the HTTP agent of the credential fetches (tests); default: one
+        per provider.
     :returns: the assembly.
     :raises yatagarasu.errors.ConfigError: naming the dotted key path of what plugins, key
         files or TLS files got wrong.
@@ -196,6 +204,13 @@ def assemble(
             on_failover=metrics.failover,
             observe=partial(metrics.upstream, b.name),
             previous=running.get(b.name),
+            credentials=partial(
+                _credentials,
+                reactor,
+                metrics,
+                os.environ if environ is None else environ,
+                credential_agent,
+            ),
         )
         for b in config.buckets
     }
@@ -231,7 +246,8 @@ def assemble(
         metrics_site = _site(
             metrics_root, reactor, config, access, metrics, lifecycle, extra, observers
         )
-    services = [*access.services, *caching.services()]
+    # First: the credentials' first fetches start before anything else
+    services = [*_credential_services(clients), *access.services, *caching.services()]
     # Last: stopped after the drain, they flush every record and every span.
     if audit is not None:
         services.extend(audit.services())
@@ -255,6 +271,35 @@ def assemble(
         siblings=siblings,
         limiter=rates.limiter if rates is not None else None,
     )
+
+
+def _credentials(
+    reactor: Any,
+    metrics: Metrics,
+    environ: Mapping[str, str],
+    agent: IAgent | None,
+    bucket: str,
+    replica: str,
+    section: S3Config,
+) -> ICredentialProvider:
+    return credential_provider(
+        reactor,
+        section,
+        environ,
+        upstream=f"bucket {bucket} replica {replica}",
+        observe=partial(metrics.credentials_fetched, bucket, replica),
+        agent=agent,
+    )
+
+
+def _credential_services(clients: Mapping[str, ReplicaSet]) -> list[IService]:
+    """The credential providers that fetch (and refresh) in the background."""
+    return [
+        IService(r.credentials)
+        for replicas in clients.values()
+        for r in replicas.replicas
+        if IService.providedBy(r.credentials)
+    ]
 
 
 @dataclass(frozen=True)

@@ -488,3 +488,46 @@ class IRateLimiter(Interface):
 
     def close() -> Deferred[None]:
         """Release connections (a shared limiter); fires when done."""
+
+
+class ICredentialProvider(Interface):
+    """
+    The S3 credentials of one upstream (a bucket, or one of its replicas): fixed ones, or
+    temporary ones fetched (instance metadata, ECS, STS...) and refreshed before they expire.
+    A failed fetch is never taken for credentials: the provider has none until a fetch works.
+    """
+
+    source = Attribute(
+        "the source name (static, env, profile, instance, ecs, web_identity, anonymous)"
+    )
+
+    def current() -> Any:
+        """
+        :returns: the credentials to sign with now (a
+            :class:`yatagarasu.s3.sigv4.Credentials`), or ``None``: requests go unsigned
+            (``anonymous``). Never waits.
+        :raises yatagarasu.errors.UpstreamError: 503 with ``Retry-After`` when the provider
+            has no usable credentials now.
+        """
+
+    def usable() -> bool:
+        """:returns: whether :meth:`current` would return credentials now."""
+
+    def pending() -> bool:
+        """:returns: whether the provider has never had credentials and a first fetch is
+        due or running (a request may :meth:`wait` for it)."""
+
+    def wait() -> Deferred[None]:
+        """
+        Wait for the fetch in flight (starting the first one when none ran yet); every caller
+        meanwhile shares that one fetch.
+
+        :returns: fires (never fails) when the fetch has ended, successfully or not.
+        """
+
+    def status() -> Mapping[str, Any]:
+        """
+        :returns: what ``/ready`` shows: ``source``, ``state`` (``ready``, ``fetching``,
+            ``failed``), ``expires_in_seconds`` (``None``: they do not expire) and
+            ``last_error`` (never a secret).
+        """

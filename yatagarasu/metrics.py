@@ -426,6 +426,13 @@ class Metrics:
             "Requests that failed over from one replica to the next after a failure.",
             ["bucket", "from_replica", "to_replica"],
         )
+        self._credentials = _Counter(
+            "yatagarasu_credentials_refresh",
+            "Fetches of temporary S3 credentials (first fetch, refresh before expiry, retry"
+            " after a failure), by bucket, replica, source (env, profile, instance, ecs,"
+            " web_identity) and result (ok, error).",
+            ["bucket", "replica", "source", "result"],
+        )
         self._authorizations = _Counter(
             "yatagarasu_authorization_decisions",
             "Authorization decisions by bucket, authorizer, result (allow, deny: the policy"
@@ -453,6 +460,7 @@ class Metrics:
                     self._rate_limit_unavailable,
                     self._failovers,
                     self._authorizations,
+                    self._credentials,
                 ]
             )
         )
@@ -497,6 +505,10 @@ class Metrics:
     def watch_upstreams(self, upstreams: Mapping[str, ReplicaSet]) -> None:
         """:param upstreams: the replica sets whose circuit states to export, by bucket."""
         self._upstreams = upstreams
+
+    def credentials_fetched(self, bucket: str, replica: str, source: str, result: str) -> None:
+        """Count one fetch of an upstream's credentials (``result``: ``ok`` or ``error``)."""
+        self._credentials.inc((bucket, replica, source, result))
 
     def failover(self, bucket: str, source: str, target: str) -> None:
         """Count one failover of a request from replica ``source`` to ``target``."""

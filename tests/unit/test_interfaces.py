@@ -37,6 +37,7 @@ from yatagarasu.interfaces import (
     ICacheLayer,
     ICacheLayerFactory,
     ICacheWriter,
+    ICredentialProvider,
     IDefaultTtlCacheLayer,
     IErrorCountingCacheLayer,
     IImmediateAuthorizer,
@@ -60,6 +61,8 @@ from yatagarasu.plugins.authz_openfga import openfga
 from yatagarasu.plugins.cache_disk import disk
 from yatagarasu.plugins.cache_memory import memory
 from yatagarasu.plugins.cache_redis import redis
+from yatagarasu.s3.credentials import Fetched, FixedCredentials, RefreshingCredentials
+from yatagarasu.s3.sigv4 import Credentials
 from yatagarasu.values import CacheKey
 from yatagarasu.workers.child import WorkerChannel
 
@@ -149,6 +152,18 @@ def factory(plugin: Any) -> Callable[[MemoryReactorClock, Path], Any]:
 #: what every built-in auth scheme provides besides IAuthScheme
 SCHEME_EXTRAS = (IImmediateAuthScheme, IApplicableAuthScheme)
 
+
+def static_credentials(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return FixedCredentials("static", Credentials("AKIDEXAMPLE", "secret"))
+
+
+def refreshing_credentials(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    async def fetch() -> Fetched:
+        return Fetched(Credentials("AKIDEXAMPLE", "secret"))
+
+    return RefreshingCredentials(reactor, "env", fetch, upstream="bucket b replica primary")
+
+
 #: (what, how to build it, every interface it must provide).
 PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[InterfaceClass]]] = [
     ("memory factory", factory(memory), {IPlugin, ICacheLayerFactory}),
@@ -181,6 +196,8 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("worker channel", worker_channel, {ISiblings}),
     ("local rate limiter", local_limiter, {IRateLimiter}),
     ("redis rate limiter", redis_limiter, {IRateLimiter}),
+    ("static credentials", static_credentials, {ICredentialProvider}),
+    ("refreshing credentials", refreshing_credentials, {ICredentialProvider, IService}),
 ]
 
 #: Optional interfaces: a provider that lacks one must not look as if it had it.

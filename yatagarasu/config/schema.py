@@ -384,6 +384,56 @@ class CircuitBreakerConfig:
         _positive(self.timeout_seconds, join(path, "timeout_seconds"))
 
 
+#: where a bucket's (or replica's) S3 credentials come from
+CredentialSource = Literal[
+    "static", "env", "profile", "instance", "ecs", "web_identity", "anonymous"
+]
+#: the keys of ``credentials`` that only one source reads
+_SOURCE_KEYS = {
+    "profile": ("profile",),
+    "metadata_endpoint": ("instance",),
+    "sts_endpoint": ("web_identity",),
+    "role_arn": ("web_identity",),
+    "role_session_name": ("web_identity",),
+    "web_identity_token_file": ("web_identity",),
+}
+
+
+@dataclass(frozen=True)
+class CredentialsConfig:
+    """
+    Where the S3 credentials come from (``s3.credentials``, ``s3.replicas[].credentials``).
+    Without ``source``: ``static`` when ``access_key``/``secret_key`` are given, else the
+    standard chain (env, web identity, profile, ECS, instance metadata). The other keys
+    override the AWS SDKs' environment variables of their source.
+    """
+
+    source: CredentialSource | None = None
+    profile: str | None = None
+    metadata_endpoint: str | None = None
+    sts_endpoint: str | None = None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    web_identity_token_file: str | None = None
+
+    def check(self, path: str) -> None:
+        for key in ("metadata_endpoint", "sts_endpoint"):
+            url = getattr(self, key)
+            if url is not None:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ConfigError(
+                        join(path, key), f"expected http(s)://host[:port], got {url!r}"
+                    )
+        if self.source is None:
+            return
+        for key, sources in _SOURCE_KEYS.items():
+            if getattr(self, key) is not None and self.source not in sources:
+                raise ConfigError(
+                    join(path, key), f"is read by source {sources[0]}, not {self.source}"
+                )
+
+
 @dataclass(frozen=True)
 class ReplicaConfig:
     """
@@ -399,6 +449,8 @@ class ReplicaConfig:
     access_key: str = ""
     secret_key: str = ""
     session_token: str | None = None
+    #: its own credentials source (default: the bucket's ``s3.credentials``)
+    credentials: CredentialsConfig | None = None
     timeout: float | None = None
 
     def check(self, path: str) -> None:
@@ -447,6 +499,7 @@ class S3Config:
     access_key: str = ""
     secret_key: str = ""
     session_token: str | None = None
+    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
     timeout: float = 20.0
     connect_timeout: float | None = None
     first_byte_timeout: float | None = None
@@ -477,6 +530,9 @@ class S3Config:
             access_key=replica.access_key,
             secret_key=replica.secret_key,
             session_token=replica.session_token,
+            credentials=(
+                replica.credentials if replica.credentials is not None else self.credentials
+            ),
             timeout=replica.timeout if replica.timeout is not None else self.timeout,
             replicas=(),
         )
@@ -527,8 +583,9 @@ class S3Config:
         if bool(self.access_key) != bool(self.secret_key):
             raise ConfigError(
                 join(path, "secret_key" if self.access_key else "access_key"),
-                "access_key and secret_key go together (leave both out for anonymous access)",
+                "access_key and secret_key go together",
             )
+        self._check_credentials(path)
         if self.endpoint is not None:
             parts = urlsplit(self.endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -539,6 +596,29 @@ class S3Config:
                 raise ConfigError(join(path, "endpoint"), "must not have a path or query")
         if self.timeout <= 0:  # a replica's own timeout
             _positive(self.timeout, join(path, "timeout"))
+
+    @property
+    def credential_source(self) -> str:
+        """
+        :returns: the credentials source this upstream uses: ``credentials.source``, else
+            ``static`` with keys, else ``chain`` (the standard chain).
+        """
+        if self.credentials.source is not None:
+            return self.credentials.source
+        return "static" if self.access_key else "chain"
+
+    def _check_credentials(self, path: str) -> None:
+        source = self.credentials.source
+        if source == "static" and not self.access_key:
+            raise ConfigError(
+                join(path, "access_key"),
+                "credentials.source static needs access_key and secret_key",
+            )
+        if source not in (None, "static") and (self.access_key or self.session_token):
+            raise ConfigError(
+                join(path, "access_key" if self.access_key else "session_token"),
+                f"is for credentials.source static, not {source}",
+            )
 
     def _check_shared(self, path: str) -> None:
         for key in ("timeout", "connect_timeout", "first_byte_timeout", "idle_timeout"):

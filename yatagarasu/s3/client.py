@@ -42,7 +42,9 @@ from zope.interface import implementer
 from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
+from yatagarasu.interfaces import ICredentialProvider
 from yatagarasu.observability.timings import Phase, RequestTimings
+from yatagarasu.s3.credentials import own_keys
 from yatagarasu.s3.errors import read_s3_error
 from yatagarasu.s3.listing import list_query
 from yatagarasu.s3.sigv4 import EMPTY_PAYLOAD_SHA256, Credentials, SigV4Signer, encode_key
@@ -128,6 +130,8 @@ class S3Client:
     :param agent: the HTTP agent (default: an ``Agent`` on a persistent pool of
         ``connection_pool_size`` connections).
     :param observe: told of every attempt (the metrics); default: nobody.
+    :param credentials: what signs each request (asked per request); default: the
+        section's ``access_key``/``secret_key``/``session_token``, unsigned without them.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class S3Client:
         *,
         agent: IAgent | None = None,
         observe: AttemptObserver | None = None,
+        credentials: ICredentialProvider | None = None,
     ) -> None:
         self._clock = reactor
         self._observe = observe
@@ -173,14 +178,9 @@ class S3Client:
             endpoints = _OneEndpoint(reactor, self._scheme, self._host, config.connect_seconds)
             agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
         self._agent = agent
-        self._signer = (
-            SigV4Signer(
-                Credentials(config.access_key, config.secret_key, config.session_token),
-                config.region,
-            )
-            if config.access_key
-            else None
-        )
+        self._credentials = credentials if credentials is not None else own_keys(config)
+        # one signer (its derived key cached per date) for the credentials of the moment
+        self._signing: tuple[Credentials | None, SigV4Signer | None] = (None, None)
 
     @property
     def idle_seconds(self) -> float:
@@ -346,11 +346,14 @@ class S3Client:
         send.setRawHeaders(b"user-agent", [_USER_AGENT])
         if span is not None:
             span.inject(send)  # traceparent: not a signed header (SigV4 signs host, x-amz-*)
-        if self._signer is not None:
+        keys = self._credentials.current()  # raises CredentialsUnavailable (503) without
+        if keys is not None:
+            signing_keys, signer = self._signing
+            if signer is None or signing_keys is not keys:
+                signer = SigV4Signer(keys, self._config.region)
+                self._signing = (keys, signer)
             now = datetime.fromtimestamp(self._clock.seconds(), UTC)
-            signed = self._signer.sign(
-                method.decode("ascii"), self._host, path, now, query, payload_hash
-            )
+            signed = signer.sign(method.decode("ascii"), self._host, path, now, query, payload_hash)
             for name, value in signed:
                 send.setRawHeaders(name, [value])
         else:

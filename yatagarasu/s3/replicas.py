@@ -25,14 +25,23 @@ from twisted.web.iweb import IAgent, IResponse
 
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
+from yatagarasu.interfaces import ICredentialProvider
 from yatagarasu.observability.timings import UPSTREAM_FIRST_BYTE, RequestTimings
 from yatagarasu.s3.breaker import CircuitBreaker, CircuitState, Permit
 from yatagarasu.s3.client import AttemptObserver, S3Client
+from yatagarasu.s3.credentials import CredentialsUnavailable, own_keys
 
 log = Logger()
 
 #: called once per failover with (bucket, from replica, to replica)
 FailoverListener = Callable[[str, str, str], None]
+#: builds an upstream's credential provider from (bucket, replica name, its ``s3`` section)
+CredentialsFactory = Callable[[str, str, S3Config], ICredentialProvider]
+
+
+def fixed_credentials(bucket: str, replica: str, section: S3Config) -> ICredentialProvider:
+    """The section's own keys (unsigned without them): the default :data:`CredentialsFactory`."""
+    return own_keys(section)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Replica:
     :ivar client: its S3 client.
     :ivar breaker: its circuit breaker.
     :ivar section: its ``s3`` section (kept across a reload while it is unchanged).
+    :ivar credentials: what signs its requests (kept across a reload with the section).
     """
 
     name: str
@@ -52,6 +62,7 @@ class Replica:
     client: S3Client
     breaker: CircuitBreaker
     section: S3Config
+    credentials: ICredentialProvider
 
 
 def agent_key(bucket: str, replica: str | None) -> str:
@@ -77,8 +88,11 @@ class ReplicaSet:
     :param on_failover: told about every failover (the metric).
     :param observe: told of every attempt to every replica (outcome, seconds: the metrics).
     :param previous: the bucket's replica set of the running configuration (a reload): the
-        breaker of a replica whose section (:meth:`S3Config.upstreams`) did not change is
-        kept with its state; the others start closed.
+        breaker and the credential provider of a replica whose section
+        (:meth:`S3Config.upstreams`) did not change are kept with their state; the others
+        start afresh.
+    :param credentials: builds each replica's credential provider (default: its section's
+        own keys, :func:`fixed_credentials`).
     """
 
     def __init__(
@@ -92,6 +106,7 @@ class ReplicaSet:
         on_failover: FailoverListener | None = None,
         observe: AttemptObserver | None = None,
         previous: ReplicaSet | None = None,
+        credentials: CredentialsFactory = fixed_credentials,
     ) -> None:
         self._clock: IReactorTime = reactor
         self.bucket = bucket
@@ -104,20 +119,23 @@ class ReplicaSet:
         replicas = []
         for upstream in config.upstreams():
             old = kept.get(upstream.name)
-            breaker = (
-                old.breaker
-                if old is not None and old.section == upstream.s3
-                else CircuitBreaker(
+            if old is not None and old.section == upstream.s3:
+                breaker, provider = old.breaker, old.credentials
+            else:
+                breaker = CircuitBreaker(
                     reactor, config.circuit_breaker, self._state_logger(upstream.name)
                 )
-            )
+                provider = credentials(bucket, upstream.name, upstream.s3)
             client = S3Client(
                 reactor,
                 upstream.s3,
                 agent=agents.get(agent_key(bucket, upstream.name if replicated else None)),
                 observe=observe,
+                credentials=provider,
             )
-            replicas.append(Replica(upstream.name, upstream.priority, client, breaker, upstream.s3))
+            replicas.append(
+                Replica(upstream.name, upstream.priority, client, breaker, upstream.s3, provider)
+            )
         self.replicas: Sequence[Replica] = tuple(replicas)
 
     def _state_logger(self, replica: str) -> Callable[[CircuitState, str | None], None]:
@@ -135,8 +153,13 @@ class ReplicaSet:
 
     @property
     def usable(self) -> bool:
-        """Whether some replica's breaker lets requests through now."""
-        return any(r.breaker.admits_now() for r in self.replicas)
+        """Whether some replica with usable credentials has a breaker letting requests through."""
+        return any(r.breaker.admits_now() and r.credentials.usable() for r in self.replicas)
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether some replica has usable credentials now."""
+        return any(r.credentials.usable() for r in self.replicas)
 
     async def fetch(
         self, method: bytes, key: str, headers: Headers, timings: RequestTimings | None = None
@@ -188,16 +211,22 @@ class ReplicaSet:
         previous: Replica | None = None
         failure: UpstreamError | None = None
         attempt = 1
+        if not self.has_credentials:
+            await self._first_credentials()
         while True:
             choice = self._choose(tried)
             if choice is None:
-                raise failure if failure is not None else self._all_open()
+                raise failure if failure is not None else self._unavailable()
             replica, permit = choice
             if previous is not None and replica is not previous:
                 self._failed_over(previous, replica, failure)
             tried.add(replica.name)
             try:
                 response = await send(replica.client, attempt)
+            except CredentialsUnavailable as e:
+                permit.released()  # they expired meanwhile: not the upstream's failure
+                failure = e
+                continue
             except UpstreamError as e:
                 permit.failed(str(e))
                 failure = e
@@ -214,11 +243,22 @@ class ReplicaSet:
             previous = replica
             attempt += 1
 
+    async def _first_credentials(self) -> None:
+        """Before the first fetch of any replica's credentials ended: wait for them (every
+        request meanwhile shares the fetches in flight)."""
+        for replica in self.replicas:
+            if replica.credentials.pending():
+                await replica.credentials.wait()
+                if replica.credentials.usable():
+                    return
+
     def _choose(self, tried: set[str]) -> tuple[Replica, Permit] | None:
         for fresh_only in (True, False):
             for replica in self.replicas:
                 if fresh_only and replica.name in tried:
                     continue
+                if not replica.credentials.usable():
+                    continue  # failed over without counting against its breaker
                 permit = replica.breaker.admit()
                 if permit is not None:
                     return replica, permit
@@ -226,7 +266,11 @@ class ReplicaSet:
 
     def _next_was_tried(self, tried: set[str]) -> bool:
         for replica in self.replicas:
-            if replica.name not in tried and replica.breaker.admits_now():
+            if (
+                replica.name not in tried
+                and replica.breaker.admits_now()
+                and replica.credentials.usable()
+            ):
                 return False
         return True
 
@@ -253,6 +297,17 @@ class ReplicaSet:
         )
         if self._on_failover is not None:
             self._on_failover(self.bucket, source.name, target.name)
+
+    def _unavailable(self) -> UpstreamError:
+        """No replica to try: the credentials' error when a breaker would admit a replica
+        that has none, else every circuit is open."""
+        for replica in self.replicas:
+            if replica.breaker.admits_now() and not replica.credentials.usable():
+                try:
+                    replica.credentials.current()
+                except CredentialsUnavailable as e:
+                    return e
+        return self._all_open()
 
     def _all_open(self) -> UpstreamError:
         wait = min(r.breaker.retry_after() for r in self.replicas)

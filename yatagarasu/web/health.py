@@ -41,8 +41,11 @@ class ReadyResource(ReadOnlyResource):
     Each bucket lists its replicas by name (``primary`` for a bucket without ``replicas``)
     with their circuit breaker's state: ``{"pub": {"status": "healthy", "replicas":
     {"primary": {"state": "closed", "endpoint": "http://127.0.0.1:9000", "priority": 0,
-    "consecutive_failures": 0, "last_error": null}}}}``. A bucket is ``healthy`` while some
-    replica's breaker lets requests through (closed, or half-open with a trial slot free).
+    "consecutive_failures": 0, "last_error": null, "credentials": {"source": "static",
+    "state": "ready", "expires_in_seconds": null, "last_error": null}}}}}``. A bucket is
+    ``healthy`` while some replica has usable credentials and a breaker letting requests
+    through (closed, or half-open with a trial slot free). 503 ``unavailable`` too while some
+    bucket has no replica with usable credentials (not fetched yet, or every fetch failed).
 
     With several worker processes, 503 ``workers_down`` while any worker of the instance is
     not running (one crashed and is being restarted, or they are still starting).
@@ -74,6 +77,7 @@ class ReadyResource(ReadOnlyResource):
                         "priority": replica.priority,
                         "consecutive_failures": replica.breaker.consecutive_failures,
                         "last_error": replica.breaker.last_error,
+                        "credentials": dict(replica.credentials.status()),
                     }
                     for replica in replicas.replicas
                 },
@@ -84,7 +88,9 @@ class ReadyResource(ReadOnlyResource):
             status, code = "shutting_down", 503
         elif self._workers_up is not None and not self._workers_up():
             status, code = "workers_down", 503
-        elif not any(replicas.usable for replicas in self._backends.values()):
+        elif not any(replicas.usable for replicas in self._backends.values()) or not all(
+            replicas.has_credentials for replicas in self._backends.values()
+        ):
             status, code = "unavailable", 503
         else:
             status, code = "ready", 200

@@ -21,7 +21,14 @@ REPLICAS = [
 
 
 def harness(**s3: Any) -> Harness:
-    entry = bucket_entry(s3={"replicas": REPLICAS, "retry": {"max_attempts": 2}, **s3})
+    entry = bucket_entry(
+        s3={
+            "replicas": REPLICAS,
+            "retry": {"max_attempts": 2},
+            "credentials": {"source": "anonymous"},
+            **s3,
+        }
+    )
     del entry["s3"]["bucket"], entry["s3"]["endpoint"]
     entry["s3"].pop("access_key", None)
     entry["s3"].pop("secret_key", None)
