@@ -82,7 +82,11 @@ def test_aws_virtual_hosted_and_dotted_bucket_addressing() -> None:
                 {
                     "name": "dots",
                     "path_prefix": "/dots",
-                    "s3": {"bucket": "assets.example.com", "region": "us-west-2"},
+                    "s3": {
+                        "bucket": "assets.example.com",
+                        "region": "us-west-2",
+                        "credentials": {"source": "anonymous"},
+                    },
                 },
             ]
         }
