@@ -30,10 +30,15 @@ def die_with_parent() -> None:
 def child_env(env: Mapping[str, str] | None) -> dict[str, str]:
     """
     :param env: extra environment variables.
-    :returns: this process' environment, unbuffered Python output, and ``env`` on top.
+    :returns: this process' environment without its ``AWS_*`` variables (a proxy under test
+        finds only the credentials its test gives it), unbuffered Python output, the EC2
+        instance metadata service off for the credentials chain
+        (``AWS_EC2_METADATA_DISABLED=true``: nothing is sent to its link-local address), and
+        ``env`` on top.
     """
-    result = dict(os.environ)
+    result = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     result["PYTHONUNBUFFERED"] = "1"
+    result["AWS_EC2_METADATA_DISABLED"] = "true"
     if env:
         result.update(env)
     return result

@@ -70,8 +70,13 @@ def _slowdown_seconds() -> float:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Check ``$YATAGARASU_TEST_SLOWDOWN_SECONDS`` before anything runs."""
+    """
+    Check ``$YATAGARASU_TEST_SLOWDOWN_SECONDS`` before anything runs, and keep the credentials
+    chain of proxies built in this process off the EC2 instance metadata service's link-local
+    address (``AWS_EC2_METADATA_DISABLED``; the tests of that source use their own endpoint).
+    """
     _slowdown_seconds()
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @pytest.hookimpl(tryfirst=True)
