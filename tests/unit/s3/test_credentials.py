@@ -14,7 +14,11 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.web.http_headers import Headers
 
+from tests.unit.fakes import FakeAgent, FakeResponse
+from yatagarasu.config.schema import S3Config
+from yatagarasu.s3.client import S3Client
 from yatagarasu.s3.credentials import (
     FETCH_TIMEOUT_SECONDS,
     MAX_BACKOFF_SECONDS,
@@ -202,3 +206,31 @@ def test_expired_credentials_from_the_source_count_as_a_failure() -> None:
     source.give(clock, 0)
     assert not creds.usable()
     assert creds.status()["last_error"] == "the credentials fetched had already expired"
+
+
+def test_the_client_signs_each_request_with_the_credentials_of_the_moment() -> None:
+    clock, source = MemoryReactorClock(), Source()
+    clock.advance(1_700_000_000)
+    creds = provider(clock, source)
+    creds.startService()
+    agent = FakeAgent()
+    config = S3Config(bucket="b", endpoint="http://127.0.0.1:9000")
+    client = S3Client(clock, config, agent=agent, credentials=creds)
+    source.give(clock, 600, n=1)
+
+    def send() -> tuple[bytes, bytes]:
+        d = Deferred.fromCoroutine(client.attempt(b"GET", "k", Headers()))
+        sent = agent.sent[-1].headers
+        agent.answer(FakeResponse(200, {}, body=b""))
+        assert d.called
+        return sent.getRawHeaders(b"authorization")[0], sent.getRawHeaders(b"x-amz-security-token")[
+            0
+        ]
+
+    authorization, token = send()
+    assert b"Credential=ASIA0001/" in authorization and token == b"token-1"
+    assert b"x-amz-security-token" in authorization  # the token is a signed header
+    clock.advance(300)  # the refresh
+    source.give(clock, 600, n=2)
+    authorization, token = send()
+    assert b"Credential=ASIA0002/" in authorization and token == b"token-2"
