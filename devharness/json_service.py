@@ -1,6 +1,7 @@
 """
 A small JSON-over-HTTP service on 127.0.0.1 for the tests' own fakes of policy services (OPA's
-data API, OpenFGA's Check): it records every request and answers with a function of the test.
+data API, OpenFGA's Check) and credential endpoints (EC2 instance metadata, ECS): it records
+every request and answers with a function of the test.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class JsonCall:
     body: Any
 
 
-#: ``answer(call) -> (status, document)``
+#: ``answer(call) -> (status, document)``; a ``str`` document is sent as ``text/plain``
 Answerer = Callable[[JsonCall], tuple[int, Any]]
 
 
@@ -34,11 +35,13 @@ class JsonService:
     """
     A threaded HTTP server answering POSTed JSON.
 
-    :param answer: what to answer each call (a non-JSON body is answered 400 without it).
+    :param answer: what to answer each call (a POST whose body is not JSON is answered 400
+        without it; a GET or PUT is recorded with ``body`` ``None``).
+    :param port: the port to listen on (default: a free one).
     :ivar calls: every request received, in order (read them after the proxy answered).
     """
 
-    def __init__(self, answer: Answerer) -> None:
+    def __init__(self, answer: Answerer, port: int = 0) -> None:
         self.answer = answer
         self.calls: list[JsonCall] = []
         self._lock = threading.Lock()
@@ -56,16 +59,29 @@ class JsonService:
                     self._send(400, {"code": "bad_request", "message": "body is not JSON"})
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                call = JsonCall("POST", self.path, headers, body)
+                self._answer(JsonCall("POST", self.path, headers, body))
+
+            def do_GET(self) -> None:
+                self._answer(JsonCall("GET", self.path, self._headers(), None))
+
+            def do_PUT(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer(JsonCall("PUT", self.path, self._headers(), None))
+
+            def _headers(self) -> dict[str, str]:
+                return {k.lower(): v for k, v in self.headers.items()}
+
+            def _answer(self, call: JsonCall) -> None:
                 with service._lock:
                     service.calls.append(call)
                 status, document = service.answer(call)
                 self._send(status, document)
 
             def _send(self, status: int, document: Any) -> None:
-                payload = json.dumps(document).encode()
+                text = isinstance(document, str)
+                payload = document.encode() if text else json.dumps(document).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -73,7 +89,7 @@ class JsonService:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self._server = ThreadingHTTPServer((LOOPBACK, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
@@ -97,9 +113,10 @@ class JsonService:
 
 
 @contextmanager
-def json_service(answer: Answerer) -> Iterator[JsonService]:
-    """:returns: a started :class:`JsonService`, stopped on exit."""
-    service = JsonService(answer).start()
+def json_service(answer: Answerer, port: int = 0) -> Iterator[JsonService]:
+    """:returns: a started :class:`JsonService` (on ``port``, default a free one), stopped on
+    exit."""
+    service = JsonService(answer, port).start()
     try:
         yield service
     finally:

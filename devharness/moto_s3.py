@@ -295,6 +295,69 @@ class MotoS3Server:
         finally:
             self.set_auth(True)
 
+    def create_role(self, role: str, actions: Sequence[str] = ("s3:*",)) -> str:
+        """
+        Create an IAM role anyone may assume, allowed ``actions`` on ``*`` (what moto checks
+        requests signed with the role's temporary credentials against). Auth is switched off
+        for the duration and back on afterwards.
+
+        :param role: unique role name.
+        :param actions: IAM actions to allow.
+        :returns: the role's ARN.
+        """
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "*", "Federated": "*"},
+                    "Action": ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity"],
+                }
+            ],
+        }
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": "*"}],
+        }
+        self.set_auth(False)
+        try:
+            iam = self._boto3_client("iam", "bootstrap", "bootstrap")
+            arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))[
+                "Role"
+            ]["Arn"]
+            iam.put_role_policy(
+                RoleName=role, PolicyName=f"{role}-policy", PolicyDocument=json.dumps(policy)
+            )
+            return str(arn)
+        finally:
+            self.set_auth(True)
+
+    def temporary_credentials(self, role: str, seconds: int = 3600) -> dict[str, str]:
+        """
+        Create a role (:meth:`create_role`) and assume it (auth off meanwhile): temporary
+        credentials moto knows, whose session token it checks.
+
+        :param role: unique role name.
+        :param seconds: their lifetime.
+        :returns: ``AccessKeyId``, ``SecretAccessKey``, ``Token``, ``Expiration`` (ISO 8601),
+            as the instance metadata and ECS endpoints give them.
+        """
+        arn = self.create_role(role)
+        self.set_auth(False)
+        try:
+            sts = self.client("sts")
+            found = sts.assume_role(RoleArn=arn, RoleSessionName=role, DurationSeconds=seconds)
+        finally:
+            self.set_auth(True)
+        creds = found["Credentials"]
+        return {
+            "Code": "Success",
+            "AccessKeyId": str(creds["AccessKeyId"]),
+            "SecretAccessKey": str(creds["SecretAccessKey"]),
+            "Token": str(creds["SessionToken"]),
+            "Expiration": creds["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
     #: bucket/key that :meth:`verify_signature_checking` creates for its unsigned probe
     PROBE_BUCKET = "yatagarasu-auth-probe"
     PROBE_KEY = "probe.txt"

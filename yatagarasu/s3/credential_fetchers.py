@@ -19,7 +19,12 @@ from urllib.parse import urlencode
 from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
@@ -34,6 +39,19 @@ _USER_AGENT = f"yatagarasu/{__version__}".encode()
 IMDS_TOKEN_TTL_SECONDS = 21600
 _IMDS_ROLES = "/latest/meta-data/iam/security-credentials/"
 _STS_NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+class QuietPool(HTTPConnectionPool):
+    """A pool of non-persistent connections without a log line per connection."""
+
+    _factory = _QuietClientFactory
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor, persistent=False)
 
 
 @implementer(IBodyProducer)

@@ -21,12 +21,17 @@ from pathlib import Path
 from random import Random
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.iweb import IAgent
 
 from yatagarasu.config.schema import S3Config
 from yatagarasu.interfaces import ICredentialProvider
-from yatagarasu.s3.credential_fetchers import ContainerCredentials, InstanceMetadata, WebIdentity
+from yatagarasu.s3.credential_fetchers import (
+    ContainerCredentials,
+    InstanceMetadata,
+    QuietPool,
+    WebIdentity,
+)
 from yatagarasu.s3.credentials import (
     CredentialsFetchError,
     Fetched,
@@ -113,7 +118,7 @@ def _fetcher(
         return partial(_from_profile, settings.profile, environ)
     if source == "none":
         return _nothing_found
-    http = agent if agent is not None else Agent(reactor, pool=HTTPConnectionPool(reactor, False))
+    http = agent if agent is not None else Agent(reactor, pool=QuietPool(reactor))
     if source == "instance":
         endpoint = (
             settings.metadata_endpoint

@@ -179,7 +179,12 @@ class RefreshingCredentials(Service):
         )
 
     def pending(self) -> bool:
-        return self._fetched is None and (self._in_flight is not None or not self._attempted)
+        # no usable credentials, no failure yet, and a fetch running or never started
+        return (
+            not self.usable()
+            and self._last_error is None
+            and (self._in_flight is not None or not self._attempted)
+        )
 
     def wait(self) -> Deferred[None]:
         if self._in_flight is None and not self._attempted:
@@ -193,10 +198,10 @@ class RefreshingCredentials(Service):
     def status(self) -> Mapping[str, Any]:
         if self.usable():
             state = "ready"
-        elif self.pending():
-            state = "fetching"
+        elif self._last_error is not None or not self.pending():
+            state = "failed"  # until a fetch works again
         else:
-            state = "failed"
+            state = "fetching"
         fetched = self._fetched
         expires_in = (
             None

@@ -133,7 +133,8 @@ def test_a_failure_is_not_cached_and_is_retried_with_bounded_backoff(
         assert retry_after == pytest.approx(waited, abs=1)
     assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
     status = creds.status()
-    assert status["state"] == "fetching" and status["last_error"] == "HTTP 500"
+    # a retry is in flight: still failed (no credentials) until it works
+    assert status["state"] == "failed" and status["last_error"] == "HTTP 500"
     # one warning for the whole streak, then one line when it ends
     source.give(clock, 3600)
     assert creds.usable() and creds.status()["last_error"] is None
