@@ -146,9 +146,10 @@ def summary(path: str, assembly: Assembly) -> str:
     lines[1:1] = [f"deprecated: {warning}" for warning in config.deprecations]
     for bucket in config.buckets:
         targets = ", ".join(
-            ("" if not bucket.s3.replicas else f"{u.name}: ")
-            + f"s3://{u.s3.bucket} ({u.s3.endpoint or f'AWS {u.s3.region}'})"
-            for u in bucket.s3.upstreams()
+            ("" if not bucket.s3.replicas else f"{r.name}: ")
+            + f"s3://{r.section.bucket} ({r.section.endpoint or f'AWS {r.section.region}'},"
+            + f" credentials {r.credentials.source})"
+            for r in assembly.clients[bucket.name].replicas
         )
         auth_scheme = access.schemes.get(bucket.name)
         extras = [f"auth: {auth_scheme.name}" if auth_scheme is not None else "public"]

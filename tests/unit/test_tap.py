@@ -66,7 +66,7 @@ def test_summary_of_a_public_bucket_on_the_main_listener() -> None:
         "listener: http://127.0.0.1:8081",  # the default address
         "metrics: /metrics on the main listener",
         "buckets: 1",
-        "  /pub -> s3://pub-bucket (http://127.0.0.1:9000) [pub; public]",
+        "  /pub -> s3://pub-bucket (http://127.0.0.1:9000, credentials static) [pub; public]",
         "admin API: /admin/... (disabled, answers 403)",
     ]
 
@@ -76,12 +76,21 @@ def test_summary_lists_replicas_by_priority() -> None:
     entry["s3"] = {
         "region": "eu-west-1",
         "replicas": [
-            {"name": "b", "priority": 2, "bucket": "two", "endpoint": "http://127.0.0.1:9002"},
-            {"name": "a", "priority": 1, "bucket": "one"},
+            {
+                "name": "b",
+                "priority": 2,
+                "bucket": "two",
+                "endpoint": "http://127.0.0.1:9002",
+                "credentials": {"source": "anonymous"},
+            },
+            {"name": "a", "priority": 1, "bucket": "one", "access_key": "A", "secret_key": "s"},
         ],
     }
     text = summary("y.yaml", assembled({"buckets": [entry], "server": {"port": 8081}}))
-    assert "  /pub -> a: s3://one (AWS eu-west-1), b: s3://two (http://127.0.0.1:9002)" in text
+    assert (
+        "  /pub -> a: s3://one (AWS eu-west-1, credentials static), b: s3://two"
+        " (http://127.0.0.1:9002, credentials anonymous)"
+    ) in text
 
 
 def test_summary_names_auth_ip_filter_cache_layers_metrics_port_and_admin() -> None:

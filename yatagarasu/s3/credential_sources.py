@@ -100,7 +100,7 @@ def _chain_source(config: S3Config, environ: Mapping[str, str]) -> str:
     ):
         return "ecs"
     if environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
-        return "none"
+        return "chain"  # found nothing: fails (and retries) until a reload
     return "instance"
 
 
@@ -116,7 +116,7 @@ def _fetcher(
         return partial(_from_environment, environ)
     if source == "profile":
         return partial(_from_profile, settings.profile, environ)
-    if source == "none":
+    if source == "chain":
         return _nothing_found
     http = agent if agent is not None else Agent(reactor, pool=QuietPool(reactor))
     if source == "instance":
