@@ -8,8 +8,9 @@ requests), ``env`` (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESS
 ``AWS_CONFIG_FILE``, ``AWS_PROFILE``), ``instance`` (IMDSv2), ``ecs`` and ``web_identity``.
 Without a ``source``: ``static`` when keys are given, else the standard chain, in botocore's
 order: the first of env, web identity, profile, ECS, instance metadata whose settings are
-present (instance metadata last, unless ``AWS_EC2_METADATA_DISABLED=true``). Environment and
-files are read when the provider is built (start-up, reload) and at each fetch.
+present (instance metadata last, unless ``AWS_EC2_METADATA_DISABLED=true``). The chain reads
+the environment and the files when the provider is built (start-up, a reload that changed the
+section); the ``env`` and ``profile`` fetches read them again at each (re)try.
 """
 
 from __future__ import annotations
