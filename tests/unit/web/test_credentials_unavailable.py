@@ -75,3 +75,17 @@ def test_a_bucket_without_credentials_answers_503_with_retry_after_and_is_not_re
     assert status == 503 and body["status"] == "unavailable"
     assert body["backends"]["pub"]["status"] == "unhealthy"
     assert all(r["consecutive_failures"] == 0 for r in body["backends"]["pub"]["replicas"].values())
+
+
+def test_a_reload_keeps_the_provider_of_an_unchanged_upstream_and_rebuilds_a_changed_one() -> None:
+    h = harness(MISSING, {"source": "anonymous"})
+    east, west = (r.credentials for r in h.clients["pub"].replicas)
+    document = copy.deepcopy(h.document)
+    document["buckets"][0]["s3"]["replicas"][1]["credentials"] = {
+        "source": "profile",
+        "profile": "yatagarasu-test-other",
+    }
+    assert h.reload(document).status == 200
+    kept, rebuilt = (r.credentials for r in h.clients["pub"].replicas)
+    assert kept is east and rebuilt is not west
+    assert rebuilt.status()["source"] == "profile"
