@@ -1,0 +1,235 @@
+"""10,000 concurrent keep-alive connections on a 1 KiB memory hit (issue #14, target 5).
+
+Raises ``RLIMIT_NOFILE`` for itself and the processes it starts, starts the bench origin and
+the proxy (the default configuration plus a memory cache; ``--server-extra`` adds
+``server`` keys, e.g. ``listen_backlog: 50`` for the old listen queue), warms the object to
+``X-Cache: HIT``, then from one asyncio client process (on the load CPU):
+
+1. opens ``--conns`` connections (at most ``--parallel`` connecting at once, 10 s each);
+2. measures the proxy's RSS with all of them idle;
+3. on every connection, GETs the 1 KiB object back to back for ``--seconds`` (closed loop,
+   one request in flight per connection); a response slower than ``--timeout`` (10 s)
+   counts as a timeout and its connection is dropped;
+4. measures RSS again with the connections idle, then closes them.
+
+Reports connect errors, timeouts, statuses, p50/p99 latency (send to last byte), RSS
+before/idle/after and KiB per idle connection, and the kernel's listen-queue counters
+(``ListenOverflows``/``ListenDrops`` in /proc/net/netstat, machine-wide) during the run.
+Example (about 1 minute)::
+
+    .venv/bin/python bench/conns10k.py --conns 10000 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
+
+from aioload import Conn, Latencies, connect, get_request, raise_nofile
+from benchlib import cpu_seconds, dump, machine_facts, own_cpu_seconds, rss_kib, set_pinning
+from origin import Origin
+from proxylib import (
+    BUCKET,
+    bucket_yaml,
+    exit_on_sigterm,
+    facts_md,
+    log,
+    md_table,
+    results_dir,
+    start_proxy,
+    warm,
+)
+
+from devharness.ports import free_port
+
+PATH = f"/{BUCKET}/1k.bin"
+
+
+def proxy_config(port: int, endpoint: str, server_extra: str) -> str:
+    extra = f", {server_extra}" if server_extra else ""
+    return (
+        f"server: {{address: 127.0.0.1, port: {port}{extra}}}\n"
+        "cache: {enabled: true, cache_layers: [memory]}\n"
+        "buckets:\n" + bucket_yaml(BUCKET, endpoint)
+    )
+
+
+def listen_counters() -> dict[str, int]:
+    """TcpExt ListenOverflows / ListenDrops (accept queue full; SYN or ACK dropped)."""
+    rows = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    for names, values in zip(rows[::2], rows[1::2], strict=False):
+        if names[0] == "TcpExt:":
+            d = dict(zip(names[1:], values[1:], strict=False))
+            return {k: int(d.get(k, 0)) for k in ("ListenOverflows", "ListenDrops")}
+    return {}
+
+
+async def closed_loop(conns: list[Conn], seconds: float, timeout: float) -> Latencies:
+    """Every connection GETs back to back until ``seconds`` are up; in-flight ones finish."""
+    loop = asyncio.get_running_loop()
+    lat = Latencies()
+    end = loop.time() + seconds
+    sent_at: dict[Conn, float] = {}
+
+    def start(conn: Conn) -> None:
+        sent_at[conn] = loop.time()
+
+        def done(status: int, at: float) -> None:
+            lat.add(status, at - sent_at.pop(conn))
+            if status and at < end:
+                start(conn)
+
+        conn.send(done)
+
+    for conn in conns:
+        start(conn)
+    limit = end + timeout + 1.0
+    while sent_at and loop.time() < limit:  # bounded: the timeout sweep below ends it
+        await asyncio.sleep(0.25)
+        now = loop.time()
+        for conn, t0 in list(sent_at.items()):
+            if now - t0 > timeout:
+                lat.timeouts += 1
+                del sent_at[conn]
+                conn.abort()
+    lat.timeouts += len(sent_at)
+    return lat
+
+
+async def client(a: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
+    res: dict[str, Any] = {"rss_before_kib": rss_kib(pid)}
+    counters0 = listen_counters()
+    t0 = time.monotonic()
+    conns, errors = await connect(port, get_request(PATH, port), a.conns, a.parallel, 10.0)
+    res["connect_seconds"] = round(time.monotonic() - t0, 2)
+    res["connect_errors"] = len(errors)
+    res["connect_error_kinds"] = sorted(set(errors))
+    await asyncio.sleep(2.0)  # the proxy has accepted and set up every connection
+    res["rss_idle_kib"] = rss_kib(pid)
+    res["open"] = sum(not c.closed for c in conns)
+    gc.disable()  # the client's own GC pauses would show as proxy latency
+    cpu0, own0, wall0 = cpu_seconds(pid), own_cpu_seconds(), time.monotonic()
+    lat = await closed_loop([c for c in conns if not c.closed], a.seconds, a.timeout)
+    wall = time.monotonic() - wall0
+    res["server_cpu"] = round((cpu_seconds(pid) - cpu0) / wall, 2)
+    res["client_cpu"] = round((own_cpu_seconds() - own0) / wall, 2)
+    gc.enable()
+    res.update(lat.summary())
+    res["rps"] = round(len(lat.ok) / a.seconds)
+    res["still_open"] = sum(not c.closed for c in conns)
+    await asyncio.sleep(2.0)
+    res["rss_after_kib"] = rss_kib(pid)
+    n = max(res["open"], 1)
+    res["kib_per_idle_conn"] = round((res["rss_idle_kib"] - res["rss_before_kib"]) / n, 2)
+    res["kib_per_idle_conn_after_load"] = round(
+        (res["rss_after_kib"] - res["rss_before_kib"]) / n, 2
+    )
+    for c in conns:
+        c.abort()
+    await asyncio.sleep(2.0)
+    res["rss_closed_kib"] = rss_kib(pid)
+    counters1 = listen_counters()
+    res["listen_counters"] = {k: counters1[k] - counters0.get(k, 0) for k in counters1}
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--conns", type=int, default=10_000)
+    p.add_argument("--parallel", type=int, default=10_000, help="connects in flight at once")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--timeout", type=float, default=10.0, help="client timeout per request")
+    p.add_argument("--server-extra", default="", help="more server keys, YAML flow style")
+    p.add_argument("--no-pin", action="store_true")
+    a = p.parse_args()
+    exit_on_sigterm()
+    nofile = raise_nofile(2 * a.conns + 1024)
+    pinning = set_pinning(not a.no_pin)
+    facts = machine_facts()
+    out = results_dir("conns10k")
+    log(f"RLIMIT_NOFILE {nofile}; {pinning}; results in {out}")
+    origin = Origin()
+    proxy = None
+    try:
+        port = free_port()
+        config = proxy_config(port, origin.url, a.server_extra)
+        proxy = start_proxy("proxy", config, out, PATH, port)
+        _, xc, seen = warm(proxy.url + PATH)
+        log(f"warm: {seen}")
+        if xc != "HIT":
+            raise SystemExit(f"no X-Cache: HIT after warming: {seen}")
+        res = asyncio.run(client(a, port, proxy.pid))
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        origin.close()
+    res.update({"args": vars(a), "machine": facts, "nofile": nofile, "config": config})
+    dump(out / "results.json", res)
+    md = "\n".join(
+        [
+            f"### {a.conns} keep-alive connections, 1 KiB memory hit, {a.seconds:.0f} s, "
+            f"client timeout {a.timeout:.0f} s",
+            "",
+            facts_md(facts, pinning),
+            "",
+            md_table(
+                [
+                    "server extra",
+                    "open",
+                    "connect errors",
+                    "timeouts",
+                    "broken",
+                    "responses",
+                    "req/s",
+                    "CPU server/client",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "RSS before / idle / after / closed KiB",
+                    "KiB per idle conn",
+                    "listen overflows/drops",
+                ],
+                [
+                    [
+                        a.server_extra or "(default)",
+                        res["open"],
+                        res["connect_errors"],
+                        res["timeouts"],
+                        res["broken"],
+                        res["responses"],
+                        res["rps"],
+                        f"{res['server_cpu']:.0%}/{res['client_cpu']:.0%}",
+                        res["p50_ms"],
+                        res["p99_ms"],
+                        res["max_ms"],
+                        f"{res['rss_before_kib']} / {res['rss_idle_kib']} / "
+                        f"{res['rss_after_kib']} / {res['rss_closed_kib']}",
+                        f"{res['kib_per_idle_conn']} ({res['kib_per_idle_conn_after_load']} "
+                        "after load)",
+                        "/".join(str(v) for v in res["listen_counters"].values()),
+                    ]
+                ],
+            ),
+            "",
+            f"Statuses {res['statuses']}; connect errors {res['connect_error_kinds']}; "
+            f"connect phase {res['connect_seconds']} s.",
+            "",
+            f"    .venv/bin/python bench/conns10k.py --conns {a.conns} --seconds {a.seconds:g}"
+            + (f" --server-extra '{a.server_extra}'" if a.server_extra else ""),
+            "",
+        ]
+    )
+    (out / "results.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
