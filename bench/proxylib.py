@@ -40,6 +40,7 @@ from benchlib import (
     ForeignLoad,
     Server,
     WrkResult,
+    children,
     cpu_seconds,
     median,
     parse_wrk,
@@ -159,7 +160,13 @@ def bucket_yaml(name: str, endpoint: str, extra: str = "", bucket: str = BUCKET)
 
 
 def start_proxy(
-    name: str, config: str, out: Path, probe: str, port: int, twistd: str = TWISTD
+    name: str,
+    config: str,
+    out: Path,
+    probe: str,
+    port: int,
+    twistd: str = TWISTD,
+    pin: bool = True,
 ) -> Server:
     cfg = out / f"{name}.yaml"
     cfg.write_text(config)
@@ -173,7 +180,7 @@ def start_proxy(
     if check.returncode != 0:
         raise RuntimeError(f"{name}: config check failed: {check.stdout}{check.stderr}")
     argv = [twistd, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg)]
-    srv = Server(name, argv, port, out / f"{name}.log", probe=probe, timeout=60)
+    srv = Server(name, argv, port, out / f"{name}.log", probe=probe, timeout=60, pin=pin)
     log(f"{name} on {srv.url} pid {srv.pid}: {' '.join(argv)}")
     return srv
 
@@ -236,6 +243,73 @@ class NginxCache:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+# -- the peer: nginx-s3-gateway ---------------------------------------------------------------
+
+PEER_DIR = Path(os.environ.get("PEER_DIR", "/work/shared/peers/nginx-s3-gateway"))
+#: a git snapshot of nginxinc/nginx-s3-gateway (the search tool's ``fetch`` puts one here)
+GATEWAY_SNAPSHOT = Path(
+    os.environ.get("GATEWAY_SNAPSHOT", "/work/.mirror/nginxinc+nginx-s3-gateway/repo")
+)
+#: our object names -> the ones ``seed_moto.py`` puts in the gateway's bucket
+GATEWAY_KEYS = {"1k": "small-1k.bin", "100k": "medium-100k.bin"}
+
+
+class Gateway:
+    """
+    nginxinc/nginx-s3-gateway (NGINX OSS + njs, SigV4 to a moto of its own) started with the
+    peer's ``run.sh up``, its ``proxy_cache`` on as the gateway ships it (``PROXY_CACHE_VALID_OK``
+    1h), ``worker_processes 1`` ("per process"), its access log on (its default).  With
+    pinning, nginx (master, worker, cache helpers) is moved to the server CPU.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.port = free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="yatagarasu-gateway-"))
+        os.chmod(self.tmp, 0o755)  # nginx workers run as "nobody"
+        self.env = dict(
+            os.environ,
+            WORK_DIR=str(self.tmp / "work"),
+            GW_PORT=str(self.port),
+            S3_PORT=str(free_port()),
+            GW_WORKERS=str(workers),
+            MOTO_VENV=str(REPO / ".venv"),  # moto[server] + boto3 are dev extras
+            PROXY_CACHE_VALID_OK="1h",
+        )
+        self.command = (
+            f"WORK_DIR=... GW_PORT={self.port} GW_WORKERS={workers} MOTO_VENV=.venv "
+            f"{PEER_DIR / 'run.sh'} up {GATEWAY_SNAPSHOT}"
+        )
+        cp = subprocess.run(
+            [str(PEER_DIR / "run.sh"), "up", str(GATEWAY_SNAPSHOT)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if cp.returncode != 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise RuntimeError(f"nginx-s3-gateway did not start: {cp.stderr[-2000:]}")
+        self.pid = int((self.tmp / "work" / "nginx.pid").read_text())
+        if PIN["server"]:
+            cpu = PIN["server"][-1]
+            for pid in [self.pid, *children(self.pid)]:
+                subprocess.run(["taskset", "-p", "-c", cpu, str(pid)], capture_output=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def conf(self) -> Path:
+        return self.tmp / "work" / "nginx.conf"
+
+    def close(self) -> None:
+        subprocess.run(
+            [str(PEER_DIR / "run.sh"), "down"], env=self.env, capture_output=True, timeout=60
+        )
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 # -- curl header checks ------------------------------------------------------------------------
 
 
@@ -256,13 +330,18 @@ def curl_headers(url: str, headers: Sequence[str] = ()) -> tuple[int, dict[str, 
     return status, hdrs, " ".join(a if " " not in a else repr(a) for a in argv)
 
 
-def warm(url: str, headers: Sequence[str] = (), tries: int = 50) -> tuple[int, str, list[str]]:
-    """GET until ``X-Cache: HIT`` (bounded: ``tries`` x 0.1 s); returns (status, x-cache, seen)."""
+def warm(
+    url: str, headers: Sequence[str] = (), tries: int = 50, header: str = "x-cache"
+) -> tuple[int, str, list[str]]:
+    """GET until ``X-Cache: HIT`` (bounded: ``tries`` x 0.1 s); returns (status, x-cache, seen).
+
+    :param header: the cache status header (nginx-s3-gateway's is ``x-cache-status``).
+    """
     seen: list[str] = []
     status, xc = 0, ""
     for _ in range(tries):
         status, hdrs, _cmd = curl_headers(url, headers)
-        xc = hdrs.get("x-cache", "")
+        xc = hdrs.get(header, "")
         seen.append(f"{status} {xc}")
         if xc == "HIT":
             break
