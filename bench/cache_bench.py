@@ -52,6 +52,7 @@ from proxylib import (
     LoggedOrigin,
     NginxCache,
     Run,
+    add_wrk_options,
     bucket_yaml,
     exit_on_sigterm,
     facts_md,
@@ -138,17 +139,11 @@ def cache_header(target: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--conns", type=int, default=50)
+    add_wrk_options(parser, warmup=3, wait_until="17:50")
     parser.add_argument("--c1-seconds", type=int, default=10)
-    parser.add_argument("--warmup-seconds", type=int, default=3)
     parser.add_argument("--targets", default=",".join(ALL))
     parser.add_argument("--herd", type=int, default=100, help="clients (0: skip)")
     parser.add_argument("--profile-seconds", type=int, default=10, help="0: skip py-spy")
-    parser.add_argument("--no-pin", action="store_true")
-    parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
-    parser.add_argument("--wait-until", default="17:50", help="UTC HH:MM")
     a = parser.parse_args()
     exit_on_sigterm()
     targets = [t for t in a.targets.split(",") if t]

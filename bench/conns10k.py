@@ -35,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
 from aioload import Conn, Latencies, connect, get_request, raise_nofile
-from benchlib import cpu_seconds, dump, machine_facts, own_cpu_seconds, rss_kib, set_pinning
+from benchlib import (
+    ForeignLoad,
+    cpu_seconds,
+    dump,
+    machine_facts,
+    own_cpu_seconds,
+    rss_kib,
+    set_pinning,
+)
 from origin import Origin
 from proxylib import (
     BUCKET,
@@ -160,6 +168,68 @@ async def client(a: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
     return res
 
 
+def run_variant(
+    a: argparse.Namespace, origin: Origin, extra: str, out: Path, name: str
+) -> dict[str, Any]:
+    """One proxy with ``extra`` server keys, warmed, then the client's run against it."""
+    port = free_port()
+    config = proxy_config(port, origin.url, extra)
+    proxy = start_proxy(name, config, out, PATH, port)
+    try:
+        _, xc, seen = warm(proxy.url + PATH)
+        log(f"{name} warm: {seen}")
+        if xc != "HIT":
+            raise SystemExit(f"no X-Cache: HIT after warming: {seen}")
+        foreign = ForeignLoad([origin.process.pid, proxy.pid])
+        res = asyncio.run(client(a, port, proxy.pid))
+        res["foreign_cores"] = round(foreign.cores(), 2)
+    finally:
+        proxy.stop()
+    res.update(server_extra=extra, config=config)
+    log(f"{name}: {res}")
+    return res
+
+
+def row(res: dict[str, Any]) -> list[Any]:
+    return [
+        res["server_extra"] or "(default)",
+        res["open"],
+        res["connect_errors"],
+        res["timeouts"],
+        res["broken"],
+        res["responses"],
+        res["rps"],
+        f"{res['server_cpu']:.0%}/{res['client_cpu']:.0%}/{res['foreign_cores']:.2f}",
+        res["p50_ms"],
+        res["p99_ms"],
+        res["max_ms"],
+        "/".join(map(str, res["per_conn_min_median_max"])),
+        f"{res['rss_before_kib']} / {res['rss_idle_kib']} / "
+        f"{res['rss_after_kib']} / {res['rss_closed_kib']}",
+        f"{res['kib_per_idle_conn']} ({res['kib_per_idle_conn_after_load']} after load)",
+        "/".join(str(v) for v in res["listen_counters"].values()),
+    ]
+
+
+HEADER = [
+    "server extra",
+    "open",
+    "connect errors",
+    "timeouts",
+    "broken",
+    "responses",
+    "req/s",
+    "CPU server/client/foreign cores",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "responses per conn min/median/max",
+    "RSS before / idle / after / closed KiB",
+    "KiB per idle conn",
+    "listen overflows/drops",
+]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--conns", type=int, default=10_000)
@@ -172,9 +242,15 @@ def main() -> None:
         default=4.0,
         help="seconds between one connection's requests (0: back to back)",
     )
-    p.add_argument("--server-extra", default="", help="more server keys, YAML flow style")
+    p.add_argument(
+        "--server-extra",
+        action="append",
+        help="more server keys, YAML flow style; repeat to run several proxies in turn "
+        "(default: one proxy, the default configuration)",
+    )
     p.add_argument("--no-pin", action="store_true")
     a = p.parse_args()
+    variants = a.server_extra or [""]
     exit_on_sigterm()
     nofile = raise_nofile(2 * a.conns + 1024)
     pinning = set_pinning(not a.no_pin)
@@ -182,22 +258,14 @@ def main() -> None:
     out = results_dir("conns10k")
     log(f"RLIMIT_NOFILE {nofile}; {pinning}; results in {out}")
     origin = Origin()
-    proxy = None
+    runs: list[dict[str, Any]] = []
     try:
-        port = free_port()
-        config = proxy_config(port, origin.url, a.server_extra)
-        proxy = start_proxy("proxy", config, out, PATH, port)
-        _, xc, seen = warm(proxy.url + PATH)
-        log(f"warm: {seen}")
-        if xc != "HIT":
-            raise SystemExit(f"no X-Cache: HIT after warming: {seen}")
-        res = asyncio.run(client(a, port, proxy.pid))
+        for i, extra in enumerate(variants):
+            runs.append(run_variant(a, origin, extra, out, f"proxy{i}"))
     finally:
-        if proxy is not None:
-            proxy.stop()
         origin.close()
-    res.update({"args": vars(a), "machine": facts, "nofile": nofile, "config": config})
-    dump(out / "results.json", res)
+    dump(out / "results.json", {"args": vars(a), "machine": facts, "nofile": nofile, "runs": runs})
+    extras = "".join(f" --server-extra '{v}'" for v in variants if v)
     md = "\n".join(
         [
             f"### {a.conns} keep-alive connections, 1 KiB memory hit, one request per "
@@ -205,53 +273,16 @@ def main() -> None:
             "",
             facts_md(facts, pinning),
             "",
-            md_table(
-                [
-                    "server extra",
-                    "open",
-                    "connect errors",
-                    "timeouts",
-                    "broken",
-                    "responses",
-                    "req/s",
-                    "CPU server/client",
-                    "p50 ms",
-                    "p99 ms",
-                    "max ms",
-                    "responses per conn min/median/max",
-                    "RSS before / idle / after / closed KiB",
-                    "KiB per idle conn",
-                    "listen overflows/drops",
-                ],
-                [
-                    [
-                        a.server_extra or "(default)",
-                        res["open"],
-                        res["connect_errors"],
-                        res["timeouts"],
-                        res["broken"],
-                        res["responses"],
-                        res["rps"],
-                        f"{res['server_cpu']:.0%}/{res['client_cpu']:.0%}",
-                        res["p50_ms"],
-                        res["p99_ms"],
-                        res["max_ms"],
-                        "/".join(map(str, res["per_conn_min_median_max"])),
-                        f"{res['rss_before_kib']} / {res['rss_idle_kib']} / "
-                        f"{res['rss_after_kib']} / {res['rss_closed_kib']}",
-                        f"{res['kib_per_idle_conn']} ({res['kib_per_idle_conn_after_load']} "
-                        "after load)",
-                        "/".join(str(v) for v in res["listen_counters"].values()),
-                    ]
-                ],
+            md_table(HEADER, [row(r) for r in runs]),
+            "",
+            *(
+                f"- {r['server_extra'] or '(default)'}: statuses {r['statuses']}; connect "
+                f"errors {r['connect_error_kinds']}; connect phase {r['connect_seconds']} s"
+                for r in runs
             ),
             "",
-            f"Statuses {res['statuses']}; connect errors {res['connect_error_kinds']}; "
-            f"connect phase {res['connect_seconds']} s.",
-            "",
             f"    .venv/bin/python bench/conns10k.py --conns {a.conns} --seconds {a.seconds:g}"
-            f" --interval {a.interval:g}"
-            + (f" --server-extra '{a.server_extra}'" if a.server_extra else ""),
+            f" --interval {a.interval:g}{extras}",
             "",
         ]
     )

@@ -11,6 +11,7 @@ Everything talks to 127.0.0.1 only; every wait and loop is bounded in time or co
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import re
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,59 @@ def run_wrk(
     ).stdout
     cpu = cpu_seconds(server_pid) - cpu0
     return Run(target, shlex.join(cmd), parse_wrk(raw), cpu / seconds, foreign.cores())
+
+
+def add_wrk_options(
+    parser: argparse.ArgumentParser,
+    *,
+    seconds: int = 15,
+    runs: int = 3,
+    conns: int = 50,
+    warmup: int | None = None,
+    wait_until: str | None = None,
+    pin: bool = True,
+) -> None:
+    """
+    The options every wrk benchmark takes: ``--seconds``, ``--runs``, ``--conns``;
+    ``--no-pin`` unless ``pin`` is false (a benchmark that never pins); ``--warmup-seconds``
+    when ``warmup`` is given; ``--no-wait`` and ``--wait-until`` (for
+    :func:`wait_for_foreign_bench`) when ``wait_until`` is.
+    """
+    parser.add_argument("--seconds", type=int, default=seconds, help="per wrk run")
+    parser.add_argument("--runs", type=int, default=runs, help="rounds over the targets")
+    parser.add_argument("--conns", type=int, default=conns, help="wrk connections")
+    if warmup is not None:
+        parser.add_argument("--warmup-seconds", type=int, default=warmup)
+    if pin:
+        parser.add_argument("--no-pin", action="store_true", help="no taskset CPU pinning")
+    if wait_until is not None:
+        parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
+        parser.add_argument("--wait-until", default=wait_until, help="UTC HH:MM")
+
+
+def wrk_rounds(
+    servers: Mapping[str, Any],
+    path: str,
+    a: argparse.Namespace,
+    ours: Sequence[int],
+    order: Sequence[str] | None = None,
+) -> dict[str, list[Run]]:
+    """
+    ``a.runs`` rounds of ``wrk -c a.conns -d a.seconds`` on ``path`` of every server, in
+    A B ... B A order (each round reverses the previous one, so drift hits every target alike).
+
+    :param servers: target name -> anything with ``url`` and ``pid``.
+    :param order: the targets of the first round (default: ``servers``' order).
+    """
+    targets = list(order or servers)
+    runs: dict[str, list[Run]] = {t: [] for t in targets}
+    for i in range(a.runs):
+        for kind in targets if i % 2 == 0 else reversed(targets):
+            server = servers[kind]
+            run = run_wrk(kind, server.url + path, a.conns, a.seconds, server.pid, ours)
+            runs[kind].append(run)
+            log(f"{kind} run {i + 1}: {run.result.rps:.0f} req/s")
+    return runs
 
 
 def summarize(runs: Sequence[Run]) -> dict[str, float]:
