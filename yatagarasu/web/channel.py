@@ -1,7 +1,6 @@
 """
 An ``HTTPChannel`` that enforces the request limits on the raw bytes, before twisted.web
-builds a request: URI length (414), header bytes (431) and body size (413), and sends the
-responses a read produced at once (:meth:`LimitedHTTPChannel.send_now`).
+builds a request: URI length (414), header bytes (431) and body size (413).
 """
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet.interfaces import ITransport, IWriteDescriptor
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -129,27 +128,6 @@ class LimitedHTTPChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if not self._rejected:
             HTTPChannel.dataReceived(self, data)
-            self.send_now()
-
-    def send_now(self) -> None:
-        """
-        Hand what this read produced (a cache hit's whole response) to the socket now.
-
-        A Twisted transport only buffers ``write`` until the reactor's next turn, and one turn
-        reads every ready connection first: with 10,000 busy connections a turn lasted
-        seconds, so each response waited for every other connection's request to be handled
-        (bench/conns10k.py: all 10,000 clients timed out at 10 s while the proxy had answered
-        them). A socket transport that is closing (its reactor turn closes it) or has paused
-        this channel (a full send buffer: resuming stays with the reactor, as backpressure
-        does) is left as it is; so is any other transport (TLS writes through its own).
-        """
-        if not IWriteDescriptor.providedBy(self.transport):
-            return
-        socket_transport: Any = self.transport  # a FileDescriptor (tcp.Server)
-        if not socket_transport.disconnecting and socket_transport.producerPaused is False:
-            # An error (the peer went away) is left to the reactor: write() registered the
-            # socket for writing, and its doWrite there reports the same error and closes.
-            socket_transport.doWrite()
 
     def lineReceived(self, line: bytes) -> None:
         if self._rejected:

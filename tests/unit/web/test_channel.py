@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IWriteDescriptor
 from twisted.internet.testing import StringTransport
 from twisted.web.http_headers import Headers
-from zope.interface import classImplements
 
 from tests.unit.fakes import Harness, bucket_entry, parse_response
 from tests.unit.web.bucket_harness import harness
@@ -91,61 +88,4 @@ def test_the_channel_writes_a_head_in_one_piece() -> None:
     headers = Headers({b"content-type": [b"text/plain"]})
     channel.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
     assert writes == [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"]
-    channel.connectionLost(None)  # type: ignore[arg-type]
-
-
-class SocketLikeTransport(StringTransport):
-    """A StringTransport that, like a TCP transport, only sends when ``doWrite`` is called."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.buffered: list[bytes] = []
-        self.flushes = 0
-        self.producerPaused = False  # as a FileDescriptor: its producer (the channel) runs
-
-    def write(self, data: bytes) -> None:
-        self.buffered.append(data)
-
-    def writeSequence(self, data: Any) -> None:
-        self.buffered.extend(data)
-
-    def doWrite(self) -> None:
-        self.flushes += 1
-        super().writeSequence(self.buffered)
-        self.buffered = []
-
-
-classImplements(SocketLikeTransport, IWriteDescriptor)
-
-
-def channel_on(transport: StringTransport) -> LimitedHTTPChannel:
-    channel = Harness({"buckets": [bucket_entry()]}).site.buildProtocol(None)
-    assert isinstance(channel, LimitedHTTPChannel)
-    channel.makeConnection(transport)
-    return channel
-
-
-def test_a_response_made_while_reading_is_sent_before_the_reactor_turn_ends() -> None:
-    transport = SocketLikeTransport()
-    channel = channel_on(transport)
-    channel.dataReceived(b"GET /health HTTP/1.1\r\nHost: p\r\n\r\n")
-    assert transport.flushes == 1
-    assert transport.buffered == []
-    assert parse_response(transport.value()).status == 200
-    channel.connectionLost(None)  # type: ignore[arg-type]
-
-
-def test_a_closing_or_producing_transport_is_left_to_the_reactor() -> None:
-    closing = SocketLikeTransport()
-    channel = channel_on(closing)
-    channel.dataReceived(b"GET /health HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
-    assert closing.disconnecting
-    assert closing.flushes == 0  # its doWrite in the reactor flushes and then closes
-    assert closing.buffered
-    channel.connectionLost(None)  # type: ignore[arg-type]
-    paused = SocketLikeTransport()
-    channel = channel_on(paused)
-    paused.producerPaused = True  # its send buffer is full: the reactor resumes the channel
-    channel.dataReceived(b"GET /health HTTP/1.1\r\nHost: p\r\n\r\n")
-    assert paused.flushes == 0
     channel.connectionLost(None)  # type: ignore[arg-type]
