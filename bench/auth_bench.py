@@ -46,6 +46,7 @@ from proxylib import (
     BUCKET,
     LoggedOrigin,
     Run,
+    add_wrk_options,
     bucket_yaml,
     exit_on_sigterm,
     facts_md,
@@ -114,16 +115,10 @@ def make_tokens(n: int, key: Any, alg: str, path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--conns", type=int, default=50)
-    parser.add_argument("--warmup-seconds", type=int, default=3)
+    add_wrk_options(parser, warmup=3, wait_until="17:50")
     parser.add_argument("--tokens", type=int, default=50_000)
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--profile-seconds", type=int, default=10, help="py-spy on RS256 fresh")
-    parser.add_argument("--no-pin", action="store_true")
-    parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
-    parser.add_argument("--wait-until", default="17:50", help="UTC HH:MM")
     a = parser.parse_args()
     exit_on_sigterm()
     targets = [t for t in a.targets.split(",") if t]

@@ -36,6 +36,7 @@ from proxylib import (
     BUCKET,
     LoggedOrigin,
     Run,
+    add_wrk_options,
     bucket_yaml,
     exit_on_sigterm,
     facts_md,
@@ -66,11 +67,7 @@ def allow(call: JsonCall) -> tuple[int, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--conns", type=int, default=50)
-    parser.add_argument("--warmup-seconds", type=int, default=3)
-    parser.add_argument("--no-pin", action="store_true")
+    add_wrk_options(parser, seconds=10, warmup=3)
     a = parser.parse_args()
     exit_on_sigterm()
     out = results_dir("authz")

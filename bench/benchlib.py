@@ -5,7 +5,6 @@ Everything here talks to 127.0.0.1 only and every wait is bounded in time.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import http.client
 import json
@@ -116,10 +115,13 @@ class Server:
         log: Path,
         probe: str = "/bench/1k.bin",
         timeout: float = 30.0,
+        pin: bool = True,
     ) -> None:
+        """:param pin: on the server CPU (when pinning); ``False``: anywhere (worker processes)."""
         self.name, self.port, self.argv = name, port, list(argv)
+        prefix = PIN["server"] if pin else []
         self.process = LoggedProcess(
-            [*PIN["server"], *self.argv], log, cwd=REPO, append=False, new_session=True
+            [*prefix, *self.argv], log, cwd=REPO, append=False, new_session=True
         )
         try:
             wait_http(self.url + probe, timeout=timeout, proc=self.process.proc)
@@ -189,13 +191,18 @@ def rss_kib(pid: int) -> int:
     return -1
 
 
+def children(pid: int) -> list[int]:
+    """:returns: the direct children of ``pid`` (nginx workers, proxy workers)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by ``pid`` and its direct children (nginx workers)."""
     total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
+    for p in [pid, *children(pid)]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

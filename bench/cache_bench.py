@@ -7,6 +7,12 @@ last CPU, nginx origin / wrk / redis the others):
 * ``bare``     -- ``bench/bare_resource.py --size N`` (the twisted.web ceiling)
 * ``mem``      -- the proxy, ``cache_layers: [memory]``, ``logging: {level: warn}``
 * ``mem+log``  -- the same with ``logging: {level: info, file: /dev/null}`` (access log kept)
+* ``default``  -- the proxy with the default configuration (no ``logging`` key: the access log
+  at ``info`` on stdout, here twistd's log file) and ``cache_layers: [memory]``
+* ``workers2`` -- ``default`` with ``server.workers: 2``, never pinned (the workers are meant
+  to use both cores)
+* ``gateway``  -- the peer, nginxinc/nginx-s3-gateway (``proxy_cache`` on, as it ships; 1 nginx
+  worker; its own moto), started with /work/shared/peers/nginx-s3-gateway/run.sh
 * ``disk``     -- the proxy, ``cache_layers: [disk]`` (``cache_dir`` in a temp dir)
 * ``redis``    -- the proxy, ``cache_layers: [redis]`` on a private ``redis-server``
 * ``nginx``    -- nginx ``proxy_cache`` (1 worker) in front of the same origin
@@ -41,9 +47,12 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not
 from benchlib import PIN, PYTHON, Server, dump, machine_facts, set_pinning
 from proxylib import (
     BUCKET,
+    GATEWAY_KEYS,
+    Gateway,
     LoggedOrigin,
     NginxCache,
     Run,
+    add_wrk_options,
     bucket_yaml,
     exit_on_sigterm,
     facts_md,
@@ -69,12 +78,17 @@ HERD_SIZES = {"1k": 1024, "100k": 100 * 1024, "5m": 5 * 1024 * 1024}
 #: seconds after each wrk run before counting origin GETs: requests cut off when wrk stops
 #: end (a redis lookup times out after 0.5 s and may then go to S3)
 SETTLE = 1.5
-PROXIES = ("mem", "mem+log", "disk", "redis")
+PROXIES = ("mem", "mem+log", "default", "workers2", "disk", "redis")
 ALL = ("bare", "mem", "mem+log", "disk", "redis", "nginx")
+#: targets with no object of ours in the bench origin (no herd, no origin GET count)
+FOREIGN = ("bare", "gateway")
 LAYER = {
     "bare": "— (no cache, fixed body)",
     "mem": "memory",
     "mem+log": "memory, access log on",
+    "default": "memory, default config (access log on)",
+    "workers2": "memory, default config, workers: 2",
+    "gateway": "nginx-s3-gateway proxy_cache, 1 worker",
     "disk": "disk",
     "redis": "redis",
     "nginx": "nginx proxy_cache",
@@ -82,12 +96,13 @@ LAYER = {
 
 
 def proxy_config(kind: str, port: int, endpoint: str, tmp: Path, redis_url: str) -> str:
-    logging = (
-        "logging: {level: info, file: /dev/null}\n"
-        if kind == "mem+log"
-        else "logging: {level: warn}\n"
-    )
-    if kind in ("mem", "mem+log"):
+    logging = {
+        "mem+log": "logging: {level: info, file: /dev/null}\n",
+        "default": "",
+        "workers2": "",
+    }.get(kind, "logging: {level: warn}\n")
+    workers = ", workers: 2" if kind == "workers2" else ""
+    if kind in ("mem", "mem+log", "default", "workers2"):
         cache = (
             "cache: {enabled: true, cache_layers: [memory], "
             "memory: {max_cache_size_mb: 256, max_item_size_mb: 10}}\n"
@@ -105,7 +120,7 @@ def proxy_config(kind: str, port: int, endpoint: str, tmp: Path, redis_url: str)
     else:
         raise ValueError(kind)
     return (
-        f"server: {{address: 127.0.0.1, port: {port}}}\n"
+        f"server: {{address: 127.0.0.1, port: {port}{workers}}}\n"
         + logging
         + cache
         + "buckets:\n"
@@ -113,19 +128,22 @@ def proxy_config(kind: str, port: int, endpoint: str, tmp: Path, redis_url: str)
     )
 
 
+def ratio(x: float, y: float) -> str:
+    return "-" if not y or x != x or y != y else f"{x / y:.2f}x"
+
+
+def cache_header(target: str) -> str:
+    """:returns: the response header saying HIT or MISS for ``target``."""
+    return "x-cache-status" if target == "gateway" else "x-cache"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--conns", type=int, default=50)
+    add_wrk_options(parser, warmup=3, wait_until="17:50")
     parser.add_argument("--c1-seconds", type=int, default=10)
-    parser.add_argument("--warmup-seconds", type=int, default=3)
     parser.add_argument("--targets", default=",".join(ALL))
     parser.add_argument("--herd", type=int, default=100, help="clients (0: skip)")
     parser.add_argument("--profile-seconds", type=int, default=10, help="0: skip py-spy")
-    parser.add_argument("--no-pin", action="store_true")
-    parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
-    parser.add_argument("--wait-until", default="17:50", help="UTC HH:MM")
     a = parser.parse_args()
     exit_on_sigterm()
     targets = [t for t in a.targets.split(",") if t]
@@ -147,7 +165,7 @@ def main() -> None:
     herd_objects = {
         f"herd-{t.replace('+', '')}-{s}.bin": n
         for t in targets
-        if t != "bare"
+        if t not in FOREIGN
         for s, n in HERD_SIZES.items()
     }
     origin = LoggedOrigin(extra=herd_objects)
@@ -180,13 +198,25 @@ def main() -> None:
                 kind, port, origin.url, out, redis.url if redis else "redis://127.0.0.1:1"
             )
             configs[kind] = cfg
-            servers[kind] = start_proxy(kind.replace("+", "-"), cfg, out, f"/{BUCKET}/1k.bin", port)
+            servers[kind] = start_proxy(
+                kind.replace("+", "-"),
+                cfg,
+                out,
+                f"/{BUCKET}/1k.bin",
+                port,
+                pin=kind != "workers2",
+            )
             commands[kind] = " ".join(servers[kind].argv[1:])
         if "nginx" in targets:
             servers["nginx"] = NginxCache(origin.port, f"/{BUCKET}/1k.bin")
             configs["nginx"] = servers["nginx"].conf.read_text()
             commands["nginx"] = f"nginx -p TMP -c TMP/nginx.conf (pid {servers['nginx'].pid})"
             log(f"nginx proxy_cache on {servers['nginx'].url} pid {servers['nginx'].pid}")
+        if "gateway" in targets:
+            servers["gateway"] = Gateway()
+            configs["gateway"] = servers["gateway"].conf.read_text()
+            commands["gateway"] = servers["gateway"].command
+            log(f"nginx-s3-gateway on {servers['gateway'].url} pid {servers['gateway'].pid}")
         ours = [origin.process.pid] + [s.pid for s in [*servers.values(), *bare.values()]]
         if redis and redis.pid is not None:
             ours.append(redis.pid)
@@ -194,6 +224,8 @@ def main() -> None:
         def url_pid(t: str, s: str) -> tuple[str, int]:
             if t == "bare":
                 return bare[s].url + f"/{BUCKET}/{s}.bin", bare[s].pid
+            if t == "gateway":
+                return servers[t].url + "/" + GATEWAY_KEYS[s], servers[t].pid
             return servers[t].url + f"/{BUCKET}/{s}.bin", servers[t].pid
 
         # -- warm the caches and check X-Cache: HIT ------------------------------------------
@@ -203,7 +235,7 @@ def main() -> None:
                 continue
             for s in SIZES:
                 url, _ = url_pid(t, s)
-                _, xc, seen = warm(url)
+                _, xc, seen = warm(url, header=cache_header(t))
                 checks[f"{t}-{s}"] = seen
                 log(f"warm {t}-{s}: {seen}")
                 if xc != "HIT":
@@ -219,7 +251,7 @@ def main() -> None:
                 continue
             for s in SIZES:
                 url, _ = url_pid(t, s)
-                _, _, seen = warm(url, tries=1)
+                _, _, seen = warm(url, tries=1, header=cache_header(t))
                 checks[f"{t}-{s}-after-warmup"] = seen
         # -- hits ------------------------------------------------------------------------------
         runs: dict[str, list[Run]] = {f"{t}-{s}": [] for s in SIZES for t in targets}
@@ -231,7 +263,8 @@ def main() -> None:
                     before = origin.count(f"{s}.bin")
                     r = run_wrk(t, url, a.conns, a.seconds, pid, ours)
                     time.sleep(SETTLE)  # requests cut off at wrk's end finish (or time out)
-                    r.origin_delta = origin.count(f"{s}.bin") - before
+                    if t not in FOREIGN:
+                        r.origin_delta = origin.count(f"{s}.bin") - before
                     (out / f"wrk-{t.replace('+', '')}-{s}-{i}.txt").write_text(r.result.raw)
                     runs[f"{t}-{s}"].append(r)
                     log(
@@ -243,7 +276,7 @@ def main() -> None:
         results["hits"] = {k: {"summary": summarize(v), "runs": v} for k, v in runs.items()}
         # -- -c1 latency: the lookup overhead without queueing -----------------------------
         lat: dict[str, list[Run]] = {}
-        lat_targets = [t for t in ("bare", "mem", "nginx") if t in targets]
+        lat_targets = [t for t in ("bare", "mem", "default", "nginx", "gateway") if t in targets]
         if a.c1_seconds > 0:
             for i in range(max(1, min(a.runs, 3))):
                 for t in lat_targets:
@@ -261,7 +294,7 @@ def main() -> None:
         herds: dict[str, Any] = {}
         if a.herd > 0:
             for t in targets:
-                if t == "bare":
+                if t in FOREIGN:
                     continue
                 for s in HERD_SIZES:
                     gate()
@@ -324,6 +357,7 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
     rows = []
     for s in SIZES:
         base = hits.get(f"bare-{s}", {}).get("summary", {}).get("rps", float("nan"))
+        peer = hits.get(f"gateway-{s}", {}).get("summary", {}).get("rps", float("nan"))
         for t in targets:
             sm = hits[f"{t}-{s}"]["summary"]
             deltas = [r.origin_delta for r in hits[f"{t}-{s}"]["runs"]]
@@ -335,8 +369,10 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
                     fmt(sm["p50_ms"]),
                     fmt(sm["p99_ms"]),
                     pct(sm["rps"], base) if t != "bare" else "100 %",
+                    ratio(sm["rps"], peer),
                     f"{100 * sm['cpu_util']:.0f} %",
-                    "-" if t == "bare" else "+".join(str(d) for d in deltas),
+                    fmt(1e6 * sm["cpu_util"] / sm["rps"], 0) if sm["rps"] else "-",
+                    "-" if t in FOREIGN else "+".join(str(d) for d in deltas),
                     f"{sm['errors']}/{sm['non2xx']}",
                     fmt(sm["foreign_max"]),
                 ]
@@ -350,7 +386,9 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
                 "p50 ms",
                 "p99 ms",
                 "vs bare",
+                "vs gateway",
                 "server CPU",
+                "CPU µs/req",
                 "origin GETs during runs",
                 "sock err/non-2xx",
                 "foreign cores (max)",
@@ -444,7 +482,7 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
         lines.append(f"{k}: {v}")
     lines.append("")
     for k, v in res["configs"].items():
-        if k != "nginx":
+        if k not in ("nginx", "gateway"):
             lines.append(f"# {k} config\n{v}")
     lines += ["```"]
     if res["notes"]:

@@ -11,6 +11,7 @@ Everything talks to 127.0.0.1 only; every wait and loop is bounded in time or co
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import re
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from benchlib import (
     ForeignLoad,
     Server,
     WrkResult,
+    children,
     cpu_seconds,
     median,
     parse_wrk,
@@ -159,7 +161,13 @@ def bucket_yaml(name: str, endpoint: str, extra: str = "", bucket: str = BUCKET)
 
 
 def start_proxy(
-    name: str, config: str, out: Path, probe: str, port: int, twistd: str = TWISTD
+    name: str,
+    config: str,
+    out: Path,
+    probe: str,
+    port: int,
+    twistd: str = TWISTD,
+    pin: bool = True,
 ) -> Server:
     cfg = out / f"{name}.yaml"
     cfg.write_text(config)
@@ -173,7 +181,7 @@ def start_proxy(
     if check.returncode != 0:
         raise RuntimeError(f"{name}: config check failed: {check.stdout}{check.stderr}")
     argv = [twistd, "-n", "--pidfile=", "yatagarasu", "--config", str(cfg)]
-    srv = Server(name, argv, port, out / f"{name}.log", probe=probe, timeout=60)
+    srv = Server(name, argv, port, out / f"{name}.log", probe=probe, timeout=60, pin=pin)
     log(f"{name} on {srv.url} pid {srv.pid}: {' '.join(argv)}")
     return srv
 
@@ -236,6 +244,73 @@ class NginxCache:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+# -- the peer: nginx-s3-gateway ---------------------------------------------------------------
+
+PEER_DIR = Path(os.environ.get("PEER_DIR", "/work/shared/peers/nginx-s3-gateway"))
+#: a git snapshot of nginxinc/nginx-s3-gateway (the search tool's ``fetch`` puts one here)
+GATEWAY_SNAPSHOT = Path(
+    os.environ.get("GATEWAY_SNAPSHOT", "/work/.mirror/nginxinc+nginx-s3-gateway/repo")
+)
+#: our object names -> the ones ``seed_moto.py`` puts in the gateway's bucket
+GATEWAY_KEYS = {"1k": "small-1k.bin", "100k": "medium-100k.bin"}
+
+
+class Gateway:
+    """
+    nginxinc/nginx-s3-gateway (NGINX OSS + njs, SigV4 to a moto of its own) started with the
+    peer's ``run.sh up``, its ``proxy_cache`` on as the gateway ships it (``PROXY_CACHE_VALID_OK``
+    1h), ``worker_processes 1`` ("per process"), its access log on (its default).  With
+    pinning, nginx (master, worker, cache helpers) is moved to the server CPU.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.port = free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="yatagarasu-gateway-"))
+        os.chmod(self.tmp, 0o755)  # nginx workers run as "nobody"
+        self.env = dict(
+            os.environ,
+            WORK_DIR=str(self.tmp / "work"),
+            GW_PORT=str(self.port),
+            S3_PORT=str(free_port()),
+            GW_WORKERS=str(workers),
+            MOTO_VENV=str(REPO / ".venv"),  # moto[server] + boto3 are dev extras
+            PROXY_CACHE_VALID_OK="1h",
+        )
+        self.command = (
+            f"WORK_DIR=... GW_PORT={self.port} GW_WORKERS={workers} MOTO_VENV=.venv "
+            f"{PEER_DIR / 'run.sh'} up {GATEWAY_SNAPSHOT}"
+        )
+        cp = subprocess.run(
+            [str(PEER_DIR / "run.sh"), "up", str(GATEWAY_SNAPSHOT)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if cp.returncode != 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise RuntimeError(f"nginx-s3-gateway did not start: {cp.stderr[-2000:]}")
+        self.pid = int((self.tmp / "work" / "nginx.pid").read_text())
+        if PIN["server"]:
+            cpu = PIN["server"][-1]
+            for pid in [self.pid, *children(self.pid)]:
+                subprocess.run(["taskset", "-p", "-c", cpu, str(pid)], capture_output=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def conf(self) -> Path:
+        return self.tmp / "work" / "nginx.conf"
+
+    def close(self) -> None:
+        subprocess.run(
+            [str(PEER_DIR / "run.sh"), "down"], env=self.env, capture_output=True, timeout=60
+        )
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 # -- curl header checks ------------------------------------------------------------------------
 
 
@@ -256,13 +331,18 @@ def curl_headers(url: str, headers: Sequence[str] = ()) -> tuple[int, dict[str, 
     return status, hdrs, " ".join(a if " " not in a else repr(a) for a in argv)
 
 
-def warm(url: str, headers: Sequence[str] = (), tries: int = 50) -> tuple[int, str, list[str]]:
-    """GET until ``X-Cache: HIT`` (bounded: ``tries`` x 0.1 s); returns (status, x-cache, seen)."""
+def warm(
+    url: str, headers: Sequence[str] = (), tries: int = 50, header: str = "x-cache"
+) -> tuple[int, str, list[str]]:
+    """GET until ``X-Cache: HIT`` (bounded: ``tries`` x 0.1 s); returns (status, x-cache, seen).
+
+    :param header: the cache status header (nginx-s3-gateway's is ``x-cache-status``).
+    """
     seen: list[str] = []
     status, xc = 0, ""
     for _ in range(tries):
         status, hdrs, _cmd = curl_headers(url, headers)
-        xc = hdrs.get("x-cache", "")
+        xc = hdrs.get(header, "")
         seen.append(f"{status} {xc}")
         if xc == "HIT":
             break
@@ -305,6 +385,59 @@ def run_wrk(
     ).stdout
     cpu = cpu_seconds(server_pid) - cpu0
     return Run(target, shlex.join(cmd), parse_wrk(raw), cpu / seconds, foreign.cores())
+
+
+def add_wrk_options(
+    parser: argparse.ArgumentParser,
+    *,
+    seconds: int = 15,
+    runs: int = 3,
+    conns: int = 50,
+    warmup: int | None = None,
+    wait_until: str | None = None,
+    pin: bool = True,
+) -> None:
+    """
+    The options every wrk benchmark takes: ``--seconds``, ``--runs``, ``--conns``;
+    ``--no-pin`` unless ``pin`` is false (a benchmark that never pins); ``--warmup-seconds``
+    when ``warmup`` is given; ``--no-wait`` and ``--wait-until`` (for
+    :func:`wait_for_foreign_bench`) when ``wait_until`` is.
+    """
+    parser.add_argument("--seconds", type=int, default=seconds, help="per wrk run")
+    parser.add_argument("--runs", type=int, default=runs, help="rounds over the targets")
+    parser.add_argument("--conns", type=int, default=conns, help="wrk connections")
+    if warmup is not None:
+        parser.add_argument("--warmup-seconds", type=int, default=warmup)
+    if pin:
+        parser.add_argument("--no-pin", action="store_true", help="no taskset CPU pinning")
+    if wait_until is not None:
+        parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
+        parser.add_argument("--wait-until", default=wait_until, help="UTC HH:MM")
+
+
+def wrk_rounds(
+    servers: Mapping[str, Any],
+    path: str,
+    a: argparse.Namespace,
+    ours: Sequence[int],
+    order: Sequence[str] | None = None,
+) -> dict[str, list[Run]]:
+    """
+    ``a.runs`` rounds of ``wrk -c a.conns -d a.seconds`` on ``path`` of every server, in
+    A B ... B A order (each round reverses the previous one, so drift hits every target alike).
+
+    :param servers: target name -> anything with ``url`` and ``pid``.
+    :param order: the targets of the first round (default: ``servers``' order).
+    """
+    targets = list(order or servers)
+    runs: dict[str, list[Run]] = {t: [] for t in targets}
+    for i in range(a.runs):
+        for kind in targets if i % 2 == 0 else reversed(targets):
+            server = servers[kind]
+            run = run_wrk(kind, server.url + path, a.conns, a.seconds, server.pid, ours)
+            runs[kind].append(run)
+            log(f"{kind} run {i + 1}: {run.result.rps:.0f} req/s")
+    return runs
 
 
 def summarize(runs: Sequence[Run]) -> dict[str, float]:

@@ -32,6 +32,7 @@ from proxylib import (
     BUCKET,
     LoggedOrigin,
     Run,
+    add_wrk_options,
     bucket_yaml,
     exit_on_sigterm,
     facts_md,
@@ -40,10 +41,10 @@ from proxylib import (
     md_table,
     pct,
     results_dir,
-    run_wrk,
     start_proxy,
     summarize,
     warm,
+    wrk_rounds,
 )
 
 from devharness.ports import free_port
@@ -70,10 +71,7 @@ def proxy_config(kind: str, port: int, endpoint: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--conns", type=int, default=50)
-    parser.add_argument("--no-pin", action="store_true")
+    add_wrk_options(parser)
     a = parser.parse_args()
     exit_on_sigterm()
     out = results_dir("ratelimit-cost")
@@ -81,7 +79,7 @@ def main() -> None:
     facts = machine_facts()
     origin = LoggedOrigin()
     servers: dict[str, Any] = {}
-    runs: dict[str, list[Run]] = {t: [] for t in TARGETS}
+    runs: dict[str, list[Run]] = {}
     path = f"/{BUCKET}/1k.bin"
     try:
         for kind in TARGETS:
@@ -92,12 +90,7 @@ def main() -> None:
             status, cache, _ = warm(servers[kind].url + path)
             log(f"{kind}: warm {status} X-Cache {cache}")
         ours = [origin.process.pid] + [s.pid for s in servers.values()]
-        for i in range(a.runs):
-            for kind in TARGETS if i % 2 == 0 else reversed(TARGETS):
-                server = servers[kind]
-                run = run_wrk(kind, server.url + path, a.conns, a.seconds, server.pid, ours)
-                runs[kind].append(run)
-                log(f"{kind} run {i + 1}: {run.result.rps:.0f} req/s")
+        runs = wrk_rounds(servers, path, a, ours, TARGETS)
     finally:
         for server in servers.values():
             server.stop()

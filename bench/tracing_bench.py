@@ -42,6 +42,7 @@ from proxylib import (
     BUCKET,
     LoggedOrigin,
     Run,
+    add_wrk_options,
     bucket_yaml,
     exit_on_sigterm,
     facts_md,
@@ -50,11 +51,11 @@ from proxylib import (
     md_table,
     pct,
     results_dir,
-    run_wrk,
     start_proxy,
     summarize,
     wait_for_foreign_bench,
     warm,
+    wrk_rounds,
 )
 
 from devharness.otlp_receiver import OtlpReceiver
@@ -100,10 +101,7 @@ def requests_counted(url: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--conns", type=int, default=50)
-    parser.add_argument("--no-pin", action="store_true")
+    add_wrk_options(parser)
     parser.add_argument("--wait-until", default="23:59", help="wait for bench/run.py until")
     parser.add_argument("--before-twistd", help="also run the none config with this twistd")
     a = parser.parse_args()
@@ -116,7 +114,7 @@ def main() -> None:
     origin = LoggedOrigin()
     receiver = OtlpReceiver().start()
     servers: dict[str, Any] = {}
-    runs: dict[str, list[Run]] = {t: [] for t in targets}
+    runs: dict[str, list[Run]] = {}
     try:
         for kind in targets:
             port = free_port()
@@ -129,12 +127,7 @@ def main() -> None:
             status, cache, _ = warm(servers[kind].url + path)
             log(f"{kind}: warm {status} X-Cache {cache}")
         ours = [origin.process.pid] + [s.pid for s in servers.values()]
-        for i in range(a.runs):
-            for kind in targets if i % 2 == 0 else reversed(targets):
-                server = servers[kind]
-                run = run_wrk(kind, server.url + path, a.conns, a.seconds, server.pid, ours)
-                runs[kind].append(run)
-                log(f"{kind} run {i + 1}: {run.result.rps:.0f} req/s")
+        runs = wrk_rounds(servers, path, a, ours, targets)
         counted = requests_counted(servers["on"].url)
         servers["on"].process.stop(signal.SIGTERM, timeout=30)
         server_spans = sum(1 for span in receiver.spans if span.kind == 2)

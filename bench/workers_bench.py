@@ -29,6 +29,7 @@ from proxylib import (
     BUCKET,
     LoggedOrigin,
     Run,
+    add_wrk_options,
     bucket_yaml,
     curl_headers,
     exit_on_sigterm,
@@ -86,10 +87,7 @@ def served_by_worker(base_url: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--conns", type=int, default=50)
-    parser.add_argument("--warmup-seconds", type=int, default=3)
+    add_wrk_options(parser, seconds=10, warmup=3, pin=False)
     parser.add_argument(
         "--quiet-cores", type=float, default=0.3, help="wait (60 s at most) for other load"
     )

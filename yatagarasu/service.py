@@ -72,16 +72,19 @@ class Reactor(IReactorTime, IReactorTCP):
     """What the proxy needs of a reactor (for type checking only)."""
 
 
-def listen_endpoint(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
+def listen_endpoint(reactor: Any, host: str, port: int, backlog: int) -> IStreamServerEndpoint:
     """
     :param reactor: an ``IReactorTCP``.
     :param host: the interface: an IPv4 or IPv6 address, or ``localhost``.
     :param port: the TCP port.
+    :param backlog: the listen queue (``server.listen_backlog``; Twisted's own default, 50,
+        overflows when thousands of clients connect at once: the kernel drops their SYNs and
+        handshake ACKs, and their first request waits for retransmissions, seconds).
     :returns: a TCP endpoint on that interface (IPv6 when ``host`` has a colon).
     """
     if ":" in host:
-        return TCP6ServerEndpoint(reactor, port, interface=host)
-    return TCP4ServerEndpoint(reactor, port, interface=host)
+        return TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=host)
+    return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=host)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def _listener(
     fd: int | None,
     shared: bool,
     systemd_index: int | None,
+    backlog: int,
 ) -> Listener:
     endpoint: IStreamServerEndpoint
     if systemd_index is not None:
@@ -136,7 +140,7 @@ def _listener(
     elif fd is not None:
         endpoint = AdoptedEndpoint(reactor, fd, family_of(host), shared)
     else:
-        endpoint = listen_endpoint(reactor, host, port)
+        endpoint = listen_endpoint(reactor, host, port, backlog)
     service = StreamServerEndpointService(endpoint, factory)
     # Fail twistd at start-up (port in use, permission) instead of logging and running on.
     service._raiseSynchronously = True
@@ -180,7 +184,8 @@ class ProxyService(MultiService):
             [0, 1] if assembly.config.server.socket_activation else [None, None]
         )
         shared = worker is not None
-        proxy_fd = (fds[0], shared, systemd[0])
+        backlog = assembly.config.server.listen_backlog
+        proxy_fd = (fds[0], shared, systemd[0], backlog)
         self.site = assembly.site
         factory: Any = self.site
         if assembly.tls is not None:
@@ -199,7 +204,9 @@ class ProxyService(MultiService):
             host, port = metrics_listener
             site = assembly.metrics_site
             self.listeners.append(
-                _listener(reactor, "metrics", site, host, port, site, fds[1], shared, systemd[1])
+                _listener(
+                    reactor, "metrics", site, host, port, site, fds[1], shared, systemd[1], backlog
+                )
             )
         for listener in self.listeners:
             listener.service.setServiceParent(self)

@@ -250,4 +250,5 @@ def supervisor(path: str, reactor: Any, config: Config, notifier: Any) -> IServi
         return reactor.spawnProcess(protocol, executable, args, env=env, childFDs=fds)
 
     command = partial(worker_command, path)
-    return Supervisor(reactor, config, listeners, command, spawn, bind, notifier)
+    binder = partial(bind, backlog=server.listen_backlog)
+    return Supervisor(reactor, config, listeners, command, spawn, binder, notifier)

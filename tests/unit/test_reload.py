@@ -178,6 +178,11 @@ def test_listener_change_is_refused() -> None:
     assert h.reload(elsewhere).message.startswith(
         "server.address: changed from 127.0.0.1 to 127.0.0.2"
     )
+    backlog = document()
+    backlog["server"]["listen_backlog"] = 128
+    assert h.reload(backlog).message == (
+        "server.listen_backlog: changed from 4096 to 128; listener changes need a restart"
+    )
     tls = document()
     tls["server"]["tls"] = {"cert_path": "/nonexistent/c.pem", "key_path": "/nonexistent/k.pem"}
     assert h.reload(tls).message == (
@@ -188,7 +193,7 @@ def test_listener_change_is_refused() -> None:
     assert h.reload(metrics).message.startswith(
         "metrics.port: the metrics listener changed from none to 127.0.0.1:9091"
     )
-    assert metric(h, 'yatagarasu_config_reloads_total{result="error"}') == 4.0
+    assert metric(h, 'yatagarasu_config_reloads_total{result="error"}') == 5.0
 
 
 def test_admin_reload_needs_admin_claims() -> None:

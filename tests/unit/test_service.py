@@ -152,3 +152,18 @@ def test_one_listener_on_the_configured_address_and_an_idle_stop_completes_at_on
     assert stopped.called  # no connection to wait for
     assert not service.listeners[0].service.running
     assert not service.running
+
+
+@pytest.mark.parametrize(("server", "backlog"), [({}, 4096), ({"listen_backlog": 200}, 200)])
+def test_both_listeners_use_the_configured_listen_backlog(
+    server: dict[str, Any], backlog: int
+) -> None:
+    document = {"buckets": [bucket_entry()], "server": server, "metrics": {"port": 9090}}
+    config = parse_config(document, {})
+    reactor = MemoryReactorClock()
+    service = ProxyService(reactor, assemble(config, reactor))
+    service.privilegedStartService()
+    assert [(port, queue) for port, _, queue, _ in reactor.tcpServers] == [
+        (8080, backlog),
+        (9090, backlog),
+    ]

@@ -160,3 +160,22 @@ def test_make_service_builds_the_proxy_service_from_the_parsed_options(
         ("proxy", assembly.config.server.listen_port)
     ]
     assert not service.running and reactor.tcpServers == []  # twistd starts it, not makeService
+
+
+def test_the_workers_parent_binds_with_the_configured_listen_backlog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from yatagarasu.tap import supervisor
+    from yatagarasu.workers import sockets
+
+    bound: list[tuple[str, int, int]] = []
+
+    def bind(host: str, port: int, backlog: int) -> object:
+        bound.append((host, port, backlog))
+        return object()
+
+    monkeypatch.setattr(sockets, "bind", bind)
+    server = {"workers": 2, "port": 8090, "listen_backlog": 300}
+    config = parse_config({"buckets": [bucket_entry()], "server": server}, {})
+    supervisor("unused.yaml", MemoryReactorClock(), config, None).privilegedStartService()
+    assert bound == [("127.0.0.1", 8090, 300)]

@@ -168,6 +168,10 @@ class RateLimitConfig:
 #: the most worker processes ``server.workers`` accepts (metrics label them, so they are bounded)
 MAX_WORKERS = 64
 
+#: ``server.listen_backlog``: connections the kernel queues before the proxy accepts them
+#: (Linux caps it at ``net.core.somaxconn``, 4096 by default)
+DEFAULT_LISTEN_BACKLOG = 4096
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -182,6 +186,7 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     tls: TLSConfig | None = None
     workers: int = 1
+    listen_backlog: int = DEFAULT_LISTEN_BACKLOG
     max_concurrent_requests: int = 1024
     rate_limit: RateLimitConfig | None = None
     security_limits: SecurityLimits = field(default_factory=SecurityLimits)
@@ -238,6 +243,10 @@ class ServerConfig:
             raise ConfigError(
                 join(path, "socket_activation"),
                 "not supported yet with server.workers > 1 (the parent binds the port itself)",
+            )
+        if not 1 <= self.listen_backlog <= 65535:
+            raise ConfigError(
+                join(path, "listen_backlog"), f"must be 1..65535, got {self.listen_backlog}"
             )
         _positive(self.max_concurrent_requests, join(path, "max_concurrent_requests"))
         _positive(

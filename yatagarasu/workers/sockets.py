@@ -22,16 +22,14 @@ from zope.interface import implementer
 
 log = Logger()
 
-#: the listen queue of a socket bound here (Twisted's own listenTCP uses 50)
-BACKLOG = 1024
 
-
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, backlog: int) -> socket.socket:
     """
     Bind and listen as ``listenTCP`` does (``SO_REUSEADDR``, non-blocking), without accepting.
 
     :param host: an IPv4 or IPv6 address, or ``localhost``.
     :param port: the TCP port (0: any free one).
+    :param backlog: the listen queue (``server.listen_backlog``).
     :returns: the listening socket, inheritable by child processes.
     :raises CannotListenError: when the address cannot be bound (port in use, permission).
     """
@@ -39,7 +37,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
     except OSError as e:
         sock.close()
         raise CannotListenError(host, port, e) from None

@@ -515,3 +515,15 @@ def test_listing_and_documents_errors_name_the_key(
     error = error_of(minimal(**bucket))
     assert error.path == path
     assert message in error.message
+
+
+def test_listen_backlog_defaults_to_4096_and_is_bounded() -> None:
+    assert parse_config(minimal(), {}).server.listen_backlog == 4096
+    assert (
+        parse_config({**minimal(), "server": {"listen_backlog": 128}}, {}).server.listen_backlog
+        == 128
+    )
+    for bad in (0, 65536):
+        error = error_of({**minimal(), "server": {"listen_backlog": bad}})
+        assert error.path == "server.listen_backlog"
+        assert f"must be 1..65535, got {bad}" in str(error)
