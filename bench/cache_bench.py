@@ -123,6 +123,10 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(ALL))
     parser.add_argument("--herd", type=int, default=100, help="clients (0: skip)")
     parser.add_argument("--profile-seconds", type=int, default=10, help="0: skip py-spy")
+    parser.add_argument(
+        "--profile-targets", default="mem", help="proxies to profile, e.g. mem,disk,redis"
+    )
+    parser.add_argument("--profile-sizes", default="1k", help="object sizes to profile (1k,100k)")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--no-wait", action="store_true", help="don't wait for bench/run.py")
     parser.add_argument("--wait-until", default="17:50", help="UTC HH:MM")
@@ -281,14 +285,16 @@ def main() -> None:
         results["herd"] = herds
         # -- profile ---------------------------------------------------------------------------
         prof: dict[str, str] = {}
-        if a.profile_seconds > 0 and "mem" in targets:
-            gate()
-            for s in ("1k",):
-                url, pid = url_pid("mem", s)
-                summary = profile(f"mem-{s}", url, pid, out, a.profile_seconds)
+        profiled = [t for t in a.profile_targets.split(",") if t in targets and t in PROXIES]
+        for t in profiled if a.profile_seconds > 0 else ():
+            for s in a.profile_sizes.split(","):
+                gate()
+                url, pid = url_pid(t, s)
+                name = f"{t.replace('+', '')}-{s}"
+                summary = profile(name, url, pid, out, a.profile_seconds)
                 if summary:
-                    prof[f"mem-{s}"] = summary
-                    log(f"profile mem-{s}: {out / f'profile-mem-{s}.txt'}")
+                    prof[name] = summary
+                    log(f"profile {name}: {out / f'profile-{name}.txt'}")
         results["profile"] = prof
     finally:
         for srv in servers.values():
