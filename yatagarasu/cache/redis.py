@@ -47,13 +47,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from yatagarasu.cache.redis_client import (
@@ -523,26 +524,35 @@ class RedisCacheLayer:
     # -- ICacheLayer -----------------------------------------------------------------------
 
     def get(self, key: CacheKey) -> Deferred[CacheEntry | None]:
-        """See :meth:`ICacheLayer.get`; a failure is a miss."""
-        return Deferred.fromCoroutine(self._get(key))
-
-    async def _get(self, key: CacheKey) -> CacheEntry | None:
+        """See :meth:`ICacheLayer.get`; a failure is a miss (one ``GET``, plain callbacks)."""
         rkey = self.redis_key(key)
-        entry: CacheEntry | None = None
+        return self.client.get(rkey).addCallbacks(
+            self._got, self._get_failed, callbackArgs=(key, rkey), errbackArgs=(key,)
+        )
+
+    def _got(
+        self, raw: bytes | None, key: CacheKey, rkey: bytes
+    ) -> CacheEntry | Deferred[CacheEntry | None] | None:
+        if raw is None:
+            self._forget(rkey)
+            return self._counted(key, None)
         try:
-            raw = await self.client.get(rkey)
-        except RedisError as exc:
+            entry = decode_entry(raw)
+        except ValueError as exc:
             self._failure("get", exc, key=key.text)
-            raw = None
-        else:
-            if raw is None:
-                self._forget(rkey)
-            else:
-                try:
-                    entry = decode_entry(raw)
-                except ValueError as exc:
-                    self._failure("get", exc, key=key.text)
-                    await self._delete_quietly(rkey)
+            return Deferred.fromCoroutine(self._undecodable(key, rkey))
+        return self._counted(key, entry)
+
+    async def _undecodable(self, key: CacheKey, rkey: bytes) -> CacheEntry | None:
+        await self._delete_quietly(rkey)
+        return self._counted(key, None)
+
+    def _get_failed(self, failure: Failure, key: CacheKey) -> None:
+        failure.trap(RedisError)  # anything else (the caller cancelled) goes on
+        self._failure("get", cast(RedisError, failure.value), key=key.text)
+        self._counted(key, None)
+
+    def _counted(self, key: CacheKey, entry: CacheEntry | None) -> CacheEntry | None:
         if entry is not None and entry.retain_until <= self._now():
             entry = None
         if entry is None:

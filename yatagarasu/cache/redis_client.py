@@ -33,6 +33,7 @@ It gives the Redis cache layer a small, typed, *bounded* client:
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ import txredisapi
 from twisted.application.internet import ClientService
 from twisted.application.service import IService
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
@@ -432,35 +433,69 @@ class RedisClient:
         if not (probe and self._probe_after_reconnect):
             self._delay = min(self._delay * 2, self._backoff_max)
 
-    async def _call(self, command: str, *args: Any) -> Any:
-        probe = self._admit()
+    def _call(self, command: str, *args: Any) -> Deferred[Any]:
+        """
+        Send one command, bounded by the timeout (with plain callbacks, no coroutine: a cache
+        hit's GET comes this way).
+
+        :returns: fires with the reply; fails with :class:`RedisError`, or ``CancelledError``
+            when the caller cancelled it.
+        """
         try:
-            d: Deferred[Any] = getattr(self._pool(), command)(*args)
-            d.addTimeout(self._timeout, self._reactor)
-            result = await d
-        except txredisapi.ScriptDoesNotExist as exc:
-            self._answered_error(exc, probe)
-            raise RedisScriptMissing(f"{command}: {exc}") from exc
-        except txredisapi.ResponseError as exc:
-            self._answered_error(exc, probe)
-            raise RedisCommandFailed(f"{command}: {exc}") from exc
-        except defer.CancelledError:
-            # The caller gave up (its client went away): not a Redis failure, no backoff.
-            if probe:
-                self._probing = False
-            raise
-        except Exception as exc:
-            self._failed(exc, probe)
-            raise RedisUnavailable(f"{command}: {_describe(exc)}") from exc
-        except BaseException:
-            if probe:
-                self._probing = False
-            raise
+            probe = self._admit()
+        except RedisUnavailable:
+            return fail()
+        try:
+            d = self._send(command, args)
+        except Exception:
+            d = fail()
+        d.addTimeout(self._timeout, self._reactor)
+        return d.addCallbacks(
+            self._replied,
+            self._call_failed,
+            callbackArgs=(command, probe),
+            errbackArgs=(command, probe),
+        )
+
+    def _send(self, command: str, args: tuple[Any, ...]) -> Deferred[Any]:
+        """
+        Hand a command to a ready pool connection directly -- a random one, as txredisapi's
+        handler would pick for a command that does not hold the connection -- or, when none is
+        ready (or the command holds its connection), to the handler, which waits for one.
+        """
+        factory = self._factory
+        ready = factory.connectionQueue.pending if factory is not None else ()
+        if ready:
+            conn = random.choice(ready)  # load spreading, as txredisapi does
+            method = getattr(conn, command)
+            if conn.connected and not getattr(method, "_blocking", False):
+                result: Deferred[Any] = method(*args)
+                return result
+        pooled: Deferred[Any] = getattr(self._pool(), command)(*args)
+        return pooled
+
+    def _replied(self, result: Any, command: str, probe: bool) -> Any:
         if isinstance(result, Exception):  # txredisapi hands some errors back as values
             self._answered_error(result, probe)
             raise RedisCommandFailed(f"{command}: {result}")
         self._succeeded()
         return result
+
+    def _call_failed(self, failure: Failure, command: str, probe: bool) -> Failure:
+        exc = failure.value
+        if isinstance(exc, txredisapi.ScriptDoesNotExist):
+            self._answered_error(exc, probe)
+            raise RedisScriptMissing(f"{command}: {exc}") from exc
+        if isinstance(exc, txredisapi.ResponseError):
+            self._answered_error(exc, probe)
+            raise RedisCommandFailed(f"{command}: {exc}") from exc
+        if isinstance(exc, defer.CancelledError) or not isinstance(exc, Exception):
+            # The caller gave up (its client went away): not a Redis failure, no backoff.
+            if probe:
+                self._probing = False
+            return failure
+        self._failed(exc, probe)
+        raise RedisUnavailable(f"{command}: {_describe(exc)}") from exc
 
     def _answered_error(self, error: Exception, probe: bool) -> None:
         """
@@ -478,16 +513,13 @@ class RedisClient:
 
     # -- commands --------------------------------------------------------------------------
 
-    async def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes) -> Deferred[bytes | None]:
         """
         :param key: the key.
-        :returns: its value, or ``None`` when there is none.
-        :raises RedisError: on any failure.
+        :returns: fires with its value, or ``None`` when there is none; fails with
+            :class:`RedisError` on any failure.
         """
-        value = await self._call("get", key)
-        if value is not None and not isinstance(value, bytes):
-            raise RedisCommandFailed(f"GET answered {type(value).__name__}, not bytes")
-        return value
+        return self._call("get", key).addCallback(_bytes_or_none)
 
     async def setex(self, key: bytes, ttl: int, value: bytes) -> None:
         """
@@ -677,6 +709,12 @@ class RedisClient:
                 await done
             except defer.TimeoutError:
                 log.warn("Redis connections did not close in time", target=repr(self.target))
+
+
+def _bytes_or_none(value: Any) -> bytes | None:
+    if value is not None and not isinstance(value, bytes):
+        raise RedisCommandFailed(f"GET answered {type(value).__name__}, not bytes")
+    return value
 
 
 def _describe(exc: BaseException) -> str:
