@@ -356,36 +356,40 @@ def encode_entry(entry: CacheEntry) -> bytes:
 def decode_entry(raw: bytes) -> CacheEntry:
     """
     :param raw: a value written by :func:`encode_entry`.
-    :returns: the entry.
+    :returns: the entry (every field's type checked: a hit's cost, so plain loops and exact
+        type tests).
     :raises ValueError: when it is not one.
     """
     try:
-        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ValueError(f"not msgpack: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != VALUE_VERSION:
+    if type(doc) is not dict or doc.get("v") != VALUE_VERSION:
         raise ValueError("not a cache entry of this version")
     headers = doc.get("h")
     body = doc.get("b")
     revalidate = doc.get("n")
-    if not isinstance(headers, list) or not all(
-        isinstance(h, list) and len(h) == 2 and all(isinstance(x, bytes) for x in h)
-        for h in headers
-    ):
+    if type(headers) is not tuple:
         raise ValueError("bad headers")
-    if not isinstance(body, bytes) or not isinstance(revalidate, bool):
+    for pair in headers:
+        if (
+            type(pair) is not tuple
+            or len(pair) != 2
+            or type(pair[0]) is not bytes
+            or type(pair[1]) is not bytes
+        ):
+            raise ValueError("bad headers")
+    if type(body) is not bytes or type(revalidate) is not bool:
         raise ValueError("bad body or flags")
-    times = [doc.get(k) for k in ("s", "e", "r")]
-    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in times):
-        raise ValueError("bad times")
     return CacheEntry(
-        headers=tuple((name, value) for name, value in headers),
-        body=body,
-        stored_at=float(times[0]),  # type: ignore[arg-type]
-        expires_at=float(times[1]),  # type: ignore[arg-type]
-        retain_until=float(times[2]),  # type: ignore[arg-type]
-        revalidate=revalidate,
+        headers, body, _time(doc.get("s")), _time(doc.get("e")), _time(doc.get("r")), revalidate
     )
+
+
+def _time(value: Any) -> float:
+    if type(value) is float or type(value) is int:  # not bool
+        return float(value)
+    raise ValueError("bad times")
 
 
 # -- the layer -----------------------------------------------------------------------------

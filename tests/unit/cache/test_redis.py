@@ -418,3 +418,30 @@ class ScriptTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(loaded), sha)
         ran = Deferred.fromCoroutine(client.evalsha(sha, [b"k"], [b"a", b"b"]))
         self.assertEqual(self.successResultOf(ran), [1, 2])
+
+
+def test_malformed_values_are_refused() -> None:
+    """Every field's type is checked (the decoder is on the hit path, written for speed)."""
+    import msgpack  # type: ignore[import-untyped,unused-ignore]
+
+    good = {"v": 1, "h": [[b"etag", b'"e"']], "b": b"x", "s": 1.0, "e": 2, "r": 3.0, "n": False}
+    assert decode_entry(msgpack.packb(good, use_bin_type=True)).expires_at == 2.0
+    bad_fields: list[dict[str, Any]] = [
+        {"v": 2},
+        {"h": [[b"etag"]]},
+        {"h": [[b"etag", b"x", b"y"]]},
+        {"h": [["etag", b"x"]]},
+        {"h": {b"etag": b"x"}},
+        {"b": "text"},
+        {"n": 0},
+        {"s": True},
+        {"r": "3"},
+        {"e": None},
+    ]
+    for change in bad_fields:
+        raw = msgpack.packb({**good, **change}, use_bin_type=True)
+        try:
+            decode_entry(raw)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {change}")
