@@ -7,7 +7,11 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   numbers not converted) created lazily by the first command, connecting through an endpoint
   built on the injected reactor (TCP, or TLS verified against the host name for ``rediss://``).
   The pool reconnects by itself (one ``ClientService`` per slot inside txredisapi); nothing
-  waits for it to connect at startup;
+  waits for it to connect at startup. Replies are parsed by ``hiredis`` (txredisapi uses its
+  ``HiredisProtocol`` whenever ``hiredis`` is installed, and it is a dependency). A command
+  goes straight to a ready pool connection (picked at random, as txredisapi's handler does),
+  through the handler only when none is ready (it waits for one) or the command holds its
+  connection; commands are sent with plain Deferred callbacks, no coroutine;
 - every command raced against ``timeout`` seconds on the injected clock
   (``Deferred.addTimeout``): while Redis is down txredisapi would otherwise wait forever for a
   connection. txredisapi's own ``replyTimeout`` (90 % of ``timeout``, once a command is sent)
