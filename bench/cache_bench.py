@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
-from benchlib import PIN, PYTHON, Server, dump, machine_facts, set_pinning
+from benchlib import PIN, PYTHON, TWISTD, Server, dump, machine_facts, set_pinning
 from proxylib import (
     BUCKET,
     GATEWAY_KEYS,
@@ -93,6 +94,19 @@ LAYER = {
     "redis": "redis",
     "nginx": "nginx proxy_cache",
 }
+
+
+def name_of(target: str) -> str:
+    """A target as a file-name part (``disk@before`` -> ``disk-before``)."""
+    return target.replace("+", "").replace("@", "-")
+
+
+def before_twistd(root: Path, out: Path) -> str:
+    """A wrapper running this checkout's twistd on the code of ``root``."""
+    script = out / "twistd-before.sh"
+    script.write_text(f'#!/bin/sh\ncd {root} && PYTHONPATH={root} exec {TWISTD} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
 
 
 def proxy_config(kind: str, port: int, endpoint: str, tmp: Path, redis_url: str) -> str:
@@ -144,6 +158,15 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(ALL))
     parser.add_argument("--herd", type=int, default=100, help="clients (0: skip)")
     parser.add_argument("--profile-seconds", type=int, default=10, help="0: skip py-spy")
+    parser.add_argument(
+        "--profile-targets", default="mem", help="proxies to profile, e.g. mem,disk,redis"
+    )
+    parser.add_argument("--profile-sizes", default="1k", help="object sizes to profile (1k,100k)")
+    parser.add_argument(
+        "--before-root",
+        help="a checkout of older code: targets mem@before, disk@before, redis@before run it "
+        "(with this checkout's .venv, PYTHONPATH set to it)",
+    )
     a = parser.parse_args()
     exit_on_sigterm()
     targets = [t for t in a.targets.split(",") if t]
@@ -163,7 +186,7 @@ def main() -> None:
     facts = machine_facts()
     log(f"results in {out}; {pinning}")
     herd_objects = {
-        f"herd-{t.replace('+', '')}-{s}.bin": n
+        f"herd-{name_of(t)}-{s}.bin": n
         for t in targets
         if t not in FOREIGN
         for s, n in HERD_SIZES.items()
@@ -185,28 +208,27 @@ def main() -> None:
                 bare[s] = Server(f"bare-{s}", argv, port, out / f"bare-{s}.log")
                 commands[f"bare-{s}"] = " ".join(argv[1:])
                 log(f"bare-{s} on {bare[s].url} pid {bare[s].pid}")
-        if "redis" in targets:
+        if any(t.partition("@")[0] == "redis" for t in targets):
             redis_dir = Path(tempfile.mkdtemp(prefix="yatagarasu-redis-"))
             redis = RedisServer(redis_dir, command_prefix=PIN["load"]).start()
             commands["redis-server"] = " ".join(redis.argv)
             log(f"redis-server on {redis.url} pid {redis.pid}")
-        for kind in PROXIES:
-            if kind not in targets:
+        for t in targets:
+            kind, _, before = t.partition("@")
+            if kind not in PROXIES:
                 continue
             port = free_port()
-            cfg = proxy_config(
-                kind, port, origin.url, out, redis.url if redis else "redis://127.0.0.1:1"
+            tmp, twistd = out, TWISTD
+            if before:
+                if not a.before_root:
+                    raise SystemExit(f"{t}: needs --before-root")
+                tmp, twistd = out / "before", before_twistd(Path(a.before_root), out)
+            redis_url = redis.url if redis else "redis://127.0.0.1:1"
+            cfg = configs[t] = proxy_config(kind, port, origin.url, tmp, redis_url)
+            servers[t] = start_proxy(
+                name_of(t), cfg, out, f"/{BUCKET}/1k.bin", port, twistd, pin=kind != "workers2"
             )
-            configs[kind] = cfg
-            servers[kind] = start_proxy(
-                kind.replace("+", "-"),
-                cfg,
-                out,
-                f"/{BUCKET}/1k.bin",
-                port,
-                pin=kind != "workers2",
-            )
-            commands[kind] = " ".join(servers[kind].argv[1:])
+            commands[t] = " ".join(servers[t].argv)
         if "nginx" in targets:
             servers["nginx"] = NginxCache(origin.port, f"/{BUCKET}/1k.bin")
             configs["nginx"] = servers["nginx"].conf.read_text()
@@ -265,7 +287,7 @@ def main() -> None:
                     time.sleep(SETTLE)  # requests cut off at wrk's end finish (or time out)
                     if t not in FOREIGN:
                         r.origin_delta = origin.count(f"{s}.bin") - before
-                    (out / f"wrk-{t.replace('+', '')}-{s}-{i}.txt").write_text(r.result.raw)
+                    (out / f"wrk-{name_of(t)}-{s}-{i}.txt").write_text(r.result.raw)
                     runs[f"{t}-{s}"].append(r)
                     log(
                         f"{t}-{s} run {i}: {r.result.rps:.0f} req/s p50 {r.result.p50_ms:.2f} "
@@ -298,7 +320,7 @@ def main() -> None:
                     continue
                 for s in HERD_SIZES:
                     gate()
-                    key = f"herd-{t.replace('+', '')}-{s}.bin"
+                    key = f"herd-{name_of(t)}-{s}.bin"
                     before = origin.count(key)
                     h = herd(servers[t].port, f"/{BUCKET}/{key}", n=a.herd)
                     time.sleep(0.5)  # let the origin flush its access log line(s)
@@ -314,14 +336,16 @@ def main() -> None:
         results["herd"] = herds
         # -- profile ---------------------------------------------------------------------------
         prof: dict[str, str] = {}
-        if a.profile_seconds > 0 and "mem" in targets:
-            gate()
-            for s in ("1k",):
-                url, pid = url_pid("mem", s)
-                summary = profile(f"mem-{s}", url, pid, out, a.profile_seconds)
+        profiled = [t for t in a.profile_targets.split(",") if t in servers]
+        for t in profiled if a.profile_seconds > 0 else ():
+            for s in a.profile_sizes.split(","):
+                gate()
+                url, pid = url_pid(t, s)
+                name = f"{name_of(t)}-{s}"
+                summary = profile(name, url, pid, out, a.profile_seconds)
                 if summary:
-                    prof[f"mem-{s}"] = summary
-                    log(f"profile mem-{s}: {out / f'profile-mem-{s}.txt'}")
+                    prof[name] = summary
+                    log(f"profile {name}: {out / f'profile-{name}.txt'}")
         results["profile"] = prof
     finally:
         for srv in servers.values():
@@ -342,8 +366,14 @@ def main() -> None:
     md = table(results, a, targets, facts_md(facts, pinning))
     (out / "results.md").write_text(md)
     for kind, cfg in configs.items():
-        (out / f"config-{kind.replace('+', '')}.txt").write_text(cfg)
+        (out / f"config-{name_of(kind)}.txt").write_text(cfg)
     print(md)
+
+
+def cpu_per_request(runs: list[Run]) -> float:
+    """Median over runs of the server's CPU µs per request (less load-sensitive than req/s)."""
+    values = [r.cpu_util * 1e6 / r.result.rps for r in runs if r.result.rps > 0]
+    return statistics.median(values) if values else float("nan")
 
 
 def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts: str) -> str:
@@ -358,20 +388,25 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
     for s in SIZES:
         base = hits.get(f"bare-{s}", {}).get("summary", {}).get("rps", float("nan"))
         peer = hits.get(f"gateway-{s}", {}).get("summary", {}).get("rps", float("nan"))
+        mem = hits.get(f"mem-{s}", {}).get("summary", {}).get("rps", float("nan"))
+        mem_cpu = cpu_per_request(hits.get(f"mem-{s}", {}).get("runs", []))
         for t in targets:
             sm = hits[f"{t}-{s}"]["summary"]
             deltas = [r.origin_delta for r in hits[f"{t}-{s}"]["runs"]]
+            cpu = cpu_per_request(hits[f"{t}-{s}"]["runs"])
             rows.append(
                 [
                     f"{t} {s}",
-                    LAYER[t],
+                    LAYER[t.partition("@")[0]] + (" (--before-root)" if "@" in t else ""),
                     f"{sm['rps']:.0f}",
                     fmt(sm["p50_ms"]),
                     fmt(sm["p99_ms"]),
                     pct(sm["rps"], base) if t != "bare" else "100 %",
                     ratio(sm["rps"], peer),
+                    pct(sm["rps"], mem),
+                    f"{cpu:.0f}",
+                    pct(mem_cpu, cpu),
                     f"{100 * sm['cpu_util']:.0f} %",
-                    fmt(1e6 * sm["cpu_util"] / sm["rps"], 0) if sm["rps"] else "-",
                     "-" if t in FOREIGN else "+".join(str(d) for d in deltas),
                     f"{sm['errors']}/{sm['non2xx']}",
                     fmt(sm["foreign_max"]),
@@ -387,8 +422,10 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
                 "p99 ms",
                 "vs bare",
                 "vs gateway",
+                "vs memory hit",
+                "server CPU µs/req",
+                "vs memory hit (CPU/req)",
                 "server CPU",
-                "CPU µs/req",
                 "origin GETs during runs",
                 "sock err/non-2xx",
                 "foreign cores (max)",

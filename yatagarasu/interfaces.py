@@ -127,7 +127,8 @@ class ICacheLayer(Interface):
 
 class IImmediateCacheLayer(ICacheLayer):
     """
-    A layer that answers lookups at once, without I/O (one in memory).
+    A layer that answers lookups at once, in the calling thread, without waiting on anything:
+    from memory, or from a local file read with a few bounded system calls (disk).
 
     The tiered cache reads such a layer with :meth:`lookup` instead of :meth:`get`, so a hit
     in it is served without a Deferred: on the hot path of a proxy whose memory hits should

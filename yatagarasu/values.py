@@ -104,6 +104,18 @@ class CacheEntry:
             for value in values
         )
 
+    def with_body(self, body: bytes | FileBody) -> CacheEntry:
+        """
+        :param body: another body for the same response.
+        :returns: this entry with that body, sharing this one's :attr:`head_lines` (encoded
+            once for both).
+        """
+        entry = CacheEntry(
+            self.headers, body, self.stored_at, self.expires_at, self.retain_until, self.revalidate
+        )
+        entry.__dict__["head_lines"] = self.head_lines  # where cached_property keeps it
+        return entry
+
     def header(self, name: bytes) -> bytes | None:
         """:returns: the value of a (lowercase) header, or ``None``."""
         return self._index.get(name)

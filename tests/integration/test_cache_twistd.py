@@ -18,6 +18,7 @@ from devharness.proxy_config import bucket_config
 from devharness.redis_server import RedisServer
 from devharness.twistd import ProxyProcess
 from devharness.waiting import wait_until
+from yatagarasu.cache.disk.layer import INLINE_BODY
 
 SECRET = "cache-admin-secret-" + "y" * 48
 
@@ -145,6 +146,46 @@ def test_disk_cache_survives_restart_and_ignores_corrupt_files(
     assert moto_s3.count_requests("GET", s3_bucket, "keep.txt") == 0
     wait_until(lambda: not (fan_out / ("f" * 64)).exists(), timeout=10, what="corrupt file removal")
     assert not (fan_out / ".tmp-leftover").exists()
+
+
+@pytest.mark.parametrize(
+    ("size", "path"),
+    [(INLINE_BODY, "read with the entry"), (INLINE_BODY + 1, "streamed by a producer")],
+)
+def test_disk_hits_small_and_large(
+    size: int,
+    path: str,
+    tmp_path: Path,
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    """A disk-only cache: bodies up to INLINE_BODY are read at once, larger ones streamed."""
+    body = os.urandom(size)
+    etag = moto_s3.put_object(s3_bucket, "d.bin", body, CacheControl="max-age=600")
+    settings = {
+        "enabled": True,
+        "cache_layers": ["disk"],
+        "disk": {"enabled": True, "cache_dir": str(tmp_path / "disk-cache")},
+    }
+    running = proxy(config(moto_s3, s3_bucket, settings))
+    assert running.get("/pub/d.bin").header("X-Cache") == "MISS"
+    wait_until(
+        lambda: running.get("/pub/d.bin").header("X-Cache") == "HIT",
+        timeout=10,
+        what="the disk entry to be committed",
+    )
+    moto_s3.clear_requests()
+    for _ in range(2):  # the second hit uses the metadata the first one kept
+        hit = running.get("/pub/d.bin")
+        assert (hit.status, hit.header("X-Cache"), hit.header("ETag")) == (200, "HIT", etag)
+        assert hit.body == body
+    ranged = running.get("/pub/d.bin", headers={"Range": f"bytes={size - 10}-"})
+    assert (ranged.status, ranged.body) == (206, body[-10:])
+    head = running.request("HEAD", "/pub/d.bin")
+    assert (head.status, head.header("Content-Length"), head.body) == (200, str(size), b"")
+    assert running.get("/pub/d.bin", headers={"If-None-Match": etag}).status == 304
+    assert moto_s3.count_requests("GET", s3_bucket, "d.bin") == 0
 
 
 def test_unusable_disk_keeps_serving(

@@ -185,7 +185,11 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
         memory_layer,
         {ICacheLayer, IImmediateCacheLayer, ISwitchableCacheLayer, IDefaultTtlCacheLayer},
     ),
-    ("disk layer", disk_layer, {ICacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer}),
+    (
+        "disk layer",
+        disk_layer,
+        {ICacheLayer, IImmediateCacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer},
+    ),
     ("disk writer", disk_writer, {ICacheWriter}),
     ("redis layer", redis_layer, {ICacheLayer, IPurgeBroadcaster, IErrorCountingCacheLayer}),
     ("jwt scheme", jwt_scheme, {IAuthScheme, *SCHEME_EXTRAS, IAdminAuthSource}),

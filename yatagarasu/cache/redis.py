@@ -47,13 +47,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from yatagarasu.cache.redis_client import (
@@ -355,36 +356,40 @@ def encode_entry(entry: CacheEntry) -> bytes:
 def decode_entry(raw: bytes) -> CacheEntry:
     """
     :param raw: a value written by :func:`encode_entry`.
-    :returns: the entry.
+    :returns: the entry (every field's type checked: a hit's cost, so plain loops and exact
+        type tests).
     :raises ValueError: when it is not one.
     """
     try:
-        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ValueError(f"not msgpack: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != VALUE_VERSION:
+    if type(doc) is not dict or doc.get("v") != VALUE_VERSION:
         raise ValueError("not a cache entry of this version")
     headers = doc.get("h")
     body = doc.get("b")
     revalidate = doc.get("n")
-    if not isinstance(headers, list) or not all(
-        isinstance(h, list) and len(h) == 2 and all(isinstance(x, bytes) for x in h)
-        for h in headers
-    ):
+    if type(headers) is not tuple:
         raise ValueError("bad headers")
-    if not isinstance(body, bytes) or not isinstance(revalidate, bool):
+    for pair in headers:
+        if (
+            type(pair) is not tuple
+            or len(pair) != 2
+            or type(pair[0]) is not bytes
+            or type(pair[1]) is not bytes
+        ):
+            raise ValueError("bad headers")
+    if type(body) is not bytes or type(revalidate) is not bool:
         raise ValueError("bad body or flags")
-    times = [doc.get(k) for k in ("s", "e", "r")]
-    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in times):
-        raise ValueError("bad times")
     return CacheEntry(
-        headers=tuple((name, value) for name, value in headers),
-        body=body,
-        stored_at=float(times[0]),  # type: ignore[arg-type]
-        expires_at=float(times[1]),  # type: ignore[arg-type]
-        retain_until=float(times[2]),  # type: ignore[arg-type]
-        revalidate=revalidate,
+        headers, body, _time(doc.get("s")), _time(doc.get("e")), _time(doc.get("r")), revalidate
     )
+
+
+def _time(value: Any) -> float:
+    if type(value) is float or type(value) is int:  # not bool
+        return float(value)
+    raise ValueError("bad times")
 
 
 # -- the layer -----------------------------------------------------------------------------
@@ -523,26 +528,35 @@ class RedisCacheLayer:
     # -- ICacheLayer -----------------------------------------------------------------------
 
     def get(self, key: CacheKey) -> Deferred[CacheEntry | None]:
-        """See :meth:`ICacheLayer.get`; a failure is a miss."""
-        return Deferred.fromCoroutine(self._get(key))
-
-    async def _get(self, key: CacheKey) -> CacheEntry | None:
+        """See :meth:`ICacheLayer.get`; a failure is a miss (one ``GET``, plain callbacks)."""
         rkey = self.redis_key(key)
-        entry: CacheEntry | None = None
+        return self.client.get(rkey).addCallbacks(
+            self._got, self._get_failed, callbackArgs=(key, rkey), errbackArgs=(key,)
+        )
+
+    def _got(
+        self, raw: bytes | None, key: CacheKey, rkey: bytes
+    ) -> CacheEntry | Deferred[CacheEntry | None] | None:
+        if raw is None:
+            self._forget(rkey)
+            return self._counted(key, None)
         try:
-            raw = await self.client.get(rkey)
-        except RedisError as exc:
+            entry = decode_entry(raw)
+        except ValueError as exc:
             self._failure("get", exc, key=key.text)
-            raw = None
-        else:
-            if raw is None:
-                self._forget(rkey)
-            else:
-                try:
-                    entry = decode_entry(raw)
-                except ValueError as exc:
-                    self._failure("get", exc, key=key.text)
-                    await self._delete_quietly(rkey)
+            return Deferred.fromCoroutine(self._undecodable(key, rkey))
+        return self._counted(key, entry)
+
+    async def _undecodable(self, key: CacheKey, rkey: bytes) -> CacheEntry | None:
+        await self._delete_quietly(rkey)
+        return self._counted(key, None)
+
+    def _get_failed(self, failure: Failure, key: CacheKey) -> None:
+        failure.trap(RedisError)  # anything else (the caller cancelled) goes on
+        self._failure("get", cast(RedisError, failure.value), key=key.text)
+        self._counted(key, None)
+
+    def _counted(self, key: CacheKey, entry: CacheEntry | None) -> CacheEntry | None:
         if entry is not None and entry.retain_until <= self._now():
             entry = None
         if entry is None:

@@ -135,9 +135,10 @@ class TieredCache:
         """
         :meth:`get`, answered directly when the layers that decide it answer at once.
 
-        The leading :class:`IImmediateCacheLayer` layers (memory) are read synchronously: a
-        hit there, or a miss in every layer when all of them are immediate, comes back as a
-        value — a memory hit is served in the request's own call, without a Deferred. Past
+        The leading :class:`IImmediateCacheLayer` layers (memory, disk) are read
+        synchronously: a hit there, or a miss in every layer when all of them are immediate,
+        comes back as a value — such a hit is served in the request's own call, without a
+        Deferred. Past
         them, the lookup goes on with Deferreds.
 
         :param key: the key.
@@ -254,7 +255,7 @@ class TieredCache:
                 return
             if len(body) != entry.length:
                 return
-            entry = _with_body(entry, body)
+            entry = entry.with_body(body)
         await self._set_all(key, entry, takers)
 
     def store(self, key: CacheKey, entry: CacheEntry) -> Deferred[None]:
@@ -474,14 +475,3 @@ class TieredCache:
                 await layer.close()
             except Exception as e:
                 self._failed(layer, "close", e)
-
-
-def _with_body(entry: CacheEntry, body: bytes) -> CacheEntry:
-    return CacheEntry(
-        headers=entry.headers,
-        body=body,
-        stored_at=entry.stored_at,
-        expires_at=entry.expires_at,
-        retain_until=entry.retain_until,
-        revalidate=entry.revalidate,
-    )

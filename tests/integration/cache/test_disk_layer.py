@@ -26,7 +26,7 @@ from yatagarasu.cache.disk.format import (
     encode_trailer,
     entry_path,
 )
-from yatagarasu.cache.disk.layer import DiskCacheLayer
+from yatagarasu.cache.disk.layer import INLINE_BODY, DiskCacheLayer
 from yatagarasu.cache.disk.writer import DiskCacheError, DiskCacheWriter
 from yatagarasu.interfaces import ICacheWriter
 from yatagarasu.testing import FAR_FUTURE, CacheLayerContract, body_of
@@ -90,7 +90,52 @@ async def test_file_layout_and_format(
     assert path.stat().st_size == layer.stats(None).current_size_bytes
     found = await layer.get(key)
     assert found is not None
-    assert found.body == FileBody(str(path), PRELUDE_SIZE, len(body))
+    assert found.body == body  # small: read with the entry (INLINE_BODY)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_up_to_the_inline_limit_are_read_larger_ones_streamed(
+    make_layer: Callable[..., DiskCacheLayer], tmp_path: Path
+) -> None:
+    root = tmp_path / "cache"
+    layer = make_layer(root)
+    small, large = CacheKey("b", "small"), CacheKey("b", "large")
+    await layer.set(small, entry(b"s" * INLINE_BODY))
+    await layer.set(large, entry(b"l" * (INLINE_BODY + 1)))
+    for _ in range(2):  # the first lookup reads the metadata, the second uses what it kept
+        got_small, got_large = layer.lookup(small), layer.lookup(large)
+        assert got_small is not None and got_small.body == b"s" * INLINE_BODY
+        digest = large.digest
+        path = root / digest[:2] / digest[2:4] / digest
+        assert got_large is not None
+        assert got_large.body == FileBody(str(path), PRELUDE_SIZE, INLINE_BODY + 1)
+        assert await body_of(got_large) == b"l" * (INLINE_BODY + 1)
+    assert layer.stats(None).hits == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hot_entry_whose_file_changed_is_read_again(
+    make_layer: Callable[..., DiskCacheLayer], tmp_path: Path
+) -> None:
+    """Another process replaced the file (new inode) or cut it short: never the old metadata."""
+    root = tmp_path / "cache"
+    layer = make_layer(root)
+    key = CacheKey("b", "changing")
+    await layer.set(key, entry(b"old body", etag=b'"old"'))
+    first = layer.lookup(key)
+    assert first is not None and first.header(b"etag") == b'"old"'
+    other = make_layer(root)  # a second process sharing the directory
+    await other.set(key, entry(b"a newer, longer body", etag=b'"new"'))
+    second = layer.lookup(key)
+    assert second is not None
+    assert (second.header(b"etag"), second.body) == (b'"new"', b"a newer, longer body")
+    digest = key.digest
+    path = root / digest[:2] / digest[2:4] / digest
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 3)
+    assert layer.lookup(key) is None
+    await layer.idle()
+    assert not path.exists()  # removed as corrupt
 
 
 @pytest_twisted.ensureDeferred

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -29,7 +30,7 @@ from yatagarasu.cache.redis import (
     glob_escape,
     redis_settings,
 )
-from yatagarasu.cache.redis_client import BACKOFF_MAX, RECONNECT_MAX_DELAY
+from yatagarasu.cache.redis_client import BACKOFF_MAX, READ_SIZE, RECONNECT_MAX_DELAY
 from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import ICacheLayerFactory
 from yatagarasu.testing import FAR_FUTURE, CacheLayerContract
@@ -229,6 +230,20 @@ async def test_values_are_msgpack_with_bytes_intact(layer: RedisCacheLayer) -> N
     assert doc["b"] == body and isinstance(doc["b"], bytes)
     assert [tuple(h) for h in doc["h"]] == list(headers)
     assert doc["r"] == FAR_FUTURE and doc["n"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_values_through_the_pool_connections(layer: RedisCacheLayer) -> None:
+    """A 300 KB value comes back whole, read from the connections READ_SIZE bytes at a time."""
+    key = CacheKey("b", "large")
+    body = os.urandom(300_000)
+    await layer.set(key, entry(body))
+    for _ in range(3):
+        found = await layer.get(key)
+        assert found is not None and found.body == body
+    factory = layer.client._factory
+    assert factory is not None and factory.pool
+    assert {conn.transport.bufferSize for conn in factory.pool} == {READ_SIZE}
 
 
 @pytest_twisted.ensureDeferred

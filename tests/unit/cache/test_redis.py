@@ -48,6 +48,7 @@ class FakeQueue:
     def __init__(self) -> None:
         self.peekers: list[Deferred[Any]] = []
         self.waiting: list[Deferred[Any]] = []
+        self.pending: list[Any] = []  # no ready connection: commands go through the handler
 
 
 class FakeHandler:
@@ -87,7 +88,7 @@ class BreakerTests(SynchronousTestCase):
         self.client._factory = self.pool  # type: ignore[assignment]
 
     def get(self) -> Deferred[bytes | None]:
-        return Deferred.fromCoroutine(self.client.get(b"k"))
+        return self.client.get(b"k")
 
     def assert_fast_refusal(self) -> None:
         calls = self.pool.handler.calls
@@ -193,6 +194,57 @@ class BreakerTests(SynchronousTestCase):
 # -- the layer, on a fake adapter -----------------------------------------------------------
 
 
+class ReadyConnection:
+    """A pool connection that is up: answers GET itself; BLPOP holds it (a blocking command)."""
+
+    def __init__(self) -> None:
+        self.connected = 1
+        self.calls = 0
+
+    def get(self, key: bytes) -> Deferred[Any]:
+        self.calls += 1
+        return succeed(b"direct")
+
+    @txredisapi._blocking_command(True)  # type: ignore[misc]
+    def blpop(self, keys: list[bytes], timeout: int) -> Deferred[Any]:
+        raise AssertionError("a blocking command must go through the handler")
+
+
+class SendTests(SynchronousTestCase):
+    """Commands go to a ready pool connection directly; the handler when there is none."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = RedisClient(
+            RedisTarget("redis.invalid", 6379), self.clock, timeout=0.5, pool_size=2
+        )
+        self.pool = FakeFactory()
+        self.pool.handler.mode = "ok"
+        self.client._factory = self.pool  # type: ignore[assignment]
+
+    def test_replies_are_parsed_by_hiredis(self) -> None:
+        assert issubclass(txredisapi.RedisFactory.protocol, txredisapi.HiredisProtocol)
+
+    def test_a_ready_connection_gets_the_command_directly(self) -> None:
+        conn = ReadyConnection()
+        self.pool.connectionQueue.pending.append(conn)
+        self.assertEqual(self.successResultOf(self.client.get(b"k")), b"direct")
+        self.assertEqual((conn.calls, self.pool.handler.calls), (1, 0))
+
+    def test_a_dead_connection_leaves_the_command_to_the_handler(self) -> None:
+        conn = ReadyConnection()
+        conn.connected = 0
+        self.pool.connectionQueue.pending.append(conn)
+        self.assertEqual(self.successResultOf(self.client.get(b"k")), b"value")
+        self.assertEqual((conn.calls, self.pool.handler.calls), (0, 1))
+
+    def test_a_blocking_command_goes_through_the_handler(self) -> None:
+        self.pool.connectionQueue.pending.append(ReadyConnection())
+        self.pool.handler.blpop = lambda keys, timeout: succeed([b"q", b"v"])  # type: ignore[attr-defined]
+        reply = self.client._call("blpop", [b"q"], 0)
+        self.assertEqual(self.successResultOf(reply), [b"q", b"v"])
+
+
 class FakeClient:
     """An in-memory stand-in for :class:`RedisClient` (no TTL expiry; TTLs are recorded)."""
 
@@ -207,9 +259,12 @@ class FakeClient:
         if self.down:
             raise RedisUnavailable("down")
 
-    async def get(self, key: bytes) -> bytes | None:
-        self._check()
-        return self.data.get(key)
+    def get(self, key: bytes) -> Deferred[bytes | None]:
+        try:
+            self._check()
+        except RedisUnavailable:
+            return fail()
+        return succeed(self.data.get(key))
 
     async def setex(self, key: bytes, ttl: int, value: bytes) -> None:
         self._check()
@@ -363,3 +418,30 @@ class ScriptTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(loaded), sha)
         ran = Deferred.fromCoroutine(client.evalsha(sha, [b"k"], [b"a", b"b"]))
         self.assertEqual(self.successResultOf(ran), [1, 2])
+
+
+def test_malformed_values_are_refused() -> None:
+    """Every field's type is checked (the decoder is on the hit path, written for speed)."""
+    import msgpack  # type: ignore[import-untyped,unused-ignore]
+
+    good = {"v": 1, "h": [[b"etag", b'"e"']], "b": b"x", "s": 1.0, "e": 2, "r": 3.0, "n": False}
+    assert decode_entry(msgpack.packb(good, use_bin_type=True)).expires_at == 2.0
+    bad_fields: list[dict[str, Any]] = [
+        {"v": 2},
+        {"h": [[b"etag"]]},
+        {"h": [[b"etag", b"x", b"y"]]},
+        {"h": [["etag", b"x"]]},
+        {"h": {b"etag": b"x"}},
+        {"b": "text"},
+        {"n": 0},
+        {"s": True},
+        {"r": "3"},
+        {"e": None},
+    ]
+    for change in bad_fields:
+        raw = msgpack.packb({**good, **change}, use_bin_type=True)
+        try:
+            decode_entry(raw)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {change}")

@@ -150,6 +150,7 @@ class FakeQueue:
     def __init__(self) -> None:
         self.peekers: list[Any] = []
         self.waiting: list[Any] = []
+        self.pending: list[Any] = []  # no ready connection: commands go through the handler
 
 
 class FakeHandler:

@@ -10,7 +10,7 @@ import fcntl
 import os
 import secrets
 from collections.abc import Callable, Iterable
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from yatagarasu.cache.disk.format import (
     PRELUDE,
@@ -54,22 +54,59 @@ def read_meta_fd(fd: int, size: int) -> EntryMeta:
     return decode_trailer(tail, footer)
 
 
-def read_meta(path: str) -> tuple[EntryMeta, int, int]:
+class Stamp(NamedTuple):
+    """What tells one entry file from another at the same path (renames make new inodes)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+class EntryRead(NamedTuple):
+    """What :func:`read_entry` found in an entry file."""
+
+    #: the file read
+    stamp: Stamp
+    #: its metadata, or ``None`` when the file is the one the caller already knew
+    meta: EntryMeta | None
+    #: the body, when it was read (its length was at most the inline limit), else ``None``
+    body: bytes | None
+
+
+def read_entry(path: str, known: Stamp | None, known_length: int, inline_limit: int) -> EntryRead:
     """
-    :param path: an entry file.
-    :returns: its metadata, inode number and size.
+    Read an entry file for a hit (blocking, bounded: ``open``, ``fstat``, the metadata only
+    when the file is not ``known``, one ``pread`` of a body up to ``inline_limit`` bytes,
+    ``close``).
+
+    :param path: the entry file.
+    :param known: the stamp of the file whose metadata the caller holds, or ``None``.
+    :param known_length: that file's body length (used when the stamp matches).
+    :param inline_limit: bodies up to this length are read.
+    :returns: the stamp, the metadata (unless ``known`` matched) and the body (if read).
     :raises FileNotFoundError: when there is no such file.
-    :raises CorruptEntry: when it is not a valid entry.
+    :raises CorruptEntry: when it is not a valid entry, or is shorter than its body.
     :raises OSError: on other I/O errors.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
+        stamp = Stamp(st.st_ino, st.st_size, st.st_mtime_ns)
+        meta: EntryMeta | None = None
+        length = known_length
         try:
-            return read_meta_fd(fd, st.st_size), st.st_ino, st.st_size
+            if stamp != known:
+                meta = read_meta_fd(fd, st.st_size)
+                length = meta.body_length
+            body = None
+            if length <= inline_limit:
+                body = os.pread(fd, length, PRELUDE_SIZE)
+                if len(body) != length:
+                    raise CorruptEntry("truncated")
         except CorruptEntry as exc:
             exc.inode = st.st_ino
             raise
+        return EntryRead(stamp, meta, body)
     finally:
         os.close(fd)
 

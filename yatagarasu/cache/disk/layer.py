@@ -19,15 +19,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from yatagarasu.cache.disk.files import read_meta, remove_if_same, unlink_all, write_entry
+from yatagarasu.cache.disk.files import (
+    Stamp,
+    read_entry,
+    remove_if_same,
+    unlink_all,
+    write_entry,
+)
 from yatagarasu.cache.disk.format import PRELUDE_SIZE, CorruptEntry, encode_trailer, entry_path
 from yatagarasu.cache.disk.scan import Counters, Record, ScanReport, matches, scan, sweep
 from yatagarasu.cache.disk.settings import DiskCacheSettings
 from yatagarasu.cache.disk.writer import DiskCacheWriter
 from yatagarasu.interfaces import (
-    ICacheLayer,
     ICacheWriter,
     IErrorCountingCacheLayer,
+    IImmediateCacheLayer,
     ISwitchableCacheLayer,
 )
 from yatagarasu.values import CacheEntry, CacheKey, FileBody, LayerStats
@@ -41,6 +47,12 @@ _LOG_INTERVAL = 10.0
 #: At most this many jobs of one layer run in the reactor's thread pool at once (the pool is
 #: shared with name resolution; Twisted's default has 10 threads).
 THREADS = 4
+#: A hit's body up to this many bytes is read with the entry (one ``pread``) and served from
+#: memory; a longer one is returned as a :class:`FileBody`, streamed by a producer.
+INLINE_BODY = 128 * 1024
+#: The decoded metadata of this many recently hit entries is kept, each checked against its
+#: file's inode, size and mtime on every hit (a changed file is read again).
+HOT_ENTRIES = 4096
 
 
 @dataclass(eq=False)
@@ -52,7 +64,18 @@ class _Ticket:
     cancelled: bool = False
 
 
-@implementer(ICacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer)
+@dataclass(slots=True)
+class _Hot:
+    """A recently hit entry: where its file is, which file it was, and its metadata."""
+
+    digest: str
+    path: str
+    stamp: Stamp
+    #: the entry as a :class:`FileBody` hit
+    entry: CacheEntry
+
+
+@implementer(IImmediateCacheLayer, ISwitchableCacheLayer, IErrorCountingCacheLayer)
 class DiskCacheLayer:
     """
     The ``disk`` cache layer (format, threads and errors: docs/CACHING.md).
@@ -77,6 +100,7 @@ class DiskCacheLayer:
         self.evictions = 0
         self._reactor = reactor
         self._index: OrderedDict[str, Record] = OrderedDict()
+        self._hot: OrderedDict[CacheKey, _Hot] = OrderedDict()
         self._total = Counters()
         self._buckets: dict[str, Counters] = {}
         self._scan: Deferred[None] | None = None
@@ -216,6 +240,7 @@ class DiskCacheLayer:
         record = self._index.pop(digest, None)
         if record is not None:
             self._account(record, -1)
+            self._hot.pop(record.key, None)
         return record
 
     def _account(self, record: Record, sign: int) -> None:
@@ -228,6 +253,7 @@ class DiskCacheLayer:
         while self._total.bytes > self.max_size and self._index:
             digest, record = self._index.popitem(last=False)
             self._account(record, -1)
+            self._hot.pop(record.key, None)
             self.evictions += 1
             self._total.evictions += 1
             self._counters(record.key.bucket).evictions += 1
@@ -288,36 +314,54 @@ class DiskCacheLayer:
 
     def get(self, key: CacheKey) -> Deferred[CacheEntry | None]:
         """
-        Look the key's file up (inline, on the reactor thread: see docs/CACHING.md). Files
-        written by other processes are found; expired, corrupt or foreign files are misses (and
-        removed).
+        :meth:`lookup`, as a Deferred (``ICacheLayer``).
 
         :param key: what to look up.
-        :returns: the entry (body as :class:`FileBody`), or ``None``.
+        :returns: the entry, or ``None``.
+        """
+        return succeed(self.lookup(key))
+
+    def lookup(self, key: CacheKey) -> CacheEntry | None:
+        """
+        Look the key's file up, inline on the reactor thread (``IImmediateCacheLayer``; see
+        docs/CACHING.md, "Disk layer internals"). Files written by other processes are found;
+        expired, corrupt or foreign files are misses (and removed).
+
+        :param key: what to look up.
+        :returns: the entry -- its body as ``bytes`` up to :data:`INLINE_BODY` bytes, else a
+            :class:`FileBody` -- or ``None``.
         """
         if self._closed:
-            return succeed(None)
+            return None
         if self._scan is None:
             self.start()
         counters = self._counters(key.bucket)
         try:
-            digest = key.digest
-            found = self._lookup(key, digest, entry_path(self.root, digest))
+            found = self._lookup(key)
         except Exception as exc:  # e.g. a key text UTF-8 cannot encode: a miss, never a raise
             self._error("get", exc, key)
             found = None
         if found is None:
             self._total.misses += 1
             counters.misses += 1
-            return succeed(None)
+            return None
         self._total.hits += 1
         counters.hits += 1
-        return succeed(found)
+        return found
 
-    def _lookup(self, key: CacheKey, digest: str, path: str) -> CacheEntry | None:
+    def _lookup(self, key: CacheKey) -> CacheEntry | None:
+        hot = self._hot.get(key)
+        if hot is None:
+            digest = key.digest
+            path = entry_path(self.root, digest)
+            known, length = None, 0
+        else:
+            digest, path = hot.digest, hot.path
+            known, length = hot.stamp, hot.entry.length
         try:
-            meta, inode, size = read_meta(path)
+            read = read_entry(path, known, length, INLINE_BODY)
         except FileNotFoundError:
+            self._hot.pop(key, None)
             if self._scanned:
                 self._forget(digest)
             return None
@@ -328,35 +372,48 @@ class DiskCacheLayer:
         except OSError as exc:
             self._error("get", exc, key)
             return None
-        if meta.key != key:
-            log.warn(
-                "disk cache: {path} holds {other}, not {cache_key}; removing it",
-                path=path,
-                other=meta.key.text,
-                cache_key=key.text,
+        meta = read.meta
+        if meta is None:
+            assert hot is not None  # the file is the one it describes
+            self._hot.move_to_end(key)
+            found = hot.entry
+        else:
+            if meta.key != key:
+                log.warn(
+                    "disk cache: {path} holds {other}, not {cache_key}; removing it",
+                    path=path,
+                    other=meta.key.text,
+                    cache_key=key.text,
+                )
+                self._drop(digest, path, read.stamp.inode, key)
+                return None
+            found = CacheEntry(
+                headers=meta.headers,
+                body=FileBody(path, PRELUDE_SIZE, meta.body_length),
+                stored_at=meta.stored_at,
+                expires_at=meta.expires_at,
+                retain_until=meta.retain_until,
+                revalidate=meta.revalidate,
             )
-            self._drop(digest, path, inode, key)
-            return None
-        if meta.retain_until <= self._reactor.seconds():
-            self._drop(digest, path, inode, key)
+            self._hot.pop(key, None)
+            self._hot[key] = _Hot(digest, path, read.stamp, found)
+            if len(self._hot) > HOT_ENTRIES:
+                self._hot.popitem(last=False)
+        if found.retain_until <= self._reactor.seconds():
+            self._drop(digest, path, read.stamp.inode, key)
             return None
         if self._scanned:
             record = self._index.get(digest)
-            if record is None or record.size != size or record.retain_until != meta.retain_until:
-                self._remember(digest, Record(key, size, meta.retain_until))
+            size = read.stamp.size
+            if record is None or record.size != size or record.retain_until != found.retain_until:
+                self._remember(digest, Record(key, size, found.retain_until))
                 self._evict_if_needed()
             else:
                 self._index.move_to_end(digest)
-        return CacheEntry(
-            headers=meta.headers,
-            body=FileBody(path, PRELUDE_SIZE, meta.body_length),
-            stored_at=meta.stored_at,
-            expires_at=meta.expires_at,
-            retain_until=meta.retain_until,
-            revalidate=meta.revalidate,
-        )
+        return found if read.body is None else found.with_body(read.body)
 
     def _drop(self, digest: str, path: str, inode: int | None, key: CacheKey) -> None:
+        self._hot.pop(key, None)
         if self._scanned:
             self._forget(digest)
         self._background("remove", key, remove_if_same, path, inode)
