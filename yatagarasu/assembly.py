@@ -143,6 +143,7 @@ def assemble(
     previous: Assembly | None = None,
     reload: ReloadHandler | None = None,
     siblings: ISiblings | None = None,
+    log_to_stdout: bool = False,
 ) -> Assembly:
     """
     Build everything the process runs from a configuration.
@@ -162,6 +163,8 @@ def assemble(
     :param siblings: when this process is one worker of several, the channel to the others
         (``/metrics``, stats and ``/ready`` then speak for the whole instance, purges reach
         every worker, responses carry ``X-Yatagarasu-Worker``).
+    :param log_to_stdout: whether twistd's own log observer writes to standard output
+        (:func:`yatagarasu.logs.build_access_log`).
     :returns: the assembly.
     :raises yatagarasu.errors.ConfigError: naming the dotted key path of what plugins, key
         files or TLS files got wrong.
@@ -192,7 +195,7 @@ def assemble(
         access_log.flush()
     else:
         worker = siblings.worker_id if siblings is not None else None
-        access_log = build_access_log(config.logging, reactor, worker)
+        access_log = build_access_log(config.logging, reactor, worker, log_to_stdout)
     slow = config.observability.slow_query
     slow_log = SlowRequestLog(slow) if slow.enabled else None
     tls = server_tls_options(config.server.tls) if config.server.tls else None

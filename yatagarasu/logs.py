@@ -186,7 +186,8 @@ class BufferedAccessLog(Service):
     """
     The access log formatted by the proxy and written in batches, for when the proxy's own
     observer writes the log (:func:`make_observer`: ``logging.file``, ``format`` or ``level``
-    set, or a worker process).
+    set, or a worker process), or when twistd's own observer writes to standard output
+    (:func:`build_access_log`).
 
     Each line is what that observer would write for the access event (the same text line or
     JSON object). Lines are held until ``buffer_chars`` characters wait, ``flush_seconds``
@@ -199,7 +200,7 @@ class BufferedAccessLog(Service):
     :param worker: the worker number in a worker process (text lines and JSON objects carry
         it, as the observer's other lines do).
     :param stream: where to write (default: ``logging.file`` opened for appending at the
-        first write, else standard output).
+        first write, else standard output as it is when the log is built).
     :param buffer_chars: characters held at most.
     :param flush_seconds: seconds a line is held at most.
     """
@@ -214,8 +215,9 @@ class BufferedAccessLog(Service):
         flush_seconds: float = ACCESS_FLUSH_SECONDS,
     ) -> None:
         self._clock = clock
-        self._file = config.file
-        self._stream = stream
+        self._file = config.file or ""
+        # standard output as it is now: twistd redirects sys.stdout into the log later
+        self._stream = stream if stream is not None or config.file else sys.stdout
         self._opened: IO[str] | None = None
         self._worker = worker
         self._buffer_chars = buffer_chars
@@ -272,8 +274,6 @@ class BufferedAccessLog(Service):
     def _write(self, batch: str) -> None:
         if self._stream is not None:
             stream = self._stream
-        elif not self._file:
-            stream = sys.stdout
         elif self._opened is not None:
             stream = self._opened
         elif self.running:
@@ -295,16 +295,22 @@ class BufferedAccessLog(Service):
 
 
 def build_access_log(
-    config: LoggingConfig, clock: IReactorTime, worker: int | None = None
+    config: LoggingConfig,
+    clock: IReactorTime,
+    worker: int | None = None,
+    twistd_stdout: bool = False,
 ) -> IAccessLog:
     """
     :param config: the ``logging`` section.
     :param clock: the timer of a buffered log.
     :param worker: the worker number in a worker process.
-    :returns: a :class:`BufferedAccessLog` where the proxy's own observer writes the log,
-        else (twistd's observer: the section at its defaults, one process) a
-        :class:`LoggerAccessLog`.
+    :param twistd_stdout: whether twistd's own observer writes to standard output (``-n``
+        without ``--logfile``, ``--syslog`` or ``--logger``): its text lines are the ones a
+        buffered log writes there.
+    :returns: a :class:`BufferedAccessLog` where the proxy's own observer writes the log or
+        twistd's writes to standard output, else (twistd's observer to its log file or
+        syslog: the section at its defaults, one process) a :class:`LoggerAccessLog`.
     """
-    if worker is None and is_default(config):
+    if worker is None and is_default(config) and not twistd_stdout:
         return LoggerAccessLog()
     return BufferedAccessLog(clock, config, worker)

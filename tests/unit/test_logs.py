@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,8 @@ def test_the_process_logging_decides_where_access_lines_go() -> None:
     assert isinstance(build_access_log(LoggingConfig(), clock, worker=0), BufferedAccessLog)
     assert isinstance(build_access_log(LoggingConfig(format="json"), clock), BufferedAccessLog)
     assert isinstance(build_access_log(LoggingConfig(file="x.log"), clock), BufferedAccessLog)
+    to_stdout = build_access_log(LoggingConfig(), clock, twistd_stdout=True)
+    assert isinstance(to_stdout, BufferedAccessLog) and to_stdout._stream is sys.stdout
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from tests.unit.fakes import bucket_entry
 from yatagarasu.assembly import Assembly, assemble
 from yatagarasu.config import parse_config
 from yatagarasu.service import ProxyService
-from yatagarasu.tap import Options, makeService, summary
+from yatagarasu.tap import Options, makeService, summary, twistd_logs_to_stdout
 
 SECRET = "s" * 64
 
@@ -151,3 +151,20 @@ def test_make_service_builds_the_proxy_service_from_the_parsed_options(
         ("proxy", assembly.config.server.listen_port)
     ]
     assert not service.running and reactor.tcpServers == []  # twistd starts it, not makeService
+
+
+def test_twistd_logs_to_stdout_only_with_nodaemon_and_no_other_destination() -> None:
+    from twisted.scripts.twistd import ServerOptions
+
+    def parsed(*argv: str) -> ServerOptions:
+        options = ServerOptions()
+        options.parseOptions(list(argv))
+        return options
+
+    assert twistd_logs_to_stdout(parsed("-n"))
+    assert twistd_logs_to_stdout(parsed("-n", "--logfile", "-"))
+    assert not twistd_logs_to_stdout(parsed())  # a daemon: twistd.log
+    assert not twistd_logs_to_stdout(parsed("-n", "--logfile", "proxy.log"))
+    assert not twistd_logs_to_stdout(parsed("-n", "--syslog"))
+    assert not twistd_logs_to_stdout(parsed("-n", "--logger", "twisted.logger.jsonFileLogObserver"))
+    assert not twistd_logs_to_stdout(None)
