@@ -29,8 +29,15 @@ from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.auth.from_config import AccessControl, build_access_control
 from yatagarasu.cache.from_config import CacheSetup, build_cache
 from yatagarasu.config.schema import BucketConfig, Config, S3Config
-from yatagarasu.interfaces import ICacheLayer, ICredentialProvider, IRateLimiter, ISiblings
+from yatagarasu.interfaces import (
+    IAccessLog,
+    ICacheLayer,
+    ICredentialProvider,
+    IRateLimiter,
+    ISiblings,
+)
 from yatagarasu.limits.from_config import RateLimiting, build_rate_limiting
+from yatagarasu.logs import LoggerAccessLog, build_access_log
 from yatagarasu.metrics import Metrics
 from yatagarasu.observability.slow_requests import SlowRequestLog
 from yatagarasu.observability.tracing import Tracing, build_tracing
@@ -91,6 +98,7 @@ class Assembly:
     :ivar audit: the audit trail when ``audit_log.enabled`` (``None``: no records are built).
     :ivar tracing: the process's tracer when ``observability.tracing.enabled`` (``None``: no
         span is made).
+    :ivar access_log: where access lines go (the process's: a reload keeps it).
     :ivar services: background services to run beside the listener (JWKS refresh timers,
         cache maintenance, audit sinks), in start order.
     :ivar lifecycle: the shutdown state the site and ``/ready`` read.
@@ -110,6 +118,7 @@ class Assembly:
     metrics_site: ProxySite | None = None
     audit: AuditTrail | None = None
     tracing: Tracing | None = None
+    access_log: IAccessLog = field(default_factory=LoggerAccessLog)
     services: Sequence[IService] = field(default_factory=list)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     siblings: ISiblings | None = None
@@ -144,6 +153,7 @@ def assemble(
     siblings: ISiblings | None = None,
     environ: Mapping[str, str] | None = None,
     credential_agent: IAgent | None = None,
+    log_to_stdout: bool = False,
 ) -> Assembly:
     """
     Build everything the process runs from a configuration.
@@ -167,6 +177,8 @@ def assemble(
         the process's).
     :param credential_agent: the HTTP agent of the credential fetches (tests); default: one
         per provider.
+    :param log_to_stdout: whether twistd's own log observer writes to standard output
+        (:func:`yatagarasu.logs.build_access_log`).
     :returns: the assembly.
     :raises yatagarasu.errors.ConfigError: naming the dotted key path of what plugins, key
         files or TLS files got wrong.
@@ -190,6 +202,14 @@ def assemble(
         if previous is not None
         else build_tracing(config.observability.tracing, reactor)
     )
+    # The access log belongs to the process too (a reload that would change logging is
+    # refused); a reload writes what it holds.
+    if previous is not None:
+        access_log = previous.access_log
+        access_log.flush()
+    else:
+        worker = siblings.worker_id if siblings is not None else None
+        access_log = build_access_log(config.logging, reactor, worker, log_to_stdout)
     slow = config.observability.slow_query
     slow_log = SlowRequestLog(slow) if slow.enabled else None
     tls = server_tls_options(config.server.tls) if config.server.tls else None
@@ -234,7 +254,7 @@ def assemble(
         rates,
     )
     extra = b"" if siblings is None else b"X-Yatagarasu-Worker: %d\r\n" % siblings.worker_id
-    observers = _Observers(audit, tracing, slow_log)
+    observers = _Observers(audit, tracing, slow_log, access_log)
     site = _site(root, reactor, config, access, metrics, lifecycle, extra, observers)
     metrics_site = None
     if config.metrics.listener(config.server) is not None:
@@ -248,6 +268,8 @@ def assemble(
         )
     # First: the credentials' first fetches start before anything else
     services = [*_credential_services(clients), *access.services, *caching.services()]
+    if IService.providedBy(access_log):  # held lines are written after the drain
+        services.append(access_log)
     # Last: stopped after the drain, they flush every record and every span.
     if audit is not None:
         services.extend(audit.services())
@@ -266,6 +288,7 @@ def assemble(
         metrics_site=metrics_site,
         audit=audit,
         tracing=tracing,
+        access_log=access_log,
         services=services,
         lifecycle=lifecycle,
         siblings=siblings,
@@ -304,11 +327,12 @@ def _credential_services(clients: Mapping[str, ReplicaSet]) -> list[IService]:
 
 @dataclass(frozen=True)
 class _Observers:
-    """What a site reports each ended request to, besides metrics and the access log."""
+    """What a site reports each ended request to, besides metrics."""
 
     audit: AuditTrail | None
     tracing: Tracing | None
     slow_log: SlowRequestLog | None
+    access_log: IAccessLog
 
 
 def _site(
@@ -332,6 +356,7 @@ def _site(
         addresses=access.addresses,
         metrics=metrics,
         access_log_enabled=access_log_enabled,
+        access_log=observers.access_log,
         send_buffer_bytes=config.server.socket_send_buffer_bytes,
         draining=lifecycle.is_draining,
         extra_headers=extra_headers,

@@ -532,3 +532,21 @@ class ICredentialProvider(Interface):
             ``failed``), ``expires_in_seconds`` (``None``: they do not expire) and
             ``last_error`` (never a secret).
         """
+
+
+class IAccessLog(Interface):
+    """
+    Where the access log's lines go: one per request, written once its response has ended.
+    """
+
+    def write(when: float, template: str, fields: Mapping[str, Any]) -> None:
+        """
+        Log one request.
+
+        :param when: when its response ended (epoch seconds, from the injected clock).
+        :param template: the line's text as a ``str.format`` template over ``fields``.
+        :param fields: the request's fields (``request_id``, ``status``...), data only.
+        """
+
+    def flush() -> None:
+        """Write whatever is held back now."""

@@ -1,16 +1,24 @@
-"""Log observers for ``logging.format`` / ``logging.level`` / ``logging.file``."""
+"""
+Log observers for ``logging.format`` / ``logging.level`` / ``logging.file``, and the access
+log: one line per request, either a twisted.logger event (when twistd's own observer writes
+the log) or formatted by the proxy and written in batches (:class:`BufferedAccessLog`).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from typing import IO, Any, cast
 
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -18,9 +26,10 @@ from twisted.logger import (
     formatTime,
 )
 from twisted.python.failure import Failure
-from zope.interface import provider
+from zope.interface import implementer, provider
 
 from yatagarasu.config.schema import LoggingConfig
+from yatagarasu.interfaces import IAccessLog
 from yatagarasu.per_second import PerSecond
 
 _LEVELS = {
@@ -142,3 +151,166 @@ def make_observer(config: LoggingConfig, stream: IO[str] | None = None) -> ILogO
     observer = FileLogObserver(stream, formatter)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[config.level])
     return FilteringLogObserver(observer, [predicate])
+
+
+#: the access log's namespace (its level is always info)
+ACCESS_NAMESPACE = "yatagarasu.access"
+#: characters of access lines held before they are written (nginx's ``access_log ... buffer=``)
+ACCESS_BUFFER_CHARS = 64 * 1024
+#: seconds a held access line waits at most before it is written (nginx's ``flush=``)
+ACCESS_FLUSH_SECONDS = 1.0
+
+log = Logger()
+
+
+@implementer(IAccessLog)
+class LoggerAccessLog:
+    """
+    The access log as one twisted.logger event per request (namespace ``yatagarasu.access``,
+    level info), for when twistd's own observer writes the log (``--logfile``, ``--syslog``,
+    standard output): the ``logging`` section left at its defaults, in a single process.
+    """
+
+    def __init__(self) -> None:
+        self._log = Logger(namespace=ACCESS_NAMESPACE)
+
+    def write(self, when: float, template: str, fields: Mapping[str, Any]) -> None:
+        self._log.info(template, **fields)
+
+    def flush(self) -> None:
+        """Nothing is held back."""
+
+
+@implementer(IAccessLog)
+class BufferedAccessLog(Service):
+    """
+    The access log formatted by the proxy and written in batches, for when the proxy's own
+    observer writes the log (:func:`make_observer`: ``logging.file``, ``format`` or ``level``
+    set, or a worker process), or when twistd's own observer writes to standard output
+    (:func:`build_access_log`).
+
+    Each line is what that observer would write for the access event (the same text line or
+    JSON object). Lines are held until ``buffer_chars`` characters wait, ``flush_seconds``
+    after the first one arrived, or :meth:`flush` (a reload, ``stopService`` after the SIGTERM
+    drain); each batch is one write. While the service is not running, each line is written
+    at once: no line is held at exit.
+
+    :param clock: the timer for the interval flush.
+    :param config: the ``logging`` section (``format`` and ``file``).
+    :param worker: the worker number in a worker process (text lines and JSON objects carry
+        it, as the observer's other lines do).
+    :param stream: where to write (default: ``logging.file`` opened for appending at the
+        first write, else standard output as it is when the log is built).
+    :param buffer_chars: characters held at most.
+    :param flush_seconds: seconds a line is held at most.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: LoggingConfig,
+        worker: int | None = None,
+        stream: IO[str] | None = None,
+        buffer_chars: int = ACCESS_BUFFER_CHARS,
+        flush_seconds: float = ACCESS_FLUSH_SECONDS,
+    ) -> None:
+        self._clock = clock
+        self._file = config.file or ""
+        # standard output as it is now: twistd redirects sys.stdout into the log later
+        self._stream = stream if stream is not None or config.file else sys.stdout
+        self._opened: IO[str] | None = None
+        self._worker = worker
+        self._buffer_chars = buffer_chars
+        self._flush_seconds = flush_seconds
+        self._json = config.format == "json"
+        system = ACCESS_NAMESPACE + "#info"
+        self._system = f" [{system}] " if worker is None else f" [{system} worker {worker}] "
+        self._stamps = PerSecond(formatTime)
+        self._lines: list[str] = []
+        self._chars = 0
+        self._timer: IDelayedCall | None = None
+
+    def write(self, when: float, template: str, fields: Mapping[str, Any]) -> None:
+        text = template.format_map(fields)
+        if self._json:
+            record = dict(fields)
+            record["log_namespace"] = ACCESS_NAMESPACE
+            record["log_format"] = template
+            record["log_time"] = when
+            if self._worker is not None:
+                record["worker"] = self._worker
+            record["log_level"] = "info"
+            record["log_text"] = text
+            line = f"\x1e{json.dumps(record, default=_json_default, skipkeys=True)}\n"
+        else:
+            if "\n" in text:
+                text = text.replace("\n", "\n\t")
+            line = f"{self._stamps(when)}{self._system}{text}\n"
+        self._lines.append(line)
+        self._chars += len(line)
+        if self._chars >= self._buffer_chars or not self.running:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self._clock.callLater(self._flush_seconds, self._flush_timer)
+
+    def _flush_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write every held line now, in one write."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        batch, self._lines, self._chars = "".join(self._lines), [], 0
+        try:
+            self._write(batch)
+        except (OSError, ValueError):
+            log.failure("access log: {lines} line(s) could not be written", lines=batch.count("\n"))
+
+    def _write(self, batch: str) -> None:
+        if self._stream is not None:
+            stream = self._stream
+        elif self._opened is not None:
+            stream = self._opened
+        elif self.running:
+            stream = self._opened = open(self._file, "a", encoding="utf-8")  # noqa: SIM115
+        else:  # before the start or after the stop: no file left open
+            with open(self._file, "a", encoding="utf-8") as once:
+                once.write(batch)
+            return
+        stream.write(batch)
+        stream.flush()
+
+    def stopService(self) -> None:
+        """After the drain: write what is held (and, from now on, each line at once)."""
+        super().stopService()
+        self.flush()
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
+
+
+def build_access_log(
+    config: LoggingConfig,
+    clock: IReactorTime,
+    worker: int | None = None,
+    twistd_stdout: bool = False,
+) -> IAccessLog:
+    """
+    :param config: the ``logging`` section.
+    :param clock: the timer of a buffered log.
+    :param worker: the worker number in a worker process.
+    :param twistd_stdout: whether twistd's own observer writes to standard output (``-n``
+        without ``--logfile``, ``--syslog`` or ``--logger``): its text lines are the ones a
+        buffered log writes there.
+    :returns: a :class:`BufferedAccessLog` where the proxy's own observer writes the log or
+        twistd's writes to standard output, else (twistd's observer to its log file or
+        syslog: the section at its defaults, one process) a :class:`LoggerAccessLog`.
+    """
+    if worker is None and is_default(config) and not twistd_stdout:
+        return LoggerAccessLog()
+    return BufferedAccessLog(clock, config, worker)

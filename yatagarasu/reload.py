@@ -166,6 +166,8 @@ class Reloader(Service):
     :param siblings: when this process is one worker of several, the channel to the others
         (every generation is built with it).
     :param clock_usec: ``CLOCK_MONOTONIC`` in microseconds, for ``MONOTONIC_USEC``.
+    :param log_to_stdout: whether twistd's own log observer writes to standard output (the
+        access log then writes there in batches).
     """
 
     def __init__(
@@ -180,6 +182,7 @@ class Reloader(Service):
         lifecycle: Lifecycle | None = None,
         siblings: ISiblings | None = None,
         clock_usec: Callable[[], int] = monotonic_usec,
+        log_to_stdout: bool = False,
     ) -> None:
         self._reactor = reactor
         self._load = load
@@ -190,6 +193,7 @@ class Reloader(Service):
         self.lifecycle = lifecycle or Lifecycle()
         self._siblings = siblings
         self._clock_usec = clock_usec
+        self._log_to_stdout = log_to_stdout
         self._generation: _Generation | None = None
         self._services: list[IService] = []
         self._retiring: set[Deferred[None]] = set()
@@ -244,6 +248,7 @@ class Reloader(Service):
             previous=previous,
             reload=self.admin_reload,
             siblings=self._siblings,
+            log_to_stdout=self._log_to_stdout,
         )
 
     @property

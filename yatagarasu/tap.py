@@ -61,7 +61,10 @@ class Options(usage.Options):
 
         try:
             reloader, assembly = first_generation(
-                path, reactor, lambda config: self._worker_channel(config, reactor)
+                path,
+                reactor,
+                lambda config: self._worker_channel(config, reactor),
+                log_to_stdout=twistd_logs_to_stdout(getattr(self, "parent", None)),
             )
         except ConfigError as e:
             sys.stderr.write(f"yatagarasu: invalid configuration {path}: {e}\n")
@@ -88,10 +91,28 @@ class Options(usage.Options):
         return WorkerChannel(reactor, worker_id, config.server.workers)
 
 
+def twistd_logs_to_stdout(twistd_options: Any) -> bool:
+    """
+    :param twistd_options: twistd's own options (``None`` when not run by twistd).
+    :returns: whether twistd's log observer writes text lines to standard output: ``-n``
+        without ``--logfile`` (or with ``--logfile -``), ``--syslog`` or ``--logger``.
+    """
+    if twistd_options is None:
+        return False
+    get = twistd_options.get
+    return bool(
+        get("nodaemon")
+        and get("logfile") in (None, "", "-")
+        and not get("syslog")
+        and get("logger") is None
+    )
+
+
 def first_generation(
     path: str,
     reactor: Any,
     worker_channel: Callable[[Config], ISiblings | None] = lambda config: None,
+    log_to_stdout: bool = False,
 ) -> tuple[Reloader, Assembly]:
     """
     Read the file once and build the first generation from it.
@@ -100,6 +121,8 @@ def first_generation(
     :param reactor: what :func:`yatagarasu.assembly.assemble` builds with.
     :param worker_channel: this worker's channel to the others for a configuration
         (``server.workers`` > 1 and ``--worker``), else ``None``.
+    :param log_to_stdout: whether twistd's own log observer writes to standard output
+        (:func:`twistd_logs_to_stdout`).
     :returns: the reloader of that file (hot reload) and the first generation built from it.
     :raises ConfigError: the first problem, naming ``yatagarasu-config migrate`` when a Rust
         Yatagarasu spelling caused it (whether the loader or a plugin found it).
@@ -109,7 +132,13 @@ def first_generation(
     # A reload asked for through one worker's admin API reaches the others (the parent passes
     # SIGHUP on); a SIGHUP to the parent reaches every worker already.
     announce = None if siblings is None else (lambda _report: siblings.announce_reload())
-    reloader = Reloader(reactor, partial(_load, path), siblings=siblings, announce=announce)
+    reloader = Reloader(
+        reactor,
+        partial(_load, path),
+        siblings=siblings,
+        announce=announce,
+        log_to_stdout=log_to_stdout,
+    )
     try:
         return reloader, reloader.first(config)
     except ConfigError as e:

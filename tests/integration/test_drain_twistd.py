@@ -9,6 +9,7 @@ socket timeout and a count; no assertion is about how long something took.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -294,3 +295,57 @@ def test_slow_reader_over_tls_gets_every_byte_after_sigterm(
     text = log_path.read_text(errors="replace")
     assert "shutdown complete" in text
     assert "aborted" not in text
+
+
+@pytest.mark.parametrize("destination", ["json_file", "default_stdout"])
+def test_every_access_line_is_written_by_the_end_of_a_sigterm(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+    tmp_path: Path,
+    destination: str,
+) -> None:
+    """
+    Access lines are written in batches (to ``logging.file``, or to twistd's standard output
+    with the ``logging`` section left out): none is lost when the process stops.
+    """
+    moto_s3.put_object(s3_bucket, "small.txt", b"small\n")
+    body = os.urandom(4 * 1024 * 1024)
+    moto_s3.put_object(s3_bucket, "large.bin", body)
+    access = tmp_path / "access.log"
+    config = make_proxy_config({"pub": s3_bucket})
+    config["server"]["shutdown_grace_seconds"] = 120
+    if destination == "json_file":
+        config["logging"] = {"format": "json", "file": str(access)}
+    running = proxy(config)
+    ids = [running.get("/pub/small.txt").header("x-request-id") for _ in range(120)]
+    download = RawDownload(running.port, "/pub/large.bin")
+    try:
+        download.read_head()
+        running.send_signal(signal.SIGTERM)  # lines of the last second are still held
+        download.read_to_end()
+    finally:
+        download.close()
+    assert len(download.body) == len(body)
+    assert clean_exit(running.wait(timeout=60))
+    if destination == "default_stdout":
+        log = running.log_text()
+        assert "shutdown complete" in log and "aborted" not in log
+        small = " [yatagarasu.access#info] 127.0.0.1 GET /pub/small.txt 200 6B "
+        large = f" [yatagarasu.access#info] 127.0.0.1 GET /pub/large.bin 200 {len(body)}B "
+        assert [line.count(small) for line in log.splitlines()].count(1) == 120
+        assert sum(large in line for line in log.splitlines()) == 1
+        return
+    assert "shutdown complete" in access.read_text()  # logging.file holds every line
+    heads = dict(
+        line.lower().split(": ", 1) for line in download.head.decode("latin-1").split("\r\n")[1:]
+    )
+    records = [json.loads(line) for line in access.read_text().split("\x1e") if line]
+    logged = [
+        r["request_id"]
+        for r in records
+        if r["log_namespace"] == "yatagarasu.access" and r["path"].startswith("/pub/")
+    ]
+    assert sorted(logged) == sorted([*ids, heads["x-request-id"]])
+    assert len(set(logged)) == len(logged) == 121

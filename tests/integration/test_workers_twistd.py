@@ -18,6 +18,7 @@ import signal
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pytest
@@ -112,9 +113,13 @@ def test_two_workers_serve_and_metrics_count_both(
     assert stats["current_item_count"] == WORKERS  # each worker's memory holds its copy
     ready = running.get("/ready")
     assert (ready.status, ready.json()["status"]) == (200, "ready")
-    log = running.log_text()
-    for worker in range(WORKERS):  # access lines carry the worker number
-        assert re.search(rf"yatagarasu\.access#info worker {worker}\] .* GET /pub/a\.txt 200", log)
+
+    def logged(worker: int) -> bool:  # access lines carry the worker number (within 1 s)
+        pattern = rf"yatagarasu\.access#info worker {worker}\] .* GET /pub/a\.txt 200"
+        return re.search(pattern, running.log_text()) is not None
+
+    for worker in range(WORKERS):
+        wait_until(partial(logged, worker), timeout=10, what=f"worker {worker}'s access line")
 
 
 def test_two_workers_serve_the_admin_api_on_the_metrics_listener(

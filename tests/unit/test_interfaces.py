@@ -24,8 +24,10 @@ from yatagarasu.cache.disk.layer import DiskCacheLayer
 from yatagarasu.cache.disk.writer import DiskCacheWriter
 from yatagarasu.cache.memory import MemoryCacheLayer
 from yatagarasu.cache.redis import RedisCacheLayer
+from yatagarasu.config.schema import LoggingConfig
 from yatagarasu.discovery import available
 from yatagarasu.interfaces import (
+    IAccessLog,
     IAdminAuthSource,
     IApplicableAuthScheme,
     IAuditSink,
@@ -51,6 +53,7 @@ from yatagarasu.interfaces import (
 )
 from yatagarasu.limits.local import LocalLimiter
 from yatagarasu.limits.redis import RedisLimiter
+from yatagarasu.logs import BufferedAccessLog, LoggerAccessLog
 from yatagarasu.plugins.audit_file import file
 from yatagarasu.plugins.audit_s3 import s3
 from yatagarasu.plugins.audit_syslog import syslog
@@ -140,6 +143,14 @@ def local_limiter(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return LocalLimiter(reactor, 10)
 
 
+def logger_access_log(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return LoggerAccessLog()
+
+
+def buffered_access_log(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return BufferedAccessLog(reactor, LoggingConfig(file=str(tmp_path / "access.log")))
+
+
 def redis_limiter(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     client = redis_layer(reactor, tmp_path).client
     return RedisLimiter(client, "rl:", fail_open=True)
@@ -202,6 +213,8 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("redis rate limiter", redis_limiter, {IRateLimiter}),
     ("static credentials", static_credentials, {ICredentialProvider}),
     ("refreshing credentials", refreshing_credentials, {ICredentialProvider, IService}),
+    ("access log events", logger_access_log, {IAccessLog}),
+    ("buffered access log", buffered_access_log, {IAccessLog, IService}),
 ]
 
 #: Optional interfaces: a provider that lacks one must not look as if it had it.

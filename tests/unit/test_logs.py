@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from twisted.logger import Logger, LogLevel, LogPublisher, formatEventAsClassicLogText
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import (
+    LogEvent,
+    Logger,
+    LogLevel,
+    LogPublisher,
+    formatEventAsClassicLogText,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
 
 from yatagarasu.config.schema import LoggingConfig
-from yatagarasu.logs import format_json, make_observer, text_formatter
+from yatagarasu.interfaces import IAccessLog
+from yatagarasu.logs import (
+    ACCESS_NAMESPACE,
+    BufferedAccessLog,
+    LoggerAccessLog,
+    build_access_log,
+    format_json,
+    make_observer,
+    text_formatter,
+    with_fields,
+)
 
 WHEN = 1_800_000_000.25
 
@@ -99,3 +122,137 @@ def test_the_observer_filters_by_level_and_writes_the_chosen_format() -> None:
     lines = [line for line in stream.getvalue().split("\n") if line]  # (splitlines() splits at RS)
     assert len(lines) == 1
     assert json.loads(lines[0][1:])["log_text"] == "kept 2"
+
+
+def access_event(when: float, template: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The twisted.logger event ``LoggerAccessLog`` emits for these arguments."""
+    return {
+        **fields,
+        "log_logger": object(),
+        "log_level": LogLevel.info,
+        "log_namespace": ACCESS_NAMESPACE,
+        "log_source": None,
+        "log_format": template,
+        "log_time": when,
+    }
+
+
+TEMPLATE = "{client_ip} {method} {path} {status}"
+FIELDS: dict[str, Any] = {
+    "client_ip": "127.0.0.1",
+    "method": "GET",
+    "path": "/pub/a",
+    "status": 200,
+    "bucket": None,
+    "aborted": False,
+}
+
+
+def buffered(
+    fmt: str = "text", worker: int | None = None, **kwargs: Any
+) -> tuple[BufferedAccessLog, io.StringIO, Clock]:
+    stream, clock = io.StringIO(), Clock()
+    access = BufferedAccessLog(clock, LoggingConfig(format=fmt), worker, stream, **kwargs)  # type: ignore[arg-type]
+    access.startService()
+    return access, stream, clock
+
+
+def test_both_access_logs_provide_the_interface() -> None:
+    assert verifyObject(IAccessLog, LoggerAccessLog())
+    assert verifyObject(IAccessLog, buffered()[0])
+
+
+def test_buffered_lines_are_what_the_observer_writes_for_the_access_event() -> None:
+    for fmt, worker in (("text", None), ("text", 3), ("json", None), ("json", 1)):
+        access, stream, _ = buffered(fmt, worker)
+        access.write(WHEN, TEMPLATE, FIELDS)
+        access.write(WHEN, "two\nlines {status}", FIELDS)
+        access.flush()
+        observed = io.StringIO()
+        observer = make_observer(LoggingConfig(format=fmt), observed)  # type: ignore[arg-type]
+        if worker is not None:
+            observer = with_fields(observer, worker=worker)
+        observer(access_event(WHEN, TEMPLATE, FIELDS))
+        observer(access_event(WHEN, "two\nlines {status}", FIELDS))
+        if fmt == "json":
+            ours = [json.loads(line) for line in stream.getvalue().split("\x1e") if line]
+            theirs = [json.loads(line) for line in observed.getvalue().split("\x1e") if line]
+            assert ours == theirs and ours[0]["log_text"] == "127.0.0.1 GET /pub/a 200"
+        else:
+            assert stream.getvalue() == observed.getvalue()
+            assert stream.getvalue().count("\n") == 3  # the second message's line is indented
+
+
+def test_lines_are_held_until_the_interval_then_written_in_one_write() -> None:
+    access, stream, clock = buffered(flush_seconds=1.0)
+    writes: list[str] = []
+    real_write = stream.write
+    stream.write = lambda text: writes.append(text) or real_write(text)  # type: ignore[method-assign]
+    for _ in range(3):
+        access.write(WHEN, TEMPLATE, FIELDS)
+    assert writes == []
+    clock.advance(0.5)
+    assert writes == []
+    clock.advance(0.5)
+    assert len(writes) == 1 and writes[0].count("\n") == 3
+    assert clock.getDelayedCalls() == []  # no timer while nothing waits
+    access.write(WHEN, TEMPLATE, FIELDS)
+    clock.advance(1.0)
+    assert len(writes) == 2 and stream.getvalue().count("\n") == 4
+
+
+def test_a_full_buffer_is_written_at_once() -> None:
+    one = len(buffered()[0]._system) + len(TEMPLATE.format_map(FIELDS)) + 30
+    access, stream, clock = buffered(buffer_chars=one * 2)
+    access.write(WHEN, TEMPLATE, FIELDS)
+    assert stream.getvalue() == ""
+    access.write(WHEN, TEMPLATE, FIELDS)
+    access.write(WHEN, TEMPLATE, FIELDS)
+    assert stream.getvalue().count("\n") >= 2
+    assert stream.getvalue().count("\n") + len(access._lines) == 3
+    clock.advance(1.0)
+    assert stream.getvalue().count("\n") == 3
+
+
+def test_stopping_writes_what_is_held_and_later_lines_at_once() -> None:
+    access, stream, clock = buffered()
+    access.write(WHEN, TEMPLATE, FIELDS)
+    access.stopService()
+    assert stream.getvalue().count("\n") == 1
+    assert clock.getDelayedCalls() == []
+    access.write(WHEN, TEMPLATE, FIELDS)
+    assert stream.getvalue().count("\n") == 2
+
+
+def test_the_log_file_is_opened_at_the_first_write(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.log"
+    access = BufferedAccessLog(Clock(), LoggingConfig(file=str(path)))
+    assert not path.exists()
+    access.write(WHEN, TEMPLATE, FIELDS)  # not running: written at once
+    assert path.read_text().endswith("127.0.0.1 GET /pub/a 200\n")
+
+
+def test_the_process_logging_decides_where_access_lines_go() -> None:
+    clock = Clock()
+    assert isinstance(build_access_log(LoggingConfig(), clock), LoggerAccessLog)
+    assert isinstance(build_access_log(LoggingConfig(), clock, worker=0), BufferedAccessLog)
+    assert isinstance(build_access_log(LoggingConfig(format="json"), clock), BufferedAccessLog)
+    assert isinstance(build_access_log(LoggingConfig(file="x.log"), clock), BufferedAccessLog)
+    to_stdout = build_access_log(LoggingConfig(), clock, twistd_stdout=True)
+    assert isinstance(to_stdout, BufferedAccessLog) and to_stdout._stream is sys.stdout
+
+
+@pytest.fixture
+def events() -> Iterator[list[LogEvent]]:
+    seen: list[LogEvent] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        yield seen
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+
+
+def test_the_logger_access_log_emits_one_event(events: list[LogEvent]) -> None:
+    LoggerAccessLog().write(WHEN, TEMPLATE, FIELDS)
+    [event] = [e for e in events if e.get("log_namespace") == ACCESS_NAMESPACE]
+    assert event["log_format"] == TEMPLATE and event["status"] == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu.config import ConfigError, parse_config
 from yatagarasu.config.schema import RequestLoggingConfig
+from yatagarasu.logs import BufferedAccessLog
 from yatagarasu.request_logging import RequestLogPolicy
 
 
@@ -197,3 +199,30 @@ def test_below_info_nothing_is_built_for_request_logging() -> None:
     )
     assert h.site.served.request_logging is None
     assert logging_harness(log_requests=True).site.served.request_logging is not None
+
+
+def test_with_logging_file_the_site_writes_buffered_lines_and_a_reload_flushes(
+    tmp_path: Path, events: list[LogEvent]
+) -> None:
+    path = tmp_path / "proxy.log"
+    h = Harness({"buckets": [bucket_entry()], "logging": {"file": str(path)}})
+    access_log = h.assembly.access_log
+    assert isinstance(access_log, BufferedAccessLog) and access_log in h.assembly.services
+    h.reloader.startService()  # runs the generation's services: lines are held from now on
+    h.get("/health")
+    h.get("/nowhere")
+    assert not path.exists() and of(events, "yatagarasu.access") == []
+    assert h.reload(copy.deepcopy(h.document)).status == 200
+    assert h.assembly.access_log is access_log  # the process's, kept
+    lines = path.read_text().splitlines()
+    assert [line.split("] ", 1)[1].split(" ")[1:4] for line in lines] == [
+        ["GET", "/health", "200"],
+        ["GET", "/nowhere", "404"],
+    ]
+    assert all(" [yatagarasu.access#info] 127.0.0.1 " in line for line in lines)
+    h.get("/health")
+    h.clock.advance(1.0)  # the interval
+    assert len(path.read_text().splitlines()) == 3
+    h.get("/health")
+    h.reloader.stopService()
+    assert len(path.read_text().splitlines()) == 4

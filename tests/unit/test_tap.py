@@ -18,7 +18,7 @@ from tests.unit.fakes import bucket_entry
 from yatagarasu.assembly import Assembly, assemble
 from yatagarasu.config import parse_config
 from yatagarasu.service import ProxyService
-from yatagarasu.tap import Options, makeService, summary
+from yatagarasu.tap import Options, makeService, summary, twistd_logs_to_stdout
 
 SECRET = "s" * 64
 
@@ -179,3 +179,20 @@ def test_the_workers_parent_binds_with_the_configured_listen_backlog(
     config = parse_config({"buckets": [bucket_entry()], "server": server}, {})
     supervisor("unused.yaml", MemoryReactorClock(), config, None).privilegedStartService()
     assert bound == [("127.0.0.1", 8090, 300)]
+
+
+def test_twistd_logs_to_stdout_only_with_nodaemon_and_no_other_destination() -> None:
+    from twisted.scripts.twistd import ServerOptions
+
+    def parsed(*argv: str) -> ServerOptions:
+        options = ServerOptions()
+        options.parseOptions(list(argv))
+        return options
+
+    assert twistd_logs_to_stdout(parsed("-n"))
+    assert twistd_logs_to_stdout(parsed("-n", "--logfile", "-"))
+    assert not twistd_logs_to_stdout(parsed())  # a daemon: twistd.log
+    assert not twistd_logs_to_stdout(parsed("-n", "--logfile", "proxy.log"))
+    assert not twistd_logs_to_stdout(parsed("-n", "--syslog"))
+    assert not twistd_logs_to_stdout(parsed("-n", "--logger", "twisted.logger.jsonFileLogObserver"))
+    assert not twistd_logs_to_stdout(None)

@@ -31,6 +31,8 @@ from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
 from yatagarasu.http.conditionals import Conditions, parse_conditions
 from yatagarasu.http.status import reason_phrase_bytes
+from yatagarasu.interfaces import IAccessLog
+from yatagarasu.logs import LoggerAccessLog
 from yatagarasu.metrics import Metrics
 from yatagarasu.observability.slow_requests import SlowRequestLog
 from yatagarasu.observability.timings import RequestTimings
@@ -43,7 +45,6 @@ from yatagarasu.web.request_id import request_id_for
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.target import traversal_reason
 
-access_log = Logger(namespace="yatagarasu.access")
 #: ``observability.request_logging.log_requests``: one event as each request arrives
 request_log = Logger(namespace="yatagarasu.request")
 
@@ -330,6 +331,7 @@ _ACCESS = "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms"
 _TRACED_ACCESS = _ACCESS + " trace {trace_id}"
 _LABELS = (b"HIT", b"MISS", b"BYPASS", b"STALE", b"REVALIDATED")
 _CACHE_STATUS = {label: label.decode().lower() for label in _LABELS}
+_LABEL_TEXT = {label: label.decode() for label in _LABELS}
 
 
 def _response_header_pairs(request: ProxyRequest) -> Iterator[tuple[bytes, bytes]]:
@@ -366,6 +368,8 @@ class ProxySite(Site):
     :param metrics: where finished requests are counted.
     :param access_log_enabled: whether the per-request access event (level info) is wanted
         at all; when the log level drops it anyway, building it is skipped.
+    :param access_log: where access lines go (default: twisted.logger events); the
+        process's, kept by a reload.
     :param send_buffer_bytes: ``SO_SNDBUF`` of accepted sockets (``None``: kernel default).
     :param draining: whether a graceful shutdown has begun (responses then close their
         connection instead of keeping it alive).
@@ -394,6 +398,7 @@ class ProxySite(Site):
         addresses: ClientAddressResolver,
         metrics: Metrics,
         access_log_enabled: bool = True,
+        access_log: IAccessLog | None = None,
         send_buffer_bytes: int | None = None,
         draining: Callable[[], bool] = lambda: False,
         idle_timeout: float = 60.0,
@@ -410,6 +415,7 @@ class ProxySite(Site):
         self.idle_timeout = idle_timeout
         self.audit = audit
         self.tracing = tracing
+        self.access_log = access_log if access_log is not None else LoggerAccessLog()
         #: what new requests are served with (:meth:`serve` swaps it)
         self.served = Served(
             resource,
@@ -515,9 +521,9 @@ class ProxySite(Site):
         if served.access_log_enabled:
             policy = served.request_logging
             if policy is None:
-                self._log_access(request, duration, aborted, trace_id=trace_id)
+                self._log_access(request, ended, duration, aborted, trace_id=trace_id)
             elif policy.response_wanted(request.path.decode("utf-8", "replace"), request.code):
-                self._log_access(request, duration, aborted, policy, trace_id)
+                self._log_access(request, ended, duration, aborted, policy, trace_id)
         audit = self.audit
         if audit is not None and not request._refused and audit.records(request.path):
             audit.emit(audit_record(request, duration, trace_id))
@@ -582,37 +588,39 @@ class ProxySite(Site):
             ),
         )
 
-    @staticmethod
     def _log_access(
+        self,
         request: ProxyRequest,
+        ended: float,
         duration: float,
         aborted: bool,
         policy: RequestLogPolicy | None = None,
         trace_id: str | None = None,
     ) -> None:
         user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
-        extra: dict[str, Any] = {} if trace_id is None else {"trace_id": trace_id}
+        label = request.cache_status
+        fields: dict[str, Any] = {
+            "request_id": request.request_id,
+            "client_ip": request.client_address,
+            "user": request.subject,
+            "method": _METHODS.get(request.method) or request.method.decode("ascii", "replace"),
+            "path": request.path.decode("utf-8", "replace"),
+            "status": request.code,
+            "bytes_sent": request.sentLength,
+            "duration_ms": int(duration * 1_000_000 + 0.5) / 1000,  # round(..., 3), cheaper
+            "bucket": request.bucket,
+            "object_key": request.object_key,
+            "cache": _LABEL_TEXT.get(label) or label.decode() if label else None,
+            "aborted": aborted,
+            "user_agent": user_agent,
+        }
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
         if policy is not None:
-            user_agent = policy.user_agent(user_agent)
+            fields["user_agent"] = policy.user_agent(user_agent)
             if policy.log_responses:
-                extra["response_headers"] = policy.headers(_response_header_pairs(request))
-        access_log.info(
-            _ACCESS if trace_id is None else _TRACED_ACCESS,
-            request_id=request.request_id,
-            client_ip=request.client_address,
-            user=request.subject,
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("utf-8", "replace"),
-            status=request.code,
-            bytes_sent=request.sentLength,
-            duration_ms=round(duration * 1000, 3),
-            bucket=request.bucket,
-            object_key=request.object_key,
-            cache=request.cache_status.decode() if request.cache_status else None,
-            aborted=aborted,
-            user_agent=user_agent,
-            **extra,
-        )
+                fields["response_headers"] = policy.headers(_response_header_pairs(request))
+        self.access_log.write(ended, _ACCESS if trace_id is None else _TRACED_ACCESS, fields)
 
     def request_refused(
         self, peer: str, method: bytes, path: bytes, status: int, request_id: str, sent: int
