@@ -1,13 +1,12 @@
-"""The S3 client's connection endpoint (yatagarasu.s3.client)."""
+"""The S3 origin's connection endpoint (yatagarasu.s3.pool.s3_endpoint)."""
 
 from __future__ import annotations
 
 import pytest
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
-from twisted.web.client import URI
 
-from yatagarasu.s3.client import _OneEndpoint
+from yatagarasu.s3.pool import s3_endpoint
 
 
 @pytest.mark.parametrize(
@@ -22,9 +21,7 @@ def test_an_address_is_connected_to_directly_a_name_resolved(
     netloc: str, kind: type, address: tuple[str, int] | None
 ) -> None:
     reactor = MemoryReactorClock()
-    endpoint = _OneEndpoint(reactor, "http", netloc, 3).endpointForURI(
-        URI.fromBytes(f"http://{netloc}/".encode())
-    )
+    endpoint = s3_endpoint(reactor, "http", netloc, 3)
     assert isinstance(endpoint, kind)
     if address is not None:
         endpoint.connect(None)  # type: ignore[arg-type]
