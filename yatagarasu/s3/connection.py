@@ -183,6 +183,7 @@ class S3Connection(Protocol):
         self._aborted = False
         self._paused = False
         self._until_close = False
+        self._persistent = False
         #: exchanges completed on this connection
         self.served = 0
         #: fires when the connection has closed
@@ -257,6 +258,8 @@ class S3Connection(Protocol):
         headers = Headers()
         length: Any = UNKNOWN_LENGTH
         chunked = False
+        # HTTP/1.1 persists unless told otherwise; HTTP/1.0 only when told so.
+        persistent = parser.get_http_version() == "1.1"
         head = message.head
         for name, value in message.headers:
             lower = name.lower()
@@ -269,6 +272,11 @@ class S3Connection(Protocol):
                     chunked = True
                     continue
                 else:
+                    if lower == b"connection":
+                        tokens = value.lower()
+                        persistent = b"close" not in tokens and (
+                            persistent or b"keep-alive" in tokens
+                        )
                     continue
             headers.addRawHeader(name, value)
         if head or code in _NO_BODY:
@@ -277,6 +285,7 @@ class S3Connection(Protocol):
             length = UNKNOWN_LENGTH
         else:
             self._until_close = length is UNKNOWN_LENGTH
+        self._persistent = persistent and not self._until_close
         response = S3Response(code, b"", headers, length, self)
         self._response = response
         if message.body:
@@ -289,8 +298,7 @@ class S3Connection(Protocol):
 
     def _finish(self, response: S3Response) -> None:
         """The response was read to its end: hand the connection back, then end the body."""
-        parser = self._parser
-        reusable = parser is not None and parser.should_keep_alive() and not self._aborted
+        reusable = self._persistent and not self._aborted
         self._detach()
         self.served += 1
         transport: Any = self.transport
