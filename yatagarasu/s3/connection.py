@@ -45,6 +45,22 @@ _CONNECTION_FIELDS = frozenset(
 )
 _NO_BODY = frozenset((204, 304))
 
+#: field name as received -> the key ``Headers`` files it under (bounded: names are few)
+_KEYS: dict[bytes, bytes] = {}
+_MAX_KEYS = 1024
+
+
+def _key(name: bytes) -> bytes:
+    """The key ``Headers`` keeps ``name`` under, learnt from ``Headers`` itself once."""
+    key = _KEYS.get(name)
+    if key is None:
+        probe = Headers()
+        probe.addRawHeader(name, b"")
+        key = next(iter(probe._rawHeaders))
+        if len(_KEYS) < _MAX_KEYS:
+            _KEYS[name] = key
+    return key
+
 
 class StaleConnection(Exception):
     """A reused connection was closed by S3 before any byte of the answer: send again."""
@@ -255,7 +271,9 @@ class S3Connection(Protocol):
         parser = self._parser
         assert parser is not None
         code = parser.get_status_code()
-        headers = Headers()
+        # Filed straight into the Headers' table: llhttp has already refused what Headers would
+        # check (a name that is not a token, CR or LF in a value).
+        raw: dict[bytes, list[bytes]] = {}
         length: Any = UNKNOWN_LENGTH
         chunked = False
         # HTTP/1.1 persists unless told otherwise; HTTP/1.0 only when told so.
@@ -278,7 +296,14 @@ class S3Connection(Protocol):
                             persistent or b"keep-alive" in tokens
                         )
                     continue
-            headers.addRawHeader(name, value)
+            key = _key(name)
+            values = raw.get(key)
+            if values is None:
+                raw[key] = [value]
+            else:
+                values.append(value)
+        headers = Headers()
+        headers._rawHeaders = raw
         if head or code in _NO_BODY:
             length = 0
         elif chunked:

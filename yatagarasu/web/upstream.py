@@ -29,6 +29,8 @@ PASSED_RESPONSE_HEADERS = (
     b"accept-ranges",
 )
 
+_PASSED = frozenset(PASSED_RESPONSE_HEADERS)
+
 # Response headers kept with a cached object and replayed on hits (lengths and ranges are
 # recomputed for each answer).
 STORED_RESPONSE_HEADERS = tuple(
@@ -97,11 +99,10 @@ async def relay_response(
     request.setResponseCode(
         status if status is not None and response.code == 200 else response.code
     )
-    upstream = response.headers
-    for name in PASSED_RESPONSE_HEADERS:
-        values = upstream.getRawHeaders(name)
-        if values:
-            request.responseHeaders.setRawHeaders(name, values)
+    passed = request.responseHeaders
+    for name, values in response.headers.getAllRawHeaders():  # one pass over S3's few fields
+        if name.lower() in _PASSED and values:
+            passed.setRawHeaders(name, values)
     if response.code == 304:
         request.responseHeaders.removeHeader(b"content-length")
     elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":

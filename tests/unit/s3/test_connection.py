@@ -87,6 +87,19 @@ def test_a_request_is_written_in_one_piece_and_the_answer_parsed() -> None:
     assert pool.idle == 1  # read to its end: back in the pool
 
 
+def test_repeated_fields_keep_every_value_and_names_any_case() -> None:
+    pool, endpoint, _ = pool_and_endpoint()
+    d = pool.request(b"HEAD", b"/b/k", FIELDS)
+    endpoint.wires[0].answer(
+        b'HTTP/1.1 200 OK\r\netag: "e"\r\nX-Amz-Meta-A: 1\r\nx-amz-meta-a: 2\r\n'
+        b"Content-Length: 3\r\n\r\n"
+    )
+    headers = head_of(d).headers
+    assert headers.getRawHeaders(b"ETag") == [b'"e"']
+    assert headers.getRawHeaders("x-amz-meta-a") == ["1", "2"]
+    assert dict(headers.getAllRawHeaders())[b"Content-Length"] == [b"3"]
+
+
 def test_a_chunked_answer_is_decoded_and_its_connection_reused() -> None:
     pool, endpoint, _ = pool_and_endpoint()
     d = pool.request(b"GET", b"/b/k", FIELDS)
