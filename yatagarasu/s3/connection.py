@@ -45,6 +45,9 @@ _CONNECTION_FIELDS = frozenset(
 )
 _NO_BODY = frozenset((204, 304))
 
+#: how every whole body ends (one instance: it has no traceback and nothing changes it)
+_DONE = Failure(ResponseDone())
+
 #: field name as received -> the key ``Headers`` files it under (bounded: names are few)
 _KEYS: dict[bytes, bytes] = {}
 _MAX_KEYS = 1024
@@ -204,8 +207,8 @@ class S3Connection(Protocol):
         self.served = 0
         #: fires when the connection has closed
         self.closed: Deferred[None] = Deferred()
-        #: the pool's idle timer while it waits in the pool
-        self.idle_timer: Any = None
+        #: when it last went back to its pool (the pool's clock)
+        self.idle_since = 0.0
 
     def send(
         self, method: bytes, target: bytes, fields: bytes, body: IBodyProducer | None = None
@@ -334,7 +337,7 @@ class S3Connection(Protocol):
             self._release(self)
         else:
             transport.loseConnection()
-        response._end(Failure(ResponseDone()))
+        response._end(_DONE)
 
     def _detach(self) -> None:
         self._message = None

@@ -107,6 +107,8 @@ class ConnectionPool:
         self._factory = _Connections(self)
         self._idle: list[S3Connection] = []
         self._closing = False
+        #: one timer for every idle connection (none per request)
+        self._sweep: Any = None
 
     @property
     def idle(self) -> int:
@@ -126,9 +128,6 @@ class ConnectionPool:
         if not idle:
             return self._on_new(method, target, fields, body)
         connection = idle.pop()
-        timer, connection.idle_timer = connection.idle_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
         sent = connection.send(method, target, fields, body)
         if body is None and method in _IDEMPOTENT:
             sent.addErrback(self._again, method, target, fields)
@@ -152,32 +151,38 @@ class ConnectionPool:
         if self._closing or len(idle) >= self._max_idle:
             connection.close()
             return
-        connection.idle_timer = self._clock.callLater(self._idle_seconds, self._expired, connection)
+        connection.idle_since = self._clock.seconds()
         idle.append(connection)
+        if self._sweep is None:
+            self._sweep = self._clock.callLater(self._idle_seconds, self._expire)
 
-    def _expired(self, connection: S3Connection) -> None:
-        connection.idle_timer = None
-        if connection in self._idle:
-            self._idle.remove(connection)
-        connection.close()
+    def _expire(self) -> None:
+        """Close the connections idle for ``idle_seconds``; come back for the next one."""
+        self._sweep = None
+        idle = self._idle
+        deadline = self._clock.seconds() - self._idle_seconds
+        # Released connections are appended: the front of the list waited longest.
+        while idle and idle[0].idle_since <= deadline:
+            idle.pop(0).close()
+        if idle:
+            self._sweep = self._clock.callLater(idle[0].idle_since - deadline, self._expire)
 
     def _closed(self, connection: S3Connection) -> None:
-        timer, connection.idle_timer = connection.idle_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        if connection in self._idle:
-            self._idle.remove(connection)
+        idle = self._idle
+        if connection in idle:
+            idle.remove(connection)
+            if not idle and self._sweep is not None:
+                self._sweep.cancel()
+                self._sweep = None
 
     async def close(self) -> None:
         """Close the idle connections (and every other one once its exchange ends)."""
         self._closing = True
         idle, self._idle = self._idle, []
-        closing = []
-        for connection in idle:
-            timer, connection.idle_timer = connection.idle_timer, None
-            if timer is not None and timer.active():
-                timer.cancel()
-            closing.append(connection.close())
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        closing = [connection.close() for connection in idle]
         for closed in closing:
             await closed
 
