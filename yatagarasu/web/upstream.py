@@ -106,7 +106,8 @@ async def relay_response(
     if response.code == 304:
         request.responseHeaders.removeHeader(b"content-length")
     elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-        # Twisted's client keeps Content-Length out of response.headers (except for HEAD).
+        # The S3 client (as twisted.web's) keeps Content-Length out of response.headers (but
+        # for HEAD).
         request.setHeader(b"content-length", b"%d" % response.length)
     if request.method == b"HEAD" or response.code == 304:
         response.deliverBody(Discard())
