@@ -51,7 +51,10 @@ def main() -> None:
             cfg = out / "proxy.yaml"
             cfg.write_text(
                 PROXY_CONFIG.format(
-                    port=port, endpoint=origin.url, logging="logging: {level: warn}\n"
+                    port=port,
+                    server_extra="",
+                    endpoint=origin.url,
+                    logging="logging: {level: warn}\n",
                 )
             )
             argv = [PYTHON, "bench/twistd_objcount.py", "-n", "--pidfile=", "yatagarasu",

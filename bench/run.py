@@ -152,6 +152,11 @@ class Bench:
                 argv += ["--buffer-size", "16384"]
             if name == "relay_sndbuf256k":
                 argv += ["--sndbuf", "262144"]
+        elif name == "proxy_default":
+            # the default configuration: no `logging` key, so the access log is on (info)
+            argv = self._proxy_argv(port, with_logging=False, name=name)
+            self._register(name, Server(name, argv, port, log, probe=SMALL_KEY, timeout=60))
+            return
         elif name in ("proxy", "proxy_tuned"):
             argv = self._proxy_argv(port, with_logging=True, tuned=name == "proxy_tuned")
             try:
@@ -170,9 +175,11 @@ class Bench:
             raise ValueError(f"unknown target {name}")
         self._register(name, Server(name, argv, port, log, probe=SMALL_KEY))
 
-    def _proxy_argv(self, port: int, with_logging: bool, tuned: bool = False) -> list[str]:
+    def _proxy_argv(
+        self, port: int, with_logging: bool, tuned: bool = False, name: str = ""
+    ) -> list[str]:
         assert self.origin is not None
-        cfg = self.out / ("proxy_tuned.yaml" if tuned else "proxy.yaml")
+        cfg = self.out / f"{name or ('proxy_tuned' if tuned else 'proxy')}.yaml"
         # proxy_tuned: the memory knobs for many slow clients (docs/configuration.md).
         extra = ", stream_buffer_bytes: 16384, socket_send_buffer_bytes: 262144" if tuned else ""
         cfg.write_text(
@@ -494,7 +501,8 @@ def main() -> None:
         help="baseline targets (proxy is added per --proxy); knob variants: "
         "relay_pool2, relay_accesslog, bare_accesslog, relay_epcache, relay_buf16k, "
         "relay_pause16k, "
-        "relay_sndbuf256k, proxy_tuned (stream_buffer_bytes 16 KiB + SO_SNDBUF 256 KiB)",
+        "relay_sndbuf256k, proxy_tuned (stream_buffer_bytes 16 KiB + SO_SNDBUF 256 KiB), "
+        "proxy_default (the default configuration: access log at info; 1 KiB scenario only)",
     )
     p.add_argument("--scenarios", default="small,big,slow,profile")
     p.add_argument("--profile-seconds", type=int, default=10)
@@ -547,7 +555,7 @@ def main() -> None:
         bench.start(targets)
         bench.check()
         small_only, big_only = (
-            ("relay_pool2", "relay_accesslog", "bare_accesslog", "relay_epcache"),
+            ("relay_pool2", "relay_accesslog", "bare_accesslog", "relay_epcache", "proxy_default"),
             ("relay_buf16k", "relay_pause16k", "relay_sndbuf256k"),
         )
         if "small" in scenarios:

@@ -2,41 +2,26 @@
 The upstream S3 client: one signed GET/HEAD attempt with timeouts, on one connection pool, and
 a single signed PUT of a small object (the ``s3`` audit sink's batches).
 
-The data path uses ``twisted.web.client.Agent`` directly (treq costs ~25 % more per request)
-with one persistent ``HTTPConnectionPool`` per bucket. HTTPS endpoints are verified with
-service-identity (Agent's default ``BrowserLikePolicyForHTTPS``).
+Requests go through :class:`yatagarasu.s3.pool.PooledAgent`: persistent connections per
+upstream (:class:`yatagarasu.s3.pool.ConnectionPool`), responses parsed in C
+(:mod:`yatagarasu.s3.connection`), without twisted.web's per-request ``Agent`` machinery.
+HTTPS endpoints are verified with service-identity (``BrowserLikePolicyForHTTPS``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
 from urllib.parse import urlsplit
 
 from opentelemetry.trace import SpanKind
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import IConsumer, IReactorTime, IStreamClientEndpoint
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseFailed,
-    ResponseNeverReceived,
-    _HTTP11ClientFactory,
-)
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from yatagarasu import __version__
@@ -47,6 +32,7 @@ from yatagarasu.observability.timings import Phase, RequestTimings
 from yatagarasu.s3.credentials import own_keys
 from yatagarasu.s3.errors import read_s3_error
 from yatagarasu.s3.listing import list_query
+from yatagarasu.s3.pool import ConnectionPool, PooledAgent, s3_endpoint
 from yatagarasu.s3.sigv4 import EMPTY_PAYLOAD_SHA256, Credentials, SigV4Signer, encode_key
 
 _USER_AGENT = f"yatagarasu/{__version__}".encode()
@@ -55,47 +41,6 @@ _USER_AGENT = f"yatagarasu/{__version__}".encode()
 #: and the seconds from sending it to its response headers or its failure
 AttemptObserver = Callable[[str, float], None]
 _CLASSES = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory, without a log line per connection opened and closed."""
-
-    noisy = False
-
-
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
-@implementer(IAgentEndpointFactory)
-class _OneEndpoint:
-    """
-    The bucket's S3 endpoint, built once. Agent's default factory builds a new endpoint for
-    every request, IDNA-encoding the host name each time (about 10 % of a relay's CPU).
-    HTTPS is verified like Agent's default (``BrowserLikePolicyForHTTPS``: service-identity).
-    """
-
-    def __init__(self, reactor: Any, scheme: str, netloc: str, connect_timeout: float) -> None:
-        parts = urlsplit(f"{scheme}://{netloc}")
-        host = parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        endpoint: Any
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
-        else:
-            # An address needs no resolution, and HostnameEndpoint would report a refused
-            # connection only after its 0.3 s attempt delay (a slower failover).
-            tcp = TCP4ClientEndpoint if literal.version == 4 else TCP6ClientEndpoint
-            endpoint = tcp(reactor, host, port, timeout=connect_timeout)
-        if scheme == "https":
-            creator = BrowserLikePolicyForHTTPS().creatorForNetloc(host.encode("idna"), port)
-            endpoint = wrapClientTLS(creator, endpoint)
-        self._endpoint = endpoint
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        return cast(IStreamClientEndpoint, self._endpoint)
 
 
 @implementer(IBodyProducer)
@@ -127,8 +72,8 @@ class S3Client:
     :param reactor: provides time and TCP/TLS connections.
     :param config: the ``s3`` section of the bucket, or of one of its replicas
         (:meth:`S3Config.upstreams`).
-    :param agent: the HTTP agent (default: an ``Agent`` on a persistent pool of
-        ``connection_pool_size`` connections).
+    :param agent: the HTTP agent (default: a :class:`PooledAgent` keeping up to
+        ``connection_pool_size`` idle connections).
     :param observe: told of every attempt (the metrics); default: nobody.
     :param credentials: what signs each request (asked per request); default: the
         section's ``access_key``/``secret_key``/``session_token``, unsigned without them.
@@ -146,7 +91,7 @@ class S3Client:
         self._clock = reactor
         self._observe = observe
         self._config = config
-        self._pool: HTTPConnectionPool | None = None
+        self._pool: ConnectionPool | None = None
         if config.endpoint:
             parts = urlsplit(config.endpoint)
             self._scheme = parts.scheme
@@ -172,11 +117,9 @@ class S3Client:
             "aws.s3.bucket": config.bucket,
         }
         if agent is None:
-            self._pool = _QuietPool(reactor, persistent=True)
-            self._pool.maxPersistentPerHost = config.connection_pool_size
-            self._pool.cachedConnectionTimeout = 30
-            endpoints = _OneEndpoint(reactor, self._scheme, self._host, config.connect_seconds)
-            agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+            endpoint = s3_endpoint(reactor, self._scheme, self._host, config.connect_seconds)
+            self._pool = ConnectionPool(reactor, endpoint, config.connection_pool_size)
+            agent = PooledAgent(self._base, self._pool)
         self._agent = agent
         self._credentials = credentials if credentials is not None else own_keys(config)
         # one signer (its derived key cached per date) for the credentials of the moment
@@ -408,7 +351,7 @@ class S3Client:
     async def close(self) -> None:
         """Close the pooled connections."""
         if self._pool is not None:
-            await self._pool.closeCachedConnections()
+            await self._pool.close()
 
 
 def _timeout(message: str) -> UpstreamError:

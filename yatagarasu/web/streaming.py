@@ -127,7 +127,7 @@ class BodyRelay(Protocol):
             return
         if self._failure is not None:
             self.done.errback(self._failure)
-        elif reason.check(ResponseDone, PotentialDataLoss):
+        elif isinstance(reason.value, ResponseDone | PotentialDataLoss):
             self.done.callback(self.relayed)
         else:
             reason.cleanFailure()

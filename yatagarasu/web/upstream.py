@@ -29,6 +29,8 @@ PASSED_RESPONSE_HEADERS = (
     b"accept-ranges",
 )
 
+_PASSED = frozenset(PASSED_RESPONSE_HEADERS)
+
 # Response headers kept with a cached object and replayed on hits (lengths and ranges are
 # recomputed for each answer).
 STORED_RESPONSE_HEADERS = tuple(
@@ -97,15 +99,15 @@ async def relay_response(
     request.setResponseCode(
         status if status is not None and response.code == 200 else response.code
     )
-    upstream = response.headers
-    for name in PASSED_RESPONSE_HEADERS:
-        values = upstream.getRawHeaders(name)
-        if values:
-            request.responseHeaders.setRawHeaders(name, values)
+    passed = request.responseHeaders
+    for name, values in response.headers.getAllRawHeaders():  # one pass over S3's few fields
+        if name.lower() in _PASSED and values:
+            passed.setRawHeaders(name, values)
     if response.code == 304:
         request.responseHeaders.removeHeader(b"content-length")
     elif response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-        # Twisted's client keeps Content-Length out of response.headers (except for HEAD).
+        # The S3 client (as twisted.web's) keeps Content-Length out of response.headers (but
+        # for HEAD).
         request.setHeader(b"content-length", b"%d" % response.length)
     if request.method == b"HEAD" or response.code == 304:
         response.deliverBody(Discard())
