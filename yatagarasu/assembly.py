@@ -287,7 +287,7 @@ def _site(
         addresses=access.addresses,
         metrics=metrics,
         access_log_enabled=access_log_enabled,
-        send_buffer_bytes=config.server.socket_send_buffer_bytes,
+        send_buffer_bytes=config.server.socket_send_buffer_bytes or None,  # 0: the kernel's
         draining=lifecycle.is_draining,
         extra_headers=extra_headers,
         audit=observers.audit,

@@ -6,6 +6,13 @@ push producer registered on the client request: when the client's socket buffer 
 twisted.web pauses the relay, which pauses the upstream transport, so a slow client holds
 back S3 instead of filling our memory. While the client keeps up, a body that stalls for
 longer than the idle timeout is given up on.
+
+How much a stream may queue in the process before S3 is paused depends on the client: one that
+keeps up gets ``buffer_bytes`` (64 KiB by default: as much as one read from S3, so a fast
+stream is never paused), one that is slow (its last pause lasted
+:data:`SLOW_PAUSE_SECONDS` or more) gets :data:`SLOW_BUFFER_BYTES`, which keeps an idle
+reader's share of the process small. A fast client's occasional pause does not change its
+buffer, and a slow client that speeds up gets the large one back at its next short pause.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.server import Request
 from zope.interface import implementer
 
+#: a pause of the client at least this long makes it a slow client (its buffer shrinks)
+SLOW_PAUSE_SECONDS = 0.01
+#: what a slow client may queue in the process before S3 is paused (at most ``buffer_bytes``)
+SLOW_BUFFER_BYTES = 16384
+
 
 class BodyStalled(Exception):
     """The upstream body sent nothing for longer than the idle timeout."""
@@ -38,7 +50,8 @@ class StreamTimeouts:
     :ivar idle_seconds: how long the upstream body may stall while the client keeps up.
     :ivar send_seconds: how long a client may stop reading before it is disconnected.
     :ivar buffer_bytes: bytes a streamed response may queue in user space for a client
-        before S3 is paused (the client transport's ``bufferSize``).
+        that keeps up before S3 is paused (the client transport's ``bufferSize``); a slow
+        client gets ``min(buffer_bytes, SLOW_BUFFER_BYTES)``.
     """
 
     idle_seconds: float
@@ -84,6 +97,8 @@ class BodyRelay(Protocol):
         self._backpressure = backpressure and request is not None
         self._timer: IDelayedCall | None = None
         self._paused = False
+        self._paused_at = 0.0
+        self._client: Any = None  # the client transport, when its buffer size can be set
         self._failure: Exception | None = None
         self.relayed = 0
         self.done: Deferred[int] = Deferred(lambda _: self.stopProducing())
@@ -101,6 +116,7 @@ class BodyRelay(Protocol):
             transport: Any = request.channel.transport if request.channel else None
             if transport is not None and hasattr(transport, "bufferSize"):
                 transport.bufferSize = self._timeouts.buffer_bytes
+                self._client = transport
             request.registerProducer(self, True)
         self._arm()
 
@@ -123,6 +139,7 @@ class BodyRelay(Protocol):
         # the cyclic garbage collector to release the request and its buffers.
         self._request = None
         self._sink = None
+        self._client = None
         if self.done.called:
             return
         if self._failure is not None:
@@ -137,11 +154,18 @@ class BodyRelay(Protocol):
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._paused_at = self._clock.seconds()
         self._upstream("pauseProducing")
         self._arm()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        client = self._client
+        if client is not None:
+            buffer = self._timeouts.buffer_bytes
+            if self._clock.seconds() - self._paused_at >= SLOW_PAUSE_SECONDS:
+                buffer = min(buffer, SLOW_BUFFER_BYTES)
+            client.bufferSize = buffer
         self._arm()
         self._upstream("resumeProducing")
 

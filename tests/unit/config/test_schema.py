@@ -515,3 +515,13 @@ def test_listing_and_documents_errors_name_the_key(
     error = error_of(minimal(**bucket))
     assert error.path == path
     assert message in error.message
+
+
+def test_socket_send_buffer_defaults_to_one_mebibyte_and_zero_means_the_kernels() -> None:
+    assert parse_config(minimal(), {}).server.socket_send_buffer_bytes == 1048576
+    autotuned = parse_config({**minimal(), "server": {"socket_send_buffer_bytes": 0}}, {})
+    assert autotuned.server.socket_send_buffer_bytes == 0
+    for value in (100, -1):
+        error = error_of({**minimal(), "server": {"socket_send_buffer_bytes": value}})
+        assert "server.socket_send_buffer_bytes" in str(error)
+        assert "0 (kernel autotuning) or >= 4096" in str(error)

@@ -5,6 +5,10 @@ buffers.
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import StringTransport
 from twisted.web.client import ResponseFailed
@@ -86,10 +90,6 @@ def test_client_that_stops_reading_is_cut_after_send_timeout() -> None:
 
 
 def test_socket_send_buffer_and_stream_buffer_knobs() -> None:
-    import socket
-
-    from twisted.internet.address import IPv4Address
-
     h = harness(server={"socket_send_buffer_bytes": 65536, "stream_buffer_bytes": 16384})
     left, right = socket.socketpair()
     try:
@@ -103,6 +103,58 @@ def test_socket_send_buffer_and_stream_buffer_knobs() -> None:
         channel.dataReceived(b"GET /pub/k HTTP/1.1\r\nHost: p\r\n\r\n")
         h.agents["pub"].answer(FakeResponse(200, OBJECT_HEADERS, length=100))
         assert transport.bufferSize == 16384  # type: ignore[attr-defined]
+    finally:
+        left.close()
+        right.close()
+
+
+def _socket_channel(h: Any, sock: socket.socket) -> tuple[Any, StringTransport]:
+    """A channel on a transport with a real socket handle and a write-buffer size."""
+    channel = h.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport.getHandle = lambda: sock  # type: ignore[method-assign]
+    transport.bufferSize = 65536  # type: ignore[attr-defined]
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_default_send_buffer_is_one_mebibyte_and_zero_leaves_the_kernels() -> None:
+    for server, expected in (({}, 2 * 1048576), ({"socket_send_buffer_bytes": 0}, None)):
+        left, right = socket.socketpair()
+        try:
+            kernel_default = left.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            _socket_channel(harness(server=server), left)
+            # Linux doubles the value it is given (bookkeeping overhead) and reports that.
+            assert left.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == (
+                expected or kernel_default
+            )
+        finally:
+            left.close()
+            right.close()
+
+
+def test_a_slow_client_gets_the_small_buffer_and_a_fast_one_keeps_the_large() -> None:
+    h = harness()
+    left, right = socket.socketpair()
+    try:
+        channel, transport = _socket_channel(h, left)
+        channel.dataReceived(b"GET /pub/k HTTP/1.1\r\nHost: p\r\n\r\n")
+        upstream = FakeResponse(200, OBJECT_HEADERS, length=10**9)
+        h.agents["pub"].answer(upstream)
+        upstream.push(b"x" * 100)
+        assert transport.bufferSize == 65536  # type: ignore[attr-defined]
+        channel.pauseProducing()
+        h.clock.advance(0.001)  # a short pause: the client keeps up
+        channel.resumeProducing()
+        assert transport.bufferSize == 65536  # type: ignore[attr-defined]
+        channel.pauseProducing()
+        h.clock.advance(0.5)  # the client reads slowly
+        channel.resumeProducing()
+        assert transport.bufferSize == 16384  # type: ignore[attr-defined]
+        assert not upstream.transport.paused
+        channel.pauseProducing()
+        channel.resumeProducing()  # it caught up: the large buffer again
+        assert transport.bufferSize == 65536  # type: ignore[attr-defined]
     finally:
         left.close()
         right.close()
