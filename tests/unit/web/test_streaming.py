@@ -20,6 +20,7 @@ from twisted.web.client import ResponseFailed
 
 from tests.unit.fakes import FakeResponse, bucket_entry, parse_response
 from tests.unit.web.bucket_harness import OBJECT_HEADERS, harness
+from yatagarasu.web.streaming import FAST_AFTER_BYTES
 
 
 def test_client_going_away_mid_body_stops_upstream() -> None:
@@ -138,7 +139,7 @@ def test_default_send_buffer_is_one_mebibyte_and_zero_leaves_the_kernels() -> No
             right.close()
 
 
-def test_a_slow_client_gets_the_small_buffer_and_a_fast_one_keeps_the_large() -> None:
+def test_a_client_gets_the_large_buffer_once_it_kept_up_and_loses_it_when_slow() -> None:
     h = harness()
     left, right = socket.socketpair()
     try:
@@ -146,20 +147,21 @@ def test_a_slow_client_gets_the_small_buffer_and_a_fast_one_keeps_the_large() ->
         channel.dataReceived(b"GET /pub/k HTTP/1.1\r\nHost: p\r\n\r\n")
         upstream = FakeResponse(200, OBJECT_HEADERS, length=10**9)
         h.agents["pub"].answer(upstream)
-        upstream.push(b"x" * 100)
+        assert transport.bufferSize == 16384  # type: ignore[attr-defined]
+        chunk = b"x" * 65536
+        for _ in range(FAST_AFTER_BYTES // len(chunk) - 1):
+            upstream.push(chunk)
+            channel.pauseProducing()
+            h.clock.advance(0.001)  # short pauses: the client keeps up
+            channel.resumeProducing()
+        assert transport.bufferSize == 16384  # type: ignore[attr-defined]
+        upstream.push(chunk)
         assert transport.bufferSize == 65536  # type: ignore[attr-defined]
         channel.pauseProducing()
-        h.clock.advance(0.001)  # a short pause: the client keeps up
-        channel.resumeProducing()
-        assert transport.bufferSize == 65536  # type: ignore[attr-defined]
-        channel.pauseProducing()
-        h.clock.advance(0.5)  # the client reads slowly
+        h.clock.advance(0.5)  # now it reads slowly
         channel.resumeProducing()
         assert transport.bufferSize == 16384  # type: ignore[attr-defined]
         assert not upstream.transport.paused
-        channel.pauseProducing()
-        channel.resumeProducing()  # it caught up: the large buffer again
-        assert transport.bufferSize == 65536  # type: ignore[attr-defined]
     finally:
         left.close()
         right.close()
