@@ -12,14 +12,17 @@ off). For ``--minutes`` it gets, at once:
   (``bench/slow_clients.py``, alternately uncached and through the cache), aborted after
   ``--abort-seconds``;
 * every ``--purge-every`` seconds a ``POST /admin/cache/purge`` (admin token);
-* every ``--reload-every`` seconds a ``SIGHUP`` after rewriting the configuration (the memory
-  layer alternates between two sizes, so each reload rebuilds it).
+* every ``--reload-every`` seconds a ``SIGHUP`` after rewriting the configuration (a third
+  bucket comes and goes, so each reload builds a new generation; the memory layer keeps its
+  size, so RSS does not swing with the reloads).
 
 Each minute: VmRSS (read before anything is collected), then ``SIGUSR1``, which makes the
 proxy run a full ``gc.collect()`` and report how many unreachable objects it found and how
 many objects are live after it. Verdict: RSS growth from minute ``--from-minute`` to the end
 < 10 %, and live objects after a full GC not growing over the same span (at most
-``--live-tolerance`` more at the end). Results: ``bench/results/soak-<UTC stamp>/``.
+``--live-tolerance`` more at the end); each end is the median of three samples (the minute
+and its neighbours), since RSS moves with the memory cache filling between purges.
+Results: ``bench/results/soak-<UTC stamp>/``.
 
     .venv/bin/python bench/soak.py                 # 30 minutes
     .venv/bin/python bench/soak.py --minutes 3     # a short look (not a verdict)
@@ -32,6 +35,7 @@ import http.client
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -55,18 +59,20 @@ SECRET = "bench-soak-" + "s" * 48
 CONFIG = """\
 server: {{address: 127.0.0.1, port: {port}}}
 jwt: {{secret: "{secret}", admin_claims: [{{claim: role, operator: equals, value: admin}}]}}
-cache: {{enabled: true, memory: {{max_cache_size_mb: {cache_mb}}}}}
+cache: {{enabled: true, memory: {{max_cache_size_mb: 32}}}}
 buckets:
 {buckets}"""
 PATHS = ("/bench/1k.bin", "/raw/1k.bin", "/bench/100k.bin", "/bench/1k.bin", "/raw/100k.bin")
 STREAMS = ("/raw/1g.bin", "/bench/1g.bin")
 
 
-def write_config(path: Path, port: int, endpoint: str, cache_mb: int) -> None:
+def write_config(path: Path, port: int, endpoint: str, extra_bucket: bool) -> None:
     buckets = bucket_yaml("bench", endpoint) + bucket_yaml(
         "raw", endpoint, extra="cache: {enabled: false}"
     )
-    path.write_text(CONFIG.format(port=port, secret=SECRET, cache_mb=cache_mb, buckets=buckets))
+    if extra_bucket:
+        buckets += bucket_yaml("extra", endpoint)
+    path.write_text(CONFIG.format(port=port, secret=SECRET, buckets=buckets))
 
 
 class PacedLoad:
@@ -145,20 +151,26 @@ def objcount(pid: int, counts_file: Path) -> dict[str, Any]:
 
 
 def verdict(samples: list[dict[str, Any]], from_minute: int, tolerance: int) -> dict[str, Any]:
-    start = next((s for s in samples if s["minute"] >= from_minute), None)
-    end = samples[-1]
-    if start is None or start is end:
+    first = next((i for i, s in enumerate(samples) if s["minute"] >= from_minute), None)
+    if first is None or first < 1 or len(samples) - first < 4:
         return {"verdict": "too short for a verdict"}
-    rss_growth = (end["rss_kib"] - start["rss_kib"]) / start["rss_kib"]
-    live_growth = end["live_objects"] - start["live_objects"]
+    start, end = samples[first - 1 : first + 2], samples[-3:]
+
+    def mid(window: list[dict[str, Any]], key: str) -> int:
+        return int(statistics.median(s[key] for s in window))
+
+    rss = [mid(start, "rss_kib"), mid(end, "rss_kib")]
+    live = [mid(start, "live_objects"), mid(end, "live_objects")]
+    rss_growth = (rss[1] - rss[0]) / rss[0]
+    live_growth = live[1] - live[0]
     peak = max(s["live_objects"] for s in samples if s["minute"] >= from_minute)
     rss_ok, live_ok = rss_growth < 0.10, live_growth <= tolerance
     return {
-        "from_minute": start["minute"],
-        "to_minute": end["minute"],
-        "rss_kib": [start["rss_kib"], end["rss_kib"]],
+        "from_minute": samples[first]["minute"],
+        "to_minute": samples[-2]["minute"],
+        "rss_kib": rss,
         "rss_growth_pct": round(100 * rss_growth, 2),
-        "live_objects": [start["live_objects"], end["live_objects"]],
+        "live_objects": live,
         "live_growth": live_growth,
         "live_peak": peak,
         "rss_ok": rss_ok,
@@ -192,8 +204,7 @@ def main() -> None:
     with Origin() as origin:
         port = free_port()
         cfg = out / "proxy.yaml"
-        sizes = (32, 48)
-        write_config(cfg, port, origin.url, sizes[0])
+        write_config(cfg, port, origin.url, extra_bucket=False)
         argv = [PYTHON, "bench/twistd_objcount.py", "-n", "--pidfile=", "yatagarasu",
                 "--config", str(cfg)]  # fmt: skip
         srv = Server("proxy", argv, port, out / "proxy.log", probe="/bench/1k.bin", timeout=60)
@@ -262,7 +273,7 @@ def main() -> None:
                         next_purge += args.purge_every
                     if now >= next_reload:
                         events["reloads"] += 1
-                        write_config(cfg, port, origin.url, sizes[events["reloads"] % 2])
+                        write_config(cfg, port, origin.url, bool(events["reloads"] % 2))
                         os.kill(srv.pid, signal.SIGHUP)
                         next_reload += args.reload_every
                     time.sleep(0.5)
