@@ -75,7 +75,11 @@ def main() -> None:
                     if counts_file.exists() and counts_file.stat().st_mtime != before:
                         data = json.loads(counts_file.read_text())
                         last_gc.clear()
-                        last_gc.update(collected=data["collected"], freed=data["freed_by_gc"])
+                        last_gc.update(
+                            collected=data["collected"],
+                            freed=data["freed_by_gc"],
+                            cycles=data.get("cycles", {}),
+                        )
                         return dict(data["live"])
                     time.sleep(0.2)
                 return {}
@@ -101,6 +105,10 @@ def main() -> None:
                         f"objects: " + ", ".join(f"{k} {n}" for k, n in list(freed.items())[:8]),
                         flush=True,
                     )
+                    cycles = last_gc["cycles"]
+                    assert isinstance(cycles, dict)
+                    for chain, n in cycles.items():
+                        print(f"  cycle ({n} objects of its first type): {chain}", flush=True)
                 grown = sorted(
                     ((n - base.get(k, 0), k) for k, n in now.items() if n > base.get(k, 0)),
                     reverse=True,

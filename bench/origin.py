@@ -31,8 +31,9 @@ from devharness.ports import free_port
 from devharness.processes import LoggedProcess
 
 BUCKET = "bench"
-#: key -> size in bytes.  The 1 GiB object is sparse (``truncate``), deleted at the end.
-OBJECTS = {"1k.bin": 1024, "100k.bin": 100 * 1024, "1g.bin": 1024**3}
+#: key -> size in bytes.  The 1 GiB and 5 GiB objects are sparse (``truncate``: no disk
+#: blocks), deleted at the end.
+OBJECTS = {"1k.bin": 1024, "100k.bin": 100 * 1024, "1g.bin": 1024**3, "5g.bin": 5 * 1024**3}
 
 #: an nginx of our own under ``{tmp}`` (pid file, logs, temp paths); ``{server}`` is the
 #: ``server`` block and whatever it needs in ``http``

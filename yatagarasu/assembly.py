@@ -357,7 +357,7 @@ def _site(
         metrics=metrics,
         access_log_enabled=access_log_enabled,
         access_log=observers.access_log,
-        send_buffer_bytes=config.server.socket_send_buffer_bytes,
+        send_buffer_bytes=config.server.socket_send_buffer_bytes or None,  # 0: the kernel's
         draining=lifecycle.is_draining,
         extra_headers=extra_headers,
         audit=observers.audit,

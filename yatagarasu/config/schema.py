@@ -193,7 +193,8 @@ class ServerConfig:
     shutdown_delay_seconds: float = 0.0
     shutdown_grace_seconds: float = 30.0
     send_timeout_seconds: float = 60.0
-    socket_send_buffer_bytes: int | None = None
+    #: ``SO_SNDBUF`` of client sockets; 0: the kernel's autotuning (up to ``tcp_wmem`` max)
+    socket_send_buffer_bytes: int = 1048576
     stream_buffer_bytes: int = 65536
     admin_path_prefix: str = DEFAULT_ADMIN_PREFIX
 
@@ -219,8 +220,10 @@ class ServerConfig:
     def check(self, path: str) -> None:
         _check_address(self.address, self.port, path)
         _positive(self.send_timeout_seconds, join(path, "send_timeout_seconds"))
-        if self.socket_send_buffer_bytes is not None and self.socket_send_buffer_bytes < 4096:
-            raise ConfigError(join(path, "socket_send_buffer_bytes"), "must be >= 4096")
+        if 0 < self.socket_send_buffer_bytes < 4096 or self.socket_send_buffer_bytes < 0:
+            raise ConfigError(
+                join(path, "socket_send_buffer_bytes"), "must be 0 (kernel autotuning) or >= 4096"
+            )
         if self.stream_buffer_bytes < 4096:
             raise ConfigError(join(path, "stream_buffer_bytes"), "must be >= 4096")
         if not 0 <= self.listen_port <= 65535:

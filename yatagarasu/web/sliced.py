@@ -606,8 +606,14 @@ class PacedWriter:
     def close(self) -> None:
         """Unregister from the request (the writing is over, or failed)."""
         self._wake(CancelledError("the writing is over"))
-        if self._request.channel is not None and self._request.producer is self:
-            self._request.unregisterProducer()
+        request = self._request
+        if request.producer is self:
+            if request.channel is not None:
+                request.unregisterProducer()
+            else:
+                # The client went away (twisted.web dropped the channel): break the
+                # request <-> writer cycle, which would wait for the cyclic collector.
+                request.producer = None
 
 
 def _answer_condition(

@@ -6,6 +6,14 @@ push producer registered on the client request: when the client's socket buffer 
 twisted.web pauses the relay, which pauses the upstream transport, so a slow client holds
 back S3 instead of filling our memory. While the client keeps up, a body that stalls for
 longer than the idle timeout is given up on.
+
+How much a stream may queue in the process before S3 is paused depends on the client. Every
+stream starts with :data:`SLOW_BUFFER_BYTES`, which keeps a slow reader's share of the process
+small; once the client has taken :data:`FAST_AFTER_BYTES` with no pause of
+:data:`SLOW_PAUSE_SECONDS` or more, it gets ``buffer_bytes`` (64 KiB by default: as much as
+one read from S3, so a client that keeps up is not paused for every read). A long pause puts
+it back on the small buffer. The client's kernel send buffer fills at full speed however slow
+the client is, which is why the proof takes several mebibytes, not one short pause.
 """
 
 from __future__ import annotations
@@ -23,6 +31,14 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.server import Request
 from zope.interface import implementer
 
+#: a pause of the client at least this long makes it a slow client (its buffer shrinks)
+SLOW_PAUSE_SECONDS = 0.01
+#: what a slow client may queue in the process before S3 is paused (at most ``buffer_bytes``)
+SLOW_BUFFER_BYTES = 16384
+#: bytes a client takes without a long pause before it gets the large buffer (more than the
+#: 2 MiB a kernel send buffer of ``socket_send_buffer_bytes: 1048576`` holds)
+FAST_AFTER_BYTES = 4 * 1024 * 1024
+
 
 class BodyStalled(Exception):
     """The upstream body sent nothing for longer than the idle timeout."""
@@ -38,7 +54,8 @@ class StreamTimeouts:
     :ivar idle_seconds: how long the upstream body may stall while the client keeps up.
     :ivar send_seconds: how long a client may stop reading before it is disconnected.
     :ivar buffer_bytes: bytes a streamed response may queue in user space for a client
-        before S3 is paused (the client transport's ``bufferSize``).
+        that keeps up before S3 is paused (the client transport's ``bufferSize``); other
+        clients get ``min(buffer_bytes, SLOW_BUFFER_BYTES)``.
     """
 
     idle_seconds: float
@@ -84,6 +101,9 @@ class BodyRelay(Protocol):
         self._backpressure = backpressure and request is not None
         self._timer: IDelayedCall | None = None
         self._paused = False
+        self._paused_at = 0.0
+        self._client: Any = None  # the client transport, when its buffer size can be set
+        self._kept_up = 0  # bytes relayed since the client's last long pause
         self._failure: Exception | None = None
         self.relayed = 0
         self.done: Deferred[int] = Deferred(lambda _: self.stopProducing())
@@ -100,7 +120,8 @@ class BodyRelay(Protocol):
             assert request is not None
             transport: Any = request.channel.transport if request.channel else None
             if transport is not None and hasattr(transport, "bufferSize"):
-                transport.bufferSize = self._timeouts.buffer_bytes
+                transport.bufferSize = min(self._timeouts.buffer_bytes, SLOW_BUFFER_BYTES)
+                self._client = transport
             request.registerProducer(self, True)
         self._arm()
 
@@ -111,6 +132,10 @@ class BodyRelay(Protocol):
         request = self._request
         if request is not None and not request._disconnected:
             request.write(data)
+            if self._kept_up < FAST_AFTER_BYTES and self._client is not None:
+                self._kept_up += len(data)
+                if self._kept_up >= FAST_AFTER_BYTES:
+                    self._client.bufferSize = self._timeouts.buffer_bytes
         if not self._paused:
             self._arm()
 
@@ -123,6 +148,7 @@ class BodyRelay(Protocol):
         # the cyclic garbage collector to release the request and its buffers.
         self._request = None
         self._sink = None
+        self._client = None
         if self.done.called:
             return
         if self._failure is not None:
@@ -137,11 +163,16 @@ class BodyRelay(Protocol):
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._paused_at = self._clock.seconds()
         self._upstream("pauseProducing")
         self._arm()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        client = self._client
+        if client is not None and self._clock.seconds() - self._paused_at >= SLOW_PAUSE_SECONDS:
+            self._kept_up = 0
+            client.bufferSize = min(self._timeouts.buffer_bytes, SLOW_BUFFER_BYTES)
         self._arm()
         self._upstream("resumeProducing")
 

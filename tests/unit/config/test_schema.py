@@ -527,3 +527,13 @@ def test_listen_backlog_defaults_to_4096_and_is_bounded() -> None:
         error = error_of({**minimal(), "server": {"listen_backlog": bad}})
         assert error.path == "server.listen_backlog"
         assert f"must be 1..65535, got {bad}" in str(error)
+
+
+def test_socket_send_buffer_defaults_to_one_mebibyte_and_zero_means_the_kernels() -> None:
+    assert parse_config(minimal(), {}).server.socket_send_buffer_bytes == 1048576
+    autotuned = parse_config({**minimal(), "server": {"socket_send_buffer_bytes": 0}}, {})
+    assert autotuned.server.socket_send_buffer_bytes == 0
+    for value in (100, -1):
+        error = error_of({**minimal(), "server": {"socket_send_buffer_bytes": value}})
+        assert "server.socket_send_buffer_bytes" in str(error)
+        assert "0 (kernel autotuning) or >= 4096" in str(error)

@@ -233,6 +233,16 @@ def test_paced_writer_cancelled_while_paused_closes_cleanly() -> None:
     assert request.producer is None and clock.getDelayedCalls() == []
 
 
+def test_paced_writer_of_a_gone_client_drops_its_request_link() -> None:
+    clock = Clock()
+    request: Any = _FakeRequest()
+    writer = PacedWriter(request, clock, 5.0)
+    request.channel = None  # what twisted.web does when the client's connection is lost
+    writer.stopProducing()
+    writer.close()
+    assert request.producer is None  # no request <-> writer reference cycle left
+
+
 class _FullSocket(StringTransport):
     """A client transport whose buffer is "full" once ``limit`` bytes were written."""
 
