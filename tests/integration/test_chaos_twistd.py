@@ -231,6 +231,12 @@ def test_redis_killed_disk_and_memory_keep_serving(
     )
     for key in ("small.txt", "large.bin"):
         assert running.get(f"/pub/{key}").header("X-Cache") == "MISS"
+    # the disk layer writes behind the responses: both objects are on disk before Redis dies
+    wait_until(
+        lambda: running.metric('yatagarasu_cache_items{layer="disk"}') == 2,
+        timeout=30,
+        what="both objects in the disk layer",
+    )
     redis_server.kill()
     moto_s3.clear_requests()
     for _ in range(3):
