@@ -32,12 +32,16 @@ step "Hits: memory, disk, redis" 300 \
   --warmup-seconds 2 --c1-seconds 0 --herd 0 --profile-seconds 0 --no-wait
 # Target 2: 1 KiB MISS against a bare Twisted Agent relay (~1.5 min).
 step "MISS vs bare relay" 300 \
-  $PY bench/run.py --proxy require --targets relay --scenarios small \
+  $PY bench/run.py --proxy require --targets relay,proxy_default --scenarios small \
   --wrk-seconds 10 --wrk-runs 3 --quiet-max-wait 10
 # Target 4: 50 slow clients on the 1 GiB object, RSS and kernel socket memory (~2 min).
 step "Slow streams" 300 \
   $PY bench/run.py --proxy require --targets relay --scenarios slow \
   --slow-rounds 2 --slow-seconds 20 --quiet-max-wait 10
+# Target 4, the seed's form: 100 slow streams of a sparse 5 GiB object, process RSS plus
+# kernel socket memory, and the full-speed cost of the stream buffers (~3 min).
+step "Slow streams of 5 GiB" 420 \
+  $PY bench/streams.py --variant default --clients 100 --rate 1M --seconds 20 --big-runs 3
 # Target 5: 10,000 keep-alive connections (~1 min).
 step "10,000 connections" 240 $PY bench/conns10k.py --conns 10000 --seconds 20
 # Target 6: P50/P95/P99 at 50 % of saturation, cached and uncached (~1.5 min).

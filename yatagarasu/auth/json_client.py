@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent, RequestTransmissionFailed, _WrapperException
@@ -21,14 +21,13 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
-    _HTTP11ClientFactory,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IAgent, IResponse
 
 from yatagarasu import __version__
+from yatagarasu.http.outgoing import BytesBody, QuietPool
 
 #: the largest answer read from a policy service
 MAX_ANSWER_BYTES = 64 * 1024
@@ -38,36 +37,6 @@ _USER_AGENT = f"yatagarasu/{__version__}".encode()
 
 class PolicyServiceError(Exception):
     """The policy service gave no usable answer (the message says why; it holds no secret)."""
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
-@implementer(IBodyProducer)
-class _Bytes:
-    """A request body known ahead, written at once (no cooperator, no global reactor)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """Nothing to pause: the body was written whole."""
-
-    def resumeProducing(self) -> None:
-        """Nothing to resume."""
-
-    def stopProducing(self) -> None:
-        """Nothing to stop."""
 
 
 class _BoundedBody(Protocol):
@@ -143,7 +112,7 @@ class JsonClient:
         self._timeout = timeout_seconds
         self._pool: HTTPConnectionPool | None = None
         if agent is None:
-            self._pool = _QuietPool(reactor, persistent=True)
+            self._pool = QuietPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = 10
             self._pool.cachedConnectionTimeout = 30
             agent = Agent(reactor, pool=self._pool, connectTimeout=timeout_seconds)
@@ -172,7 +141,7 @@ class JsonClient:
             send.setRawHeaders(name, [value])
         # default=str: a claim a third-party scheme put in an identity may not be JSON
         text = json.dumps(document, separators=(",", ":"), sort_keys=True, default=str)
-        body = _Bytes(text.encode())
+        body = BytesBody(text.encode())
         response = await self._send(url.encode("ascii"), send, body)
         raw = await _read_body(response, MAX_ANSWER_BYTES)
         if response.code != 200:
@@ -182,7 +151,7 @@ class JsonClient:
         except ValueError:
             raise PolicyServiceError("answer is not JSON") from None
 
-    async def _send(self, url: bytes, headers: Headers, body: _Bytes) -> IResponse:
+    async def _send(self, url: bytes, headers: Headers, body: BytesBody) -> IResponse:
         """
         Send the request; once more when the connection closed before any answer (a pooled
         connection the service had just closed: twisted.web does not retry a POST itself, and

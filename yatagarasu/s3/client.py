@@ -17,16 +17,16 @@ from urllib.parse import urlsplit
 
 from opentelemetry.trace import SpanKind
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IAgent, IResponse
 
 from yatagarasu import __version__
 from yatagarasu.config.schema import S3Config
 from yatagarasu.errors import UpstreamError
+from yatagarasu.http.outgoing import BytesBody
 from yatagarasu.interfaces import ICredentialProvider
 from yatagarasu.observability.timings import Phase, RequestTimings
 from yatagarasu.s3.credentials import own_keys
@@ -41,28 +41,6 @@ _USER_AGENT = f"yatagarasu/{__version__}".encode()
 #: and the seconds from sending it to its response headers or its failure
 AttemptObserver = Callable[[str, float], None]
 _CLASSES = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
-
-
-@implementer(IBodyProducer)
-class _BytesBody:
-    """A request body held in memory, written in one go (no cooperator, no global reactor)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """Nothing to pause: the body was written at once."""
-
-    def resumeProducing(self) -> None:
-        """Nothing to resume."""
-
-    def stopProducing(self) -> None:
-        """Nothing to stop."""
 
 
 class S3Client:
@@ -301,7 +279,7 @@ class S3Client:
                 send.setRawHeaders(name, [value])
         else:
             send.setRawHeaders(b"host", [self._host.encode("ascii")])
-        producer = None if body is None else _BytesBody(body)
+        producer = None if body is None else BytesBody(body)
         pending: Deferred[IResponse] = self._agent.request(method, url, send, producer)
         timed_out = False
 

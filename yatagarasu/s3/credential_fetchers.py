@@ -17,19 +17,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet import error as neterror
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer
-from twisted.web.client import (
-    HTTPConnectionPool,
-    ResponseFailed,
-    ResponseNeverReceived,
-    _HTTP11ClientFactory,
-)
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
-from zope.interface import implementer
+from twisted.web.iweb import IAgent
 
 from yatagarasu import __version__
+from yatagarasu.http.outgoing import BytesBody
 from yatagarasu.s3.credentials import CredentialsFetchError, Fetched
 from yatagarasu.s3.errors import BoundedCollector
 from yatagarasu.s3.sigv4 import Credentials
@@ -41,48 +34,13 @@ _IMDS_ROLES = "/latest/meta-data/iam/security-credentials/"
 _STS_NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
-    """A pool of non-persistent connections without a log line per connection."""
-
-    _factory = _QuietClientFactory
-
-    def __init__(self, reactor: Any) -> None:
-        super().__init__(reactor, persistent=False)
-
-
-@implementer(IBodyProducer)
-class _FormBody:
-    """A small request body (STS's form), written at once (no cooperator)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """Nothing to pause: the body was written whole."""
-
-    def resumeProducing(self) -> None:
-        """Nothing to resume."""
-
-    def stopProducing(self) -> None:
-        """Nothing to stop."""
-
-
 async def _call(
     agent: IAgent, method: bytes, url: str, headers: Mapping[bytes, bytes], body: bytes = b""
 ) -> tuple[int, bytes]:
     send = Headers({b"user-agent": [_USER_AGENT]})
     for name, value in headers.items():
         send.setRawHeaders(name, [value])
-    producer = _FormBody(body) if body else None
+    producer = BytesBody(body) if body else None
     try:
         response = await agent.request(method, url.encode("ascii"), send, producer)
     except (neterror.ConnectError, neterror.DNSLookupError, OSError) as e:

@@ -26,13 +26,9 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IAgent
 
 from yatagarasu.config.schema import S3Config
+from yatagarasu.http.outgoing import QuietPool
 from yatagarasu.interfaces import ICredentialProvider
-from yatagarasu.s3.credential_fetchers import (
-    ContainerCredentials,
-    InstanceMetadata,
-    QuietPool,
-    WebIdentity,
-)
+from yatagarasu.s3.credential_fetchers import ContainerCredentials, InstanceMetadata, WebIdentity
 from yatagarasu.s3.credentials import (
     CredentialsFetchError,
     Fetched,
@@ -119,7 +115,7 @@ def _fetcher(
         return partial(_from_profile, settings.profile, environ)
     if source == "chain":
         return _nothing_found
-    http = agent if agent is not None else Agent(reactor, pool=QuietPool(reactor))
+    http = agent if agent is not None else Agent(reactor, pool=QuietPool(reactor, persistent=False))
     if source == "instance":
         endpoint = (
             settings.metadata_endpoint

@@ -307,10 +307,10 @@ def test_bytes_on_an_idle_connection_drop_it() -> None:
 
 
 def test_a_body_is_written_after_its_length() -> None:
-    from yatagarasu.s3.client import _BytesBody
+    from yatagarasu.http.outgoing import BytesBody
 
     pool, endpoint, _ = pool_and_endpoint()
-    pool.request(b"PUT", b"/b/k", FIELDS, _BytesBody(b"payload"))
+    pool.request(b"PUT", b"/b/k", FIELDS, BytesBody(b"payload"))
     assert endpoint.wires[0].value() == (
         b"PUT /b/k HTTP/1.1\r\nHost: s3.test\r\nContent-Length: 7\r\n\r\npayload"
     )
