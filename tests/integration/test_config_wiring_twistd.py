@@ -110,6 +110,12 @@ def test_ready_names_the_one_upstream_primary_with_its_origin(
                 "priority": 0,
                 "consecutive_failures": 0,
                 "last_error": None,
+                "credentials": {
+                    "source": "static",
+                    "state": "ready",
+                    "expires_in_seconds": None,
+                    "last_error": None,
+                },
             }
         },
     }
