@@ -82,7 +82,12 @@ def origin_bucket(origin: ScriptedOrigin, **s3: Any) -> dict[str, Any]:
     return {
         "name": "origin",
         "path_prefix": "/origin",
-        "s3": {"bucket": "b", "endpoint": origin.endpoint, **s3},
+        "s3": {
+            "bucket": "b",
+            "endpoint": origin.endpoint,
+            "credentials": {"source": "anonymous"},  # the scripted origin checks no signature
+            **s3,
+        },
     }
 
 
