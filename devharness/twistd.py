@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,21 @@ class ProxyProcess:
     def log_text(self) -> str:
         """:returns: everything the process wrote to stdout/stderr so far."""
         return self.process.log_text()
+
+    def settled_log_text(self, timeout: float = 10.0) -> str:
+        """
+        The log once every access line of the requests made so far is in it: access lines are
+        written in batches (at most a second late), so a marker request is sent and waited for
+        (lines are written in order). For checks that something is *not* in the log. One
+        process only: with ``server.workers`` each worker batches its own lines.
+
+        :param timeout: seconds to wait for the marker's line.
+        :returns: everything the process wrote so far.
+        """
+        marker = f"/settle-{uuid.uuid4().hex}"
+        self.get(marker)
+        self.wait_for_log(f" {marker} ", timeout=timeout)
+        return self.log_text()
 
     def wait_for_log(self, needle: str, timeout: float = 10.0) -> None:
         """

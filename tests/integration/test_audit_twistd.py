@@ -128,7 +128,7 @@ def test_one_line_per_request_redacted_flushed_at_sigterm(
     assert statuses == [200, 401, 403, 404, 405]
     users = {r["user"] for r in ours if r["response_status"] == 200 and r["bucket"] == "private"}
     assert users == {"carol"}
-    written = every_byte(audit_dir) + running.log_text().encode()
+    written = every_byte(audit_dir) + running.log_text().encode()  # stopped: all written
     for secret in (token, wrong, "QUERY-SIGNATURE-SECRET", "REFERER-SECRET", "WRONG-SIGNATURE"):
         assert secret.encode() not in written
     assert b"access_token=[REDACTED]" in every_byte(audit_dir)

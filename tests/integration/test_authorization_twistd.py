@@ -237,7 +237,7 @@ def test_openfga_checks_the_tuple_with_model_and_token(setup: Setup) -> None:
     assert denied.json()["message"] == "denied by openfga"
     assert running.get("/fga/docs/a.txt", headers=token("alice")).status == 403
     assert len(fga.calls) == 3
-    assert FGA_TOKEN not in running.log_text()
+    assert FGA_TOKEN not in running.settled_log_text()
 
 
 def test_an_openfga_error_answer_is_no_answer(setup: Setup) -> None:

@@ -80,7 +80,7 @@ def test_get_object_headers_and_signature(
     assert "client-token" not in json.dumps(sent)
     assert "x-auth-token" not in sent
     assert upstream[0].query == ""
-    log = running.log_text()
+    log = running.settled_log_text()
     assert "very-secret" not in log and "client-token" not in log
 
 
@@ -373,7 +373,7 @@ def test_json_access_log_has_request_fields(
     assert event["status"] == 200
     assert event["bytes_sent"] == 12
     assert event["duration_ms"] >= 0
-    assert "query-secret" not in running.log_text()
+    assert "query-secret" not in running.settled_log_text()
 
 
 def test_ipv6_listener(

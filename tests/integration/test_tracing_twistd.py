@@ -153,7 +153,7 @@ def test_span_trees_of_an_uncached_and_a_cached_request(
     assert "traceparent" not in headers["authorization"]
     assert receiver.content_types[0] == "application/x-protobuf"
 
-    log = p.log_text()
+    log = p.settled_log_text()
     assert f"trace {uncached_trace}" in log and f"trace {cached_trace}" in log
     path = tmp_path / "audit" / "audit.log"
     wait_until(
