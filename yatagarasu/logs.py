@@ -231,18 +231,17 @@ class BufferedAccessLog(Service):
         self._timer: IDelayedCall | None = None
 
     def write(self, when: float, template: str, fields: Mapping[str, Any]) -> None:
-        text = template.format_map(fields)
         if self._json:
-            record = dict(fields)
-            record["log_namespace"] = ACCESS_NAMESPACE
-            record["log_format"] = template
-            record["log_time"] = when
+            event = dict(fields)
+            event["log_namespace"] = ACCESS_NAMESPACE
+            event["log_format"] = template
+            event["log_time"] = when
             if self._worker is not None:
-                record["worker"] = self._worker
-            record["log_level"] = "info"
-            record["log_text"] = text
-            line = f"\x1e{json.dumps(record, default=_json_default, skipkeys=True)}\n"
+                event["worker"] = self._worker
+            event["log_level"] = LogLevel.info
+            line = format_json(event)  # the observer's own JSON line for this event
         else:
+            text = template.format_map(fields)
             if "\n" in text:
                 text = text.replace("\n", "\n\t")
             line = f"{self._stamps(when)}{self._system}{text}\n"
