@@ -38,7 +38,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -53,6 +52,7 @@ from benchlib import PYTHON, REPO, Server, machine_facts, rss_kib
 from origin import Origin
 from proxylib import bucket_yaml, exit_on_sigterm, log, results_dir
 
+from devharness.get_load import GetLoad
 from devharness.ports import free_port
 
 SECRET = "bench-soak-" + "s" * 48
@@ -73,55 +73,6 @@ def write_config(path: Path, port: int, endpoint: str, extra_bucket: bool) -> No
     if extra_bucket:
         buckets += bucket_yaml("extra", endpoint)
     path.write_text(CONFIG.format(port=port, secret=SECRET, buckets=buckets))
-
-
-class PacedLoad:
-    """``clients`` threads with a keep-alive connection each, ``rate`` GETs/s in all."""
-
-    def __init__(self, port: int, rate: float, clients: int, max_seconds: float) -> None:
-        self.port, self.interval, self.max_seconds = port, clients / rate, max_seconds
-        self.statuses: Counter[int] = Counter()
-        self.errors: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def __enter__(self) -> PacedLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def _run(self, index: int) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        conn: http.client.HTTPConnection | None = None
-        due = time.monotonic()
-        for n in range(10**8):  # bounded by the deadline long before the count
-            if self._stop.is_set() or time.monotonic() > deadline:
-                break
-            path = PATHS[(index + n) % len(PATHS)]
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                conn.request("GET", path)
-                response = conn.getresponse()
-                response.read()
-                with self._lock:
-                    self.statuses[response.status] += 1
-            except (OSError, http.client.HTTPException) as e:
-                with self._lock:
-                    self.errors[type(e).__name__] += 1
-                if conn is not None:
-                    conn.close()
-                conn = None
-            due += self.interval
-            self._stop.wait(max(0.0, due - time.monotonic()))
-        if conn is not None:
-            conn.close()
 
 
 def admin_post(port: int, path: str) -> int:
@@ -212,7 +163,16 @@ def main() -> None:
         seconds = 60.0 * args.minutes
         streams: subprocess.Popen[str] | None = None
         try:
-            with PacedLoad(port, args.rate, args.clients, seconds + 60) as load:
+            load = GetLoad(
+                "127.0.0.1",
+                port,
+                list(PATHS),
+                clients=args.clients,
+                max_requests=10**8,  # bounded by the time long before the count
+                max_seconds=seconds + 60,
+                rate=args.rate,
+            )
+            with load:
                 t0 = time.monotonic()
                 next_abort, next_purge = t0 + 5, t0 + args.purge_every
                 next_reload, next_sample = t0 + args.reload_every, t0
@@ -278,7 +238,7 @@ def main() -> None:
                         next_reload += args.reload_every
                     time.sleep(0.5)
             result["statuses"] = {str(k): v for k, v in sorted(load.statuses.items())}
-            result["errors"] = dict(load.errors)
+            result["errors"] = dict(Counter(e.split(": ", 1)[1].split("(")[0] for e in load.errors))
         finally:
             if streams is not None:
                 streams.wait(timeout=60)

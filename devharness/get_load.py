@@ -2,8 +2,9 @@
 
 Each client cycles through the paths, counts every response status and every connection error
 (refused, reset, timed out, malformed), and stops when told to, after ``max_requests`` or after
-``max_seconds``, whichever comes first: the load is bounded in count and in time. Used by the
-reload-under-load test and ``bench/reload_under_load.py``.
+``max_seconds``, whichever comes first: the load is bounded in count and in time. Paced when
+given a ``rate``. Used by the reload-under-load test, ``bench/reload_under_load.py`` and
+``bench/soak.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class GetLoad:
     :param clients: how many threads, each with its own connection.
     :param max_requests: per client.
     :param max_seconds: per client.
+    :param rate: GETs per second of all clients together (each client paced at
+        ``clients / rate`` seconds between starts); ``None``: as fast as the answers come.
     """
 
     def __init__(
@@ -33,12 +36,14 @@ class GetLoad:
         clients: int = 4,
         max_requests: int = 20_000,
         max_seconds: float = 240.0,
+        rate: float | None = None,
     ) -> None:
         self.address = address
         self.port = port
         self.paths = paths
         self.max_requests = max_requests
         self.max_seconds = max_seconds
+        self.interval = 0.0 if rate is None else clients / rate
         self.statuses: Counter[int] = Counter()
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -64,6 +69,7 @@ class GetLoad:
     def _run(self, index: int) -> None:
         deadline = time.monotonic() + self.max_seconds
         conn: http.client.HTTPConnection | None = None
+        due = time.monotonic()
         for n in range(self.max_requests):
             if self._stop.is_set() or time.monotonic() > deadline:
                 break
@@ -85,5 +91,8 @@ class GetLoad:
                 if conn is not None:
                     conn.close()
                 conn = None
+            if self.interval:
+                due += self.interval
+                self._stop.wait(max(0.0, due - time.monotonic()))
         if conn is not None:
             conn.close()
