@@ -1,6 +1,7 @@
 """
-An ``HTTPChannel`` that enforces the request limits on the raw bytes, before twisted.web
-builds a request: URI length (414), header bytes (431) and body size (413).
+An ``HTTPChannel`` whose requests are parsed by llhttp, with the request limits enforced on
+the raw bytes before twisted.web builds a request: URI length (414), header bytes (431) and
+body size (413).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.http.status import reason_phrase_bytes
 from yatagarasu.web.request_id import new_request_id
+from yatagarasu.web.request_parser import ParsedRequest, RequestParser
 from yatagarasu.web.responses import error_body
 
 
@@ -65,7 +68,15 @@ def encode_head(
 
 class LimitedHTTPChannel(HTTPChannel):
     """
-    HTTP/1.1 server channel with yatagarasu's request limits.
+    HTTP/1.1 server channel with yatagarasu's request limits, parsed by llhttp.
+
+    twisted.web's ``HTTPChannel`` answers: its ``Request`` objects, its writing, producers,
+    persistence and timeouts are kept. What it no longer does is parse: the bytes go to a
+    :class:`~yatagarasu.web.request_parser.RequestParser` (C, one call per read instead of
+    Python per line), whose records are handed to twisted.web one at a time, as its own
+    parser would have: a pipelined request waits until the response before it is complete,
+    and reading pauses while more than ``_optimisticEagerReadSize`` bytes of such requests
+    wait.
 
     :ivar limits: the limits to enforce; set by the site when it builds the channel.
     """
@@ -74,15 +85,15 @@ class LimitedHTTPChannel(HTTPChannel):
     site: Any
     limits: SecurityLimits = SecurityLimits()
     send_buffer_bytes: int | None = None
-    _expect_request_line = True
-    _header_bytes = 0
     _rejected = False
+    _dispatching = False
+    _waiting_bytes = 0
 
     def configure(
         self, limits: SecurityLimits, idle_timeout: float, send_buffer_bytes: int | None = None
     ) -> None:
         """
-        Apply limits, leaving room so that twisted.web's own generic limits never fire first.
+        Apply limits.
 
         :param limits: the limits to enforce.
         :param idle_timeout: seconds a connection may sit idle between requests.
@@ -91,11 +102,10 @@ class LimitedHTTPChannel(HTTPChannel):
         """
         self.limits = limits
         self.send_buffer_bytes = send_buffer_bytes
-        self.MAX_LENGTH = max(limits.max_uri_length, limits.max_header_size) + 1024
-        self.totalHeadersSize = limits.max_uri_length + limits.max_header_size + 4096
         self.timeOut = int(idle_timeout)
 
     def connectionMade(self) -> None:
+        self._parser = RequestParser(self.limits)
         super().connectionMade()
         self.site.channel_opened(self)
         if self.send_buffer_bytes is not None:
@@ -126,48 +136,79 @@ class LimitedHTTPChannel(HTTPChannel):
         return False
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._rejected:
-            HTTPChannel.dataReceived(self, data)
-
-    def lineReceived(self, line: bytes) -> None:
         if self._rejected:
             return
-        if self._expect_request_line:
-            if line:
-                self._expect_request_line = False
-                self._header_bytes = 0
-                if len(line) > self.limits.max_uri_length and self._target_too_long(line):
+        self.resetTimeout()
+        parser = self._parser
+        parser.feed(data)
+        if self._handlingRequest and parser.ready:
+            # Pipelined requests wait for the response in progress; stop reading more of them.
+            self._waiting_bytes += len(data)
+            if (
+                self._waiting_bytes > self._optimisticEagerReadSize
+                and not self._waitingForTransport
+            ):
+                self._networkProducer.pauseProducing()
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand parsed requests to twisted.web, in order, while none is being answered."""
+        if self._dispatching:  # a request finished within the loop below: it goes on
+            return
+        self._dispatching = True
+        try:
+            ready = self._parser.ready
+            while ready and not self._handlingRequest and not self._rejected:
+                parsed = ready[0]
+                if not self.requests:
+                    if not self.persistent:  # data after the last request: dropped
+                        ready.clear()
+                        return
+                    if parsed.error is None and not parsed.head_done:
+                        return
+                    if parsed.error is None:
+                        self._start(parsed)
+                request = self.requests[-1] if self.requests else None
+                if request is not None:
+                    for chunk in parsed.body:
+                        request.handleContentChunk(chunk)
+                    parsed.body.clear()
+                if parsed.error is not None:
+                    self.reject(*parsed.error, method=parsed.method, target=parsed.target)
                     return
+                if not parsed.complete or self._rejected:
+                    return
+                ready.popleft()
+                self._waiting_bytes = 0
+                if self.timeOut:  # as twisted.web: no idle timeout while the response is made
+                    self._savedTimeOut = self.setTimeout(None)
+                self._handlingRequest = True
+                assert request is not None
+                request.requestReceived(parsed.method, parsed.target, parsed.version)
+        finally:
+            self._dispatching = False
+
+    def _start(self, parsed: ParsedRequest) -> None:
+        """Make the ``Request`` for a request whose head is parsed (twisted.web's steps)."""
+        if INonQueuedRequestFactory.providedBy(self.requestFactory):
+            request = self.requestFactory(self)
         else:
-            self._header_bytes += len(line) + 2
-            if self._header_bytes > self.limits.max_header_size:
-                self.reject(431, f"request headers larger than {self.limits.max_header_size} bytes")
-                return
-        HTTPChannel.lineReceived(self, line)
+            request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        add = request.requestHeaders.addRawHeader
+        for name, value in parsed.headers:
+            add(name, value)
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, parsed.version)
+        request.gotLength(parsed.length)
+        expect = request.requestHeaders.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue" and parsed.version == b"HTTP/1.1":
+            self._send100Continue()
 
-    def _target_too_long(self, request_line: bytes) -> bool:
-        parts = request_line.split(b" ")
-        if len(parts) == 3 and len(parts[1]) > self.limits.max_uri_length:
-            self.reject(414, f"request target longer than {self.limits.max_uri_length} bytes")
-            return True
-        return False
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if self._expect_request_line:
-            self.reject(414, f"request target longer than {self.limits.max_uri_length} bytes")
-        else:
-            self.reject(431, f"request headers larger than {self.limits.max_header_size} bytes")
-
-    def headerReceived(self, line: bytes) -> bool:
-        if line[:14].lower() == b"content-length":
-            name, _, value = line.partition(b":")
-            length = value.strip()
-            too_large = length.isdigit() and int(length) > self.limits.max_body_size
-            if too_large and name.strip().lower() == b"content-length":
-                self.reject(413, f"request body larger than {self.limits.max_body_size} bytes")
-                return False
-        ok: bool = HTTPChannel.headerReceived(self, line)
-        return ok
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self.persistent:
+            self._dispatch()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         site: Any = getattr(self, "site", None)
@@ -187,22 +228,17 @@ class LimitedHTTPChannel(HTTPChannel):
         transport: ITransport = self.transport  # type: ignore[assignment]
         transport.write(encode_head(version, code, reason, headers))
 
-    def allContentReceived(self) -> None:
-        self._expect_request_line = True
-        super().allContentReceived()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # twisted.web's own parser errors (bad Content-Length, too many headers...): our JSON.
-        self.reject(400, "malformed HTTP request")
-
-    def reject(self, status: int, message: str) -> None:
+    def reject(self, status: int, message: str, method: bytes = b"", target: bytes = b"") -> None:
         """
         Answer with a JSON error straight on the transport and close the connection.
 
-        Used while the request is still being parsed, so no ``Request`` exists yet.
+        Used while the request is still being parsed or its body is arriving, before the
+        request is answered.
 
         :param status: 400, 413, 414 or 431.
-        :param message: what was too large.
+        :param message: what was too large or wrong.
+        :param method: the request's method, if it was read.
+        :param target: the request's target, if it was read.
         """
         if self._rejected:
             return
@@ -221,10 +257,13 @@ class LimitedHTTPChannel(HTTPChannel):
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.loseConnection()
         peer: Any = transport.getPeer()
-        method = getattr(self, "_command", b"")
-        target = getattr(self, "_path", b"").split(b"?", 1)[0]
-        if not method and self.requests:  # the body was too large: the request exists
+        if self.requests:  # the body was too large: the request exists
             method, target = self.requests[-1].method, self.requests[-1].path
         self.site.request_refused(
-            str(getattr(peer, "host", peer)), method, target, status, request_id, len(body)
+            str(getattr(peer, "host", peer)),
+            method,
+            target.split(b"?", 1)[0],
+            status,
+            request_id,
+            len(body),
         )

@@ -1,0 +1,192 @@
+"""
+HTTP/1.1 request parsing by llhttp (the ``httptools`` binding), with the proxy's size limits.
+
+:class:`RequestParser` turns the bytes of a connection into :class:`ParsedRequest` records, in
+order: a record is made when a request starts, filled as its head and body arrive, and marked
+complete at its end. The channel (:mod:`yatagarasu.web.channel`) takes records off the front and
+hands them to twisted.web one at a time; records behind the front are pipelined requests that
+wait for the answer in progress. Nothing here knows about twisted.web.
+
+A request that breaks a limit or the grammar ends the parsing: the last record carries the
+error the channel answers with once it gets there (414, 431, 413 or 400).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
+from httptools import HttpRequestParser
+
+from yatagarasu.config.schema import SecurityLimits
+
+#: twisted.web's own limit on the number of header fields of a request
+MAX_HEADERS = 500
+
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+
+
+class ParsedRequest:
+    """
+    One request as parsed so far.
+
+    :ivar method: the method (``b""`` until the request line is read).
+    :ivar target: the request target, as sent.
+    :ivar version: ``HTTP/1.1`` or ``HTTP/1.0``.
+    :ivar headers: the header fields in order, values without surrounding whitespace.
+    :ivar length: the body's ``Content-Length``; ``None`` for a chunked body; ``0`` for none.
+    :ivar body: body chunks not yet taken by the channel.
+    :ivar head_done: whether the whole head has been read.
+    :ivar complete: whether the whole request (body included) has been read.
+    :ivar error: ``(status, message)`` to answer instead of serving it, or ``None``.
+    """
+
+    __slots__ = (
+        "method",
+        "_target",
+        "version",
+        "headers",
+        "length",
+        "body",
+        "head_done",
+        "complete",
+        "error",
+        "_header_bytes",
+        "_body_bytes",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self._target: list[bytes] = []
+        self.version = b"HTTP/1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.length: int | None = 0
+        self.body: list[bytes] = []
+        self.head_done = False
+        self.complete = False
+        self.error: tuple[int, str] | None = None
+        self._header_bytes = 0
+        self._body_bytes = 0
+
+    @property
+    def target(self) -> bytes:
+        """The request target (``b""`` until it is read)."""
+        target = self._target
+        if len(target) != 1:
+            target[:] = [b"".join(target)]
+        return target[0]
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing at a limit."""
+
+
+class RequestParser:
+    """
+    llhttp fed with a connection's bytes, making :class:`ParsedRequest` records.
+
+    :ivar ready: the records, oldest first; the channel pops them.
+    :ivar stopped: whether parsing ended (an error; later bytes are ignored).
+    """
+
+    def __init__(self, limits: SecurityLimits) -> None:
+        self._max_uri = limits.max_uri_length
+        self._max_head = limits.max_header_size
+        self._max_body = limits.max_body_size
+        self._parser = HttpRequestParser(self)
+        self.ready: deque[ParsedRequest] = deque()
+        self.stopped = False
+        self._current: ParsedRequest | None = None
+
+    def feed(self, data: bytes) -> None:
+        """
+        Parse ``data``, the next bytes of the connection.
+
+        :param data: bytes as received.
+        """
+        if self.stopped:
+            return
+        for _ in range(len(data) + 1):  # bounded: every round consumes bytes
+            try:
+                self._parser.feed_data(data)
+                return
+            except HttpParserUpgrade as upgrade:
+                # An Upgrade or CONNECT request is served as a plain request; what follows
+                # its head is parsed as the next request.
+                data = data[upgrade.args[0] :]
+                if not data:
+                    return
+            except HttpParserCallbackError as error:
+                if not isinstance(error.__context__, _Refused):
+                    raise
+                return
+            except HttpParserError:
+                self._refuse(400, "malformed HTTP request")
+                return
+
+    def _refuse(self, status: int, message: str) -> None:
+        current = self._current
+        if current is None or current.complete:
+            current = ParsedRequest()
+            self.ready.append(current)
+        current.error = (status, message)
+        self.stopped = True
+
+    # -- llhttp callbacks (called by the parser within feed) ---------------------------------
+
+    def on_message_begin(self) -> None:
+        self._current = current = ParsedRequest()
+        self.ready.append(current)
+
+    def on_url(self, url: bytes) -> None:
+        current: ParsedRequest = self._current  # type: ignore[assignment]
+        target = current._target
+        if not target:
+            current.method = self._parser.get_method()
+        target.append(url)
+        if sum(map(len, target)) > self._max_uri:
+            self._refuse(414, f"request target longer than {self._max_uri} bytes")
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        current: ParsedRequest = self._current  # type: ignore[assignment]
+        value = value.strip(b" \t")
+        current._header_bytes += len(name) + len(value) + 4
+        if current._header_bytes > self._max_head:
+            self._refuse(431, f"request headers larger than {self._max_head} bytes")
+            raise _Refused
+        headers = current.headers
+        headers.append((name, value))
+        if len(headers) > MAX_HEADERS:
+            self._refuse(400, "malformed HTTP request")
+            raise _Refused
+        if len(name) == 14 and name.lower() == b"content-length":
+            if int(value) > self._max_body:  # llhttp checked that it is a number
+                self._refuse(413, f"request body larger than {self._max_body} bytes")
+                raise _Refused
+            current.length = int(value)
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            current.length = None
+
+    def on_headers_complete(self) -> None:
+        current: ParsedRequest = self._current  # type: ignore[assignment]
+        parser = self._parser
+        current.method = parser.get_method()
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            self._refuse(400, "malformed HTTP request")
+            raise _Refused
+        current.version = version
+        current.head_done = True
+
+    def on_body(self, chunk: bytes) -> None:
+        current: ParsedRequest = self._current  # type: ignore[assignment]
+        current._body_bytes += len(chunk)
+        if current._body_bytes > self._max_body:
+            self._refuse(413, f"request body larger than {self._max_body} bytes")
+            raise _Refused
+        current.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        current: ParsedRequest = self._current  # type: ignore[assignment]
+        current.complete = True
