@@ -114,6 +114,7 @@ class LimitedHTTPChannel(HTTPChannel):
                 handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._parser.close()
         super().connectionLost(reason)
         self.site.channel_closed(self)
 

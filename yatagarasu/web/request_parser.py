@@ -85,6 +85,13 @@ class RequestParser:
     """
     llhttp fed with a connection's bytes, making :class:`ParsedRequest` records.
 
+    The head of a request is gathered here until its blank line, so the limits see exactly
+    its bytes (also while it is incomplete: a slow or endless head is refused as soon as it
+    is too large) and llhttp parses it in one call; a body with a ``Content-Length`` is cut
+    off at its length. A chunked body's end is only known to llhttp: after one, every later
+    byte goes straight to it, and a head that is still incomplete is then measured by the
+    bytes fed since it began (an upper bound).
+
     :ivar ready: the records, oldest first; the channel pops them.
     :ivar stopped: whether parsing ended (an error; later bytes are ignored).
     """
@@ -93,10 +100,24 @@ class RequestParser:
         self._max_uri = limits.max_uri_length
         self._max_head = limits.max_header_size
         self._max_body = limits.max_body_size
-        self._parser = HttpRequestParser(self)
+        self._parser: HttpRequestParser | None = HttpRequestParser(self)
         self.ready: deque[ParsedRequest] = deque()
         self.stopped = False
         self._current: ParsedRequest | None = None
+        #: bytes of an incomplete head (the start of the next request)
+        self._head = b""
+        #: body bytes of the current request still to come (``Content-Length``)
+        self._body_left = 0
+        #: whether llhttp takes every byte (after a chunked body)
+        self._streaming = False
+        #: bytes fed while the current request's head was incomplete (when streaming)
+        self._head_fed = 0
+
+    def close(self) -> None:
+        """Drop llhttp (it refers back to this object) and the records: the connection is gone."""
+        self._parser = None
+        self.ready.clear()
+        self.stopped = True
 
     def feed(self, data: bytes) -> None:
         """
@@ -106,9 +127,74 @@ class RequestParser:
         """
         if self.stopped:
             return
-        for _ in range(len(data) + 1):  # bounded: every round consumes bytes
+        if self._streaming:
+            self._feed_streaming(data)
+            return
+        for _ in range(len(data) + 1):  # bounded: each round consumes bytes
+            if self._body_left:
+                body, data = data[: self._body_left], data[self._body_left :]
+                self._body_left -= len(body)
+                self._execute(body)
+            if not data or self.stopped:
+                return
+            if self._streaming:
+                self._feed_streaming(data)
+                return
+            head = self._head
+            end = (
+                (head + data).find(b"\r\n\r\n", max(0, len(head) - 3))
+                if head
+                else data.find(b"\r\n\r\n")
+            )
+            if end < 0:
+                self._head = head + data
+                self._check_head(self._head, complete=False)
+                return
+            whole = head + data if head else data
+            self._head = b""
+            head, data = whole[: end + 4], whole[end + 4 :]
+            if self._check_head(head, complete=True):
+                self._execute(head)
+
+    def _check_head(self, head: bytes, complete: bool) -> bool:
+        """
+        Refuse a head (complete or not yet) whose request target or header fields are too large.
+
+        :returns: whether the head is within the limits.
+        """
+        start = len(head) - len(head.lstrip(b"\r\n"))  # llhttp skips empty lines before
+        line_end = head.find(b"\r\n", start)
+        if line_end < 0:
+            if len(head) - start > self._max_uri + 1024:
+                self._refuse(414, f"request target longer than {self._max_uri} bytes")
+                return False
+            return True
+        parts = head[start:line_end].split(b" ")
+        if len(parts) == 3 and len(parts[1]) > self._max_uri:
+            self._refuse(414, f"request target longer than {self._max_uri} bytes", parts)
+            return False
+        header_bytes = len(head) - line_end - 2 - (2 if complete else 0)
+        if header_bytes > self._max_head:
+            self._refuse(431, f"request headers larger than {self._max_head} bytes", parts)
+            return False
+        return True
+
+    def _feed_streaming(self, data: bytes) -> None:
+        current = self._current
+        if current is None or current.complete or not current.head_done:
+            self._head_fed += len(data)
+            if self._head_fed > self._max_uri + self._max_head + 4096:
+                self._refuse(431, f"request headers larger than {self._max_head} bytes")
+                return
+        self._execute(data)
+
+    def _execute(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            return
+        for _ in range(len(data) + 1):  # bounded: each round consumes bytes
             try:
-                self._parser.feed_data(data)
+                parser.feed_data(data)
                 return
             except HttpParserUpgrade as upgrade:
                 # An Upgrade or CONNECT request is served as a plain request; what follows
@@ -124,10 +210,12 @@ class RequestParser:
                 self._refuse(400, "malformed HTTP request")
                 return
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, line: list[bytes] | None = None) -> None:
         current = self._current
         if current is None or current.complete:
             current = ParsedRequest()
+            if line is not None and len(line) == 3:
+                current.method, current._target = line[0], [line[1]]
             self.ready.append(current)
         current.error = (status, message)
         self.stopped = True
@@ -136,41 +224,42 @@ class RequestParser:
 
     def on_message_begin(self) -> None:
         self._current = current = ParsedRequest()
+        self._head_fed = 0
         self.ready.append(current)
 
     def on_url(self, url: bytes) -> None:
         current: ParsedRequest = self._current  # type: ignore[assignment]
         target = current._target
-        if not target:
-            current.method = self._parser.get_method()
         target.append(url)
-        if sum(map(len, target)) > self._max_uri:
+        if self._streaming and sum(map(len, target)) > self._max_uri:
             self._refuse(414, f"request target longer than {self._max_uri} bytes")
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
         current: ParsedRequest = self._current  # type: ignore[assignment]
         value = value.strip(b" \t")
-        current._header_bytes += len(name) + len(value) + 4
-        if current._header_bytes > self._max_head:
-            self._refuse(431, f"request headers larger than {self._max_head} bytes")
-            raise _Refused
         headers = current.headers
         headers.append((name, value))
+        if self._streaming:
+            current._header_bytes += len(name) + len(value) + 4
+            if current._header_bytes > self._max_head:
+                self._refuse(431, f"request headers larger than {self._max_head} bytes")
+                raise _Refused
         if len(headers) > MAX_HEADERS:
             self._refuse(400, "malformed HTTP request")
             raise _Refused
         if len(name) == 14 and name.lower() == b"content-length":
-            if int(value) > self._max_body:  # llhttp checked that it is a number
+            length = int(value)  # llhttp checked that it is a number
+            if length > self._max_body:
                 self._refuse(413, f"request body larger than {self._max_body} bytes")
                 raise _Refused
-            current.length = int(value)
+            current.length = length
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
             current.length = None
 
     def on_headers_complete(self) -> None:
         current: ParsedRequest = self._current  # type: ignore[assignment]
-        parser = self._parser
+        parser: HttpRequestParser = self._parser  # type: ignore[assignment]
         current.method = parser.get_method()
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
@@ -178,6 +267,10 @@ class RequestParser:
             raise _Refused
         current.version = version
         current.head_done = True
+        if current.length is None:
+            self._streaming = True
+        elif not self._streaming:
+            self._body_left = current.length
 
     def on_body(self, chunk: bytes) -> None:
         current: ParsedRequest = self._current  # type: ignore[assignment]
