@@ -88,6 +88,8 @@ class LimitedHTTPChannel(HTTPChannel):
     _rejected = False
     _dispatching = False
     _waiting_bytes = 0
+    _peer: Any = None
+    _host: Any = None
 
     def configure(
         self, limits: SecurityLimits, idle_timeout: float, send_buffer_bytes: int | None = None
@@ -181,8 +183,6 @@ class LimitedHTTPChannel(HTTPChannel):
                     return
                 ready.popleft()
                 self._waiting_bytes = 0
-                if self.timeOut:  # as twisted.web: no idle timeout while the response is made
-                    self._savedTimeOut = self.setTimeout(None)
                 self._handlingRequest = True
                 assert request is not None
                 request.requestReceived(parsed.method, parsed.target, parsed.version)
@@ -199,17 +199,45 @@ class LimitedHTTPChannel(HTTPChannel):
         add = request.requestHeaders.addRawHeader
         for name, value in parsed.headers:
             add(name, value)
-        request.parseCookies()
+        if parsed.cookies:
+            request.parseCookies()
         self.persistent = self.checkPersistence(request, parsed.version)
         request.gotLength(parsed.length)
-        expect = request.requestHeaders.getRawHeaders(b"expect")
-        if expect and expect[0].lower() == b"100-continue" and parsed.version == b"HTTP/1.1":
-            self._send100Continue()
+        if parsed.expect and parsed.version == b"HTTP/1.1":
+            expect = request.requestHeaders.getRawHeaders(b"expect", [b""])
+            if expect[0].lower() == b"100-continue":
+                self._send100Continue()
 
     def requestDone(self, request: Any) -> None:
         super().requestDone(request)
         if self.persistent:
+            self.resetTimeout()  # the connection is idle from now
             self._dispatch()
+
+    def timeoutConnection(self) -> None:
+        """
+        The idle timeout ran out: close, unless a response is being made.
+
+        twisted.web stops the idle timer for every request and starts a new one after it;
+        keeping one timer and starting it again in the rare case it runs out during a
+        response is the same rule for one timer operation less per request.
+        """
+        if self._handlingRequest:
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
+
+    def getPeer(self) -> Any:
+        """The client's address, asked of the transport once per connection (not per request)."""
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    def getHost(self) -> Any:
+        """The server's address, asked of the transport once (a TCP transport makes a syscall)."""
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         site: Any = getattr(self, "site", None)

@@ -13,10 +13,16 @@ error the channel answers with once it gets there (414, 431, 413 or 400).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
-from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
-from httptools import HttpRequestParser
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserInvalidMethodError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
 
 from yatagarasu.config.schema import SecurityLimits
 
@@ -24,6 +30,8 @@ from yatagarasu.config.schema import SecurityLimits
 MAX_HEADERS = 500
 
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+#: an RFC 9110 token (a method)
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class ParsedRequest:
@@ -39,20 +47,24 @@ class ParsedRequest:
     :ivar head_done: whether the whole head has been read.
     :ivar complete: whether the whole request (body included) has been read.
     :ivar error: ``(status, message)`` to answer instead of serving it, or ``None``.
+    :ivar cookies: whether it has a ``Cookie`` field.
+    :ivar expect: whether it has an ``Expect`` field.
     """
 
     __slots__ = (
-        "method",
+        "_body_bytes",
+        "_header_bytes",
         "_target",
-        "version",
+        "body",
+        "complete",
+        "cookies",
+        "error",
+        "expect",
+        "head_done",
         "headers",
         "length",
-        "body",
-        "head_done",
-        "complete",
-        "error",
-        "_header_bytes",
-        "_body_bytes",
+        "method",
+        "version",
     )
 
     def __init__(self) -> None:
@@ -65,6 +77,8 @@ class ParsedRequest:
         self.head_done = False
         self.complete = False
         self.error: tuple[int, str] | None = None
+        self.cookies = False
+        self.expect = False
         self._header_bytes = 0
         self._body_bytes = 0
 
@@ -112,6 +126,8 @@ class RequestParser:
         self._streaming = False
         #: bytes fed while the current request's head was incomplete (when streaming)
         self._head_fed = 0
+        #: the method sent, while llhttp parses its head with another (an unknown method)
+        self._method: bytes | None = None
 
     def close(self) -> None:
         """Drop llhttp (it refers back to this object) and the records: the connection is gone."""
@@ -154,7 +170,7 @@ class RequestParser:
             self._head = b""
             head, data = whole[: end + 4], whole[end + 4 :]
             if self._check_head(head, complete=True):
-                self._execute(head)
+                self._execute(head, whole_head=True)
 
     def _check_head(self, head: bytes, complete: bool) -> bool:
         """
@@ -188,7 +204,7 @@ class RequestParser:
                 return
         self._execute(data)
 
-    def _execute(self, data: bytes) -> None:
+    def _execute(self, data: bytes, whole_head: bool = False) -> None:
         parser = self._parser
         if parser is None:
             return
@@ -206,9 +222,37 @@ class RequestParser:
                 if not isinstance(error.__context__, _Refused):
                     raise
                 return
+            except HttpParserInvalidMethodError:
+                if whole_head and self._unknown_method(data):
+                    return
+                self._refuse(400, "malformed HTTP request")
+                return
             except HttpParserError:
                 self._refuse(400, "malformed HTTP request")
                 return
+
+    def _unknown_method(self, head: bytes) -> bool:
+        """
+        Parse a head whose method llhttp does not know (it knows a fixed list) but which is a
+        valid token, so that it gets the proxy's own answer to an unsupported method (405),
+        as any other: llhttp parses it with a method it knows in its place.
+
+        :param head: the whole head (from its request line to its blank line).
+        :returns: whether it was parsed.
+        """
+        start = len(head) - len(head.lstrip(b"\r\n"))
+        method, space, rest = head[start:].partition(b" ")
+        if not space or _TOKEN.fullmatch(method) is None:
+            return False
+        if self.ready and self.ready[-1] is self._current:  # begun by the failed parse
+            self.ready.pop()
+        self._parser = HttpRequestParser(self)  # the old one stays in its error state
+        self._method = method
+        try:
+            self._execute(b"PUT " + rest)
+        finally:
+            self._method = None
+        return True
 
     def _refuse(self, status: int, message: str, line: list[bytes] | None = None) -> None:
         current = self._current
@@ -256,11 +300,17 @@ class RequestParser:
             current.length = length
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
             current.length = None
+        elif len(name) == 6:
+            lowered = name.lower()
+            if lowered == b"cookie":
+                current.cookies = True
+            elif lowered == b"expect":
+                current.expect = True
 
     def on_headers_complete(self) -> None:
         current: ParsedRequest = self._current  # type: ignore[assignment]
         parser: HttpRequestParser = self._parser  # type: ignore[assignment]
-        current.method = parser.get_method()
+        current.method = self._method or parser.get_method()
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             self._refuse(400, "malformed HTTP request")
