@@ -201,7 +201,12 @@ class LimitedHTTPChannel(HTTPChannel):
             add(name, value)
         if parsed.cookies:
             request.parseCookies()
-        self.persistent = self.checkPersistence(request, parsed.version)
+        if parsed.connection or parsed.version != b"HTTP/1.1" or self.site.draining():
+            self.persistent = self.checkPersistence(request, parsed.version)
+        else:  # what checkPersistence says of it, without looking for the field again
+            self.persistent = True
+        if not parsed.id_fields:
+            request.id_fields = False
         request.gotLength(parsed.length)
         if parsed.expect and parsed.version == b"HTTP/1.1":
             expect = request.requestHeaders.getRawHeaders(b"expect", [b""])

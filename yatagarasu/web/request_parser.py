@@ -30,6 +30,14 @@ from yatagarasu.config.schema import SecurityLimits
 MAX_HEADERS = 500
 
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+#: fields whose presence a record notes (by name length, then lower-case name), so that
+#: requests without them are not searched for them
+_NOTED = {
+    6: {b"cookie": "cookies", b"expect": "expect"},
+    10: {b"connection": "connection"},
+    12: {b"x-request-id": "id_fields"},
+    16: {b"x-correlation-id": "id_fields"},
+}
 #: an RFC 9110 token (a method)
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -49,6 +57,8 @@ class ParsedRequest:
     :ivar error: ``(status, message)`` to answer instead of serving it, or ``None``.
     :ivar cookies: whether it has a ``Cookie`` field.
     :ivar expect: whether it has an ``Expect`` field.
+    :ivar connection: whether it has a ``Connection`` field.
+    :ivar id_fields: whether it has an ``X-Request-ID`` or ``X-Correlation-ID`` field.
     """
 
     __slots__ = (
@@ -57,11 +67,13 @@ class ParsedRequest:
         "_target",
         "body",
         "complete",
+        "connection",
         "cookies",
         "error",
         "expect",
         "head_done",
         "headers",
+        "id_fields",
         "length",
         "method",
         "version",
@@ -79,6 +91,8 @@ class ParsedRequest:
         self.error: tuple[int, str] | None = None
         self.cookies = False
         self.expect = False
+        self.connection = False
+        self.id_fields = False
         self._header_bytes = 0
         self._body_bytes = 0
 
@@ -300,12 +314,10 @@ class RequestParser:
             current.length = length
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
             current.length = None
-        elif len(name) == 6:
-            lowered = name.lower()
-            if lowered == b"cookie":
-                current.cookies = True
-            elif lowered == b"expect":
-                current.expect = True
+        elif len(name) in _NOTED:
+            noted = _NOTED[len(name)].get(name.lower())
+            if noted is not None:
+                setattr(current, noted, True)
 
     def on_headers_complete(self) -> None:
         current: ParsedRequest = self._current  # type: ignore[assignment]

@@ -41,7 +41,7 @@ from yatagarasu.per_second import PerSecond
 from yatagarasu.request_logging import RequestLogPolicy
 from yatagarasu.values import AuditRecord
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
-from yatagarasu.web.request_id import request_id_for
+from yatagarasu.web.request_id import new_request_id, request_id_for
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.target import traversal_reason
 
@@ -130,6 +130,8 @@ class ProxyRequest(Request):
     _head_extra = b""
     #: answered by the channel while the request was parsed (it audits those itself)
     _refused = False
+    #: whether it may carry an id of its own (``False``: the channel saw no such field)
+    id_fields = True
 
     @property
     def proxy_site(self) -> ProxySite:
@@ -156,7 +158,8 @@ class ProxyRequest(Request):
         site: ProxySite = channel.site
         self.site = site
         self.started = site.clock.seconds()
-        self.request_id = request_id_for(self.requestHeaders)
+        headers = self.requestHeaders
+        self.request_id = request_id_for(headers) if self.id_fields else new_request_id()
         rid = self.request_id.encode("ascii")
         ids = b"X-Request-Id: %s\r\nX-Correlation-Id: %s\r\n" % (rid, rid)
         self._fixed.prefix = ids + site.server_and_date(self.started)
