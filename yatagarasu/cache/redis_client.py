@@ -69,6 +69,8 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 #: Bytes asked for per read on a pool connection.
 READ_SIZE = 256 * 1024
+#: Bulk replies at least this large are read by :class:`_PoolProtocol` itself, not hiredis.
+BIG_BULK = 16 * 1024
 #: Longest wait between the pool's (and the subscriber's) reconnection attempts, seconds.
 RECONNECT_MAX_DELAY = 5.0
 
@@ -147,7 +149,112 @@ class _PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
             self.connections_made += 1
 
 
-class _MasterProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
+    """
+    A pool connection that reads large bulk replies itself and sends ``GET`` leanly.
+
+    *Bulk replies* (``$<n>\\r\\n<n bytes>\\r\\n``) of at least ``BIG_BULK`` bytes that start
+    at a reply boundary (hiredis holds nothing) are cut out of the received chunks and joined
+    once (one copy) instead of going through hiredis, which copies them into its buffer
+    (growing it chunk by chunk) and again into the reply. Everything else is fed to hiredis,
+    in order: replies are delivered in the order they arrive either way.
+
+    *GET* (:meth:`lean_get`): the command bytes are built at once and the reply taken from the
+    reply queue, without txredisapi's generic command building, its reply timer and its
+    three callbacks; the caller bounds the call and drops the connection when it times out
+    (what txredisapi's reply timer would do).
+    """
+
+    _value_left = 0
+    _crlf_left = 0
+    _pieces: list[Any] | None = None
+
+    def dataReceived(self, data: Any, unpause: bool = False) -> None:
+        while data:
+            if self._pieces is not None:
+                data = self._consume(data)
+            elif data[:1] == b"$" and not self._reader.has_data():
+                data = self._start_bulk(data)
+            else:
+                super().dataReceived(bytes(data) if type(data) is not bytes else data)
+                return
+
+    def _start_bulk(self, data: Any) -> Any:
+        """:returns: the rest of ``data`` after what was taken (``data`` for hiredis)."""
+        end = data.find(b"\r\n", 1, 24) if type(data) is bytes else -1
+        if end < 0:
+            super().dataReceived(bytes(data))  # header split or not bytes: hiredis
+            return b""
+        try:
+            size = int(data[1:end])
+        except ValueError:
+            size = -1
+        if size < BIG_BULK:  # small, nil or malformed: hiredis
+            super().dataReceived(data)
+            return b""
+        self._value_left = size
+        self._crlf_left = 2
+        self._pieces = []
+        return self._consume(memoryview(data)[end + 2 :])
+
+    def _consume(self, data: Any) -> Any:
+        """Take the bulk reply's next bytes; deliver it when whole. :returns: the rest."""
+        pieces = self._pieces
+        assert pieces is not None
+        length = len(data)
+        take = min(self._value_left, length)
+        if take:
+            pieces.append(data if take == length else data[:take])
+            self._value_left -= take
+        if self._value_left:
+            return b""
+        skip = min(self._crlf_left, length - take)
+        if skip:
+            done = 2 - self._crlf_left
+            if bytes(data[take : take + skip]) != b"\r\n"[done : done + skip]:
+                raise txredisapi.InvalidData("bulk reply not ended by CRLF")
+            self._crlf_left -= skip
+        if self._crlf_left:
+            return b""
+        self._pieces = None
+        self.replyReceived(self.tryConvertData(b"".join(pieces)))
+        return data[take + skip :] if take + skip < length else b""
+
+    def lean_get(self, key: bytes) -> Deferred[Any]:
+        """
+        ``GET key`` (see the class docstring).
+
+        :returns: fires with the reply (an error reply as a failure); never times out itself.
+        """
+        self.transport.write(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+        result: Deferred[Any] = Deferred()
+        self.replyQueue.get().addCallback(_deliver, result)
+        return result
+
+    def timed_out(self, result: Any, timeout: float) -> Any:
+        """
+        ``onTimeoutCancel`` of a :meth:`lean_get`: the connection that owes the reply is
+        dropped (the pool makes a new one), as txredisapi's own reply timer does for the other
+        commands, and the call fails with ``TimeoutError``.
+        """
+        self.transport.abortConnection()
+        if isinstance(result, Failure):
+            result.trap(defer.CancelledError)
+            raise defer.TimeoutError(timeout, "Deferred")
+        return result
+
+
+def _deliver(reply: Any, result: Deferred[Any]) -> None:
+    """Hand a reply from the queue to a :meth:`_PoolProtocol.lean_get` caller still waiting."""
+    if result.called:  # cancelled or timed out: the reply is dropped
+        return
+    if isinstance(reply, Exception):
+        result.errback(reply)
+    else:
+        result.callback(reply)
+
+
+class _MasterProtocol(_PoolProtocol):
     """A pool connection kept only when ``ROLE`` says the node is a master (with Sentinel)."""
 
     def connectionMade(self) -> Deferred[None]:
@@ -364,8 +471,9 @@ class RedisClient:
             )
             factory.maxDelay = RECONNECT_MAX_DELAY
             factory.initialDelay = 0.5
-            if self.target.sentinel is not None:
-                factory.protocol = _MasterProtocol
+            factory.protocol = (
+                _MasterProtocol if self.target.sentinel is not None else _PoolProtocol
+            )
             # Fired (failed) by txredisapi when a connection cannot log in or select the db,
             # or with the handler once the pool is full: nobody else listens to it.
             factory.deferred.addErrback(self._pool_failed)
@@ -458,10 +566,13 @@ class RedisClient:
         except RedisUnavailable:
             return fail()
         try:
-            d = self._send(command, args)
+            d, lean = self._send(command, args)
         except Exception:
-            d = fail()
-        d.addTimeout(self._timeout, self._reactor)
+            d, lean = fail(), None
+        if lean is None:
+            d.addTimeout(self._timeout, self._reactor)
+        else:
+            d.addTimeout(self._timeout, self._reactor, lean.timed_out)
         return d.addCallbacks(
             self._replied,
             self._call_failed,
@@ -469,22 +580,35 @@ class RedisClient:
             errbackArgs=(command, probe),
         )
 
-    def _send(self, command: str, args: tuple[Any, ...]) -> Deferred[Any]:
+    def _send(self, command: str, args: tuple[Any, ...]) -> tuple[Deferred[Any], Any]:
         """
         Hand a command to a ready pool connection directly -- a random one, as txredisapi's
         handler would pick for a command that does not hold the connection -- or, when none is
         ready (or the command holds its connection), to the handler, which waits for one.
+        A ``GET`` of a bytes key on a :class:`_PoolProtocol` goes by its ``lean_get``.
+
+        :returns: the reply's Deferred, and the connection when ``lean_get`` sent it (then
+            the caller's timeout must drop that connection), else ``None``.
         """
         factory = self._factory
         ready = factory.connectionQueue.pending if factory is not None else ()
         if ready:
             conn = random.choice(ready)  # load spreading, as txredisapi does
+            if (
+                command == "get"
+                and conn.connected
+                and isinstance(conn, _PoolProtocol)
+                and not conn.inTransaction
+                and not conn.pipelining
+                and type(args[0]) is bytes
+            ):
+                return conn.lean_get(args[0]), conn
             method = getattr(conn, command)
             if conn.connected and not getattr(method, "_blocking", False):
                 result: Deferred[Any] = method(*args)
-                return result
+                return result, None
         pooled: Deferred[Any] = getattr(self._pool(), command)(*args)
-        return pooled
+        return pooled, None
 
     def _replied(self, result: Any, command: str, probe: bool) -> Any:
         if isinstance(result, Exception):  # txredisapi hands some errors back as values
