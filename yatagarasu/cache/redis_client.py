@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -161,13 +162,17 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
 
     *GET* (:meth:`lean_get`): the command bytes are built at once and the reply taken from the
     reply queue, without txredisapi's generic command building, its reply timer and its
-    three callbacks; the caller bounds the call and drops the connection when it times out
-    (what txredisapi's reply timer would do).
+    three callbacks, and with one deadline timer per connection (armed for the oldest owed
+    reply, moved on when it fires early) instead of two timers per command: past its
+    deadline the connection is dropped and the call fails, as txredisapi's reply timer does.
     """
 
     _value_left = 0
     _crlf_left = 0
     _pieces: list[Any] | None = None
+    #: ``(deadline, result)`` of each :meth:`lean_get` whose reply is owed, oldest first.
+    _owed: deque[tuple[float, Deferred[Any]]] | None = None
+    _deadline_call: Any = None
 
     def dataReceived(self, data: Any, unpause: bool = False) -> None:
         while data:
@@ -220,38 +225,63 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
         self.replyReceived(self.tryConvertData(b"".join(pieces)))
         return data[take + skip :] if take + skip < length else b""
 
-    def lean_get(self, key: bytes) -> Deferred[Any]:
+    def lean_get(self, key: bytes, clock: Any, timeout: float) -> Deferred[Any]:
         """
         ``GET key`` (see the class docstring).
 
-        :returns: fires with the reply (an error reply as a failure); never times out itself.
+        :param clock: the clock of the deadline.
+        :param timeout: seconds the reply may take; past that the connection is dropped and
+            the call fails with ``TimeoutError``.
+        :returns: fires with the reply (an error reply as a failure).
         """
         self.transport.write(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
         result: Deferred[Any] = Deferred()
-        self.replyQueue.get().addCallback(_deliver, result)
+        self.replyQueue.get().addCallback(self._delivered, result)
+        owed = self._owed
+        if owed is None:
+            owed = self._owed = deque()
+        owed.append((clock.seconds() + timeout, result))
+        if self._deadline_call is None:
+            self._deadline_call = clock.callLater(timeout, self._check_deadline, clock)
         return result
 
-    def timed_out(self, result: Any, timeout: float) -> Any:
+    def _delivered(self, reply: Any, result: Deferred[Any]) -> None:
+        """Hand a reply from the queue to its :meth:`lean_get` caller, if still waiting."""
+        owed = self._owed
+        if owed:
+            owed.popleft()  # replies come in order: this one's deadline is the oldest
+        if result.called:  # cancelled or timed out: the reply is dropped
+            return
+        if isinstance(reply, Exception):
+            result.errback(reply)
+        else:
+            result.callback(reply)
+
+    def connectionLost(self, why: Failure) -> None:
+        # txredisapi fails every owed reply (ConnectionError); the deadline timer has no more use.
+        call, self._deadline_call = self._deadline_call, None
+        if call is not None and call.active():
+            call.cancel()
+        super().connectionLost(why)
+
+    def _check_deadline(self, clock: Any) -> None:
         """
-        ``onTimeoutCancel`` of a :meth:`lean_get`: the connection that owes the reply is
-        dropped (the pool makes a new one), as txredisapi's own reply timer does for the other
-        commands, and the call fails with ``TimeoutError``.
+        The deadline timer: one per connection, at the oldest owed reply's deadline. Past it,
+        the connection is dropped (the pool makes a new one; later owed calls fail with it),
+        as txredisapi's own reply timer does for the other commands.
         """
+        self._deadline_call = None
+        owed = self._owed
+        if not owed:
+            return
+        deadline, result = owed[0]
+        now = clock.seconds()
+        if deadline > now:
+            self._deadline_call = clock.callLater(deadline - now, self._check_deadline, clock)
+            return
         self.transport.abortConnection()
-        if isinstance(result, Failure):
-            result.trap(defer.CancelledError)
-            raise defer.TimeoutError(timeout, "Deferred")
-        return result
-
-
-def _deliver(reply: Any, result: Deferred[Any]) -> None:
-    """Hand a reply from the queue to a :meth:`_PoolProtocol.lean_get` caller still waiting."""
-    if result.called:  # cancelled or timed out: the reply is dropped
-        return
-    if isinstance(reply, Exception):
-        result.errback(reply)
-    else:
-        result.callback(reply)
+        if not result.called:
+            result.errback(defer.TimeoutError(deadline, "Redis reply"))
 
 
 class _MasterProtocol(_PoolProtocol):
@@ -568,11 +598,9 @@ class RedisClient:
         try:
             d, lean = self._send(command, args)
         except Exception:
-            d, lean = fail(), None
-        if lean is None:
+            d, lean = fail(), False
+        if not lean:  # lean_get bounds its call itself
             d.addTimeout(self._timeout, self._reactor)
-        else:
-            d.addTimeout(self._timeout, self._reactor, lean.timed_out)
         return d.addCallbacks(
             self._replied,
             self._call_failed,
@@ -580,15 +608,15 @@ class RedisClient:
             errbackArgs=(command, probe),
         )
 
-    def _send(self, command: str, args: tuple[Any, ...]) -> tuple[Deferred[Any], Any]:
+    def _send(self, command: str, args: tuple[Any, ...]) -> tuple[Deferred[Any], bool]:
         """
         Hand a command to a ready pool connection directly -- a random one, as txredisapi's
         handler would pick for a command that does not hold the connection -- or, when none is
         ready (or the command holds its connection), to the handler, which waits for one.
         A ``GET`` of a bytes key on a :class:`_PoolProtocol` goes by its ``lean_get``.
 
-        :returns: the reply's Deferred, and the connection when ``lean_get`` sent it (then
-            the caller's timeout must drop that connection), else ``None``.
+        :returns: the reply's Deferred, and whether ``lean_get`` sent it (then it is bounded
+            by the timeout already).
         """
         factory = self._factory
         ready = factory.connectionQueue.pending if factory is not None else ()
@@ -602,13 +630,13 @@ class RedisClient:
                 and not conn.pipelining
                 and type(args[0]) is bytes
             ):
-                return conn.lean_get(args[0]), conn
+                return conn.lean_get(args[0], self._reactor, self._timeout), True
             method = getattr(conn, command)
             if conn.connected and not getattr(method, "_blocking", False):
                 result: Deferred[Any] = method(*args)
-                return result, None
+                return result, False
         pooled: Deferred[Any] = getattr(self._pool(), command)(*args)
-        return pooled, None
+        return pooled, False
 
     def _replied(self, result: Any, command: str, probe: bool) -> Any:
         if isinstance(result, Exception):  # txredisapi hands some errors back as values

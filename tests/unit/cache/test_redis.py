@@ -15,8 +15,10 @@ from typing import Any
 import txredisapi
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from yatagarasu.cache import redis as redis_module
@@ -331,8 +333,9 @@ class PoolProtocolTests(SynchronousTestCase):
 
     def test_lean_get_sends_get_and_takes_its_reply_in_turn(self) -> None:
         proto, transport = pool_protocol()
-        first = proto.lean_get(b"k:1")
-        second = proto.lean_get(b"k2")
+        clock = Clock()
+        first = proto.lean_get(b"k:1", clock, 1.0)
+        second = proto.lean_get(b"k2", clock, 1.0)
         self.assertEqual(
             transport.value(), b"*2\r\n$3\r\nGET\r\n$3\r\nk:1\r\n*2\r\n$3\r\nGET\r\n$2\r\nk2\r\n"
         )
@@ -340,7 +343,7 @@ class PoolProtocolTests(SynchronousTestCase):
         self.failureResultOf(first, CancelledError)
         proto.dataReceived(bulk(b"one") + bulk(self.big))
         self.assertEqual(self.successResultOf(second), self.big)
-        third = proto.lean_get(b"k3")
+        third = proto.lean_get(b"k3", clock, 1.0)
         self.assertNoResult(third)
         proto.dataReceived(b"-ERR nope\r\n")
         self.failureResultOf(third, txredisapi.ResponseError)
@@ -365,7 +368,31 @@ class LeanGetTests(SynchronousTestCase):
         self.conn.dataReceived(bulk(b"v"))
         self.assertEqual(self.successResultOf(d), b"v")
         self.assertEqual(self.pool.handler.calls, 0)
-        self.assertFalse(self.clock.getDelayedCalls())  # the timeout is gone with the reply
+        self.clock.advance(0.5)  # the deadline timer finds nothing owed and stops
+        self.assertFalse(self.clock.getDelayedCalls())
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_each_get_has_its_own_deadline_on_one_timer(self) -> None:
+        first = self.client.get(b"a")
+        self.clock.advance(0.3)
+        second = self.client.get(b"b")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.conn.dataReceived(bulk(b"A"))
+        self.assertEqual(self.successResultOf(first), b"A")
+        self.clock.advance(0.2)  # the first deadline passed; the second is 0.3 s away
+        self.assertNoResult(second)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.29)
+        self.assertNoResult(second)
+        self.clock.advance(0.01)
+        self.failureResultOf(second, RedisUnavailable)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_lost_connection_fails_the_owed_gets_and_stops_the_timer(self) -> None:
+        d = self.client.get(b"k")
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, RedisUnavailable)
+        self.assertFalse(self.clock.getDelayedCalls())
 
     def test_a_timed_out_get_drops_its_connection(self) -> None:
         d = self.client.get(b"k")
