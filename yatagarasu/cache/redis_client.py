@@ -7,16 +7,21 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   numbers not converted) created lazily by the first command, connecting through an endpoint
   built on the injected reactor (TCP, or TLS verified against the host name for ``rediss://``).
   The pool reconnects by itself (one ``ClientService`` per slot inside txredisapi); nothing
-  waits for it to connect at startup. Replies are parsed by ``hiredis`` (txredisapi uses its
-  ``HiredisProtocol`` whenever ``hiredis`` is installed, and it is a dependency). A command
-  goes straight to a ready pool connection (picked at random, as txredisapi's handler does),
-  through the handler only when none is ready (it waits for one) or the command holds its
-  connection; commands are sent with plain Deferred callbacks, no coroutine. Pool connections
-  over TCP read ``READ_SIZE`` (256 KiB) at a time instead of Twisted's 64 KiB;
+  waits for it to connect at startup. Replies are parsed by ``hiredis`` (pool connections are
+  :class:`_PoolProtocol`, a txredisapi ``HiredisProtocol``; ``hiredis`` is a dependency),
+  except bulk replies of ``BIG_BULK`` (16 KiB) and more, which the connection cuts out of the
+  received bytes itself (one copy instead of hiredis' two). A command goes straight to a ready
+  pool connection (picked at random, as txredisapi's handler does), through the handler only
+  when none is ready (it waits for one) or the command holds its connection; commands are sent
+  with plain Deferred callbacks, no coroutine, and ``GET`` by the connection's ``lean_get``
+  (command bytes built at once, no txredisapi command machinery). Pool connections over TCP
+  read ``READ_SIZE`` (256 KiB) at a time instead of Twisted's 64 KiB;
 - every command raced against ``timeout`` seconds on the injected clock
   (``Deferred.addTimeout``): while Redis is down txredisapi would otherwise wait forever for a
   connection. txredisapi's own ``replyTimeout`` (90 % of ``timeout``, once a command is sent)
-  drops a connection that does not answer, so a frozen or vanished peer does not keep it;
+  drops a connection that does not answer, so a frozen or vanished peer does not keep it. A
+  ``lean_get`` has neither: its connection keeps one deadline timer (the oldest owed reply's)
+  and, past ``timeout``, drops the connection and fails the call with the same timeout;
 - a breaker: after a failure (timeout, lost connection) commands are refused at once with
   :class:`RedisUnavailable` — without touching the pool, where cancelled waiters would pile up
   — until the backoff (1 s, doubling up to 30 s) has passed *and* the pool holds a live
