@@ -179,56 +179,76 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
     _owed: deque[tuple[float, Deferred[Any]]] | None = None
     _deadline_call: Any = None
 
-    def dataReceived(self, data: Any, unpause: bool = False) -> None:
-        while data:
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # Walk the chunk reply by reply while hiredis holds nothing: large bulk replies are
+        # taken here, small ones and one-line replies handed to hiredis one by one (so that a
+        # large bulk after them still starts at a boundary); anything else (arrays, a reply
+        # cut by the chunk's end) goes to hiredis with the rest of the chunk.
+        if type(data) is not bytes:
+            data = bytes(data)
+        pos, length = 0, len(data)
+        while pos < length:
             if self._pieces is not None:
-                data = self._consume(data)
-            elif data[:1] == b"$" and not self._reader.has_data():
-                data = self._start_bulk(data)
+                pos = self._consume(data, pos)
+                continue
+            if self._reader.has_data():
+                break
+            first = data[pos]
+            if first == 0x24:  # "$": a bulk reply
+                end = data.find(b"\r\n", pos + 1, pos + 24)
+                if end < 0:
+                    break
+                try:
+                    size = int(data[pos + 1 : end])
+                except ValueError:
+                    break  # hiredis reports the protocol error
+                if size >= BIG_BULK:
+                    self._value_left, self._crlf_left, self._pieces = size, 2, []
+                    pos = self._consume(data, end + 2)
+                    continue
+                stop = end + 2 + (size + 2 if size >= 0 else 0)
+            elif first in (0x2B, 0x2D, 0x3A):  # "+", "-", ":": one line
+                end = data.find(b"\r\n", pos + 1)
+                if end < 0:
+                    break
+                stop = end + 2
             else:
-                super().dataReceived(bytes(data) if type(data) is not bytes else data)
-                return
+                break
+            if stop > length:
+                break
+            super().dataReceived(data[pos:stop])
+            pos = stop
+        else:
+            return
+        super().dataReceived(data[pos:] if pos else data)
 
-    def _start_bulk(self, data: Any) -> Any:
-        """:returns: the rest of ``data`` after what was taken (``data`` for hiredis)."""
-        end = data.find(b"\r\n", 1, 24) if type(data) is bytes else -1
-        if end < 0:
-            super().dataReceived(bytes(data))  # header split or not bytes: hiredis
-            return b""
-        try:
-            size = int(data[1:end])
-        except ValueError:
-            size = -1
-        if size < BIG_BULK:  # small, nil or malformed: hiredis
-            super().dataReceived(data)
-            return b""
-        self._value_left = size
-        self._crlf_left = 2
-        self._pieces = []
-        return self._consume(memoryview(data)[end + 2 :])
+    def _consume(self, data: bytes, pos: int) -> int:
+        """Take the bulk reply's next bytes from ``data[pos:]``; deliver it when whole.
 
-    def _consume(self, data: Any) -> Any:
-        """Take the bulk reply's next bytes; deliver it when whole. :returns: the rest."""
+        :returns: where the rest of ``data`` starts.
+        """
         pieces = self._pieces
         assert pieces is not None
         length = len(data)
-        take = min(self._value_left, length)
+        take = min(self._value_left, length - pos)
         if take:
-            pieces.append(data if take == length else data[:take])
+            pieces.append(data if take == length else memoryview(data)[pos : pos + take])
             self._value_left -= take
+            pos += take
         if self._value_left:
-            return b""
-        skip = min(self._crlf_left, length - take)
+            return pos
+        skip = min(self._crlf_left, length - pos)
         if skip:
             done = 2 - self._crlf_left
-            if bytes(data[take : take + skip]) != b"\r\n"[done : done + skip]:
+            if data[pos : pos + skip] != b"\r\n"[done : done + skip]:
                 raise txredisapi.InvalidData("bulk reply not ended by CRLF")
             self._crlf_left -= skip
+            pos += skip
         if self._crlf_left:
-            return b""
+            return pos
         self._pieces = None
         self.replyReceived(self.tryConvertData(b"".join(pieces)))
-        return data[take + skip :] if take + skip < length else b""
+        return pos
 
     def lean_get(self, key: bytes, clock: Any, timeout: float) -> Deferred[Any]:
         """

@@ -326,6 +326,25 @@ class PoolProtocolTests(SynchronousTestCase):
         proto.dataReceived(bulk(b"small"))
         self.assertEqual(fed, [bulk(b"small")])
 
+    def test_large_bulk_replies_among_pipelined_ones_do_not_go_through_hiredis(self) -> None:
+        fed: list[bytes] = []
+        real = txredisapi.HiredisProtocol.dataReceived
+
+        def feeding(proto: Any, data: bytes) -> None:
+            fed.append(data)
+            real(proto, data)
+
+        self.patch(txredisapi.HiredisProtocol, "dataReceived", feeding)
+        proto, _ = pool_protocol()
+        got: list[Any] = []
+        proto.replyReceived = got.append  # type: ignore[method-assign]
+        small = b"+OK\r\n" + bulk(b"abc") + b":7\r\n" + b"$-1\r\n"
+        proto.dataReceived(small + bulk(self.big) + small + bulk(self.big[::-1]))
+        self.assertEqual(
+            got, [b"OK", b"abc", 7, None, self.big, b"OK", b"abc", 7, None, self.big[::-1]]
+        )
+        self.assertEqual(fed, [b"+OK\r\n", bulk(b"abc"), b":7\r\n", b"$-1\r\n"] * 2)
+
     def test_a_bulk_reply_not_ended_by_crlf_is_a_protocol_error(self) -> None:
         proto, _ = pool_protocol()
         bad = b"$%d\r\n%sXY" % (len(self.big), self.big)
