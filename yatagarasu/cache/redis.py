@@ -82,6 +82,8 @@ log = Logger(namespace="yatagarasu.cache.redis")
 SCAN_COUNT = 500
 #: Format version stored in every value.
 VALUE_VERSION = 1
+#: Distinct header sets whose encoded head lines a layer keeps (cleared when full).
+HEADS_KEPT = 4096
 
 PurgeCallback = Callable[[str | None, str | None, str | None], object]
 """``on_remote_purge(bucket, prefix, key)``: ``None`` bucket = everything; ``key`` set = one
@@ -442,6 +444,7 @@ class RedisCacheLayer:
         self._bytes: Counter[str] = Counter()
         self._known: dict[bytes, _Known] = {}
         self._deadlines: list[tuple[float, bytes]] = []
+        self._heads: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -545,6 +548,15 @@ class RedisCacheLayer:
         except ValueError as exc:
             self._failure("get", exc, key=key.text)
             return Deferred.fromCoroutine(self._undecodable(key, rkey))
+        # A hit on the same headers as before reuses their encoded head lines.
+        heads = self._heads
+        head = heads.get(entry.headers)
+        if head is not None:
+            entry.__dict__["head_lines"] = head  # where cached_property keeps it
+        else:
+            if len(heads) >= HEADS_KEPT:
+                heads.clear()
+            heads[entry.headers] = entry.head_lines
         return self._counted(key, entry)
 
     async def _undecodable(self, key: CacheKey, rkey: bytes) -> CacheEntry | None:

@@ -7,16 +7,21 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   numbers not converted) created lazily by the first command, connecting through an endpoint
   built on the injected reactor (TCP, or TLS verified against the host name for ``rediss://``).
   The pool reconnects by itself (one ``ClientService`` per slot inside txredisapi); nothing
-  waits for it to connect at startup. Replies are parsed by ``hiredis`` (txredisapi uses its
-  ``HiredisProtocol`` whenever ``hiredis`` is installed, and it is a dependency). A command
-  goes straight to a ready pool connection (picked at random, as txredisapi's handler does),
-  through the handler only when none is ready (it waits for one) or the command holds its
-  connection; commands are sent with plain Deferred callbacks, no coroutine. Pool connections
-  over TCP read ``READ_SIZE`` (256 KiB) at a time instead of Twisted's 64 KiB;
+  waits for it to connect at startup. Replies are parsed by ``hiredis`` (pool connections are
+  :class:`_PoolProtocol`, a txredisapi ``HiredisProtocol``; ``hiredis`` is a dependency),
+  except bulk replies of ``BIG_BULK`` (16 KiB) and more, which the connection cuts out of the
+  received bytes itself (one copy instead of hiredis' two). A command goes straight to a ready
+  pool connection (picked at random, as txredisapi's handler does), through the handler only
+  when none is ready (it waits for one) or the command holds its connection; commands are sent
+  with plain Deferred callbacks, no coroutine, and ``GET`` by the connection's ``lean_get``
+  (command bytes built at once, no txredisapi command machinery). Pool connections over TCP
+  read ``READ_SIZE`` (256 KiB) at a time instead of Twisted's 64 KiB;
 - every command raced against ``timeout`` seconds on the injected clock
   (``Deferred.addTimeout``): while Redis is down txredisapi would otherwise wait forever for a
   connection. txredisapi's own ``replyTimeout`` (90 % of ``timeout``, once a command is sent)
-  drops a connection that does not answer, so a frozen or vanished peer does not keep it;
+  drops a connection that does not answer, so a frozen or vanished peer does not keep it. A
+  ``lean_get`` has neither: its connection keeps one deadline timer (the oldest owed reply's)
+  and, past ``timeout``, drops the connection and fails the call with the same timeout;
 - a breaker: after a failure (timeout, lost connection) commands are refused at once with
   :class:`RedisUnavailable` — without touching the pool, where cancelled waiters would pile up
   — until the backoff (1 s, doubling up to 30 s) has passed *and* the pool holds a live
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +75,8 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 #: Bytes asked for per read on a pool connection.
 READ_SIZE = 256 * 1024
+#: Bulk replies at least this large are read by :class:`_PoolProtocol` itself, not hiredis.
+BIG_BULK = 16 * 1024
 #: Longest wait between the pool's (and the subscriber's) reconnection attempts, seconds.
 RECONNECT_MAX_DELAY = 5.0
 
@@ -147,7 +155,161 @@ class _PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
             self.connections_made += 1
 
 
-class _MasterProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
+    """
+    A pool connection that reads large bulk replies itself and sends ``GET`` leanly.
+
+    *Bulk replies* (``$<n>\\r\\n<n bytes>\\r\\n``) of at least ``BIG_BULK`` bytes that start
+    at a reply boundary (hiredis holds nothing) are cut out of the received chunks and joined
+    once (one copy) instead of going through hiredis, which copies them into its buffer
+    (growing it chunk by chunk) and again into the reply. Everything else is fed to hiredis,
+    in order: replies are delivered in the order they arrive either way.
+
+    *GET* (:meth:`lean_get`): the command bytes are built at once and the reply taken from the
+    reply queue, without txredisapi's generic command building, its reply timer and its
+    three callbacks, and with one deadline timer per connection (armed for the oldest owed
+    reply, moved on when it fires early) instead of two timers per command: past its
+    deadline the connection is dropped and the call fails, as txredisapi's reply timer does.
+    """
+
+    _value_left = 0
+    _crlf_left = 0
+    _pieces: list[Any] | None = None
+    #: ``(deadline, result)`` of each :meth:`lean_get` whose reply is owed, oldest first.
+    _owed: deque[tuple[float, Deferred[Any]]] | None = None
+    _deadline_call: Any = None
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # Walk the chunk reply by reply while hiredis holds nothing: large bulk replies are
+        # taken here, small ones and one-line replies handed to hiredis one by one (so that a
+        # large bulk after them still starts at a boundary); anything else (arrays, a reply
+        # cut by the chunk's end) goes to hiredis with the rest of the chunk.
+        if type(data) is not bytes:
+            data = bytes(data)
+        pos, length = 0, len(data)
+        while pos < length:
+            if self._pieces is not None:
+                pos = self._consume(data, pos)
+                continue
+            if self._reader.has_data():
+                break
+            first = data[pos]
+            if first == 0x24:  # "$": a bulk reply
+                end = data.find(b"\r\n", pos + 1, pos + 24)
+                if end < 0:
+                    break
+                try:
+                    size = int(data[pos + 1 : end])
+                except ValueError:
+                    break  # hiredis reports the protocol error
+                if size >= BIG_BULK:
+                    self._value_left, self._crlf_left, self._pieces = size, 2, []
+                    pos = self._consume(data, end + 2)
+                    continue
+                stop = end + 2 + (size + 2 if size >= 0 else 0)
+            elif first in (0x2B, 0x2D, 0x3A):  # "+", "-", ":": one line
+                end = data.find(b"\r\n", pos + 1)
+                if end < 0:
+                    break
+                stop = end + 2
+            else:
+                break
+            if stop > length:
+                break
+            super().dataReceived(data[pos:stop])
+            pos = stop
+        else:
+            return
+        super().dataReceived(data[pos:] if pos else data)
+
+    def _consume(self, data: bytes, pos: int) -> int:
+        """Take the bulk reply's next bytes from ``data[pos:]``; deliver it when whole.
+
+        :returns: where the rest of ``data`` starts.
+        """
+        pieces = self._pieces
+        assert pieces is not None
+        length = len(data)
+        take = min(self._value_left, length - pos)
+        if take:
+            pieces.append(data if take == length else memoryview(data)[pos : pos + take])
+            self._value_left -= take
+            pos += take
+        if self._value_left:
+            return pos
+        skip = min(self._crlf_left, length - pos)
+        if skip:
+            done = 2 - self._crlf_left
+            if data[pos : pos + skip] != b"\r\n"[done : done + skip]:
+                raise txredisapi.InvalidData("bulk reply not ended by CRLF")
+            self._crlf_left -= skip
+            pos += skip
+        if self._crlf_left:
+            return pos
+        self._pieces = None
+        self.replyReceived(self.tryConvertData(b"".join(pieces)))
+        return pos
+
+    def lean_get(self, key: bytes, clock: Any, timeout: float) -> Deferred[Any]:
+        """
+        ``GET key`` (see the class docstring).
+
+        :param clock: the clock of the deadline.
+        :param timeout: seconds the reply may take; past that the connection is dropped and
+            the call fails with ``TimeoutError``.
+        :returns: fires with the reply (an error reply as a failure).
+        """
+        self.transport.write(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+        result: Deferred[Any] = Deferred()
+        self.replyQueue.get().addCallback(self._delivered, result)
+        owed = self._owed
+        if owed is None:
+            owed = self._owed = deque()
+        owed.append((clock.seconds() + timeout, result))
+        if self._deadline_call is None:
+            self._deadline_call = clock.callLater(timeout, self._check_deadline, clock)
+        return result
+
+    def _delivered(self, reply: Any, result: Deferred[Any]) -> None:
+        """Hand a reply from the queue to its :meth:`lean_get` caller, if still waiting."""
+        owed = self._owed
+        if owed:
+            owed.popleft()  # replies come in order: this one's deadline is the oldest
+        if result.called:  # cancelled or timed out: the reply is dropped
+            return
+        if isinstance(reply, Exception):
+            result.errback(reply)
+        else:
+            result.callback(reply)
+
+    def connectionLost(self, why: Failure) -> None:
+        # txredisapi fails every owed reply (ConnectionError); the deadline timer has no more use.
+        call, self._deadline_call = self._deadline_call, None
+        if call is not None and call.active():
+            call.cancel()
+        super().connectionLost(why)
+
+    def _check_deadline(self, clock: Any) -> None:
+        """
+        The deadline timer: one per connection, at the oldest owed reply's deadline. Past it,
+        the connection is dropped (the pool makes a new one; later owed calls fail with it),
+        as txredisapi's own reply timer does for the other commands.
+        """
+        self._deadline_call = None
+        owed = self._owed
+        if not owed:
+            return
+        deadline, result = owed[0]
+        now = clock.seconds()
+        if deadline > now:
+            self._deadline_call = clock.callLater(deadline - now, self._check_deadline, clock)
+            return
+        self.transport.abortConnection()
+        if not result.called:
+            result.errback(defer.TimeoutError(deadline, "Redis reply"))
+
+
+class _MasterProtocol(_PoolProtocol):
     """A pool connection kept only when ``ROLE`` says the node is a master (with Sentinel)."""
 
     def connectionMade(self) -> Deferred[None]:
@@ -364,8 +526,9 @@ class RedisClient:
             )
             factory.maxDelay = RECONNECT_MAX_DELAY
             factory.initialDelay = 0.5
-            if self.target.sentinel is not None:
-                factory.protocol = _MasterProtocol
+            factory.protocol = (
+                _MasterProtocol if self.target.sentinel is not None else _PoolProtocol
+            )
             # Fired (failed) by txredisapi when a connection cannot log in or select the db,
             # or with the handler once the pool is full: nobody else listens to it.
             factory.deferred.addErrback(self._pool_failed)
@@ -458,10 +621,11 @@ class RedisClient:
         except RedisUnavailable:
             return fail()
         try:
-            d = self._send(command, args)
+            d, lean = self._send(command, args)
         except Exception:
-            d = fail()
-        d.addTimeout(self._timeout, self._reactor)
+            d, lean = fail(), False
+        if not lean:  # lean_get bounds its call itself
+            d.addTimeout(self._timeout, self._reactor)
         return d.addCallbacks(
             self._replied,
             self._call_failed,
@@ -469,22 +633,35 @@ class RedisClient:
             errbackArgs=(command, probe),
         )
 
-    def _send(self, command: str, args: tuple[Any, ...]) -> Deferred[Any]:
+    def _send(self, command: str, args: tuple[Any, ...]) -> tuple[Deferred[Any], bool]:
         """
         Hand a command to a ready pool connection directly -- a random one, as txredisapi's
         handler would pick for a command that does not hold the connection -- or, when none is
         ready (or the command holds its connection), to the handler, which waits for one.
+        A ``GET`` of a bytes key on a :class:`_PoolProtocol` goes by its ``lean_get``.
+
+        :returns: the reply's Deferred, and whether ``lean_get`` sent it (then it is bounded
+            by the timeout already).
         """
         factory = self._factory
         ready = factory.connectionQueue.pending if factory is not None else ()
         if ready:
             conn = random.choice(ready)  # load spreading, as txredisapi does
+            if (
+                command == "get"
+                and conn.connected
+                and isinstance(conn, _PoolProtocol)
+                and not conn.inTransaction
+                and not conn.pipelining
+                and type(args[0]) is bytes
+            ):
+                return conn.lean_get(args[0], self._reactor, self._timeout), True
             method = getattr(conn, command)
             if conn.connected and not getattr(method, "_blocking", False):
                 result: Deferred[Any] = method(*args)
-                return result
+                return result, False
         pooled: Deferred[Any] = getattr(self._pool(), command)(*args)
-        return pooled
+        return pooled, False
 
     def _replied(self, result: Any, command: str, probe: bool) -> Any:
         if isinstance(result, Exception):  # txredisapi hands some errors back as values

@@ -15,16 +15,23 @@ from typing import Any
 import txredisapi
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from yatagarasu.cache import redis as redis_module
 from yatagarasu.cache.redis import RedisCacheLayer, decode_entry, encode_entry, redis_settings
 from yatagarasu.cache.redis_client import (
     BACKOFF_MAX,
+    BIG_BULK,
     RedisClient,
+    RedisCommandFailed,
     RedisScriptMissing,
     RedisTarget,
     RedisUnavailable,
+    _PoolProtocol,
 )
 from yatagarasu.values import CacheEntry, CacheKey
 
@@ -245,6 +252,185 @@ class SendTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(reply), [b"q", b"v"])
 
 
+def pool_protocol() -> tuple[_PoolProtocol, StringTransport]:
+    """A pool connection as the pool makes it (bytes, no number conversion), "connected"."""
+    proto = _PoolProtocol(charset=None, convertNumbers=False)
+    transport = StringTransport()
+    proto.transport = transport
+    proto.connected = 1
+    return proto, transport
+
+
+def bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class PoolProtocolTests(SynchronousTestCase):
+    """Large bulk replies read without hiredis; everything else through it; order kept."""
+
+    big = bytes(range(256)) * (BIG_BULK // 256 + 3)
+    stream = (
+        b"+OK\r\n"
+        + bulk(big)
+        + bulk(b"abc")
+        + b"$-1\r\n"
+        + bulk(big[::-1])
+        + b":5\r\n"
+        + b"-ERR bad\r\n"
+        + bulk(big[:BIG_BULK])
+        + b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+    )
+
+    def replies(self, chunk_size: int) -> list[Any]:
+        proto, _ = pool_protocol()
+        got: list[Any] = []
+        proto.replyReceived = got.append  # type: ignore[method-assign]
+        data = self.stream
+        for i in range(0, len(data), chunk_size):
+            proto.dataReceived(data[i : i + chunk_size])
+        return got
+
+    def test_replies_arrive_whole_and_in_order_however_the_bytes_are_cut(self) -> None:
+        for chunk_size in (1, 2, 3, 5, 1000, BIG_BULK - 1, BIG_BULK + 7, len(self.stream)):
+            got = self.replies(chunk_size)
+            self.assertEqual(len(got), 9, chunk_size)
+            self.assertIsInstance(got[6], txredisapi.ResponseError)
+            got[6] = "error"
+            self.assertEqual(
+                got,
+                [
+                    b"OK",
+                    self.big,
+                    b"abc",
+                    None,
+                    self.big[::-1],
+                    5,
+                    "error",
+                    self.big[:BIG_BULK],
+                    [b"a", b"b"],
+                ],
+                chunk_size,
+            )
+            self.assertIs(type(got[1]), bytes)
+
+    def test_a_large_bulk_reply_does_not_go_through_hiredis(self) -> None:
+        fed: list[bytes] = []
+        self.patch(txredisapi.HiredisProtocol, "dataReceived", lambda self, data: fed.append(data))
+        proto, _ = pool_protocol()
+        got: list[Any] = []
+        proto.replyReceived = got.append  # type: ignore[method-assign]
+        data = bulk(self.big)
+        for i in range(0, len(data), 4096):
+            proto.dataReceived(data[i : i + 4096])
+        self.assertEqual((got, fed), ([self.big], []))
+        proto.dataReceived(bulk(b"small"))
+        self.assertEqual(fed, [bulk(b"small")])
+
+    def test_large_bulk_replies_among_pipelined_ones_do_not_go_through_hiredis(self) -> None:
+        fed: list[bytes] = []
+        real = txredisapi.HiredisProtocol.dataReceived
+
+        def feeding(proto: Any, data: bytes) -> None:
+            fed.append(data)
+            real(proto, data)
+
+        self.patch(txredisapi.HiredisProtocol, "dataReceived", feeding)
+        proto, _ = pool_protocol()
+        got: list[Any] = []
+        proto.replyReceived = got.append  # type: ignore[method-assign]
+        small = b"+OK\r\n" + bulk(b"abc") + b":7\r\n" + b"$-1\r\n"
+        proto.dataReceived(small + bulk(self.big) + small + bulk(self.big[::-1]))
+        self.assertEqual(
+            got, [b"OK", b"abc", 7, None, self.big, b"OK", b"abc", 7, None, self.big[::-1]]
+        )
+        self.assertEqual(fed, [b"+OK\r\n", bulk(b"abc"), b":7\r\n", b"$-1\r\n"] * 2)
+
+    def test_a_bulk_reply_not_ended_by_crlf_is_a_protocol_error(self) -> None:
+        proto, _ = pool_protocol()
+        bad = b"$%d\r\n%sXY" % (len(self.big), self.big)
+        self.assertRaises(txredisapi.InvalidData, proto.dataReceived, bad)
+
+    def test_lean_get_sends_get_and_takes_its_reply_in_turn(self) -> None:
+        proto, transport = pool_protocol()
+        clock = Clock()
+        first = proto.lean_get(b"k:1", clock, 1.0)
+        second = proto.lean_get(b"k2", clock, 1.0)
+        self.assertEqual(
+            transport.value(), b"*2\r\n$3\r\nGET\r\n$3\r\nk:1\r\n*2\r\n$3\r\nGET\r\n$2\r\nk2\r\n"
+        )
+        first.cancel()  # its caller left: the reply owed to it must not go to the next one
+        self.failureResultOf(first, CancelledError)
+        proto.dataReceived(bulk(b"one") + bulk(self.big))
+        self.assertEqual(self.successResultOf(second), self.big)
+        third = proto.lean_get(b"k3", clock, 1.0)
+        self.assertNoResult(third)
+        proto.dataReceived(b"-ERR nope\r\n")
+        self.failureResultOf(third, txredisapi.ResponseError)
+
+
+class LeanGetTests(SynchronousTestCase):
+    """The client sends GET by ``lean_get`` on a ready pool connection, bounded by its timeout."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = RedisClient(
+            RedisTarget("redis.invalid", 6379), self.clock, timeout=0.5, pool_size=2
+        )
+        self.pool = FakeFactory()
+        self.client._factory = self.pool  # type: ignore[assignment]
+        self.conn, self.transport = pool_protocol()
+        self.pool.connectionQueue.pending.append(self.conn)
+
+    def test_get_goes_by_lean_get(self) -> None:
+        d = self.client.get(b"k")
+        self.assertEqual(self.transport.value(), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+        self.conn.dataReceived(bulk(b"v"))
+        self.assertEqual(self.successResultOf(d), b"v")
+        self.assertEqual(self.pool.handler.calls, 0)
+        self.clock.advance(0.5)  # the deadline timer finds nothing owed and stops
+        self.assertFalse(self.clock.getDelayedCalls())
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_each_get_has_its_own_deadline_on_one_timer(self) -> None:
+        first = self.client.get(b"a")
+        self.clock.advance(0.3)
+        second = self.client.get(b"b")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.conn.dataReceived(bulk(b"A"))
+        self.assertEqual(self.successResultOf(first), b"A")
+        self.clock.advance(0.2)  # the first deadline passed; the second is 0.3 s away
+        self.assertNoResult(second)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.29)
+        self.assertNoResult(second)
+        self.clock.advance(0.01)
+        self.failureResultOf(second, RedisUnavailable)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_lost_connection_fails_the_owed_gets_and_stops_the_timer(self) -> None:
+        d = self.client.get(b"k")
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, RedisUnavailable)
+        self.assertFalse(self.clock.getDelayedCalls())
+
+    def test_a_timed_out_get_drops_its_connection(self) -> None:
+        d = self.client.get(b"k")
+        self.clock.advance(0.49)
+        self.assertNoResult(d)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.01)
+        failure = self.failureResultOf(d, RedisUnavailable)
+        self.assertIn("timed out", str(failure.value))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.client.healthy)
+
+    def test_an_error_reply_is_a_command_failure(self) -> None:
+        d = self.client.get(b"k")
+        self.conn.dataReceived(b"-WRONGTYPE Operation against a key\r\n")
+        self.failureResultOf(d, RedisCommandFailed)
+        self.assertTrue(self.client.healthy)
+
+
 class FakeClient:
     """An in-memory stand-in for :class:`RedisClient` (no TTL expiry; TTLs are recorded)."""
 
@@ -384,6 +570,37 @@ class LayerTests(SynchronousTestCase):
     def test_values_keep_floats_exact(self) -> None:
         stored = entry()
         self.assertEqual(decode_entry(encode_entry(stored)), stored)
+
+    def test_hits_on_the_same_headers_share_their_encoded_head_lines(self) -> None:
+        first, second = CacheKey("b", "1"), CacheKey("b", "2")
+        self.successResultOf(self.layer.set(first, entry(b"one")))
+        self.successResultOf(self.layer.set(second, entry(b"two")))
+        hits = [self.successResultOf(self.layer.get(k)) for k in (first, second, first)]
+        assert all(hit is not None for hit in hits)
+        heads = [hit.head_lines for hit in hits if hit is not None]
+        self.assertEqual(heads[0], b'ETag: "e"\r\n')
+        self.assertIs(heads[1], heads[0])
+        self.assertIs(heads[2], heads[0])
+        other = CacheKey("b", "3")
+        self.successResultOf(
+            self.layer.set(other, CacheEntry(((b"etag", b'"f"'),), b"x", NOW, NOW + 60, NOW + 99))
+        )
+        hit = self.successResultOf(self.layer.get(other))
+        assert hit is not None
+        self.assertEqual(hit.head_lines, b'ETag: "f"\r\n')
+
+    def test_the_kept_head_lines_are_bounded(self) -> None:
+        self.patch(redis_module, "HEADS_KEPT", 2)
+        for i in range(5):
+            key = CacheKey("b", str(i))
+            headers = ((b"etag", b'"%d"' % i),)
+            self.successResultOf(
+                self.layer.set(key, CacheEntry(headers, b"x", NOW, NOW + 60, NOW + 99))
+            )
+            hit = self.successResultOf(self.layer.get(key))
+            assert hit is not None
+            self.assertEqual(hit.head_lines, b'ETag: "%d"\r\n' % i)
+            self.assertLessEqual(len(self.layer._heads), 2)
 
 
 class ScriptHandler(FakeHandler):
