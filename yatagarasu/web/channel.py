@@ -290,7 +290,7 @@ class LimitedHTTPChannel(HTTPChannel):
         transport: ITransport = self.transport  # type: ignore[assignment]
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.loseConnection()
-        peer: Any = transport.getPeer()
+        peer: Any = self.getPeer()
         if self.requests:  # the body was too large: the request exists
             method, target = self.requests[-1].method, self.requests[-1].path
         self.site.request_refused(

@@ -38,8 +38,15 @@ _NOTED = {
     12: {b"x-request-id": "id_fields"},
     16: {b"x-correlation-id": "id_fields"},
 }
+#: the answer to a request that cannot be parsed
+_MALFORMED = (400, "malformed HTTP request")
 #: an RFC 9110 token (a method)
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _line_start(head: bytes) -> int:
+    """:returns: where a head's request line starts (llhttp skips empty lines before it)."""
+    return len(head) - len(head.lstrip(b"\r\n"))
 
 
 class ParsedRequest:
@@ -128,6 +135,9 @@ class RequestParser:
         self._max_uri = limits.max_uri_length
         self._max_head = limits.max_header_size
         self._max_body = limits.max_body_size
+        self._too_long = (414, f"request target longer than {self._max_uri} bytes")
+        self._too_large = (431, f"request headers larger than {self._max_head} bytes")
+        self._body_too_large = (413, f"request body larger than {self._max_body} bytes")
         self._parser: HttpRequestParser | None = HttpRequestParser(self)
         self.ready: deque[ParsedRequest] = deque()
         self.stopped = False
@@ -170,17 +180,13 @@ class RequestParser:
             if self._streaming:
                 self._feed_streaming(data)
                 return
-            head = self._head
-            end = (
-                (head + data).find(b"\r\n\r\n", max(0, len(head) - 3))
-                if head
-                else data.find(b"\r\n\r\n")
-            )
+            held = len(self._head)
+            whole = self._head + data if held else data
+            end = whole.find(b"\r\n\r\n", max(0, held - 3))  # not again what was searched
             if end < 0:
-                self._head = head + data
-                self._check_head(self._head, complete=False)
+                self._head = whole
+                self._check_head(whole, complete=False)
                 return
-            whole = head + data if head else data
             self._head = b""
             head, data = whole[: end + 4], whole[end + 4 :]
             if self._check_head(head, complete=True):
@@ -192,20 +198,20 @@ class RequestParser:
 
         :returns: whether the head is within the limits.
         """
-        start = len(head) - len(head.lstrip(b"\r\n"))  # llhttp skips empty lines before
+        start = _line_start(head)
         line_end = head.find(b"\r\n", start)
         if line_end < 0:
             if len(head) - start > self._max_uri + 1024:
-                self._refuse(414, f"request target longer than {self._max_uri} bytes")
+                self._refuse(*self._too_long)
                 return False
             return True
         parts = head[start:line_end].split(b" ")
         if len(parts) == 3 and len(parts[1]) > self._max_uri:
-            self._refuse(414, f"request target longer than {self._max_uri} bytes", parts)
+            self._refuse(*self._too_long, parts)
             return False
         header_bytes = len(head) - line_end - 2 - (2 if complete else 0)
         if header_bytes > self._max_head:
-            self._refuse(431, f"request headers larger than {self._max_head} bytes", parts)
+            self._refuse(*self._too_large, parts)
             return False
         return True
 
@@ -214,7 +220,7 @@ class RequestParser:
         if current is None or current.complete or not current.head_done:
             self._head_fed += len(data)
             if self._head_fed > self._max_uri + self._max_head + 4096:
-                self._refuse(431, f"request headers larger than {self._max_head} bytes")
+                self._refuse(*self._too_large)
                 return
         self._execute(data)
 
@@ -239,10 +245,10 @@ class RequestParser:
             except HttpParserInvalidMethodError:
                 if whole_head and self._unknown_method(data):
                     return
-                self._refuse(400, "malformed HTTP request")
+                self._refuse(*_MALFORMED)
                 return
             except HttpParserError:
-                self._refuse(400, "malformed HTTP request")
+                self._refuse(*_MALFORMED)
                 return
 
     def _unknown_method(self, head: bytes) -> bool:
@@ -254,8 +260,7 @@ class RequestParser:
         :param head: the whole head (from its request line to its blank line).
         :returns: whether it was parsed.
         """
-        start = len(head) - len(head.lstrip(b"\r\n"))
-        method, space, rest = head[start:].partition(b" ")
+        method, space, rest = head[_line_start(head) :].partition(b" ")
         if not space or _TOKEN.fullmatch(method) is None:
             return False
         if self.ready and self.ready[-1] is self._current:  # begun by the failed parse
@@ -290,7 +295,7 @@ class RequestParser:
         target = current._target
         target.append(url)
         if self._streaming and sum(map(len, target)) > self._max_uri:
-            self._refuse(414, f"request target longer than {self._max_uri} bytes")
+            self._refuse(*self._too_long)
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -301,15 +306,15 @@ class RequestParser:
         if self._streaming:
             current._header_bytes += len(name) + len(value) + 4
             if current._header_bytes > self._max_head:
-                self._refuse(431, f"request headers larger than {self._max_head} bytes")
+                self._refuse(*self._too_large)
                 raise _Refused
         if len(headers) > MAX_HEADERS:
-            self._refuse(400, "malformed HTTP request")
+            self._refuse(*_MALFORMED)
             raise _Refused
         if len(name) == 14 and name.lower() == b"content-length":
             length = int(value)  # llhttp checked that it is a number
             if length > self._max_body:
-                self._refuse(413, f"request body larger than {self._max_body} bytes")
+                self._refuse(*self._body_too_large)
                 raise _Refused
             current.length = length
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
@@ -325,7 +330,7 @@ class RequestParser:
         current.method = self._method or parser.get_method()
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
-            self._refuse(400, "malformed HTTP request")
+            self._refuse(*_MALFORMED)
             raise _Refused
         current.version = version
         current.head_done = True
@@ -338,7 +343,7 @@ class RequestParser:
         current: ParsedRequest = self._current  # type: ignore[assignment]
         current._body_bytes += len(chunk)
         if current._body_bytes > self._max_body:
-            self._refuse(413, f"request body larger than {self._max_body} bytes")
+            self._refuse(*self._body_too_large)
             raise _Refused
         current.body.append(chunk)
 
