@@ -113,8 +113,15 @@ class CacheEntry:
         entry = CacheEntry(
             self.headers, body, self.stored_at, self.expires_at, self.retain_until, self.revalidate
         )
-        entry.__dict__["head_lines"] = self.head_lines  # where cached_property keeps it
+        entry.reuse_head_lines(self.head_lines)
         return entry
+
+    def reuse_head_lines(self, lines: bytes) -> None:
+        """
+        :param lines: :attr:`head_lines` already encoded for the same headers (another entry's),
+            kept as this entry's instead of encoding them again.
+        """
+        self.__dict__["head_lines"] = lines  # where cached_property keeps it
 
     def header(self, name: bytes) -> bytes | None:
         """:returns: the value of a (lowercase) header, or ``None``."""

@@ -552,7 +552,7 @@ class RedisCacheLayer:
         heads = self._heads
         head = heads.get(entry.headers)
         if head is not None:
-            entry.__dict__["head_lines"] = head  # where cached_property keeps it
+            entry.reuse_head_lines(head)
         else:
             if len(heads) >= HEADS_KEPT:
                 heads.clear()
