@@ -409,6 +409,20 @@ def run_curl(url: str, timeout: float = 120.0) -> dict[str, Any]:
     }
 
 
+def callgrind_instructions(argv: Sequence[str]) -> int:
+    """
+    Run ``argv`` (a Python command) under ``valgrind --tool=callgrind``.
+
+    :returns: the instructions callgrind counted for the whole process.
+    """
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=True)
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise SystemExit(f"no callgrind total in:\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
 def median(values: Sequence[float]) -> float:
     vals = [v for v in values if v == v]  # drop NaN
     return statistics.median(vals) if vals else float("nan")

@@ -23,10 +23,10 @@ Example (``--root`` another checkout with its own ``.venv``, e.g. the code befor
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 from pathlib import Path
+
+from benchlib import callgrind_instructions
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP = 2000
@@ -73,14 +73,8 @@ def child(root: str, variant: str, requests: int) -> None:
 def instructions(root: Path, variant: str, requests: int) -> int:
     """:returns: the instructions callgrind counted for a child serving ``requests`` hits."""
     python = root / ".venv" / "bin" / "python"
-    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(python)]
-    argv += [str(REPO / "bench" / "hit_callgrind.py"), "--child", str(root), variant]
-    argv += ["--small", str(requests)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=True)
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise SystemExit(f"no callgrind total in:\n{out.stderr[-2000:]}")
-    return int(found.group(1))
+    argv = [str(python), str(REPO / "bench" / "hit_callgrind.py"), "--child", str(root), variant]
+    return callgrind_instructions([*argv, "--small", str(requests)])
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from benchlib import callgrind_instructions
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP = 200
@@ -72,13 +72,8 @@ def child(root: str, port: int, size: int, lookups: int) -> None:
 
 def instructions(root: Path, port: int, size: int, lookups: int) -> int:
     """:returns: the instructions callgrind counted for a child doing ``lookups`` lookups."""
-    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
-    argv += [__file__, "--child", str(root), str(port), str(size), str(lookups)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=True)
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise SystemExit(f"no callgrind total in:\n{out.stderr[-2000:]}")
-    return int(found.group(1))
+    argv = [sys.executable, __file__, "--child", str(root), str(port), str(size), str(lookups)]
+    return callgrind_instructions(argv)
 
 
 def main() -> None:
