@@ -85,7 +85,9 @@ class FakeFactory:
         return succeed(None)
 
 
-class BreakerTests(SynchronousTestCase):
+class FakePoolTestCase(SynchronousTestCase):
+    """A :class:`RedisClient` (timeout 0.5 s) whose pool is a :class:`FakeFactory`."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.client = RedisClient(
@@ -94,6 +96,8 @@ class BreakerTests(SynchronousTestCase):
         self.pool = FakeFactory()
         self.client._factory = self.pool  # type: ignore[assignment]
 
+
+class BreakerTests(FakePoolTestCase):
     def get(self) -> Deferred[bytes | None]:
         return self.client.get(b"k")
 
@@ -368,16 +372,11 @@ class PoolProtocolTests(SynchronousTestCase):
         self.failureResultOf(third, txredisapi.ResponseError)
 
 
-class LeanGetTests(SynchronousTestCase):
+class LeanGetTests(FakePoolTestCase):
     """The client sends GET by ``lean_get`` on a ready pool connection, bounded by its timeout."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.client = RedisClient(
-            RedisTarget("redis.invalid", 6379), self.clock, timeout=0.5, pool_size=2
-        )
-        self.pool = FakeFactory()
-        self.client._factory = self.pool  # type: ignore[assignment]
+        super().setUp()
         self.conn, self.transport = pool_protocol()
         self.pool.connectionQueue.pending.append(self.conn)
 
