@@ -52,6 +52,7 @@ from yatagarasu.reload import Reloader
 from yatagarasu.systemd import SystemdNotifier
 from yatagarasu.tls import ReloadableServerTLS
 from yatagarasu.web.site import ProxySite
+from yatagarasu.web.turn_writes import TurnWrites, TurnWritesEndpoint
 from yatagarasu.workers.child import WorkerChannel
 from yatagarasu.workers.sockets import (
     AdoptedEndpoint,
@@ -133,6 +134,7 @@ def _listener(
     shared: bool,
     systemd_index: int | None,
     backlog: int,
+    turn_writes: TurnWrites,
 ) -> Listener:
     endpoint: IStreamServerEndpoint
     if systemd_index is not None:
@@ -141,7 +143,7 @@ def _listener(
         endpoint = AdoptedEndpoint(reactor, fd, family_of(host), shared)
     else:
         endpoint = listen_endpoint(reactor, host, port, backlog)
-    service = StreamServerEndpointService(endpoint, factory)
+    service = StreamServerEndpointService(TurnWritesEndpoint(endpoint, turn_writes), factory)
     # Fail twistd at start-up (port in use, permission) instead of logging and running on.
     service._raiseSynchronously = True
     return Listener(name, site, service, host, port)
@@ -185,7 +187,9 @@ class ProxyService(MultiService):
         )
         shared = worker is not None
         backlog = assembly.config.server.listen_backlog
-        proxy_fd = (fds[0], shared, systemd[0], backlog)
+        #: the client connections' writes, sent at the end of each reactor turn
+        turn_writes = TurnWrites(reactor)
+        proxy_fd = (fds[0], shared, systemd[0], backlog, turn_writes)
         self.site = assembly.site
         factory: Any = self.site
         if assembly.tls is not None:
@@ -205,7 +209,17 @@ class ProxyService(MultiService):
             site = assembly.metrics_site
             self.listeners.append(
                 _listener(
-                    reactor, "metrics", site, host, port, site, fds[1], shared, systemd[1], backlog
+                    reactor,
+                    "metrics",
+                    site,
+                    host,
+                    port,
+                    site,
+                    fds[1],
+                    shared,
+                    systemd[1],
+                    backlog,
+                    turn_writes,
                 )
             )
         for listener in self.listeners:

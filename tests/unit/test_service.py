@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet import tcp
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
@@ -18,6 +19,7 @@ from tests.unit.web.metrics_harness import get, harness
 from yatagarasu.assembly import assemble
 from yatagarasu.config import parse_config
 from yatagarasu.service import ProxyService
+from yatagarasu.web.turn_writes import TurnWrites
 
 
 def service_for(metrics: dict[str, Any], reactor: MemoryReactorClock) -> ProxyService:
@@ -167,3 +169,27 @@ def test_both_listeners_use_the_configured_listen_backlog(
         (8080, backlog),
         (9090, backlog),
     ]
+
+
+class PortReactor(MemoryReactorClock):
+    """Gives real (never started) ``tcp.Port``\\ s, as the real reactor's ``listenTCP`` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[tcp.Port] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        super().listenTCP(port, factory, backlog, interface)
+        self.ports.append(tcp.Port(port, factory, backlog, interface, self))
+        return self.ports[-1]
+
+
+def test_both_listeners_accept_connections_whose_writes_leave_at_the_turns_end() -> None:
+    document = {"buckets": [bucket_entry()], "metrics": {"port": 9090}}
+    reactor = PortReactor()
+    service = ProxyService(reactor, assemble(parse_config(document, {}), reactor))
+    service.privilegedStartService()
+    transports = [port.transport for port in reactor.ports]
+    assert len(transports) == 2
+    assert all(getattr(each, "__func__", None) is TurnWrites.transport for each in transports)
+    assert transports[0].__self__ is transports[1].__self__  # type: ignore[attr-defined]

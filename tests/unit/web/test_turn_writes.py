@@ -1,0 +1,269 @@
+"""
+``TurnWritesServer``: a connection's writes of a reactor turn leave in one system call at the
+turn's end, on a real socket pair; whatever the kernel does not take, and every connection that
+is not in the plain state, goes Twisted's way (registered for writability, sent by doWrite).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from twisted.internet import tcp
+from twisted.internet.defer import succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer, IStreamServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from yatagarasu.web.turn_writes import TurnWrites, TurnWritesEndpoint, TurnWritesServer
+
+
+class FakePort:
+    """What ``tcp.Server`` asks of its port."""
+
+    _realPortNumber = 8080
+
+
+class Connection:
+    """A ``TurnWritesServer`` on one end of a socket pair, the other end read by the test."""
+
+    def __init__(self, turn_writes: TurnWrites, memory_reactor: MemoryReactorClock) -> None:
+        ours, self.peer = socket.socketpair()
+        ours.setblocking(False)
+        self.peer.settimeout(5)
+        self.protocol = Protocol()
+        self.transport = turn_writes.transport(
+            ours,
+            self.protocol,
+            ("127.0.0.1", 40000),
+            FakePort(),
+            1,
+            memory_reactor,  # type: ignore[arg-type]
+        )
+        self.protocol.makeConnection(self.transport)
+
+    def received(self, size: int) -> bytes:
+        """Read exactly ``size`` bytes from the peer's end (bounded: 5 s per read)."""
+        got = b""
+        for _ in range(100_000):
+            if len(got) >= size:
+                break
+            chunk = self.peer.recv(size - len(got))
+            assert chunk, "the connection closed early"
+            got += chunk
+        return got
+
+    def close(self) -> None:
+        self.peer.close()
+        ours = getattr(self.transport, "socket", None)  # gone once the connection is lost
+        if ours is not None:
+            ours.close()
+
+    def pending(self) -> bytes:
+        """What the peer can read right now, without waiting."""
+        self.peer.setblocking(False)
+        try:
+            return self.peer.recv(1 << 20)
+        except BlockingIOError:
+            return b""
+        finally:
+            self.peer.settimeout(5)
+
+
+@pytest.fixture
+def memory_reactor() -> MemoryReactorClock:
+    return MemoryReactorClock()
+
+
+@pytest.fixture
+def turn_writes(memory_reactor: MemoryReactorClock) -> TurnWrites:
+    return TurnWrites(memory_reactor)
+
+
+@pytest.fixture
+def connection(turn_writes: TurnWrites, memory_reactor: MemoryReactorClock) -> Iterator[Connection]:
+    made = Connection(turn_writes, memory_reactor)
+    yield made
+    made.close()
+
+
+def test_writes_of_a_turn_leave_together_at_its_end(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    connection.transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    connection.transport.writeSequence([b"body ", b"and more"])
+    assert connection.pending() == b""  # nothing before the turn ends
+    assert len(memory_reactor.getDelayedCalls()) == 1
+    memory_reactor.advance(0)
+    assert connection.received(32) == b"HTTP/1.1 200 OK\r\n\r\nbody and more"
+    assert connection.transport not in memory_reactor.writers  # never registered for writability
+    assert connection.transport.dataBuffer == b""
+    assert connection.transport._tempDataBuffer == []
+    assert connection.transport._tempDataLen == 0
+
+
+def test_one_call_at_the_turns_end_serves_every_connection(
+    turn_writes: TurnWrites, memory_reactor: MemoryReactorClock
+) -> None:
+    connections = [Connection(turn_writes, memory_reactor) for _ in range(3)]
+    for number, each in enumerate(connections):
+        each.transport.write(b"answer %d" % number)
+        each.transport.write(b"!")
+    assert len(memory_reactor.getDelayedCalls()) == 1
+    memory_reactor.advance(0)
+    assert [each.received(9) for each in connections] == [b"answer 0!", b"answer 1!", b"answer 2!"]
+    assert memory_reactor.getDelayedCalls() == []
+    for each in connections:
+        each.close()
+
+
+def test_what_the_kernel_does_not_take_is_left_to_do_write(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = connection.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pieces = [bytes([65 + n]) * 300_000 for n in range(4)]  # far more than the buffers hold
+    transport.writeSequence(pieces)
+    memory_reactor.advance(0)
+    assert transport in memory_reactor.writers  # Twisted's way for the rest
+    left = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    expected = b"".join(pieces)
+    assert 0 < left < len(expected)
+    got = connection.pending()
+    for _ in range(10_000):  # the reactor would call doWrite as the socket drains
+        if len(got) == len(expected):
+            break
+        transport.doWrite()
+        got += connection.pending()
+    assert got == expected
+    assert transport not in memory_reactor.writers  # drained: unregistered by doWrite
+
+
+def test_a_write_behind_unsent_bytes_waits_for_do_write(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = connection.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport.write(b"a" * 1_000_000)
+    memory_reactor.advance(0)
+    assert transport in memory_reactor.writers
+    before = transport.dataBuffer, transport.offset
+    transport.write(b"tail")
+    memory_reactor.advance(0)
+    assert (transport.dataBuffer, transport.offset) == before  # nothing sent around doWrite
+    assert transport._tempDataBuffer == [b"tail"]
+    got = connection.pending()
+    for _ in range(10_000):
+        if len(got) == 1_000_004:
+            break
+        transport.doWrite()
+        got += connection.pending()
+    assert got == b"a" * 1_000_000 + b"tail"
+
+
+def test_closing_after_a_write_sends_it_then_closes(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = connection.transport
+    transport.write(b"last words")
+    transport.loseConnection()
+    memory_reactor.advance(0)
+    assert transport in memory_reactor.writers  # a closing connection goes Twisted's way
+    assert connection.pending() == b""
+    why = transport.doWrite()  # what the reactor does next: send, then tell it to close
+    assert isinstance(why, ConnectionDone)
+    transport.connectionLost(Failure(why))  # as the reactor does with that answer
+    assert connection.received(10) == b"last words"
+    assert connection.peer.recv(10) == b""  # closed after the last byte
+
+
+def test_an_aborted_connection_sends_nothing(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = connection.transport
+    transport.write(b"never")
+    transport.abortConnection()
+    memory_reactor.advance(0)
+    assert connection.peer.recv(10) == b""  # closed, and the write dropped
+
+
+def test_a_connection_lost_before_the_turns_end_sends_nothing(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = connection.transport
+    transport.write(b"never")
+    transport.connectionLost(Failure(ConnectionDone()))
+    memory_reactor.advance(0)  # no error, no send on a closed socket
+    assert transport not in memory_reactor.writers
+    assert connection.peer.recv(10) == b""
+
+
+def test_a_connection_the_peer_reset_is_left_to_do_write(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    connection.peer.close()
+    transport = connection.transport
+    transport.write(b"to nobody")
+    memory_reactor.advance(0)
+    assert transport in memory_reactor.writers  # doWrite tears it down
+
+
+@implementer(IPushProducer)
+class Producer:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+def test_a_producer_paused_by_a_full_buffer_resumes_once_it_is_sent(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = connection.transport
+    producer = Producer()
+    transport.registerProducer(producer, True)
+    transport.write(b"x" * (transport.bufferSize + 1))  # over the buffer: paused
+    assert producer.events == ["pause"]
+    memory_reactor.advance(0)
+    assert connection.received(transport.bufferSize + 1) == b"x" * (transport.bufferSize + 1)
+    assert producer.events == ["pause", "resume"]
+    assert not transport.producerPaused
+
+
+def test_the_endpoint_gives_tcp_ports_the_transport(turn_writes: TurnWrites) -> None:
+    @implementer(IStreamServerEndpoint)
+    class Listening:
+        def __init__(self, port: object) -> None:
+            self.port = port
+
+        def listen(self, factory: object) -> object:
+            return succeed(self.port)
+
+    port = tcp.Port(0, Factory.forProtocol(Protocol))
+    endpoint = TurnWritesEndpoint(Listening(port), turn_writes)  # type: ignore[arg-type]
+    assert verifyObject(IStreamServerEndpoint, endpoint)
+    got: list[object] = []
+    endpoint.listen(Factory.forProtocol(Protocol)).addCallback(got.append)
+    assert got == [port]
+    assert port.transport == turn_writes.transport
+    other = object()  # not a TCP port (a UNIX socket's, a test's): left as it is
+    TurnWritesEndpoint(Listening(other), turn_writes).listen(Factory()).addCallback(got.append)  # type: ignore[arg-type]
+    assert got == [port, other]
+
+
+def test_the_transport_is_a_tcp_server(connection: Connection) -> None:
+    assert isinstance(connection.transport, TurnWritesServer)
+    assert isinstance(connection.transport, tcp.Server)
+    assert connection.transport.getPeer().port == 40000

@@ -1,0 +1,200 @@
+"""
+Client connections whose writes are sent at the end of the reactor's turn.
+
+A Twisted TCP transport sends what its protocol writes once the reactor finds the socket
+writable: each response registers the socket for writability (an ``epoll_ctl``), is sent by
+``doWrite`` in the reactor's next turn (one more event, dispatched through Twisted's logging
+context), and the socket is unregistered again (a second ``epoll_ctl``). Most responses fit
+in the kernel's send buffer, so that round trip through the reactor buys nothing.
+
+:class:`TurnWrites` sends each connection's writes of a turn itself, once the reactor has
+handled every event of the turn (a ``callLater(0)``, one per turn), in one ``send`` or
+``sendmsg`` (no join of the pieces). Responses made in one turn still leave together, after
+the turn, as Twisted's would: only the registration and the extra event are saved. Only the
+plain case takes this path; a connection that is closing, half-closed, aborted or has
+unsent bytes left goes Twisted's way, and so do the bytes the kernel did not take (they wait
+in the transport's buffer, and the socket is registered for writability as before).
+
+``ProxyService`` gives every listener's port this transport (:class:`TurnWritesEndpoint`);
+outgoing connections (to S3, Redis) keep Twisted's.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorFDSet,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.python.util import untilConcludes
+from zope.interface import implementer
+
+#: the most pieces one ``sendmsg`` takes (Linux's ``IOV_MAX``); the rest waits for ``doWrite``
+MAX_PIECES = 1024
+#: ``send`` errors that mean "the kernel's buffer is full", not "the connection is gone"
+_FULL = (EAGAIN, EWOULDBLOCK, ENOBUFS)
+
+
+class TurnWrites:
+    """
+    The connections of one reactor with writes to send at the end of its current turn.
+
+    :param reactor: the reactor whose turns these are.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+        self._queued: list[TurnWritesServer] = []
+        self._call: IDelayedCall | None = None
+
+    def transport(
+        self,
+        skt: socket.socket,
+        protocol: IProtocol,
+        client: tuple[object, ...],
+        server: tcp.Port,
+        sessionno: int,
+        reactor: IReactorFDSet,
+    ) -> TurnWritesServer:
+        """
+        Make the transport of an accepted connection (a ``tcp.Port``'s ``transport``).
+
+        The arguments are those ``tcp.Port`` gives ``tcp.Server``.
+        """
+        return TurnWritesServer(self, skt, protocol, client, server, sessionno, reactor)
+
+    def queue(self, transport: TurnWritesServer) -> None:
+        """
+        Send ``transport``'s writes at the end of this turn.
+
+        :param transport: a connection that was written to, not queued yet.
+        """
+        self._queued.append(transport)
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self._send)
+
+    def _send(self) -> None:
+        self._call = None
+        queued, self._queued = self._queued, []
+        for transport in queued:  # a write while sending (a producer resumed) waits a turn
+            transport.send_queued()
+
+
+class TurnWritesServer(tcp.Server):
+    """
+    An accepted TCP connection whose writes :class:`TurnWrites` sends at the end of the turn.
+
+    :param turn_writes: the queue of its reactor.
+
+    The other arguments are ``tcp.Server``'s.
+    """
+
+    def __init__(
+        self,
+        turn_writes: TurnWrites,
+        skt: socket.socket,
+        protocol: IProtocol,
+        client: tuple[object, ...],
+        server: tcp.Port,
+        sessionno: int,
+        reactor: IReactorFDSet,
+    ) -> None:
+        self._turn_writes = turn_writes
+        self._queued = False
+        super().__init__(skt, protocol, client, server, sessionno, reactor)
+
+    def startWriting(self) -> None:
+        """Something was written (or the connection is closing): send it at the turn's end."""
+        if not self._queued:
+            self._queued = True
+            self._turn_writes.queue(self)
+
+    def _start_writing(self) -> None:
+        """Twisted's way: wait for the socket to be writable, then ``doWrite``."""
+        super().startWriting()
+
+    def send_queued(self) -> None:
+        """
+        Send what was written this turn, or leave it to ``doWrite`` when the connection is
+        not in the plain state (closing, half-closed, bytes left from an earlier write).
+        """
+        self._queued = False
+        if self.disconnected or self._aborting:
+            return
+        pieces = self._tempDataBuffer
+        if (
+            self.disconnecting
+            or self._writeDisconnecting
+            or self.offset != len(self.dataBuffer)
+            or not pieces
+        ):
+            self._start_writing()
+            return
+        try:
+            if len(pieces) == 1:
+                sent = untilConcludes(self.socket.send, pieces[0])
+            else:
+                sent = untilConcludes(self.socket.sendmsg, pieces[:MAX_PIECES])
+        except OSError as error:
+            if error.errno not in _FULL:  # gone: doWrite finds out and tears it down
+                self._start_writing()
+                return
+            sent = 0
+        if sent == self._tempDataLen:
+            self._tempDataBuffer = []
+            self._tempDataLen = 0
+            self._drained()
+            return
+        self._keep_unsent(pieces, sent)
+        self._start_writing()
+
+    def _keep_unsent(self, pieces: list[bytes], sent: int) -> None:
+        """Leave what the kernel did not take where ``doWrite`` sends from (no copy)."""
+        index = 0
+        while sent >= len(pieces[index]):  # ends within the list: not everything was sent
+            sent -= len(pieces[index])
+            index += 1
+        self.dataBuffer, self.offset = pieces[index], sent
+        self._tempDataBuffer = rest = pieces[index + 1 :]
+        self._tempDataLen = sum(map(len, rest))
+
+    def _drained(self) -> None:
+        """Everything written was sent: a producer waiting for that goes on (as in doWrite)."""
+        producer: Any = self.producer  # IPushProducer or IPullProducer: both resume
+        if producer is not None and ((not self.streamingProducer) or self.producerPaused):
+            self.producerPaused = False
+            producer.resumeProducing()
+
+
+@implementer(IStreamServerEndpoint)
+@dataclass(frozen=True)
+class TurnWritesEndpoint:
+    """
+    A server endpoint whose TCP connections are :class:`TurnWritesServer`\\ s.
+
+    :ivar endpoint: the endpoint that listens (TCP, an adopted socket, systemd's).
+    :ivar turn_writes: the queue of the reactor it listens with.
+    """
+
+    endpoint: IStreamServerEndpoint
+    turn_writes: TurnWrites
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        listening: Deferred[IListeningPort] = self.endpoint.listen(protocolFactory)
+        return listening.addCallback(self._use)
+
+    def _use(self, port: IListeningPort) -> IListeningPort:
+        if isinstance(port, tcp.Port):
+            port.transport = self.turn_writes.transport  # type: ignore[assignment]
+        return port
