@@ -51,8 +51,8 @@ from yatagarasu.logs import is_default, make_observer, with_fields
 from yatagarasu.reload import Reloader
 from yatagarasu.systemd import SystemdNotifier
 from yatagarasu.tls import ReloadableServerTLS
+from yatagarasu.turn_writes import TurnWrites, TurnWritesEndpoint
 from yatagarasu.web.site import ProxySite
-from yatagarasu.web.turn_writes import TurnWrites, TurnWritesEndpoint
 from yatagarasu.workers.child import WorkerChannel
 from yatagarasu.workers.sockets import (
     AdoptedEndpoint,

@@ -19,7 +19,7 @@ from tests.unit.web.metrics_harness import get, harness
 from yatagarasu.assembly import assemble
 from yatagarasu.config import parse_config
 from yatagarasu.service import ProxyService
-from yatagarasu.web.turn_writes import TurnWrites
+from yatagarasu.turn_writes import TurnWrites
 
 
 def service_for(metrics: dict[str, Any], reactor: MemoryReactorClock) -> ProxyService:

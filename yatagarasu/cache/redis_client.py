@@ -66,6 +66,7 @@ from yatagarasu.cache.redis_sentinel import (
     SentinelResolver,
     SentinelTarget,
 )
+from yatagarasu.turn_writes import connecting_reactor
 
 log = Logger(namespace="yatagarasu.cache.redis")
 
@@ -494,8 +495,8 @@ class RedisClient:
     def _node(self, host: str, port: int) -> IStreamClientEndpoint:
         connect_timeout = max(1, math.ceil(self._timeout * 4))
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, host, port, timeout=connect_timeout
-        )
+            connecting_reactor(self._reactor), host, port, timeout=connect_timeout
+        )  # commands sent at the end of the reactor's turn (yatagarasu.turn_writes)
         if self.target.tls:
             trust = (
                 trustRootFromCertificates(_load_certificates(self.target.ca_pem))

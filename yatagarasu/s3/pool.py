@@ -34,6 +34,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from yatagarasu.s3.connection import S3Connection, StaleConnection
+from yatagarasu.turn_writes import connecting_reactor
 
 #: what a request may be sent twice for, when a reused connection turned out closed
 _IDEMPOTENT = frozenset((b"GET", b"HEAD"))
@@ -52,6 +53,7 @@ def s3_endpoint(
     :param netloc: ``host[:port]``; an address literal is connected to directly.
     :param connect_timeout: seconds a connection may take.
     """
+    reactor = connecting_reactor(reactor)  # requests sent at the end of the reactor's turn
     parts = urlsplit(f"{scheme}://{netloc}")
     host = parts.hostname or ""
     port = parts.port or (443 if scheme == "https" else 80)

@@ -1,7 +1,8 @@
 """
-``TurnWritesServer``: a connection's writes of a reactor turn leave in one system call at the
-turn's end, on a real socket pair; whatever the kernel does not take, and every connection that
-is not in the plain state, goes Twisted's way (registered for writability, sent by doWrite).
+``yatagarasu.turn_writes``: a connection's writes of a reactor turn leave in one system call at
+the turn's end, on real sockets; whatever the kernel does not take, and every connection that
+is not in the plain state (closing, aborted, a client still connecting), goes Twisted's way
+(registered for writability, sent by doWrite).
 """
 
 from __future__ import annotations
@@ -13,14 +14,28 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, IStreamServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import (
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from yatagarasu.web.turn_writes import TurnWrites, TurnWritesEndpoint, TurnWritesServer
+from yatagarasu.turn_writes import (
+    ConnectingReactor,
+    TurnWrites,
+    TurnWritesClient,
+    TurnWritesConnector,
+    TurnWritesEndpoint,
+    TurnWritesServer,
+    connecting_reactor,
+)
 
 
 class FakePort:
@@ -267,3 +282,61 @@ def test_the_transport_is_a_tcp_server(connection: Connection) -> None:
     assert isinstance(connection.transport, TurnWritesServer)
     assert isinstance(connection.transport, tcp.Server)
     assert connection.transport.getPeer().port == 40000
+
+
+class Greeter(Protocol):
+    """Writes a greeting as soon as it is connected."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"PING\r\n")  # type: ignore[union-attr]
+
+
+def test_a_client_connects_the_twisted_way_then_sends_at_the_turns_end(
+    turn_writes: TurnWrites, memory_reactor: MemoryReactorClock
+) -> None:
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(1)
+    listening.settimeout(5)
+    factory = ClientFactory.forProtocol(Greeter)
+    connector = TurnWritesConnector(
+        turn_writes, "127.0.0.1", listening.getsockname()[1], factory, 5, None, memory_reactor
+    )
+    connector.connect()
+    memory_reactor.advance(0)  # the address is resolved and connect() called
+    transport = connector.transport
+    assert isinstance(transport, TurnWritesClient)
+    for _ in range(100):  # connecting waits for writability, as Twisted's does
+        if transport.connected:
+            break
+        assert transport in memory_reactor.writers
+        transport.doWrite()  # the connection is ready: doConnect
+    assert transport.connected
+    accepted, _ = listening.accept()
+    accepted.setblocking(False)
+    with pytest.raises(BlockingIOError):  # the greeting waits for the end of the turn
+        accepted.recv(10)
+    assert transport not in memory_reactor.writers
+    memory_reactor.advance(0)
+    accepted.settimeout(5)
+    assert accepted.recv(10) == b"PING\r\n"
+    transport.connectionLost(Failure(ConnectionDone()))  # closes its socket
+    accepted.close()
+    listening.close()
+
+
+def test_pools_connect_through_a_connecting_reactor_around_a_real_one() -> None:
+    memory = MemoryReactorClock()
+    assert connecting_reactor(memory) is memory  # tests' reactors record connections
+    real = SelectReactor()  # never run
+    wrapped = connecting_reactor(real)
+    assert isinstance(wrapped, ConnectingReactor)
+    assert connecting_reactor(real) is wrapped  # one per reactor: one queue, one call a turn
+    assert IReactorTCP.providedBy(wrapped)
+    assert IReactorTime.providedBy(wrapped)
+    assert wrapped.seconds == real.seconds  # everything else is the reactor's
+    connector = wrapped.connectTCP("127.0.0.1", 9, ClientFactory.forProtocol(Protocol), 1)
+    assert isinstance(connector, TurnWritesConnector)
+    assert connector.reactor is real
+    connector.stopConnecting()
+    real.waker.connectionLost(None)  # type: ignore[attr-defined]  # its pipe (never run)

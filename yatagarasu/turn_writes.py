@@ -1,5 +1,5 @@
 """
-Client connections whose writes are sent at the end of the reactor's turn.
+TCP connections whose writes are sent at the end of the reactor's turn.
 
 A Twisted TCP transport sends what its protocol writes once the reactor finds the socket
 writable: each response registers the socket for writability (an ``epoll_ctl``), is sent by
@@ -16,17 +16,21 @@ unsent bytes left goes Twisted's way, and so do the bytes the kernel did not tak
 in the transport's buffer, and the socket is registered for writability as before).
 
 ``ProxyService`` gives every listener's port this transport (:class:`TurnWritesEndpoint`);
-outgoing connections (to S3, Redis) keep Twisted's.
+the S3 and Redis connection pools connect through :func:`connecting_reactor`, whose
+``connectTCP`` makes :class:`TurnWritesClient` connections (a client that is still connecting
+waits for writability as before).
 """
 
 from __future__ import annotations
 
 import socket
+import weakref
 from dataclasses import dataclass
 from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -38,7 +42,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.python.util import untilConcludes
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 #: the most pieces one ``sendmsg`` takes (Linux's ``IOV_MAX``); the rest waits for ``doWrite``
 MAX_PIECES = 1024
@@ -55,7 +59,7 @@ class TurnWrites:
 
     def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
-        self._queued: list[TurnWritesServer] = []
+        self._queued: list[SentAtTurnEnd] = []
         self._call: IDelayedCall | None = None
 
     def transport(
@@ -74,7 +78,7 @@ class TurnWrites:
         """
         return TurnWritesServer(self, skt, protocol, client, server, sessionno, reactor)
 
-    def queue(self, transport: TurnWritesServer) -> None:
+    def queue(self, transport: SentAtTurnEnd) -> None:
         """
         Send ``transport``'s writes at the end of this turn.
 
@@ -91,32 +95,22 @@ class TurnWrites:
             transport.send_queued()
 
 
-class TurnWritesServer(tcp.Server):
+class SentAtTurnEnd(tcp.Connection):
     """
-    An accepted TCP connection whose writes :class:`TurnWrites` sends at the end of the turn.
+    What a TCP transport does to have :class:`TurnWrites` send its writes (the server's and
+    the client's classes below).
 
-    :param turn_writes: the queue of its reactor.
-
-    The other arguments are ``tcp.Server``'s.
+    :ivar _turn_writes: the queue of its reactor.
     """
 
-    def __init__(
-        self,
-        turn_writes: TurnWrites,
-        skt: socket.socket,
-        protocol: IProtocol,
-        client: tuple[object, ...],
-        server: tcp.Port,
-        sessionno: int,
-        reactor: IReactorFDSet,
-    ) -> None:
-        self._turn_writes = turn_writes
-        self._queued = False
-        super().__init__(skt, protocol, client, server, sessionno, reactor)
+    _turn_writes: TurnWrites
+    _queued = False
 
     def startWriting(self) -> None:
         """Something was written (or the connection is closing): send it at the turn's end."""
-        if not self._queued:
+        if not self.connected:  # a client waiting for its connection: Twisted's way
+            self._start_writing()
+        elif not self._queued:
             self._queued = True
             self._turn_writes.queue(self)
 
@@ -175,6 +169,130 @@ class TurnWritesServer(tcp.Server):
         if producer is not None and ((not self.streamingProducer) or self.producerPaused):
             self.producerPaused = False
             producer.resumeProducing()
+
+
+class TurnWritesServer(SentAtTurnEnd, tcp.Server):
+    """
+    An accepted TCP connection whose writes :class:`TurnWrites` sends at the end of the turn.
+
+    :param turn_writes: the queue of its reactor.
+
+    The other arguments are ``tcp.Server``'s.
+    """
+
+    def __init__(
+        self,
+        turn_writes: TurnWrites,
+        skt: socket.socket,
+        protocol: IProtocol,
+        client: tuple[object, ...],
+        server: tcp.Port,
+        sessionno: int,
+        reactor: IReactorFDSet,
+    ) -> None:
+        self._turn_writes = turn_writes
+        super().__init__(skt, protocol, client, server, sessionno, reactor)
+
+
+class TurnWritesClient(SentAtTurnEnd, tcp.Client):
+    """
+    An outgoing TCP connection whose writes :class:`TurnWrites` sends at the end of the turn,
+    once it is connected.
+
+    :param turn_writes: the queue of its reactor.
+
+    The other arguments are ``tcp.Client``'s.
+    """
+
+    def __init__(
+        self,
+        turn_writes: TurnWrites,
+        host: str,
+        port: int,
+        bindAddress: Any,
+        connector: tcp.Connector,
+        reactor: Any,
+    ) -> None:
+        self._turn_writes = turn_writes
+        super().__init__(host, port, bindAddress, connector, reactor)
+
+
+class TurnWritesConnector(tcp.Connector):
+    """
+    ``reactor.connectTCP``'s connector, making :class:`TurnWritesClient` transports.
+
+    :param turn_writes: the queue of its reactor.
+
+    The other arguments are ``tcp.Connector``'s.
+    """
+
+    def __init__(
+        self,
+        turn_writes: TurnWrites,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float,
+        bindAddress: Any,
+        reactor: Any,
+    ) -> None:
+        self._turn_writes = turn_writes
+        super().__init__(host, port, factory, timeout, bindAddress, reactor)
+
+    def _makeTransport(self) -> TurnWritesClient:
+        return TurnWritesClient(
+            self._turn_writes, self.host, self.port, self.bindAddress, self, self.reactor
+        )
+
+
+class ConnectingReactor:
+    """
+    A reactor whose ``connectTCP`` makes :class:`TurnWritesClient` connections; everything
+    else (time, name resolution, TLS) is the reactor's own. It provides what the reactor
+    provides, so endpoints (``HostnameEndpoint``) take it for the reactor.
+
+    :param reactor: a real reactor (``ReactorBase``).
+    """
+
+    def __init__(self, reactor: ReactorBase) -> None:
+        self._reactor = reactor
+        self._turn_writes = TurnWrites(reactor)
+        directlyProvides(self, providedBy(reactor))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float = 30.0,
+        bindAddress: Any = None,
+    ) -> TurnWritesConnector:
+        """``IReactorTCP.connectTCP``, with a :class:`TurnWritesClient` transport."""
+        connector = TurnWritesConnector(
+            self._turn_writes, host, port, factory, timeout, bindAddress, self._reactor
+        )
+        connector.connect()
+        return connector
+
+
+_CONNECTING: weakref.WeakKeyDictionary[ReactorBase, ConnectingReactor] = weakref.WeakKeyDictionary()
+
+
+def connecting_reactor(reactor: Any) -> Any:
+    """
+    :param reactor: the reactor a connection pool was given.
+    :returns: for a real reactor, the one :class:`ConnectingReactor` around it; any other
+        (a test's ``MemoryReactor``, which records connections instead of making them) as it is.
+    """
+    if not isinstance(reactor, ReactorBase):
+        return reactor
+    found = _CONNECTING.get(reactor)
+    if found is None:
+        found = _CONNECTING[reactor] = ConnectingReactor(reactor)
+    return found
 
 
 @implementer(IStreamServerEndpoint)
