@@ -41,8 +41,12 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.util import untilConcludes
 from zope.interface import directlyProvides, implementer, providedBy
+
+log = Logger()
 
 #: the most pieces one ``sendmsg`` takes (Linux's ``IOV_MAX``); the rest waits for ``doWrite``
 MAX_PIECES = 1024
@@ -92,7 +96,14 @@ class TurnWrites:
         self._call = None
         queued, self._queued = self._queued, []
         for transport in queued:  # a write while sending (a producer resumed) waits a turn
-            transport.send_queued()
+            try:
+                transport.send_queued()
+            except Exception:
+                # What the reactor does when a doWrite raises (a producer's resumeProducing,
+                # say): the error is logged and that connection is torn down; the others
+                # queued behind it are still sent.
+                log.failure("sending a connection's writes", peer=str(transport.getPeer()))
+                transport.connectionLost(Failure())
 
 
 class SentAtTurnEnd(tcp.Connection):

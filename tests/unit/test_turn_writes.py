@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -340,3 +341,32 @@ def test_pools_connect_through_a_connecting_reactor_around_a_real_one() -> None:
     assert connector.reactor is real
     connector.stopConnecting()
     real.waker.connectionLost(None)  # type: ignore[attr-defined]  # its pipe (never run)
+
+
+@implementer(IPushProducer)
+class BrokenProducer(Producer):
+    def resumeProducing(self) -> None:
+        raise RuntimeError("the producer broke")
+
+
+def test_an_error_while_sending_tears_that_connection_down_and_the_others_are_sent(
+    turn_writes: TurnWrites, memory_reactor: MemoryReactorClock
+) -> None:
+    broken, fine = Connection(turn_writes, memory_reactor), Connection(turn_writes, memory_reactor)
+    transport = broken.transport
+    transport.registerProducer(BrokenProducer(), True)
+    transport.write(b"x" * (transport.bufferSize + 1))  # paused: resumed once it is sent
+    fine.transport.write(b"still sent")
+    seen: list[LogEvent] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        memory_reactor.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert fine.received(10) == b"still sent"
+    assert transport.disconnected  # torn down, as the reactor does when doWrite raises
+    failures = [event for event in seen if "log_failure" in event]
+    assert len(failures) == 1
+    assert failures[0]["log_failure"].check(RuntimeError)
+    broken.close()
+    fine.close()
