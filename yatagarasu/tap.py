@@ -25,6 +25,7 @@ from twisted.python import usage
 from yatagarasu.assembly import Assembly
 from yatagarasu.config import Config, ConfigError, load_config
 from yatagarasu.config.migrate import explain_file
+from yatagarasu.heap import keep_freed_memory
 from yatagarasu.interfaces import ISiblings
 from yatagarasu.reload import Reloader
 from yatagarasu.workers.child import WorkerChannel
@@ -243,6 +244,7 @@ def makeService(options: Options) -> IService:
     from yatagarasu.service import ProxyService, WorkerMode
     from yatagarasu.systemd import SystemdNotifier
 
+    keep_freed_memory(os.environ)  # request bodies reuse the heap (yatagarasu.heap)
     reactor, assembly = options["reactor"], options["assembly"]
     reloader = options.get("reloader")
     if assembly.siblings is not None:

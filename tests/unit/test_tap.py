@@ -6,6 +6,7 @@ the summary and the service are built on a ``MemoryReactorClock``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +150,14 @@ def test_make_service_builds_the_proxy_service_from_the_parsed_options(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    tuned: list[object] = []
+    monkeypatch.setattr("yatagarasu.tap.keep_freed_memory", tuned.append)
     reactor = MemoryReactorClock()
     assembly = assemble(parse_config({"buckets": [bucket_entry()]}, {}), reactor)
     options = Options()
     options["reactor"], options["assembly"] = reactor, assembly
     service = makeService(options)
+    assert tuned == [os.environ]  # malloc keeps freed memory (yatagarasu.heap)
     assert isinstance(service, ProxyService)
     assert service.assembly is assembly
     assert [(listener.name, listener.port) for listener in service.listeners] == [
