@@ -51,7 +51,7 @@ from yatagarasu.logs import is_default, make_observer, with_fields
 from yatagarasu.reload import Reloader
 from yatagarasu.systemd import SystemdNotifier
 from yatagarasu.tls import ReloadableServerTLS
-from yatagarasu.turn_writes import TurnWrites, TurnWritesEndpoint
+from yatagarasu.turn_writes import TurnWrites, TurnWritesEndpoint, turn_writes_of
 from yatagarasu.web.site import ProxySite
 from yatagarasu.workers.child import WorkerChannel
 from yatagarasu.workers.sockets import (
@@ -188,7 +188,7 @@ class ProxyService(MultiService):
         shared = worker is not None
         backlog = assembly.config.server.listen_backlog
         #: the client connections' writes, sent at the end of each reactor turn
-        turn_writes = TurnWrites(reactor)
+        turn_writes = turn_writes_of(reactor)
         proxy_fd = (fds[0], shared, systemd[0], backlog, turn_writes)
         self.site = assembly.site
         factory: Any = self.site

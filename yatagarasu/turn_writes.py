@@ -159,6 +159,7 @@ class SentAtTurnEnd(tcp.Connection):
         if sent == self._tempDataLen:
             self._tempDataBuffer = []
             self._tempDataLen = 0
+            self.dataBuffer, self.offset = b"", 0  # what doWrite had sent, if anything
             self._drained()
             return
         self._keep_unsent(pieces, sent)
@@ -267,7 +268,7 @@ class ConnectingReactor:
 
     def __init__(self, reactor: ReactorBase) -> None:
         self._reactor = reactor
-        self._turn_writes = TurnWrites(reactor)
+        self._turn_writes = turn_writes_of(reactor)
         directlyProvides(self, providedBy(reactor))
 
     def __getattr__(self, name: str) -> Any:
@@ -289,7 +290,20 @@ class ConnectingReactor:
         return connector
 
 
+_QUEUES: weakref.WeakKeyDictionary[Any, TurnWrites] = weakref.WeakKeyDictionary()
 _CONNECTING: weakref.WeakKeyDictionary[ReactorBase, ConnectingReactor] = weakref.WeakKeyDictionary()
+
+
+def turn_writes_of(reactor: Any) -> TurnWrites:
+    """
+    :param reactor: a reactor.
+    :returns: its one :class:`TurnWrites`, shared by the listeners and the pools, so that a
+        turn's writes of every connection are sent by one call at its end.
+    """
+    found = _QUEUES.get(reactor)
+    if found is None:
+        found = _QUEUES[reactor] = TurnWrites(reactor)
+    return found
 
 
 def connecting_reactor(reactor: Any) -> Any:

@@ -36,6 +36,7 @@ from yatagarasu.turn_writes import (
     TurnWritesEndpoint,
     TurnWritesServer,
     connecting_reactor,
+    turn_writes_of,
 )
 
 
@@ -370,3 +371,12 @@ def test_an_error_while_sending_tears_that_connection_down_and_the_others_are_se
     assert failures[0]["log_failure"].check(RuntimeError)
     broken.close()
     fine.close()
+
+
+def test_listeners_and_pools_of_one_reactor_share_one_queue() -> None:
+    memory = MemoryReactorClock()
+    assert turn_writes_of(memory) is turn_writes_of(memory)
+    assert turn_writes_of(memory) is not turn_writes_of(MemoryReactorClock())
+    real = SelectReactor()  # never run
+    assert connecting_reactor(real)._turn_writes is turn_writes_of(real)
+    real.waker.connectionLost(None)  # type: ignore[attr-defined]  # its pipe (never run)
