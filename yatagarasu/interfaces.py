@@ -534,18 +534,37 @@ class ICredentialProvider(Interface):
         """
 
 
+class IAccessEntry(Interface):
+    """
+    One request's access-log entry, as an :class:`IAccessLog` receives it: its text and its
+    fields are made only when asked for (a text line needs a few of the fields, a JSON line
+    or a twisted.logger event all of them).
+    """
+
+    template = Attribute("the line's text as a ``str.format`` template over :meth:`fields`")
+
+    def message() -> str:
+        """
+        :returns: the line's text: ``template.format_map(fields())``, made without the
+            fields.
+        """
+
+    def fields() -> dict[str, Any]:
+        """:returns: the request's fields (``request_id``, ``status``...), data only; a new
+        dict at each call."""
+
+
 class IAccessLog(Interface):
     """
     Where the access log's lines go: one per request, written once its response has ended.
     """
 
-    def write(when: float, template: str, fields: Mapping[str, Any]) -> None:
+    def write(when: float, entry: IAccessEntry) -> None:
         """
         Log one request.
 
         :param when: when its response ended (epoch seconds, from the injected clock).
-        :param template: the line's text as a ``str.format`` template over ``fields``.
-        :param fields: the request's fields (``request_id``, ``status``...), data only.
+        :param entry: its entry; used during the call only.
         """
 
     def flush() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.application.service import IService
@@ -27,6 +27,7 @@ from yatagarasu.cache.redis import RedisCacheLayer
 from yatagarasu.config.schema import LoggingConfig
 from yatagarasu.discovery import available
 from yatagarasu.interfaces import (
+    IAccessEntry,
     IAccessLog,
     IAdminAuthSource,
     IApplicableAuthScheme,
@@ -67,6 +68,7 @@ from yatagarasu.plugins.cache_redis import redis
 from yatagarasu.s3.credentials import Fetched, FixedCredentials, RefreshingCredentials
 from yatagarasu.s3.sigv4 import Credentials
 from yatagarasu.values import CacheKey
+from yatagarasu.web.site import AccessEntry
 from yatagarasu.workers.child import WorkerChannel
 
 SECRET = "s" * 64
@@ -151,6 +153,10 @@ def buffered_access_log(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     return BufferedAccessLog(reactor, LoggingConfig(file=str(tmp_path / "access.log")))
 
 
+def access_entry(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
+    return AccessEntry(cast(Any, object()), 0.25, False)  # reads the request when asked
+
+
 def redis_limiter(reactor: MemoryReactorClock, tmp_path: Path) -> Any:
     client = redis_layer(reactor, tmp_path).client
     return RedisLimiter(client, "rl:", fail_open=True)
@@ -215,6 +221,7 @@ PROVIDERS: list[tuple[str, Callable[[MemoryReactorClock, Path], Any], set[Interf
     ("refreshing credentials", refreshing_credentials, {ICredentialProvider, IService}),
     ("access log events", logger_access_log, {IAccessLog}),
     ("buffered access log", buffered_access_log, {IAccessLog, IService}),
+    ("access entry", access_entry, {IAccessEntry}),
 ]
 
 #: Optional interfaces: a provider that lacks one must not look as if it had it.

@@ -20,10 +20,11 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.python.failure import Failure
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from yatagarasu.config.schema import LoggingConfig
-from yatagarasu.interfaces import IAccessLog
+from yatagarasu.interfaces import IAccessEntry, IAccessLog
 from yatagarasu.logs import (
     ACCESS_NAMESPACE,
     BufferedAccessLog,
@@ -148,6 +149,23 @@ FIELDS: dict[str, Any] = {
 }
 
 
+@implementer(IAccessEntry)
+class Entry:
+    """An access entry whose text is its template filled in with its fields."""
+
+    def __init__(self, template: str = TEMPLATE) -> None:
+        self.template = template
+
+    def message(self) -> str:
+        return self.template.format_map(FIELDS)
+
+    def fields(self) -> dict[str, Any]:
+        return dict(FIELDS)
+
+
+ENTRY = Entry()
+
+
 def buffered(
     fmt: str = "text", worker: int | None = None, **kwargs: Any
 ) -> tuple[BufferedAccessLog, io.StringIO, Clock]:
@@ -165,8 +183,8 @@ def test_both_access_logs_provide_the_interface() -> None:
 def test_buffered_lines_are_what_the_observer_writes_for_the_access_event() -> None:
     for fmt, worker in (("text", None), ("text", 3), ("json", None), ("json", 1)):
         access, stream, _ = buffered(fmt, worker)
-        access.write(WHEN, TEMPLATE, FIELDS)
-        access.write(WHEN, "two\nlines {status}", FIELDS)
+        access.write(WHEN, ENTRY)
+        access.write(WHEN, Entry("two\nlines {status}"))
         access.flush()
         observed = io.StringIO()
         observer = make_observer(LoggingConfig(format=fmt), observed)  # type: ignore[arg-type]
@@ -189,14 +207,14 @@ def test_lines_are_held_until_the_interval_then_written_in_one_write() -> None:
     real_write = stream.write
     stream.write = lambda text: writes.append(text) or real_write(text)  # type: ignore[method-assign]
     for _ in range(3):
-        access.write(WHEN, TEMPLATE, FIELDS)
+        access.write(WHEN, ENTRY)
     assert writes == []
     clock.advance(0.5)
     assert writes == []
     clock.advance(0.5)
     assert len(writes) == 1 and writes[0].count("\n") == 3
     assert clock.getDelayedCalls() == []  # no timer while nothing waits
-    access.write(WHEN, TEMPLATE, FIELDS)
+    access.write(WHEN, ENTRY)
     clock.advance(1.0)
     assert len(writes) == 2 and stream.getvalue().count("\n") == 4
 
@@ -204,10 +222,10 @@ def test_lines_are_held_until_the_interval_then_written_in_one_write() -> None:
 def test_a_full_buffer_is_written_at_once() -> None:
     one = len(buffered()[0]._system) + len(TEMPLATE.format_map(FIELDS)) + 30
     access, stream, clock = buffered(buffer_chars=one * 2)
-    access.write(WHEN, TEMPLATE, FIELDS)
+    access.write(WHEN, ENTRY)
     assert stream.getvalue() == ""
-    access.write(WHEN, TEMPLATE, FIELDS)
-    access.write(WHEN, TEMPLATE, FIELDS)
+    access.write(WHEN, ENTRY)
+    access.write(WHEN, ENTRY)
     assert stream.getvalue().count("\n") >= 2
     assert stream.getvalue().count("\n") + len(access._lines) == 3
     clock.advance(1.0)
@@ -216,11 +234,11 @@ def test_a_full_buffer_is_written_at_once() -> None:
 
 def test_stopping_writes_what_is_held_and_later_lines_at_once() -> None:
     access, stream, clock = buffered()
-    access.write(WHEN, TEMPLATE, FIELDS)
+    access.write(WHEN, ENTRY)
     access.stopService()
     assert stream.getvalue().count("\n") == 1
     assert clock.getDelayedCalls() == []
-    access.write(WHEN, TEMPLATE, FIELDS)
+    access.write(WHEN, ENTRY)
     assert stream.getvalue().count("\n") == 2
 
 
@@ -228,7 +246,7 @@ def test_the_log_file_is_opened_at_the_first_write(tmp_path: Path) -> None:
     path = tmp_path / "proxy.log"
     access = BufferedAccessLog(Clock(), LoggingConfig(file=str(path)))
     assert not path.exists()
-    access.write(WHEN, TEMPLATE, FIELDS)  # not running: written at once
+    access.write(WHEN, ENTRY)  # not running: written at once
     assert path.read_text().endswith("127.0.0.1 GET /pub/a 200\n")
 
 
@@ -253,6 +271,6 @@ def events() -> Iterator[list[LogEvent]]:
 
 
 def test_the_logger_access_log_emits_one_event(events: list[LogEvent]) -> None:
-    LoggerAccessLog().write(WHEN, TEMPLATE, FIELDS)
+    LoggerAccessLog().write(WHEN, ENTRY)
     [event] = [e for e in events if e.get("log_namespace") == ACCESS_NAMESPACE]
     assert event["log_format"] == TEMPLATE and event["status"] == 200

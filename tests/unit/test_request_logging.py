@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 from twisted.logger import LogEvent, globalLogPublisher
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu.config import ConfigError, parse_config
 from yatagarasu.config.schema import RequestLoggingConfig
+from yatagarasu.interfaces import IAccessEntry, IAccessLog
 from yatagarasu.logs import BufferedAccessLog
 from yatagarasu.request_logging import RequestLogPolicy
 
@@ -137,7 +140,7 @@ def test_the_site_filters_and_enriches_the_access_log(events: list[LogEvent]) ->
         status_codes=[200, 404],
     )
     secret = "Authorization: Bearer eyJ.secret.token"
-    h.get("/pub/a?token=abc&n=1", secret, "X-Api-Key: k-123", "Referer: http://x/?sig=zz")
+    h.get("/pub/a?token=qq-zz&n=1", secret, "X-Api-Key: k-123", "Referer: http://x/?sig=zz")
     h.agents["pub"].answer(FakeResponse(200, {"Content-Length": "2", "ETag": '"e1"'}, body=b"ok"))
     _, transport = h.get("/pub/a", secret)  # a hit: its headers were encoded ahead
     assert parse_response(transport.value()).header("x-cache") == "HIT"
@@ -162,7 +165,7 @@ def test_the_site_filters_and_enriches_the_access_log(events: list[LogEvent]) ->
         assert headers["content-length"] == "2"
     assert access[1]["response_headers"]["x-cache"] == "HIT"
     logged = repr(events)
-    assert "eyJ.secret.token" not in logged and "k-123" not in logged and "abc" not in logged
+    assert "eyJ.secret.token" not in logged and "k-123" not in logged and "qq-zz" not in logged
 
 
 def test_without_the_section_every_request_is_logged_as_before(events: list[LogEvent]) -> None:
@@ -226,3 +229,62 @@ def test_with_logging_file_the_site_writes_buffered_lines_and_a_reload_flushes(
     h.get("/health")
     h.reloader.stopService()
     assert len(path.read_text().splitlines()) == 4
+
+
+@implementer(IAccessLog)
+class RecordedAccessLog:
+    """Keeps what each entry says, at the time of the write."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[float, str, str, dict[str, Any]]] = []
+
+    def write(self, when: float, entry: IAccessEntry) -> None:
+        assert verifyObject(IAccessEntry, entry)
+        self.written.append((when, entry.template, entry.message(), entry.fields()))
+
+    def flush(self) -> None:
+        """Nothing is held."""
+
+
+@pytest.mark.parametrize(
+    "observability",
+    [
+        {},
+        {"tracing": {"enabled": True, "exporter": "none"}},
+        {"request_logging": {"log_responses": True, "redact_headers": ["user-agent"]}},
+    ],
+    ids=["plain", "traced", "policy"],
+)
+def test_an_entry_text_is_its_template_filled_with_its_fields(
+    observability: dict[str, Any],
+) -> None:
+    h = Harness(
+        {"cache": {"enabled": True}, "buckets": [bucket_entry()], "observability": observability}
+    )
+    recorded = RecordedAccessLog()
+    h.site.access_log = recorded
+    start = h.clock.seconds()
+    h.get("/pub/caf%C3%A9", "User-Agent: curl/8")
+    h.clock.advance(0.0123456)  # the miss takes 12.346 ms
+    h.agents["pub"].answer(FakeResponse(200, {"Content-Length": "2"}, body=b"ok"))
+    h.get("/pub/caf%C3%A9")  # a hit
+    h.get("/pub/k", method="HEAD")
+    h.agents["pub"].answer(FakeResponse(404, {}, body=b""))
+    h.get("/pub/k", method="PATCH")
+    assert len(recorded.written) == 4
+    for _, template, message, fields in recorded.written:
+        assert message == template.format_map(fields)
+    assert recorded.written[0][0] == start + 0.0123456
+    assert recorded.written[0][3]["duration_ms"] == 12.346
+    texts = [message for _, _, message, _ in recorded.written]
+    assert texts[0].startswith("127.0.0.1 GET /pub/caf%C3%A9 200 2B 12.346ms")
+    assert [f["cache"] for *_, f in recorded.written[:2]] == ["MISS", "HIT"]
+    assert [f["method"] for *_, f in recorded.written] == ["GET", "GET", "HEAD", "PATCH"]
+    traced = "tracing" in observability
+    assert all(("trace_id" in f) == traced for *_, f in recorded.written)
+    assert all((" trace " in text) == traced for text in texts)
+    if "request_logging" in observability:
+        first = recorded.written[0][3]
+        assert first["user_agent"] == "[REDACTED]" and "content-length" in first["response_headers"]
+    else:
+        assert recorded.written[0][3]["user_agent"] == "curl/8"

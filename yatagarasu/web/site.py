@@ -24,6 +24,7 @@ from twisted.web import http
 from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import Request, Site, version
+from zope.interface import implementer
 
 from yatagarasu.audit.trail import AuditTrail
 from yatagarasu.auth.network import ClientAddressResolver
@@ -31,7 +32,7 @@ from yatagarasu.config.schema import SecurityLimits
 from yatagarasu.errors import HTTPError
 from yatagarasu.http.conditionals import Conditions, parse_conditions
 from yatagarasu.http.status import reason_phrase_bytes
-from yatagarasu.interfaces import IAccessLog
+from yatagarasu.interfaces import IAccessEntry, IAccessLog
 from yatagarasu.logs import LoggerAccessLog
 from yatagarasu.metrics import Metrics
 from yatagarasu.observability.slow_requests import SlowRequestLog
@@ -321,7 +322,7 @@ def audit_record(
         request.path.decode("utf-8", "replace"),
         request.code,
         request.sentLength,
-        int(duration * 1_000_000 + 0.5) / 1000,  # ms to 3 decimals (round() costs 6x more)
+        _milliseconds(duration),
         _CACHE_STATUS.get(label) or label.decode("latin-1").lower() if label else None,
         agent[0].decode("utf-8", "replace") if agent else None,
         referer[0].decode("utf-8", "replace") if referer else None,
@@ -332,6 +333,7 @@ def audit_record(
 _METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"OPTIONS")}
 _ACCESS = "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms"
 _TRACED_ACCESS = _ACCESS + " trace {trace_id}"
+
 _LABELS = (b"HIT", b"MISS", b"BYPASS", b"STALE", b"REVALIDATED")
 _CACHE_STATUS = {label: label.decode().lower() for label in _LABELS}
 _LABEL_TEXT = {label: label.decode() for label in _LABELS}
@@ -346,6 +348,82 @@ def _response_header_pairs(request: ProxyRequest) -> Iterator[tuple[bytes, bytes
         for value in values:
             yield name, value
     yield from _lines(request._head_extra)
+
+
+@implementer(IAccessEntry)
+class AccessEntry:
+    """
+    A request's access-log entry (:class:`~yatagarasu.interfaces.IAccessEntry`), read from the
+    request when the log asks: a text line is made from six of its values, without the fields.
+
+    :param request: a request whose response ended (completely or not).
+    :param duration: seconds from its arrival to the end of the response.
+    :param aborted: whether the client went away before the response ended.
+    :param policy: the ``request_logging`` policy it is logged with (the user agent's
+        redaction, the response's headers).
+    :param trace_id: its trace id, when traced.
+    """
+
+    __slots__ = ("_aborted", "_duration", "_policy", "_request", "_trace_id", "template")
+
+    def __init__(
+        self,
+        request: ProxyRequest,
+        duration: float,
+        aborted: bool,
+        policy: RequestLogPolicy | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        self._request = request
+        self._duration = duration
+        self._aborted = aborted
+        self._policy = policy
+        self._trace_id = trace_id
+        self.template = _ACCESS if trace_id is None else _TRACED_ACCESS
+
+    def message(self) -> str:
+        request = self._request
+        method = request.method
+        # the template filled in, as one f-string (str.format_map costs twice as much)
+        text = (
+            f"{request.client_address} "
+            f"{_METHODS.get(method) or method.decode('ascii', 'replace')} "
+            f"{request.path.decode('utf-8', 'replace')} {request.code} {request.sentLength}B "
+            f"{_milliseconds(self._duration)}ms"
+        )
+        return text if self._trace_id is None else f"{text} trace {self._trace_id}"
+
+    def fields(self) -> dict[str, Any]:
+        request = self._request
+        method = request.method
+        label = request.cache_status
+        user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
+        policy = self._policy
+        fields: dict[str, Any] = {
+            "request_id": request.request_id,
+            "client_ip": request.client_address,
+            "user": request.subject,
+            "method": _METHODS.get(method) or method.decode("ascii", "replace"),
+            "path": request.path.decode("utf-8", "replace"),
+            "status": request.code,
+            "bytes_sent": request.sentLength,
+            "duration_ms": _milliseconds(self._duration),
+            "bucket": request.bucket,
+            "object_key": request.object_key,
+            "cache": _LABEL_TEXT.get(label) or label.decode() if label else None,
+            "aborted": self._aborted,
+            "user_agent": user_agent if policy is None else policy.user_agent(user_agent),
+        }
+        if self._trace_id is not None:
+            fields["trace_id"] = self._trace_id
+        if policy is not None and policy.log_responses:
+            fields["response_headers"] = policy.headers(_response_header_pairs(request))
+        return fields
+
+
+def _milliseconds(seconds: float) -> float:
+    """:returns: ``seconds`` in milliseconds, rounded to 3 decimals (``round`` costs more)."""
+    return int(seconds * 1_000_000 + 0.5) / 1000
 
 
 def _lines(encoded: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -523,10 +601,11 @@ class ProxySite(Site):
         served = served or self.served
         if served.access_log_enabled:
             policy = served.request_logging
-            if policy is None:
-                self._log_access(request, ended, duration, aborted, trace_id=trace_id)
-            elif policy.response_wanted(request.path.decode("utf-8", "replace"), request.code):
-                self._log_access(request, ended, duration, aborted, policy, trace_id)
+            if policy is None or policy.response_wanted(
+                request.path.decode("utf-8", "replace"), request.code
+            ):
+                entry = AccessEntry(request, duration, aborted, policy, trace_id)
+                self.access_log.write(ended, entry)
         audit = self.audit
         if audit is not None and not request._refused and audit.records(request.path):
             audit.emit(audit_record(request, duration, trace_id))
@@ -590,40 +669,6 @@ class ProxySite(Site):
                 for value in values
             ),
         )
-
-    def _log_access(
-        self,
-        request: ProxyRequest,
-        ended: float,
-        duration: float,
-        aborted: bool,
-        policy: RequestLogPolicy | None = None,
-        trace_id: str | None = None,
-    ) -> None:
-        user_agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
-        label = request.cache_status
-        fields: dict[str, Any] = {
-            "request_id": request.request_id,
-            "client_ip": request.client_address,
-            "user": request.subject,
-            "method": _METHODS.get(request.method) or request.method.decode("ascii", "replace"),
-            "path": request.path.decode("utf-8", "replace"),
-            "status": request.code,
-            "bytes_sent": request.sentLength,
-            "duration_ms": int(duration * 1_000_000 + 0.5) / 1000,  # round(..., 3), cheaper
-            "bucket": request.bucket,
-            "object_key": request.object_key,
-            "cache": _LABEL_TEXT.get(label) or label.decode() if label else None,
-            "aborted": aborted,
-            "user_agent": user_agent,
-        }
-        if trace_id is not None:
-            fields["trace_id"] = trace_id
-        if policy is not None:
-            fields["user_agent"] = policy.user_agent(user_agent)
-            if policy.log_responses:
-                fields["response_headers"] = policy.headers(_response_header_pairs(request))
-        self.access_log.write(ended, _ACCESS if trace_id is None else _TRACED_ACCESS, fields)
 
     def request_refused(
         self, peer: str, method: bytes, path: bytes, status: int, request_id: str, sent: int
