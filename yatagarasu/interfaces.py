@@ -538,20 +538,26 @@ class IAccessEntry(Interface):
     """
     One request's access-log entry, as an :class:`IAccessLog` receives it: its text and its
     fields are made only when asked for (a text line needs a few of the fields, a JSON line
-    or a twisted.logger event all of them).
+    or a twisted.logger event all of them), and its text may be made later, from values that
+    keep nothing of the request alive.
     """
 
     template = Attribute("the line's text as a ``str.format`` template over :meth:`fields`")
 
-    def message() -> str:
-        """
-        :returns: the line's text: ``template.format_map(fields())``, made without the
-            fields.
-        """
-
     def fields() -> dict[str, Any]:
         """:returns: the request's fields (``request_id``, ``status``...), data only; a new
-        dict at each call."""
+        dict at each call. Only during :meth:`IAccessLog.write`."""
+
+    def message_values() -> Any:
+        """:returns: what ``format_message`` makes the text from: plain values (text,
+        bytes, numbers), nothing that refers to the request. Only during
+        :meth:`IAccessLog.write`."""
+
+    format_message = Attribute(
+        "A function of what :meth:`message_values` returned, maybe much later: the line's"
+        " text, ``template.format_map(fields())`` made without the fields. It uses nothing"
+        " of the entry (a log may keep it)."
+    )
 
 
 class IAccessLog(Interface):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import IO, Any, cast
 
 from twisted.application.service import Service
@@ -154,8 +155,9 @@ def make_observer(config: LoggingConfig, stream: IO[str] | None = None) -> ILogO
 
 #: the access log's namespace (its level is always info)
 ACCESS_NAMESPACE = "yatagarasu.access"
-#: characters of access lines held before they are written (nginx's ``access_log ... buffer=``)
-ACCESS_BUFFER_CHARS = 64 * 1024
+#: access lines held before they are written (nginx's ``access_log ... buffer=``; about
+#: 50 KiB of text)
+ACCESS_BUFFER_LINES = 512
 #: seconds a held access line waits at most before it is written (nginx's ``flush=``)
 ACCESS_FLUSH_SECONDS = 1.0
 
@@ -189,10 +191,14 @@ class BufferedAccessLog(Service):
     (:func:`build_access_log`).
 
     Each line is what that observer would write for the access event (the same text line or
-    JSON object). Lines are held until ``buffer_chars`` characters wait, ``flush_seconds``
-    after the first one arrived, or :meth:`flush` (a reload, ``stopService`` after the SIGTERM
-    drain); each batch is one write. While the service is not running, each line is written
-    at once: no line is held at exit.
+    JSON object). Lines are held until ``buffer_lines`` wait, ``flush_seconds`` after the
+    first one arrived, or :meth:`flush` (a reload, ``stopService`` after the SIGTERM drain);
+    each batch is one write. While the service is not running, each line is written at once:
+    no line is held at exit.
+
+    A text line is held as the entry's message values and made when its batch is written:
+    all of a batch's lines in one loop, which costs a request less than making its line
+    while it ends (the line-making code runs warm, and nothing of the request is kept).
 
     :param clock: the timer for the interval flush.
     :param config: the ``logging`` section (``format`` and ``file``).
@@ -200,7 +206,7 @@ class BufferedAccessLog(Service):
         it, as the observer's other lines do).
     :param stream: where to write (default: ``logging.file`` opened for appending at the
         first write, else standard output as it is when the log is built).
-    :param buffer_chars: characters held at most.
+    :param buffer_lines: lines held at most.
     :param flush_seconds: seconds a line is held at most.
     """
 
@@ -210,7 +216,7 @@ class BufferedAccessLog(Service):
         config: LoggingConfig,
         worker: int | None = None,
         stream: IO[str] | None = None,
-        buffer_chars: int = ACCESS_BUFFER_CHARS,
+        buffer_lines: int = ACCESS_BUFFER_LINES,
         flush_seconds: float = ACCESS_FLUSH_SECONDS,
     ) -> None:
         self._clock = clock
@@ -219,14 +225,14 @@ class BufferedAccessLog(Service):
         self._stream = stream if stream is not None or config.file else sys.stdout
         self._opened: IO[str] | None = None
         self._worker = worker
-        self._buffer_chars = buffer_chars
+        self._buffer_lines = buffer_lines
         self._flush_seconds = flush_seconds
         self._json = config.format == "json"
         system = ACCESS_NAMESPACE + "#info"
         self._system = f" [{system}] " if worker is None else f" [{system} worker {worker}] "
         self._stamps = PerSecond(formatTime)
-        self._lines: list[str] = []
-        self._chars = 0
+        #: JSON lines, or ``(when, format_message, message_values)`` of text lines
+        self._held: list[Any] = []
         self._timer: IDelayedCall | None = None
 
     def write(self, when: float, entry: IAccessEntry) -> None:
@@ -238,15 +244,10 @@ class BufferedAccessLog(Service):
             if self._worker is not None:
                 event["worker"] = self._worker
             event["log_level"] = LogLevel.info
-            line = format_json(event)  # the observer's own JSON line for this event
+            self._held.append(format_json(event))  # the observer's own JSON line for it
         else:
-            text = entry.message()  # without the fields: the text line's cheap path
-            if "\n" in text:
-                text = text.replace("\n", "\n\t")
-            line = f"{self._stamps(when)}{self._system}{text}\n"
-        self._lines.append(line)
-        self._chars += len(line)
-        if self._chars >= self._buffer_chars or not self.running:
+            self._held.append((when, entry.format_message, entry.message_values()))
+        if len(self._held) >= self._buffer_lines or not self.running:
             self.flush()
         elif self._timer is None:
             self._timer = self._clock.callLater(self._flush_seconds, self._flush_timer)
@@ -261,13 +262,25 @@ class BufferedAccessLog(Service):
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        if not self._lines:
+        if not self._held:
             return
-        batch, self._lines, self._chars = "".join(self._lines), [], 0
+        held, self._held = self._held, []
+        batch = "".join(held) if self._json else self._text(held)
         try:
             self._write(batch)
         except (OSError, ValueError):
-            log.failure("access log: {lines} line(s) could not be written", lines=batch.count("\n"))
+            log.failure("access log: {lines} line(s) could not be written", lines=len(held))
+
+    def _text(self, held: list[tuple[float, Callable[[Any], str], Any]]) -> str:
+        """:returns: the text lines of held entries, as the observer writes them."""
+        stamps, system = self._stamps, self._system
+        lines = []
+        for when, format_message, values in held:
+            text = format_message(values)
+            if "\n" in text:
+                text = text.replace("\n", "\n\t")
+            lines.append(f"{stamps(when)}{system}{text}\n")
+        return "".join(lines)
 
     def _write(self, batch: str) -> None:
         if self._stream is not None:

@@ -240,7 +240,10 @@ class RecordedAccessLog:
 
     def write(self, when: float, entry: IAccessEntry) -> None:
         assert verifyObject(IAccessEntry, entry)
-        self.written.append((when, entry.template, entry.message(), entry.fields()))
+        values = entry.message_values()
+        assert all(type(v) in (str, bytes, int, float, type(None)) for v in values)  # plain
+        message = entry.format_message(values)
+        self.written.append((when, entry.template, message, entry.fields()))
 
     def flush(self) -> None:
         """Nothing is held."""

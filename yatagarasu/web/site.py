@@ -354,7 +354,8 @@ def _response_header_pairs(request: ProxyRequest) -> Iterator[tuple[bytes, bytes
 class AccessEntry:
     """
     A request's access-log entry (:class:`~yatagarasu.interfaces.IAccessEntry`), read from the
-    request when the log asks: a text line is made from six of its values, without the fields.
+    request when the log asks: a text line is made from seven plain values, without the
+    fields.
 
     :param request: a request whose response ended (completely or not).
     :param duration: seconds from its arrival to the end of the response.
@@ -381,17 +382,27 @@ class AccessEntry:
         self._trace_id = trace_id
         self.template = _ACCESS if trace_id is None else _TRACED_ACCESS
 
-    def message(self) -> str:
+    def message_values(self) -> tuple[str, bytes, bytes, int, int, float, str | None]:
         request = self._request
-        method = request.method
+        return (
+            request.client_address,
+            request.method,
+            request.path,
+            request.code,
+            request.sentLength,
+            self._duration,
+            self._trace_id,
+        )
+
+    @staticmethod
+    def format_message(values: tuple[str, bytes, bytes, int, int, float, str | None]) -> str:
+        client, method, path, code, sent, duration, trace_id = values
         # the template filled in, as one f-string (str.format_map costs twice as much)
         text = (
-            f"{request.client_address} "
-            f"{_METHODS.get(method) or method.decode('ascii', 'replace')} "
-            f"{request.path.decode('utf-8', 'replace')} {request.code} {request.sentLength}B "
-            f"{_milliseconds(self._duration)}ms"
+            f"{client} {_METHODS.get(method) or method.decode('ascii', 'replace')} "
+            f"{path.decode('utf-8', 'replace')} {code} {sent}B {_milliseconds(duration)}ms"
         )
-        return text if self._trace_id is None else f"{text} trace {self._trace_id}"
+        return text if trace_id is None else f"{text} trace {trace_id}"
 
     def fields(self) -> dict[str, Any]:
         request = self._request
