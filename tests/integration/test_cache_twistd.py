@@ -217,6 +217,39 @@ def redis_cache(redis: RedisServer) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("size", [100 * 1024, 600 * 1024], ids=["100KiB", "600KiB"])
+def test_redis_hits_of_large_values_are_whole(
+    size: int,
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+    redis_server: RedisServer,
+) -> None:
+    """Values of 100 KiB (one read: handed on without a copy) and 600 KiB (several reads)."""
+    body = os.urandom(size)
+    etag = moto_s3.put_object(s3_bucket, "big.bin", body, CacheControl="max-age=600")
+    settings = {
+        "enabled": True,
+        "cache_layers": ["redis"],
+        "redis": {"enabled": True, "redis_url": redis_server.url, "timeout_ms": 2000},
+    }
+    running = proxy(config(moto_s3, s3_bucket, settings))
+    assert running.get("/pub/big.bin").header("X-Cache") == "MISS"
+    wait_until(
+        lambda: running.get("/pub/big.bin").header("X-Cache") == "HIT",
+        timeout=10,
+        what="the Redis entry to be written",
+    )
+    moto_s3.clear_requests()
+    for _ in range(3):
+        hit = running.get("/pub/big.bin")
+        assert (hit.status, hit.header("X-Cache"), hit.header("ETag")) == (200, "HIT", etag)
+        assert hit.body == body
+    ranged = running.get("/pub/big.bin", headers={"Range": "bytes=10-19"})
+    assert (ranged.status, ranged.body) == (206, body[10:20])
+    assert moto_s3.count_requests("GET", s3_bucket, "big.bin") == 0
+
+
 def test_two_instances_share_redis_and_purges(
     proxy: Callable[..., ProxyProcess],
     moto_s3: MotoS3Server,

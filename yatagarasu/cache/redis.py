@@ -355,7 +355,7 @@ def encode_entry(entry: CacheEntry) -> bytes:
     return packed
 
 
-def decode_entry(raw: bytes) -> CacheEntry:
+def decode_entry(raw: bytes | memoryview) -> CacheEntry:
     """
     :param raw: a value written by :func:`encode_entry`.
     :returns: the entry (every field's type checked: a hit's cost, so plain loops and exact
@@ -538,7 +538,7 @@ class RedisCacheLayer:
         )
 
     def _got(
-        self, raw: bytes | None, key: CacheKey, rkey: bytes
+        self, raw: bytes | memoryview | None, key: CacheKey, rkey: bytes
     ) -> CacheEntry | Deferred[CacheEntry | None] | None:
         if raw is None:
             self._forget(rkey)

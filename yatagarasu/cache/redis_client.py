@@ -248,7 +248,9 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
         if self._crlf_left:
             return pos
         self._pieces = None
-        self.replyReceived(self.tryConvertData(b"".join(pieces)))
+        # one piece (the whole value arrived in one read) is handed on as it is, a memoryview
+        # of that read: no copy
+        self.replyReceived(self.tryConvertData(pieces[0] if len(pieces) == 1 else b"".join(pieces)))
         return pos
 
     def lean_get(self, key: bytes, clock: Any, timeout: float) -> Deferred[Any]:
@@ -703,10 +705,11 @@ class RedisClient:
 
     # -- commands --------------------------------------------------------------------------
 
-    def get(self, key: bytes) -> Deferred[bytes | None]:
+    def get(self, key: bytes) -> Deferred[bytes | memoryview | None]:
         """
         :param key: the key.
-        :returns: fires with its value, or ``None`` when there is none; fails with
+        :returns: fires with its value (a large one read in one piece as a ``memoryview`` of
+            the bytes received: no copy), or ``None`` when there is none; fails with
             :class:`RedisError` on any failure.
         """
         return self._call("get", key).addCallback(_bytes_or_none)
@@ -901,8 +904,8 @@ class RedisClient:
                 log.warn("Redis connections did not close in time", target=repr(self.target))
 
 
-def _bytes_or_none(value: Any) -> bytes | None:
-    if value is not None and not isinstance(value, bytes):
+def _bytes_or_none(value: Any) -> bytes | memoryview | None:
+    if value is not None and not isinstance(value, bytes | memoryview):
         raise RedisCommandFailed(f"GET answered {type(value).__name__}, not bytes")
     return value
 

@@ -315,7 +315,18 @@ class PoolProtocolTests(SynchronousTestCase):
                 ],
                 chunk_size,
             )
-            self.assertIs(type(got[1]), bytes)
+            # a value cut across reads is joined (bytes); one read whole is a view of it
+            whole = chunk_size == len(self.stream)
+            self.assertIs(type(got[1]), memoryview if whole else bytes, chunk_size)
+
+    def test_a_large_bulk_reply_read_in_one_piece_is_a_view_of_that_read(self) -> None:
+        proto, _ = pool_protocol()
+        got: list[Any] = []
+        proto.replyReceived = got.append  # type: ignore[method-assign]
+        data = bulk(self.big) + bulk(b"next")
+        proto.dataReceived(data)
+        self.assertEqual(got, [self.big, b"next"])
+        self.assertIs(got[0].obj, data)  # no copy of the value
 
     def test_a_large_bulk_reply_does_not_go_through_hiredis(self) -> None:
         fed: list[bytes] = []
