@@ -333,7 +333,6 @@ def audit_record(
 _METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"OPTIONS")}
 _ACCESS = "{client_ip} {method} {path} {status} {bytes_sent}B {duration_ms}ms"
 _TRACED_ACCESS = _ACCESS + " trace {trace_id}"
-
 _LABELS = (b"HIT", b"MISS", b"BYPASS", b"STALE", b"REVALIDATED")
 _CACHE_STATUS = {label: label.decode().lower() for label in _LABELS}
 _LABEL_TEXT = {label: label.decode() for label in _LABELS}
