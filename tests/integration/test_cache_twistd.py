@@ -41,6 +41,32 @@ def config(moto: MotoS3Server, bucket: str, cache: dict[str, Any], **entry: Any)
     }
 
 
+def stored_then_hit(
+    proxy: Callable[..., ProxyProcess],
+    moto: MotoS3Server,
+    bucket: str,
+    cache: dict[str, Any],
+    key: str,
+    body: bytes,
+    where: str,
+) -> tuple[ProxyProcess, str]:
+    """
+    Put ``key``, start a proxy with ``cache``, GET it once (a MISS) and wait for a HIT.
+
+    :returns: the proxy and the object's ETag; the S3 request log starts empty after it.
+    """
+    etag = moto.put_object(bucket, key, body, CacheControl="max-age=600")
+    running = proxy(config(moto, bucket, cache))
+    assert running.get(f"/pub/{key}").header("X-Cache") == "MISS"
+    wait_until(
+        lambda: running.get(f"/pub/{key}").header("X-Cache") == "HIT",
+        timeout=10,
+        what=f"the {where} entry to be stored",
+    )
+    moto.clear_requests()
+    return running, etag
+
+
 MEMORY = {"enabled": True, "memory": {"max_cache_size_mb": 64, "max_item_size_mb": 10}}
 
 
@@ -162,20 +188,12 @@ def test_disk_hits_small_and_large(
 ) -> None:
     """A disk-only cache: bodies up to INLINE_BODY are read at once, larger ones streamed."""
     body = os.urandom(size)
-    etag = moto_s3.put_object(s3_bucket, "d.bin", body, CacheControl="max-age=600")
     settings = {
         "enabled": True,
         "cache_layers": ["disk"],
         "disk": {"enabled": True, "cache_dir": str(tmp_path / "disk-cache")},
     }
-    running = proxy(config(moto_s3, s3_bucket, settings))
-    assert running.get("/pub/d.bin").header("X-Cache") == "MISS"
-    wait_until(
-        lambda: running.get("/pub/d.bin").header("X-Cache") == "HIT",
-        timeout=10,
-        what="the disk entry to be committed",
-    )
-    moto_s3.clear_requests()
+    running, etag = stored_then_hit(proxy, moto_s3, s3_bucket, settings, "d.bin", body, "disk")
     for _ in range(2):  # the second hit uses the metadata the first one kept
         hit = running.get("/pub/d.bin")
         assert (hit.status, hit.header("X-Cache"), hit.header("ETag")) == (200, "HIT", etag)
@@ -227,20 +245,12 @@ def test_redis_hits_of_large_values_are_whole(
 ) -> None:
     """Values of 100 KiB (one read: handed on without a copy) and 600 KiB (several reads)."""
     body = os.urandom(size)
-    etag = moto_s3.put_object(s3_bucket, "big.bin", body, CacheControl="max-age=600")
     settings = {
         "enabled": True,
         "cache_layers": ["redis"],
         "redis": {"enabled": True, "redis_url": redis_server.url, "timeout_ms": 2000},
     }
-    running = proxy(config(moto_s3, s3_bucket, settings))
-    assert running.get("/pub/big.bin").header("X-Cache") == "MISS"
-    wait_until(
-        lambda: running.get("/pub/big.bin").header("X-Cache") == "HIT",
-        timeout=10,
-        what="the Redis entry to be written",
-    )
-    moto_s3.clear_requests()
+    running, etag = stored_then_hit(proxy, moto_s3, s3_bucket, settings, "big.bin", body, "Redis")
     for _ in range(3):
         hit = running.get("/pub/big.bin")
         assert (hit.status, hit.header("X-Cache"), hit.header("ETag")) == (200, "HIT", etag)
