@@ -177,6 +177,11 @@ def test_slices_in_the_disk_layer(
     moto_s3.clear_requests()
     first = running.get("/pub/disk.bin", headers={"Range": "bytes=3000000-5000000"})
     assert (first.status, first.body) == (206, body[3000000:5000001])
+    # the disk layer writes behind the response: without this wait, a slow machine's full GET
+    # finds slices 1 and 2 not committed yet and fetches them again
+    wait_until(
+        lambda: disk_entries(tmp_path / "c") == 3, timeout=30, what="manifest + 2 slices on disk"
+    )
     whole = running.get("/pub/disk.bin", timeout=60)
     assert (whole.status, sha(whole.body)) == (200, sha(body))
     # slices 1 and 2 (the first read) then 0 and 3 (the full GET): each fetched once
