@@ -10,7 +10,8 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   waits for it to connect at startup. Replies are parsed by ``hiredis`` (pool connections are
   :class:`_PoolProtocol`, a txredisapi ``HiredisProtocol``; ``hiredis`` is a dependency),
   except bulk replies of ``BIG_BULK`` (16 KiB) and more, which the connection cuts out of the
-  received bytes itself (one copy instead of hiredis' two). A command goes straight to a ready
+  received bytes itself (one copy instead of hiredis' two, none when one read holds the whole
+  value: it is handed on as a ``memoryview`` of that read). A command goes straight to a ready
   pool connection (picked at random, as txredisapi's handler does), through the handler only
   when none is ready (it waits for one) or the command holds its connection; commands are sent
   with plain Deferred callbacks, no coroutine, and ``GET`` by the connection's ``lean_get``
@@ -162,7 +163,8 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
 
     *Bulk replies* (``$<n>\\r\\n<n bytes>\\r\\n``) of at least ``BIG_BULK`` bytes that start
     at a reply boundary (hiredis holds nothing) are cut out of the received chunks and joined
-    once (one copy) instead of going through hiredis, which copies them into its buffer
+    once (one copy; none when one chunk holds the whole value: then it is a ``memoryview`` of
+    that chunk) instead of going through hiredis, which copies them into its buffer
     (growing it chunk by chunk) and again into the reply. Everything else is fed to hiredis,
     in order: replies are delivered in the order they arrive either way.
 
@@ -248,8 +250,8 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
         if self._crlf_left:
             return pos
         self._pieces = None
-        # one piece (the whole value arrived in one read) is handed on as it is, a memoryview
-        # of that read: no copy
+        # one piece (the whole value arrived in one read) is handed on as it is, usually a
+        # memoryview of that read: no copy
         self.replyReceived(self.tryConvertData(pieces[0] if len(pieces) == 1 else b"".join(pieces)))
         return pos
 
