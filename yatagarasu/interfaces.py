@@ -570,7 +570,8 @@ class IAccessLog(Interface):
         Log one request.
 
         :param when: when its response ended (epoch seconds, from the injected clock).
-        :param entry: its entry; used during the call only.
+        :param entry: its entry: its fields and message values are read during the call; its
+            ``format_message`` may be kept and called later.
         """
 
     def flush() -> None:
