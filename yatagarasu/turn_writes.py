@@ -23,13 +23,14 @@ waits for writability as before).
 
 from __future__ import annotations
 
+import os
 import socket
 import weakref
 from dataclasses import dataclass
 from errno import EAGAIN, ENOBUFS, EWOULDBLOCK
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.base import ReactorBase
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -52,6 +53,20 @@ log = Logger()
 MAX_PIECES = 1024
 #: ``send`` errors that mean "the kernel's buffer is full", not "the connection is gone"
 _FULL = (EAGAIN, EWOULDBLOCK, ENOBUFS)
+
+
+class BodyFile(Protocol):
+    """A body in a file (:class:`yatagarasu.values.MappedBody`): what ``write_file`` sends."""
+
+    def fileno(self) -> int:
+        """:returns: the file's descriptor, open while the object is alive."""
+
+    def read(self, offset: int, size: int) -> bytes:
+        """:returns: a copy of ``size`` bytes from ``offset``."""
+
+
+#: A file piece: the body, where its unsent bytes start, how many there are.
+_FilePiece = tuple[BodyFile, int, int]
 
 
 class TurnWrites:
@@ -116,6 +131,13 @@ class SentAtTurnEnd(tcp.Connection):
 
     _turn_writes: TurnWrites
     _queued = False
+    #: a file piece written this turn, sent after the first ``_file_after`` pieces of
+    #: ``_tempDataBuffer``
+    _file: _FilePiece | None = None
+    _file_after = 0
+    #: a file piece the kernel has not taken yet: it goes after ``dataBuffer[offset:]`` and
+    #: before ``_tempDataBuffer`` (sent by :meth:`doWrite`)
+    _unsent_file: _FilePiece | None = None
 
     def startWriting(self) -> None:
         """Something was written (or the connection is closing): send it at the turn's end."""
@@ -129,6 +151,33 @@ class SentAtTurnEnd(tcp.Connection):
         """Twisted's way: wait for the socket to be writable, then ``doWrite``."""
         super().startWriting()
 
+    def write_file(self, body: BodyFile, offset: int, size: int) -> None:
+        """
+        Write ``size`` bytes of ``body`` from ``offset``, after what was written so far: they
+        are sent with ``sendfile`` at the turn's end (the kernel takes references to the
+        file's pages instead of copying them), and kept as a file piece while the kernel's
+        buffer is full. ``body`` is held until they are sent.
+
+        A connection that is not in the plain state, or has a file piece already, is written
+        a copy instead.
+
+        :param body: the file.
+        :param offset: where the bytes start.
+        :param size: how many (more than zero).
+        """
+        if (
+            not self.connected
+            or self.disconnecting
+            or self._writeDisconnected
+            or self._file is not None
+            or self._unsent_file is not None
+        ):
+            self.write(body.read(offset, size))
+            return
+        self._file = (body, offset, size)
+        self._file_after = len(self._tempDataBuffer)
+        self.startWriting()
+
     def send_queued(self) -> None:
         """
         Send what was written this turn, or leave it to ``doWrite`` when the connection is
@@ -136,15 +185,27 @@ class SentAtTurnEnd(tcp.Connection):
         """
         self._queued = False
         if self.disconnected or self._aborting:
+            self._file = self._unsent_file = None
             return
-        pieces = self._tempDataBuffer
         if (
             self.disconnecting
             or self._writeDisconnecting
             or self.offset != len(self.dataBuffer)
-            or not pieces
+            or self._unsent_file is not None
         ):
+            self._keep_file(0)
             self._start_writing()
+            return
+        sent_file = self._file is not None
+        if sent_file and not self._send_file():
+            return
+        pieces = self._tempDataBuffer
+        if not pieces:
+            if sent_file:
+                self.dataBuffer, self.offset = b"", 0
+                self._drained()
+            else:
+                self._start_writing()
             return
         try:
             if len(pieces) == 1:
@@ -164,6 +225,107 @@ class SentAtTurnEnd(tcp.Connection):
             return
         self._keep_unsent(pieces, sent)
         self._start_writing()
+
+    def _send_file(self) -> bool:
+        """
+        Send the pieces written before this turn's file piece (with ``MSG_MORE``), then the
+        file piece with ``sendfile``.
+
+        :returns: whether the kernel took both; if not, what it did not take waits for
+            ``doWrite`` (the socket registered for writability), and the producer is paused.
+        """
+        assert self._file is not None
+        body, offset, size = self._file
+        pieces = self._tempDataBuffer
+        before = pieces[: self._file_after]
+        if len(before) > MAX_PIECES:  # pragma: no cover - a thousand writes ahead of a body
+            self._keep_file(0)
+            self._start_writing()
+            return False
+        ahead = sum(map(len, before))
+        sent = 0
+        try:
+            if before:
+                sent = untilConcludes(self.socket.sendmsg, before, (), socket.MSG_MORE)
+            if sent == ahead:
+                fd = self.socket.fileno()
+                sent += untilConcludes(os.sendfile, fd, body.fileno(), offset, size)
+        except OSError as error:
+            if error.errno not in _FULL:  # gone: doWrite finds out and tears it down
+                self._keep_file(0)
+                self._start_writing()
+                return False
+        if sent == ahead + size:  # the pieces after the file are sent as usual
+            self._file = None
+            self._tempDataBuffer = pieces[self._file_after :]
+            self._tempDataLen -= ahead
+            return True
+        self._keep_file(sent)
+        self._start_writing()
+        producer: Any = self.producer
+        if producer is not None and self.streamingProducer and not self.producerPaused:
+            self.producerPaused = True
+            producer.pauseProducing()
+        return False
+
+    def _keep_file(self, sent: int) -> None:
+        """
+        Turn this turn's file piece (if any) into the unsent state that :meth:`doWrite`
+        sends from: the bytes ahead of it in ``dataBuffer``, the file piece, then the pieces
+        written after it.
+
+        :param sent: how many bytes of the pieces ahead of the file, and then of the file,
+            the kernel took already.
+        """
+        if self._file is None:
+            return
+        body, offset, size = self._file
+        self._file = None
+        pieces = self._tempDataBuffer
+        ahead: list[bytes | memoryview] = list(pieces[: self._file_after])
+        if self.offset < len(self.dataBuffer):  # bytes left from an earlier turn go first
+            ahead.insert(0, memoryview(self.dataBuffer)[self.offset :])
+        length = sum(map(len, ahead))
+        taken = min(sent, length)
+        self.dataBuffer, self.offset = b"".join(ahead), taken
+        into_file = sent - taken
+        self._unsent_file = (body, offset + into_file, size - into_file)
+        self._tempDataBuffer = after = pieces[self._file_after :]
+        self._tempDataLen = sum(map(len, after))
+
+    def doWrite(self) -> Any:
+        """
+        Twisted's ``doWrite``, after a file piece the kernel had not taken: first the bytes
+        ahead of it, then the file with ``sendfile``, then the rest the usual way.
+        """
+        unsent = self._unsent_file
+        if unsent is None:
+            return super().doWrite()
+        if self.offset < len(self.dataBuffer):
+            sent = self.writeSomeData(memoryview(self.dataBuffer)[self.offset :])  # type: ignore[arg-type]
+            if isinstance(sent, Exception):
+                return sent
+            self.offset += sent
+            if self.offset < len(self.dataBuffer):
+                return None
+        body, offset, size = unsent
+        try:
+            sent = untilConcludes(os.sendfile, self.socket.fileno(), body.fileno(), offset, size)
+        except OSError as error:
+            return None if error.errno in _FULL else main.CONNECTION_LOST
+        if sent == 0:  # pragma: no cover - the file is sealed: it cannot end early
+            return main.CONNECTION_LOST
+        if sent < size:
+            self._unsent_file = (body, offset + sent, size - sent)
+            return None
+        self._unsent_file = None
+        self.dataBuffer, self.offset = b"", 0
+        return super().doWrite()  # the pieces written after it; then producers, closing
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Let go of file pieces not sent (the cache may have dropped their bodies)."""
+        self._file = self._unsent_file = None
+        super().connectionLost(reason)
 
     def _keep_unsent(self, pieces: list[bytes], sent: int) -> None:
         """Leave what the kernel did not take where ``doWrite`` sends from (no copy)."""

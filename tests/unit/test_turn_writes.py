@@ -7,13 +7,15 @@ is not in the plain state (closing, aborted, a client still connecting), goes Tw
 
 from __future__ import annotations
 
+import select
 import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
 from twisted.internet import tcp
 from twisted.internet.defer import succeed
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTCP,
@@ -38,6 +40,7 @@ from yatagarasu.turn_writes import (
     connecting_reactor,
     turn_writes_of,
 )
+from yatagarasu.values import MappedBody
 
 
 class FakePort:
@@ -380,3 +383,226 @@ def test_listeners_and_pools_of_one_reactor_share_one_queue() -> None:
     real = SelectReactor()  # never run
     assert connecting_reactor(real)._turn_writes is turn_writes_of(real)
     real.waker.connectionLost(None)  # type: ignore[attr-defined]  # its pipe (never run)
+
+
+# -- file pieces (a memory layer's body sent with sendfile) ---------------------------------
+
+
+class Body:
+    """A body in a sealed memory file, as the memory layer keeps large ones."""
+
+    def __init__(self, data: bytes) -> None:
+        self.mapped = MappedBody(data)
+        self.reads: list[tuple[int, int]] = []
+
+    def fileno(self) -> int:
+        return self.mapped.fileno()
+
+    def read(self, offset: int, size: int) -> bytes:
+        self.reads.append((offset, size))  # a copy: what write_file avoids
+        return self.mapped.read(offset, size)
+
+
+class TCPConnection(Connection):
+    """A ``TurnWritesServer`` on a loopback TCP connection (``sendfile``, ``MSG_MORE``)."""
+
+    def __init__(self, turn_writes: TurnWrites, memory_reactor: MemoryReactorClock) -> None:
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        self.peer = socket.socket()
+        # A small window from the start, so that the kernel takes only part of a large write.
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.peer.settimeout(5)
+        self.peer.connect(listening.getsockname())
+        ours, _ = listening.accept()
+        listening.close()
+        ours.setblocking(False)
+        self.peer.settimeout(5)
+        self.protocol = Protocol()
+        self.transport = turn_writes.transport(
+            ours,
+            self.protocol,
+            ("127.0.0.1", 40000),
+            FakePort(),
+            1,
+            memory_reactor,  # type: ignore[arg-type]
+        )
+        self.protocol.makeConnection(self.transport)
+
+    def drain(self, transport: TurnWritesServer, size: int) -> bytes:
+        """
+        Read ``size`` bytes, calling ``doWrite`` whenever the socket is writable, as the
+        reactor would (bounded: 100,000 rounds of at most 50 ms).
+        """
+        got = self.pending()
+        for _ in range(100_000):
+            if len(got) >= size:
+                break
+            _, writable, _ = select.select([], [transport.socket], [], 0.05)
+            if writable:
+                transport.doWrite()
+            got += self.pending()
+        return got
+
+
+@pytest.fixture
+def over_tcp(
+    turn_writes: TurnWrites, memory_reactor: MemoryReactorClock
+) -> Iterator[TCPConnection]:
+    made = TCPConnection(turn_writes, memory_reactor)
+    yield made
+    made.close()
+
+
+DATA = bytes(range(256)) * 400  # 100 KiB, every offset distinguishable
+
+
+def test_a_file_piece_is_sent_between_the_writes_around_it_without_a_copy(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = over_tcp.transport
+    body = Body(DATA)
+    transport.write(b"HEAD\r\n")
+    transport.write_file(body, 0, len(DATA))
+    transport.write(b"NEXT")  # a pipelined response behind it
+    assert over_tcp.pending() == b""
+    memory_reactor.advance(0)
+    assert over_tcp.received(len(DATA) + 10) == b"HEAD\r\n" + DATA + b"NEXT"
+    assert body.reads == []  # sent from the file
+    assert transport not in memory_reactor.writers
+    assert (transport._file, transport._unsent_file, transport._tempDataLen) == (None, None, 0)
+
+
+def test_a_file_piece_sends_just_its_range(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    body = Body(DATA)
+    over_tcp.transport.write_file(body, 1000, 300)
+    memory_reactor.advance(0)
+    assert over_tcp.received(300) == DATA[1000:1300]
+    assert over_tcp.pending() == b""
+
+
+def test_what_the_kernel_does_not_take_of_a_file_waits_as_a_file_piece(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = over_tcp.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    producer = Producer()
+    transport.registerProducer(producer, True)
+    big = DATA * 4  # 400 KB: far more than the buffers hold
+    body = Body(big)
+    transport.write(b"HEAD")
+    transport.write_file(body, 0, len(big))
+    transport.write(b"TAIL")
+    memory_reactor.advance(0)
+    assert transport._unsent_file is not None  # kept as a file piece, not read into memory
+    assert transport in memory_reactor.writers
+    assert producer.events == ["pause"]  # the buffer is full: the channel stops reading
+    transport.write(b"MORE")  # written while the file waits: after it
+    memory_reactor.advance(0)
+    got = over_tcp.drain(transport, len(big) + 12)
+    assert got == b"HEAD" + big + b"TAILMORE"
+    assert body.reads == []
+    assert transport._unsent_file is None
+    assert transport not in memory_reactor.writers
+    assert producer.events == ["pause", "resume"]
+
+
+def test_a_file_piece_behind_unsent_bytes_keeps_its_place(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = over_tcp.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    first = b"a" * 1_000_000
+    transport.write(first)
+    memory_reactor.advance(0)
+    assert transport.offset < len(transport.dataBuffer)  # left for doWrite
+    body = Body(DATA)
+    transport.write(b"HEAD")
+    transport.write_file(body, 0, len(DATA))
+    transport.write(b"TAIL")
+    memory_reactor.advance(0)
+    assert over_tcp.drain(transport, len(first) + len(DATA) + 8) == first + b"HEAD" + DATA + b"TAIL"
+    assert body.reads == []
+
+
+def test_a_second_file_piece_while_one_waits_is_written_as_a_copy(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = over_tcp.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big, small = Body(DATA * 4), Body(DATA)
+    transport.write_file(big, 0, len(DATA) * 4)
+    transport.write_file(small, 5, 10)  # the same turn: one file piece a turn
+    memory_reactor.advance(0)
+    transport.write_file(small, 20, 10)  # while the first waits
+    got = over_tcp.drain(transport, len(DATA) * 4 + 20)
+    assert got == DATA * 4 + DATA[5:15] + DATA[20:30]
+    assert big.reads == [] and small.reads == [(5, 10), (20, 10)]
+
+
+def test_closing_after_a_file_piece_sends_it_then_closes(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = over_tcp.transport
+    body = Body(DATA)
+    transport.write(b"HEAD")
+    transport.write_file(body, 0, len(DATA))
+    transport.loseConnection()
+    memory_reactor.advance(0)
+    assert transport in memory_reactor.writers  # a closing connection goes Twisted's way
+    assert transport._unsent_file is not None
+    why = None
+    for _ in range(1000):
+        why = transport.doWrite()
+        if why is not None:
+            break
+    assert isinstance(why, ConnectionDone)
+    transport.connectionLost(Failure(why))
+    assert over_tcp.received(len(DATA) + 4) == b"HEAD" + DATA
+    assert over_tcp.peer.recv(10) == b""
+    assert body.reads == []
+
+
+def test_a_lost_connection_lets_go_of_its_file_pieces(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = over_tcp.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    body = Body(DATA * 4)
+    transport.write_file(body, 0, len(DATA) * 4)
+    memory_reactor.advance(0)
+    assert transport._unsent_file is not None
+    transport.connectionLost(Failure(ConnectionDone()))
+    assert transport._unsent_file is None and transport._file is None
+
+
+def test_an_aborted_connection_sends_no_file_piece(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    transport = over_tcp.transport
+    transport.write_file(Body(DATA), 0, len(DATA))
+    transport.abortConnection()
+    memory_reactor.advance(0)
+    assert transport._file is None
+    with pytest.raises(ConnectionResetError):  # reset, with nothing sent ahead of it
+        over_tcp.peer.recv(10)
+
+
+def test_a_file_piece_to_a_reset_peer_is_left_to_do_write(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    over_tcp.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    over_tcp.peer.close()  # a reset
+    transport = over_tcp.transport
+    for _ in range(100):  # until the reset has arrived: a send fails
+        try:
+            transport.socket.send(b"probe")
+        except OSError:
+            break
+    transport.write_file(Body(DATA), 0, len(DATA))
+    memory_reactor.advance(0)
+    assert transport in memory_reactor.writers
+    assert isinstance(transport.doWrite(), ConnectionLost)  # torn down as Twisted would
