@@ -2,12 +2,14 @@
 The values the plugin contracts (:mod:`yatagarasu.interfaces`) exchange: cache keys, entries
 and counters, and the identity an auth scheme vouches for. Plain frozen data, importing only
 the standard library and Twisted, so that every layer of the proxy (and every plugin) can use
-them.
+them. One is not plain data: :class:`MappedBody`, a body in a sealed memory file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -59,6 +61,74 @@ class FileBody:
     length: int
 
 
+class MappedBody:
+    """
+    A body kept in an anonymous memory file (``memfd_create``), sealed against any change: the
+    memory layer keeps large bodies this way, so that a hit can be sent to a TCP client with
+    ``sendfile`` (no copy from this process into the socket). The file is closed when the last
+    reference goes (the cache's entry, or a connection that still has it queued).
+
+    :ivar length: the body's length in bytes.
+    :cvar open_files: how many are open in this process (each holds a file descriptor).
+    """
+
+    __slots__ = ("_fd", "length")
+
+    open_files = 0
+
+    def __init__(self, data: bytes) -> None:
+        """
+        :param data: the body.
+        :raises OSError: no memory file could be made (out of file descriptors or memory).
+        """
+        fd = os.memfd_create("yatagarasu-body", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(data)
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+            fcntl.fcntl(
+                fd,
+                fcntl.F_ADD_SEALS,
+                fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.length = len(view)
+        MappedBody.open_files += 1
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            MappedBody.open_files -= 1
+
+    def __len__(self) -> int:
+        return self.length
+
+    def fileno(self) -> int:
+        """:returns: the memory file's descriptor (for ``sendfile``), open while this is alive."""
+        return self._fd
+
+    def read(self, offset: int = 0, size: int | None = None) -> bytes:
+        """
+        :param offset: where to start.
+        :param size: how many bytes (to the end when ``None``).
+        :returns: a copy of that part of the body.
+        """
+        end = self.length if size is None else min(self.length, offset + size)
+        pieces = []
+        while offset < end:
+            piece = os.pread(self._fd, end - offset, offset)
+            if not piece:  # pragma: no cover - a sealed file cannot shrink
+                break
+            pieces.append(piece)
+            offset += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """
@@ -67,7 +137,9 @@ class CacheEntry:
     :ivar headers: response headers to replay, lowercase names (content-type, etag,
         last-modified, cache-control, content-encoding, content-disposition,
         content-language, expires, accept-ranges) — never content-length, never x-amz-*.
-    :ivar body: the bytes, or a :class:`FileBody` for layers that keep bodies in files.
+    :ivar body: the bytes, a :class:`FileBody` for layers that keep bodies in files, or a
+        :class:`MappedBody` (the memory layer's large bodies; the tiered cache hands other
+        layers' ``set`` only ``bytes`` or ``FileBody`` bodies).
     :ivar stored_at: wall-clock time (epoch seconds) the response was received from S3 or
         last revalidated; ``Age`` is computed from it.
     :ivar expires_at: wall-clock time until which the entry is fresh.
@@ -78,7 +150,7 @@ class CacheEntry:
     """
 
     headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes | FileBody
+    body: bytes | FileBody | MappedBody
     stored_at: float
     expires_at: float
     retain_until: float
@@ -104,7 +176,7 @@ class CacheEntry:
             for value in values
         )
 
-    def with_body(self, body: bytes | FileBody) -> CacheEntry:
+    def with_body(self, body: bytes | FileBody | MappedBody) -> CacheEntry:
         """
         :param body: another body for the same response.
         :returns: this entry with that body, sharing this one's :attr:`head_lines` (encoded
@@ -130,7 +202,8 @@ class CacheEntry:
     @property
     def length(self) -> int:
         """Body length in bytes."""
-        return self.body.length if isinstance(self.body, FileBody) else len(self.body)
+        body = self.body
+        return len(body) if isinstance(body, bytes) else body.length
 
     @property
     def size(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -258,6 +259,48 @@ def test_redis_hits_of_large_values_are_whole(
     ranged = running.get("/pub/big.bin", headers={"Range": "bytes=10-19"})
     assert (ranged.status, ranged.body) == (206, body[10:20])
     assert moto_s3.count_requests("GET", s3_bucket, "big.bin") == 0
+
+
+def memory_files(pid: int) -> int:
+    """:returns: how many of the process's descriptors are the memory layer's body files."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed while listing
+            count += os.readlink(fd).startswith("/memfd:yatagarasu-body")
+    return count
+
+
+@pytest.mark.parametrize("size", [100_000, 3_000_000])
+def test_large_memory_hits_are_sent_from_memory_files(
+    size: int,
+    proxy: Callable[..., ProxyProcess],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    """Bodies of 64 KiB and more are kept in a memory file and sent from it (``sendfile``)."""
+    body = os.urandom(size)
+    running, etag = stored_then_hit(proxy, moto_s3, s3_bucket, MEMORY, "big.bin", body, "memory")
+    assert memory_files(running.pid) == 1
+    for _ in range(3):
+        hit = running.get("/pub/big.bin")
+        assert (hit.status, hit.header("X-Cache"), hit.header("ETag")) == (200, "HIT", etag)
+        assert hit.header("Content-Length") == str(size)
+        assert hit.body == body
+    ranged = running.get("/pub/big.bin", headers={"Range": "bytes=70000-70009"})
+    assert (ranged.status, ranged.body) == (206, body[70000:70010])
+    closing = running.get("/pub/big.bin", headers={"Connection": "close"})
+    assert (closing.status, closing.body) == (200, body)
+    head = running.request("HEAD", "/pub/big.bin")
+    assert (head.status, head.body, head.header("Content-Length")) == (200, b"", str(size))
+    with ThreadPoolExecutor(8) as pool:  # concurrent clients of one body
+        assert all(got.body == body for got in pool.map(running.get, ["/pub/big.bin"] * 16))
+    assert moto_s3.count_requests("GET", s3_bucket, "big.bin") == 0
+    purged = running.request("POST", "/admin/cache/purge/pub/big.bin", headers=admin())
+    assert purged.status == 200
+    wait_until(
+        lambda: memory_files(running.pid) == 0, timeout=10, what="the purged body's file closed"
+    )
 
 
 def test_two_instances_share_redis_and_purges(

@@ -243,6 +243,34 @@ def test_https_listener(
         plain.close()
 
 
+def test_large_memory_hits_over_tls_are_whole(
+    tmp_path: Path,
+    make_proxy_config: Callable[..., dict[str, Any]],
+    moto_s3: MotoS3Server,
+    s3_bucket: str,
+) -> None:
+    """A body kept in a memory file goes through TLS as a copy (no ``sendfile`` there)."""
+    body = os.urandom(300_000)
+    moto_s3.put_object(s3_bucket, "big.bin", body, CacheControl="max-age=600")
+    config = make_proxy_config({"pub": s3_bucket}, port=free_port())
+    config["cache"] = {"enabled": True, "cache_layers": ["memory"]}
+    with https_proxy(tmp_path, config, "tls") as (port, context):
+        conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+
+        def fetch() -> str | None:
+            conn.request("GET", "/pub/big.bin")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, body)
+            return response.getheader("X-Cache")
+
+        try:
+            assert fetch() == "MISS"
+            wait_until(lambda: fetch() == "HIT", timeout=10, what="the memory entry to be stored")
+            assert [fetch(), fetch()] == ["HIT", "HIT"]
+        finally:
+            conn.close()
+
+
 def test_https_upstream_certificate_is_verified(
     tmp_path: Path,
     proxy: Callable[..., ProxyProcess],

@@ -25,6 +25,11 @@ Cache Admission Policy", and Caffeine):
   so that the counts follow changes in popularity): the sketch at once, the entries' counters
   lazily (an epoch number).
 
+Bodies of :data:`MAPPED_BODY_MIN` bytes and more are kept in sealed memory files
+(:class:`~yatagarasu.values.MappedBody`), so that a hit is sent with ``sendfile``, while the
+process has file descriptors to spare for them (a quarter of ``RLIMIT_NOFILE``); smaller bodies
+(and large ones beyond that) stay ``bytes``.
+
 The hit path costs one dict lookup, one O(1) ``OrderedDict`` move and a counter increment.
 Entries past ``retain_until`` are dropped when they are looked up (a miss), and count as
 free victims when room is made. Purges use a per-bucket index, so purging a bucket or a
@@ -34,8 +39,10 @@ prefix costs O(entries of that bucket).
 from __future__ import annotations
 
 import math
+import resource
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +62,18 @@ from yatagarasu.interfaces import (
     IImmediateCacheLayer,
     ISwitchableCacheLayer,
 )
-from yatagarasu.values import MIB, CacheEntry, CacheKey, LayerStats
+from yatagarasu.values import MIB, CacheEntry, CacheKey, LayerStats, MappedBody
+
+#: The smallest body kept in a memory file: below it, copying the body into the socket costs
+#: less than the second system call that ``sendfile`` takes (``bench/sendfile_probe.py``).
+MAPPED_BODY_MIN = 64 * 1024
+
+
+def mapped_body_budget() -> int:
+    """:returns: how many memory files the process may hold: a quarter of its fd limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (1 << 20 if soft == resource.RLIM_INFINITY else soft) // 4
+
 
 _WINDOW = 0
 _PROBATION = 1
@@ -336,6 +354,7 @@ class MemoryCacheLayer:
         self._accesses = 0
         self._sample_size = self._sketch.sample_size
         self._freq_cap = self.FREQUENCY_CAP
+        self._mapped_budget = mapped_body_budget()
 
     # -- ICacheLayer ------------------------------------------------------------------------
 
@@ -478,6 +497,14 @@ class MemoryCacheLayer:
             if old is not None:
                 self._remove(old)
             return False
+        body = entry.body
+        if (
+            isinstance(body, bytes)
+            and len(body) >= MAPPED_BODY_MIN
+            and MappedBody.open_files < self._mapped_budget
+        ):
+            with suppress(OSError):  # out of descriptors or memory for files: kept as bytes
+                entry = entry.with_body(MappedBody(body))
         if old is not None:
             return self._replace(old, entry, size)
         index = self._buckets.get(key.bucket)

@@ -24,7 +24,7 @@ from yatagarasu.interfaces import (
     IPurgeBroadcaster,
 )
 from yatagarasu.observability.timings import Phase
-from yatagarasu.values import CacheEntry, CacheKey, FileBody, LayerStats
+from yatagarasu.values import CacheEntry, CacheKey, FileBody, LayerStats, MappedBody
 
 log = Logger()
 
@@ -66,6 +66,16 @@ def _layer_span(
     if error is not None:
         attributes["error.type"] = error
     phase.child(f"cache.get {layer.name}", started, ended, attributes)
+
+
+def in_bytes(entry: CacheEntry) -> CacheEntry:
+    """
+    :param entry: an entry, perhaps read from the memory layer.
+    :returns: it with its body as ``bytes`` when that is a :class:`MappedBody` (what other
+        layers' ``set`` is given), else itself.
+    """
+    body = entry.body
+    return entry.with_body(body.read()) if isinstance(body, MappedBody) else entry
 
 
 def _read_body(body: FileBody) -> bytes:
@@ -256,7 +266,7 @@ class TieredCache:
             if len(body) != entry.length:
                 return
             entry = entry.with_body(body)
-        await self._set_all(key, entry, takers)
+        await self._set_all(key, in_bytes(entry), takers)
 
     def store(self, key: CacheKey, entry: CacheEntry) -> Deferred[None]:
         """
@@ -282,7 +292,7 @@ class TieredCache:
         if isinstance(entry.body, FileBody):
             takers = [layer for layer in self.layers if layer.name == source]
             return self._track(Deferred.fromCoroutine(self._set_all(key, entry, takers)))
-        return self.store(key, entry)
+        return self.store(key, in_bytes(entry))
 
     async def _set_all(
         self, key: CacheKey, entry: CacheEntry, layers: Sequence[ICacheLayer]

@@ -33,7 +33,7 @@ from yatagarasu.http.ranges import Unsatisfiable
 from yatagarasu.observability.timings import CACHE_LOOKUP, Phase, RequestTimings
 from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
 from yatagarasu.s3.replicas import ReplicaSet
-from yatagarasu.values import MIB, CacheEntry, CacheKey, FileBody
+from yatagarasu.values import MIB, CacheEntry, CacheKey, FileBody, MappedBody
 from yatagarasu.web.flights import Flight
 from yatagarasu.web.responses import write_error
 from yatagarasu.web.site import ProxyRequest
@@ -389,7 +389,7 @@ class CachedObjects:
     def _entry(
         self,
         headers: tuple[tuple[bytes, bytes], ...],
-        body: bytes | FileBody,
+        body: bytes | FileBody | MappedBody,
         now: float,
         fresh: Freshness,
     ) -> CacheEntry:
@@ -560,9 +560,13 @@ class CachedObjects:
             send = self._timeouts.send_seconds
             FileRangeProducer(request, body_file, start, size, self._clock, send).start()
             return
-        assert isinstance(entry.body, bytes)
-        body = entry.body if wanted is None else entry.body[offset : offset + size]
-        request.write(body)
+        body = entry.body
+        if isinstance(body, MappedBody):
+            if size:
+                request.write_body_file(body, offset, size)
+        else:
+            assert isinstance(body, bytes)
+            request.write(body if wanted is None else body[offset : offset + size])
         request.finish()
 
 

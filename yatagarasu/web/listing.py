@@ -18,7 +18,7 @@ from yatagarasu.errors import HTTPError
 from yatagarasu.s3.errors import upstream_error
 from yatagarasu.s3.listing import MAX_TOKEN_LENGTH, ListPage, read_list_page
 from yatagarasu.s3.replicas import ReplicaSet
-from yatagarasu.values import CacheEntry, CacheKey, FileBody
+from yatagarasu.values import CacheEntry, CacheKey, MappedBody
 from yatagarasu.web.responses import write_body
 from yatagarasu.web.site import ProxyRequest
 
@@ -111,8 +111,10 @@ class DirectoryListing:
 
 
 def _entry_body(entry: CacheEntry) -> bytes | None:
-    if not isinstance(entry.body, FileBody):
+    if isinstance(entry.body, bytes):
         return entry.body
+    if isinstance(entry.body, MappedBody):
+        return entry.body.read()
     # A page is at most a few MiB: read it whole (the disk layer keeps bodies in files).
     try:
         with open(entry.body.path, "rb") as f:

@@ -40,7 +40,8 @@ from yatagarasu.observability.timings import RequestTimings
 from yatagarasu.observability.tracing import Tracing
 from yatagarasu.per_second import PerSecond
 from yatagarasu.request_logging import RequestLogPolicy
-from yatagarasu.values import AuditRecord
+from yatagarasu.turn_writes import SentAtTurnEnd
+from yatagarasu.values import AuditRecord, MappedBody
 from yatagarasu.web.channel import LimitedHTTPChannel, ResponseHeaders, encode_head
 from yatagarasu.web.request_id import new_request_id, request_id_for
 from yatagarasu.web.responses import write_error
@@ -290,6 +291,28 @@ class ProxyRequest(Request):
             self.clientproto, b"%d" % code, self.code_message, self.responseHeaders, extra
         )
         cast(LimitedHTTPChannel, self.channel).write(head)
+
+    def write_body_file(self, body: MappedBody, offset: int, size: int) -> None:
+        """
+        After :meth:`write_head`, send ``size`` bytes of ``body`` from ``offset`` as (part
+        of) the response's body: with ``sendfile`` when the connection is a plain TCP one
+        (:meth:`yatagarasu.turn_writes.SentAtTurnEnd.write_file`), else as a copy.
+
+        :param body: the cached body.
+        :param offset: where the bytes start.
+        :param size: how many (more than zero).
+        """
+        if self.finished:
+            raise RuntimeError("write_body_file called after the request finished")
+        if self._disconnected:
+            return
+        self.sentLength += size
+        transport: Any = self.channel.transport
+        # Not getattr: TLS (a ProtocolWrapper) would hand it the TCP transport's write_file.
+        if isinstance(transport, SentAtTurnEnd):
+            transport.write_file(body, offset, size)
+        else:  # TLS, a PROXY-protocol wrapper, a test's transport
+            transport.write(body.read(offset, size))
 
     def client_ip(self) -> str:
         """The peer's IP address (or the UNIX socket path)."""

@@ -38,7 +38,7 @@ from yatagarasu.http.freshness import Freshness, freshness
 from yatagarasu.http.ranges import MAX_POSITION, Unsatisfiable
 from yatagarasu.s3.errors import precondition_failed, range_not_satisfiable, upstream_error
 from yatagarasu.s3.replicas import ReplicaSet
-from yatagarasu.values import CacheEntry, CacheKey, FileBody
+from yatagarasu.values import CacheEntry, CacheKey, MappedBody
 from yatagarasu.web.flights import Flight
 from yatagarasu.web.site import ProxyRequest
 from yatagarasu.web.streaming import BodyRelay, ClientStalled, StreamTimeouts, abort_client
@@ -377,8 +377,10 @@ class SlicedObjects:
         flight.settle(result.value if isinstance(result, Failure) else result)
 
     async def _body(self, entry: CacheEntry) -> bytes | None:
-        if not isinstance(entry.body, FileBody):
+        if isinstance(entry.body, bytes):
             return entry.body
+        if isinstance(entry.body, MappedBody):
+            return entry.body.read()
         try:
             return await self._cache.read_body(entry.body)
         except OSError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 from collections import OrderedDict
 from typing import Any
@@ -13,7 +15,9 @@ from zope.interface.verify import verifyObject
 
 from tests.unit.tiered_harness import memory
 from yatagarasu import plugins
+from yatagarasu.cache import memory as memory_module
 from yatagarasu.cache.memory import (
+    MAPPED_BODY_MIN,
     MIB,
     FrequencySketch,
     MemoryCacheFactory,
@@ -25,9 +29,20 @@ from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import ICacheLayer, ICacheLayerFactory, IImmediateCacheLayer
 from yatagarasu.testing import FAR_FUTURE, CacheLayerContract
 from yatagarasu.testing import sample_entry as entry
-from yatagarasu.values import CacheEntry, CacheKey
+from yatagarasu.values import CacheEntry, CacheKey, MappedBody
 
 NOW = 1_750_000_000.0
+
+
+def same_entry(found: CacheEntry, stored: CacheEntry) -> bool:
+    """Whether the layer gave back what was stored (a large body now in a memory file)."""
+    if isinstance(found.body, MappedBody):
+        return (found.headers, found.body.read(), found.retain_until) == (
+            stored.headers,
+            stored.body,
+            stored.retain_until,
+        )
+    return found is stored
 
 
 def make_layer(clock: Clock | None = None, **settings: Any) -> MemoryCacheLayer:
@@ -166,7 +181,7 @@ def test_byte_bound_holds_under_random_load() -> None:
         if op < 0.6:
             found = layer.lookup(key)
             if found is not None:
-                assert found is last_set[key]
+                assert same_entry(found, last_set[key])
                 assert found.retain_until > clock.seconds()
         elif op < 0.93:
             size = rng.choice([rng.randint(200, 4000), rng.randint(4000, 140_000)])
@@ -414,3 +429,63 @@ def test_a_popular_entry_dropped_past_retention_keeps_its_popularity() -> None:
 
 def test_the_memory_layer_answers_at_once() -> None:
     assert verifyObject(IImmediateCacheLayer, memory(Clock()))
+
+
+# -- large bodies in memory files ----------------------------------------------------------
+
+
+def test_a_large_body_is_kept_in_a_sealed_memory_file_and_a_small_one_as_bytes() -> None:
+    layer = make_layer()
+    large, small = b"L" * MAPPED_BODY_MIN, b"s" * (MAPPED_BODY_MIN - 1)
+    layer.store(CacheKey("b", "large"), entry(large))
+    layer.store(CacheKey("b", "small"), entry(small))
+    found = layer.lookup(CacheKey("b", "large"))
+    assert found is not None and isinstance(found.body, MappedBody)
+    assert found.length == len(large) and found.body.read() == large
+    assert found.body.read(10, 5) == b"LLLLL" and found.body.read(len(large) - 2) == b"LL"
+    with pytest.raises(PermissionError):  # sealed: no one can change a body in flight
+        os.pwrite(found.body.fileno(), b"x", 0)
+    tiny = layer.lookup(CacheKey("b", "small"))
+    assert tiny is not None and tiny.body is small
+    assert layer.size == entry(large).size + entry(small).size  # accounted as before
+
+
+def test_memory_files_are_closed_when_their_entries_go() -> None:
+    layer = make_layer()
+    before = MappedBody.open_files
+    for n in range(3):
+        layer.store(CacheKey("b", f"k{n}"), entry(bytes([n]) * MAPPED_BODY_MIN))
+    assert MappedBody.open_files == before + 3
+    held = layer.lookup(CacheKey("b", "k0"))  # a connection still sending it
+    layer.delete(CacheKey("b", "k1"))
+    assert MappedBody.open_files == before + 2
+    layer.purge("b", None)
+    assert MappedBody.open_files == before + 1  # the one still held stays open
+    assert held is not None and held.body.read(0, 3) == b"\0\0\0"
+    del held
+    assert MappedBody.open_files == before
+
+
+def test_beyond_the_descriptor_budget_large_bodies_stay_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(memory_module, "mapped_body_budget", lambda: MappedBody.open_files + 1)
+    layer = make_layer()
+    bodies = [bytes([n]) * MAPPED_BODY_MIN for n in range(2)]
+    for n, body in enumerate(bodies):
+        layer.store(CacheKey("b", f"k{n}"), entry(body))
+    first, second = layer.lookup(CacheKey("b", "k0")), layer.lookup(CacheKey("b", "k1"))
+    assert first is not None and isinstance(first.body, MappedBody)
+    assert second is not None and second.body is bodies[1]
+
+
+def test_a_body_that_cannot_be_put_in_a_file_stays_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_more_files(name: str, flags: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", no_more_files)
+    layer = make_layer()
+    body = b"x" * MAPPED_BODY_MIN
+    layer.store(CacheKey("b", "k"), entry(body))
+    found = layer.lookup(CacheKey("b", "k"))
+    assert found is not None and found.body is body

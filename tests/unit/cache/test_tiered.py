@@ -12,13 +12,13 @@ from twisted.internet.task import Clock
 from yatagarasu_dictlayer import DictLayer
 
 from tests.unit.tiered_harness import memory
-from yatagarasu.cache.memory import MemoryCacheLayer, MemoryCacheSettings
+from yatagarasu.cache.memory import MAPPED_BODY_MIN, MemoryCacheLayer, MemoryCacheSettings
 from yatagarasu.cache.slicing import manifest_entry, manifest_of
 from yatagarasu.cache.tiered import Lookup, TieredCache
 from yatagarasu.metrics import Metrics
 from yatagarasu.testing import FAR_FUTURE
 from yatagarasu.testing import sample_entry as entry
-from yatagarasu.values import CacheEntry, CacheKey
+from yatagarasu.values import CacheEntry, CacheKey, MappedBody
 
 KEY = CacheKey("pub", "k")
 
@@ -201,3 +201,23 @@ def test_deleting_a_sliced_object_deletes_the_slices_its_manifest_names() -> Non
     cache.lookup(pieces[1])
     cache.lookup(other)
     assert cache.slice_stats("pub") == {"hits": 1, "misses": 1}
+
+
+def test_other_layers_are_given_a_memory_file_body_as_bytes() -> None:
+    """A revalidated memory entry, and a memory hit promoted into a layer above it."""
+    clock = Clock()
+    fast, dict_layer = memory(clock), DictLayer(10, 1 << 20, clock)
+    data = b"m" * MAPPED_BODY_MIN
+    fast.store(KEY, entry(data, retain_until=FAR_FUTURE))
+    found = fast.lookup(KEY)
+    assert found is not None and isinstance(found.body, MappedBody)
+    TieredCache([fast, dict_layer], clock).refresh(KEY, found, "memory")
+    given = dict_layer._entries[KEY].body
+    assert given == data and isinstance(given, bytes)
+    again = fast.lookup(KEY)
+    assert again is not None and isinstance(again.body, MappedBody) and again.body.read() == data
+    above = DictLayer(10, 1 << 20, clock)
+    got: list[Any] = []
+    TieredCache([above, fast], clock).lookup(KEY).addCallback(got.append)  # type: ignore[union-attr]
+    assert got[0].layer == "memory"
+    assert above._entries[KEY].body == data and isinstance(above._entries[KEY].body, bytes)

@@ -5,10 +5,13 @@ the behaviour of the general path it shortcuts.
 
 from __future__ import annotations
 
+import os
+
 import jwt as pyjwt
 
 from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
-from yatagarasu.values import CacheEntry
+from yatagarasu.cache.memory import MAPPED_BODY_MIN, MemoryCacheLayer
+from yatagarasu.values import CacheEntry, CacheKey, MappedBody
 
 # -- request ids ------------------------------------------------------------------------------
 
@@ -63,6 +66,27 @@ def test_raw_backslash_and_nul_are_refused_without_decoding() -> None:
 
 
 # -- the whole hit through the Site -----------------------------------------------------------
+
+
+def test_a_large_memory_hit_is_answered_from_its_memory_file() -> None:
+    """Not a TCP transport here (a test's): the file's bytes are written as a copy."""
+    h = Harness({"cache": {"enabled": True}, "buckets": [bucket_entry()]})
+    body = os.urandom(MAPPED_BODY_MIN + 5)
+    h.get("/pub/big")
+    h.agents["pub"].answer(FakeResponse(200, {"ETag": '"v1"'}, body=body))
+    assert h.assembly.caching.cache is not None
+    (layer,) = h.assembly.caching.cache.layers
+    assert isinstance(layer, MemoryCacheLayer)
+    found = layer.lookup(CacheKey("pub", "big"))
+    assert found is not None and isinstance(found.body, MappedBody)
+    _, whole = h.get("/pub/big")
+    _, ranged = h.get("/pub/big", "Range: bytes=5-9")
+    _, head = h.get("/pub/big", method="HEAD")
+    got, part, bare = (parse_response(t.value()) for t in (whole, ranged, head))
+    assert (got.status, got.body, got.header("x-cache")) == (200, body, "HIT")
+    assert got.header("content-length") == str(len(body))
+    assert (part.status, part.body) == (206, body[5:10])
+    assert (bare.status, bare.body, bare.header("content-length")) == (200, b"", str(len(body)))
 
 
 def test_a_public_memory_hit_is_answered_within_the_call_that_received_it() -> None:
