@@ -16,7 +16,8 @@ off). For ``--minutes`` it gets, at once:
   bucket comes and goes, so each reload builds a new generation; the memory layer keeps its
   size, so RSS does not swing with the reloads).
 
-Each minute: VmRSS (read before anything is collected), then ``SIGUSR1``, which makes the
+Each minute: VmRSS plus the memory layer's memory files (``memfd``: bodies of 64 KiB and more,
+not mapped, so not in VmRSS), read before anything is collected, then ``SIGUSR1``, which makes the
 proxy run a full ``gc.collect()`` and report how many unreachable objects it found and how
 many objects are live after it. Verdict: RSS growth from minute ``--from-minute`` to the end
 < 10 %, and live objects after a full GC not growing over the same span (at most
@@ -48,7 +49,7 @@ import jwt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
-from benchlib import PYTHON, REPO, Server, machine_facts, rss_kib
+from benchlib import PYTHON, REPO, Server, machine_facts, memory_files, rss_kib
 from origin import Origin
 from proxylib import bucket_yaml, exit_on_sigterm, log, results_dir
 
@@ -181,12 +182,15 @@ def main() -> None:
                     if now - t0 > seconds + 1:
                         break
                     if now >= next_sample:
-                        rss = rss_kib(srv.pid)
+                        files, files_kib = memory_files(srv.pid)
+                        rss = rss_kib(srv.pid) + files_kib
                         data = objcount(srv.pid, counts_file)
                         sample = {
                             "minute": round((now - t0) / 60),
                             "rss_kib": rss,
-                            "rss_after_gc_kib": rss_kib(srv.pid),
+                            "memory_files": files,
+                            "memory_files_kib": files_kib,
+                            "rss_after_gc_kib": rss_kib(srv.pid) + files_kib,
                             "live_objects": data.get("live_total", -1),
                             "gc_found": data.get("collected", -1),
                             "gc_found_types": dict(list(data.get("freed_by_gc", {}).items())[:6]),
@@ -197,7 +201,8 @@ def main() -> None:
                         samples.append(sample)
                         log(
                             f"minute {sample['minute']}: RSS {rss} KiB "
-                            f"({sample['rss_after_gc_kib']} after the GC), "
+                            f"({sample['rss_after_gc_kib']} after the GC; {files} memory "
+                            f"files, {files_kib} KiB, counted in), "
                             f"{sample['live_objects']} live objects, the GC found "
                             f"{sample['gc_found']} unreachable; {sample['requests']} GETs, "
                             f"{dict(events)}"
