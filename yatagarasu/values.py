@@ -100,10 +100,10 @@ class MappedBody:
         MappedBody.open_files += 1
 
     def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
+        fd = getattr(self, "_fd", None)  # not set when __init__ failed
         if fd is not None:
-            os.close(fd)
             MappedBody.open_files -= 1
+            os.close(fd)
 
     def __len__(self) -> int:
         return self.length
