@@ -297,7 +297,7 @@ class SlicedObjects:
                         raise CancelledError("the object changed mid-body") from None
                 start = index * size
                 await writer.write(
-                    memoryview(data)[max(first - start, 0) : min(first + length - start, len(data))]
+                    data, max(first - start, 0), min(first + length - start, len(data))
                 )
         finally:
             writer.close()
@@ -333,9 +333,10 @@ class SlicedObjects:
         manifest: SliceManifest,
         index: int,
         preloaded: tuple[int, bytes] | None,
-    ) -> tuple[bytes, bool]:
+    ) -> tuple[bytes | MappedBody, bool]:
         """
-        :returns: slice ``index``'s bytes, and whether they were fetched from S3 now.
+        :returns: slice ``index``'s bytes (in a memory file when the memory layer keeps it so),
+            and whether they were fetched from S3 now.
         :raises ObjectChanged: S3 has another version of the object.
         """
         if preloaded is not None and preloaded[0] == index:
@@ -376,11 +377,9 @@ class SlicedObjects:
             del self._flights[key]
         flight.settle(result.value if isinstance(result, Failure) else result)
 
-    async def _body(self, entry: CacheEntry) -> bytes | None:
-        if isinstance(entry.body, bytes):
+    async def _body(self, entry: CacheEntry) -> bytes | MappedBody | None:
+        if isinstance(entry.body, (bytes, MappedBody)):  # a memory file is read as it is sent
             return entry.body
-        if isinstance(entry.body, MappedBody):
-            return entry.body.read()
         try:
             return await self._cache.read_body(entry.body)
         except OSError:
@@ -557,16 +556,24 @@ class PacedWriter:
         self._timer: IDelayedCall | None = None
         request.registerProducer(self, True)
 
-    async def write(self, data: memoryview) -> None:
+    async def write(self, data: bytes | MappedBody, start: int, end: int) -> None:
         """
-        :param data: the bytes.
+        :param data: a slice's bytes, or its memory file (read a chunk at a time, so that a
+            connection holds one chunk of it, not a copy of the slice).
+        :param start: where the bytes to write start.
+        :param end: where they end.
         :raises CancelledError: the client went away.
         :raises ClientStalled: the client stopped reading (its connection was cut).
         """
-        for offset in range(0, len(data), self.CHUNK):
+        for offset in range(start, end, self.CHUNK):
             if self._stopped or self._request._disconnected:
                 raise CancelledError("the client went away")
-            self._request.write(bytes(data[offset : offset + self.CHUNK]))
+            size = min(self.CHUNK, end - offset)
+            if isinstance(data, MappedBody):
+                chunk = data.read(offset, size)
+            else:
+                chunk = data[offset : offset + size]
+            self._request.write(chunk)
             if self._paused:
                 await self._wait()
 

@@ -16,7 +16,7 @@ from tests.unit.cache_harness import OBJECT, cached, fetch
 from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from tests.unit.web.test_admin_cache import admin_header
 from yatagarasu.cache.slicing import manifest_of
-from yatagarasu.values import CacheKey
+from yatagarasu.values import CacheKey, MappedBody
 from yatagarasu.web.sliced import PacedWriter
 from yatagarasu.web.streaming import ClientStalled
 
@@ -173,6 +173,9 @@ def test_small_objects_are_not_sliced() -> None:
     assert fetch(h, "/pub/a.txt").header("x-cache") == "HIT"
 
 
+CHUNK = PacedWriter.CHUNK
+
+
 class _FakeRequest:
     """What PacedWriter needs of a request."""
 
@@ -197,12 +200,12 @@ def test_paced_writer_waits_while_paused_and_gives_up_on_a_stalled_client() -> N
     request: Any = _FakeRequest()
     writer = PacedWriter(request, clock, 5.0)
     writer.pauseProducing()
-    done = Deferred.fromCoroutine(writer.write(memoryview(b"a" * (PacedWriter.CHUNK * 3))))
+    done = Deferred.fromCoroutine(writer.write(b"a" * (CHUNK * 3), 0, CHUNK * 3))
     assert len(request.written) == 1 and not done.called
     writer.resumeProducing()
     assert len(request.written) == 3 and done.called
     writer.pauseProducing()
-    stalled = Deferred.fromCoroutine(writer.write(memoryview(b"b" * (PacedWriter.CHUNK * 2))))
+    stalled = Deferred.fromCoroutine(writer.write(b"b" * (CHUNK * 2), 0, CHUNK * 2))
     clock.advance(4.9)
     assert not stalled.called
     clock.advance(0.2)
@@ -210,11 +213,28 @@ def test_paced_writer_waits_while_paused_and_gives_up_on_a_stalled_client() -> N
     stalled.addErrback(failures.append)
     assert failures and failures[0].check(ClientStalled)
     writer.stopProducing()
-    gone = Deferred.fromCoroutine(writer.write(memoryview(b"c")))
+    gone = Deferred.fromCoroutine(writer.write(b"c", 0, 1))
     gone.addErrback(failures.append)
     assert failures[-1].check(CancelledError)
     writer.close()
     assert request.producer is None
+
+
+def test_paced_writer_reads_a_memory_file_one_chunk_at_a_time() -> None:
+    clock = Clock()
+    request: Any = _FakeRequest()
+    writer = PacedWriter(request, clock, 5.0)
+    data = bytes(range(256)) * (CHUNK // 128)  # two chunks
+    body = MappedBody(data + b"tail")
+    writer.pauseProducing()
+    end = len(data) + 3  # into the tail: the file is read past the chunks of ``data``
+    done = Deferred.fromCoroutine(writer.write(body, 10, end))
+    assert request.written == [data[10 : 10 + CHUNK]] and not done.called
+    writer.resumeProducing()
+    assert done.called
+    assert [len(chunk) for chunk in request.written] == [CHUNK, end - 10 - CHUNK]
+    assert b"".join(request.written) == (data + b"tail")[10:end]
+    writer.close()
 
 
 def test_paced_writer_cancelled_while_paused_closes_cleanly() -> None:
@@ -222,7 +242,7 @@ def test_paced_writer_cancelled_while_paused_closes_cleanly() -> None:
     request: Any = _FakeRequest()
     writer = PacedWriter(request, clock, 5.0)
     writer.pauseProducing()
-    waiting = Deferred.fromCoroutine(writer.write(memoryview(b"a" * (PacedWriter.CHUNK * 2))))
+    waiting = Deferred.fromCoroutine(writer.write(b"a" * (CHUNK * 2), 0, CHUNK * 2))
     failures: list[Any] = []
     waiting.addErrback(failures.append)
     waiting.cancel()  # the client went away: the resource cancels its work
