@@ -53,7 +53,7 @@ class Connection:
     """A ``TurnWritesServer`` on one end of a socket pair, the other end read by the test."""
 
     def __init__(self, turn_writes: TurnWrites, memory_reactor: MemoryReactorClock) -> None:
-        ours, self.peer = socket.socketpair()
+        ours, self.peer = self.sockets()
         ours.setblocking(False)
         self.peer.settimeout(5)
         self.protocol = Protocol()
@@ -66,6 +66,11 @@ class Connection:
             memory_reactor,  # type: ignore[arg-type]
         )
         self.protocol.makeConnection(self.transport)
+
+    @staticmethod
+    def sockets() -> tuple[socket.socket, socket.socket]:
+        """:returns: the transport's socket and the test's end."""
+        return socket.socketpair()
 
     def received(self, size: int) -> bytes:
         """Read exactly ``size`` bytes from the peer's end (bounded: 5 s per read)."""
@@ -406,29 +411,19 @@ class Body:
 class TCPConnection(Connection):
     """A ``TurnWritesServer`` on a loopback TCP connection (``sendfile``, ``MSG_MORE``)."""
 
-    def __init__(self, turn_writes: TurnWrites, memory_reactor: MemoryReactorClock) -> None:
+    @staticmethod
+    def sockets() -> tuple[socket.socket, socket.socket]:
         listening = socket.socket()
         listening.bind(("127.0.0.1", 0))
         listening.listen(1)
-        self.peer = socket.socket()
+        peer = socket.socket()
         # A small window from the start, so that the kernel takes only part of a large write.
-        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.peer.settimeout(5)
-        self.peer.connect(listening.getsockname())
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.settimeout(5)
+        peer.connect(listening.getsockname())
         ours, _ = listening.accept()
         listening.close()
-        ours.setblocking(False)
-        self.peer.settimeout(5)
-        self.protocol = Protocol()
-        self.transport = turn_writes.transport(
-            ours,
-            self.protocol,
-            ("127.0.0.1", 40000),
-            FakePort(),
-            1,
-            memory_reactor,  # type: ignore[arg-type]
-        )
-        self.protocol.makeConnection(self.transport)
+        return ours, peer
 
     def drain(self, transport: TurnWritesServer, size: int) -> bytes:
         """
