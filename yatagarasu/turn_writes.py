@@ -297,7 +297,12 @@ class SentAtTurnEnd(tcp.Connection):
         """
         Twisted's ``doWrite``, after a file piece the kernel had not taken: first the bytes
         ahead of it, then the file with ``sendfile``, then the rest the usual way.
+
+        A file piece written this turn (the connection was waiting for writability, and it
+        came before the turn's end) is put in its place first, so that the bytes written
+        after it do not overtake it.
         """
+        self._keep_file(0)
         unsent = self._unsent_file
         if unsent is None:
             return super().doWrite()

@@ -523,6 +523,28 @@ def test_a_file_piece_behind_unsent_bytes_keeps_its_place(
     assert body.reads == []
 
 
+def test_a_file_piece_keeps_its_place_when_do_write_comes_before_the_turns_end(
+    over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
+) -> None:
+    """The socket drained and became writable in the turn the file piece was written."""
+    transport = over_tcp.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    first = b"a" * 100_000
+    transport.write(first)
+    memory_reactor.advance(0)
+    assert transport in memory_reactor.writers  # bytes left: waiting for writability
+    body = Body(DATA)
+    transport.write(b"HEAD")
+    transport.write_file(body, 0, len(DATA))
+    transport.write(b"NEXT")  # a pipelined response after it
+    got = over_tcp.pending()
+    transport.doWrite()  # the reactor's writability event, before the turn's end
+    memory_reactor.advance(0)
+    got += over_tcp.drain(transport, len(first) + len(DATA) + 8 - len(got))
+    assert got == first + b"HEAD" + DATA + b"NEXT"
+    assert body.reads == []
+
+
 def test_a_second_file_piece_while_one_waits_is_written_as_a_copy(
     over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
 ) -> None:
