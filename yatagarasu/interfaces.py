@@ -75,7 +75,9 @@ class ICacheLayer(Interface):
     def get(key: CacheKey) -> Deferred[CacheEntry | None]:
         """
         :param key: what to look up.
-        :returns: the entry, or ``None`` on a miss.
+        :returns: the entry, or ``None`` on a miss. Its body may be ``bytes``, a
+            :class:`~yatagarasu.values.FileBody` or a :class:`~yatagarasu.values.MappedBody`
+            (the memory layer's large bodies).
         """
 
     def set(key: CacheKey, entry: CacheEntry) -> Deferred[None]:
