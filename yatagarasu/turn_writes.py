@@ -15,6 +15,11 @@ plain case takes this path; a connection that is closing, half-closed, aborted o
 unsent bytes left goes Twisted's way, and so do the bytes the kernel did not take (they wait
 in the transport's buffer, and the socket is registered for writability as before).
 
+A body kept in a file (the memory layer's large bodies, :class:`BodyFile`) can be written as
+a file piece (:meth:`SentAtTurnEnd.write_file`): at the turn's end the bytes ahead of it go with
+``MSG_MORE`` and the body with ``sendfile``, so the kernel takes references to the file's pages
+instead of a copy; what the kernel does not take stays a file piece that ``doWrite`` sends.
+
 ``ProxyService`` gives every listener's port this transport (:class:`TurnWritesEndpoint`);
 the S3 and Redis connection pools connect through :func:`connecting_reactor`, whose
 ``connectTCP`` makes :class:`TurnWritesClient` connections (a client that is still connecting
