@@ -191,22 +191,6 @@ def rss_kib(pid: int) -> int:
     return -1
 
 
-def memory_files(pid: int) -> tuple[int, int]:
-    """
-    :returns: how many memory files (``memfd``: the memory layer's large bodies) ``pid``
-        holds open, and their size in KiB. Their pages are not mapped, so not in VmRSS.
-    """
-    count = size = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd).startswith("/memfd:"):
-                count += 1
-                size += os.stat(fd).st_size
-        except OSError:  # closed while listing
-            continue
-    return count, size // 1024
-
-
 def children(pid: int) -> list[int]:
     """:returns: the direct children of ``pid`` (nginx workers, proxy workers)."""
     try:

@@ -49,12 +49,13 @@ import jwt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
-from benchlib import PYTHON, REPO, Server, machine_facts, memory_files, rss_kib
+from benchlib import PYTHON, REPO, Server, machine_facts, rss_kib
 from origin import Origin
 from proxylib import bucket_yaml, exit_on_sigterm, log, results_dir
 
 from devharness.get_load import GetLoad
 from devharness.ports import free_port
+from devharness.processes import memory_files
 
 SECRET = "bench-soak-" + "s" * 48
 CONFIG = """\

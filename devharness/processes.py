@@ -27,6 +27,23 @@ def die_with_parent() -> None:
         pass
 
 
+def memory_files(pid: int) -> tuple[int, int]:
+    """
+    :returns: how many of the proxy's memory files (``memfd``: the memory layer's large
+        bodies) ``pid`` holds open, and their size in KiB. Their pages are not mapped, so they
+        are not in VmRSS.
+    """
+    count = size = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith("/memfd:yatagarasu-body"):
+                count += 1
+                size += os.stat(fd).st_size
+        except OSError:  # closed while listing
+            continue
+    return count, size // 1024
+
+
 def child_env(env: Mapping[str, str] | None) -> dict[str, str]:
     """
     :param env: extra environment variables.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
@@ -15,6 +14,7 @@ import jwt
 import pytest
 
 from devharness.moto_s3 import MotoS3Server
+from devharness.processes import memory_files
 from devharness.proxy_config import bucket_config
 from devharness.redis_server import RedisServer
 from devharness.twistd import ProxyProcess
@@ -261,16 +261,6 @@ def test_redis_hits_of_large_values_are_whole(
     assert moto_s3.count_requests("GET", s3_bucket, "big.bin") == 0
 
 
-def memory_files(pid: int) -> int:
-    """:returns: how many of the process's descriptors are the memory layer's body files."""
-    fds = Path(f"/proc/{pid}/fd")
-    count = 0
-    for fd in fds.iterdir():
-        with contextlib.suppress(FileNotFoundError):  # closed while listing
-            count += os.readlink(fd).startswith("/memfd:yatagarasu-body")
-    return count
-
-
 @pytest.mark.parametrize("size", [100_000, 3_000_000])
 def test_large_memory_hits_are_sent_from_memory_files(
     size: int,
@@ -281,7 +271,7 @@ def test_large_memory_hits_are_sent_from_memory_files(
     """Bodies of 64 KiB and more are kept in a memory file and sent from it (``sendfile``)."""
     body = os.urandom(size)
     running, etag = stored_then_hit(proxy, moto_s3, s3_bucket, MEMORY, "big.bin", body, "memory")
-    assert memory_files(running.pid) == 1
+    assert memory_files(running.pid)[0] == 1
     for _ in range(3):
         hit = running.get("/pub/big.bin")
         assert (hit.status, hit.header("X-Cache"), hit.header("ETag")) == (200, "HIT", etag)
@@ -299,7 +289,7 @@ def test_large_memory_hits_are_sent_from_memory_files(
     purged = running.request("POST", "/admin/cache/purge/pub/big.bin", headers=admin())
     assert purged.status == 200
     wait_until(
-        lambda: memory_files(running.pid) == 0, timeout=10, what="the purged body's file closed"
+        lambda: memory_files(running.pid)[0] == 0, timeout=10, what="the purged body's file closed"
     )
 
 
