@@ -60,6 +60,17 @@ class FileBody:
     offset: int
     length: int
 
+    def read(self) -> bytes:
+        """
+        Read the whole body (blocking file I/O: in a thread, or for bodies known to be small).
+
+        :returns: its bytes (fewer than :attr:`length` when the file was cut short).
+        :raises OSError: when the file cannot be read (it was evicted meanwhile).
+        """
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.length)
+
 
 class MappedBody:
     """

@@ -78,12 +78,6 @@ def in_bytes(entry: CacheEntry) -> CacheEntry:
     return entry.with_body(body.read()) if isinstance(body, MappedBody) else entry
 
 
-def _read_body(body: FileBody) -> bytes:
-    with open(body.path, "rb") as f:
-        f.seek(body.offset)
-        return f.read(body.length)
-
-
 @dataclass
 class TieredCache:
     """
@@ -198,7 +192,7 @@ class TieredCache:
         :returns: its bytes (fewer than ``body.length`` when the file was cut short).
         :raises OSError: when the file cannot be read (it was evicted meanwhile).
         """
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _read_body, body)
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), body.read)
 
     def _get_from(
         self, key: CacheKey, index: int, phase: Phase | None = None

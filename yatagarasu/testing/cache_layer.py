@@ -24,7 +24,7 @@ from yatagarasu.interfaces import (
     ISwitchableCacheLayer,
 )
 from yatagarasu.testing.deferreds import deferred_test
-from yatagarasu.values import CacheEntry, CacheKey, FileBody, MappedBody
+from yatagarasu.values import CacheEntry, CacheKey
 
 #: A wall-clock time no test reaches (2096): entries that stay fresh and retained.
 FAR_FUTURE = 4_000_000_000.0
@@ -67,16 +67,13 @@ def sample_entry(body: bytes = b"hello", *, etag: bytes = b'"e1"', **overrides: 
 async def body_of(found: CacheEntry) -> bytes:
     """
     :param found: an entry a layer returned.
-    :returns: its body bytes, whether kept as bytes, in a memory file (:class:`MappedBody`)
-        or in a file (:class:`FileBody`).
+    :returns: its body bytes, whether kept as bytes, in a memory file
+        (:class:`~yatagarasu.values.MappedBody`) or in a file
+        (:class:`~yatagarasu.values.FileBody`).
     """
-    if isinstance(found.body, FileBody):
-        with open(found.body.path, "rb") as f:
-            f.seek(found.body.offset)
-            return f.read(found.body.length)
-    if isinstance(found.body, MappedBody):
-        return found.body.read()
-    return found.body
+    if isinstance(found.body, bytes):
+        return found.body
+    return found.body.read()
 
 
 class CacheLayerContract:

@@ -117,9 +117,7 @@ def _entry_body(entry: CacheEntry) -> bytes | None:
         return entry.body.read()
     # A page is at most a few MiB: read it whole (the disk layer keeps bodies in files).
     try:
-        with open(entry.body.path, "rb") as f:
-            f.seek(entry.body.offset)
-            body = f.read(entry.body.length)
+        body = entry.body.read()
     except OSError:
         return None  # evicted meanwhile: ask S3
     return body if len(body) == entry.body.length else None
