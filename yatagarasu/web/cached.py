@@ -561,9 +561,8 @@ class CachedObjects:
             FileRangeProducer(request, body_file, start, size, self._clock, send).start()
             return
         body = entry.body
-        if isinstance(body, MappedBody):
-            if size:
-                request.write_body_file(body, offset, size)
+        if isinstance(body, MappedBody):  # 64 KiB or more, and a range is never empty
+            request.write_body_file(body, offset, size)
         else:
             assert isinstance(body, bytes)
             request.write(body if wanted is None else body[offset : offset + size])
