@@ -211,6 +211,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults so far of ``pid`` and its direct children (fresh pages touched)."""
+    total = 0
+    for p in [pid, *children(pid)]:
+        try:
+            total += int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        except OSError:
+            continue
+    return total
+
+
 def busy_cpu_seconds() -> float:
     """CPU seconds all cores spent not idle since boot (/proc/stat)."""
     vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]

@@ -293,7 +293,8 @@ def main() -> None:
                         f"{t}-{s} run {i}: {r.result.rps:.0f} req/s p50 {r.result.p50_ms:.2f} "
                         f"ms p99 {r.result.p99_ms:.2f} ms errors {r.result.errors} non2xx "
                         f"{r.result.non2xx} server CPU {100 * r.cpu_util:.0f} % origin GETs "
-                        f"+{r.origin_delta} foreign {r.foreign_cores:.2f} cores"
+                        f"+{r.origin_delta} foreign {r.foreign_cores:.2f} cores, "
+                        f"{faults_per_request([r]):.2f} page faults/req"
                     )
         results["hits"] = {k: {"summary": summarize(v), "runs": v} for k, v in runs.items()}
         # -- -c1 latency: the lookup overhead without queueing -----------------------------
@@ -376,6 +377,12 @@ def cpu_per_request(runs: list[Run]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def faults_per_request(runs: list[Run]) -> float:
+    """Median over runs of the server's minor page faults per request (fresh pages touched)."""
+    values = [r.extra["minor_faults"] / r.result.requests for r in runs if r.result.requests > 0]
+    return statistics.median(values) if values else float("nan")
+
+
 def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts: str) -> str:
     hits = res["hits"]
     lines = [
@@ -407,6 +414,7 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
                     f"{cpu:.0f}",
                     pct(mem_cpu, cpu),
                     f"{100 * sm['cpu_util']:.0f} %",
+                    f"{faults_per_request(hits[f'{t}-{s}']['runs']):.2f}",
                     "-" if t in FOREIGN else "+".join(str(d) for d in deltas),
                     f"{sm['errors']}/{sm['non2xx']}",
                     fmt(sm["foreign_max"]),
@@ -426,6 +434,7 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
                 "server CPU µs/req",
                 "vs memory hit (CPU/req)",
                 "server CPU",
+                "page faults/req",
                 "origin GETs during runs",
                 "sock err/non-2xx",
                 "foreign cores (max)",

@@ -44,6 +44,7 @@ from benchlib import (
     children,
     cpu_seconds,
     median,
+    minor_faults,
     parse_wrk,
     profile_under_load,
     wait_http,
@@ -378,13 +379,15 @@ def run_wrk(
     extra: Sequence[str] = (),
 ) -> Run:
     cmd = wrk_cmd(url, conns, seconds, extra)
-    cpu0 = cpu_seconds(server_pid)
+    cpu0, faults0 = cpu_seconds(server_pid), minor_faults(server_pid)
     foreign = ForeignLoad(list(ours))
     raw = subprocess.run(
         [*PIN["load"], *cmd], capture_output=True, text=True, timeout=seconds + 60
     ).stdout
-    cpu = cpu_seconds(server_pid) - cpu0
-    return Run(target, shlex.join(cmd), parse_wrk(raw), cpu / seconds, foreign.cores())
+    cpu, faults = cpu_seconds(server_pid) - cpu0, minor_faults(server_pid) - faults0
+    run = Run(target, shlex.join(cmd), parse_wrk(raw), cpu / seconds, foreign.cores())
+    run.extra["minor_faults"] = faults
+    return run
 
 
 def add_wrk_options(

@@ -244,17 +244,22 @@ def makeService(options: Options) -> IService:
     from yatagarasu.service import ProxyService, WorkerMode
     from yatagarasu.systemd import SystemdNotifier
 
-    keep_freed_memory(os.environ)  # request bodies reuse the heap (yatagarasu.heap)
     reactor, assembly = options["reactor"], options["assembly"]
+    # request bodies reuse the heap, which is given back now and then (yatagarasu.heap)
+    trims = keep_freed_memory(os.environ, reactor)
     reloader = options.get("reloader")
     if assembly.siblings is not None:
         fds = options["worker-fds"]
         worker = WorkerMode(assembly.siblings, fds[:-2], (fds[-2], fds[-1]))
-        return ProxyService(reactor, assembly, SystemdNotifier(None), reloader, worker)
-    notifier = SystemdNotifier.from_environ(os.environ)
-    if assembly.config.server.workers > 1:
-        return supervisor(options["config"], reactor, assembly.config, notifier)
-    return ProxyService(reactor, assembly, notifier, reloader)
+        service = ProxyService(reactor, assembly, SystemdNotifier(None), reloader, worker)
+    else:
+        notifier = SystemdNotifier.from_environ(os.environ)
+        if assembly.config.server.workers > 1:
+            return supervisor(options["config"], reactor, assembly.config, notifier)
+        service = ProxyService(reactor, assembly, notifier, reloader)
+    if trims is not None:
+        trims.setServiceParent(service)
+    return service
 
 
 def supervisor(path: str, reactor: Any, config: Config, notifier: Any) -> IService:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from twisted.application.internet import TimerService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
@@ -150,15 +151,22 @@ def test_make_service_builds_the_proxy_service_from_the_parsed_options(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    tuned: list[object] = []
-    monkeypatch.setattr("yatagarasu.tap.keep_freed_memory", tuned.append)
+    tuned: list[tuple[object, object]] = []
+    trims = TimerService(5, lambda: None)
+
+    def keep_freed_memory(environ: object, clock: object) -> TimerService:
+        tuned.append((environ, clock))
+        return trims
+
+    monkeypatch.setattr("yatagarasu.tap.keep_freed_memory", keep_freed_memory)
     reactor = MemoryReactorClock()
     assembly = assemble(parse_config({"buckets": [bucket_entry()]}, {}), reactor)
     options = Options()
     options["reactor"], options["assembly"] = reactor, assembly
     service = makeService(options)
-    assert tuned == [os.environ]  # malloc keeps freed memory (yatagarasu.heap)
+    assert tuned == [(os.environ, reactor)]  # malloc keeps freed memory (yatagarasu.heap)
     assert isinstance(service, ProxyService)
+    assert trims.parent is service  # the trims run with the proxy
     assert service.assembly is assembly
     assert [(listener.name, listener.port) for listener in service.listeners] == [
         ("proxy", assembly.config.server.listen_port)
