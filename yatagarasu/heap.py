@@ -17,8 +17,8 @@ every :data:`TRIM_PERIOD` seconds (``malloc_trim``): between two trims a hit's b
 blocks of the hits before it, and after a trim the next bodies pay their page faults once.
 
 An operator who tunes ``malloc`` (``GLIBC_TUNABLES`` with ``glibc.malloc.*``, or the older
-``MALLOC_*_`` variables) keeps their settings; a C library without ``mallopt`` is left
-alone.
+``MALLOC_*_`` variables) keeps their settings, and there are no trims; a C library without
+``mallopt`` and ``malloc_trim`` is left alone.
 """
 
 from __future__ import annotations
