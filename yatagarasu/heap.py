@@ -1,5 +1,5 @@
 """
-glibc's ``malloc`` told to keep freed memory for reuse.
+glibc's ``malloc`` told to keep freed memory for reuse, and to give it back every few seconds.
 
 Bodies of up to a few hundred KiB are allocated and freed on every request: a disk hit reads
 its body (up to 128 KiB) into a new ``bytes``, a Redis hit joins and decodes the value. With
