@@ -294,7 +294,8 @@ def main() -> None:
                         f"ms p99 {r.result.p99_ms:.2f} ms errors {r.result.errors} non2xx "
                         f"{r.result.non2xx} server CPU {100 * r.cpu_util:.0f} % origin GETs "
                         f"+{r.origin_delta} foreign {r.foreign_cores:.2f} cores, "
-                        f"{faults_per_request([r]):.2f} page faults/req"
+                        f"{faults_per_request([r]):.2f} page faults/req, wrk CPU "
+                        f"{100 * r.extra['client_cores']:.0f} %"
                     )
         results["hits"] = {k: {"summary": summarize(v), "runs": v} for k, v in runs.items()}
         # -- -c1 latency: the lookup overhead without queueing -----------------------------
@@ -383,6 +384,12 @@ def faults_per_request(runs: list[Run]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def client_cores(runs: list[Run]) -> float:
+    """Median over runs of the load generator's CPU (cores), which shares the machine."""
+    values = [r.extra["client_cores"] for r in runs]
+    return statistics.median(values) if values else float("nan")
+
+
 def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts: str) -> str:
     hits = res["hits"]
     lines = [
@@ -415,6 +422,7 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
                     pct(mem_cpu, cpu),
                     f"{100 * sm['cpu_util']:.0f} %",
                     f"{faults_per_request(hits[f'{t}-{s}']['runs']):.2f}",
+                    f"{100 * client_cores(hits[f'{t}-{s}']['runs']):.0f} %",
                     "-" if t in FOREIGN else "+".join(str(d) for d in deltas),
                     f"{sm['errors']}/{sm['non2xx']}",
                     fmt(sm["foreign_max"]),
@@ -435,6 +443,7 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
                 "vs memory hit (CPU/req)",
                 "server CPU",
                 "page faults/req",
+                "wrk CPU",
                 "origin GETs during runs",
                 "sock err/non-2xx",
                 "foreign cores (max)",

@@ -45,6 +45,7 @@ from benchlib import (
     cpu_seconds,
     median,
     minor_faults,
+    own_cpu_seconds,
     parse_wrk,
     profile_under_load,
     wait_http,
@@ -380,6 +381,7 @@ def run_wrk(
 ) -> Run:
     cmd = wrk_cmd(url, conns, seconds, extra)
     cpu0, faults0 = cpu_seconds(server_pid), minor_faults(server_pid)
+    client0 = own_cpu_seconds()
     foreign = ForeignLoad(list(ours))
     raw = subprocess.run(
         [*PIN["load"], *cmd], capture_output=True, text=True, timeout=seconds + 60
@@ -387,6 +389,8 @@ def run_wrk(
     cpu, faults = cpu_seconds(server_pid) - cpu0, minor_faults(server_pid) - faults0
     run = Run(target, shlex.join(cmd), parse_wrk(raw), cpu / seconds, foreign.cores())
     run.extra["minor_faults"] = faults
+    # wrk's CPU (reaped by now), with this process's own, which is next to nothing
+    run.extra["client_cores"] = (own_cpu_seconds() - client0) / seconds
     return run
 
 
