@@ -245,8 +245,6 @@ def makeService(options: Options) -> IService:
     from yatagarasu.systemd import SystemdNotifier
 
     reactor, assembly = options["reactor"], options["assembly"]
-    # request bodies reuse the heap, which is given back now and then (yatagarasu.heap)
-    trims = keep_freed_memory(os.environ, reactor)
     reloader = options.get("reloader")
     if assembly.siblings is not None:
         fds = options["worker-fds"]
@@ -254,9 +252,11 @@ def makeService(options: Options) -> IService:
         service = ProxyService(reactor, assembly, SystemdNotifier(None), reloader, worker)
     else:
         notifier = SystemdNotifier.from_environ(os.environ)
-        if assembly.config.server.workers > 1:
+        if assembly.config.server.workers > 1:  # the parent serves no request
             return supervisor(options["config"], reactor, assembly.config, notifier)
         service = ProxyService(reactor, assembly, notifier, reloader)
+    # request bodies reuse the heap, which is given back every few seconds (yatagarasu.heap)
+    trims = keep_freed_memory(os.environ, reactor)
     if trims is not None:
         trims.setServiceParent(service)
     return service

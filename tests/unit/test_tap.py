@@ -174,6 +174,22 @@ def test_make_service_builds_the_proxy_service_from_the_parsed_options(
     assert not service.running and reactor.tcpServers == []  # twistd starts it, not makeService
 
 
+def test_the_workers_parent_leaves_malloc_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    from yatagarasu.workers.supervisor import Supervisor
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    tuned: list[object] = []
+    monkeypatch.setattr("yatagarasu.tap.keep_freed_memory", lambda *args: tuned.append(args))
+    reactor = MemoryReactorClock()
+    config = {"buckets": [bucket_entry()], "server": {"workers": 2}}
+    options = Options()
+    options["reactor"] = reactor
+    options["assembly"] = assemble(parse_config(config, {}), reactor)
+    options["config"] = "unused.yaml"
+    assert isinstance(makeService(options), Supervisor)
+    assert tuned == []  # it serves no request; each worker tunes its own malloc
+
+
 def test_the_workers_parent_binds_with_the_configured_listen_backlog(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
