@@ -18,7 +18,7 @@ blocks of the hits before it, and after a trim the next bodies pay their page fa
 
 An operator who tunes ``malloc`` (``GLIBC_TUNABLES`` with ``glibc.malloc.*``, or the older
 ``MALLOC_*_`` variables) keeps their settings, and there are no trims; a C library without
-``mallopt`` and ``malloc_trim`` is left alone.
+``mallopt`` or ``malloc_trim`` is left alone.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def keep_freed_memory(
             libc = ctypes.CDLL(None)
         except OSError:
             return None
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim.argtypes = [ctypes.c_size_t]  # int malloc_trim(size_t pad)
     mallopt, malloc_trim = getattr(libc, "mallopt", None), getattr(libc, "malloc_trim", None)
     if mallopt is None or malloc_trim is None:  # not glibc
         return None

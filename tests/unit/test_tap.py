@@ -174,6 +174,28 @@ def test_make_service_builds_the_proxy_service_from_the_parsed_options(
     assert not service.running and reactor.tcpServers == []  # twistd starts it, not makeService
 
 
+def test_a_worker_trims_its_own_heap_and_the_trims_are_optional(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from yatagarasu.workers.child import WorkerChannel
+
+    reactor = MemoryReactorClock()
+    answers: list[TimerService | None] = [TimerService(5, lambda: None), None]
+    monkeypatch.setattr("yatagarasu.tap.keep_freed_memory", lambda *args: answers[0])
+    config = parse_config({"buckets": [bucket_entry()], "server": {"workers": 2}}, {})
+    options = Options()
+    options["reactor"] = reactor
+    options["assembly"] = assemble(config, reactor, siblings=WorkerChannel(reactor, 0, 2))
+    options["worker-fds"] = [3, 4, 5]  # the proxy's listener, then the control pipes
+    worker = makeService(options)
+    assert isinstance(worker, ProxyService) and worker.worker is not None
+    assert answers[0] is not None and answers[0].parent is worker  # each worker trims
+    answers.pop(0)  # the operator tuned malloc: no trims, the same service otherwise
+    service = makeService(options)
+    assert isinstance(service, ProxyService)
+    assert not any(isinstance(child, TimerService) for child in service)
+
+
 def test_the_workers_parent_leaves_malloc_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
     from yatagarasu.workers.supervisor import Supervisor
 
