@@ -11,9 +11,11 @@ The audit trail and the tracer belong to the site (the process): a reload keeps 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from io import BytesIO
+from typing import IO, Any, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, succeed
@@ -551,6 +553,19 @@ class ProxySite(Site):
             if extra_headers
             else PerSecond(_server_and_date)
         )
+
+    def getContentFile(self, length: int | None) -> IO[bytes]:
+        """
+        twisted.web's hook for where a request's body goes (``Request.gotLength`` looks for it
+        on every request, and raised and caught an ``AttributeError`` without it): in memory
+        when its declared length is under 100,000 bytes, else in a temporary file, as
+        twisted.web's own default does.
+
+        :param length: the declared length of the body (``None``: not declared).
+        """
+        if length is not None and length < 100_000:
+            return BytesIO()
+        return tempfile.TemporaryFile()
 
     def serve(self, served: Served) -> Served:
         """

@@ -5,7 +5,11 @@ the behaviour of the general path it shortcuts.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
+from types import FrameType
+from typing import Any
 
 import jwt as pyjwt
 
@@ -104,6 +108,41 @@ def test_a_public_memory_hit_is_answered_within_the_call_that_received_it() -> N
     _, head = h.get("/pub/k", method="HEAD")
     parsed = parse_response(head.value())
     assert (parsed.status, parsed.body, parsed.header("content-length")) == (200, b"", "4")
+
+
+def test_a_memory_hit_raises_no_exception_on_its_way() -> None:
+    # a raised and caught exception costs more than most steps of a hit (twisted.web's
+    # Request.gotLength raised one per request until the site had its getContentFile)
+    h = Harness({"cache": {"enabled": True}, "buckets": [bucket_entry()]})
+    h.get("/pub/k")
+    h.agents["pub"].answer(FakeResponse(200, {}, body=b"body"))
+    channel, transport = h.connect()
+    raised: list[tuple[str, int, str]] = []
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "exception":
+            raised.append((frame.f_code.co_filename, frame.f_lineno, arg[0].__name__))
+        return trace
+
+    sys.settrace(trace)
+    try:
+        channel.dataReceived(b"GET /pub/k HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    finally:
+        sys.settrace(None)
+    assert parse_response(transport.value()).header("x-cache") == "HIT"
+    assert raised == []
+
+
+def test_a_request_body_goes_to_memory_under_100000_bytes_else_to_a_temporary_file() -> None:
+    h = Harness({"buckets": [bucket_entry()]})
+    small, unknown, large = (h.site.getContentFile(n) for n in (0, None, 100_000))
+    try:
+        assert isinstance(small, io.BytesIO)
+        for spooled in (unknown, large):
+            assert not isinstance(spooled, io.BytesIO) and spooled.fileno() >= 0
+    finally:
+        for body in (small, unknown, large):
+            body.close()
 
 
 def test_an_authenticated_hit_with_a_known_token_and_the_refusals_around_it() -> None:
