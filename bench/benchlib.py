@@ -199,27 +199,29 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid`` and its direct children (nginx workers)."""
-    total = 0.0
+def _stats(pid: int) -> list[list[str]]:
+    """
+    :returns: the ``/proc/PID/stat`` fields after the command name (``state`` first) of
+        ``pid`` and of its direct children (nginx workers, proxy workers) that still run.
+    """
+    stats = []
     for p in [pid, *children(pid)]:
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            stats.append(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split())
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return stats
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its direct children (nginx workers)."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for fields in _stats(pid))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def minor_faults(pid: int) -> int:
     """Minor page faults so far of ``pid`` and its direct children (fresh pages touched)."""
-    total = 0
-    for p in [pid, *children(pid)]:
-        try:
-            total += int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[7])
-        except OSError:
-            continue
-    return total
+    return sum(int(fields[7]) for fields in _stats(pid))
 
 
 def busy_cpu_seconds() -> float:

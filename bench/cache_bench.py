@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not installed
 
-from benchlib import PIN, PYTHON, TWISTD, Server, dump, machine_facts, set_pinning
+from benchlib import PIN, PYTHON, TWISTD, Server, dump, machine_facts, median, set_pinning
 from proxylib import (
     BUCKET,
     GATEWAY_KEYS,
@@ -375,19 +374,19 @@ def main() -> None:
 def cpu_per_request(runs: list[Run]) -> float:
     """Median over runs of the server's CPU µs per request (less load-sensitive than req/s)."""
     values = [r.cpu_util * 1e6 / r.result.rps for r in runs if r.result.rps > 0]
-    return statistics.median(values) if values else float("nan")
+    return median(values)
 
 
 def faults_per_request(runs: list[Run]) -> float:
     """Median over runs of the server's minor page faults per request (fresh pages touched)."""
     values = [r.extra["minor_faults"] / r.result.requests for r in runs if r.result.requests > 0]
-    return statistics.median(values) if values else float("nan")
+    return median(values)
 
 
 def client_cores(runs: list[Run]) -> float:
     """Median over runs of the load generator's CPU (cores), which shares the machine."""
     values = [r.extra["client_cores"] for r in runs]
-    return statistics.median(values) if values else float("nan")
+    return median(values)
 
 
 def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts: str) -> str:
