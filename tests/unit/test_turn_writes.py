@@ -66,6 +66,7 @@ class Connection:
             memory_reactor,  # type: ignore[arg-type]
         )
         self.protocol.makeConnection(self.transport)
+        self._reactor = memory_reactor
 
     @staticmethod
     def sockets() -> tuple[socket.socket, socket.socket]:
@@ -82,6 +83,19 @@ class Connection:
             assert chunk, "the connection closed early"
             got += chunk
         return got
+
+    def leave_unsent(self, size: int) -> bytes:
+        """
+        Shrink the send buffer, write ``size`` bytes and end the turn: more than the kernel
+        takes, so that some of them are left to ``doWrite``.
+
+        :returns: the bytes written.
+        """
+        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        first = b"a" * size
+        self.transport.write(first)
+        self._reactor.advance(0)
+        return first
 
     def close(self) -> None:
         self.peer.close()
@@ -173,9 +187,7 @@ def test_a_write_behind_unsent_bytes_waits_for_do_write(
     connection: Connection, memory_reactor: MemoryReactorClock
 ) -> None:
     transport = connection.transport
-    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    transport.write(b"a" * 1_000_000)
-    memory_reactor.advance(0)
+    connection.leave_unsent(1_000_000)
     assert transport in memory_reactor.writers
     before = transport.dataBuffer, transport.offset
     transport.write(b"tail")
@@ -509,10 +521,7 @@ def test_a_file_piece_behind_unsent_bytes_keeps_its_place(
     over_tcp: TCPConnection, memory_reactor: MemoryReactorClock
 ) -> None:
     transport = over_tcp.transport
-    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    first = b"a" * 1_000_000
-    transport.write(first)
-    memory_reactor.advance(0)
+    first = over_tcp.leave_unsent(1_000_000)
     assert transport.offset < len(transport.dataBuffer)  # left for doWrite
     body = Body(DATA)
     transport.write(b"HEAD")
@@ -528,10 +537,7 @@ def test_a_file_piece_keeps_its_place_when_do_write_comes_before_the_turns_end(
 ) -> None:
     """The socket drained and became writable in the turn the file piece was written."""
     transport = over_tcp.transport
-    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    first = b"a" * 100_000
-    transport.write(first)
-    memory_reactor.advance(0)
+    first = over_tcp.leave_unsent(100_000)
     assert transport in memory_reactor.writers  # bytes left: waiting for writability
     body = Body(DATA)
     transport.write(b"HEAD")
