@@ -60,16 +60,17 @@ def keep_freed_memory(
         name in environ for name in _OPERATOR_SETTINGS
     ):
         return None
-    if libc is None:
+    own = libc is None
+    if own:
         try:
             libc = ctypes.CDLL(None)
         except OSError:
             return None
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim.argtypes = [ctypes.c_size_t]  # int malloc_trim(size_t pad)
     mallopt, malloc_trim = getattr(libc, "mallopt", None), getattr(libc, "malloc_trim", None)
     if mallopt is None or malloc_trim is None:  # not glibc
         return None
+    if own:
+        malloc_trim.argtypes = [ctypes.c_size_t]  # int malloc_trim(size_t pad)
     # mallopt returns 1 on success, 0 on error
     if not (
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
