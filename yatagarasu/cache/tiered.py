@@ -99,14 +99,14 @@ class TieredCache:
     #: lookups of slices that missed in every layer (the slice was fetched), by bucket
     slice_misses: dict[str, int] = field(default_factory=dict, init=False)
     _pending: set[Deferred[Any]] = field(default_factory=set)
-    #: how many layers, from the first, answer at once (IImmediateCacheLayer)
-    _immediate: int = field(init=False, default=0)
+    #: the layers, from the first, that answer at once (IImmediateCacheLayer)
+    _immediate: tuple[IImmediateCacheLayer, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         for layer in self.layers:
             if not IImmediateCacheLayer.providedBy(layer):
                 break
-            self._immediate += 1
+            self._immediate += (layer,)
 
     @property
     def max_item_size(self) -> int:
@@ -131,7 +131,7 @@ class TieredCache:
         :returns: the hit, or ``None`` (counted as a miss).
         """
         found = self.lookup(key)
-        return found if isinstance(found, Deferred) else succeed(found)
+        return succeed(found) if found is None or isinstance(found, Lookup) else found
 
     def lookup(
         self, key: CacheKey, phase: Phase | None = None
@@ -150,11 +150,10 @@ class TieredCache:
             answer becomes a child span of it.
         :returns: the hit or ``None``, or a Deferred of it.
         """
-        for index in range(self._immediate):
-            layer = self.layers[index]
+        for index, layer in enumerate(self._immediate):
             started = self.reactor.seconds()
             try:
-                entry = cast(IImmediateCacheLayer, layer).lookup(key)
+                entry = layer.lookup(key)
             except Exception as e:
                 self._failed(layer, "get", e)
                 entry = None
@@ -164,10 +163,10 @@ class TieredCache:
                 _layer_span(phase, layer, started, self.reactor.seconds(), entry is not None)
             if entry is not None:
                 return self._hit(key, index, entry)
-        if self._immediate == len(self.layers):
+        if len(self._immediate) == len(self.layers):
             self._miss(key)
             return None
-        return self._get_from(key, self._immediate, phase)
+        return self._get_from(key, len(self._immediate), phase)
 
     def _hit(self, key: CacheKey, index: int, entry: CacheEntry) -> Lookup:
         layer = self.layers[index]

@@ -41,7 +41,7 @@ class AsyncResource(Resource):
     cancel_on_disconnect = True
 
     def render(self, request: Request) -> Any:
-        proxy_request = cast(ProxyRequest, request)
+        proxy_request: ProxyRequest = request  # type: ignore[assignment]
         try:
             handling = self.handle(proxy_request)
         except Exception:

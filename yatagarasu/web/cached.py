@@ -143,9 +143,10 @@ class CachedObjects:
         if request.timings is not None:
             return self._timed_lookup(request, cache_key, request.timings)
         found = self._cache.lookup(cache_key)
-        if isinstance(found, Deferred):
-            return found.addCallback(self._looked_up, request, cache_key)
-        return self._looked_up(found, request, cache_key)
+        # (not isinstance(found, Deferred): Deferred is an Awaitable, an ABC, a slow check)
+        if found is None or isinstance(found, Lookup):
+            return self._looked_up(found, request, cache_key)
+        return found.addCallback(self._looked_up, request, cache_key)
 
     def _timed_lookup(
         self, request: ProxyRequest, cache_key: CacheKey, timings: RequestTimings
@@ -153,14 +154,14 @@ class CachedObjects:
         """The lookup as one measured stage, each layer's answer a child span of it."""
         stage = timings.begin(CACHE_LOOKUP, "cache.lookup")
         found = self._cache.lookup(cache_key, stage)
-        if isinstance(found, Deferred):
-            found.addCallbacks(
-                _lookup_ended,
-                stage.settle,
-                callbackArgs=(stage, timings),
-            )
-            return found.addCallback(self._looked_up, request, cache_key)
-        return self._looked_up(_lookup_ended(found, stage, timings), request, cache_key)
+        if found is None or isinstance(found, Lookup):
+            return self._looked_up(_lookup_ended(found, stage, timings), request, cache_key)
+        found.addCallbacks(
+            _lookup_ended,
+            stage.settle,
+            callbackArgs=(stage, timings),
+        )
+        return found.addCallback(self._looked_up, request, cache_key)
 
     def _looked_up(
         self, lookup: Lookup | None, request: ProxyRequest, cache_key: CacheKey

@@ -5,11 +5,13 @@ the behaviour of the general path it shortcuts.
 
 from __future__ import annotations
 
+import abc
 import gc
 import io
 import os
 import sys
-from types import FrameType
+import typing
+from types import CodeType, FrameType
 from typing import Any
 
 import jwt as pyjwt
@@ -111,18 +113,17 @@ def test_a_public_memory_hit_is_answered_within_the_call_that_received_it() -> N
     assert (parsed.status, parsed.body, parsed.header("content-length")) == (200, b"", "4")
 
 
-def test_a_memory_hit_raises_no_exception_on_its_way() -> None:
-    # a raised and caught exception costs more than most steps of a hit (twisted.web's
-    # Request.gotLength raised one per request until the site had its getContentFile)
+def trace_a_memory_hit(event_wanted: str) -> list[tuple[CodeType, Any]]:
+    """:returns: the code and argument of each ``event_wanted`` (``sys.settrace``) of a hit."""
     h = Harness({"cache": {"enabled": True}, "buckets": [bucket_entry()]})
     h.get("/pub/k")
     h.agents["pub"].answer(FakeResponse(200, {}, body=b"body"))
     channel, transport = h.connect()
-    raised: list[tuple[str, int, str]] = []
+    seen: list[tuple[CodeType, Any]] = []
 
     def trace(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "exception":
-            raised.append((frame.f_code.co_filename, frame.f_lineno, arg[0].__name__))
+        if event == event_wanted:
+            seen.append((frame.f_code, arg))
         return trace
 
     collecting = gc.isenabled()
@@ -135,7 +136,24 @@ def test_a_memory_hit_raises_no_exception_on_its_way() -> None:
         if collecting:
             gc.enable()
     assert parse_response(transport.value()).header("x-cache") == "HIT"
-    assert raised == []
+    return seen
+
+
+def test_a_memory_hit_raises_no_exception_on_its_way() -> None:
+    # a raised and caught exception costs more than most steps of a hit (twisted.web's
+    # Request.gotLength raised one per request until the site had its getContentFile)
+    raised = trace_a_memory_hit("exception")
+    assert [(code.co_filename, code.co_name, arg[0].__name__) for code, arg in raised] == []
+
+
+def test_a_memory_hit_calls_no_typing_cast_and_no_abstract_class_check() -> None:
+    # each is a Python function call that does nothing for the hit: typing.cast returns its
+    # argument; isinstance(x, Deferred) runs ABCMeta.__instancecheck__ (Deferred is an
+    # Awaitable)
+    called = {code for code, _ in trace_a_memory_hit("call")}
+    unwanted = {typing.cast.__code__, abc.ABCMeta.__instancecheck__.__code__}
+    assert [code.co_name for code in called & unwanted] == []
+    assert len(called) > 50  # the hit itself was traced
 
 
 def test_a_request_body_goes_to_memory_under_100000_bytes_else_to_a_temporary_file() -> None:
