@@ -12,7 +12,7 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   except bulk replies of ``BIG_BULK`` (16 KiB) and more, which the connection cuts out of the
   received bytes itself (one copy instead of hiredis' two, none when one read holds the whole
   value: it is handed on as a ``memoryview`` of that read). A command goes straight to a ready
-  pool connection (picked at random, as txredisapi's handler does), through the handler only
+  pool connection (each in turn; txredisapi's handler picks at random), through the handler only
   when none is ready (it waits for one) or the command holds its connection; commands are sent
   with plain Deferred callbacks, no coroutine, and ``GET`` by the connection's ``lean_get``
   (command bytes built at once, no txredisapi command machinery). Pool connections over TCP
@@ -44,7 +44,6 @@ It gives the Redis cache layer a small, typed, *bounded* client:
 from __future__ import annotations
 
 import math
-import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -389,6 +388,8 @@ class RedisClient:
         self._reactor = reactor
         self._timeout = timeout
         self._pool_size = pool_size
+        #: commands handed to ready connections so far (which one takes the next)
+        self._picks = 0
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._factory: _PoolFactory | None = None
@@ -640,9 +641,10 @@ class RedisClient:
 
     def _send(self, command: str, args: tuple[Any, ...]) -> tuple[Deferred[Any], bool]:
         """
-        Hand a command to a ready pool connection directly -- a random one, as txredisapi's
-        handler would pick for a command that does not hold the connection -- or, when none is
-        ready (or the command holds its connection), to the handler, which waits for one.
+        Hand a command to a ready pool connection directly -- each in turn, where
+        txredisapi's handler picks one at random for a command that does not hold the
+        connection -- or, when none is ready (or the command holds its connection), to the
+        handler, which waits for one.
         A ``GET`` of a bytes key on a :class:`_PoolProtocol` goes by its ``lean_get``.
 
         :returns: the reply's Deferred, and whether ``lean_get`` sent it (then it is bounded
@@ -651,7 +653,9 @@ class RedisClient:
         factory = self._factory
         ready = factory.connectionQueue.pending if factory is not None else ()
         if ready:
-            conn = random.choice(ready)  # load spreading, as txredisapi does
+            # load spreading, in turn, as txredisapi's queue of connections does
+            self._picks += 1
+            conn = ready[self._picks % len(ready)]
             if (
                 command == "get"
                 and conn.connected

@@ -242,6 +242,14 @@ class SendTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.client.get(b"k")), b"direct")
         self.assertEqual((conn.calls, self.pool.handler.calls), (1, 0))
 
+    def test_ready_connections_take_the_commands_in_turn(self) -> None:
+        connections = [ReadyConnection() for _ in range(3)]
+        self.pool.connectionQueue.pending.extend(connections)
+        for _ in range(6):
+            self.assertEqual(self.successResultOf(self.client.get(b"k")), b"direct")
+        self.assertEqual([conn.calls for conn in connections], [2, 2, 2])
+        self.assertEqual(self.pool.handler.calls, 0)
+
     def test_a_dead_connection_leaves_the_command_to_the_handler(self) -> None:
         conn = ReadyConnection()
         conn.connected = 0
