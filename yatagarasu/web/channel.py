@@ -88,6 +88,8 @@ class LimitedHTTPChannel(HTTPChannel):
     _rejected = False
     _dispatching = False
     _waiting_bytes = 0
+    #: reading was paused for pipelined requests (by :meth:`dataReceived`)
+    _paused_reading = False
     _peer: Any = None
     _host: Any = None
 
@@ -151,6 +153,7 @@ class LimitedHTTPChannel(HTTPChannel):
                 self._waiting_bytes > self._optimisticEagerReadSize
                 and not self._waitingForTransport
             ):
+                self._paused_reading = True
                 self._networkProducer.pauseProducing()
         self._dispatch()
 
@@ -214,10 +217,26 @@ class LimitedHTTPChannel(HTTPChannel):
                 self._send100Continue()
 
     def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
-        if self.persistent:
-            self.resetTimeout()  # the connection is idle from now
-            self._dispatch()
+        """
+        twisted.web's steps for a finished request, less those this channel has no use for.
+
+        Its parser's (joining and re-feeding the bytes it buffered, a timeout it saved) and
+        resuming the transport after every request: reading is resumed here only when
+        :meth:`dataReceived` paused it (else, when the transport's buffer was full, it is
+        resumed by ``resumeProducing`` once the buffer drains, as in twisted.web).
+        """
+        if request is not self.requests[0]:  # what Request.__eq__ compares
+            raise TypeError
+        del self.requests[0]
+        if self._paused_reading and not self._waitingForTransport:
+            self._paused_reading = False
+            self._networkProducer.resumeProducing()
+        if not self.persistent:
+            self.loseConnection()
+            return
+        self._handlingRequest = False
+        self.resetTimeout()  # the connection is idle from now
+        self._dispatch()
 
     def timeoutConnection(self) -> None:
         """

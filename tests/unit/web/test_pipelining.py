@@ -128,6 +128,31 @@ def test_a_client_pipelining_without_reading_is_paused_until_the_answer() -> Non
     channel.connectionLost(Failure(ConnectionDone()))
 
 
+def test_reading_is_resumed_only_where_it_was_paused() -> None:
+    # twisted.web resumes the transport after every request: five calls for nothing when
+    # reading was never paused
+    h = harness()
+    channel, transport = h.connect()
+    resumed: list[str] = []
+    resume = transport.resumeProducing
+
+    def counted() -> None:
+        resumed.append(transport.producerState)
+        resume()
+
+    transport.resumeProducing = counted  # type: ignore[method-assign]
+    for name in (b"a", b"b", b"c"):
+        channel.dataReceived(GET % name)
+        h.agents["pub"].answer(FakeResponse(200, {"Content-Length": "1"}, body=b"x"))
+    assert [r.status for r in responses(transport.value())] == [200, 200, 200]
+    assert resumed == []
+    for i in range(600):  # pipelined past the read-ahead: paused, then resumed once
+        channel.dataReceived(GET % b"p%d" % i)
+    h.agents["pub"].answer(FakeResponse(200, {"Content-Length": "1"}, body=b"x"))
+    assert resumed == ["paused"] and transport.producerState == "producing"
+    channel.connectionLost(Failure(ConnectionDone()))
+
+
 def test_the_idle_timeout_waits_for_the_response_then_counts_from_its_end() -> None:
     h = harness(bucket_entry(s3={"timeout": 600}))  # the client's idle timeout: 60 s
     channel, transport = h.send(GET % b"a")
