@@ -653,7 +653,7 @@ class RedisClient:
         factory = self._factory
         ready = factory.connectionQueue.pending if factory is not None else ()
         if ready:
-            # load spreading, in turn, as txredisapi's queue of connections does
+            # load spreading: each ready connection in turn
             self._picks += 1
             conn = ready[self._picks % len(ready)]
             if (
