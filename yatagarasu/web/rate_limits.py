@@ -104,10 +104,11 @@ class BucketRateLimits:
         self, checks: list[tuple[RateLimit, str]], request: ProxyRequest
     ) -> Deferred[None] | None:
         decided = self._limiter.acquire(checks)
-        if isinstance(decided, Deferred):
-            return decided.addCallback(self._apply, request)
-        self._apply(decided, request)
-        return None
+        # (not isinstance(decided, Deferred): Deferred is an Awaitable, an ABC, a slow check)
+        if isinstance(decided, RateDecision):
+            self._apply(decided, request)
+            return None
+        return decided.addCallback(self._apply, request)
 
     def _apply(self, decision: RateDecision, request: ProxyRequest) -> None:
         if decision.degraded:

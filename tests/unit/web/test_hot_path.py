@@ -15,6 +15,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 import jwt as pyjwt
+import pytest
 
 from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
 from yatagarasu.cache.memory import MAPPED_BODY_MIN, MemoryCacheLayer
@@ -113,9 +114,12 @@ def test_a_public_memory_hit_is_answered_within_the_call_that_received_it() -> N
     assert (parsed.status, parsed.body, parsed.header("content-length")) == (200, b"", "4")
 
 
-def trace_a_memory_hit(event_wanted: str) -> list[tuple[CodeType, Any]]:
-    """:returns: the code and argument of each ``event_wanted`` (``sys.settrace``) of a hit."""
-    h = Harness({"cache": {"enabled": True}, "buckets": [bucket_entry()]})
+def trace_a_memory_hit(event_wanted: str, **bucket: Any) -> list[tuple[CodeType, Any]]:
+    """
+    :param bucket: more of the bucket's settings.
+    :returns: the code and argument of each ``event_wanted`` (``sys.settrace``) of a hit.
+    """
+    h = Harness({"cache": {"enabled": True}, "buckets": [bucket_entry(**bucket)]})
     h.get("/pub/k")
     h.agents["pub"].answer(FakeResponse(200, {}, body=b"body"))
     channel, transport = h.connect()
@@ -146,11 +150,16 @@ def test_a_memory_hit_raises_no_exception_on_its_way() -> None:
     assert [(code.co_filename, code.co_name, arg[0].__name__) for code, arg in raised] == []
 
 
-def test_a_memory_hit_calls_no_typing_cast_and_no_abstract_class_check() -> None:
+@pytest.mark.parametrize(
+    "bucket", [{}, {"rate_limit": {"requests_per_second": 1000, "burst": 1000}}]
+)
+def test_a_memory_hit_calls_no_typing_cast_and_no_abstract_class_check(
+    bucket: dict[str, Any],
+) -> None:
     # each is a Python function call that does nothing for the hit: typing.cast returns its
     # argument; isinstance(x, Deferred) runs ABCMeta.__instancecheck__ (Deferred is an
-    # Awaitable)
-    called = {code for code, _ in trace_a_memory_hit("call")}
+    # Awaitable); with a rate limit, the limiter's decision is tested as well
+    called = {code for code, _ in trace_a_memory_hit("call", **bucket)}
     unwanted = {typing.cast.__code__, abc.ABCMeta.__instancecheck__.__code__}
     assert [code.co_name for code in called & unwanted] == []
     assert len(called) > 50  # the hit itself was traced
