@@ -69,6 +69,24 @@ def require_tools() -> None:
     # The Debian package may start the system nginx; we never use or touch it.
 
 
+def loadgen_binary() -> str:
+    """
+    ``bench/loadgen.c`` built (``cc -O2``) into ``bench/results/.bin/loadgen`` when the binary
+    is missing or older than its source; installs gcc with apt when there is no ``cc``.
+    """
+    source = REPO / "bench" / "loadgen.c"
+    binary = REPO / "bench" / "results" / ".bin" / "loadgen"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return str(binary)
+    if shutil.which("cc") is None:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends", "gcc", "libc6-dev"]
+        subprocess.run(cmd, env=env, timeout=600, check=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cc", "-O2", "-Wall", "-o", str(binary), str(source)], timeout=120, check=True)
+    return str(binary)
+
+
 def http_get(
     url: str, timeout: float = 5.0, method: str = "GET"
 ) -> tuple[int, dict[str, str], int]:

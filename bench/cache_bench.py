@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import tempfile
@@ -47,6 +48,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # devharness/, not
 from benchlib import PIN, PYTHON, TWISTD, Server, dump, machine_facts, median, set_pinning
 from proxylib import (
     BUCKET,
+    CLIENTS,
     GATEWAY_KEYS,
     Gateway,
     LoggedOrigin,
@@ -68,6 +70,7 @@ from proxylib import (
     summarize,
     wait_for_foreign_bench,
     warm,
+    wrk_cmd,
 )
 
 from devharness.ports import free_port
@@ -161,6 +164,13 @@ def main() -> None:
         "--profile-targets", default="mem", help="proxies to profile, e.g. mem,disk,redis"
     )
     parser.add_argument("--profile-sizes", default="1k", help="object sizes to profile (1k,100k)")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="wrk",
+        help="load generator of the hit runs: wrk, or bench/loadgen.c, which drops the bodies "
+        "in the kernel and so takes about half of wrk's CPU per 100 KiB response",
+    )
     parser.add_argument(
         "--before-root",
         help="a checkout of older code: targets mem@before, disk@before, redis@before run it "
@@ -265,7 +275,7 @@ def main() -> None:
         for t in targets:  # wrk warm-up (allocators, connection setup), not recorded
             for s in SIZES:
                 url, pid = url_pid(t, s)
-                run_wrk(t, url, a.conns, a.warmup_seconds, pid, ours)
+                run_wrk(t, url, a.conns, a.warmup_seconds, pid, ours, client=a.client)
         time.sleep(SETTLE)
         for t in targets:  # still a HIT after the warm-up (nothing evicted / expired)
             if t == "bare":
@@ -282,8 +292,8 @@ def main() -> None:
                     gate()
                     url, pid = url_pid(t, s)
                     before = origin.count(f"{s}.bin")
-                    r = run_wrk(t, url, a.conns, a.seconds, pid, ours)
-                    time.sleep(SETTLE)  # requests cut off at wrk's end finish (or time out)
+                    r = run_wrk(t, url, a.conns, a.seconds, pid, ours, client=a.client)
+                    time.sleep(SETTLE)  # requests cut off at the client's end finish (or time out)
                     if t not in FOREIGN:
                         r.origin_delta = origin.count(f"{s}.bin") - before
                     (out / f"wrk-{name_of(t)}-{s}-{i}.txt").write_text(r.result.raw)
@@ -293,7 +303,7 @@ def main() -> None:
                         f"ms p99 {r.result.p99_ms:.2f} ms errors {r.result.errors} non2xx "
                         f"{r.result.non2xx} server CPU {100 * r.cpu_util:.0f} % origin GETs "
                         f"+{r.origin_delta} foreign {r.foreign_cores:.2f} cores, "
-                        f"{faults_per_request([r]):.2f} page faults/req, wrk CPU "
+                        f"{faults_per_request([r]):.2f} page faults/req, {a.client} CPU "
                         f"{100 * r.extra['client_cores']:.0f} %"
                     )
         results["hits"] = {k: {"summary": summarize(v), "runs": v} for k, v in runs.items()}
@@ -392,7 +402,8 @@ def client_cores(runs: list[Run]) -> float:
 def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts: str) -> str:
     hits = res["hits"]
     lines = [
-        f"### Cache hits (wrk, 1 thread, {a.conns} connections, {a.seconds} s, median of {a.runs})",
+        f"### Cache hits ({a.client}, 1 thread, {a.conns} connections, {a.seconds} s, "
+        f"median of {a.runs})",
         "",
         facts,
         "",
@@ -442,7 +453,7 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
                 "vs memory hit (CPU/req)",
                 "server CPU",
                 "page faults/req",
-                "wrk CPU",
+                f"{a.client} CPU",
                 "origin GETs during runs",
                 "sock err/non-2xx",
                 "foreign cores (max)",
@@ -524,9 +535,10 @@ def table(res: dict[str, Any], a: argparse.Namespace, targets: list[str], facts:
             )
         )
     lines += ["", "Commands:", "", "```"]
+    hit_urls = f"http://127.0.0.1:PORT/{BUCKET}/{{1k,100k}}.bin"
     lines.append(
-        f"wrk -t1 -c{a.conns} -d{a.seconds}s --latency http://127.0.0.1:PORT/{BUCKET}/{{1k,100k}}.bin"
-        f"   # {a.runs} runs per target, interleaved; {a.warmup_seconds} s warm-up each"
+        shlex.join(wrk_cmd("URL", a.conns, a.seconds, client=a.client)).replace("URL", hit_urls)
+        + f"   # {a.runs} runs per target, interleaved; {a.warmup_seconds} s warm-up each"
     )
     if a.c1_seconds:
         lines.append(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every table of issue #14 (docs/PERFORMANCE.md, "Connections, latency, workers and the peer"),
-# one after the other, about 12 minutes on 2 cores; each step is bounded by `timeout`.
+# one after the other, about 14 minutes on 2 cores; each step is bounded by `timeout`.
 # Run from anywhere: bash bench/issue14.sh
 # Each step prints its markdown table; all of them are collected in
 # bench/results/issue14-<UTC stamp>.md (the raw results stay in each step's own directory).
@@ -25,6 +25,12 @@ step() {  # name, seconds at most, command...
 # a bare twisted.web resource and nginx-s3-gateway's cache hit, interleaved rounds (~3 min).
 step "Hits: default config, workers: 2, bare twisted.web, nginx-s3-gateway" 360 \
   $PY bench/cache_bench.py --targets bare,default,workers2,gateway --seconds 4 --runs 3 \
+  --warmup-seconds 2 --c1-seconds 0 --herd 0 --profile-seconds 0 --no-wait
+# Target 1, workers: 2 once more, with bench/loadgen.c in place of wrk: the same closed loop,
+# but the bodies are dropped in the kernel, so the load generator takes less of the two cores
+# that it shares with the workers (~1.5 min).
+step "Hits: default config and workers: 2, loadgen" 300 \
+  $PY bench/cache_bench.py --client loadgen --targets default,workers2 --seconds 4 --runs 3 \
   --warmup-seconds 2 --c1-seconds 0 --herd 0 --profile-seconds 0 --no-wait
 # Target 3: disk and Redis hits against memory hits, same run (~2.5 min).
 step "Hits: memory, disk, redis" 300 \

@@ -43,6 +43,7 @@ from benchlib import (
     WrkResult,
     children,
     cpu_seconds,
+    loadgen_binary,
     median,
     minor_faults,
     own_cpu_seconds,
@@ -366,7 +367,18 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def wrk_cmd(url: str, conns: int, seconds: int, extra: Sequence[str] = ()) -> list[str]:
+#: the closed-loop load generators: wrk, and bench/loadgen.c (the same loop, with the bodies
+#: dropped in the kernel, so that it takes less of the cores it shares with the server)
+CLIENTS = ("wrk", "loadgen")
+
+
+def wrk_cmd(
+    url: str, conns: int, seconds: int, extra: Sequence[str] = (), client: str = "wrk"
+) -> list[str]:
+    if client == "loadgen":
+        if extra:
+            raise ValueError(f"loadgen takes no wrk options: {extra}")
+        return [loadgen_binary(), "-c", str(conns), "-d", str(seconds), url]
     return ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url]
 
 
@@ -378,8 +390,9 @@ def run_wrk(
     server_pid: int,
     ours: Sequence[int],
     extra: Sequence[str] = (),
+    client: str = "wrk",
 ) -> Run:
-    cmd = wrk_cmd(url, conns, seconds, extra)
+    cmd = wrk_cmd(url, conns, seconds, extra, client)
     cpu0, faults0 = cpu_seconds(server_pid), minor_faults(server_pid)
     client0 = own_cpu_seconds()
     foreign = ForeignLoad(list(ours))
