@@ -10,7 +10,8 @@ last CPU, nginx origin / wrk / redis the others):
 * ``default``  -- the proxy with the default configuration (no ``logging`` key: the access log
   at ``info`` on stdout, here twistd's log file) and ``cache_layers: [memory]``
 * ``workers2`` -- ``default`` with ``server.workers: 2``, never pinned (the workers are meant
-  to use both cores)
+  to use both cores), and neither is its load generator (pinned to the other CPU, it would
+  get half of it at most, and starve the worker that has the other CPU to itself)
 * ``gateway``  -- the peer, nginxinc/nginx-s3-gateway (``proxy_cache`` on, as it ships; 1 nginx
   worker; its own moto), started with /work/shared/peers/nginx-s3-gateway/run.sh
 * ``disk``     -- the proxy, ``cache_layers: [disk]`` (``cache_dir`` in a temp dir)
@@ -259,6 +260,11 @@ def main() -> None:
                 return servers[t].url + "/" + GATEWAY_KEYS[s], servers[t].pid
             return servers[t].url + f"/{BUCKET}/{s}.bin", servers[t].pid
 
+        def hit_run(t: str, url: str, seconds: int, pid: int) -> Run:
+            # the load generator shares the cores with workers2's workers, unpinned like them
+            pin = t != "workers2"
+            return run_wrk(t, url, a.conns, seconds, pid, ours, client=a.client, pin=pin)
+
         # -- warm the caches and check X-Cache: HIT ------------------------------------------
         checks: dict[str, Any] = {}
         for t in targets:
@@ -275,7 +281,7 @@ def main() -> None:
         for t in targets:  # wrk warm-up (allocators, connection setup), not recorded
             for s in SIZES:
                 url, pid = url_pid(t, s)
-                run_wrk(t, url, a.conns, a.warmup_seconds, pid, ours, client=a.client)
+                hit_run(t, url, a.warmup_seconds, pid)
         time.sleep(SETTLE)
         for t in targets:  # still a HIT after the warm-up (nothing evicted / expired)
             if t == "bare":
@@ -292,7 +298,7 @@ def main() -> None:
                     gate()
                     url, pid = url_pid(t, s)
                     before = origin.count(f"{s}.bin")
-                    r = run_wrk(t, url, a.conns, a.seconds, pid, ours, client=a.client)
+                    r = hit_run(t, url, a.seconds, pid)
                     time.sleep(SETTLE)  # requests cut off at the client's end finish (or time out)
                     if t not in FOREIGN:
                         r.origin_delta = origin.count(f"{s}.bin") - before

@@ -391,13 +391,18 @@ def run_wrk(
     ours: Sequence[int],
     extra: Sequence[str] = (),
     client: str = "wrk",
+    pin: bool = True,
 ) -> Run:
+    """
+    One run of the load generator (``client``) on ``url``, pinned to the load CPUs unless
+    ``pin`` is false; the server's CPU and page faults, the client's CPU and foreign load.
+    """
     cmd = wrk_cmd(url, conns, seconds, extra, client)
     cpu0, faults0 = cpu_seconds(server_pid), minor_faults(server_pid)
     client0 = own_cpu_seconds()
     foreign = ForeignLoad(list(ours))
     raw = subprocess.run(
-        [*PIN["load"], *cmd], capture_output=True, text=True, timeout=seconds + 60
+        [*(PIN["load"] if pin else ()), *cmd], capture_output=True, text=True, timeout=seconds + 60
     ).stdout
     cpu, faults = cpu_seconds(server_pid) - cpu0, minor_faults(server_pid) - faults0
     run = Run(target, shlex.join(cmd), parse_wrk(raw), cpu / seconds, foreign.cores())
