@@ -87,8 +87,9 @@ def refuse_restart_changes(old: Config, new: Config) -> None:
     :param old: the running configuration.
     :param new: the one a reload would apply.
     :raises ConfigError: naming the first key that only a restart can change: the listener's
-        address, port, listen backlog and TLS on/off, the metrics listener, the logging, audit
-        and tracing setup. (TLS files are read again: new connections get the new certificate.)
+        address, port, listen backlog and TLS on/off, the workers and their CPU binding, the
+        metrics listener, the logging, audit and tracing setup. (TLS files are read again: new
+        connections get the new certificate.)
     """
     s, n = old.server, new.server
     changes: list[tuple[str, object, object]] = [
@@ -96,6 +97,7 @@ def refuse_restart_changes(old: Config, new: Config) -> None:
         ("server.port", s.listen_port, n.listen_port),
         ("server.tls", "on" if s.tls else "off", "on" if n.tls else "off"),
         ("server.workers", s.workers, n.workers),
+        ("server.worker_cpu_affinity", s.worker_cpu_affinity, n.worker_cpu_affinity),
         ("server.listen_backlog", s.listen_backlog, n.listen_backlog),
         ("server.socket_activation", s.socket_activation, n.socket_activation),
     ]

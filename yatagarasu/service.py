@@ -54,6 +54,7 @@ from yatagarasu.tls import ReloadableServerTLS
 from yatagarasu.turn_writes import TurnWrites, TurnWritesEndpoint, turn_writes_of
 from yatagarasu.web.site import ProxySite
 from yatagarasu.workers.child import WorkerChannel
+from yatagarasu.workers.cpu_affinity import bind_to_cpu
 from yatagarasu.workers.sockets import (
     AdoptedEndpoint,
     SocketActivationError,
@@ -294,6 +295,8 @@ class ProxyService(MultiService):
         )
 
     def _start_worker(self, worker: WorkerMode) -> None:
+        if self.config.server.worker_cpu_affinity:
+            bind_to_cpu(worker.channel.worker_id)
         read_fd, write_fd = worker.control_fds
         standard_io: Any = stdio.StandardIO  # (typed as the Windows one, without the fds)
         standard_io(worker.channel.protocol, stdin=read_fd, stdout=write_fd, reactor=self._reactor)

@@ -25,6 +25,7 @@ from twisted.python import usage
 from yatagarasu.assembly import Assembly
 from yatagarasu.config import Config, ConfigError, load_config
 from yatagarasu.config.migrate import explain_file
+from yatagarasu.config.schema import ServerConfig
 from yatagarasu.heap import keep_freed_memory
 from yatagarasu.interfaces import ISiblings
 from yatagarasu.reload import Reloader
@@ -169,7 +170,7 @@ def summary(path: str, assembly: Assembly) -> str:
         f"configuration OK: {path}",
         f"listener: {scheme}://{server.host}:{server.listen_port}"
         + (" (socket from systemd)" if server.socket_activation else ""),
-        *([f"workers: {server.workers} processes"] if server.workers > 1 else []),
+        *_workers_summary(server),
         f"metrics: {_metrics_summary(config)}",
         f"buckets: {len(config.buckets)}",
     ]
@@ -224,6 +225,13 @@ def summary(path: str, assembly: Assembly) -> str:
     where = " on the metrics listener only" if config.metrics.admin_on_own_listener else ""
     lines.append(f"admin API: /{'/'.join(server.admin_segments)}/... ({admin}){where}")
     return "\n".join(lines) + "\n"
+
+
+def _workers_summary(server: ServerConfig) -> list[str]:
+    if server.workers == 1:
+        return []
+    bound = ", each bound to a CPU" if server.worker_cpu_affinity else ""
+    return [f"workers: {server.workers} processes{bound}"]
 
 
 def _metrics_summary(config: Config) -> str:

@@ -88,6 +88,10 @@ def _wait_all_up(running: ProxyProcess) -> None:
     wait_until(lambda: running.get("/ready").status == 200, timeout=20, what="every worker up")
 
 
+def _logged(running: ProxyProcess, line: str) -> bool:
+    return line in running.log_text()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -301,7 +305,41 @@ def test_port_in_use_is_reported_once_before_any_worker(
 def test_check_names_the_workers(tmp_path: Any, moto_s3: MotoS3Server, s3_bucket: str) -> None:
     result = check_config(_workers(config(moto_s3, s3_bucket, MEMORY)), tmp_path)
     assert result.returncode == 0, result.output
-    assert f"workers: {WORKERS} processes" in result.output
+    assert f"workers: {WORKERS} processes\n" in result.output
+    bound = _workers(config(moto_s3, s3_bucket, MEMORY), worker_cpu_affinity=True)
+    result = check_config(bound, tmp_path)
+    assert result.returncode == 0, result.output
+    assert f"workers: {WORKERS} processes, each bound to a CPU\n" in result.output
+
+
+def test_check_refuses_cpu_affinity_for_one_process(
+    tmp_path: Any, moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    document = config(moto_s3, s3_bucket, MEMORY)
+    document["server"] = {"worker_cpu_affinity": True}
+    result = check_config(document, tmp_path)
+    assert result.returncode == 1
+    assert "server.worker_cpu_affinity: needs server.workers > 1" in result.output
+
+
+def test_worker_cpu_affinity_binds_each_worker_to_its_own_cpu(
+    proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
+) -> None:
+    moto_s3.put_object(s3_bucket, "a.txt", b"hello", CacheControl="max-age=600")
+    running = proxy(_workers(config(moto_s3, s3_bucket, MEMORY), worker_cpu_affinity=True))
+    _wait_all_up(running)
+    allowed = sorted(os.sched_getaffinity(0))
+    pids = _pids(running)
+    assert sorted(pids) == list(range(WORKERS))
+    for worker, pid in pids.items():
+        cpu = allowed[worker % len(allowed)]
+        line = f"worker {worker} bound to CPU {cpu}"
+        wait_until(partial(_logged, running, line), timeout=10, what=line)
+        threads = os.listdir(f"/proc/{pid}/task")
+        assert {frozenset(os.sched_getaffinity(int(tid))) for tid in threads} == {frozenset({cpu})}
+    assert os.sched_getaffinity(running.pid) == set(allowed)  # the parent stays unbound
+    seen = _from_every_worker(running, "/pub/a.txt")
+    assert all(r.status == 200 and r.body == b"hello" for rs in seen.values() for r in rs)
 
 
 @pytest.mark.parametrize("workers", [0, 65])

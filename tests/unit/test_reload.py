@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
 from tests.unit.fakes import FakeResponse, Harness, bucket_entry, parse_response
-from yatagarasu.reload import ReloadReport
+from yatagarasu.config import ConfigError, parse_config
+from yatagarasu.reload import ReloadReport, refuse_restart_changes
 from yatagarasu.service import ProxyService
 from yatagarasu.systemd import SystemdNotifier
 
@@ -164,6 +166,20 @@ def test_invalid_configuration_keeps_the_old_generation_and_is_counted() -> None
     assert metric(h, 'yatagarasu_config_reloads_total{result="error"}') == 2.0
 
 
+def test_binding_the_workers_to_cpus_needs_a_restart() -> None:
+    workers = document()
+    workers["server"]["workers"] = 2
+    bound = copy.deepcopy(workers)
+    bound["server"]["worker_cpu_affinity"] = True
+    old, new = parse_config(workers, {}), parse_config(bound, {})
+    with pytest.raises(ConfigError) as info:
+        refuse_restart_changes(old, new)
+    assert str(info.value) == (
+        "server.worker_cpu_affinity: changed from False to True; listener changes need a restart"
+    )
+    refuse_restart_changes(new, parse_config(copy.deepcopy(bound), {}))  # unchanged: no error
+
+
 def test_listener_change_is_refused() -> None:
     h = harness(document())
     moved = document()
@@ -183,6 +199,11 @@ def test_listener_change_is_refused() -> None:
     assert h.reload(backlog).message == (
         "server.listen_backlog: changed from 4096 to 128; listener changes need a restart"
     )
+    workers = document()
+    workers["server"]["workers"] = 2
+    assert h.reload(workers).message == (
+        "server.workers: changed from 1 to 2; listener changes need a restart"
+    )
     tls = document()
     tls["server"]["tls"] = {"cert_path": "/nonexistent/c.pem", "key_path": "/nonexistent/k.pem"}
     assert h.reload(tls).message == (
@@ -193,7 +214,7 @@ def test_listener_change_is_refused() -> None:
     assert h.reload(metrics).message.startswith(
         "metrics.port: the metrics listener changed from none to 127.0.0.1:9091"
     )
-    assert metric(h, 'yatagarasu_config_reloads_total{result="error"}') == 5.0
+    assert metric(h, 'yatagarasu_config_reloads_total{result="error"}') == 6.0
 
 
 def test_admin_reload_needs_admin_claims() -> None:

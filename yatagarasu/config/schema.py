@@ -186,6 +186,8 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     tls: TLSConfig | None = None
     workers: int = 1
+    #: bind each worker process to its own CPU (``server.workers`` > 1)
+    worker_cpu_affinity: bool = False
     listen_backlog: int = DEFAULT_LISTEN_BACKLOG
     max_concurrent_requests: int = 1024
     rate_limit: RateLimitConfig | None = None
@@ -241,6 +243,11 @@ class ServerConfig:
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(
                 join(path, "workers"), f"must be 1..{MAX_WORKERS}, got {self.workers}"
+            )
+        if self.worker_cpu_affinity and self.workers == 1:
+            raise ConfigError(
+                join(path, "worker_cpu_affinity"),
+                "needs server.workers > 1 (it binds each worker process to a CPU)",
             )
         if self.socket_activation and self.workers > 1:
             raise ConfigError(

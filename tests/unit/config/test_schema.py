@@ -529,6 +529,17 @@ def test_listen_backlog_defaults_to_4096_and_is_bounded() -> None:
         assert f"must be 1..65535, got {bad}" in str(error)
 
 
+def test_worker_cpu_affinity_is_off_by_default_and_needs_several_workers() -> None:
+    assert parse_config(minimal(), {}).server.worker_cpu_affinity is False
+    bound = {"workers": 2, "worker_cpu_affinity": True}
+    assert parse_config({**minimal(), "server": bound}, {}).server.worker_cpu_affinity is True
+    error = error_of({**minimal(), "server": {"worker_cpu_affinity": True}})
+    assert error.path == "server.worker_cpu_affinity"
+    assert "needs server.workers > 1" in error.message
+    error = error_of({**minimal(), "server": {"workers": 2, "worker_cpu_affinity": "auto"}})
+    assert error.path == "server.worker_cpu_affinity"
+
+
 def test_socket_send_buffer_defaults_to_one_mebibyte_and_zero_means_the_kernels() -> None:
     assert parse_config(minimal(), {}).server.socket_send_buffer_bytes == 1048576
     autotuned = parse_config({**minimal(), "server": {"socket_send_buffer_bytes": 0}}, {})
