@@ -12,6 +12,8 @@ last CPU, nginx origin / wrk / redis the others):
 * ``workers2`` -- ``default`` with ``server.workers: 2``, never pinned (the workers are meant
   to use both cores), and neither is its load generator (pinned to the other CPU, it would
   get half of it at most, and starve the worker that has the other CPU to itself)
+* ``workers2cpu`` -- ``workers2`` with ``server.worker_cpu_affinity: true`` (each worker bound
+  to its own CPU; the load generator, unpinned, shares both)
 * ``gateway``  -- the peer, nginxinc/nginx-s3-gateway (``proxy_cache`` on, as it ships; 1 nginx
   worker; its own moto), started with /work/shared/peers/nginx-s3-gateway/run.sh
 * ``disk``     -- the proxy, ``cache_layers: [disk]`` (``cache_dir`` in a temp dir)
@@ -82,7 +84,9 @@ HERD_SIZES = {"1k": 1024, "100k": 100 * 1024, "5m": 5 * 1024 * 1024}
 #: seconds after each wrk run before counting origin GETs: requests cut off when wrk stops
 #: end (a redis lookup times out after 0.5 s and may then go to S3)
 SETTLE = 1.5
-PROXIES = ("mem", "mem+log", "default", "workers2", "disk", "redis")
+PROXIES = ("mem", "mem+log", "default", "workers2", "workers2cpu", "disk", "redis")
+#: targets with two worker processes: neither they nor their load generator are pinned
+WORKERS2 = ("workers2", "workers2cpu")
 ALL = ("bare", "mem", "mem+log", "disk", "redis", "nginx")
 #: targets with no object of ours in the bench origin (no herd, no origin GET count)
 FOREIGN = ("bare", "gateway")
@@ -92,6 +96,7 @@ LAYER = {
     "mem+log": "memory, access log on",
     "default": "memory, default config (access log on)",
     "workers2": "memory, default config, workers: 2",
+    "workers2cpu": "memory, default config, workers: 2, worker_cpu_affinity",
     "gateway": "nginx-s3-gateway proxy_cache, 1 worker",
     "disk": "disk",
     "redis": "redis",
@@ -117,9 +122,10 @@ def proxy_config(kind: str, port: int, endpoint: str, tmp: Path, redis_url: str)
         "mem+log": "logging: {level: info, file: /dev/null}\n",
         "default": "",
         "workers2": "",
+        "workers2cpu": "",
     }.get(kind, "logging: {level: warn}\n")
-    workers = ", workers: 2" if kind == "workers2" else ""
-    if kind in ("mem", "mem+log", "default", "workers2"):
+    workers = {"workers2": ", workers: 2", "workers2cpu": ", workers: 2, worker_cpu_affinity: true"}
+    if kind in ("mem", "mem+log", "default", *WORKERS2):
         cache = (
             "cache: {enabled: true, cache_layers: [memory], "
             "memory: {max_cache_size_mb: 256, max_item_size_mb: 10}}\n"
@@ -137,7 +143,7 @@ def proxy_config(kind: str, port: int, endpoint: str, tmp: Path, redis_url: str)
     else:
         raise ValueError(kind)
     return (
-        f"server: {{address: 127.0.0.1, port: {port}{workers}}}\n"
+        f"server: {{address: 127.0.0.1, port: {port}{workers.get(kind, '')}}}\n"
         + logging
         + cache
         + "buckets:\n"
@@ -236,7 +242,7 @@ def main() -> None:
             redis_url = redis.url if redis else "redis://127.0.0.1:1"
             cfg = configs[t] = proxy_config(kind, port, origin.url, tmp, redis_url)
             servers[t] = start_proxy(
-                name_of(t), cfg, out, f"/{BUCKET}/1k.bin", port, twistd, pin=kind != "workers2"
+                name_of(t), cfg, out, f"/{BUCKET}/1k.bin", port, twistd, pin=kind not in WORKERS2
             )
             commands[t] = " ".join(servers[t].argv)
         if "nginx" in targets:
@@ -262,7 +268,7 @@ def main() -> None:
 
         def hit_run(t: str, url: str, seconds: int, pid: int) -> Run:
             # the load generator shares the cores with workers2's workers, unpinned like them
-            pin = t != "workers2"
+            pin = t not in WORKERS2
             return run_wrk(t, url, a.conns, seconds, pid, ours, client=a.client, pin=pin)
 
         # -- warm the caches and check X-Cache: HIT ------------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every table of issue #14 (docs/PERFORMANCE.md, "Connections, latency, workers and the peer"),
-# one after the other, about 14 minutes on 2 cores; each step is bounded by `timeout`.
+# one after the other, about 16 minutes on 2 cores; each step is bounded by `timeout`.
 # Run from anywhere: bash bench/issue14.sh
 # Each step prints its markdown table; all of them are collected in
 # bench/results/issue14-<UTC stamp>.md (the raw results stay in each step's own directory).
@@ -21,16 +21,18 @@ step() {  # name, seconds at most, command...
   [ "$rc" = 0 ] || failed+=("$name (exit $rc)")
 }
 
-# Targets 1 and 8: 1 KiB and 100 KiB memory hits, the default configuration, workers: 2,
-# a bare twisted.web resource and nginx-s3-gateway's cache hit, interleaved rounds (~3 min).
-step "Hits: default config, workers: 2, bare twisted.web, nginx-s3-gateway" 360 \
-  $PY bench/cache_bench.py --targets bare,default,workers2,gateway --seconds 4 --runs 3 \
+# Targets 1 and 8: 1 KiB and 100 KiB memory hits, the default configuration, workers: 2
+# (free, and bound to CPUs with server.worker_cpu_affinity), a bare twisted.web resource and
+# nginx-s3-gateway's cache hit, interleaved rounds (~3.5 min).
+step "Hits: default config, workers: 2, bare twisted.web, nginx-s3-gateway" 420 \
+  $PY bench/cache_bench.py --targets bare,default,workers2,workers2cpu,gateway --seconds 4 --runs 3 \
   --warmup-seconds 2 --c1-seconds 0 --herd 0 --profile-seconds 0 --no-wait
 # Target 1, workers: 2 once more, with bench/loadgen.c in place of wrk: the same closed loop,
 # but the bodies are dropped in the kernel, so the load generator takes less of the two cores
-# that it shares with the workers (~1.5 min).
-step "Hits: default config and workers: 2, loadgen" 300 \
-  $PY bench/cache_bench.py --client loadgen --targets default,workers2 --seconds 4 --runs 3 \
+# that it shares with the workers (~2.5 min).
+step "Hits: default config, workers: 2, nginx-s3-gateway, loadgen" 360 \
+  $PY bench/cache_bench.py --client loadgen --targets default,workers2,workers2cpu,gateway \
+  --seconds 4 --runs 3 \
   --warmup-seconds 2 --c1-seconds 0 --herd 0 --profile-seconds 0 --no-wait
 # Target 3: disk and Redis hits against memory hits, same run (~2.5 min).
 step "Hits: memory, disk, redis" 300 \
