@@ -312,16 +312,6 @@ def test_check_names_the_workers(tmp_path: Any, moto_s3: MotoS3Server, s3_bucket
     assert f"workers: {WORKERS} processes, each bound to a CPU\n" in result.output
 
 
-def test_check_refuses_cpu_affinity_for_one_process(
-    tmp_path: Any, moto_s3: MotoS3Server, s3_bucket: str
-) -> None:
-    document = config(moto_s3, s3_bucket, MEMORY)
-    document["server"] = {"worker_cpu_affinity": True}
-    result = check_config(document, tmp_path)
-    assert result.returncode == 1
-    assert "server.worker_cpu_affinity: needs server.workers > 1" in result.output
-
-
 def test_worker_cpu_affinity_binds_each_worker_to_its_own_cpu(
     proxy: Callable[..., ProxyProcess], moto_s3: MotoS3Server, s3_bucket: str
 ) -> None:
@@ -342,12 +332,19 @@ def test_worker_cpu_affinity_binds_each_worker_to_its_own_cpu(
     assert all(r.status == 200 and r.body == b"hello" for rs in seen.values() for r in rs)
 
 
-@pytest.mark.parametrize("workers", [0, 65])
-def test_check_refuses_workers_out_of_range(
-    tmp_path: Any, moto_s3: MotoS3Server, s3_bucket: str, workers: int
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ({"workers": 0}, "server.workers: must be 1..64"),
+        ({"workers": 65}, "server.workers: must be 1..64"),
+        ({"worker_cpu_affinity": True}, "server.worker_cpu_affinity: needs server.workers > 1"),
+    ],
+)
+def test_check_refuses_bad_worker_settings(
+    tmp_path: Any, moto_s3: MotoS3Server, s3_bucket: str, server: dict[str, Any], message: str
 ) -> None:
     document = config(moto_s3, s3_bucket, MEMORY)
-    document["server"] = {"workers": workers}
+    document["server"] = server
     result = check_config(document, tmp_path)
     assert result.returncode == 1
-    assert "server.workers: must be 1..64" in result.output
+    assert message in result.output
