@@ -12,7 +12,6 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, NamedTuple
 
 from twisted.web.http_headers import Headers
@@ -140,7 +139,7 @@ class MappedBody:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CacheEntry:
     """
     A complete ``200`` response to a GET, as stored.
@@ -158,6 +157,11 @@ class CacheEntry:
         entry is kept a while for revalidation and ``stale_if_error``); layers with a TTL
         (Redis) use ``retain_until - now``.
     :ivar revalidate: ``Cache-Control: no-cache`` — always revalidate before serving.
+
+    Slots, no ``__dict__``: a memory layer holds hundreds of thousands of entries, and each
+    object the cycle collector tracks lengthens its full collections
+    (``bench/gc_pause.py``). The header index holds only ``bytes``, so the collector does
+    not track it.
     """
 
     headers: tuple[tuple[bytes, bytes], ...]
@@ -167,17 +171,25 @@ class CacheEntry:
     retain_until: float
     revalidate: bool = False
     _index: dict[bytes, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _head_lines: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._index.update(self.headers)
 
-    @cached_property
+    @property
     def head_lines(self) -> bytes:
         """
         The stored headers as HTTP/1.1 header lines (``Name: value\\r\\n`` each), names in
         the usual capitalisation; encoded on first use and kept with the entry, so a hit
         served again and again does not encode them again.
         """
+        lines = self._head_lines
+        if lines is None:
+            lines = self._encode_head_lines()
+            object.__setattr__(self, "_head_lines", lines)  # frozen: set once, as a cache
+        return lines
+
+    def _encode_head_lines(self) -> bytes:
         headers = Headers()
         for name, value in self.headers:
             headers.addRawHeader(name, value)
@@ -204,7 +216,7 @@ class CacheEntry:
         :param lines: :attr:`head_lines` already encoded for the same headers (another entry's),
             kept as this entry's instead of encoding them again.
         """
-        self.__dict__["head_lines"] = lines  # where cached_property keeps it
+        object.__setattr__(self, "_head_lines", lines)
 
     def header(self, name: bytes) -> bytes | None:
         """:returns: the value of a (lowercase) header, or ``None``."""
