@@ -37,6 +37,8 @@ log = Logger()
 
 #: what every refused listener change says
 RESTART = "listener changes need a restart"
+#: what a refused change of the worker processes says
+WORKERS_RESTART = "worker process changes need a restart"
 
 
 @dataclass(frozen=True)
@@ -92,18 +94,23 @@ def refuse_restart_changes(old: Config, new: Config) -> None:
         connections get the new certificate.)
     """
     s, n = old.server, new.server
-    changes: list[tuple[str, object, object]] = [
-        ("server.address", s.host, n.host),
-        ("server.port", s.listen_port, n.listen_port),
-        ("server.tls", "on" if s.tls else "off", "on" if n.tls else "off"),
-        ("server.workers", s.workers, n.workers),
-        ("server.worker_cpu_affinity", s.worker_cpu_affinity, n.worker_cpu_affinity),
-        ("server.listen_backlog", s.listen_backlog, n.listen_backlog),
-        ("server.socket_activation", s.socket_activation, n.socket_activation),
+    changes: list[tuple[str, object, object, str]] = [
+        ("server.address", s.host, n.host, RESTART),
+        ("server.port", s.listen_port, n.listen_port, RESTART),
+        ("server.tls", "on" if s.tls else "off", "on" if n.tls else "off", RESTART),
+        ("server.workers", s.workers, n.workers, WORKERS_RESTART),
+        (
+            "server.worker_cpu_affinity",
+            s.worker_cpu_affinity,
+            n.worker_cpu_affinity,
+            WORKERS_RESTART,
+        ),
+        ("server.listen_backlog", s.listen_backlog, n.listen_backlog, RESTART),
+        ("server.socket_activation", s.socket_activation, n.socket_activation, RESTART),
     ]
-    for key, before, after in changes:
+    for key, before, after, why in changes:
         if before != after:
-            raise ConfigError(key, f"changed from {before} to {after}; {RESTART}")
+            raise ConfigError(key, f"changed from {before} to {after}; {why}")
     before_metrics, after_metrics = old.metrics.listener(s), new.metrics.listener(n)
     if before_metrics != after_metrics:
         raise ConfigError(

@@ -175,7 +175,8 @@ def test_binding_the_workers_to_cpus_needs_a_restart() -> None:
     with pytest.raises(ConfigError) as info:
         refuse_restart_changes(old, new)
     assert str(info.value) == (
-        "server.worker_cpu_affinity: changed from False to True; listener changes need a restart"
+        "server.worker_cpu_affinity: changed from False to True; worker process changes need a"
+        " restart"
     )
     refuse_restart_changes(new, parse_config(copy.deepcopy(bound), {}))  # unchanged: no error
 
@@ -202,7 +203,7 @@ def test_listener_change_is_refused() -> None:
     workers = document()
     workers["server"]["workers"] = 2
     assert h.reload(workers).message == (
-        "server.workers: changed from 1 to 2; listener changes need a restart"
+        "server.workers: changed from 1 to 2; worker process changes need a restart"
     )
     tls = document()
     tls["server"]["tls"] = {"cert_path": "/nonexistent/c.pem", "key_path": "/nonexistent/k.pem"}

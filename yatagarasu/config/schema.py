@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -248,6 +249,11 @@ class ServerConfig:
             raise ConfigError(
                 join(path, "worker_cpu_affinity"),
                 "needs server.workers > 1 (it binds each worker process to a CPU)",
+            )
+        if self.worker_cpu_affinity and not hasattr(os, "sched_setaffinity"):
+            raise ConfigError(
+                join(path, "worker_cpu_affinity"),
+                "needs Linux (this platform cannot bind a process to a CPU)",
             )
         if self.socket_activation and self.workers > 1:
             raise ConfigError(

@@ -5,7 +5,8 @@ run on, as nginx's ``worker_cpu_affinity auto`` does. Worker N takes the N-th al
 worker between CPUs and its caches stay warm.
 
 Linux keeps a CPU mask per thread: every thread the worker has is bound, and the threads it
-starts later inherit the mask.
+starts later inherit the mask. It runs as the worker starts its service, before the reactor
+runs and starts its thread pool.
 """
 
 from __future__ import annotations
@@ -57,15 +58,24 @@ def bind_worker(worker_id: int, kernel: Kernel = Kernel()) -> int:
     :param worker_id: the worker's number, from 0.
     :param kernel: the system calls.
     :returns: the CPU the process is now bound to.
-    :raises OSError: when the kernel refuses (or the platform has no CPU affinity).
+    :raises OSError: when the kernel refuses (or the platform has no CPU affinity); the
+        threads already bound are given back all the allowed CPUs.
     """
     cpus = sorted(kernel.allowed())
     if not cpus:
         raise OSError("no CPU is allowed for this process")
     cpu = cpus[worker_id % len(cpus)]
-    for tid in kernel.threads():
-        with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
-            kernel.bind(tid, {cpu})
+    bound: list[int] = []
+    try:
+        for tid in kernel.threads():
+            with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+                kernel.bind(tid, {cpu})
+                bound.append(tid)
+    except OSError:
+        for tid in bound:  # all threads or none: back to where they may run
+            with contextlib.suppress(OSError):
+                kernel.bind(tid, cpus)
+        raise
     return cpu
 
 

@@ -540,6 +540,16 @@ def test_worker_cpu_affinity_is_off_by_default_and_needs_several_workers() -> No
     assert error.path == "server.worker_cpu_affinity"
 
 
+def test_worker_cpu_affinity_is_refused_where_the_platform_cannot_bind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(os, "sched_setaffinity", raising=False)
+    error = error_of({**minimal(), "server": {"workers": 2, "worker_cpu_affinity": True}})
+    assert error.path == "server.worker_cpu_affinity"
+    assert "needs Linux" in error.message
+    assert parse_config({**minimal(), "server": {"workers": 2}}, {}).server.workers == 2
+
+
 def test_socket_send_buffer_defaults_to_one_mebibyte_and_zero_means_the_kernels() -> None:
     assert parse_config(minimal(), {}).server.socket_send_buffer_bytes == 1048576
     autotuned = parse_config({**minimal(), "server": {"socket_send_buffer_bytes": 0}}, {})
