@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every table of issue #14 (docs/PERFORMANCE.md, "Connections, latency, workers and the peer"),
-# one after the other, about 16 minutes on 2 cores; each step is bounded by `timeout`.
+# one after the other, about 15 minutes on 2 cores; each step is bounded by `timeout`.
 # Run from anywhere: bash bench/issue14.sh
 # Each step prints its markdown table; all of them are collected in
 # bench/results/issue14-<UTC stamp>.md (the raw results stay in each step's own directory).
