@@ -48,6 +48,7 @@ from yatagarasu.values import Decision
 #: prometheus-client's default buckets (request durations).
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _METHODS = {b"GET": "GET", b"HEAD": "HEAD", b"OPTIONS": "OPTIONS"}
 #: the ``cache`` label of a request's ``X-Cache`` value (``none``: the bucket does not cache,
 #: or the proxy's own routes)
@@ -440,6 +441,13 @@ class Metrics:
             " mode decided) and decision (allow, deny).",
             ["bucket", "authorizer", "result", "decision"],
         )
+        self._reactor_lag = _Histogram(
+            "yatagarasu_reactor_lag_seconds",
+            "How late a timer due every 0.25 s ran: time the reactor could not turn (full"
+            " garbage collections, long callbacks, CPU starvation).",
+            [],
+            _LAG_BUCKETS,
+        )
         self._cache_errors: dict[str, int] = {}
         self._cache: TieredCache | None = None
         #: the configuration generation being served (1 at start-up, +1 per applied reload)
@@ -461,6 +469,7 @@ class Metrics:
                     self._failovers,
                     self._authorizations,
                     self._credentials,
+                    self._reactor_lag,
                 ]
             )
         )
@@ -567,6 +576,10 @@ class Metrics:
         :param result: ``ok``, ``missing``, ``invalid``, ``forbidden`` or ``error``.
         """
         self._auth.inc((bucket, result))
+
+    def reactor_lag(self, seconds: float) -> None:
+        """Note how late the reactor ran a timer (:mod:`yatagarasu.observability.reactor_lag`)."""
+        self._reactor_lag.observe((), seconds)
 
     def config_reload(self, result: str) -> None:
         """Count one reload attempt (``result``: ``ok`` or ``error``)."""

@@ -28,6 +28,7 @@ from yatagarasu.config.migrate import explain_file
 from yatagarasu.config.schema import ServerConfig
 from yatagarasu.heap import keep_freed_memory
 from yatagarasu.interfaces import ISiblings
+from yatagarasu.observability.reactor_lag import ReactorLagProbe
 from yatagarasu.reload import Reloader
 from yatagarasu.workers.child import WorkerChannel
 
@@ -267,6 +268,8 @@ def makeService(options: Options) -> IService:
     trims = keep_freed_memory(os.environ, reactor)
     if trims is not None:
         trims.setServiceParent(service)
+    if assembly.config.metrics.enabled:
+        ReactorLagProbe(reactor, assembly.metrics.reactor_lag).setServiceParent(service)
     return service
 
 

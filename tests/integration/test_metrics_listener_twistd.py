@@ -16,23 +16,24 @@ from devharness.moto_s3 import MotoS3Server
 from devharness.ports import LOOPBACK, free_port
 from devharness.proxy_config import write_config
 from devharness.twistd import ProxyProcess, TwistdResult, run_twistd
+from devharness.waiting import wait_until
 
 
 def scrape(port: int, path: str = "/metrics") -> HttpResponse:
     return http_request("GET", f"http://{LOOPBACK}:{port}{path}", timeout=10)
 
 
-def requests_total(response: HttpResponse, bucket: str, status: str) -> float:
+def sample(response: HttpResponse, name: str, **labels: str) -> float:
+    """:returns: the value of the sample ``name`` whose labels include ``labels`` (0 if none)."""
     for family in text_string_to_metric_families(response.body.decode()):
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == "yatagarasu_requests_total"
-                and labels.get("bucket") == bucket
-                and labels.get("status") == status
-            ):
-                return float(sample.value)
+        for found in family.samples:
+            if found.name == name and labels.items() <= found.labels.items():
+                return float(found.value)
     return 0.0
+
+
+def requests_total(response: HttpResponse, bucket: str, status: str) -> float:
+    return sample(response, "yatagarasu_requests_total", bucket=bucket, status=status)
 
 
 def test_metrics_port_serves_prometheus_text_counting_the_main_port(
@@ -66,6 +67,29 @@ def test_metrics_port_serves_prometheus_text_counting_the_main_port(
         assert other.status == 404, path
         assert other.json()["request_id"] == other.header("x-request-id")
     assert running.get("/health").status == 200  # the main port keeps its own routes
+
+
+def reactor_lag_count(response: HttpResponse) -> float:
+    return sample(response, "yatagarasu_reactor_lag_seconds_count")
+
+
+def test_the_reactor_lag_is_measured_four_times_a_second(
+    proxy: Callable[..., ProxyProcess],
+    make_proxy_config: Callable[..., dict[str, Any]],
+    s3_bucket: str,
+) -> None:
+    metrics_port = free_port()
+    config = make_proxy_config({"pub": s3_bucket})
+    config["metrics"] = {"enabled": True, "port": metrics_port}
+    proxy(config)
+    first = reactor_lag_count(scrape(metrics_port))
+    wait_until(
+        lambda: reactor_lag_count(scrape(metrics_port)) >= first + 2,
+        timeout=30,
+        what="two more reactor-lag samples",
+    )
+    scraped = scrape(metrics_port).body.decode()
+    assert 'yatagarasu_reactor_lag_seconds_bucket{le="+Inf"}' in scraped
 
 
 SECRET = "metrics-listener-admin-secret-of-32-bytes-or-more"

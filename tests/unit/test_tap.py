@@ -19,6 +19,7 @@ from twisted.python import usage
 from tests.unit.fakes import bucket_entry
 from yatagarasu.assembly import Assembly, assemble
 from yatagarasu.config import parse_config
+from yatagarasu.observability.reactor_lag import ReactorLagProbe
 from yatagarasu.service import ProxyService
 from yatagarasu.tap import Options, makeService, summary, twistd_logs_to_stdout
 
@@ -167,6 +168,8 @@ def test_make_service_builds_the_proxy_service_from_the_parsed_options(
     assert tuned == [(os.environ, reactor)]  # malloc keeps freed memory (yatagarasu.heap)
     assert isinstance(service, ProxyService)
     assert trims.parent is service  # the trims run with the proxy
+    probes = [child for child in service if isinstance(child, ReactorLagProbe)]
+    assert len(probes) == 1  # metrics are on by default: the reactor's lag is measured
     assert service.assembly is assembly
     assert [(listener.name, listener.port) for listener in service.listeners] == [
         ("proxy", assembly.config.server.listen_port)
@@ -194,6 +197,16 @@ def test_a_worker_trims_its_own_heap_and_the_trims_are_optional(
     service = makeService(options)
     assert isinstance(service, ProxyService)
     assert not any(isinstance(child, TimerService) for child in service)
+
+
+def test_no_reactor_lag_probe_without_metrics() -> None:
+    reactor = MemoryReactorClock()
+    config = {"buckets": [bucket_entry()], "metrics": {"enabled": False}}
+    options = Options()
+    options["reactor"] = reactor
+    options["assembly"] = assemble(parse_config(config, {}), reactor)
+    service = makeService(options)
+    assert not any(isinstance(child, ReactorLagProbe) for child in service)
 
 
 def test_the_workers_parent_leaves_malloc_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
