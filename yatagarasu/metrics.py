@@ -443,7 +443,7 @@ class Metrics:
         )
         self._reactor_lag = _Histogram(
             "yatagarasu_reactor_lag_seconds",
-            "How late a timer due every 0.25 s ran: time the reactor could not turn (full"
+            "How late a timer due every 0.05 s ran: time the reactor could not turn (full"
             " garbage collections, long callbacks, CPU starvation).",
             [],
             _LAG_BUCKETS,
