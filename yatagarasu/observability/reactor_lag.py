@@ -2,9 +2,9 @@
 How long the reactor could not turn: a timer due every :data:`INTERVAL` seconds notes how late
 it ran. Whatever holds the reactor thread shows: a full garbage collection over a large memory
 cache (docs/PERFORMANCE.md, "Full garbage collections"), a long callback, a process starved of
-CPU. A stall of L seconds falls due on a timer when it is longer than the interval (and by
-chance, L / interval of the time, when shorter), and shows as between L minus the interval
-and L. Twenty timer calls a second are nothing beside the requests.
+CPU. A stall longer than the interval always holds up a timer (a shorter one of L seconds,
+L / interval of the time) and shows as its length less up to one interval. Twenty timer
+calls a second are nothing beside the requests.
 """
 
 from __future__ import annotations
