@@ -98,10 +98,6 @@ def _thread_masks(pid: int) -> set[frozenset[int]]:
     return masks
 
 
-def _logged(running: ProxyProcess, line: str) -> bool:
-    return line in running.log_text()
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -334,8 +330,7 @@ def test_worker_cpu_affinity_binds_each_worker_to_its_own_cpu(
     assert sorted(pids) == list(range(WORKERS))
     for worker, pid in pids.items():
         cpu = allowed[worker % len(allowed)]
-        line = f"worker {worker} bound to CPU {cpu}"
-        wait_until(partial(_logged, running, line), timeout=10, what=line)
+        running.wait_for_log(f"worker {worker} bound to CPU {cpu}", timeout=10)
         assert _thread_masks(pid) == {frozenset({cpu})}
     assert os.sched_getaffinity(running.pid) == set(allowed)  # the parent stays unbound
     seen = _from_every_worker(running, "/pub/a.txt")
