@@ -126,6 +126,14 @@ class TurnWrites:
                 transport.connectionLost(Failure())
 
 
+def sending_at_turn_end(transport: object) -> bool:
+    """
+    :returns: whether ``transport`` was written to this turn and sends it at the turn's end
+        (a :class:`SentAtTurnEnd` queued for it); ``False`` for any other transport.
+    """
+    return getattr(transport, "_queued", False) is True
+
+
 class SentAtTurnEnd(tcp.Connection):
     """
     What a TCP transport does to have :class:`TurnWrites` send its writes (the server's and

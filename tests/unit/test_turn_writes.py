@@ -24,7 +24,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.selectreactor import SelectReactor
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,6 +38,7 @@ from yatagarasu.turn_writes import (
     TurnWritesEndpoint,
     TurnWritesServer,
     connecting_reactor,
+    sending_at_turn_end,
     turn_writes_of,
 )
 from yatagarasu.values import MappedBody
@@ -629,3 +630,16 @@ def test_a_file_piece_to_a_reset_peer_is_left_to_do_write(
     memory_reactor.advance(0)
     assert transport in memory_reactor.writers
     assert isinstance(transport.doWrite(), ConnectionLost)  # torn down as Twisted would
+
+
+def test_a_transport_written_to_this_turn_says_it_sends_at_the_turns_end(
+    connection: Connection, memory_reactor: MemoryReactorClock
+) -> None:
+    assert not sending_at_turn_end(connection.transport)
+    connection.transport.write(b"ping")
+    assert sending_at_turn_end(connection.transport)
+    memory_reactor.advance(0)
+    assert not sending_at_turn_end(connection.transport)
+    assert connection.received(4) == b"ping"
+    assert not sending_at_turn_end(StringTransport())
+    assert not sending_at_turn_end(None)

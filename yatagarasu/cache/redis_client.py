@@ -12,8 +12,9 @@ It gives the Redis cache layer a small, typed, *bounded* client:
   except bulk replies of ``BIG_BULK`` (16 KiB) and more, which the connection cuts out of the
   received bytes itself (one copy instead of hiredis' two, none when one read holds the whole
   value: it is handed on as a ``memoryview`` of that read). A command goes straight to a ready
-  pool connection (each in turn; txredisapi's handler picks at random), through the handler only
-  when none is ready (it waits for one) or the command holds its connection; commands are sent
+  pool connection (all of a reactor turn's commands to one, sent in one write at the turn's
+  end, the next turn's to the next; txredisapi's handler picks at random), through the handler
+  only when none is ready (it waits for one) or the command holds its connection; commands are sent
   with plain Deferred callbacks, no coroutine, and ``GET`` by the connection's ``lean_get``
   (command bytes built at once, no txredisapi command machinery). Pool connections over TCP
   read ``READ_SIZE`` (256 KiB) at a time instead of Twisted's 64 KiB;
@@ -66,7 +67,7 @@ from yatagarasu.cache.redis_sentinel import (
     SentinelResolver,
     SentinelTarget,
 )
-from yatagarasu.turn_writes import connecting_reactor
+from yatagarasu.turn_writes import connecting_reactor, sending_at_turn_end
 
 log = Logger(namespace="yatagarasu.cache.redis")
 
@@ -390,6 +391,8 @@ class RedisClient:
         self._pool_size = pool_size
         #: commands handed to ready connections so far (which one takes the next)
         self._picks = 0
+        #: the connection this turn's commands go to (see :meth:`_send`)
+        self._turn_conn: Any = None
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._factory: _PoolFactory | None = None
@@ -641,10 +644,13 @@ class RedisClient:
 
     def _send(self, command: str, args: tuple[Any, ...]) -> tuple[Deferred[Any], bool]:
         """
-        Hand a command to a ready pool connection directly -- each in turn, where
-        txredisapi's handler picks one at random for a command that does not hold the
-        connection -- or, when none is ready (or the command holds its connection), to the
-        handler, which waits for one.
+        Hand a command to a ready pool connection directly -- the one this reactor turn's
+        commands went to, or else the next one in turn, where txredisapi's handler picks one
+        at random for a command that does not hold the connection -- or, when none is ready
+        (or the command holds its connection), to the handler, which waits for one. A turn's
+        commands on one connection leave in one write at the turn's end, and Redis answers
+        them in one: under load, one send and one read per turn instead of one per
+        connection.
         A ``GET`` of a bytes key on a :class:`_PoolProtocol` goes by its ``lean_get``.
 
         :returns: the reply's Deferred, and whether ``lean_get`` sent it (then it is bounded
@@ -653,9 +659,13 @@ class RedisClient:
         factory = self._factory
         ready = factory.connectionQueue.pending if factory is not None else ()
         if ready:
-            # load spreading: each ready connection in turn
-            self._picks += 1
-            conn = ready[self._picks % len(ready)]
+            # load spreading: each reactor turn's commands to one ready connection, the next
+            # turn's to the next one; one write and one reply read per turn, not one per
+            # connection
+            conn = self._turn_conn
+            if conn is None or not sending_at_turn_end(conn.transport) or conn not in ready:
+                self._picks += 1
+                conn = self._turn_conn = ready[self._picks % len(ready)]
             if (
                 command == "get"
                 and conn.connected

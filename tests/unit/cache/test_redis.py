@@ -17,10 +17,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.unit.test_turn_writes import Connection as TurnWritesSocket
 from yatagarasu.cache import redis as redis_module
 from yatagarasu.cache.redis import RedisCacheLayer, decode_entry, encode_entry, redis_settings
 from yatagarasu.cache.redis_client import (
@@ -33,6 +34,7 @@ from yatagarasu.cache.redis_client import (
     RedisUnavailable,
     _PoolProtocol,
 )
+from yatagarasu.turn_writes import TurnWrites
 from yatagarasu.values import CacheEntry, CacheKey
 
 NOW = 1_800_000_000.0
@@ -208,12 +210,15 @@ class BreakerTests(FakePoolTestCase):
 class ReadyConnection:
     """A pool connection that is up: answers GET itself; BLPOP holds it (a blocking command)."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: Any = None) -> None:
         self.connected = 1
         self.calls = 0
+        self.transport = transport
 
     def get(self, key: bytes) -> Deferred[Any]:
         self.calls += 1
+        if self.transport is not None:
+            self.transport.write(b"GET\r\n")
         return succeed(b"direct")
 
     @txredisapi._blocking_command(True)  # type: ignore[misc]
@@ -249,6 +254,27 @@ class SendTests(SynchronousTestCase):
             self.assertEqual(self.successResultOf(self.client.get(b"k")), b"direct")
         self.assertEqual([conn.calls for conn in connections], [2, 2, 2])
         self.assertEqual(self.pool.handler.calls, 0)
+
+    def test_a_turns_commands_go_to_one_connection_the_next_turns_to_the_next(self) -> None:
+        reactor = MemoryReactorClock()
+        turn_writes = TurnWrites(reactor)
+        sockets = [TurnWritesSocket(turn_writes, reactor) for _ in range(3)]
+        connections = [ReadyConnection(s.transport) for s in sockets]
+        self.pool.connectionQueue.pending.extend(connections)
+        for _ in range(4):  # one turn: one connection written to, sent once at its end
+            self.assertEqual(self.successResultOf(self.client.get(b"k")), b"direct")
+        self.assertEqual(sorted(conn.calls for conn in connections), [0, 0, 4])
+        first = next(conn for conn in connections if conn.calls)
+        reactor.advance(0)  # the turn ends
+        for _ in range(2):
+            self.successResultOf(self.client.get(b"k"))
+        self.assertEqual(sorted(conn.calls for conn in connections), [0, 2, 4])
+        self.assertEqual(first.calls, 4)
+        reactor.advance(0)
+        received = [s.pending() for s in sockets]
+        self.assertEqual(sorted(received), [b"", b"GET\r\n" * 2, b"GET\r\n" * 4])
+        for s in sockets:
+            s.close()
 
     def test_a_dead_connection_leaves_the_command_to_the_handler(self) -> None:
         conn = ReadyConnection()
