@@ -169,17 +169,18 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
     in order: replies are delivered in the order they arrive either way.
 
     *GET* (:meth:`lean_get`): the command bytes are built at once and the reply taken from the
-    reply queue, without txredisapi's generic command building, its reply timer and its
-    three callbacks, and with one deadline timer per connection (armed for the oldest owed
-    reply, moved on when it fires early) instead of two timers per command: past its
-    deadline the connection is dropped and the call fails, as txredisapi's reply timer does.
+    reply queue by a small :class:`_OwedGet` in place of a Deferred, without txredisapi's
+    generic command building, its reply timer and its three callbacks, and with one deadline
+    timer per connection (armed for the oldest owed reply, moved on when it fires early)
+    instead of two timers per command: past its deadline the connection is dropped and the
+    call fails, as txredisapi's reply timer does.
     """
 
     _value_left = 0
     _crlf_left = 0
     _pieces: list[Any] | None = None
-    #: ``(deadline, result)`` of each :meth:`lean_get` whose reply is owed, oldest first.
-    _owed: deque[tuple[float, Deferred[Any]]] | None = None
+    #: each :meth:`lean_get` whose reply is owed, oldest first.
+    _owed: deque[_OwedGet] | None = None
     _deadline_call: Any = None
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
@@ -266,26 +267,21 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
         """
         self.transport.write(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
         result: Deferred[Any] = Deferred()
-        self.replyQueue.get().addCallback(self._delivered, result)
         owed = self._owed
         if owed is None:
             owed = self._owed = deque()
-        owed.append((clock.seconds() + timeout, result))
+        get = _OwedGet(clock.seconds() + timeout, result, owed)
+        owed.append(get)
+        queue = self.replyQueue
+        if queue.pending:  # a reply nobody asked for: it goes to this GET, as txredisapi's would
+            queue.get().addCallback(get.callback)
+        else:
+            # txredisapi's reply queue hands each reply, in order, to ``waiting.pop(0)
+            # .callback``: the owed GET waits there itself, with no Deferred of its own
+            queue.waiting.append(get)
         if self._deadline_call is None:
             self._deadline_call = clock.callLater(timeout, self._check_deadline, clock)
         return result
-
-    def _delivered(self, reply: Any, result: Deferred[Any]) -> None:
-        """Hand a reply from the queue to its :meth:`lean_get` caller, if still waiting."""
-        owed = self._owed
-        if owed:
-            owed.popleft()  # replies come in order: this one's deadline is the oldest
-        if result.called:  # cancelled or timed out: the reply is dropped
-            return
-        if isinstance(reply, Exception):
-            result.errback(reply)
-        else:
-            result.callback(reply)
 
     def connectionLost(self, why: Failure) -> None:
         # txredisapi fails every owed reply (ConnectionError); the deadline timer has no more use.
@@ -304,7 +300,8 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
         owed = self._owed
         if not owed:
             return
-        deadline, result = owed[0]
+        get = owed[0]
+        deadline, result = get.deadline, get.result
         now = clock.seconds()
         if deadline > now:
             self._deadline_call = clock.callLater(deadline - now, self._check_deadline, clock)
@@ -312,6 +309,34 @@ class _PoolProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
         self.transport.abortConnection()
         if not result.called:
             result.errback(defer.TimeoutError(deadline, "Redis reply"))
+
+
+class _OwedGet:
+    """
+    A :meth:`_PoolProtocol.lean_get` whose reply is owed: it waits in txredisapi's reply
+    queue, in order with the connection's other commands, where a Deferred would.
+
+    :ivar deadline: when the reply is due, on the connection's clock.
+    :ivar result: fires with the reply (an error reply as a failure).
+    """
+
+    __slots__ = ("_owed", "deadline", "result")
+
+    def __init__(self, deadline: float, result: Deferred[Any], owed: deque[_OwedGet]) -> None:
+        self.deadline = deadline
+        self.result = result
+        self._owed = owed
+
+    def callback(self, reply: Any) -> None:
+        """Take the reply from the queue: hand it on, unless the call is over already."""
+        self._owed.popleft()  # replies come in order: this is the oldest owed GET
+        result = self.result
+        if result.called:  # cancelled or timed out: the reply is dropped
+            return
+        if isinstance(reply, Exception):
+            result.errback(reply)
+        else:
+            result.callback(reply)
 
 
 class _MasterProtocol(_PoolProtocol):

@@ -416,6 +416,26 @@ class PoolProtocolTests(SynchronousTestCase):
         proto.dataReceived(b"-ERR nope\r\n")
         self.failureResultOf(third, txredisapi.ResponseError)
 
+    def test_lean_gets_and_other_commands_take_their_replies_in_order(self) -> None:
+        proto, _ = pool_protocol()
+        clock = Clock()
+        first = proto.lean_get(b"a", clock, 1.0)
+        pinged = proto.execute_command("PING")
+        second = proto.lean_get(b"b", clock, 1.0)
+        proto.dataReceived(bulk(b"A") + b"+PONG\r\n")
+        self.assertEqual(self.successResultOf(first), b"A")
+        self.assertEqual(self.successResultOf(pinged), b"PONG")
+        self.assertNoResult(second)
+        proto.dataReceived(bulk(self.big))
+        self.assertEqual(self.successResultOf(second), self.big)
+        self.assertFalse(proto.replyQueue.waiting)
+
+    def test_a_reply_nobody_asked_for_goes_to_the_next_get(self) -> None:
+        proto, _ = pool_protocol()
+        proto.dataReceived(bulk(b"stray"))  # as txredisapi does: kept for the next taker
+        self.assertEqual(self.successResultOf(proto.lean_get(b"k", Clock(), 1.0)), b"stray")
+        self.assertFalse(proto._owed)
+
 
 class LeanGetTests(FakePoolTestCase):
     """The client sends GET by ``lean_get`` on a ready pool connection, bounded by its timeout."""
