@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from yatagarasu.assembly import Assembly
+from yatagarasu.collector import YoungThreshold
 from yatagarasu.config import Config, ConfigError, load_config
 from yatagarasu.config.migrate import explain_file
 from yatagarasu.config.schema import ServerConfig
@@ -264,6 +265,8 @@ def makeService(options: Options) -> IService:
         if assembly.config.server.workers > 1:  # the parent serves no request
             return supervisor(options["config"], reactor, assembly.config, notifier)
         service = ProxyService(reactor, assembly, notifier, reloader)
+    # requests under way do not start collections that find nothing (yatagarasu.collector)
+    YoungThreshold().setServiceParent(service)
     # request bodies reuse the heap, which is given back every few seconds (yatagarasu.heap)
     trims = keep_freed_memory(os.environ, reactor)
     if trims is not None:

@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from tests.unit.fakes import bucket_entry
 from yatagarasu.assembly import Assembly, assemble
+from yatagarasu.collector import YoungThreshold
 from yatagarasu.config import parse_config
 from yatagarasu.observability.reactor_lag import ReactorLagProbe
 from yatagarasu.service import ProxyService
@@ -170,6 +171,8 @@ def test_make_service_builds_the_proxy_service_from_the_parsed_options(
     assert trims.parent is service  # the trims run with the proxy
     probes = [child for child in service if isinstance(child, ReactorLagProbe)]
     assert len(probes) == 1  # metrics are on by default: the reactor's lag is measured
+    thresholds = [child for child in service if isinstance(child, YoungThreshold)]
+    assert len(thresholds) == 1  # the collector waits for 10,000 young objects, not 700
     assert service.assembly is assembly
     assert [(listener.name, listener.port) for listener in service.listeners] == [
         ("proxy", assembly.config.server.listen_port)
@@ -193,6 +196,7 @@ def test_a_worker_trims_its_own_heap_and_the_trims_are_optional(
     worker = makeService(options)
     assert isinstance(worker, ProxyService) and worker.worker is not None
     assert answers[0] is not None and answers[0].parent is worker  # each worker trims
+    assert any(isinstance(child, YoungThreshold) for child in worker)  # and sets its collector
     answers.pop(0)  # the operator tuned malloc: no trims, the same service otherwise
     service = makeService(options)
     assert isinstance(service, ProxyService)
