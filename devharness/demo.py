@@ -30,7 +30,7 @@ from devharness.demo_content import (
 from devharness.moto_s3 import MotoS3Server
 from devharness.ports import LOOPBACK, port_is_free
 from devharness.proxy_config import write_config
-from devharness.twistd import ProxyProcess, start_proxy
+from devharness.twistd import ProxyProcess, clean_exit, start_proxy
 from devharness.waiting import StartupError
 
 DEMO_MOTO_PORT = 5000
@@ -178,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nstopping ...", flush=True)
         code = proxy.stop(signal.SIGTERM, timeout=15.0)
         _follow(log_path, offset, sys.stdout)
-        print(f"proxy exited with code {code}", flush=True)
+        if not clean_exit(code):
+            print(f"the proxy exited with code {code}", flush=True)
+            return 1
+        print("the proxy stopped cleanly", flush=True)
         return 0
     except (StartupError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -185,6 +185,7 @@ class MotoS3Server:
             self.log_path,
             cwd=self.workdir,
             env=env,
+            new_session=True,  # stopped by its owner, not by a terminal's Ctrl-C
         )
         self._process = process
         self.port = port

@@ -238,7 +238,9 @@ def start_proxy(
         address = "::1"
     log_path = workdir / "proxy.log"
     argv = twistd_command("-n", "yatagarasu", "--config", str(config_path), *extra_args)
-    process = LoggedProcess(argv, log_path, cwd=workdir, env=child_env(env))
+    # its own session: a terminal's Ctrl-C (SIGINT to the whole group) does not reach it as
+    # well as the SIGTERM it is stopped with; it still dies with its parent
+    process = LoggedProcess(argv, log_path, cwd=workdir, env=child_env(env), new_session=True)
     proxy = ProxyProcess(port, address, config_path, workdir, process)
 
     def healthy() -> bool:
