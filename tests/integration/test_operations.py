@@ -68,6 +68,10 @@ def test_check_prints_summary_and_exits_zero(
             lambda c: c["server"].update(tls={"cert_path": "/nonexistent.pem", "key_path": "/x"}),
             "server.tls.cert_path: cannot load certificates",
         ),
+        (
+            lambda c: c.update(logging={"file": "/nonexistent-dir/yatagarasu/proxy.log"}),
+            "logging.file: cannot create '/nonexistent-dir/yatagarasu/proxy.log': its directory",
+        ),
     ],
 )
 def test_bad_config_stops_before_listening_with_one_line(

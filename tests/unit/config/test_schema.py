@@ -229,6 +229,18 @@ def test_logging_choices() -> None:
     assert error.path == "logging.format"
 
 
+def test_a_log_file_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "proxy.log"
+    error = error_of({**minimal(), "logging": {"file": str(missing)}})
+    assert error.path == "logging.file"
+    assert "its directory" in str(error) and "does not exist" in str(error)
+    error = error_of({**minimal(), "logging": {"file": str(tmp_path)}})
+    assert error.path == "logging.file" and "is a directory" in str(error)
+    fine = parse_config({**minimal(), "logging": {"file": str(tmp_path / "proxy.log")}}, {})
+    assert fine.logging.file == str(tmp_path / "proxy.log")
+    assert not (tmp_path / "proxy.log").exists()  # checked, not created
+
+
 def test_load_config_reports_yaml_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("buckets: [\n")
