@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from yatagarasu.assembly import assemble
 from yatagarasu.config import ConfigError, load_config, parse_config
+from yatagarasu.config.files import read_document
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -239,6 +240,33 @@ def test_a_log_file_that_cannot_be_opened_is_a_configuration_error(tmp_path: Pat
     fine = parse_config({**minimal(), "logging": {"file": str(tmp_path / "proxy.log")}}, {})
     assert fine.logging.file == str(tmp_path / "proxy.log")
     assert not (tmp_path / "proxy.log").exists()  # checked, not created
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    doubled = tmp_path / "doubled.yaml"
+    doubled.write_text(
+        "buckets: [{name: a, path_prefix: /a, s3: {bucket: a, region: us-east-1}}]\n"
+        "observability:\n  slow_query: {enabled: true}\n"
+        "server: {port: 8081}\n"
+        "observability:\n  request_logging: {status_codes: [99]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"key 'observability' given twice \(lines 2 and 5\)"):
+        load_config(str(doubled), {})
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("server:\n  port: 1\n  port: 2\n")
+    with pytest.raises(ConfigError, match=r"key 'port' given twice \(lines 2 and 3\)"):
+        load_config(str(nested), {})
+
+
+def test_keys_a_merge_brings_in_may_be_overridden(tmp_path: Path) -> None:
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(
+        "x-s3: &s3 {bucket: a, region: eu-west-1}\n"
+        "buckets:\n"
+        "  - name: a\n    path_prefix: /a\n    s3: {<<: *s3, region: us-east-1}\n"
+    )
+    document = read_document(str(merged))
+    assert document["buckets"][0]["s3"] == {"bucket": "a", "region": "us-east-1"}
 
 
 def test_load_config_reports_yaml_errors(tmp_path: Path) -> None:
