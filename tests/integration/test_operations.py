@@ -21,6 +21,7 @@ from devharness.proxy_config import write_config
 from devharness.twistd import (
     ProxyProcess,
     TwistdResult,
+    check_config,
     clean_exit,
     run_twistd,
     twistd_command,
@@ -40,6 +41,18 @@ def test_check_prints_summary_and_exits_zero(
     assert result.returncode == 0, result.output
     assert "configuration OK" in result.output
     assert f"/pub -> s3://{s3_bucket}" in result.output
+
+
+def test_numbers_and_booleans_come_from_the_environment(
+    tmp_path: Path, make_proxy_config: Callable[..., dict[str, Any]], s3_bucket: str
+) -> None:
+    port = free_port()
+    config = make_proxy_config({"pub": s3_bucket}, port=port)
+    config["server"]["port"] = "${YG_TEST_PORT}"
+    config["metrics"] = {"enabled": "${YG_TEST_METRICS:-false}"}
+    result = check_config(config, tmp_path, env={"YG_TEST_PORT": str(port)})
+    assert result.returncode == 0, result.output
+    assert f":{port}" in result.output and "metrics: disabled" in result.output
 
 
 @pytest.mark.parametrize(

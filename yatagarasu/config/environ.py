@@ -11,6 +11,16 @@ from yatagarasu.errors import ConfigError
 _REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
+class Expanded(str):
+    """
+    A string that held ``${VAR}`` references, expanded. Where the schema wants a number or a
+    boolean, such a string is read as one (``port: ${PORT}``); a string written as such in
+    the YAML document stays a string (``port: "8080"`` is an error).
+    """
+
+    __slots__ = ()
+
+
 def expand_string(value: str, environ: Mapping[str, str], path: str) -> str:
     """
     Replace every ``${VAR}`` / ``${VAR:-default}`` in ``value``.
@@ -43,10 +53,13 @@ def expand_tree(node: Any, environ: Mapping[str, str], path: str = "") -> Any:
     :param node: a value from ``yaml.safe_load``.
     :param environ: the environment to read variables from.
     :param path: dotted key path of ``node``.
-    :returns: a new tree with expanded strings (mapping keys are left alone).
+    :returns: a new tree with expanded strings (:class:`Expanded`; mapping keys are left
+        alone).
     """
     if isinstance(node, str):
-        return expand_string(node, environ, path)
+        if _REFERENCE.search(node) is None:
+            return node
+        return Expanded(expand_string(node, environ, path))
     if isinstance(node, dict):
         return {
             key: expand_tree(value, environ, f"{path}.{key}" if path else str(key))

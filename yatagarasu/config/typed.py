@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from yatagarasu.config.environ import Expanded
 from yatagarasu.errors import ConfigError
 
 T = TypeVar("T")
@@ -150,8 +152,8 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     if origin is typing.Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(path, f"must be one of {choices}, got {value!r}")
-        return value
+            raise ConfigError(path, f"must be one of {choices}, got {_plain(value)!r}")
+        return args[args.index(value)]
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(path, f"expected a list, got {_describe(value)}")
@@ -164,6 +166,8 @@ def convert(hint: Any, value: Any, path: str) -> Any:
         return types.MappingProxyType(dict(value))
     if dataclasses.is_dataclass(hint):
         return from_raw(typing.cast(type[Any], hint), value, path)
+    if isinstance(value, Expanded) and hint in (bool, int, float):
+        value = _from_environment(value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(path, f"expected true or false, got {_describe(value)}")
@@ -185,7 +189,33 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported schema type {hint!r} at {path}")
 
 
+def _from_environment(value: Expanded) -> Any:
+    """
+    :param value: an expanded ``${VAR}`` string where a number or a boolean is wanted.
+    :returns: the integer, number or boolean it spells (``true``/``false`` in any case), or
+        ``value`` itself when it spells none (the caller's type check then reports it).
+    """
+    text = value.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text, 10)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    return number if math.isfinite(number) else value
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, str) else value
+
+
 def _describe(value: Any) -> str:
+    if isinstance(value, Expanded):
+        return f"str {str(value)!r} (from the environment)"
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):

@@ -164,6 +164,28 @@ def test_env_expansion_with_default_and_missing() -> None:
     assert "BUCKET" in error.message
 
 
+def test_env_references_give_numbers_and_booleans_where_the_schema_wants_them() -> None:
+    document = {
+        **minimal(s3={"bucket": "${BUCKET}", "timeout": "${S3_TIMEOUT:-2.5}"}),
+        "server": {"port": "${PORT}", "workers": "${WORKERS:-2}"},
+        "metrics": {"enabled": "${METRICS_ON:-FALSE}"},
+        "logging": {"level": "${LOG_LEVEL:-warn}"},
+    }
+    config = parse_config(document, {"PORT": "18099", "BUCKET": "1234"})
+    assert config.server.listen_port == 18099 and config.server.workers == 2
+    assert config.buckets[0].s3.timeout == 2.5
+    assert config.buckets[0].s3.bucket == "1234" and type(config.buckets[0].s3.bucket) is str
+    assert config.metrics.enabled is False
+    assert config.logging.level == "warn" and type(config.logging.level) is str
+    error = error_of(document, {"PORT": "80 80", "BUCKET": "b"})
+    assert error.path == "server.port"
+    assert error.message == "expected an integer, got str '80 80' (from the environment)"
+    error = error_of({**minimal(), "metrics": {"enabled": "${ON}"}}, {"ON": "yes"})
+    assert error.path == "metrics.enabled" and "'yes' (from the environment)" in error.message
+    written = error_of({**minimal(), "server": {"port": "8080"}})  # a string in the YAML itself
+    assert written.message == "expected an integer, got str '8080'"
+
+
 def test_types_are_checked() -> None:
     error = error_of(minimal(s3={"bucket": "b", "timeout": "soon"}))
     assert error.path == "buckets[0].s3.timeout"
