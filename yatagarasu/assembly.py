@@ -55,7 +55,7 @@ from yatagarasu.web.health import HealthResource, ReadyResource
 from yatagarasu.web.listing import DirectoryListing
 from yatagarasu.web.metrics import metrics_resource
 from yatagarasu.web.rate_limits import BucketRateLimits
-from yatagarasu.web.root import NOT_FOUND, RootResource
+from yatagarasu.web.root import NOT_FOUND, ErrorResource, RootResource
 from yatagarasu.web.site import ProxySite
 from yatagarasu.web.streaming import StreamTimeouts
 
@@ -262,6 +262,12 @@ def assemble(
             {b"metrics": metrics_resource(metrics, siblings)},
             {config.server.admin_segments: admin} if on_metrics_listener else {},
             [],
+            ErrorResource(
+                404,
+                "this listener serves /metrics and the admin API only"
+                if on_metrics_listener
+                else "this listener serves /metrics only",
+            ),
         )
         metrics_site = _site(
             metrics_root, reactor, config, access, metrics, lifecycle, extra, observers

@@ -170,7 +170,7 @@ def summary(path: str, assembly: Assembly) -> str:
     scheme = "https" if server.tls else "http"
     lines = [
         f"configuration OK: {path}",
-        f"listener: {scheme}://{server.host}:{server.listen_port}"
+        f"listener: {scheme}://{_url_host(server.host)}:{server.listen_port}"
         + (" (socket from systemd)" if server.socket_activation else ""),
         *_workers_summary(server),
         f"metrics: {_metrics_summary(config)}",
@@ -240,8 +240,13 @@ def _metrics_summary(config: Config) -> str:
     listener = config.metrics.listener(config.server)
     if listener is not None:
         host, port = listener
-        return f"http://{host}:{port}/metrics (its own listener; 404 on the main port)"
+        return f"http://{_url_host(host)}:{port}/metrics (its own listener; 404 on the main port)"
     return "/metrics on the main listener" if config.metrics.enabled else "disabled"
+
+
+def _url_host(host: str) -> str:
+    """:returns: ``host`` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
 
 
 def makeService(options: Options) -> IService:

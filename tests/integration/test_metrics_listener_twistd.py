@@ -66,6 +66,7 @@ def test_metrics_port_serves_prometheus_text_counting_the_main_port(
         other = scrape(metrics_port, path)
         assert other.status == 404, path
         assert other.json()["request_id"] == other.header("x-request-id")
+        assert other.json()["message"] == "this listener serves /metrics only"
     assert running.get("/health").status == 200  # the main port keeps its own routes
 
 
@@ -130,6 +131,9 @@ def test_serve_admin_moves_the_admin_api_to_the_metrics_listener(
     reload = http_request("POST", url + "/admin/reload", headers=admin_token(), timeout=10)
     assert reload.status == 200, reload.body
     assert scrape(metrics_port).status == 200
+    elsewhere = scrape(metrics_port, "/pub/a.txt")
+    assert elsewhere.status == 404
+    assert elsewhere.json()["message"] == "this listener serves /metrics and the admin API only"
     assert f"metrics served on http://127.0.0.1:{metrics_port}/metrics and the admin API" in (
         running.log_text()
     )

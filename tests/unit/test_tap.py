@@ -75,6 +75,17 @@ def test_summary_of_a_public_bucket_on_the_main_listener() -> None:
     ]
 
 
+def test_summary_writes_ipv6_addresses_in_brackets() -> None:
+    document = {
+        "buckets": [bucket_entry()],
+        "server": {"address": "::1", "port": 8081},
+        "metrics": {"port": 9091},
+    }
+    lines = summary("v6.yaml", assembled(document)).splitlines()
+    assert lines[1] == "listener: http://[::1]:8081"
+    assert lines[2] == "metrics: http://[::1]:9091/metrics (its own listener; 404 on the main port)"
+
+
 def test_summary_lists_replicas_by_priority() -> None:
     entry = bucket_entry()
     entry["s3"] = {

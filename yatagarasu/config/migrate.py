@@ -145,10 +145,16 @@ def accept_synonyms(document: Any) -> tuple[Any, tuple[str, ...]]:
     :param document: the parsed document.
     :returns: the document to validate (a copy when something was renamed) and one
         deprecation warning per synonym read.
+    :raises ConfigError: when a synonym is given beside the key it stands for.
     """
     server = document.get("server") if isinstance(document, Mapping) else None
-    if not isinstance(server, Mapping) or "threads" not in server or "workers" in server:
+    if not isinstance(server, Mapping) or "threads" not in server:
         return document, ()
+    if "workers" in server:
+        raise ConfigError(
+            "server.threads",
+            "the Rust Yatagarasu's spelling of server.workers, given beside it: keep workers",
+        )
     renamed = {("workers" if k == "threads" else k): v for k, v in server.items()}
     warning = (
         "server.threads: a Rust Yatagarasu key, read as server.workers (worker processes);"

@@ -44,6 +44,7 @@ class RootResource(Resource):
     :param subtrees: the proxy's routes that own everything below their prefix segments
         (``{("admin",): admin}``); on a tie with a bucket prefix, the subtree wins.
     :param buckets: ``(prefix segments, resource)`` for every bucket.
+    :param not_found: what answers a path nothing is routed to.
     """
 
     def __init__(
@@ -51,9 +52,11 @@ class RootResource(Resource):
         exact: Mapping[bytes, IResource],
         subtrees: Mapping[tuple[str, ...], IResource],
         buckets: Sequence[tuple[tuple[str, ...], IResource]],
+        not_found: IResource = NOT_FOUND,
     ) -> None:
         super().__init__()
         self._exact = dict(exact)
+        self._not_found = not_found
         # sorted() is stable: subtrees come first among prefixes of the same length.
         self._routes = sorted(
             (
@@ -81,8 +84,8 @@ class RootResource(Resource):
                 else:
                     postpath.insert(0, prepath.pop())
                 return resource
-        return NOT_FOUND
+        return self._not_found
 
     def render(self, request: Request) -> Any:
         # Only reached for "/" itself when no bucket is mounted at the root.
-        return NOT_FOUND.render(request)
+        return self._not_found.render(request)

@@ -354,8 +354,9 @@ def test_server_threads_is_read_as_workers_with_a_deprecation() -> None:
     assert config.deprecations == warnings
     assert warnings[0].startswith("server.threads: a Rust Yatagarasu key, read as server.workers")
     assert parse_config(doc(server={"workers": 1}), {}).deprecations == ()
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"spelling of server\.workers, given beside it") as both:
         parse_config(doc(server={"threads": 1, "workers": 1}), {})
+    assert both.value.path == "server.threads" and "unknown key" not in str(both.value)
     with pytest.raises(ConfigError, match="deprecations: unknown key"):
         parse_config(doc(deprecations=["x"]), {})
 
