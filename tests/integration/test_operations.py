@@ -85,6 +85,16 @@ def test_numbers_and_booleans_come_from_the_environment(
             lambda c: c.update(logging={"file": "/nonexistent-dir/yatagarasu/proxy.log"}),
             "logging.file: cannot create '/nonexistent-dir/yatagarasu/proxy.log': its directory",
         ),
+        (
+            lambda c: c.update(
+                cache={
+                    "enabled": True,
+                    "cache_layers": ["disk"],
+                    "disk": {"enabled": True, "cache_dir": "/etc/passwd/cache"},
+                }
+            ),
+            "cache.disk.cache_dir: cannot create '/etc/passwd/cache': '/etc/passwd' is not a",
+        ),
     ],
 )
 def test_bad_config_stops_before_listening_with_one_line(

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from yatagarasu.config.networks import parse_networks
+from yatagarasu.config.paths import cannot_append
 from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
 from yatagarasu.values import MIB
@@ -880,29 +881,9 @@ class LoggingConfig:
 
     def check(self, path: str) -> None:
         if self.file is not None:
-            problem = _cannot_append(self.file)
+            problem = cannot_append(self.file)
             if problem is not None:
                 raise ConfigError(join(path, "file"), problem)
-
-
-def _cannot_append(file: str) -> str | None:
-    """
-    :param file: a path the process will open for appending (creating the file if missing).
-    :returns: why that open would fail, or ``None`` when it should succeed (checked without
-        creating anything; a permission the process lacks is only seen when it is not root).
-    """
-    if not file.strip() or "\0" in file:
-        return "must be a file path"
-    if os.path.isdir(file):
-        return f"{file!r} is a directory"
-    if os.path.exists(file):
-        return None if os.access(file, os.W_OK) else f"{file!r} is not writable by this process"
-    directory = os.path.dirname(os.path.abspath(file))
-    if not os.path.isdir(directory):
-        return f"cannot create {file!r}: its directory {directory!r} does not exist"
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return f"cannot create {file!r}: this process cannot write to {directory!r}"
-    return None
 
 
 #: headers ``request_logging.redact_headers`` lists by default (the Rust version's list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from yatagarasu.config.paths import cannot_make_directory
 from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
 from yatagarasu.values import MIB
@@ -29,13 +30,16 @@ class DiskCacheSettings:
     def check(self, path: str) -> None:
         """
         :param path: dotted key path of these settings.
-        :raises ConfigError: on an empty directory, a size that is not positive or an item
-            cap larger than the bound.
+        :raises ConfigError: on an empty directory or one the process could not create or
+            write to, a size that is not positive or an item cap larger than the bound.
         """
         if not self.cache_dir.strip():
             raise ConfigError(join(path, "cache_dir"), "must not be empty")
         if "\0" in self.cache_dir:
             raise ConfigError(join(path, "cache_dir"), "must not contain NUL characters")
+        problem = cannot_make_directory(self.cache_dir)
+        if problem is not None:
+            raise ConfigError(join(path, "cache_dir"), problem)
         if self.max_disk_cache_size_mb <= 0:
             raise ConfigError(
                 join(path, "max_disk_cache_size_mb"),

@@ -71,3 +71,17 @@ def test_factory_validation_errors_carry_dotted_paths(settings: dict[str, Any], 
     with pytest.raises(ConfigError) as caught:
         DiskCacheFactory().build(settings, "cache.disk", MemoryReactorClock())
     assert caught.value.path == path
+
+
+def test_a_cache_dir_the_process_could_not_create_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError) as caught:
+        from_raw(DiskCacheSettings, {"cache_dir": str(blocker / "cache")}, "cache.disk")
+    assert caught.value.path == "cache.disk.cache_dir"
+    assert "is not a directory" in caught.value.message
+    settings = from_raw(DiskCacheSettings, {"cache_dir": str(tmp_path / "x" / "y")}, "cache.disk")
+    assert settings.cache_dir == str(tmp_path / "x" / "y")
+    assert not (tmp_path / "x").exists()  # checked, not created
