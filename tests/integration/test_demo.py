@@ -17,18 +17,15 @@ from devharness.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def demo_command(workdir: Path, *options: str) -> list[str]:
+    """:returns: ``python -m devharness.demo`` on free ports, its state in ``workdir``."""
+    ports = ["--port", str(free_port()), "--moto-port", str(free_port())]
+    return [sys.executable, "-m", "devharness.demo", *ports, "--workdir", str(workdir), *options]
+
+
 def test_demo_smoke(tmp_path: Path) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "devharness.demo",
-            "--smoke",
-            "--port",
-            str(free_port()),
-            "--workdir",
-            str(tmp_path / "demo"),
-        ],
+        demo_command(tmp_path / "demo", "--smoke"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -46,17 +43,7 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
     out_path = tmp_path / "demo.out"
     with out_path.open("wb") as out:
         demo = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "devharness.demo",
-                "--port",
-                str(free_port()),
-                "--moto-port",
-                str(free_port()),
-                "--workdir",
-                str(tmp_path / "demo"),
-            ],
+            demo_command(tmp_path / "demo"),
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
