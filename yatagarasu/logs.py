@@ -28,7 +28,9 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
+from yatagarasu.config.paths import cannot_append
 from yatagarasu.config.schema import LoggingConfig
+from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import IAccessEntry, IAccessLog
 from yatagarasu.per_second import PerSecond
 
@@ -135,6 +137,20 @@ def with_fields(observer: ILogObserver, **fields: object) -> ILogObserver:
         observer(event)
 
     return cast(ILogObserver, add_fields)
+
+
+def check_log_file(config: LoggingConfig) -> None:
+    """
+    Check that ``logging.file`` can be opened for appending, without opening it: the observer
+    opens it once, at start-up (a reload does not change ``logging``, so it does not check).
+
+    :param config: the ``logging`` section.
+    :raises ConfigError: naming ``logging.file``, when the open would fail.
+    """
+    if config.file:
+        problem = cannot_append(config.file)
+        if problem is not None:
+            raise ConfigError("logging.file", problem)
 
 
 def make_observer(config: LoggingConfig, stream: IO[str] | None = None) -> ILogObserver:

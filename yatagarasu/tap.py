@@ -29,6 +29,7 @@ from yatagarasu.config.migrate import explain_file
 from yatagarasu.config.schema import ServerConfig
 from yatagarasu.heap import keep_freed_memory
 from yatagarasu.interfaces import ISiblings
+from yatagarasu.logs import check_log_file
 from yatagarasu.observability.reactor_lag import ReactorLagProbe
 from yatagarasu.reload import Reloader
 from yatagarasu.workers.child import WorkerChannel
@@ -132,6 +133,7 @@ def first_generation(
         Yatagarasu spelling caused it (whether the loader or a plugin found it).
     """
     config = _load(path)
+    check_log_file(config.logging)  # opened once, at start-up; a reload keeps it
     siblings = worker_channel(config)
     # A reload asked for through one worker's admin API reaches the others (the parent passes
     # SIGHUP on); a SIGHUP to the parent reaches every worker already.

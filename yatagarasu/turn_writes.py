@@ -129,7 +129,9 @@ class TurnWrites:
 def sending_at_turn_end(transport: object) -> bool:
     """
     :returns: whether ``transport`` was written to this turn and sends it at the turn's end
-        (a :class:`SentAtTurnEnd` queued for it); ``False`` for any other transport.
+        (a :class:`SentAtTurnEnd` queued for it); ``False`` for any other transport. A TLS
+        connection's wrapper passes the question on to the TCP transport under it
+        (``ProtocolWrapper`` forwards unknown attributes), which is where its writes go.
     """
     return getattr(transport, "_queued", False) is True
 

@@ -112,7 +112,7 @@ def test_wheel_in_a_runtime_only_venv(tmp_path: Path) -> None:
         [twistd, "yatagarasu", "--check", "--config", str(example)],
         tmp_path,
         120,
-        env={**os.environ, **secrets},
+        env={**os.environ, **secrets, "CACHE_DIR": str(tmp_path / "cache")},  # any user's
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "configuration OK" in check.stdout, check.stdout

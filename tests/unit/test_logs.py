@@ -24,12 +24,14 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from yatagarasu.config.schema import LoggingConfig
+from yatagarasu.errors import ConfigError
 from yatagarasu.interfaces import IAccessEntry, IAccessLog
 from yatagarasu.logs import (
     ACCESS_NAMESPACE,
     BufferedAccessLog,
     LoggerAccessLog,
     build_access_log,
+    check_log_file,
     format_json,
     make_observer,
     text_formatter,
@@ -289,3 +291,17 @@ def test_the_logger_access_log_emits_one_event(events: list[LogEvent]) -> None:
     LoggerAccessLog().write(WHEN, ENTRY)
     [event] = [e for e in events if e.get("log_namespace") == ACCESS_NAMESPACE]
     assert event["log_format"] == TEMPLATE and event["status"] == 200
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "proxy.log"
+    with pytest.raises(ConfigError) as caught:
+        check_log_file(LoggingConfig(file=str(missing)))
+    assert caught.value.path == "logging.file"
+    assert "its directory" in caught.value.message and "does not exist" in caught.value.message
+    with pytest.raises(ConfigError, match="is a directory"):
+        check_log_file(LoggingConfig(file=str(tmp_path)))
+    check_log_file(LoggingConfig(file=str(tmp_path / "proxy.log")))
+    assert not (tmp_path / "proxy.log").exists()  # checked, not created
+    check_log_file(LoggingConfig(file=""))  # standard output, as no file
+    check_log_file(LoggingConfig())

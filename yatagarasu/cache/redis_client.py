@@ -928,6 +928,7 @@ class RedisClient:
 
     async def _close(self) -> None:
         self._closed = True
+        self._turn_conn = None
         waits: list[Deferred[Any]] = []
         if self._factory is not None:
             waits.append(self._factory.disconnect())

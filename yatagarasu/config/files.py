@@ -20,27 +20,42 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     ``yaml.SafeLoader``, except that a key given twice in one mapping is an error: PyYAML
     would keep the last one, silently dropping a whole section written earlier. Keys brought
     in by a merge (``<<: *anchor``) may still be overridden, as YAML intends.
+
+    Each mapping's own keys are checked the first time its node is flattened, before the
+    merge adds the anchored mapping's keys to it (PyYAML flattens an anchored mapping in
+    place when a merge uses it, so the node may come by again, merged).
     """
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._refuse_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == _MERGE:
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line)
-            except TypeError:  # an unhashable key: the base class says so
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: construct_mapping says so
                 continue
-            if first != key_node.start_mark.line:
+            line = key_node.start_mark.line
+            if first is not None:
+                where = f"line {line + 1}" if first == line else f"lines {first + 1} and {line + 1}"
                 raise _DuplicateKey(
                     None,
                     None,
-                    f"key {key!r} given twice (lines {first + 1} and "
-                    f"{key_node.start_mark.line + 1}): the second would replace the first",
+                    f"key {key!r} given twice ({where}): the second would replace the first",
                     key_node.start_mark,
                 )
-        return super().construct_mapping(node, deep)
+            seen[key] = line
 
 
 def read_document(path: str) -> Any:

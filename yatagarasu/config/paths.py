@@ -17,13 +17,14 @@ def cannot_append(file: str) -> str | None:
     :param file: a file the process will open for appending (creating it if missing).
     :returns: why that would fail, or ``None``.
     """
-    if not file.strip() or "\0" in file:
-        return "must be a file path"
+    if not file.strip() or "\0" in file or file.endswith(os.sep):
+        return f"{file!r} is not a file path"
     if os.path.isdir(file):
         return f"{file!r} is a directory"
     if os.path.exists(file):
         return None if os.access(file, os.W_OK) else f"this process cannot write to {file!r}"
-    directory = os.path.dirname(os.path.abspath(file))
+    # where open() creates it: a dangling link's target
+    directory = os.path.dirname(os.path.realpath(file))
     if not os.path.isdir(directory):
         return f"cannot create {file!r}: its directory {directory!r} does not exist"
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -37,7 +38,7 @@ def cannot_make_directory(directory: str) -> str | None:
         write files in.
     :returns: why that would fail, or ``None``.
     """
-    path = os.path.abspath(directory)
+    path = os.path.realpath(directory)
     if os.path.isdir(path):
         if os.access(path, os.W_OK | os.X_OK):
             return None

@@ -18,7 +18,6 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from yatagarasu.config.networks import parse_networks
-from yatagarasu.config.paths import cannot_append
 from yatagarasu.config.typed import join
 from yatagarasu.errors import ConfigError
 from yatagarasu.values import MIB
@@ -878,12 +877,6 @@ class LoggingConfig:
     level: Literal["debug", "info", "warn", "warning", "error", "critical"] = "info"
     format: Literal["text", "json"] = "text"
     file: str | None = None
-
-    def check(self, path: str) -> None:
-        if self.file is not None:
-            problem = cannot_append(self.file)
-            if problem is not None:
-                raise ConfigError(join(path, "file"), problem)
 
 
 #: headers ``request_logging.redact_headers`` lists by default (the Rust version's list)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +25,10 @@ from yatagarasu.config.environ import Expanded
 from yatagarasu.errors import ConfigError
 
 T = TypeVar("T")
+
+#: what ``${VAR}`` may expand to where an integer or a number is wanted
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def join(path: str, key: str) -> str:
@@ -150,6 +155,10 @@ def convert(hint: Any, value: Any, path: str) -> Any:
                 continue
         return convert(alternatives[-1], value, path)
     if origin is typing.Literal:
+        if isinstance(value, Expanded) and value not in args:
+            for arg in args:
+                if type(arg) is not str and _from_environment(value, type(arg)) == arg:
+                    return arg  # not_found_status: ${STATUS}
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
             raise ConfigError(path, f"must be one of {choices}, got {_plain(value)!r}")
@@ -167,7 +176,7 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_raw(typing.cast(type[Any], hint), value, path)
     if isinstance(value, Expanded) and hint in (bool, int, float):
-        value = _from_environment(value)
+        value = _from_environment(value, hint)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(path, f"expected true or false, got {_describe(value)}")
@@ -189,24 +198,23 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported schema type {hint!r} at {path}")
 
 
-def _from_environment(value: Expanded) -> Any:
+def _from_environment(value: Expanded, wanted: type) -> Any:
     """
     :param value: an expanded ``${VAR}`` string where a number or a boolean is wanted.
-    :returns: the integer, number or boolean it spells (``true``/``false`` in any case), or
-        ``value`` itself when it spells none (the caller's type check then reports it).
+    :param wanted: ``bool``, ``int`` or ``float``.
+    :returns: what ``value`` spells of that type (``true``/``false`` in any case; a decimal
+        integer; a finite number), or ``value`` itself when it spells none (the caller's
+        type check then reports it, saying it came from the environment).
     """
     text = value.strip()
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    try:
-        return int(text, 10)
-    except ValueError:
-        pass
-    try:
+    if wanted is bool:
+        return text.lower() == "true" if text.lower() in ("true", "false") else value
+    if wanted is int:
+        return int(text) if _INTEGER.fullmatch(text) else value
+    if wanted is float and _NUMBER.fullmatch(text):
         number = float(text)
-    except ValueError:
-        return value
-    return number if math.isfinite(number) else value
+        return number if math.isfinite(number) else value
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -23,7 +23,11 @@ def test_a_file_cannot_be_appended_to_without_its_directory_or_as_a_directory(
 ) -> None:
     assert "does not exist" in (cannot_append(str(tmp_path / "gone" / "x.log")) or "")
     assert "is a directory" in (cannot_append(str(tmp_path)) or "")
-    assert cannot_append(" ") == "must be a file path"
+    assert cannot_append(" ") == "' ' is not a file path"
+    assert cannot_append(f"{tmp_path}/gone/") == f"'{tmp_path}/gone/' is not a file path"
+    link = tmp_path / "link.log"
+    link.symlink_to(tmp_path / "gone" / "target.log")  # dangling: open() creates the target
+    assert "its directory" in (cannot_append(str(link)) or "")
 
 
 def test_a_directory_is_made_below_the_nearest_one_that_exists(tmp_path: Path) -> None:

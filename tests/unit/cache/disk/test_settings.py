@@ -33,10 +33,10 @@ def test_plugin_is_discoverable_and_builds_without_io(tmp_path: Path) -> None:
     assert not cache_dir.exists()  # from_raw() neither scans nor creates anything
 
 
-def test_settings_defaults_and_alias() -> None:
-    settings = from_raw(DiskCacheSettings, None, "cache.disk")
+def test_settings_defaults_and_alias(tmp_path: Path) -> None:
+    assert DiskCacheSettings().cache_dir == "/var/cache/yatagarasu"
+    settings = from_raw(DiskCacheSettings, {"cache_dir": str(tmp_path)}, "cache.disk")
     assert settings.enabled is False
-    assert settings.cache_dir == "/var/cache/yatagarasu"
     assert settings.max_size == 10240 * MIB
     assert settings.max_item_size == settings.max_size
     aliased = from_raw(
@@ -67,9 +67,13 @@ def test_settings_defaults_and_alias() -> None:
         ({"cache_directory": "/tmp/x"}, "cache.disk.cache_directory"),
     ],
 )
-def test_factory_validation_errors_carry_dotted_paths(settings: dict[str, Any], path: str) -> None:
+def test_factory_validation_errors_carry_dotted_paths(
+    settings: dict[str, Any], path: str, tmp_path: Path
+) -> None:
     with pytest.raises(ConfigError) as caught:
-        DiskCacheFactory().build(settings, "cache.disk", MemoryReactorClock())
+        DiskCacheFactory().build(
+            {"cache_dir": str(tmp_path), **settings}, "cache.disk", MemoryReactorClock()
+        )
     assert caught.value.path == path
 
 
