@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -214,17 +215,26 @@ def test_unusable_disk_keeps_serving(
     s3_bucket: str,
 ) -> None:
     moto_s3.put_object(s3_bucket, "x.txt", b"still served")
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("a file where the cache directory should be")
+    cache_dir = tmp_path / "cache"
     settings = {
         "enabled": True,
         "cache_layers": ["disk"],
-        "disk": {"enabled": True, "cache_dir": str(blocker / "cache")},
+        "disk": {"enabled": True, "cache_dir": str(cache_dir)},
     }
     running = proxy(config(moto_s3, s3_bucket, settings))
+    # The disk goes bad under the running proxy: its directory becomes a file. (A directory
+    # that cannot be made at all stops the start-up instead: tests/integration/
+    # test_operations.py.)
+    wait_until(cache_dir.is_dir, timeout=30, interval=0.05, what="the cache directory")
+    shutil.rmtree(cache_dir)
+    cache_dir.write_text("a file where the cache directory should be")
     for _ in range(3):
         response = running.get("/pub/x.txt")
         assert (response.status, response.body) == (200, b"still served")
+    errors = [
+        line for line in running.log_text().splitlines() if "yatagarasu.cache.disk#warn" in line
+    ]
+    assert errors  # each failure is a miss, logged, never an error to the client
 
 
 def redis_cache(redis: RedisServer) -> dict[str, Any]:
