@@ -528,9 +528,9 @@ async def test_close_aborts_open_writers(
 async def test_unusable_directory_makes_set_a_noop_and_get_a_miss(
     make_layer: Callable[..., DiskCacheLayer], tmp_path: Path
 ) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("a regular file where the cache directory should be")
-    layer = make_layer(blocker / "cache")
+    root = tmp_path / "cache"
+    layer = make_layer(root)  # configured while the directory could still be made...
+    root.write_text("a regular file where the cache directory should be")  # ...then not
     key = CacheKey("b", "k")
     await layer.start()
     await layer.set(key, entry())  # fires, never fails
