@@ -49,15 +49,38 @@ class RotatingFile:
         """
         if self._file is None:
             self._open(now)
-        due_by_day = self._daily and _day(now) != self._opened_day
-        due_by_size = self._max_bytes and self._size and self._size + len(data) > self._max_bytes
-        if due_by_day or due_by_size:
+        if self._daily and _day(now) != self._opened_day:
             self.rotate(now)
-        file = self._file
-        assert file is not None
-        file.write(data)
-        file.flush()
+        if not self._max_bytes or self._size + len(data) <= self._max_bytes:
+            self._append(data)
+        else:
+            self._append_rotating(data, now)
+        assert self._file is not None
+        self._file.flush()
+
+    def _append(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
         self._size += len(data)
+
+    def _append_rotating(self, data: bytes, now: float) -> None:
+        """
+        Append ``data`` line by line, rotating before a line would carry the file past
+        ``max_bytes`` (a batch of many lines does not; a line longer than a whole file gets
+        a file of its own).
+        """
+        run: list[bytes] = []
+        run_size = 0
+        for line in data.splitlines(keepends=True):
+            if self._size + run_size + len(line) > self._max_bytes and (self._size or run):
+                if run:
+                    self._append(b"".join(run))
+                    run, run_size = [], 0
+                self.rotate(now)
+            run.append(line)
+            run_size += len(line)
+        if run:
+            self._append(b"".join(run))
 
     def reopen(self) -> None:
         """Close the file; the next write opens the path again (after logrotate moved it)."""

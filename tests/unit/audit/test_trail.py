@@ -440,6 +440,23 @@ def test_rotation_by_size_names_backups_by_time_and_keeps_the_newest(tmp_path: P
     assert names == ["audit.log", "audit.log.20251202T040003Z", "audit.log.20251202T040004Z"]
 
 
+def test_a_batch_of_many_lines_is_cut_at_line_ends_so_no_file_grows_past_the_size(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.log"
+    rotating = RotatingFile(path, 100, daily=False, max_backups=10)
+    line = b"y" * 39 + b"\n"  # 40 bytes: two lines a file
+    rotating.write(line, 0.0)
+    rotating.write(line * 5, 1.0)  # one batch: the rest of this file, then two more
+    rotating.write(b"z" * 149 + b"\n", 2.0)  # longer than a file: a file of its own
+    rotating.write(line, 3.0)
+    rotating.close()
+    files = [*rotating.backups(), path]
+    contents = [f.read_bytes() for f in files]
+    assert contents == [line * 2, line * 2, line * 2, b"z" * 149 + b"\n", line]
+    assert all(len(c) <= 100 for c in contents if not c.startswith(b"z"))
+
+
 def test_two_rotations_in_one_second_do_not_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     rotating = RotatingFile(path, 10, daily=False, max_backups=5)
